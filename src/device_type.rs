@@ -1,0 +1,432 @@
+//! Device types: what labd knows about a kind of board (its U-Boot, its kernel
+//! messages, its prompts and its default timeouts), loaded from
+//! `device-types/*.yaml` and validated at start.
+//!
+//! This module owns parsing and validation only; a board applies its device
+//! dictionary (per-board overrides from the lab config) with [`DeviceType::with_overrides`].
+//! The values mirror LAVA's jinja2 device-type templates so that LAVA users
+//! recognise them, but labd's files are plain data, not templates.
+
+use crate::error::Location;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// The placeholders LAVA device types use in boot commands, plus labd's `{TFTP_PORT}`.
+pub const PLACEHOLDERS: &[&str] = &[
+    "{SERVER_IP}",
+    "{KERNEL}",
+    "{KERNEL_ADDR}",
+    "{RAMDISK}",
+    "{RAMDISK_ADDR}",
+    "{DTB}",
+    "{DTB_ADDR}",
+    "{BOOTX}",
+    "{TFTP_PORT}",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceTypeError {
+    #[error("{location}: {message}")]
+    Invalid { location: Location, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Load addresses for one kernel image type (LAVA's `parameters: bootz: kernel: ...`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoadAddresses {
+    pub kernel: String,
+    pub ramdisk: String,
+    pub dtb: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Bootloader {
+    /// The U-Boot command prompt, e.g. `=> `.
+    pub prompt: String,
+    /// What U-Boot prints while it counts down, e.g. `Hit any key to stop autoboot`.
+    pub interrupt_prompt: String,
+    /// What labd sends to stop the countdown.
+    pub interrupt_char: String,
+    #[serde(default = "default_true")]
+    pub needs_interrupt: bool,
+    /// Messages that mean a bootloader command failed (LAVA's error strings).
+    #[serde(default)]
+    pub error_messages: Vec<String>,
+    /// Delay between characters sent to the bootloader, for slow UARTs.
+    #[serde(default)]
+    pub boot_character_delay_ms: u64,
+    /// Load addresses keyed by kernel type: `zimage`, `uimage`, `image`.
+    pub load_addresses: BTreeMap<String, LoadAddresses>,
+    /// The boot command keyed by kernel type: `zimage: bootz`, `image: booti`.
+    pub bootx: BTreeMap<String, String>,
+    /// Named command sets (`ramdisk`, `nfs`), with LAVA's placeholders.
+    pub commands: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// A regex that shows the kernel started, e.g. `Linux version [0-9]`.
+    pub start_message: String,
+    /// Regexes that mean the kernel failed (panics and the like).
+    #[serde(default)]
+    pub error_messages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub prompt: String,
+    pub username: String,
+    #[serde(default)]
+    pub password_prompt: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// Default timeouts per phase, in seconds, keyed by LAVA's action names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseTimeouts {
+    #[serde(rename = "tftp-deploy", default = "d60")]
+    pub deploy: u64,
+    #[serde(rename = "power-on", default = "d30")]
+    pub power_on: u64,
+    #[serde(rename = "bootloader-interrupt", default = "d30")]
+    pub bootloader_interrupt: u64,
+    #[serde(rename = "bootloader-commands", default = "d120")]
+    pub bootloader_commands: u64,
+    #[serde(rename = "auto-login-action", default = "d120")]
+    pub auto_login: u64,
+    #[serde(rename = "lava-test-shell", default = "d300")]
+    pub test: u64,
+    #[serde(rename = "power-off", default = "d30")]
+    pub power_off: u64,
+}
+
+impl Default for PhaseTimeouts {
+    fn default() -> Self {
+        PhaseTimeouts {
+            deploy: 60,
+            power_on: 30,
+            bootloader_interrupt: 30,
+            bootloader_commands: 120,
+            auto_login: 120,
+            test: 300,
+            power_off: 30,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn d30() -> u64 {
+    30
+}
+fn d60() -> u64 {
+    60
+}
+fn d120() -> u64 {
+    120
+}
+fn d300() -> u64 {
+    300
+}
+fn d115200() -> u32 {
+    115200
+}
+
+/// A device type as loaded from its YAML file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceType {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default = "d115200")]
+    pub console_baud: u32,
+    pub bootloader: Bootloader,
+    pub kernel: Kernel,
+    #[serde(default)]
+    pub login: Option<Login>,
+    /// The shell prompt regex after login (LAVA's `prompts`), used when a job gives none.
+    pub shell_prompt: String,
+    #[serde(default)]
+    pub timeouts: PhaseTimeouts,
+    /// A job file (relative to the device-types dir) run as this type's health check.
+    #[serde(default)]
+    pub health_check: Option<String>,
+}
+
+impl PhaseTimeouts {
+    pub fn get(&self, name: &str) -> Option<Duration> {
+        let s = match name {
+            "tftp-deploy" => self.deploy,
+            "power-on" => self.power_on,
+            "bootloader-interrupt" => self.bootloader_interrupt,
+            "bootloader-commands" => self.bootloader_commands,
+            "auto-login-action" => self.auto_login,
+            "lava-test-shell" => self.test,
+            "power-off" => self.power_off,
+            _ => return None,
+        };
+        Some(Duration::from_secs(s))
+    }
+}
+
+impl DeviceType {
+    /// Parses and validates one device-type YAML document; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<DeviceType, DeviceTypeError> {
+        let opts = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+        let node = marked_yaml::parse_yaml_with_options(0, text, opts)
+            .map_err(|e| invalid(file, None, load_error_location(&e), e.to_string()))?;
+        let dt: DeviceType = marked_yaml::from_node(&node).map_err(|e| {
+            let mark = e.start_mark().map(|m| (m.line(), m.column()));
+            let path = e.path().map(str::to_owned);
+            invalid(file, path, mark, e.into_inner().to_string())
+        })?;
+        dt.validate(file)?;
+        Ok(dt)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), DeviceTypeError> {
+        let bad = |path: &str, msg: String| invalid(file, Some(path.to_owned()), None, msg);
+        if self.name.is_empty() {
+            return Err(bad("name", "must not be empty".into()));
+        }
+        for (path, re) in [
+            ("bootloader.prompt", &self.bootloader.prompt),
+            ("bootloader.interrupt_prompt", &self.bootloader.interrupt_prompt),
+            ("kernel.start_message", &self.kernel.start_message),
+            ("shell_prompt", &self.shell_prompt),
+        ] {
+            if re.is_empty() {
+                return Err(bad(path, "must not be empty".into()));
+            }
+            regex::bytes::Regex::new(re)
+                .map_err(|e| bad(path, format!("not a valid regex: {e}")))?;
+        }
+        for (i, re) in self.kernel.error_messages.iter().enumerate() {
+            regex::bytes::Regex::new(re).map_err(|e| {
+                bad(
+                    &format!("kernel.error_messages[{i}]"),
+                    format!("not a valid regex: {e}"),
+                )
+            })?;
+        }
+        if self.bootloader.needs_interrupt && self.bootloader.interrupt_char.is_empty() {
+            return Err(bad(
+                "bootloader.interrupt_char",
+                "must not be empty when needs_interrupt is true".into(),
+            ));
+        }
+        if !self.bootloader.commands.contains_key("ramdisk") {
+            return Err(bad(
+                "bootloader.commands",
+                "must define the `ramdisk` command set".into(),
+            ));
+        }
+        for (set, cmds) in &self.bootloader.commands {
+            for (i, cmd) in cmds.iter().enumerate() {
+                for ph in placeholders_in(cmd) {
+                    if !PLACEHOLDERS.contains(&ph.as_str()) {
+                        return Err(bad(
+                            &format!("bootloader.commands.{set}[{i}]"),
+                            format!(
+                                "unknown placeholder {ph}; known: {}",
+                                PLACEHOLDERS.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for kt in self.bootloader.bootx.keys() {
+            if !self.bootloader.load_addresses.contains_key(kt) {
+                return Err(bad(
+                    &format!("bootloader.bootx.{kt}"),
+                    format!("no load addresses for kernel type `{kt}`"),
+                ));
+            }
+        }
+        if let Some(login) = &self.login {
+            regex::bytes::Regex::new(&login.prompt)
+                .map_err(|e| bad("login.prompt", format!("not a valid regex: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Applies a board's device dictionary: dotted keys (`bootloader.prompt`,
+    /// `timeouts.power-on`, `console_baud`) replace the device type's values.
+    pub fn with_overrides(
+        &self,
+        board: &str,
+        overrides: &BTreeMap<String, toml::Value>,
+    ) -> Result<DeviceType, DeviceTypeError> {
+        if overrides.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut value = serde_json::to_value(self).map_err(|e| {
+            invalid(board, None, None, format!("cannot apply overrides: {e}"))
+        })?;
+        for (key, v) in overrides {
+            let json = serde_json::to_value(v).map_err(|e| {
+                invalid(board, Some(format!("parameters.{key}")), None, e.to_string())
+            })?;
+            let mut cur = &mut value;
+            let parts: Vec<&str> = key.split('.').collect();
+            for (i, part) in parts.iter().enumerate() {
+                let obj = cur.as_object_mut().ok_or_else(|| {
+                    invalid(
+                        board,
+                        Some(format!("parameters.{key}")),
+                        None,
+                        format!("`{part}` is not inside a table of the device type"),
+                    )
+                })?;
+                if i + 1 == parts.len() {
+                    obj.insert((*part).to_owned(), json.clone());
+                    break;
+                }
+                cur = obj.entry((*part).to_owned()).or_insert(serde_json::json!({}));
+            }
+        }
+        let dt: DeviceType = serde_json::from_value(value).map_err(|e| {
+            invalid(
+                board,
+                Some("parameters".into()),
+                None,
+                format!("device dictionary does not fit device type `{}`: {e}", self.name),
+            )
+        })?;
+        dt.validate(board)?;
+        Ok(dt)
+    }
+}
+
+fn invalid(
+    file: &str,
+    path: Option<String>,
+    mark: Option<(usize, usize)>,
+    message: String,
+) -> DeviceTypeError {
+    DeviceTypeError::Invalid {
+        location: Location {
+            file: Some(file.to_owned()),
+            path,
+            line: mark.map(|m| m.0),
+            column: mark.map(|m| m.1),
+        },
+        message,
+    }
+}
+
+fn load_error_location(e: &marked_yaml::LoadError) -> Option<(usize, usize)> {
+    use marked_yaml::LoadError::*;
+    let m = match e {
+        TopLevelMustBeMapping(m)
+        | TopLevelMustBeSequence(m)
+        | UnexpectedAnchor(m)
+        | MappingKeyMustBeScalar(m)
+        | UnexpectedTag(m) => *m,
+        DuplicateKey(d) => *d.key.span().start()?,
+        ScanError(m, _) => *m,
+    };
+    Some((m.line(), m.column()))
+}
+
+/// Every `{NAME}` placeholder in a command, in order.
+pub fn placeholders_in(cmd: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = cmd;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start..];
+        match after.find('}') {
+            Some(end) => {
+                let ph = &after[..=end];
+                if ph[1..ph.len() - 1]
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c == '_')
+                    && ph.len() > 2
+                {
+                    out.push(ph.to_owned());
+                }
+                rest = &after[end + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// All device types in a directory, keyed by name. Files are `*.yaml`; the
+/// file stem must equal the `name` inside, so that a rename cannot go unnoticed.
+pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, DeviceType>, DeviceTypeError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| DeviceTypeError::Io {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
+    let mut files: Vec<_> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut out = BTreeMap::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).map_err(|e| DeviceTypeError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let file = path.display().to_string();
+        let dt = DeviceType::parse(&file, &text)?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if stem != dt.name {
+            return Err(invalid(
+                &file,
+                Some("name".into()),
+                None,
+                format!("name `{}` does not match the file name `{stem}`", dt.name),
+            ));
+        }
+        out.insert(dt.name.clone(), dt);
+    }
+    Ok(out)
+}
+
+/// The device types shipped with labd, compiled in so `labd --demo` needs no files.
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("sim-uboot", include_str!("../device-types/sim-uboot.yaml")),
+    (
+        "beaglebone-black",
+        include_str!("../device-types/beaglebone-black.yaml"),
+    ),
+    (
+        "raspberrypi-4-b",
+        include_str!("../device-types/raspberrypi-4-b.yaml"),
+    ),
+    (
+        "qemu-aarch64-uboot",
+        include_str!("../device-types/qemu-aarch64-uboot.yaml"),
+    ),
+];
+
+/// Parses the embedded device types.
+pub fn embedded() -> Result<BTreeMap<String, DeviceType>, DeviceTypeError> {
+    let mut out = BTreeMap::new();
+    for (name, text) in EMBEDDED {
+        let dt = DeviceType::parse(&format!("device-types/{name}.yaml"), text)?;
+        out.insert(dt.name.clone(), dt);
+    }
+    Ok(out)
+}

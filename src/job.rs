@@ -1,0 +1,910 @@
+//! Job definitions: LAVA-compatible job YAML parsed into labd's [`JobDefinition`].
+//!
+//! This module owns the line between what labd accepts, accepts with a
+//! warning, and rejects. Every diagnostic names the key path and the YAML
+//! line and column, so a user can fix a job without guessing. Parsing is
+//! pure: nothing is stored until a definition comes back without errors.
+//! The accepted/warned/rejected table is written down in `JOBS.md`.
+
+use crate::error::{ErrorCode, Location};
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::{Node, Span};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// The kernel image format, which picks the boot command (`bootz`, `booti`, `bootm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelType {
+    Image,
+    Zimage,
+    Uimage,
+}
+
+impl KernelType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelType::Image => "image",
+            KernelType::Zimage => "zimage",
+            KernelType::Uimage => "uimage",
+        }
+    }
+}
+
+/// One artifact to fetch and serve over TFTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deploy {
+    pub timeout: Option<Duration>,
+    pub kernel: Artifact,
+    pub kernel_type: KernelType,
+    pub ramdisk: Option<Artifact>,
+    pub dtb: Option<Artifact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BootCommands {
+    /// A command set of the device type, e.g. `ramdisk`.
+    Named(String),
+    /// Commands given in the job itself.
+    Inline(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoLogin {
+    pub login_prompt: String,
+    pub username: String,
+    pub password_prompt: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Boot {
+    pub timeout: Option<Duration>,
+    pub commands: BootCommands,
+    pub prompts: Vec<String>,
+    pub auto_login: Option<AutoLogin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestDefinition {
+    pub name: String,
+    pub steps: Vec<String>,
+    pub parameters: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Test {
+    pub timeout: Option<Duration>,
+    pub definitions: Vec<TestDefinition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    Deploy(Deploy),
+    Boot(Boot),
+    Test(Test),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timeouts {
+    pub job: Option<Duration>,
+    pub action: Option<Duration>,
+    pub connection: Option<Duration>,
+    /// Per named action, using LAVA's action names (`bootloader-commands`, ...).
+    pub actions: BTreeMap<String, Duration>,
+}
+
+/// A validated job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobDefinition {
+    pub device_type: String,
+    pub job_name: String,
+    pub priority: u8,
+    pub tags: Vec<String>,
+    pub timeouts: Timeouts,
+    pub actions: Vec<Action>,
+}
+
+/// One problem (or warning) in a job, with where it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    pub code: ErrorCode,
+    pub location: Location,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// Why a job was rejected: every error found, first one first.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct JobError {
+    pub errors: Vec<Diagnostic>,
+}
+
+impl JobError {
+    pub fn first(&self) -> &Diagnostic {
+        // Invariant: a JobError is only built with at least one diagnostic.
+        &self.errors[0]
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        if self.errors.iter().all(|e| e.code == ErrorCode::Unsupported) {
+            ErrorCode::Unsupported
+        } else {
+            ErrorCode::InvalidJob
+        }
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed job with the warnings it raised (keys accepted but ignored).
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub definition: JobDefinition,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Top-level keys that change nothing for a single lab: accepted with a warning.
+pub const WARNED_TOP: &[&str] = &["visibility", "metadata", "notify", "context", "description"];
+
+struct Ctx<'a> {
+    file: &'a str,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn loc(&self, path: &str, span: &Span) -> Location {
+        Location {
+            file: Some(self.file.to_owned()),
+            path: if path.is_empty() {
+                None
+            } else {
+                Some(path.to_owned())
+            },
+            line: span.start().map(|m| m.line()),
+            column: span.start().map(|m| m.column()),
+        }
+    }
+    fn err(&mut self, path: &str, span: &Span, msg: impl Into<String>) {
+        let location = self.loc(path, span);
+        self.errors.push(Diagnostic {
+            code: ErrorCode::InvalidJob,
+            location,
+            message: msg.into(),
+        });
+    }
+    fn unsupported(&mut self, path: &str, span: &Span, msg: impl Into<String>) {
+        let location = self.loc(path, span);
+        self.errors.push(Diagnostic {
+            code: ErrorCode::Unsupported,
+            location,
+            message: msg.into(),
+        });
+    }
+    fn warn(&mut self, path: &str, span: &Span, msg: impl Into<String>) {
+        let location = self.loc(path, span);
+        self.warnings.push(Diagnostic {
+            code: ErrorCode::Unsupported,
+            location,
+            message: msg.into(),
+        });
+    }
+
+    fn mapping<'n>(&mut self, path: &str, node: &'n Node) -> Option<&'n MarkedMappingNode> {
+        match node {
+            Node::Mapping(m) => Some(m),
+            _ => {
+                self.err(path, node.span(), "expected a mapping");
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, path: &str, node: &Node) -> Option<String> {
+        match node {
+            Node::Scalar(s) => Some(s.as_str().to_owned()),
+            _ => {
+                self.err(path, node.span(), "expected a string");
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, path: &str, node: &Node) -> Option<Vec<String>> {
+        match node {
+            Node::Scalar(s) => Some(vec![s.as_str().to_owned()]),
+            Node::Sequence(seq) => {
+                let mut out = Vec::new();
+                for (i, n) in seq.iter().enumerate() {
+                    out.push(self.string(&format!("{path}[{i}]"), n)?);
+                }
+                Some(out)
+            }
+            Node::Mapping(_) => {
+                self.err(path, node.span(), "expected a string or a list of strings");
+                None
+            }
+        }
+    }
+
+    /// LAVA's timeout: a mapping of `days`, `hours`, `minutes` and/or `seconds`.
+    fn timeout(&mut self, path: &str, node: &Node) -> Option<Duration> {
+        let m = self.mapping(path, node)?;
+        let mut secs: u64 = 0;
+        if m.is_empty() {
+            self.err(path, node.span(), "a timeout needs days, hours, minutes or seconds");
+            return None;
+        }
+        for (k, v) in m.iter() {
+            let unit = match k.as_str() {
+                "days" => 86400,
+                "hours" => 3600,
+                "minutes" => 60,
+                "seconds" => 1,
+                other => {
+                    self.err(
+                        &format!("{path}.{other}"),
+                        k.span(),
+                        format!("unknown timeout unit `{other}`; use days, hours, minutes or seconds"),
+                    );
+                    return None;
+                }
+            };
+            let n = match v.as_scalar().and_then(|s| s.as_str().trim().parse::<u64>().ok()) {
+                Some(n) => n,
+                None => {
+                    self.err(
+                        &format!("{path}.{}", k.as_str()),
+                        v.span(),
+                        "expected a whole non-negative number",
+                    );
+                    return None;
+                }
+            };
+            secs = secs.saturating_add(n.saturating_mul(unit));
+        }
+        if secs == 0 {
+            self.err(path, node.span(), "a timeout must be longer than zero");
+            return None;
+        }
+        Some(Duration::from_secs(secs))
+    }
+}
+
+fn key_span(k: &MarkedScalarNode) -> Span {
+    *k.span()
+}
+
+/// Parses and validates a job. `file` names the source in diagnostics.
+pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
+    let mut ctx = Ctx {
+        file,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let opts = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+    let root = match marked_yaml::parse_yaml_with_options(0, text, opts) {
+        Ok(n) => n,
+        Err(e) => {
+            let (line, column) = load_error_position(&e);
+            return Err(JobError {
+                errors: vec![Diagnostic {
+                    code: ErrorCode::InvalidJob,
+                    location: Location {
+                        file: Some(file.to_owned()),
+                        path: None,
+                        line,
+                        column,
+                    },
+                    message: format!("not valid YAML: {}", strip_position(&e.to_string())),
+                }],
+            });
+        }
+    };
+    let def = parse_root(&mut ctx, &root);
+    match def {
+        Some(definition) if ctx.errors.is_empty() => Ok(Parsed {
+            definition,
+            warnings: ctx.warnings,
+        }),
+        _ => {
+            if ctx.errors.is_empty() {
+                ctx.err("", root.span(), "invalid job");
+            }
+            Err(JobError { errors: ctx.errors })
+        }
+    }
+}
+
+fn strip_position(msg: &str) -> String {
+    // marked-yaml prefixes "line:col: "; the location is reported separately.
+    let mut parts = msg.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(a), Some(b), Some(rest))
+            if a.trim().parse::<usize>().is_ok() && b.trim().parse::<usize>().is_ok() =>
+        {
+            rest.trim().to_owned()
+        }
+        _ => msg.to_owned(),
+    }
+}
+
+fn load_error_position(e: &marked_yaml::LoadError) -> (Option<usize>, Option<usize>) {
+    use marked_yaml::LoadError::*;
+    let m = match e {
+        TopLevelMustBeMapping(m)
+        | TopLevelMustBeSequence(m)
+        | UnexpectedAnchor(m)
+        | MappingKeyMustBeScalar(m)
+        | UnexpectedTag(m)
+        | ScanError(m, _) => Some(*m),
+        DuplicateKey(d) => d.key.span().start().copied(),
+    };
+    (m.map(|m| m.line()), m.map(|m| m.column()))
+}
+
+fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
+    let m = ctx.mapping("", root)?;
+    let mut device_type = None;
+    let mut job_name = None;
+    let mut priority = 50u8;
+    let mut tags = Vec::new();
+    let mut timeouts = Timeouts::default();
+    let mut actions = None;
+    for (k, v) in m.iter() {
+        let key = k.as_str();
+        match key {
+            "device_type" => device_type = ctx.string(key, v),
+            "job_name" => job_name = ctx.string(key, v),
+            "priority" => {
+                if let Some(p) = parse_priority(ctx, v) {
+                    priority = p;
+                }
+            }
+            "tags" => tags = ctx.string_list(key, v).unwrap_or_default(),
+            "timeouts" => timeouts = parse_timeouts(ctx, v).unwrap_or_default(),
+            "actions" => actions = parse_actions(ctx, v),
+            k2 if WARNED_TOP.contains(&k2) => ctx.warn(
+                key,
+                &key_span(k),
+                format!("`{key}` changes nothing in a single lab; ignored"),
+            ),
+            "protocols" => ctx.unsupported(
+                key,
+                &key_span(k),
+                "protocols (multinode, lava-lxc, ...) are not supported by labd",
+            ),
+            "secrets" | "reboot_to_fastboot" | "job_timeout" | "action_timeout" => ctx.unsupported(
+                key,
+                &key_span(k),
+                format!("`{key}` is not supported by labd"),
+            ),
+            _ => ctx.err(key, &key_span(k), format!("unknown key `{key}`")),
+        }
+    }
+    if device_type.is_none() && !ctx.errors.iter().any(|e| e.location.path.as_deref() == Some("device_type")) {
+        ctx.err("device_type", root.span(), "missing required key `device_type`");
+    }
+    if job_name.is_none() && !ctx.errors.iter().any(|e| e.location.path.as_deref() == Some("job_name")) {
+        ctx.err("job_name", root.span(), "missing required key `job_name`");
+    }
+    if timeouts.job.is_none() && m.get_node("timeouts").is_some() && ctx.errors.is_empty() {
+        ctx.err("timeouts.job", root.span(), "missing required key `timeouts.job`");
+    }
+    if m.get_node("timeouts").is_none() {
+        ctx.err("timeouts", root.span(), "missing required key `timeouts` (with `job`)");
+    }
+    let actions = match (actions, m.get_node("actions")) {
+        (Some(a), _) => a,
+        (None, None) => {
+            ctx.err("actions", root.span(), "missing required key `actions`");
+            return None;
+        }
+        (None, Some(_)) => return None,
+    };
+    Some(JobDefinition {
+        device_type: device_type?,
+        job_name: job_name?,
+        priority,
+        tags,
+        timeouts,
+        actions,
+    })
+}
+
+fn parse_priority(ctx: &mut Ctx, v: &Node) -> Option<u8> {
+    let s = ctx.string("priority", v)?;
+    match s.as_str() {
+        "high" => Some(100),
+        "medium" => Some(50),
+        "low" => Some(0),
+        n => match n.parse::<u8>() {
+            Ok(p) if p <= 100 => Some(p),
+            _ => {
+                ctx.err(
+                    "priority",
+                    v.span(),
+                    format!("priority `{n}` must be high, medium, low or 0 to 100"),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn parse_timeouts(ctx: &mut Ctx, v: &Node) -> Option<Timeouts> {
+    let m = ctx.mapping("timeouts", v)?;
+    let mut t = Timeouts::default();
+    for (k, v) in m.iter() {
+        let path = format!("timeouts.{}", k.as_str());
+        match k.as_str() {
+            "job" => t.job = ctx.timeout(&path, v),
+            "action" => t.action = ctx.timeout(&path, v),
+            "connection" => t.connection = ctx.timeout(&path, v),
+            "actions" => {
+                if let Some(am) = ctx.mapping(&path, v) {
+                    for (name, tv) in am.iter() {
+                        let p = format!("{path}.{}", name.as_str());
+                        if let Some(d) = ctx.timeout(&p, tv) {
+                            t.actions.insert(name.as_str().to_owned(), d);
+                        }
+                    }
+                }
+            }
+            "connections" => ctx.warn(
+                &path,
+                &key_span(k),
+                "per-action connection timeouts are not used by labd; `connection` applies",
+            ),
+            other => ctx.err(&path, &key_span(k), format!("unknown timeout `{other}`")),
+        }
+    }
+    Some(t)
+}
+
+fn parse_actions(ctx: &mut Ctx, v: &Node) -> Option<Vec<Action>> {
+    let seq = match v {
+        Node::Sequence(s) => s,
+        _ => {
+            ctx.err("actions", v.span(), "expected a list of deploy, boot and test actions");
+            return None;
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in seq.iter().enumerate() {
+        let path = format!("actions[{i}]");
+        let Some(m) = ctx.mapping(&path, item) else {
+            continue;
+        };
+        if m.len() != 1 {
+            ctx.err(&path, item.span(), "each action is a mapping with exactly one key: deploy, boot or test");
+            continue;
+        }
+        let Some((k, body)) = m.iter().next() else {
+            continue;
+        };
+        let path = format!("{path}.{}", k.as_str());
+        let action = match k.as_str() {
+            "deploy" => parse_deploy(ctx, &path, body).map(Action::Deploy),
+            "boot" => parse_boot(ctx, &path, body).map(Action::Boot),
+            "test" => parse_test(ctx, &path, body).map(Action::Test),
+            "command" => {
+                ctx.unsupported(&path, &key_span(k), "the `command` action is not supported by labd");
+                None
+            }
+            other => {
+                ctx.err(&path, &key_span(k), format!("unknown action `{other}`; expected deploy, boot or test"));
+                None
+            }
+        };
+        if let Some(a) = action {
+            out.push(a);
+        }
+    }
+    if out.is_empty() && ctx.errors.is_empty() {
+        ctx.err("actions", v.span(), "a job needs at least one action");
+    }
+    Some(out)
+}
+
+/// Keys every action may carry. Returns true when the key was handled.
+fn common_action_key(ctx: &mut Ctx, path: &str, k: &MarkedScalarNode, v: &Node, timeout: &mut Option<Duration>) -> bool {
+    let p = format!("{path}.{}", k.as_str());
+    match k.as_str() {
+        "timeout" => {
+            *timeout = ctx.timeout(&p, v);
+            true
+        }
+        "namespace" | "role" => {
+            ctx.warn(&p, &key_span(k), format!("`{}` has no meaning in labd; ignored", k.as_str()));
+            true
+        }
+        "failure_retry" | "repeat" | "failure_retry_interval" => {
+            ctx.unsupported(&p, &key_span(k), format!("`{}` is not supported yet", k.as_str()));
+            true
+        }
+        _ => false,
+    }
+}
+
+fn artifact(ctx: &mut Ctx, path: &str, v: &Node, allowed_extra: &[&str]) -> Option<(Artifact, BTreeMap<String, String>)> {
+    let m = ctx.mapping(path, v)?;
+    let mut url = None;
+    let mut extra = BTreeMap::new();
+    for (k, val) in m.iter() {
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "url" => {
+                let Some(u) = ctx.string(&p, val) else { continue };
+                if let Some(rest) = u.strip_prefix("file://") {
+                    if !rest.starts_with('/') {
+                        ctx.err(&p, val.span(), format!("`{u}`: a file:// URL needs an absolute path"));
+                        continue;
+                    }
+                    url = Some(u);
+                } else if u.starts_with("http://") || u.starts_with("https://") {
+                    ctx.unsupported(&p, val.span(), format!("`{u}`: http(s) downloads are not supported yet; use file://"));
+                } else {
+                    ctx.err(&p, val.span(), format!("`{u}`: not a supported URL; use file:///path"));
+                }
+            }
+            key if allowed_extra.contains(&key) => {
+                if let Some(s) = ctx.string(&p, val) {
+                    extra.insert(key.to_owned(), s);
+                }
+            }
+            "compression" | "header" | "install_modules" | "install_overlay" | "sha256sum" | "md5sum" | "sha512sum" | "archive" => {
+                ctx.unsupported(&p, &key_span(k), format!("`{}` is not supported yet", k.as_str()));
+            }
+            other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
+        }
+    }
+    if url.is_none() && !ctx.errors.iter().any(|e| e.location.path.as_deref().is_some_and(|p| p.starts_with(path))) {
+        ctx.err(&format!("{path}.url"), v.span(), "missing required key `url`");
+    }
+    Some((Artifact { url: url? }, extra))
+}
+
+fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
+    let m = ctx.mapping(path, v)?;
+    let mut timeout = None;
+    let mut to = None;
+    let mut kernel = None;
+    let mut kernel_type = None;
+    let mut ramdisk = None;
+    let mut dtb = None;
+    for (k, val) in m.iter() {
+        if common_action_key(ctx, path, k, val, &mut timeout) {
+            continue;
+        }
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "to" => {
+                let Some(t) = ctx.string(&p, val) else { continue };
+                if t == "tftp" {
+                    to = Some(t);
+                } else {
+                    ctx.unsupported(&p, val.span(), format!("deploy to `{t}` is not supported; labd deploys `to: tftp`"));
+                }
+            }
+            "kernel" => {
+                if let Some((a, extra)) = artifact(ctx, &p, val, &["type"]) {
+                    kernel_type = match extra.get("type").map(String::as_str) {
+                        None => None,
+                        Some("image") => Some(KernelType::Image),
+                        Some("zimage") => Some(KernelType::Zimage),
+                        Some("uimage") => Some(KernelType::Uimage),
+                        Some(other) => {
+                            ctx.err(&format!("{p}.type"), val.span(), format!("kernel type `{other}` must be image, zimage or uimage"));
+                            None
+                        }
+                    };
+                    if extra.get("type").is_none() {
+                        ctx.err(&format!("{p}.type"), val.span(), "missing required key `type` (image, zimage or uimage)");
+                    }
+                    kernel = Some(a);
+                }
+            }
+            "ramdisk" => ramdisk = artifact(ctx, &p, val, &[]).map(|a| a.0),
+            "dtb" => dtb = artifact(ctx, &p, val, &[]).map(|a| a.0),
+            "os" => ctx.warn(&p, &key_span(k), "`os` is not used by labd; ignored"),
+            "modules" | "nfsrootfs" | "rootfs" | "dtbo" | "overlays" | "images" | "tee" | "preseed" | "persistent_nfs" | "uboot" => {
+                ctx.unsupported(&p, &key_span(k), format!("deploying `{}` is not supported yet", k.as_str()))
+            }
+            other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
+        }
+    }
+    if to.is_none() && m.get_node("to").is_none() {
+        ctx.err(&format!("{path}.to"), v.span(), "missing required key `to`");
+    }
+    if kernel.is_none() && m.get_node("kernel").is_none() {
+        ctx.err(&format!("{path}.kernel"), v.span(), "missing required key `kernel`");
+    }
+    to?;
+    Some(Deploy {
+        timeout,
+        kernel: kernel?,
+        kernel_type: kernel_type?,
+        ramdisk,
+        dtb,
+    })
+}
+
+fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
+    let m = ctx.mapping(path, v)?;
+    let mut timeout = None;
+    let mut method = None;
+    let mut commands = None;
+    let mut prompts = Vec::new();
+    let mut auto_login = None;
+    for (k, val) in m.iter() {
+        if common_action_key(ctx, path, k, val, &mut timeout) {
+            continue;
+        }
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "method" => {
+                let Some(s) = ctx.string(&p, val) else { continue };
+                if s == "u-boot" {
+                    method = Some(s);
+                } else {
+                    ctx.unsupported(&p, val.span(), format!("boot method `{s}` is not supported; labd boots with `method: u-boot`"));
+                }
+            }
+            "commands" => match val {
+                Node::Scalar(s) => {
+                    if s.as_str() == "nfs" {
+                        ctx.unsupported(&p, val.span(), "`commands: nfs` needs an NFS server, which labd does not provide yet");
+                    } else {
+                        commands = Some(BootCommands::Named(s.as_str().to_owned()));
+                    }
+                }
+                Node::Sequence(_) => {
+                    commands = ctx.string_list(&p, val).map(BootCommands::Inline);
+                }
+                Node::Mapping(_) => ctx.err(&p, val.span(), "expected a command set name or a list of commands"),
+            },
+            "prompts" => {
+                if let Some(list) = ctx.string_list(&p, val) {
+                    for (i, re) in list.iter().enumerate() {
+                        if let Err(e) = regex::bytes::Regex::new(re) {
+                            ctx.err(&format!("{p}[{i}]"), val.span(), format!("not a valid regex: {e}"));
+                        }
+                    }
+                    prompts = list;
+                }
+            }
+            "auto_login" => auto_login = parse_auto_login(ctx, &p, val),
+            "type" | "media" | "bootloader" | "transfer_overlay" | "soft_reboot" | "expect_shell" => {
+                ctx.unsupported(&p, &key_span(k), format!("`{}` is not supported for u-boot boots yet", k.as_str()))
+            }
+            other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
+        }
+    }
+    if method.is_none() && m.get_node("method").is_none() {
+        ctx.err(&format!("{path}.method"), v.span(), "missing required key `method`");
+    }
+    if commands.is_none() && m.get_node("commands").is_none() {
+        ctx.err(&format!("{path}.commands"), v.span(), "missing required key `commands`");
+    }
+    method?;
+    Some(Boot {
+        timeout,
+        commands: commands?,
+        prompts,
+        auto_login,
+    })
+}
+
+fn parse_auto_login(ctx: &mut Ctx, path: &str, v: &Node) -> Option<AutoLogin> {
+    let m = ctx.mapping(path, v)?;
+    let mut login_prompt = None;
+    let mut username = None;
+    let mut password_prompt = None;
+    let mut password = None;
+    for (k, val) in m.iter() {
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "login_prompt" => login_prompt = ctx.string(&p, val),
+            "username" => username = ctx.string(&p, val),
+            "password_prompt" => password_prompt = ctx.string(&p, val),
+            "password" => password = ctx.string(&p, val),
+            "login_commands" => ctx.unsupported(&p, &key_span(k), "`login_commands` is not supported yet"),
+            other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
+        }
+    }
+    if login_prompt.is_none() {
+        ctx.err(&format!("{path}.login_prompt"), v.span(), "missing required key `login_prompt`");
+    }
+    if username.is_none() {
+        ctx.err(&format!("{path}.username"), v.span(), "missing required key `username`");
+    }
+    Some(AutoLogin {
+        login_prompt: login_prompt?,
+        username: username?,
+        password_prompt,
+        password,
+    })
+}
+
+fn parse_test(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Test> {
+    let m = ctx.mapping(path, v)?;
+    let mut timeout = None;
+    let mut definitions = None;
+    for (k, val) in m.iter() {
+        if common_action_key(ctx, path, k, val, &mut timeout) {
+            continue;
+        }
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "definitions" => {
+                let Node::Sequence(seq) = val else {
+                    ctx.err(&p, val.span(), "expected a list of test definitions");
+                    continue;
+                };
+                let mut defs = Vec::new();
+                for (i, d) in seq.iter().enumerate() {
+                    if let Some(def) = parse_definition(ctx, &format!("{p}[{i}]"), d) {
+                        defs.push(def);
+                    }
+                }
+                definitions = Some(defs);
+            }
+            "interactive" | "monitors" | "docker" => ctx.unsupported(&p, &key_span(k), format!("`{}` tests are not supported yet", k.as_str())),
+            other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
+        }
+    }
+    if definitions.is_none() && m.get_node("definitions").is_none() && !m.iter().any(|(k, _)| matches!(k.as_str(), "interactive" | "monitors" | "docker")) {
+        ctx.err(&format!("{path}.definitions"), v.span(), "missing required key `definitions`");
+    }
+    Some(Test {
+        timeout,
+        definitions: definitions?,
+    })
+}
+
+fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinition> {
+    let m = ctx.mapping(path, v)?;
+    let mut name = None;
+    let mut from = None;
+    let mut steps = None;
+    let mut parameters = BTreeMap::new();
+    for (k, val) in m.iter() {
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "name" => {
+                name = ctx.string(&p, val);
+                if let Some(n) = &name {
+                    if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                        ctx.err(&p, val.span(), format!("test name `{n}` may only use letters, digits, `-`, `_` and `.`"));
+                    }
+                }
+            }
+            "from" => {
+                let Some(f) = ctx.string(&p, val) else { continue };
+                if f == "inline" {
+                    from = Some(f);
+                } else {
+                    ctx.unsupported(&p, val.span(), format!("test definitions `from: {f}` are not supported yet; use `from: inline`"));
+                }
+            }
+            "path" => {}
+            "repository" => {
+                if let Node::Mapping(rm) = val {
+                    steps = parse_inline_repository(ctx, &p, rm);
+                } else if m.get_node("from").and_then(|n| n.as_scalar()).is_some_and(|s| s.as_str() == "inline") {
+                    ctx.err(&p, val.span(), "an inline test definition needs `repository` to be a mapping");
+                }
+            }
+            "parameters" | "params" => {
+                if let Some(pm) = ctx.mapping(&p, val) {
+                    for (pk, pv) in pm.iter() {
+                        let pp = format!("{p}.{}", pk.as_str());
+                        let valid_name = pk.as_str().chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                            && !pk.as_str().starts_with(|c: char| c.is_ascii_digit());
+                        if !valid_name {
+                            ctx.err(&pp, &key_span(pk), "a parameter name must be a shell variable name");
+                            continue;
+                        }
+                        if let Some(s) = ctx.string(&pp, pv) {
+                            parameters.insert(pk.as_str().to_owned(), s);
+                        }
+                    }
+                }
+            }
+            "branch" | "revision" | "history" | "shallow" | "lava-signal" | "timeout" => {
+                ctx.warn(&p, &key_span(k), format!("`{}` does not apply to inline definitions; ignored", k.as_str()))
+            }
+            other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
+        }
+    }
+    if name.is_none() {
+        ctx.err(&format!("{path}.name"), v.span(), "missing required key `name`");
+    }
+    if m.get_node("from").is_none() {
+        ctx.err(&format!("{path}.from"), v.span(), "missing required key `from`");
+    }
+    from?;
+    if steps.is_none() && m.get_node("repository").is_none() {
+        ctx.err(&format!("{path}.repository"), v.span(), "missing required key `repository`");
+    }
+    Some(TestDefinition {
+        name: name?,
+        steps: steps?,
+        parameters,
+    })
+}
+
+fn parse_inline_repository(ctx: &mut Ctx, path: &str, m: &MarkedMappingNode) -> Option<Vec<String>> {
+    let mut steps = None;
+    for (k, val) in m.iter() {
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "metadata" => {
+                if let Some(md) = ctx.mapping(&p, val) {
+                    if let Some(f) = md.get_scalar("format") {
+                        let f = f.as_str();
+                        if !f.eq_ignore_ascii_case("Lava-Test Test Definition 1.0") {
+                            ctx.unsupported(&format!("{p}.format"), val.span(), format!("format `{f}` is not supported; labd runs `Lava-Test Test Definition 1.0`"));
+                        }
+                    }
+                }
+            }
+            "run" => {
+                let Some(rm) = ctx.mapping(&p, val) else { continue };
+                for (rk, rv) in rm.iter() {
+                    let rp = format!("{p}.{}", rk.as_str());
+                    match rk.as_str() {
+                        "steps" => steps = ctx.string_list(&rp, rv),
+                        other => ctx.err(&rp, &key_span(rk), format!("unknown key `{other}`")),
+                    }
+                }
+            }
+            "install" => ctx.unsupported(&p, &key_span(k), "`install` is not supported yet; install packages in a run step"),
+            "params" | "parameters" => ctx.warn(&p, &key_span(k), "definition-level parameters are not supported; use the job's `parameters`"),
+            "parse" => ctx.unsupported(&p, &key_span(k), "`parse` patterns are not supported yet; use lava-test-case"),
+            other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
+        }
+    }
+    if steps.is_none() {
+        ctx.err(&format!("{path}.run.steps"), &Span::new_blank(), "missing required key `run.steps`");
+    }
+    steps
+}
+
+impl JobDefinition {
+    /// The effective timeout of a phase: the job's per-action override, the
+    /// action block's own timeout, the job's `action` default, then the device type.
+    pub fn timeout_for(&self, action_name: &str, block: Option<Duration>, device_default: Duration) -> Duration {
+        self.timeouts
+            .actions
+            .get(action_name)
+            .copied()
+            .or(block)
+            .or(self.timeouts.action)
+            .unwrap_or(device_default)
+    }
+}

@@ -1,0 +1,128 @@
+//! The console matcher: waits for any of a set of regexes in a byte stream.
+//!
+//! It owns the search buffer for one wait. Unlike pexpect's search window it
+//! never drops bytes it has not searched: every byte is searched, and only the
+//! part before the last line break is discarded once no pattern matched there.
+//! Patterns therefore match within one line (none of labd's prompts or
+//! messages spans lines), however the stream was cut into reads.
+
+use regex::bytes::Regex;
+
+/// The longest partial line kept between reads (a console that never sends a
+/// line break, such as garbage at the wrong baud rate, cannot grow it further).
+pub const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("pattern `{pattern}` is not a valid regex: {source}")]
+pub struct PatternError {
+    pub pattern: String,
+    #[source]
+    pub source: regex::Error,
+}
+
+/// A successful match: which pattern, and the matched text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    pub index: usize,
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    patterns: Vec<Regex>,
+    buf: Vec<u8>,
+}
+
+impl Matcher {
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Matcher, PatternError> {
+        let patterns = patterns
+            .iter()
+            .map(|p| {
+                Regex::new(p.as_ref()).map_err(|source| PatternError {
+                    pattern: p.as_ref().to_owned(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Matcher {
+            patterns,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Feeds bytes. On a match, returns it and keeps the bytes after the
+    /// match for the next wait (see [`Matcher::take_rest`]).
+    pub fn feed(&mut self, bytes: &[u8]) -> Option<Match> {
+        self.buf.extend_from_slice(bytes);
+        let best = self
+            .patterns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, re)| re.find(&self.buf).map(|m| (m.start(), m.end(), i)))
+            .min_by_key(|&(start, _, i)| (start, i));
+        match best {
+            Some((start, end, index)) => {
+                let text = String::from_utf8_lossy(&self.buf[start..end]).into_owned();
+                self.buf.drain(..end);
+                Some(Match { index, text })
+            }
+            None => {
+                if let Some(nl) = self.buf.iter().rposition(|&b| b == b'\n') {
+                    self.buf.drain(..=nl);
+                }
+                if self.buf.len() > MAX_LINE {
+                    let cut = self.buf.len() - MAX_LINE;
+                    self.buf.drain(..cut);
+                }
+                None
+            }
+        }
+    }
+
+    /// The bytes after the last match, which the next wait must search first.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_split_position_matches() {
+        let patterns = ["Hit any key to stop autoboot", "=> ", "login:", "root@sim:[^#]*# "];
+        let texts: &[&[u8]] = &[
+            b"U-Boot 2023.01\r\nHit any key to stop autoboot:  2 ",
+            b"\r\n=> ",
+            b"Debian GNU/Linux\r\nsim login:",
+            b"\r\nroot@sim:/tmp/x# ",
+        ];
+        for (pi, t) in texts.iter().enumerate() {
+            for i in 0..=t.len() {
+                let mut m = Matcher::new(&patterns).unwrap();
+                let first = m.feed(&t[..i]);
+                let got = first.or_else(|| m.feed(&t[i..]));
+                assert_eq!(got.map(|g| g.index), Some(pi), "text {pi} split at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn earliest_match_wins_and_rest_is_kept() {
+        let mut m = Matcher::new(&["b", "a"]).unwrap();
+        let g = m.feed(b"xxaxb").unwrap();
+        assert_eq!(g.index, 1);
+        assert_eq!(m.take_rest(), b"xb");
+    }
+
+    #[test]
+    fn garbage_is_bounded() {
+        let mut m = Matcher::new(&["never"]).unwrap();
+        for _ in 0..100 {
+            assert!(m.feed(&[0xffu8; 10_000]).is_none());
+        }
+        assert!(m.buf.len() <= MAX_LINE);
+        assert!(m.feed(b"never").is_some());
+    }
+}

@@ -1,0 +1,212 @@
+//! Core domain types shared by the scheduler, the board actors and the store.
+//!
+//! These are labd's own types; the socket protocol has separate wire types in
+//! `protocol` so that the on-disk and on-wire formats can evolve apart. The names
+//! and states follow LAVA so that LAVA users read them without translation.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Milliseconds since the Unix epoch; every recorded time in labd uses this unit.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub type JobId = u64;
+
+/// A job's lifecycle state, as LAVA names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum JobState {
+    Submitted,
+    Scheduled,
+    Running,
+    Canceling,
+    Finished,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Submitted,
+        JobState::Scheduled,
+        JobState::Running,
+        JobState::Canceling,
+        JobState::Finished,
+    ];
+
+    /// The one-byte tag used as the prefix of the store's state index.
+    pub fn tag(self) -> u8 {
+        match self {
+            JobState::Submitted => 0,
+            JobState::Scheduled => 1,
+            JobState::Running => 2,
+            JobState::Canceling => 3,
+            JobState::Finished => 4,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.to_string().eq_ignore_ascii_case(s))
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A job's outcome, as LAVA names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobHealth {
+    Unknown,
+    Complete,
+    Incomplete,
+    Canceled,
+}
+
+impl fmt::Display for JobHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// LAVA's error classes: who is to blame for an Incomplete job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorClass {
+    Infrastructure,
+    Job,
+    Test,
+    Configuration,
+    Bug,
+    Canceled,
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A board's scheduling state, as LAVA names device states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BoardState {
+    Idle,
+    Reserved,
+    Running,
+}
+
+impl fmt::Display for BoardState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A board's health, as LAVA names device health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BoardHealth {
+    Good,
+    Unknown,
+    Bad,
+    Maintenance,
+    Retired,
+}
+
+impl BoardHealth {
+    /// Whether the scheduler may give this board a job.
+    pub fn schedulable(self) -> bool {
+        matches!(self, BoardHealth::Good | BoardHealth::Unknown)
+    }
+}
+
+impl fmt::Display for BoardHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// How a job ended, with LAVA's error class when it did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOutcome {
+    pub health: JobHealth,
+    pub error_class: Option<ErrorClass>,
+    pub error: Option<String>,
+}
+
+impl JobOutcome {
+    pub fn complete() -> Self {
+        JobOutcome {
+            health: JobHealth::Complete,
+            error_class: None,
+            error: None,
+        }
+    }
+
+    pub fn incomplete(class: ErrorClass, msg: impl Into<String>) -> Self {
+        JobOutcome {
+            health: JobHealth::Incomplete,
+            error_class: Some(class),
+            error: Some(msg.into()),
+        }
+    }
+
+    pub fn canceled(msg: impl Into<String>) -> Self {
+        JobOutcome {
+            health: JobHealth::Canceled,
+            error_class: Some(ErrorClass::Canceled),
+            error: Some(msg.into()),
+        }
+    }
+}
+
+/// A job as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub name: String,
+    pub device_type: String,
+    pub priority: u8,
+    pub tags: Vec<String>,
+    pub submitter: String,
+    /// The YAML exactly as submitted, so the job can be re-parsed after a restart.
+    pub definition: String,
+    pub state: JobState,
+    pub health: JobHealth,
+    pub error_class: Option<ErrorClass>,
+    pub error: Option<String>,
+    pub board: Option<String>,
+    pub submit_time: u64,
+    pub start_time: Option<u64>,
+    pub end_time: Option<u64>,
+}
+
+/// One recorded step of a job: a state change, a board phase transition, a timeout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub time: u64,
+    pub kind: String,
+    pub message: String,
+}
+
+/// One LAVA test case result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestCase {
+    pub suite: String,
+    pub set: Option<String>,
+    pub name: String,
+    pub result: String,
+    pub measurement: Option<String>,
+    pub units: Option<String>,
+}
+
+/// A board as the store keeps it (its persistent part: health survives restarts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BoardRecord {
+    pub name: String,
+    pub health: BoardHealth,
+    pub health_reason: Option<String>,
+}
