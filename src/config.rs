@@ -1,0 +1,370 @@
+//! The lab config (TOML): where the socket and state live, the TFTP server,
+//! the device types, and the boards with their consoles, power and device
+//! dictionaries.
+//!
+//! This module owns parsing and validation; errors name the file, the key
+//! path and the line and column. The compiled-in demo lab is here too.
+
+use crate::error::Location;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The socket path used when neither `--socket`, `$LABD_SOCKET` nor the config names one.
+pub const DEFAULT_SOCKET: &str = "/run/labd/labd.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{location}: {message}")]
+    Invalid { location: Location, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LabConfig {
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// Where device-type YAML files live; when absent, the compiled-in ones are used.
+    #[serde(default)]
+    pub device_types_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub tftp: TftpConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    /// The control socket of a `labd-sim` serving this lab's simulated boards.
+    #[serde(default)]
+    pub sim_control: Option<PathBuf>,
+    #[serde(default)]
+    pub boards: Vec<BoardConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// sled's page cache in bytes (sled's own default is 1 GiB).
+    #[serde(default = "default_cache")]
+    pub cache_capacity: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_capacity: default_cache(),
+        }
+    }
+}
+
+fn default_cache() -> u64 {
+    64 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TftpConfig {
+    /// Address and port the TFTP server binds; port 0 picks a free one.
+    #[serde(default = "default_tftp_bind")]
+    pub bind: SocketAddr,
+    /// The address boards use to reach this server (`{SERVER_IP}`); defaults to the bind address.
+    #[serde(default)]
+    pub server_ip: Option<String>,
+    /// Root of the per-job directories; defaults to `<state_dir>/tftp`.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// Largest RFC 7440 window the server agrees to.
+    #[serde(default = "default_window")]
+    pub window_size_limit: u16,
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        TftpConfig {
+            bind: default_tftp_bind(),
+            server_ip: None,
+            root: None,
+            window_size_limit: default_window(),
+        }
+    }
+}
+
+fn default_tftp_bind() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 69))
+}
+fn default_window() -> u16 {
+    16
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// The longest request line accepted on the socket, in bytes.
+    #[serde(default = "default_request")]
+    pub max_request_bytes: usize,
+    /// The largest job definition accepted, in bytes.
+    #[serde(default = "default_job_bytes")]
+    pub max_job_bytes: usize,
+    /// Console bytes kept per board while it is idle.
+    #[serde(default = "default_ring")]
+    pub idle_console_ring_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: default_request(),
+            max_job_bytes: default_job_bytes(),
+            idle_console_ring_bytes: default_ring(),
+        }
+    }
+}
+
+fn default_request() -> usize {
+    1024 * 1024
+}
+fn default_job_bytes() -> usize {
+    512 * 1024
+}
+fn default_ring() -> usize {
+    64 * 1024
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BoardConfig {
+    pub name: String,
+    pub device_type: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub console: ConsoleConfig,
+    pub power: PowerConfig,
+    /// The device dictionary: dotted device-type keys this board overrides.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ConsoleConfig {
+    /// A serial device (USB adapter, UART, or a PTY slave).
+    Serial {
+        device: PathBuf,
+        #[serde(default)]
+        baud: Option<u32>,
+    },
+    /// A board of `labd-sim`: labd asks the simulator for its PTY and opens it as a serial device.
+    Sim {
+        #[serde(default)]
+        board: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum PowerConfig {
+    /// A `labd-sim` board's relay, through the simulator's control socket.
+    Sim {
+        #[serde(default)]
+        board: Option<String>,
+    },
+    /// LAVA's power commands, run as argv without a shell.
+    Command {
+        on: Vec<String>,
+        off: Vec<String>,
+        #[serde(default)]
+        reset: Option<Vec<String>>,
+        #[serde(default = "default_power_timeout")]
+        timeout_secs: u64,
+        #[serde(default = "default_power_retries")]
+        retries: u32,
+    },
+}
+
+fn default_power_timeout() -> u64 {
+    30
+}
+fn default_power_retries() -> u32 {
+    3
+}
+
+impl LabConfig {
+    /// Parses a config; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<LabConfig, ConfigError> {
+        let cfg: LabConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+            ConfigError::Invalid {
+                location: Location {
+                    file: Some(file.to_owned()),
+                    path: None,
+                    line,
+                    column,
+                },
+                message: e.message().to_owned(),
+            }
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<LabConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let mut cfg = LabConfig::parse(&path.display().to_string(), &text)?;
+        // Relative paths in a config file are relative to the file, not to the
+        // daemon's working directory, so that a config works from anywhere.
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(d) = &cfg.device_types_dir {
+            if d.is_relative() {
+                cfg.device_types_dir = Some(base.join(d));
+            }
+        }
+        if cfg.state_dir.is_relative() {
+            cfg.state_dir = base.join(&cfg.state_dir);
+        }
+        Ok(cfg)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |path: String, message: String| ConfigError::Invalid {
+            location: Location {
+                file: Some(file.to_owned()),
+                path: Some(path),
+                line: None,
+                column: None,
+            },
+            message,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, b) in self.boards.iter().enumerate() {
+            if b.name.is_empty()
+                || !b
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(bad(
+                    format!("boards[{i}].name"),
+                    format!("board name `{}` may only use letters, digits, `-` and `_`", b.name),
+                ));
+            }
+            if !seen.insert(b.name.clone()) {
+                return Err(bad(
+                    format!("boards[{i}].name"),
+                    format!("board `{}` is defined twice", b.name),
+                ));
+            }
+            let uses_sim = matches!(b.console, ConsoleConfig::Sim { .. })
+                || matches!(b.power, PowerConfig::Sim { .. });
+            if uses_sim && self.sim_control.is_none() {
+                return Err(bad(
+                    format!("boards[{i}]"),
+                    "a `sim` console or power needs `sim_control` at the top level".into(),
+                ));
+            }
+            if let PowerConfig::Command { on, off, .. } = &b.power {
+                if on.is_empty() || off.is_empty() {
+                    return Err(bad(
+                        format!("boards[{i}].power"),
+                        "`on` and `off` must each be a non-empty argv list".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn tftp_root(&self) -> PathBuf {
+        self.tftp
+            .root
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("tftp"))
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    (line, col)
+}
+
+/// The socket path to use: `--socket`/`$LABD_SOCKET` (already merged by clap),
+/// then the config's, then the compiled-in default.
+pub fn resolve_socket(cli: Option<&Path>, cfg: Option<&LabConfig>) -> PathBuf {
+    cli.map(Path::to_path_buf)
+        .or_else(|| cfg.and_then(|c| c.socket.clone()))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// The demo lab: four simulated boards, three of one tag set and one other.
+pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
+    let boards = (1..=4)
+        .map(|i| BoardConfig {
+            name: format!("sim-{i:02}"),
+            device_type: "sim-uboot".into(),
+            tags: if i == 4 {
+                vec!["sim".into(), "slow-uart".into()]
+            } else {
+                vec!["sim".into()]
+            },
+            console: ConsoleConfig::Sim { board: None },
+            power: PowerConfig::Sim { board: None },
+            parameters: BTreeMap::new(),
+        })
+        .collect();
+    LabConfig {
+        socket: Some(socket.to_path_buf()),
+        state_dir: state_dir.to_path_buf(),
+        device_types_dir: None,
+        store: StoreConfig {
+            cache_capacity: 16 * 1024 * 1024,
+        },
+        tftp: TftpConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            server_ip: Some("127.0.0.1".into()),
+            root: None,
+            window_size_limit: 16,
+        },
+        limits: Limits::default(),
+        sim_control: Some(sim_control.to_path_buf()),
+        boards,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config/labd.toml");
+        let cfg = LabConfig::parse("config/labd.toml", text).unwrap();
+        assert!(!cfg.boards.is_empty());
+    }
+
+    #[test]
+    fn errors_have_line_and_column() {
+        let err = LabConfig::parse("x.toml", "state_dir = \"/tmp\"\n[[boards]]\nname = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("x.toml:3:"), "{err}");
+        let err = LabConfig::parse("x.toml", "state_dir = \"/tmp\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.toml:2:1") && err.contains("bogus"), "{err}");
+    }
+}

@@ -1,0 +1,485 @@
+//! The job runner: the long async sequence of one job on one board
+//! (deploy, power on, interrupt U-Boot, boot commands, kernel, login, tests).
+//!
+//! A runner is a future that the board actor spawns in its own context; it
+//! owns nothing of the board. It gets console bytes through a channel fed by
+//! the actor, writes through the actor's console writer, reports each phase
+//! back to the actor, and records events and test results in the store. Each
+//! phase is bounded by its timeout; the whole run by the job timeout. When
+//! the actor cancels the run it simply drops this future.
+
+use crate::device_type::DeviceType;
+use crate::job::{Action, Boot, BootCommands, Deploy, JobDefinition, KernelType, Test};
+use crate::matcher::Matcher;
+use crate::model::{now_ms, ErrorClass, JobEvent, JobId, JobOutcome, TestCase};
+use crate::power::{Power, PowerAction};
+use crate::signals::{self, Signal, SignalParser};
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The board's boot state machine, as the board actor reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Off,
+    Deploying,
+    PoweringOn,
+    Bootloader,
+    BootloaderCommands,
+    Kernel,
+    Login,
+    Shell,
+    Testing,
+    PoweringOff,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Where the TFTP server is, as the boards see it.
+#[derive(Debug, Clone)]
+pub struct TftpInfo {
+    pub root: PathBuf,
+    pub server_ip: String,
+    pub port: u16,
+}
+
+pub struct RunCtx {
+    pub job_id: JobId,
+    pub def: JobDefinition,
+    pub dt: DeviceType,
+    pub input: mpsc::UnboundedReceiver<Vec<u8>>,
+    pub output: mpsc::UnboundedSender<Vec<u8>>,
+    pub power: Arc<dyn Power>,
+    pub store: Store,
+    pub tftp: TftpInfo,
+    pub phase: Box<dyn Fn(Phase) + Send>,
+}
+
+/// Why a run stopped early.
+struct Stop(JobOutcome);
+
+fn infra(msg: impl Into<String>) -> Stop {
+    Stop(JobOutcome::incomplete(ErrorClass::Infrastructure, msg))
+}
+
+struct Runner {
+    ctx: RunCtx,
+    rest: Vec<u8>,
+    signals: SignalParser,
+    collecting: bool,
+    collected: Vec<Signal>,
+    deployed: BTreeMap<&'static str, String>,
+    kernel_type: Option<KernelType>,
+    shell_prompt: Vec<String>,
+    helpers_sent: bool,
+    current_set: Option<String>,
+}
+
+/// Runs a job to its end and returns how it ended. Powering off is the
+/// caller's business, so that a cancelled run is powered off the same way.
+pub async fn run(ctx: RunCtx) -> JobOutcome {
+    let job_timeout = ctx.def.timeouts.job.unwrap_or(Duration::from_secs(3600));
+    let mut r = Runner {
+        ctx,
+        rest: Vec::new(),
+        signals: SignalParser::new(),
+        collecting: false,
+        collected: Vec::new(),
+        deployed: BTreeMap::new(),
+        kernel_type: None,
+        shell_prompt: Vec::new(),
+        helpers_sent: false,
+        current_set: None,
+    };
+    let job_id = r.ctx.job_id;
+    let store = r.ctx.store.clone();
+    let outcome = match tokio::time::timeout(job_timeout, r.all()).await {
+        Ok(Ok(())) => JobOutcome::complete(),
+        Ok(Err(Stop(o))) => o,
+        Err(_) => {
+            let msg = format!("job timed out after {} s", job_timeout.as_secs());
+            let _ = store
+                .add_event(job_id, event("timeout", &msg))
+                .await;
+            JobOutcome::incomplete(ErrorClass::Job, msg)
+        }
+    };
+    outcome
+}
+
+fn event(kind: &str, message: &str) -> JobEvent {
+    JobEvent {
+        time: now_ms(),
+        kind: kind.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+impl Runner {
+    fn event(&self, kind: &str, message: &str) {
+        // Queued now, in order; the store makes it durable with the next batch.
+        let fut = self.ctx.store.add_event(self.ctx.job_id, event(kind, message));
+        drop(tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(error = %e, "recording a job event failed");
+            }
+        }));
+    }
+
+    fn phase(&self, p: Phase) {
+        self.event("phase", &p.to_string());
+        (self.ctx.phase)(p);
+    }
+
+    async fn all(&mut self) -> Result<(), Stop> {
+        let actions = self.ctx.def.actions.clone();
+        for (i, action) in actions.iter().enumerate() {
+            match action {
+                Action::Deploy(d) => self.deploy(i, d).await?,
+                Action::Boot(b) => self.boot(b).await?,
+                Action::Test(t) => self.test(t).await?,
+            }
+        }
+        Ok(())
+    }
+
+    fn timeout(&self, name: &str, block: Option<Duration>) -> Duration {
+        let default = self.ctx.dt.timeouts.get(name).unwrap_or(Duration::from_secs(60));
+        self.ctx.def.timeout_for(name, block, default)
+    }
+
+    async fn bounded<T>(
+        &mut self,
+        name: &str,
+        limit: Duration,
+        f: impl AsyncFnOnce(&mut Self) -> Result<T, Stop>,
+    ) -> Result<T, Stop> {
+        match tokio::time::timeout(limit, f(self)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let msg = format!("{name} timed out after {} s", limit.as_secs());
+                self.event("timeout", &msg);
+                Err(infra(msg))
+            }
+        }
+    }
+
+    async fn deploy(&mut self, index: usize, d: &Deploy) -> Result<(), Stop> {
+        self.phase(Phase::Deploying);
+        let limit = self.timeout("tftp-deploy", d.timeout);
+        let dir = self.ctx.tftp.root.join(self.ctx.job_id.to_string());
+        let job = self.ctx.job_id;
+        let mut items = vec![("kernel", d.kernel.url.clone())];
+        if let Some(r) = &d.ramdisk {
+            items.push(("ramdisk", r.url.clone()));
+        }
+        if let Some(t) = &d.dtb {
+            items.push(("dtb", t.url.clone()));
+        }
+        self.kernel_type = Some(d.kernel_type);
+        let deployed = self
+            .bounded("tftp-deploy", limit, async move |r: &mut Self| {
+                tokio::fs::create_dir_all(&dir)
+                    .await
+                    .map_err(|e| infra(format!("creating {}: {e}", dir.display())))?;
+                let mut out = BTreeMap::new();
+                for (kind, url) in items {
+                    let src = PathBuf::from(url.trim_start_matches("file://"));
+                    let base = src
+                        .file_name()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| kind.to_owned());
+                    // Keep names distinct even if two artifacts share a file name.
+                    let name = format!("{index}-{kind}-{base}");
+                    let dst = dir.join(&name);
+                    match tokio::fs::copy(&src, &dst).await {
+                        Ok(n) => r.event("deploy", &format!("{kind}: {} ({n} bytes) as {job}/{name}", src.display())),
+                        Err(e) => {
+                            return Err(Stop(JobOutcome::incomplete(
+                                ErrorClass::Job,
+                                format!("deploy {kind}: cannot read {}: {e}", src.display()),
+                            )))
+                        }
+                    }
+                    out.insert(kind, format!("{job}/{name}"));
+                }
+                Ok(out)
+            })
+            .await?;
+        self.deployed = deployed;
+        Ok(())
+    }
+
+    /// Sends text to the console, honouring the device's character delay.
+    async fn send(&mut self, text: &str) {
+        let delay = self.ctx.dt.bootloader.boot_character_delay_ms;
+        if delay == 0 {
+            let _ = self.ctx.output.send(text.as_bytes().to_vec());
+        } else {
+            for b in text.bytes() {
+                let _ = self.ctx.output.send(vec![b]);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+        }
+    }
+
+    /// Waits until one of `wanted` matches; a match of `errors` stops the job.
+    async fn expect(&mut self, wanted: &[String], errors: &[String]) -> Result<usize, Stop> {
+        let mut pats: Vec<String> = wanted.to_vec();
+        pats.extend(errors.iter().map(|e| regex::escape(e)));
+        let mut m = Matcher::new(&pats).map_err(|e| Stop(JobOutcome::incomplete(ErrorClass::Configuration, e.to_string())))?;
+        let mut chunk = std::mem::take(&mut self.rest);
+        loop {
+            if let Some(hit) = m.feed(&chunk) {
+                self.rest = m.take_rest();
+                if hit.index >= wanted.len() {
+                    let msg = format!("error on the console: {}", hit.text);
+                    self.event("error", &msg);
+                    return Err(infra(msg));
+                }
+                return Ok(hit.index);
+            }
+            chunk = match self.ctx.input.recv().await {
+                Some(c) => c,
+                None => return Err(infra("console closed")),
+            };
+            if self.collecting {
+                let sigs = self.signals.feed(&chunk);
+                self.collected.extend(sigs);
+            }
+        }
+    }
+
+    fn substitute(&self, cmd: &str) -> Result<String, Stop> {
+        let kt = self.kernel_type.unwrap_or(KernelType::Image);
+        let addrs = self
+            .ctx
+            .dt
+            .bootloader
+            .load_addresses
+            .get(kt.as_str())
+            .ok_or_else(|| {
+                Stop(JobOutcome::incomplete(
+                    ErrorClass::Job,
+                    format!("device type {} cannot boot a kernel of type {}", self.ctx.dt.name, kt.as_str()),
+                ))
+            })?;
+        let bootx_cmd = self.ctx.dt.bootloader.bootx.get(kt.as_str()).cloned().unwrap_or_else(|| "booti".into());
+        let has_rd = self.deployed.contains_key("ramdisk");
+        let has_dtb = self.deployed.contains_key("dtb");
+        let rd = if has_rd { format!("{}:${{initrd_size}}", addrs.ramdisk) } else { "-".into() };
+        let mut bootx = format!("{bootx_cmd} {} {rd}", addrs.kernel);
+        if has_dtb || addrs.dtb.starts_with('$') {
+            bootx.push(' ');
+            bootx.push_str(&addrs.dtb);
+        }
+        let get = |k: &str| self.deployed.get(k).cloned().unwrap_or_default();
+        Ok(cmd
+            .replace("{BOOTX}", &bootx)
+            .replace("{SERVER_IP}", &self.ctx.tftp.server_ip)
+            .replace("{TFTP_PORT}", &self.ctx.tftp.port.to_string())
+            .replace("{KERNEL_ADDR}", &addrs.kernel)
+            .replace("{RAMDISK_ADDR}", &addrs.ramdisk)
+            .replace("{DTB_ADDR}", &addrs.dtb)
+            .replace("{KERNEL}", &get("kernel"))
+            .replace("{RAMDISK}", &get("ramdisk"))
+            .replace("{DTB}", &get("dtb")))
+    }
+
+    fn boot_commands(&self, b: &Boot) -> Result<Vec<String>, Stop> {
+        let raw = match &b.commands {
+            BootCommands::Inline(c) => c.clone(),
+            BootCommands::Named(n) => self.ctx.dt.bootloader.commands.get(n).cloned().ok_or_else(|| {
+                Stop(JobOutcome::incomplete(
+                    ErrorClass::Job,
+                    format!("device type {} has no `{n}` boot commands", self.ctx.dt.name),
+                ))
+            })?,
+        };
+        let mut out = Vec::new();
+        for c in raw {
+            // As LAVA does, a command about an artifact the job did not deploy is left out.
+            if (c.contains("{RAMDISK}") && !self.deployed.contains_key("ramdisk"))
+                || (c.contains("{DTB}") && !self.deployed.contains_key("dtb"))
+                || (c.contains("{KERNEL}") && !self.deployed.contains_key("kernel"))
+            {
+                continue;
+            }
+            out.push(self.substitute(&c)?);
+        }
+        Ok(out)
+    }
+
+    async fn boot(&mut self, b: &Boot) -> Result<(), Stop> {
+        let commands = self.boot_commands(b)?;
+        self.helpers_sent = false;
+        self.collecting = false;
+        self.phase(Phase::PoweringOn);
+        let limit = self.timeout("power-on", None);
+        let power = self.ctx.power.clone();
+        self.bounded("power-on", limit, async move |_r: &mut Self| {
+            power
+                .switch(PowerAction::Reset)
+                .await
+                .map_err(|e| infra(e.to_string()))
+        })
+        .await?;
+        let bl = self.ctx.dt.bootloader.clone();
+        let errors = bl.error_messages.clone();
+        self.phase(Phase::Bootloader);
+        let limit = self.timeout("bootloader-interrupt", None);
+        self.bounded("bootloader-interrupt", limit, async |r: &mut Self| {
+            if bl.needs_interrupt {
+                r.expect(std::slice::from_ref(&bl.interrupt_prompt), &errors).await?;
+                r.send(&bl.interrupt_char).await;
+                r.send("\n").await;
+            }
+            r.expect(std::slice::from_ref(&bl.prompt), &errors).await?;
+            Ok(())
+        })
+        .await?;
+        self.phase(Phase::BootloaderCommands);
+        let limit = self.timeout("bootloader-commands", b.timeout);
+        let start_message = self.ctx.dt.kernel.start_message.clone();
+        self.bounded("bootloader-commands", limit, async |r: &mut Self| {
+            let n = commands.len();
+            for (i, c) in commands.iter().enumerate() {
+                r.event("bootloader-command", c);
+                r.send(c).await;
+                r.send("\n").await;
+                if i + 1 < n {
+                    r.expect(std::slice::from_ref(&bl.prompt), &errors).await?;
+                }
+            }
+            // The last command boots: wait for the kernel.
+            r.expect(std::slice::from_ref(&start_message), &errors).await?;
+            Ok(())
+        })
+        .await?;
+        self.phase(Phase::Kernel);
+        let limit = self.timeout("auto-login-action", b.timeout);
+        let kernel_errors = self.ctx.dt.kernel.error_messages.clone();
+        let login = b.auto_login.clone().or_else(|| {
+            self.ctx.dt.login.clone().map(|l| crate::job::AutoLogin {
+                login_prompt: l.prompt,
+                username: l.username,
+                password_prompt: l.password_prompt,
+                password: l.password,
+            })
+        });
+        let prompts = if b.prompts.is_empty() {
+            vec![self.ctx.dt.shell_prompt.clone()]
+        } else {
+            b.prompts.clone()
+        };
+        self.shell_prompt = prompts.clone();
+        self.bounded("auto-login-action", limit, async |r: &mut Self| {
+            if let Some(l) = &login {
+                r.expect(std::slice::from_ref(&l.login_prompt), &kernel_errors).await?;
+                r.phase(Phase::Login);
+                r.send(&l.username).await;
+                r.send("\n").await;
+                if let (Some(pp), Some(pw)) = (&l.password_prompt, &l.password) {
+                    r.expect(std::slice::from_ref(pp), &kernel_errors).await?;
+                    r.send(pw).await;
+                    r.send("\n").await;
+                }
+            }
+            r.expect(&prompts, &kernel_errors).await?;
+            Ok(())
+        })
+        .await?;
+        self.phase(Phase::Shell);
+        Ok(())
+    }
+
+    /// Runs one shell line and waits for the prompt after it.
+    async fn shell_line(&mut self, line: &str) -> Result<(), Stop> {
+        let prompts = self.shell_prompt.clone();
+        self.send(line).await;
+        self.send("\n").await;
+        self.expect(&prompts, &[]).await?;
+        Ok(())
+    }
+
+    async fn test(&mut self, t: &Test) -> Result<(), Stop> {
+        if self.shell_prompt.is_empty() {
+            return Err(Stop(JobOutcome::incomplete(ErrorClass::Job, "a test action needs a boot action before it")));
+        }
+        self.phase(Phase::Testing);
+        let limit = self.timeout("lava-test-shell", t.timeout);
+        let defs = t.definitions.clone();
+        self.bounded("lava-test-shell", limit, async |r: &mut Self| {
+            r.collecting = true;
+            if !r.helpers_sent {
+                for h in signals::SHELL_HELPERS {
+                    r.shell_line(h).await?;
+                }
+                r.helpers_sent = true;
+            }
+            for (i, d) in defs.iter().enumerate() {
+                let suite = format!("{i}_{}", d.name);
+                let uuid = format!("{}_{i}", r.ctx.job_id);
+                r.event("test-definition", &suite);
+                r.shell_line(&signals::run_marker("STARTRUN", &suite, &uuid)).await?;
+                for (k, v) in &d.parameters {
+                    let quoted = v.replace('\'', r"'\''");
+                    r.shell_line(&format!("export {k}='{quoted}'")).await?;
+                }
+                for step in &d.steps {
+                    r.shell_line(step).await?;
+                    r.take_results(&suite).await?;
+                }
+                r.shell_line(&signals::run_marker("ENDRUN", &suite, &uuid)).await?;
+                r.take_results(&suite).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stores the test cases signalled so far; a TESTRAISE ends the job.
+    async fn take_results(&mut self, suite: &str) -> Result<(), Stop> {
+        let mut cases = Vec::new();
+        let mut raise = None;
+        for s in std::mem::take(&mut self.collected) {
+            match s {
+                Signal::TestCase { id, result, measurement, units } => {
+                    cases.push(TestCase {
+                        suite: suite.to_owned(),
+                        set: self.current_set.clone(),
+                        name: id,
+                        result,
+                        measurement,
+                        units,
+                    })
+                }
+                Signal::TestSetStart { name } => self.current_set = Some(name),
+                Signal::TestSetStop => self.current_set = None,
+                Signal::TestRaise { reason } => raise = Some(reason),
+                Signal::StartRun { name } => self.event("startrun", &name),
+                Signal::EndRun { name } => self.event("endrun", &name),
+            }
+        }
+        if !cases.is_empty() {
+            self.ctx
+                .store
+                .add_results(self.ctx.job_id, cases)
+                .await
+                .map_err(|e| infra(e.to_string()))?;
+        }
+        if let Some(reason) = raise {
+            self.event("testraise", &reason);
+            return Err(Stop(JobOutcome::incomplete(ErrorClass::Test, format!("test raised: {reason}"))));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,499 @@
+//! The store: the only module that touches sled.
+//!
+//! It owns the on-disk state: jobs (with an index by state), job events,
+//! console log chunks, test results and board health. All writes go to one
+//! writer thread that applies a batch of queued writes and then flushes once
+//! (group commit), so sled's blocking flush never runs on an actor thread and
+//! a write is acknowledged only once it is durable. Reads run on tokio's
+//! blocking pool. After each flush the writer publishes what changed on a
+//! broadcast channel, so log followers only ever see durable data.
+
+use crate::model::{BoardRecord, JobEvent, JobId, JobRecord, JobState, TestCase};
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use tokio::sync::{broadcast, oneshot};
+
+/// Bumped whenever the on-disk layout changes; a store with another version is refused.
+pub const SCHEMA_VERSION: u64 = 1;
+/// The most writes applied before one flush.
+const MAX_BATCH: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store: corrupt record: {0}")]
+    Corrupt(String),
+    #[error("store: schema version {found} on disk, this labd uses {expected}")]
+    Schema { found: u64, expected: u64 },
+    #[error("no such job {0}")]
+    NoSuchJob(JobId),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("store: the writer thread is gone")]
+    Closed,
+}
+
+/// What changed, published after it is durable.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Job { id: JobId, state: JobState },
+    Log { id: JobId, end: u64 },
+    Event { id: JobId },
+}
+
+type Update = Box<dyn FnOnce(&mut JobRecord) -> Result<(), String> + Send>;
+
+enum Write {
+    InsertJob(Box<JobRecord>, oneshot::Sender<Result<JobRecord, StoreError>>),
+    UpdateJob(JobId, Update, oneshot::Sender<Result<JobRecord, StoreError>>),
+    Event(JobId, JobEvent, oneshot::Sender<Result<(), StoreError>>),
+    Log(JobId, u64, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
+    Results(JobId, Vec<TestCase>, oneshot::Sender<Result<(), StoreError>>),
+    Board(BoardRecord, oneshot::Sender<Result<(), StoreError>>),
+}
+
+#[derive(Clone)]
+struct Trees {
+    db: sled::Db,
+    meta: sled::Tree,
+    jobs: sled::Tree,
+    by_state: sled::Tree,
+    events: sled::Tree,
+    logs: sled::Tree,
+    results: sled::Tree,
+    boards: sled::Tree,
+}
+
+/// A cheap, cloneable handle to the store.
+#[derive(Clone)]
+pub struct Store {
+    trees: Trees,
+    tx: std_mpsc::Sender<Write>,
+    changes: broadcast::Sender<Change>,
+}
+
+/// Filters for listing jobs. `cursor` is the last id of the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub board: Option<String>,
+    pub device_type: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<JobId>,
+}
+
+fn key2(id: JobId, n: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&id.to_be_bytes());
+    k[8..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn state_key(state: JobState, id: JobId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = state.tag();
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // Invariant: our record types serialize to JSON without failure (no maps
+    // with non-string keys, no non-finite floats).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[8 - n..].copy_from_slice(&b[b.len() - n..]);
+    u64::from_be_bytes(a)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, cache_capacity: u64) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(cache_capacity)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        let trees = Trees {
+            meta: db.open_tree("meta")?,
+            jobs: db.open_tree("jobs")?,
+            by_state: db.open_tree("jobs_by_state")?,
+            events: db.open_tree("events")?,
+            logs: db.open_tree("logs")?,
+            results: db.open_tree("results")?,
+            boards: db.open_tree("boards")?,
+            db,
+        };
+        match trees.meta.get("schema_version")? {
+            Some(v) => {
+                let found = be_u64(&v);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema {
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+            }
+            None => {
+                trees
+                    .meta
+                    .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                trees.db.flush()?;
+            }
+        }
+        let (tx, rx) = std_mpsc::channel();
+        let (changes, _) = broadcast::channel(4096);
+        let writer_trees = trees.clone();
+        let writer_changes = changes.clone();
+        std::thread::Builder::new()
+            .name("labd-store".into())
+            .spawn(move || writer(writer_trees, rx, writer_changes))
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        Ok(Store { trees, tx, changes })
+    }
+
+    /// Subscribes to durable changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Queues a write now (so writes from one caller apply in call order)
+    /// and returns a future that resolves once it is durable.
+    fn send<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.tx.send(make(tx)).is_ok();
+        async move {
+            if !queued {
+                return Err(StoreError::Closed);
+            }
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
+    /// Stores a new job (its `id` is assigned here) and returns it once durable.
+    pub fn insert_job(&self, job: JobRecord) -> impl std::future::Future<Output = Result<JobRecord, StoreError>> + Send + 'static {
+        self.send(move |tx| Write::InsertJob(Box::new(job), tx))
+    }
+
+    /// Changes a job; the state index follows. `f` may refuse with a message.
+    pub fn update_job(
+        &self,
+        id: JobId,
+        f: impl FnOnce(&mut JobRecord) -> Result<(), String> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<JobRecord, StoreError>> + Send + 'static {
+        self.send(move |tx| Write::UpdateJob(id, Box::new(f), tx))
+    }
+
+    pub fn add_event(&self, id: JobId, event: JobEvent) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.send(move |tx| Write::Event(id, event, tx))
+    }
+
+    /// Appends console bytes at `offset` (the job log's length before them).
+    pub fn append_log(&self, id: JobId, offset: u64, bytes: Vec<u8>) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.send(move |tx| Write::Log(id, offset, bytes, tx))
+    }
+
+    pub fn add_results(&self, id: JobId, results: Vec<TestCase>) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.send(move |tx| Write::Results(id, results, tx))
+    }
+
+    pub fn put_board(&self, board: BoardRecord) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.send(move |tx| Write::Board(board, tx))
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let trees = self.trees.clone();
+        tokio::task::spawn_blocking(move || f(&trees))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<JobRecord, StoreError> {
+        self.read(move |t| match t.jobs.get(id.to_be_bytes())? {
+            Some(v) => dec(&v),
+            None => Err(StoreError::NoSuchJob(id)),
+        })
+        .await
+    }
+
+    /// Jobs in one state, oldest first, read through the state index.
+    pub async fn jobs_in_state(&self, state: JobState) -> Result<Vec<JobRecord>, StoreError> {
+        self.read(move |t| {
+            let mut out = Vec::new();
+            for kv in t.by_state.scan_prefix([state.tag()]) {
+                let (k, _) = kv?;
+                if let Some(v) = t.jobs.get(&k[1..])? {
+                    out.push(dec(&v)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Jobs newest first, filtered; uses the state index when a state is given.
+    pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        self.read(move |t| {
+            let limit = filter.limit.unwrap_or(100).min(10_000);
+            let upper = filter.cursor.unwrap_or(u64::MAX);
+            let mut out = Vec::new();
+            let keep = |j: &JobRecord| {
+                filter.board.as_ref().is_none_or(|b| j.board.as_ref() == Some(b))
+                    && filter.device_type.as_ref().is_none_or(|d| &j.device_type == d)
+            };
+            match filter.state {
+                Some(state) => {
+                    let range = state_key(state, 0)..state_key(state, upper);
+                    for kv in t.by_state.range(range).rev() {
+                        let (k, _) = kv?;
+                        if let Some(v) = t.jobs.get(&k[1..])? {
+                            let j: JobRecord = dec(&v)?;
+                            if keep(&j) {
+                                out.push(j);
+                                if out.len() >= limit {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                None => {
+                    for kv in t.jobs.range(..upper.to_be_bytes()).rev() {
+                        let (_, v) = kv?;
+                        let j: JobRecord = dec(&v)?;
+                        if keep(&j) {
+                            out.push(j);
+                            if out.len() >= limit {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn events(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
+        self.read(move |t| {
+            t.events
+                .scan_prefix(id.to_be_bytes())
+                .map(|kv| dec(&kv?.1))
+                .collect()
+        })
+        .await
+    }
+
+    /// The job's console log from `from` on, at most `max` bytes, and the offset after it.
+    pub async fn log(&self, id: JobId, from: u64, max: usize) -> Result<(Vec<u8>, u64), StoreError> {
+        self.read(move |t| {
+            let mut out = Vec::new();
+            let mut pos = from;
+            // The chunk holding `from` may start before it.
+            let start = t
+                .logs
+                .range(key2(id, 0)..=key2(id, from))
+                .next_back()
+                .transpose()?
+                .map(|(k, _)| be_u64(&k[8..]))
+                .unwrap_or(from);
+            for kv in t.logs.range(key2(id, start)..key2(id, u64::MAX)) {
+                let (k, v) = kv?;
+                let off = be_u64(&k[8..]);
+                let end = off + v.len() as u64;
+                if end <= pos {
+                    continue;
+                }
+                if off > pos {
+                    // A gap would mean a lost chunk; never paper over it silently.
+                    return Err(StoreError::Corrupt(format!("job {id}: log gap at {pos}")));
+                }
+                let skip = (pos - off) as usize;
+                let room = max.saturating_sub(out.len());
+                let take = (v.len() - skip).min(room);
+                out.extend_from_slice(&v[skip..skip + take]);
+                pos += take as u64;
+                if out.len() >= max {
+                    break;
+                }
+            }
+            Ok((out, pos))
+        })
+        .await
+    }
+
+    pub async fn results(&self, id: JobId) -> Result<Vec<TestCase>, StoreError> {
+        self.read(move |t| {
+            t.results
+                .scan_prefix(id.to_be_bytes())
+                .map(|kv| dec(&kv?.1))
+                .collect()
+        })
+        .await
+    }
+
+    pub async fn boards(&self) -> Result<Vec<BoardRecord>, StoreError> {
+        self.read(|t| t.boards.iter().map(|kv| dec(&kv?.1)).collect())
+            .await
+    }
+}
+
+fn writer(t: Trees, rx: std_mpsc::Receiver<Write>, changes: broadcast::Sender<Change>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let mut done: Vec<Box<dyn FnOnce(Result<(), StoreError>)>> = Vec::new();
+        let mut published = Vec::new();
+        for w in batch {
+            apply(&t, w, &mut done, &mut published);
+        }
+        let flushed = t.db.flush().map(|_| ()).map_err(StoreError::from);
+        for reply in done {
+            reply(match &flushed {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Corrupt(format!("flush failed: {e}"))),
+            });
+        }
+        if flushed.is_ok() {
+            for c in published {
+                let _ = changes.send(c);
+            }
+        }
+    }
+}
+
+fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
+
+/// Applies one write; its reply waits for the batch's flush.
+fn apply(
+    t: &Trees,
+    w: Write,
+    done: &mut Vec<Box<dyn FnOnce(Result<(), StoreError>)>>,
+    published: &mut Vec<Change>,
+) {
+    fn defer<T: Send + 'static>(
+        done: &mut Vec<Box<dyn FnOnce(Result<(), StoreError>)>>,
+        tx: oneshot::Sender<Result<T, StoreError>>,
+        r: Result<T, StoreError>,
+    ) {
+        done.push(Box::new(move |flush: Result<(), StoreError>| {
+            let _ = tx.send(flush.and(r));
+        }));
+    }
+    match w {
+        Write::InsertJob(job, tx) => {
+            let r = (&t.meta, &t.jobs, &t.by_state)
+                .transaction(|(meta, jobs, idx)| {
+                    let next = meta.get("next_job_id")?.map_or(1, |v| be_u64(&v));
+                    meta.insert("next_job_id", &(next + 1).to_be_bytes())?;
+                    let mut j = (*job).clone();
+                    j.id = next;
+                    jobs.insert(&next.to_be_bytes(), enc(&j))?;
+                    idx.insert(&state_key(j.state, next), &[])?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(j)
+                })
+                .map_err(tx_err);
+            if let Ok(j) = &r {
+                published.push(Change::Job { id: j.id, state: j.state });
+            }
+            defer(done, tx, r);
+        }
+        Write::UpdateJob(id, f, tx) => {
+            let r = (|| {
+                let Some(old) = t.jobs.get(id.to_be_bytes())? else {
+                    return Err(StoreError::NoSuchJob(id));
+                };
+                let old: JobRecord = dec(&old)?;
+                let mut new = old.clone();
+                f(&mut new).map_err(StoreError::Rejected)?;
+                new.id = id;
+                (&t.jobs, &t.by_state)
+                    .transaction(|(jobs, idx)| {
+                        if old.state != new.state {
+                            idx.remove(&state_key(old.state, id))?;
+                            idx.insert(&state_key(new.state, id), &[])?;
+                        }
+                        jobs.insert(&id.to_be_bytes(), enc(&new))?;
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })
+                    .map_err(tx_err)?;
+                Ok(new)
+            })();
+            if let Ok(j) = &r {
+                published.push(Change::Job { id, state: j.state });
+            }
+            defer(done, tx, r);
+        }
+        Write::Event(id, ev, tx) => {
+            let r = t
+                .db
+                .generate_id()
+                .and_then(|n| t.events.insert(key2(id, n), enc(&ev)))
+                .map(|_| ())
+                .map_err(StoreError::from);
+            if r.is_ok() {
+                published.push(Change::Event { id });
+            }
+            defer(done, tx, r);
+        }
+        Write::Log(id, offset, bytes, tx) => {
+            let end = offset + bytes.len() as u64;
+            let r = t
+                .logs
+                .insert(key2(id, offset), bytes)
+                .map(|_| ())
+                .map_err(StoreError::from);
+            if r.is_ok() {
+                published.push(Change::Log { id, end });
+            }
+            defer(done, tx, r);
+        }
+        Write::Results(id, results, tx) => {
+            let r = (|| {
+                for tc in &results {
+                    let n = t.db.generate_id()?;
+                    t.results.insert(key2(id, n), enc(tc))?;
+                }
+                Ok(())
+            })();
+            defer(done, tx, r);
+        }
+        Write::Board(b, tx) => {
+            let r = t
+                .boards
+                .insert(b.name.as_bytes(), enc(&b))
+                .map(|_| ())
+                .map_err(StoreError::from);
+            defer(done, tx, r);
+        }
+    }
+}

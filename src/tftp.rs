@@ -1,0 +1,163 @@
+//! The TFTP server: serves each running job's artifacts from its own
+//! directory, `<root>/<job id>/<file>`, and nothing else.
+//!
+//! It owns the request-path policy. async-tftp's stock directory handler
+//! follows symlinks out of its root, so labd has its own handler: the path
+//! must be `<digits>/<name>` made of plain components, no component may be a
+//! symlink, the file is opened with `O_NOFOLLOW`, and writes are refused.
+//! The server runs on a thread of its own (async-tftp brings its own reactor).
+
+use async_tftp::packet;
+use async_tftp::server::{Handler, TftpServerBuilder};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TftpError {
+    #[error("TFTP: cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TFTP: {0}")]
+    Server(String),
+}
+
+struct JobFiles {
+    root: PathBuf,
+}
+
+/// Checks a requested path and returns the file to open, or why not.
+pub fn resolve(root: &Path, requested: &Path) -> Result<PathBuf, packet::Error> {
+    let rel = requested.strip_prefix("/").unwrap_or(requested);
+    let comps: Vec<&str> = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(s) => s.to_str().ok_or(packet::Error::PermissionDenied),
+            _ => Err(packet::Error::PermissionDenied),
+        })
+        .collect::<Result<_, _>>()?;
+    if comps.len() != 2 || !comps[0].chars().all(|c| c.is_ascii_digit()) {
+        return Err(packet::Error::FileNotFound);
+    }
+    let mut path = root.to_path_buf();
+    for c in &comps {
+        path.push(c);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => return Err(packet::Error::PermissionDenied),
+            Ok(_) => {}
+            Err(_) => return Err(packet::Error::FileNotFound),
+        }
+    }
+    Ok(path)
+}
+
+impl Handler for JobFiles {
+    type Reader = blocking::Unblock<std::fs::File>;
+    type Writer = futures_lite::io::Sink;
+
+    async fn read_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+    ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
+        let resolved = resolve(&self.root, path);
+        let file = resolved.and_then(|p| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&p)
+                .map_err(|_| packet::Error::FileNotFound)
+        });
+        match file {
+            Ok(f) => {
+                let len = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+                if len.is_none() {
+                    return Err(packet::Error::FileNotFound);
+                }
+                tracing::debug!(%client, path = %path.display(), "tftp read");
+                Ok((blocking::Unblock::new(f), len))
+            }
+            Err(e) => {
+                tracing::info!(%client, path = %path.display(), error = ?e, "tftp request refused");
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+        _size: Option<u64>,
+    ) -> Result<Self::Writer, packet::Error> {
+        tracing::info!(%client, path = %path.display(), "tftp write refused");
+        Err(packet::Error::IllegalOperation)
+    }
+}
+
+/// Binds the server and starts it on its own thread; returns the bound address.
+pub fn start(bind: SocketAddr, root: &Path, window_size_limit: u16) -> Result<SocketAddr, TftpError> {
+    std::fs::create_dir_all(root).map_err(|e| TftpError::Server(format!("{}: {e}", root.display())))?;
+    let sock = UdpSocket::bind(bind).map_err(|source| TftpError::Bind { addr: bind, source })?;
+    let addr = sock
+        .local_addr()
+        .map_err(|e| TftpError::Server(e.to_string()))?;
+    let handler = JobFiles {
+        root: root.to_path_buf(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("labd-tftp".into())
+        .spawn(move || {
+            futures_lite::future::block_on(async move {
+                let server = match TftpServerBuilder::with_handler(handler)
+                    .std_socket(sock)
+                    .map(|b| b.window_size_limit(window_size_limit))
+                {
+                    Ok(b) => b.build().await,
+                    Err(e) => Err(e),
+                };
+                match server {
+                    Ok(s) => {
+                        let _ = tx.send(Ok(()));
+                        if let Err(e) = s.serve().await {
+                            tracing::error!(error = %e, "TFTP server stopped");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            })
+        })
+        .map_err(|e| TftpError::Server(e.to_string()))?;
+    match rx.recv() {
+        Ok(Ok(())) => Ok(addr),
+        Ok(Err(e)) => Err(TftpError::Server(e)),
+        Err(_) => Err(TftpError::Server("server thread died".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_outside_job_dirs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("7")).unwrap();
+        std::fs::write(root.join("7/kernel"), b"k").unwrap();
+        std::fs::write(dir.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("7/link")).unwrap();
+        std::os::unix::fs::symlink(root, root.join("8")).unwrap();
+        assert!(resolve(root, Path::new("7/kernel")).is_ok());
+        assert!(resolve(root, Path::new("/7/kernel")).is_ok());
+        for bad in ["7/../secret", "../secret", "secret", "7/link", "8/7", "7", "x/kernel", "7/kernel/x"] {
+            assert!(resolve(root, Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+}
