@@ -104,3 +104,35 @@ impl fmt::Display for ErrorCode {
         f.write_str(self.as_str())
     }
 }
+
+/// An error as the lab actor answers a request; the socket layer turns it
+/// into its wire form without looking inside.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub location: Option<Location>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            location: None,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::NoSuchJob(id) => {
+                ApiError::new(ErrorCode::NoSuchJob, format!("no such job {id}"))
+            }
+            crate::store::StoreError::Rejected(m) => ApiError::new(ErrorCode::InvalidState, m),
+            other => ApiError::new(ErrorCode::Store, other.to_string()),
+        }
+    }
+}

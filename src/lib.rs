@@ -3,15 +3,21 @@
 //! The library holds everything; the `labd`, `labctl` and `labd-sim` binaries
 //! are thin front ends. See `ARCHITECTURE.md` for the map.
 
+pub mod board;
+pub mod client;
 pub mod config;
 pub mod console;
+pub mod daemon;
 pub mod device_type;
 pub mod error;
 pub mod job;
+pub mod lab;
 pub mod matcher;
 pub mod model;
 pub mod power;
+pub mod protocol;
 pub mod runner;
+pub mod server;
 pub mod signals;
 pub mod sim;
 pub mod store;

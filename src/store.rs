@@ -68,6 +68,12 @@ struct Trees {
     boards: sled::Tree,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
 /// A cheap, cloneable handle to the store.
 #[derive(Clone)]
 pub struct Store {

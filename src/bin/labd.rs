@@ -1,1 +1,154 @@
-fn main(){}
+//! `labd`: the per-lab dispatcher daemon. `labd --demo` runs a demo lab of
+//! simulated boards, submits a sample job and prints its results.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use labd::client::Client;
+use labd::config::{self, LabConfig};
+use labd::protocol::RequestBody;
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Parser)]
+#[command(version, about = "labd: a per-lab hardware dispatcher for LAVA-style jobs")]
+struct Args {
+    /// The lab config (TOML).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The socket to serve; wins over the config's.
+    #[arg(long, env = "LABD_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Run a demo lab of four simulated boards with its state in a temporary directory.
+    #[arg(long)]
+    demo: bool,
+    /// With --demo: keep the demo lab running for labctl instead of running the sample job.
+    #[arg(long, requires = "demo")]
+    serve: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "labd=info,warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let sys = actix::System::new();
+    match sys.block_on(run(args)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("labd: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<u8> {
+    if args.demo {
+        return demo(args).await;
+    }
+    let Some(path) = &args.config else {
+        bail!("give --config FILE, or --demo for a demo lab");
+    };
+    let cfg = LabConfig::load(path)?;
+    let socket = config::resolve_socket(args.socket.as_deref(), Some(&cfg));
+    labd::daemon::start(cfg, &socket).await?;
+    wait_for_signal().await;
+    Ok(0)
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match &mut term { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn sim_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name("labd-sim");
+    if !p.exists() {
+        bail!("{} not found; build it with `cargo build --bins`", p.display());
+    }
+    Ok(p)
+}
+
+async fn demo(args: Args) -> anyhow::Result<u8> {
+    let tmp = tempfile::Builder::new().prefix("labd-demo-").tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    let sim_sock = dir.join("sim.sock");
+    let socket = args.socket.clone().unwrap_or_else(|| dir.join("labd.sock"));
+    let boards: Vec<String> = (1..=4).map(|i| format!("sim-{i:02}")).collect();
+    let mut sim = tokio::process::Command::new(sim_binary()?)
+        .arg("--control")
+        .arg(&sim_sock)
+        .arg("--boards")
+        .arg(boards.join(","))
+        .arg("--scratch")
+        .arg(dir.join("scratch"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting labd-sim")?;
+    let out = sim.stdout.take().context("labd-sim stdout")?;
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    match lines.next_line().await? {
+        Some(l) if l.trim() == "READY" => {}
+        other => bail!("labd-sim did not start: {other:?}"),
+    }
+    let cfg = config::demo(&dir.join("state"), &sim_sock, &socket);
+    labd::daemon::start(cfg, &socket).await?;
+    if args.serve {
+        println!("LABD_SOCKET={}", socket.display());
+        println!("demo lab of {} simulated boards is running; Ctrl-C stops it", boards.len());
+        let _ = std::io::stdout().flush();
+        wait_for_signal().await;
+        return Ok(0);
+    }
+    let artifacts = dir.join("artifacts");
+    write_artifacts(&artifacts)?;
+    let job = include_str!("../../config/demo-job.yaml").replace("@ARTIFACTS@", &artifacts.display().to_string());
+    let mut client = Client::connect(&socket).await?;
+    let id = client.submit(&job, "config/demo-job.yaml").await?;
+    println!("labd demo: submitted job {id}; console follows\n");
+    let mut stdout = std::io::stdout();
+    let end = client
+        .stream(RequestBody::Logs { job: id, offset: 0, follow: true }, |ev| {
+            if let Some(d) = ev.get("data").and_then(Value::as_str) {
+                let _ = stdout.write_all(d.replace('\r', "").as_bytes());
+                let _ = stdout.flush();
+            }
+        })
+        .await?;
+    let res = client.call(RequestBody::Results { job: id }).await?;
+    let job = &res["job"];
+    println!("\n\njob {id} ({}) on {}: {} {}", job["name"].as_str().unwrap_or(""), job["board"].as_str().unwrap_or("-"), end["state"].as_str().unwrap_or("?"), end["health"].as_str().unwrap_or("?"));
+    if let Some(e) = job["error"].as_str() {
+        println!("error ({}): {e}", job["error_class"].as_str().unwrap_or("?"));
+    }
+    println!("\n{:<20} {:<28} {:<8} {}", "SUITE", "TEST CASE", "RESULT", "MEASUREMENT");
+    for r in res["results"].as_array().into_iter().flatten() {
+        let m = match (r["measurement"].as_str(), r["units"].as_str()) {
+            (Some(m), Some(u)) => format!("{m} {u}"),
+            (Some(m), None) => m.to_owned(),
+            _ => String::new(),
+        };
+        println!("{:<20} {:<28} {:<8} {m}", r["suite"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""), r["result"].as_str().unwrap_or(""));
+    }
+    drop(sim);
+    Ok(if job["health"] == "Complete" { 0 } else { 1 })
+}
+
+fn write_artifacts(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    // Stand-ins with the sizes of small real artifacts; the simulated U-Boot
+    // only checks that they arrived.
+    let mut kernel = b"ARMd".to_vec();
+    kernel.resize(2 * 1024 * 1024, 0x5a);
+    std::fs::write(dir.join("Image"), kernel)?;
+    std::fs::write(dir.join("initramfs.cpio.gz"), vec![0x1f; 512 * 1024])?;
+    std::fs::write(dir.join("board.dtb"), vec![0xd0; 16 * 1024])?;
+    Ok(())
+}

@@ -1,0 +1,453 @@
+//! The board actor: the one owner of a board's console, power relay and boot
+//! state machine.
+//!
+//! Console bytes arrive as messages from a reader task, so the actor sees
+//! every byte in order: while a job runs they go to the job's log (flushed to
+//! the store in batches) and to the job's runner; while idle they go to a
+//! bounded ring buffer. A job runs as a runner future spawned in this actor's
+//! context (see `runner`); cancelling is dropping that future, after which
+//! the actor powers the board off itself. The actor never blocks: store
+//! writes and power commands are futures.
+
+use crate::console::Console;
+use crate::device_type::DeviceType;
+use crate::job::JobDefinition;
+use crate::model::{now_ms, JobEvent, JobId, JobOutcome};
+use crate::power::{Power, PowerAction};
+use crate::runner::{self, Phase, RunCtx, TftpInfo};
+use crate::store::Store;
+use actix::prelude::*;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// What a board actor tells the lab actor.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum BoardReport {
+    Phase { board: String, phase: Phase },
+    JobEnded { board: String, job: JobId, outcome: JobOutcome },
+    /// The actor is gone without stopping normally (a panic unwound it).
+    Died { board: String, job: Option<JobId> },
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct StartJob {
+    pub id: JobId,
+    pub def: JobDefinition,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelJob {
+    pub id: JobId,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct PowerBoard(pub PowerAction);
+
+/// The idle console: what the board printed while no job ran.
+#[derive(Message)]
+#[rtype(result = "Vec<u8>")]
+pub struct IdleConsole;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ConsoleBytes(u64, Vec<u8>);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ConsoleLost(u64, String);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PhaseChanged(Phase);
+
+/// Tells the lab when the actor is dropped without a normal stop: actix does
+/// not restart an actor whose handler panicked, it just drops it while the
+/// panic unwinds, so this guard's `Drop` is the signal.
+struct DeathGuard {
+    board: String,
+    lab: Recipient<BoardReport>,
+    job: Option<JobId>,
+    armed: bool,
+}
+
+impl Drop for DeathGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.lab.do_send(BoardReport::Died {
+                board: self.board.clone(),
+                job: self.job,
+            });
+        }
+    }
+}
+
+struct CurrentJob {
+    id: JobId,
+    input: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    handle: Option<SpawnHandle>,
+    log_buf: Vec<u8>,
+    log_offset: u64,
+    ending: bool,
+}
+
+pub struct BoardActor {
+    name: String,
+    dt: DeviceType,
+    console: Arc<dyn Console>,
+    power: Arc<dyn Power>,
+    store: Store,
+    tftp: TftpInfo,
+    lab: Recipient<BoardReport>,
+    writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    console_gen: u64,
+    reconnect_delay: Duration,
+    phase: Phase,
+    job: Option<CurrentJob>,
+    ring: VecDeque<u8>,
+    ring_cap: usize,
+    guard: DeathGuard,
+}
+
+impl BoardActor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        dt: DeviceType,
+        console: Box<dyn Console>,
+        power: Box<dyn Power>,
+        store: Store,
+        tftp: TftpInfo,
+        lab: Recipient<BoardReport>,
+        ring_cap: usize,
+    ) -> Self {
+        BoardActor {
+            guard: DeathGuard {
+                board: name.clone(),
+                lab: lab.clone(),
+                job: None,
+                armed: true,
+            },
+            name,
+            dt,
+            console: Arc::from(console),
+            power: Arc::from(power),
+            store,
+            tftp,
+            lab,
+            writer: None,
+            console_gen: 0,
+            reconnect_delay: Duration::from_millis(100),
+            phase: Phase::Off,
+            job: None,
+            ring: VecDeque::new(),
+            ring_cap,
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.lab.do_send(BoardReport::Phase {
+            board: self.name.clone(),
+            phase,
+        });
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.console_gen += 1;
+        let gen = self.console_gen;
+        let console = self.console.clone();
+        let addr = ctx.address();
+        ctx.spawn(
+            async move { console.connect().await }
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(io) => {
+                        act.reconnect_delay = Duration::from_millis(100);
+                        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+                        act.writer = Some(tx);
+                        let mut writer = io.writer;
+                        tokio::spawn(async move {
+                            while let Some(b) = rx.recv().await {
+                                if writer.write_all(&b).await.is_err() {
+                                    break;
+                                }
+                                let _ = writer.flush().await;
+                            }
+                        });
+                        let mut reader = io.reader;
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            loop {
+                                match reader.read(&mut buf).await {
+                                    Ok(0) => {
+                                        addr.do_send(ConsoleLost(gen, "end of file".into()));
+                                        return;
+                                    }
+                                    Ok(n) => addr.do_send(ConsoleBytes(gen, buf[..n].to_vec())),
+                                    Err(e) => {
+                                        addr.do_send(ConsoleLost(gen, e.to_string()));
+                                        return;
+                                    }
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(board = %act.name, error = %e, "console connect failed");
+                        act.schedule_reconnect(ctx);
+                    }
+                }),
+        );
+    }
+
+    fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.reconnect_delay;
+        self.reconnect_delay = (delay * 2).min(Duration::from_secs(10));
+        ctx.run_later(delay, |act, ctx| act.connect(ctx));
+    }
+
+    fn flush_log(&mut self) {
+        if let Some(job) = &mut self.job {
+            if job.log_buf.is_empty() {
+                return;
+            }
+            let bytes = std::mem::take(&mut job.log_buf);
+            let offset = job.log_offset;
+            job.log_offset += bytes.len() as u64;
+            let fut = self.store.append_log(job.id, offset, bytes);
+            let board = self.name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = fut.await {
+                    tracing::error!(%board, error = %e, "storing console log failed");
+                }
+            });
+        }
+    }
+
+    fn event(&self, id: JobId, kind: &str, message: String) {
+        let fut = self.store.add_event(
+            id,
+            JobEvent {
+                time: now_ms(),
+                kind: kind.into(),
+                message,
+            },
+        );
+        tokio::spawn(async move {
+            let _ = fut.await;
+        });
+    }
+
+    /// Ends the current job: stop the runner, power off, flush, report.
+    fn end_job(&mut self, outcome: JobOutcome, ctx: &mut Context<Self>) {
+        let Some(job) = &mut self.job else { return };
+        if job.ending {
+            return;
+        }
+        job.ending = true;
+        if let Some(h) = job.handle.take() {
+            ctx.cancel_future(h);
+        }
+        job.input = None;
+        let id = job.id;
+        self.set_phase(Phase::PoweringOff);
+        self.event(id, "phase", Phase::PoweringOff.to_string());
+        let power = self.power.clone();
+        let limit = self.dt.timeouts.get("power-off").unwrap_or(Duration::from_secs(30));
+        ctx.spawn(
+            async move { tokio::time::timeout(limit, power.switch(PowerAction::Off)).await }
+                .into_actor(self)
+                .map(move |res, act, _ctx| {
+                    let msg = match res {
+                        Ok(Ok(())) => "board powered off".to_owned(),
+                        Ok(Err(e)) => format!("power off failed: {e}"),
+                        Err(_) => format!("power off timed out after {} s", limit.as_secs()),
+                    };
+                    act.event(id, "power-off", msg);
+                    act.flush_log();
+                    let dir = act.tftp.root.join(id.to_string());
+                    let _ = std::fs::remove_dir_all(dir);
+                    act.job = None;
+                    act.guard.job = None;
+                    act.set_phase(Phase::Off);
+                    act.lab.do_send(BoardReport::JobEnded {
+                        board: act.name.clone(),
+                        job: id,
+                        outcome,
+                    });
+                }),
+        );
+    }
+}
+
+impl Actor for BoardActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.connect(ctx);
+        ctx.run_interval(Duration::from_millis(100), |act, _| act.flush_log());
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.guard.armed = false;
+    }
+}
+
+impl Handler<ConsoleBytes> for BoardActor {
+    type Result = ();
+    fn handle(&mut self, msg: ConsoleBytes, _ctx: &mut Context<Self>) {
+        if msg.0 != self.console_gen {
+            return;
+        }
+        match &mut self.job {
+            Some(job) => {
+                if let Some(input) = &job.input {
+                    let _ = input.send(msg.1.clone());
+                }
+                job.log_buf.extend_from_slice(&msg.1);
+                if job.log_buf.len() >= 64 * 1024 {
+                    self.flush_log();
+                }
+            }
+            None => {
+                self.ring.extend(msg.1);
+                while self.ring.len() > self.ring_cap {
+                    self.ring.pop_front();
+                }
+            }
+        }
+    }
+}
+
+impl Handler<ConsoleLost> for BoardActor {
+    type Result = ();
+    fn handle(&mut self, msg: ConsoleLost, ctx: &mut Context<Self>) {
+        if msg.0 != self.console_gen {
+            return;
+        }
+        tracing::warn!(board = %self.name, reason = %msg.1, "console lost; reconnecting");
+        self.writer = None;
+        if let Some(job) = &mut self.job {
+            let note = format!("\r\n[labd: console lost: {}; reconnecting]\r\n", msg.1);
+            job.log_buf.extend_from_slice(note.as_bytes());
+        }
+        self.schedule_reconnect(ctx);
+    }
+}
+
+impl Handler<PhaseChanged> for BoardActor {
+    type Result = ();
+    fn handle(&mut self, msg: PhaseChanged, _ctx: &mut Context<Self>) {
+        if self.job.as_ref().is_some_and(|j| !j.ending) {
+            self.set_phase(msg.0);
+        }
+    }
+}
+
+impl Handler<StartJob> for BoardActor {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: StartJob, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(j) = &self.job {
+            return Err(format!("board {} is busy with job {}", self.name, j.id));
+        }
+        let (input_tx, input_rx) = mpsc::unbounded_channel();
+        // Writes go through the current console writer; when the console is
+        // being reconnected they are lost, like keystrokes on an unplugged cable.
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let addr = ctx.address();
+        let writer_addr = addr.clone();
+        tokio::spawn(async move {
+            while let Some(b) = out_rx.recv().await {
+                if writer_addr.send(WriteConsole(b)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let phase_addr = addr.clone();
+        let rc = RunCtx {
+            job_id: msg.id,
+            def: msg.def,
+            dt: self.dt.clone(),
+            input: input_rx,
+            output: out_tx,
+            power: self.power.clone(),
+            store: self.store.clone(),
+            tftp: self.tftp.clone(),
+            phase: Box::new(move |p| phase_addr.do_send(PhaseChanged(p))),
+        };
+        // What the board printed before the job is not the job's.
+        self.ring.clear();
+        self.job = Some(CurrentJob {
+            id: msg.id,
+            input: Some(input_tx),
+            handle: None,
+            log_buf: Vec::new(),
+            log_offset: 0,
+            ending: false,
+        });
+        self.guard.job = Some(msg.id);
+        let handle = ctx.spawn(
+            runner::run(rc)
+                .into_actor(self)
+                .map(|outcome, act, ctx| {
+                    if let Some(j) = &mut act.job {
+                        j.handle = None;
+                    }
+                    act.end_job(outcome, ctx)
+                }),
+        );
+        if let Some(j) = &mut self.job {
+            j.handle = Some(handle);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriteConsole(Vec<u8>);
+
+impl Handler<WriteConsole> for BoardActor {
+    type Result = ();
+    fn handle(&mut self, msg: WriteConsole, _ctx: &mut Context<Self>) {
+        if let Some(w) = &self.writer {
+            let _ = w.send(msg.0);
+        }
+    }
+}
+
+impl Handler<CancelJob> for BoardActor {
+    type Result = ();
+    fn handle(&mut self, msg: CancelJob, ctx: &mut Context<Self>) {
+        if self.job.as_ref().is_some_and(|j| j.id == msg.id) {
+            self.event(msg.id, "cancel", "job canceled".into());
+            self.end_job(JobOutcome::canceled("canceled by request"), ctx);
+        }
+    }
+}
+
+impl Handler<PowerBoard> for BoardActor {
+    type Result = ResponseFuture<Result<(), String>>;
+    fn handle(&mut self, msg: PowerBoard, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(j) = &self.job {
+            let err = format!("board {} is running job {}", self.name, j.id);
+            return Box::pin(async move { Err(err) });
+        }
+        let power = self.power.clone();
+        Box::pin(async move { power.switch(msg.0).await.map_err(|e| e.to_string()) })
+    }
+}
+
+impl Handler<IdleConsole> for BoardActor {
+    type Result = Vec<u8>;
+    fn handle(&mut self, _msg: IdleConsole, _ctx: &mut Context<Self>) -> Vec<u8> {
+        self.ring.iter().copied().collect()
+    }
+}

@@ -1,0 +1,53 @@
+//! Starting a lab: store, device types, TFTP server, lab actor and socket,
+//! in that order, inside the current actix system.
+
+use crate::config::LabConfig;
+use crate::device_type::{self, DeviceType};
+use crate::lab::LabActor;
+use crate::runner::TftpInfo;
+use crate::store::Store;
+use actix::prelude::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    DeviceType(#[from] device_type::DeviceTypeError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Tftp(#[from] crate::tftp::TftpError),
+    #[error("socket {path}: {source}")]
+    Socket {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Lab(crate::error::ApiError),
+}
+
+pub fn load_device_types(cfg: &LabConfig) -> Result<BTreeMap<String, DeviceType>, device_type::DeviceTypeError> {
+    match &cfg.device_types_dir {
+        Some(dir) => device_type::load_dir(dir),
+        None => device_type::embedded(),
+    }
+}
+
+/// Starts everything; must run inside an actix system.
+pub async fn start(cfg: LabConfig, socket: &Path) -> Result<Addr<LabActor>, StartError> {
+    let device_types = load_device_types(&cfg)?;
+    let store = Store::open(&cfg.state_dir.join("store"), cfg.store.cache_capacity)?;
+    let root = cfg.tftp_root();
+    let addr = crate::tftp::start(cfg.tftp.bind, &root, cfg.tftp.window_size_limit)?;
+    let server_ip = cfg.tftp.server_ip.clone().unwrap_or_else(|| addr.ip().to_string());
+    let tftp = TftpInfo { root, server_ip, port: addr.port() };
+    tracing::info!(tftp = %addr, "TFTP server listening");
+    let listener = crate::server::bind(socket).map_err(|source| StartError::Socket { path: socket.display().to_string(), source })?;
+    let max_req = cfg.limits.max_request_bytes;
+    let lab = LabActor::new(cfg, store, device_types, tftp).map_err(StartError::Lab)?.start();
+    actix::spawn(crate::server::serve(listener, lab.clone(), max_req));
+    tracing::info!(socket = %socket.display(), "labd ready");
+    Ok(lab)
+}

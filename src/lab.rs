@@ -1,0 +1,674 @@
+//! The lab actor: the scheduler and the supervisor of the board actors.
+//!
+//! It owns the job queue and each board's scheduling view (state, health,
+//! current job); the board actors own the hardware. Every job state change
+//! is made durable in the store before it is acted on or acknowledged.
+//! Requests from the socket arrive as [`LabRequest`] messages.
+
+use crate::board::{BoardActor, BoardReport, CancelJob, IdleConsole, PowerBoard, StartJob};
+use crate::config::{BoardConfig, LabConfig};
+use crate::console;
+use crate::device_type::DeviceType;
+use crate::error::{ApiError, ErrorCode};
+use crate::job::{self, BootCommands, Diagnostic, JobDefinition};
+use crate::model::*;
+use crate::power::{self, PowerAction};
+use crate::runner::{Phase, TftpInfo};
+use crate::store::{JobFilter, Store};
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A board as `boards` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BoardInfo {
+    pub name: String,
+    pub device_type: String,
+    pub tags: Vec<String>,
+    pub state: BoardState,
+    pub health: BoardHealth,
+    pub health_reason: Option<String>,
+    pub job: Option<JobId>,
+    pub phase: Phase,
+}
+
+#[derive(Debug, Clone)]
+pub enum LabRequest {
+    Submit {
+        definition: String,
+        file: String,
+        submitter: String,
+    },
+    Cancel { job: JobId },
+    Jobs(JobFilter),
+    Job { job: JobId },
+    Results { job: JobId },
+    Boards,
+    SetHealth {
+        board: String,
+        online: bool,
+        reason: Option<String>,
+    },
+    Power { board: String, action: PowerAction },
+    IdleConsole { board: String },
+    /// A handle for reading logs; reading never changes anything.
+    LogSource { job: JobId },
+}
+
+#[derive(Debug)]
+pub enum LabReply {
+    Submitted { id: JobId, warnings: Vec<Diagnostic> },
+    Done,
+    Jobs(Vec<JobRecord>),
+    Job(Box<JobRecord>, Vec<JobEvent>),
+    Results(Box<JobRecord>, Vec<TestCase>),
+    Boards(Vec<BoardInfo>),
+    Bytes(Vec<u8>),
+    LogSource(Store),
+}
+
+impl Message for LabRequest {
+    type Result = Result<LabReply, ApiError>;
+}
+
+struct Slot {
+    cfg: BoardConfig,
+    dt: DeviceType,
+    addr: Addr<BoardActor>,
+    state: BoardState,
+    health: BoardHealth,
+    health_reason: Option<String>,
+    job: Option<JobId>,
+    phase: Phase,
+    maintenance_pending: bool,
+}
+
+struct Queued {
+    id: JobId,
+    priority: u8,
+    submit_time: u64,
+    def: JobDefinition,
+}
+
+pub struct LabActor {
+    cfg: LabConfig,
+    store: Store,
+    device_types: BTreeMap<String, DeviceType>,
+    tftp: TftpInfo,
+    boards: BTreeMap<String, Slot>,
+    queue: Vec<Queued>,
+    ready: bool,
+}
+
+impl LabActor {
+    pub fn new(
+        cfg: LabConfig,
+        store: Store,
+        device_types: BTreeMap<String, DeviceType>,
+        tftp: TftpInfo,
+    ) -> Result<Self, ApiError> {
+        // Resolve every board's device type now, so a bad config fails at start.
+        for b in &cfg.boards {
+            let dt = device_types.get(&b.device_type).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NoSuchDeviceType,
+                    format!("board {}: unknown device type `{}`", b.name, b.device_type),
+                )
+            })?;
+            dt.with_overrides(&b.name, &b.parameters)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidState, e.to_string()))?;
+        }
+        Ok(LabActor {
+            cfg,
+            store,
+            device_types,
+            tftp,
+            boards: BTreeMap::new(),
+            queue: Vec::new(),
+            ready: false,
+        })
+    }
+
+    fn start_board(&self, b: &BoardConfig, dt: &DeviceType, ctx: &mut Context<Self>) -> Addr<BoardActor> {
+        let sim = self.cfg.sim_control.as_ref();
+        let console = console::from_config(&b.name, &b.console, dt.console_baud, sim);
+        let power = power::from_config(&b.name, &b.power, sim);
+        BoardActor::new(
+            b.name.clone(),
+            dt.clone(),
+            console,
+            power,
+            self.store.clone(),
+            self.tftp.clone(),
+            ctx.address().recipient(),
+            self.cfg.limits.idle_console_ring_bytes,
+        )
+        .start()
+    }
+
+    fn persist_board(&self, name: &str) {
+        if let Some(s) = self.boards.get(name) {
+            let fut = self.store.put_board(BoardRecord {
+                name: name.to_owned(),
+                health: s.health,
+                health_reason: s.health_reason.clone(),
+            });
+            actix::spawn(async move {
+                if let Err(e) = fut.await {
+                    tracing::error!(error = %e, "storing board health failed");
+                }
+            });
+        }
+    }
+
+    fn enqueue(&mut self, q: Queued) {
+        let pos = self
+            .queue
+            .iter()
+            .position(|o| (q.priority, std::cmp::Reverse(q.submit_time), std::cmp::Reverse(q.id)) > (o.priority, std::cmp::Reverse(o.submit_time), std::cmp::Reverse(o.id)))
+            .unwrap_or(self.queue.len());
+        self.queue.insert(pos, q);
+    }
+
+    fn matches(slot: &Slot, def: &JobDefinition) -> bool {
+        slot.cfg.device_type == def.device_type && def.tags.iter().all(|t| slot.cfg.tags.contains(t))
+    }
+
+    /// Gives queued jobs to idle boards: highest priority first, then oldest.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if !self.ready {
+            return;
+        }
+        let mut i = 0;
+        while i < self.queue.len() {
+            let def = &self.queue[i].def;
+            let board = self
+                .boards
+                .iter()
+                .find(|(_, s)| s.state == BoardState::Idle && s.health.schedulable() && !s.maintenance_pending && Self::matches(s, def))
+                .map(|(n, _)| n.clone());
+            match board {
+                Some(name) => {
+                    let q = self.queue.remove(i);
+                    self.assign(q, name, ctx);
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    fn assign(&mut self, q: Queued, board: String, ctx: &mut Context<Self>) {
+        let Some(slot) = self.boards.get_mut(&board) else { return };
+        slot.state = BoardState::Reserved;
+        slot.job = Some(q.id);
+        let addr = slot.addr.clone();
+        let store = self.store.clone();
+        let id = q.id;
+        let b2 = board.clone();
+        let fut = async move {
+            let bn = b2.clone();
+            store
+                .update_job(id, move |j| {
+                    if j.state != JobState::Submitted {
+                        return Err(format!("job {id} is {} already", j.state));
+                    }
+                    j.state = JobState::Scheduled;
+                    j.board = Some(bn);
+                    Ok(())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = store.add_event(id, JobEvent { time: now_ms(), kind: "state".into(), message: format!("Scheduled on {b2}") }).await;
+            addr.send(StartJob { id, def: q.def }).await.map_err(|e| e.to_string())??;
+            store
+                .update_job(id, |j| {
+                    if j.state == JobState::Scheduled {
+                        j.state = JobState::Running;
+                    }
+                    j.start_time = Some(now_ms());
+                    Ok(())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            store.add_event(id, JobEvent { time: now_ms(), kind: "state".into(), message: "Running".into() }).await.map_err(|e| e.to_string())
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res: Result<(), String>, act, ctx| {
+            if let Some(s) = act.boards.get_mut(&board) {
+                if s.job == Some(id) && s.state == BoardState::Reserved {
+                    s.state = BoardState::Running;
+                }
+            }
+            if let Err(e) = res {
+                tracing::error!(job = id, %board, error = %e, "starting job failed");
+                act.finish(id, &board, JobOutcome::incomplete(ErrorClass::Infrastructure, format!("could not start: {e}")), ctx);
+            }
+        }));
+    }
+
+    /// Records a job's end, frees its board and schedules again.
+    fn finish(&mut self, id: JobId, board: &str, outcome: JobOutcome, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let o2 = outcome.clone();
+        let fut = async move {
+            let r = store
+                .update_job(id, move |j| {
+                    if j.state == JobState::Finished {
+                        return Err(format!("job {id} already finished"));
+                    }
+                    // A job being canceled ends Canceled whatever the runner saw.
+                    let o = if j.state == JobState::Canceling && o2.health != JobHealth::Canceled {
+                        JobOutcome::canceled("canceled by request")
+                    } else {
+                        o2
+                    };
+                    j.state = JobState::Finished;
+                    j.health = o.health;
+                    j.error_class = o.error_class;
+                    j.error = o.error;
+                    j.end_time = Some(now_ms());
+                    Ok(())
+                })
+                .await;
+            if let Ok(j) = &r {
+                let _ = store
+                    .add_event(id, JobEvent { time: now_ms(), kind: "state".into(), message: format!("Finished {}", j.health) })
+                    .await;
+            }
+            r
+        };
+        let board = board.to_owned();
+        ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
+            if let Err(e) = r {
+                tracing::warn!(job = id, error = %e, "recording job end");
+            }
+            if let Some(s) = act.boards.get_mut(&board) {
+                if s.job == Some(id) {
+                    s.job = None;
+                    s.state = BoardState::Idle;
+                }
+                if matches!(outcome.error_class, Some(ErrorClass::Infrastructure | ErrorClass::Bug)) && s.health == BoardHealth::Good {
+                    s.health = BoardHealth::Unknown;
+                    s.health_reason = outcome.error.clone();
+                }
+                if s.maintenance_pending {
+                    s.maintenance_pending = false;
+                    s.health = BoardHealth::Maintenance;
+                }
+                if outcome.health == JobHealth::Complete && s.health == BoardHealth::Unknown {
+                    // LAVA sets Good after a passing health check; until labd runs
+                    // health checks a complete job is the best evidence there is.
+                    s.health = BoardHealth::Good;
+                    s.health_reason = None;
+                }
+                act.persist_board(&board);
+            }
+            act.schedule(ctx);
+        }));
+    }
+
+    /// Brings the store to a consistent state after a start or a crash.
+    async fn reconcile(store: Store) -> Result<(Vec<BoardRecord>, Vec<JobRecord>, Vec<JobId>), crate::store::StoreError> {
+        let mut dirty_boards = Vec::new();
+        for state in [JobState::Scheduled, JobState::Running, JobState::Canceling] {
+            for j in store.jobs_in_state(state).await? {
+                let canceled = j.state == JobState::Canceling;
+                store
+                    .update_job(j.id, move |r| {
+                        r.state = JobState::Finished;
+                        let o = if canceled {
+                            JobOutcome::canceled("canceled; dispatcher restarted")
+                        } else {
+                            JobOutcome::incomplete(ErrorClass::Infrastructure, "dispatcher restarted")
+                        };
+                        r.health = o.health;
+                        r.error_class = o.error_class;
+                        r.error = o.error;
+                        r.end_time = Some(now_ms());
+                        Ok(())
+                    })
+                    .await?;
+                store
+                    .add_event(j.id, JobEvent { time: now_ms(), kind: "state".into(), message: "Finished: dispatcher restarted".into() })
+                    .await?;
+                if let Some(b) = j.board {
+                    dirty_boards.push(j.id);
+                    let _ = b;
+                }
+            }
+        }
+        let boards = store.boards().await?;
+        let queued = store.jobs_in_state(JobState::Submitted).await?;
+        Ok((boards, queued, dirty_boards))
+    }
+}
+
+impl Actor for LabActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let cfgs = self.cfg.boards.clone();
+        for b in &cfgs {
+            let Some(base) = self.device_types.get(&b.device_type) else { continue };
+            // Invariant: LabActor::new checked every board's overrides.
+            let Ok(dt) = base.with_overrides(&b.name, &b.parameters) else { continue };
+            let addr = self.start_board(b, &dt, ctx);
+            self.boards.insert(
+                b.name.clone(),
+                Slot {
+                    cfg: b.clone(),
+                    dt,
+                    addr,
+                    state: BoardState::Idle,
+                    health: BoardHealth::Unknown,
+                    health_reason: None,
+                    job: None,
+                    phase: Phase::Off,
+                    maintenance_pending: false,
+                },
+            );
+        }
+        let store = self.store.clone();
+        ctx.wait(Self::reconcile(store).into_actor(self).map(|res, act, ctx| {
+            match res {
+                Ok((boards, queued, _)) => {
+                    for r in boards {
+                        if let Some(s) = act.boards.get_mut(&r.name) {
+                            s.health = r.health;
+                            s.health_reason = r.health_reason;
+                        }
+                    }
+                    for j in queued {
+                        match job::parse(&format!("job {}", j.id), &j.definition) {
+                            Ok(p) => act.enqueue(Queued { id: j.id, priority: j.priority, submit_time: j.submit_time, def: p.definition }),
+                            Err(e) => {
+                                tracing::error!(job = j.id, error = %e, "stored job no longer parses");
+                                let msg = format!("definition no longer valid: {e}");
+                                let fut = act.store.update_job(j.id, move |r| {
+                                    r.state = JobState::Finished;
+                                    r.health = JobHealth::Incomplete;
+                                    r.error_class = Some(ErrorClass::Configuration);
+                                    r.error = Some(msg);
+                                    Ok(())
+                                });
+                                actix::spawn(async move {
+                                    let _ = fut.await;
+                                });
+                            }
+                        }
+                    }
+                    act.ready = true;
+                    act.schedule(ctx);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the store at start failed");
+                    System::current().stop_with_code(1);
+                }
+            }
+        }));
+    }
+}
+
+impl Handler<BoardReport> for LabActor {
+    type Result = ();
+    fn handle(&mut self, msg: BoardReport, ctx: &mut Context<Self>) {
+        match msg {
+            BoardReport::Phase { board, phase } => {
+                if let Some(s) = self.boards.get_mut(&board) {
+                    s.phase = phase;
+                }
+            }
+            BoardReport::JobEnded { board, job, outcome } => self.finish(job, &board, outcome, ctx),
+            BoardReport::Died { board, job } => {
+                tracing::error!(%board, "board actor died; replacing it");
+                let Some(slot) = self.boards.get(&board) else { return };
+                let (cfg, dt) = (slot.cfg.clone(), slot.dt.clone());
+                let addr = self.start_board(&cfg, &dt, ctx);
+                if let Some(s) = self.boards.get_mut(&board) {
+                    s.addr = addr;
+                    s.phase = Phase::Off;
+                    s.health = BoardHealth::Unknown;
+                    s.health_reason = Some("board actor crashed".into());
+                }
+                self.persist_board(&board);
+                match job {
+                    Some(id) => self.finish(id, &board, JobOutcome::incomplete(ErrorClass::Bug, "board actor crashed"), ctx),
+                    None => self.schedule(ctx),
+                }
+            }
+        }
+    }
+}
+
+fn not_found(board: &str) -> ApiError {
+    ApiError::new(ErrorCode::NoSuchBoard, format!("no such board `{board}`"))
+}
+
+impl Handler<LabRequest> for LabActor {
+    type Result = ResponseActFuture<Self, Result<LabReply, ApiError>>;
+
+    fn handle(&mut self, msg: LabRequest, _ctx: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let ready = |r: Result<LabReply, ApiError>| -> Self::Result { Box::pin(fut::ready(r)) };
+        match msg {
+            LabRequest::Submit { definition, file, submitter } => {
+                if definition.len() > self.cfg.limits.max_job_bytes {
+                    return ready(Err(ApiError::new(ErrorCode::InvalidJob, format!("{file}: job definition is {} bytes; the limit is {}", definition.len(), self.cfg.limits.max_job_bytes))));
+                }
+                let parsed = match job::parse(&file, &definition) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let first = e.first().clone();
+                        return ready(Err(ApiError { code: e.code(), message: e.to_string(), location: Some(first.location) }));
+                    }
+                };
+                if let Err(e) = self.check_runnable(&parsed.definition) {
+                    return ready(Err(e));
+                }
+                let def = parsed.definition;
+                let rec = JobRecord {
+                    id: 0,
+                    name: def.job_name.clone(),
+                    device_type: def.device_type.clone(),
+                    priority: def.priority,
+                    tags: def.tags.clone(),
+                    submitter,
+                    definition,
+                    state: JobState::Submitted,
+                    health: JobHealth::Unknown,
+                    error_class: None,
+                    error: None,
+                    board: None,
+                    submit_time: now_ms(),
+                    start_time: None,
+                    end_time: None,
+                };
+                let warnings = parsed.warnings;
+                Box::pin(
+                    async move {
+                        let r = store.insert_job(rec).await?;
+                        store.add_event(r.id, JobEvent { time: r.submit_time, kind: "state".into(), message: "Submitted".into() }).await?;
+                        Ok::<_, ApiError>(r)
+                    }
+                    .into_actor(self)
+                    .map(move |res, act, ctx| {
+                        let r = res?;
+                        act.enqueue(Queued { id: r.id, priority: r.priority, submit_time: r.submit_time, def });
+                        act.schedule(ctx);
+                        Ok(LabReply::Submitted { id: r.id, warnings })
+                    }),
+                )
+            }
+            LabRequest::Cancel { job } => {
+                if let Some(pos) = self.queue.iter().position(|q| q.id == job) {
+                    let q = self.queue.remove(pos);
+                    return Box::pin(
+                        async move {
+                            store
+                                .update_job(job, |j| {
+                                    j.state = JobState::Finished;
+                                    j.health = JobHealth::Canceled;
+                                    j.error_class = Some(ErrorClass::Canceled);
+                                    j.error = Some("canceled before it started".into());
+                                    j.end_time = Some(now_ms());
+                                    Ok(())
+                                })
+                                .await?;
+                            store.add_event(job, JobEvent { time: now_ms(), kind: "state".into(), message: "Finished Canceled".into() }).await?;
+                            Ok::<_, ApiError>(())
+                        }
+                        .into_actor(self)
+                        .map(move |r, act, _| {
+                            if r.is_err() {
+                                // Nothing changed on disk: the job stays queued.
+                                act.enqueue(q);
+                            }
+                            r.map(|_| LabReply::Done)
+                        }),
+                    );
+                }
+                let running = self.boards.values().find(|s| s.job == Some(job)).map(|s| s.addr.clone());
+                Box::pin(
+                    async move {
+                        let Some(addr) = running else {
+                            let j = store.job(job).await?;
+                            return Err(ApiError::new(ErrorCode::InvalidState, format!("job {job} is {} {}; nothing to cancel", j.state, j.health)));
+                        };
+                        store
+                            .update_job(job, |j| {
+                                if j.state == JobState::Finished {
+                                    return Err("job already finished".into());
+                                }
+                                j.state = JobState::Canceling;
+                                Ok(())
+                            })
+                            .await?;
+                        addr.do_send(CancelJob { id: job });
+                        Ok(LabReply::Done)
+                    }
+                    .into_actor(self),
+                )
+            }
+            LabRequest::Jobs(filter) => Box::pin(async move { Ok(LabReply::Jobs(store.list_jobs(filter).await?)) }.into_actor(self)),
+            LabRequest::Job { job } => Box::pin(
+                async move {
+                    let j = store.job(job).await?;
+                    let ev = store.events(job).await?;
+                    Ok(LabReply::Job(Box::new(j), ev))
+                }
+                .into_actor(self),
+            ),
+            LabRequest::Results { job } => Box::pin(
+                async move {
+                    let j = store.job(job).await?;
+                    Ok(LabReply::Results(Box::new(j), store.results(job).await?))
+                }
+                .into_actor(self),
+            ),
+            LabRequest::LogSource { job } => Box::pin(
+                async move {
+                    store.job(job).await?;
+                    Ok(LabReply::LogSource(store))
+                }
+                .into_actor(self),
+            ),
+            LabRequest::Boards => ready(Ok(LabReply::Boards(
+                self.boards
+                    .iter()
+                    .map(|(n, s)| BoardInfo {
+                        name: n.clone(),
+                        device_type: s.cfg.device_type.clone(),
+                        tags: s.cfg.tags.clone(),
+                        state: s.state,
+                        health: s.health,
+                        health_reason: s.health_reason.clone(),
+                        job: s.job,
+                        phase: s.phase,
+                    })
+                    .collect(),
+            ))),
+            LabRequest::SetHealth { board, online, reason } => {
+                let Some(s) = self.boards.get_mut(&board) else { return ready(Err(not_found(&board))) };
+                if s.health == BoardHealth::Retired {
+                    return ready(Err(ApiError::new(ErrorCode::InvalidState, format!("board {board} is retired"))));
+                }
+                if online {
+                    s.maintenance_pending = false;
+                    s.health = BoardHealth::Unknown;
+                    s.health_reason = reason;
+                } else if s.job.is_some() {
+                    s.maintenance_pending = true;
+                    s.health_reason = reason;
+                } else {
+                    s.health = BoardHealth::Maintenance;
+                    s.health_reason = reason;
+                }
+                let rec = BoardRecord { name: board.clone(), health: s.health, health_reason: s.health_reason.clone() };
+                Box::pin(async move { store.put_board(rec).await }.into_actor(self).map(|r, act, ctx| {
+                    r?;
+                    act.schedule(ctx);
+                    Ok(LabReply::Done)
+                }))
+            }
+            LabRequest::Power { board, action } => {
+                let Some(s) = self.boards.get(&board) else { return ready(Err(not_found(&board))) };
+                if s.health != BoardHealth::Maintenance || s.job.is_some() {
+                    return ready(Err(ApiError::new(ErrorCode::InvalidState, format!("board {board} must be idle in maintenance for manual power (it is {}, {})", s.state, s.health))));
+                }
+                let addr = s.addr.clone();
+                Box::pin(
+                    async move {
+                        addr.send(PowerBoard(action))
+                            .await
+                            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+                            .map_err(|e| ApiError::new(ErrorCode::Hardware, e))?;
+                        Ok(LabReply::Done)
+                    }
+                    .into_actor(self),
+                )
+            }
+            LabRequest::IdleConsole { board } => {
+                let Some(s) = self.boards.get(&board) else { return ready(Err(not_found(&board))) };
+                let addr = s.addr.clone();
+                Box::pin(
+                    async move {
+                        let b = addr.send(IdleConsole).await.map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                        Ok(LabReply::Bytes(b))
+                    }
+                    .into_actor(self),
+                )
+            }
+        }
+    }
+}
+
+impl LabActor {
+    /// Refuses a job that no board of this lab could ever run.
+    fn check_runnable(&self, def: &JobDefinition) -> Result<(), ApiError> {
+        let Some(dt) = self.device_types.get(&def.device_type) else {
+            return Err(ApiError::new(ErrorCode::NoSuchDeviceType, format!("unknown device type `{}`", def.device_type)));
+        };
+        let any = self.boards.values().any(|s| Self::matches(s, def) && s.health != BoardHealth::Retired);
+        if !any {
+            return Err(ApiError::new(
+                ErrorCode::NoSuchDeviceType,
+                format!("no board of device type `{}` with tags {:?} in this lab", def.device_type, def.tags),
+            ));
+        }
+        for a in &def.actions {
+            if let job::Action::Boot(b) = a {
+                if let BootCommands::Named(n) = &b.commands {
+                    if !dt.bootloader.commands.contains_key(n) {
+                        return Err(ApiError::new(ErrorCode::InvalidJob, format!("device type `{}` has no boot commands named `{n}`", dt.name)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the TFTP root is for a config.
+pub fn tftp_root(cfg: &LabConfig) -> PathBuf {
+    cfg.tftp_root()
+}

@@ -1,0 +1,300 @@
+//! The socket server: accepts connections on the Unix socket, reads request
+//! lines, translates each into a [`LabRequest`] for the lab actor and writes
+//! the answer back. It holds no state of its own beyond a connection.
+//!
+//! Each request runs in its own task so that a log follow does not hold up
+//! the connection; answers are serialized through one writer task.
+
+use crate::error::ErrorCode;
+use crate::lab::{LabActor, LabReply, LabRequest};
+use crate::model::{JobId, JobState};
+use crate::power::PowerAction;
+use crate::protocol::*;
+use crate::store::{Change, JobFilter, Store};
+use actix::Addr;
+use serde_json::{json, Value};
+use std::path::Path;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+/// Binds the socket (replacing a stale one) and serves until the process ends.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        // A live daemon on this socket must not be replaced by a second one.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{}: another labd is serving this socket", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    UnixListener::bind(path)
+}
+
+pub async fn serve(listener: UnixListener, lab: Addr<LabActor>, max_request: usize) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let lab = lab.clone();
+                actix::spawn(async move { connection(stream, lab, max_request).await });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "accept failed");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+enum Line {
+    Text(String),
+    TooLong,
+    Eof,
+}
+
+async fn read_line(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>, max: usize) -> std::io::Result<Line> {
+    let mut buf = Vec::new();
+    let mut too_long = false;
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(if buf.is_empty() && !too_long { Line::Eof } else if too_long { Line::TooLong } else { Line::Text(String::from_utf8_lossy(&buf).into_owned()) });
+        }
+        let (chunk, done) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (&avail[..i], Some(i + 1)),
+            None => (avail, None),
+        };
+        if !too_long {
+            if buf.len() + chunk.len() > max {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        let used = done.unwrap_or(avail.len());
+        r.consume(used);
+        if done.is_some() {
+            return Ok(if too_long { Line::TooLong } else { Line::Text(String::from_utf8_lossy(&buf).into_owned()) });
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, lab: Addr<LabActor>, max_request: usize) {
+    let (r, mut w) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
+    let writer = tokio::spawn(async move {
+        while let Some(resp) = rx.recv().await {
+            let mut line = serde_json::to_vec(&resp).unwrap_or_default();
+            line.push(b'\n');
+            if w.write_all(&line).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut reader = BufReader::new(r);
+    let mut hello = false;
+    loop {
+        let line = match read_line(&mut reader, max_request).await {
+            Ok(Line::Text(t)) => t,
+            Ok(Line::TooLong) => {
+                let _ = tx.send(Response::error(0, WireError::new(ErrorCode::RequestTooLarge, format!("request line longer than {max_request} bytes"))));
+                continue;
+            }
+            Ok(Line::Eof) | Err(_) => break,
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let id = serde_json::from_str::<Value>(&line).ok().and_then(|v| v.get("id").and_then(Value::as_u64)).unwrap_or(0);
+                let _ = tx.send(Response::error(id, WireError::new(ErrorCode::BadRequest, format!("bad request at line 1 column {}: {e}", e.column()))));
+                continue;
+            }
+        };
+        if !hello {
+            match req.body {
+                RequestBody::Hello { version, .. } if version == PROTOCOL_VERSION => {
+                    hello = true;
+                    let _ = tx.send(Response::ok(req.id, json!({"version": PROTOCOL_VERSION, "server": format!("labd {}", env!("CARGO_PKG_VERSION"))})));
+                }
+                RequestBody::Hello { version, .. } => {
+                    let _ = tx.send(Response::error(req.id, WireError::new(ErrorCode::ProtocolVersion, format!("protocol version {version} is not supported; this labd speaks {PROTOCOL_VERSION}"))));
+                    break;
+                }
+                _ => {
+                    let _ = tx.send(Response::error(req.id, WireError::new(ErrorCode::ProtocolVersion, "say hello with the protocol version first")));
+                    break;
+                }
+            }
+            continue;
+        }
+        let lab = lab.clone();
+        let tx = tx.clone();
+        actix::spawn(async move { handle(req, lab, tx).await });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn to_lab(body: RequestBody) -> Result<LabRequest, WireError> {
+    let bad = |m: String| WireError::new(ErrorCode::BadRequest, m);
+    Ok(match body {
+        RequestBody::Hello { .. } => return Err(bad("hello was already said".into())),
+        RequestBody::Submit { definition, file } => LabRequest::Submit { definition, file: file.unwrap_or_else(|| "<job>".into()), submitter: submitter() },
+        RequestBody::Cancel { job } => LabRequest::Cancel { job },
+        RequestBody::Jobs { state, board, device_type, limit, cursor } => {
+            let state = match state {
+                Some(s) => Some(JobState::parse(&s).ok_or_else(|| bad(format!("params.state: unknown job state `{s}`")))?),
+                None => None,
+            };
+            LabRequest::Jobs(JobFilter { state, board, device_type, limit, cursor })
+        }
+        RequestBody::Job { job } => LabRequest::Job { job },
+        RequestBody::Results { job } => LabRequest::Results { job },
+        RequestBody::Logs { job, .. } => LabRequest::LogSource { job },
+        RequestBody::Boards => LabRequest::Boards,
+        RequestBody::BoardHealth { board, health, reason } => {
+            let online = match health.as_str() {
+                "online" => true,
+                "maintenance" => false,
+                other => return Err(bad(format!("params.health: `{other}` must be maintenance or online"))),
+            };
+            LabRequest::SetHealth { board, online, reason }
+        }
+        RequestBody::Power { board, action } => {
+            let action = match action.as_str() {
+                "on" => PowerAction::On,
+                "off" => PowerAction::Off,
+                "reset" => PowerAction::Reset,
+                other => return Err(bad(format!("params.action: `{other}` must be on, off or reset"))),
+            };
+            LabRequest::Power { board, action }
+        }
+        RequestBody::ConsoleLog { board } => LabRequest::IdleConsole { board },
+    })
+}
+
+fn submitter() -> String {
+    // Peer credentials come with the authorization work; the daemon's user for now.
+    nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| "unknown".into())
+}
+
+async fn handle(req: Request, lab: Addr<LabActor>, tx: mpsc::UnboundedSender<Response>) {
+    let id = req.id;
+    let logs = match &req.body {
+        RequestBody::Logs { job, offset, follow } => Some((*job, *offset, *follow)),
+        _ => None,
+    };
+    let lr = match to_lab(req.body) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Response::error(id, e));
+            return;
+        }
+    };
+    let reply = match lab.send(lr).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let _ = tx.send(Response::error(id, e.into()));
+            return;
+        }
+        Err(e) => {
+            let _ = tx.send(Response::error(id, WireError::new(ErrorCode::ShuttingDown, e.to_string())));
+            return;
+        }
+    };
+    let v = match reply {
+        LabReply::Submitted { id: job, warnings } => json!({"job": job, "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>()}),
+        LabReply::Done => json!({}),
+        LabReply::Jobs(jobs) => json!({"jobs": jobs.iter().map(job_json).collect::<Vec<_>>()}),
+        LabReply::Job(j, events) => {
+            let mut v = job_json(&j);
+            v["definition"] = json!(j.definition);
+            v["events"] = json!(events);
+            v
+        }
+        LabReply::Results(j, results) => json!({"job": job_json(&j), "results": results}),
+        LabReply::Boards(b) => json!({"boards": b}),
+        LabReply::Bytes(b) => json!({"data": String::from_utf8_lossy(&b)}),
+        LabReply::LogSource(store) => {
+            let Some((job, offset, follow)) = logs else { return };
+            stream_logs(id, store, job, offset, follow, tx).await;
+            return;
+        }
+    };
+    let _ = tx.send(Response::ok(id, v));
+}
+
+fn job_json(j: &crate::model::JobRecord) -> Value {
+    json!({
+        "id": j.id, "name": j.name, "device_type": j.device_type, "priority": j.priority,
+        "tags": j.tags, "submitter": j.submitter, "state": j.state, "health": j.health,
+        "error_class": j.error_class, "error": j.error, "board": j.board,
+        "submit_time": j.submit_time, "start_time": j.start_time, "end_time": j.end_time,
+    })
+}
+
+/// Sends the log from `offset`; in follow mode keeps sending until the job
+/// has finished and every byte is out, then sends `end`.
+async fn stream_logs(id: u64, store: Store, job: JobId, mut offset: u64, follow: bool, tx: mpsc::UnboundedSender<Response>) {
+    let mut changes = store.subscribe();
+    loop {
+        // Drain what is durable now.
+        loop {
+            match store.log(job, offset, 256 * 1024).await {
+                Ok((data, next)) if !data.is_empty() => {
+                    offset = next;
+                    if !follow {
+                        let _ = tx.send(Response::event(id, json!({"offset": next, "data": String::from_utf8_lossy(&data)})));
+                        continue;
+                    }
+                    if tx.send(Response::event(id, json!({"offset": next, "data": String::from_utf8_lossy(&data)}))).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    let _ = tx.send(Response::error(id, crate::error::ApiError::from(e).into()));
+                    return;
+                }
+            }
+        }
+        let j = match store.job(job).await {
+            Ok(j) => j,
+            Err(e) => {
+                let _ = tx.send(Response::error(id, crate::error::ApiError::from(e).into()));
+                return;
+            }
+        };
+        if !follow || j.state == JobState::Finished {
+            // One more read: bytes made durable just before the job finished.
+            if let Ok((data, next)) = store.log(job, offset, usize::MAX).await {
+                if !data.is_empty() {
+                    offset = next;
+                    let _ = tx.send(Response::event(id, json!({"offset": next, "data": String::from_utf8_lossy(&data)})));
+                }
+            }
+            let _ = tx.send(Response::end(id, json!({"offset": offset, "state": j.state, "health": j.health})));
+            return;
+        }
+        loop {
+            match changes.recv().await {
+                Ok(Change::Log { id: jid, .. }) | Ok(Change::Job { id: jid, .. }) if jid == job => break,
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                Err(_) => return,
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
