@@ -640,7 +640,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
     if to.is_none() && m.get_node("to").is_none() {
         ctx.err(&format!("{path}.to"), v.span(), "missing required key `to`");
     }
-    if kernel.is_none() && m.get_node("kernel").is_none() {
+    if to.is_some() && kernel.is_none() && m.get_node("kernel").is_none() {
         ctx.err(&format!("{path}.kernel"), v.span(), "missing required key `kernel`");
     }
     to?;
@@ -698,7 +698,7 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                 }
             }
             "auto_login" => auto_login = parse_auto_login(ctx, &p, val),
-            "type" | "media" | "bootloader" | "transfer_overlay" | "soft_reboot" | "expect_shell" => {
+            "type" | "media" | "bootloader" | "transfer_overlay" | "soft_reboot" | "expect_shell" | "parameters" | "ignore_kernel_messages" => {
                 ctx.unsupported(&p, &key_span(k), format!("`{}` is not supported for u-boot boots yet", k.as_str()))
             }
             other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
@@ -707,7 +707,7 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
     if method.is_none() && m.get_node("method").is_none() {
         ctx.err(&format!("{path}.method"), v.span(), "missing required key `method`");
     }
-    if commands.is_none() && m.get_node("commands").is_none() {
+    if method.is_some() && commands.is_none() && m.get_node("commands").is_none() {
         ctx.err(&format!("{path}.commands"), v.span(), "missing required key `commands`");
     }
     method?;

@@ -1,0 +1,325 @@
+//! `labctl`: the command-line client of labd.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use labd::client::Client;
+use labd::config::{self, LabConfig};
+use labd::protocol::RequestBody;
+use serde_json::Value;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(version, about = "Control a labd: submit jobs, follow logs, manage boards")]
+struct Args {
+    /// labd's socket (default: $LABD_SOCKET, then the config's, then /run/labd/labd.sock).
+    #[arg(long, env = "LABD_SOCKET", global = true)]
+    socket: Option<PathBuf>,
+    /// A lab config to read the socket path from.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Junit,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Submit a job definition.
+    Submit {
+        file: PathBuf,
+        /// Wait for the job to end; exit non-zero unless it is Complete.
+        #[arg(long)]
+        wait: bool,
+        /// Follow the console log until the job ends (implies --wait).
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Check a job definition offline (no daemon needed).
+    Validate { file: PathBuf },
+    /// List jobs, newest first.
+    Jobs {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        board: Option<String>,
+        #[arg(long)]
+        device_type: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Show jobs older than this id (the last id of the previous page).
+        #[arg(long)]
+        cursor: Option<u64>,
+    },
+    /// Show one job with its events.
+    Job { id: u64 },
+    /// Print a job's console log.
+    Logs {
+        id: u64,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Print a job's test results.
+    Results {
+        id: u64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Cancel a job.
+    Cancel { id: u64 },
+    /// List boards.
+    Boards,
+    /// Take a board offline (maintenance) or put it back online.
+    Board {
+        name: String,
+        #[arg(value_parser = ["maintenance", "online"])]
+        health: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Switch a board in maintenance on, off or reset it.
+    Power {
+        name: String,
+        #[arg(value_parser = ["on", "off", "reset"])]
+        action: String,
+    },
+    /// Print what a board's console showed while it was idle.
+    ConsoleLog { name: String },
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("labctl: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("labctl: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn run(args: Args) -> anyhow::Result<u8> {
+    if let Cmd::Validate { file } = &args.cmd {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        return match labd::job::parse(&file.display().to_string(), &text) {
+            Ok(p) => {
+                for w in &p.warnings {
+                    eprintln!("warning: {w}");
+                }
+                if args.json {
+                    print_json(&serde_json::json!({"valid": true, "warnings": p.warnings}));
+                } else {
+                    println!("{}: valid ({} actions)", file.display(), p.definition.actions.len());
+                }
+                Ok(0)
+            }
+            Err(e) => {
+                if args.json {
+                    print_json(&serde_json::json!({"valid": false, "errors": e.errors}));
+                } else {
+                    for d in &e.errors {
+                        eprintln!("error: {d}");
+                    }
+                }
+                Ok(1)
+            }
+        };
+    }
+    let cfg = match &args.config {
+        Some(p) => Some(LabConfig::load(p)?),
+        None => None,
+    };
+    let socket = config::resolve_socket(args.socket.as_deref(), cfg.as_ref());
+    let mut c = Client::connect(&socket).await?;
+    let json = args.json;
+    match args.cmd {
+        Cmd::Validate { .. } => unreachable!("handled above"),
+        Cmd::Submit { file, wait, follow } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let v = c.call(RequestBody::Submit { definition: text, file: Some(file.display().to_string()) }).await?;
+            for w in v["warnings"].as_array().into_iter().flatten() {
+                eprintln!("warning: {}", w.as_str().unwrap_or(""));
+            }
+            let id = v["job"].as_u64().context("no job id in answer")?;
+            if json && !(wait || follow) {
+                print_json(&v);
+            } else {
+                println!("{id}");
+            }
+            if wait || follow {
+                let mut out = std::io::stdout();
+                let end = c
+                    .stream(RequestBody::Logs { job: id, offset: 0, follow: true }, |ev| {
+                        if follow {
+                            if let Some(d) = ev["data"].as_str() {
+                                let _ = out.write_all(d.as_bytes());
+                                let _ = out.flush();
+                            }
+                        }
+                    })
+                    .await?;
+                let j = c.call(RequestBody::Job { job: id }).await?;
+                eprintln!("job {id}: {} {}{}", end["state"].as_str().unwrap_or(""), end["health"].as_str().unwrap_or(""), j["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default());
+                return Ok(if end["health"] == "Complete" { 0 } else { 1 });
+            }
+        }
+        Cmd::Jobs { state, board, device_type, limit, cursor } => {
+            let v = c.call(RequestBody::Jobs { state, board, device_type, limit: Some(limit), cursor }).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{:>6} {:<10} {:<11} {:<10} {:<18} {:>4}  NAME", "ID", "STATE", "HEALTH", "BOARD", "DEVICE TYPE", "PRIO");
+                for j in v["jobs"].as_array().into_iter().flatten() {
+                    println!("{:>6} {:<10} {:<11} {:<10} {:<18} {:>4}  {}", j["id"], s(&j["state"]), s(&j["health"]), s(&j["board"]), s(&j["device_type"]), j["priority"], s(&j["name"]));
+                }
+            }
+        }
+        Cmd::Job { id } => {
+            let v = c.call(RequestBody::Job { job: id }).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("job {id}: {}", s(&v["name"]));
+                for k in ["state", "health", "error_class", "error", "board", "device_type", "priority", "submitter"] {
+                    println!("  {k:<12} {}", s(&v[k]));
+                }
+                println!("  events:");
+                let t0 = v["submit_time"].as_u64().unwrap_or(0);
+                for e in v["events"].as_array().into_iter().flatten() {
+                    let t = e["time"].as_u64().unwrap_or(0).saturating_sub(t0);
+                    println!("  {:>9.3}s {:<20} {}", t as f64 / 1000.0, s(&e["kind"]), s(&e["message"]));
+                }
+            }
+        }
+        Cmd::Logs { id, follow } => {
+            let mut out = std::io::stdout();
+            c.stream(RequestBody::Logs { job: id, offset: 0, follow }, |ev| {
+                if json {
+                    println!("{ev}");
+                } else if let Some(d) = ev["data"].as_str() {
+                    let _ = out.write_all(d.as_bytes());
+                    let _ = out.flush();
+                }
+            })
+            .await?;
+        }
+        Cmd::Results { id, format } => {
+            let v = c.call(RequestBody::Results { job: id }).await?;
+            let format = if json { Format::Json } else { format };
+            let results = v["results"].as_array().cloned().unwrap_or_default();
+            match format {
+                Format::Json => print_json(&v),
+                Format::Table => {
+                    println!("{:<24} {:<32} {:<8} MEASUREMENT", "SUITE", "TEST CASE", "RESULT");
+                    for r in &results {
+                        let m = format!("{} {}", s(&r["measurement"]), s(&r["units"]));
+                        println!("{:<24} {:<32} {:<8} {}", s(&r["suite"]), s(&r["name"]), s(&r["result"]), m.trim().trim_matches('-').trim());
+                    }
+                }
+                Format::Junit => print!("{}", junit(id, &results)),
+            }
+        }
+        Cmd::Cancel { id } => {
+            c.call(RequestBody::Cancel { job: id }).await?;
+            if !json {
+                println!("job {id}: cancel requested");
+            }
+        }
+        Cmd::Boards => {
+            let v = c.call(RequestBody::Boards).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{:<12} {:<20} {:<9} {:<12} {:<7} {:<19} TAGS", "NAME", "DEVICE TYPE", "STATE", "HEALTH", "JOB", "PHASE");
+                for b in v["boards"].as_array().into_iter().flatten() {
+                    let tags: Vec<&str> = b["tags"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                    println!("{:<12} {:<20} {:<9} {:<12} {:<7} {:<19} {}", s(&b["name"]), s(&b["device_type"]), s(&b["state"]), s(&b["health"]), s(&b["job"]), s(&b["phase"]), tags.join(","));
+                }
+            }
+        }
+        Cmd::Board { name, health, reason } => {
+            c.call(RequestBody::BoardHealth { board: name.clone(), health: health.clone(), reason }).await?;
+            if !json {
+                println!("board {name}: {health}");
+            }
+        }
+        Cmd::Power { name, action } => {
+            c.call(RequestBody::Power { board: name.clone(), action: action.clone() }).await?;
+            if !json {
+                println!("board {name}: power {action}");
+            }
+        }
+        Cmd::ConsoleLog { name } => {
+            let v = c.call(RequestBody::ConsoleLog { board: name }).await?;
+            if json {
+                print_json(&v);
+            } else {
+                print!("{}", s(&v["data"]));
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn junit(id: u64, results: &[Value]) -> String {
+    let fails = results.iter().filter(|r| r["result"] == "fail").count();
+    let skips = results.iter().filter(|r| r["result"] == "skip").count();
+    let mut out = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"labd job {id}\" tests=\"{}\" failures=\"{fails}\" skipped=\"{skips}\">\n", results.len());
+    let mut suites: Vec<String> = results.iter().map(|r| s(&r["suite"])).collect();
+    suites.dedup();
+    for suite in suites {
+        out.push_str(&format!("  <testsuite name=\"{}\">\n", xml(&suite)));
+        for r in results.iter().filter(|r| s(&r["suite"]) == suite) {
+            out.push_str(&format!("    <testcase classname=\"{}\" name=\"{}\">", xml(&suite), xml(&s(&r["name"]))));
+            match r["result"].as_str() {
+                Some("fail") => out.push_str("<failure message=\"fail\"/>"),
+                Some("skip") => out.push_str("<skipped/>"),
+                _ => {}
+            }
+            out.push_str("</testcase>\n");
+        }
+        out.push_str("  </testsuite>\n");
+    }
+    out.push_str("</testsuites>\n");
+    out
+}
+
+#[allow(dead_code)]
+fn ensure(b: bool, m: &str) -> anyhow::Result<()> {
+    if !b {
+        bail!("{m}");
+    }
+    Ok(())
+}
