@@ -1,0 +1,156 @@
+//! A real lab for tests: `labd-sim` and `labd` as real processes on a temp
+//! dir, talking over a real socket, PTYs and UDP.
+
+#![allow(dead_code)]
+
+use labd::client::Client;
+use labd::protocol::RequestBody;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub sim_control: PathBuf,
+    pub config: PathBuf,
+    sim: Child,
+    labd: Option<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(l) = &mut self.labd {
+            let _ = l.kill();
+            let _ = l.wait();
+        }
+        let _ = self.sim.kill();
+        let _ = self.sim.wait();
+    }
+}
+
+/// Waits for a line containing `what` on a child's pipe (an event, not a sleep).
+fn wait_line(r: impl std::io::Read + Send + 'static, what: &'static str) {
+    let mut lines = BufReader::new(r).lines();
+    for line in lines.by_ref() {
+        let line = line.expect("reading child output");
+        if line.contains(what) {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return;
+        }
+    }
+    panic!("child exited before printing {what:?}");
+}
+
+impl Lab {
+    /// Starts a simulator with `boards` sim-uboot boards and a labd for them.
+    pub fn start(boards: usize, tags: &[(&str, &[&str])]) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let sim_control = dir.path().join("sim.sock");
+        let socket = dir.path().join("labd.sock");
+        let names: Vec<String> = (1..=boards).map(|i| format!("sim-{i:02}")).collect();
+        let mut sim = Command::new(env!("CARGO_BIN_EXE_labd-sim"))
+            .arg("--control")
+            .arg(&sim_control)
+            .arg("--boards")
+            .arg(names.join(","))
+            .arg("--scratch")
+            .arg(dir.path().join("scratch"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_line(sim.stdout.take().unwrap(), "READY");
+        let mut cfg = format!(
+            "socket = {:?}\nstate_dir = {:?}\nsim_control = {:?}\n[tftp]\nbind = \"127.0.0.1:0\"\nserver_ip = \"127.0.0.1\"\n",
+            socket,
+            dir.path().join("state"),
+            sim_control
+        );
+        for n in &names {
+            let t: Vec<String> = tags.iter().find(|(b, _)| b == n).map(|(_, t)| t.iter().map(|s| format!("{s:?}")).collect()).unwrap_or_default();
+            cfg.push_str(&format!(
+                "[[boards]]\nname = {n:?}\ndevice_type = \"sim-uboot\"\ntags = [{}]\nconsole = {{ type = \"sim\" }}\npower = {{ type = \"sim\" }}\n[boards.parameters]\n\"timeouts.bootloader-interrupt\" = 3\n",
+                t.join(",")
+            ));
+        }
+        let config = dir.path().join("labd.toml");
+        std::fs::write(&config, cfg).unwrap();
+        let art = dir.path().join("artifacts");
+        std::fs::create_dir_all(&art).unwrap();
+        std::fs::write(art.join("Image"), vec![0x41u8; 300_000]).unwrap();
+        std::fs::write(art.join("rootfs.cpio.gz"), vec![0x1fu8; 100_000]).unwrap();
+        std::fs::write(art.join("board.dtb"), vec![0xd0u8; 4000]).unwrap();
+        let mut lab = Lab { dir, socket, sim_control, config, sim, labd: None };
+        lab.start_labd();
+        lab
+    }
+
+    pub fn start_labd(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_labd"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "labd=info")
+            .env_remove("LABD_SOCKET")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_line(child.stderr.take().unwrap(), "labd ready");
+        self.labd = Some(child);
+    }
+
+    pub fn kill_labd(&mut self) {
+        if let Some(mut l) = self.labd.take() {
+            l.kill().unwrap();
+            l.wait().unwrap();
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket).await.unwrap()
+    }
+
+    pub fn artifacts(&self) -> PathBuf {
+        self.dir.path().join("artifacts")
+    }
+
+    /// A job for the simulated boards; `steps` are its test steps.
+    pub fn job(&self, name: &str, priority: &str, steps: &[&str]) -> String {
+        let a = self.artifacts();
+        let steps: String = steps.iter().map(|s| format!("          - {s}\n")).collect();
+        format!(
+            "device_type: sim-uboot\njob_name: {name}\npriority: {priority}\ntimeouts:\n  job:\n    minutes: 3\nactions:\n- deploy:\n    to: tftp\n    kernel:\n      url: file://{a}/Image\n      type: image\n    ramdisk:\n      url: file://{a}/rootfs.cpio.gz\n    dtb:\n      url: file://{a}/board.dtb\n- boot:\n    method: u-boot\n    commands: ramdisk\n    auto_login:\n      login_prompt: 'login:'\n      username: root\n    prompts: ['root@sim:[^#]*# ']\n- test:\n    definitions:\n    - from: inline\n      name: t\n      path: inline/t.yaml\n      repository:\n        metadata:\n          format: Lava-Test Test Definition 1.0\n          name: t\n        run:\n          steps:\n{steps}",
+            a = a.display()
+        )
+    }
+
+    pub async fn sim(&self, req: labd::sim::ControlRequest) {
+        let r = labd::sim::control(&self.sim_control, &req).await.unwrap();
+        assert!(r.ok, "{r:?}");
+    }
+}
+
+/// Follows a job's log until it ends; returns the end value and the log.
+pub async fn wait_job(c: &mut Client, id: u64) -> (Value, String) {
+    let mut log = String::new();
+    let end = c
+        .stream(RequestBody::Logs { job: id, offset: 0, follow: true }, |ev| {
+            log.push_str(ev["data"].as_str().unwrap_or(""));
+        })
+        .await
+        .unwrap();
+    (end, log)
+}
+
+pub async fn job(c: &mut Client, id: u64) -> Value {
+    c.call(RequestBody::Job { job: id }).await.unwrap()
+}
+
+pub async fn boards(c: &mut Client) -> Vec<Value> {
+    c.call(RequestBody::Boards).await.unwrap()["boards"].as_array().unwrap().clone()
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
