@@ -27,10 +27,20 @@ use tokio::sync::mpsc;
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub enum BoardReport {
-    Phase { board: String, phase: Phase },
-    JobEnded { board: String, job: JobId, outcome: JobOutcome },
+    Phase {
+        board: String,
+        phase: Phase,
+    },
+    JobEnded {
+        board: String,
+        job: JobId,
+        outcome: JobOutcome,
+    },
     /// The actor is gone without stopping normally (a panic unwound it).
-    Died { board: String, job: Option<JobId> },
+    Died {
+        board: String,
+        job: Option<JobId>,
+    },
 }
 
 #[derive(Message)]
@@ -164,47 +174,45 @@ impl BoardActor {
         let gen = self.console_gen;
         let console = self.console.clone();
         let addr = ctx.address();
-        ctx.spawn(
-            async move { console.connect().await }
-                .into_actor(self)
-                .map(move |res, act, ctx| match res {
-                    Ok(io) => {
-                        act.reconnect_delay = Duration::from_millis(100);
-                        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-                        act.writer = Some(tx);
-                        let mut writer = io.writer;
-                        tokio::spawn(async move {
-                            while let Some(b) = rx.recv().await {
-                                if writer.write_all(&b).await.is_err() {
-                                    break;
-                                }
-                                let _ = writer.flush().await;
+        ctx.spawn(async move { console.connect().await }.into_actor(self).map(
+            move |res, act, ctx| match res {
+                Ok(io) => {
+                    act.reconnect_delay = Duration::from_millis(100);
+                    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+                    act.writer = Some(tx);
+                    let mut writer = io.writer;
+                    tokio::spawn(async move {
+                        while let Some(b) = rx.recv().await {
+                            if writer.write_all(&b).await.is_err() {
+                                break;
                             }
-                        });
-                        let mut reader = io.reader;
-                        tokio::spawn(async move {
-                            let mut buf = vec![0u8; 16 * 1024];
-                            loop {
-                                match reader.read(&mut buf).await {
-                                    Ok(0) => {
-                                        addr.do_send(ConsoleLost(gen, "end of file".into()));
-                                        return;
-                                    }
-                                    Ok(n) => addr.do_send(ConsoleBytes(gen, buf[..n].to_vec())),
-                                    Err(e) => {
-                                        addr.do_send(ConsoleLost(gen, e.to_string()));
-                                        return;
-                                    }
+                            let _ = writer.flush().await;
+                        }
+                    });
+                    let mut reader = io.reader;
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            match reader.read(&mut buf).await {
+                                Ok(0) => {
+                                    addr.do_send(ConsoleLost(gen, "end of file".into()));
+                                    return;
+                                }
+                                Ok(n) => addr.do_send(ConsoleBytes(gen, buf[..n].to_vec())),
+                                Err(e) => {
+                                    addr.do_send(ConsoleLost(gen, e.to_string()));
+                                    return;
                                 }
                             }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(board = %act.name, error = %e, "console connect failed");
-                        act.schedule_reconnect(ctx);
-                    }
-                }),
-        );
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(board = %act.name, error = %e, "console connect failed");
+                    act.schedule_reconnect(ctx);
+                }
+            },
+        ));
     }
 
     fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
@@ -260,7 +268,11 @@ impl BoardActor {
         self.set_phase(Phase::PoweringOff);
         self.event(id, "phase", Phase::PoweringOff.to_string());
         let power = self.power.clone();
-        let limit = self.dt.timeouts.get("power-off").unwrap_or(Duration::from_secs(30));
+        let limit = self
+            .dt
+            .timeouts
+            .get("power-off")
+            .unwrap_or(Duration::from_secs(30));
         ctx.spawn(
             async move { tokio::time::timeout(limit, power.switch(PowerAction::Off)).await }
                 .into_actor(self)
@@ -393,16 +405,12 @@ impl Handler<StartJob> for BoardActor {
             ending: false,
         });
         self.guard.job = Some(msg.id);
-        let handle = ctx.spawn(
-            runner::run(rc)
-                .into_actor(self)
-                .map(|outcome, act, ctx| {
-                    if let Some(j) = &mut act.job {
-                        j.handle = None;
-                    }
-                    act.end_job(outcome, ctx)
-                }),
-        );
+        let handle = ctx.spawn(runner::run(rc).into_actor(self).map(|outcome, act, ctx| {
+            if let Some(j) = &mut act.job {
+                j.handle = None;
+            }
+            act.end_job(outcome, ctx)
+        }));
         if let Some(j) = &mut self.job {
             j.handle = Some(handle);
         }

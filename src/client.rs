@@ -32,10 +32,12 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
-        let s = UnixStream::connect(path).await.map_err(|source| ClientError::Connect {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let s = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
         let (r, w) = s.into_split();
         let mut c = Client {
             lines: BufReader::new(r).lines(),
@@ -53,7 +55,8 @@ impl Client {
     async fn send(&mut self, body: RequestBody) -> Result<u64, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let mut line = serde_json::to_vec(&Request { id, body }).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut line = serde_json::to_vec(&Request { id, body })
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
         self.w.write_all(&line).await?;
         Ok(id)
@@ -79,12 +82,18 @@ impl Client {
             if let Some(e) = r.error {
                 return Err(ClientError::Server(e));
             }
-            return r.ok.ok_or_else(|| ClientError::Protocol("answer without ok".into()));
+            return r
+                .ok
+                .ok_or_else(|| ClientError::Protocol("answer without ok".into()));
         }
     }
 
     /// Sends a streaming request; calls `on_event` per event; returns the `end` value.
-    pub async fn stream(&mut self, body: RequestBody, mut on_event: impl FnMut(&Value)) -> Result<Value, ClientError> {
+    pub async fn stream(
+        &mut self,
+        body: RequestBody,
+        mut on_event: impl FnMut(&Value),
+    ) -> Result<Value, ClientError> {
         let id = self.send(body).await?;
         loop {
             let r = self.recv().await?;
@@ -111,7 +120,9 @@ impl Client {
                 file: Some(file.to_owned()),
             })
             .await?;
-        v.get("job").and_then(Value::as_u64).ok_or_else(|| ClientError::Protocol("submit answer without job".into()))
+        v.get("job")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| ClientError::Protocol("submit answer without job".into()))
     }
 }
 

@@ -257,7 +257,10 @@ impl LabConfig {
             {
                 return Err(bad(
                     format!("boards[{i}].name"),
-                    format!("board name `{}` may only use letters, digits, `-` and `_`", b.name),
+                    format!(
+                        "board name `{}` may only use letters, digits, `-` and `_`",
+                        b.name
+                    ),
                 ));
             }
             if !seen.insert(b.name.clone()) {
@@ -298,7 +301,10 @@ impl LabConfig {
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, col)
 }
 

@@ -28,7 +28,9 @@ pub enum StartError {
     Lab(crate::error::ApiError),
 }
 
-pub fn load_device_types(cfg: &LabConfig) -> Result<BTreeMap<String, DeviceType>, device_type::DeviceTypeError> {
+pub fn load_device_types(
+    cfg: &LabConfig,
+) -> Result<BTreeMap<String, DeviceType>, device_type::DeviceTypeError> {
     match &cfg.device_types_dir {
         Some(dir) => device_type::load_dir(dir),
         None => device_type::embedded(),
@@ -41,12 +43,25 @@ pub async fn start(cfg: LabConfig, socket: &Path) -> Result<Addr<LabActor>, Star
     let store = Store::open(&cfg.state_dir.join("store"), cfg.store.cache_capacity)?;
     let root = cfg.tftp_root();
     let addr = crate::tftp::start(cfg.tftp.bind, &root, cfg.tftp.window_size_limit)?;
-    let server_ip = cfg.tftp.server_ip.clone().unwrap_or_else(|| addr.ip().to_string());
-    let tftp = TftpInfo { root, server_ip, port: addr.port() };
+    let server_ip = cfg
+        .tftp
+        .server_ip
+        .clone()
+        .unwrap_or_else(|| addr.ip().to_string());
+    let tftp = TftpInfo {
+        root,
+        server_ip,
+        port: addr.port(),
+    };
     tracing::info!(tftp = %addr, "TFTP server listening");
-    let listener = crate::server::bind(socket).map_err(|source| StartError::Socket { path: socket.display().to_string(), source })?;
+    let listener = crate::server::bind(socket).map_err(|source| StartError::Socket {
+        path: socket.display().to_string(),
+        source,
+    })?;
     let max_req = cfg.limits.max_request_bytes;
-    let lab = LabActor::new(cfg, store, device_types, tftp).map_err(StartError::Lab)?.start();
+    let lab = LabActor::new(cfg, store, device_types, tftp)
+        .map_err(StartError::Lab)?
+        .start();
     actix::spawn(crate::server::serve(listener, lab.clone(), max_req));
     tracing::info!(socket = %socket.display(), "labd ready");
     Ok(lab)

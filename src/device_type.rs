@@ -206,7 +206,10 @@ impl DeviceType {
         }
         for (path, re) in [
             ("bootloader.prompt", &self.bootloader.prompt),
-            ("bootloader.interrupt_prompt", &self.bootloader.interrupt_prompt),
+            (
+                "bootloader.interrupt_prompt",
+                &self.bootloader.interrupt_prompt,
+            ),
             ("kernel.start_message", &self.kernel.start_message),
             ("shell_prompt", &self.shell_prompt),
         ] {
@@ -276,12 +279,16 @@ impl DeviceType {
         if overrides.is_empty() {
             return Ok(self.clone());
         }
-        let mut value = serde_json::to_value(self).map_err(|e| {
-            invalid(board, None, None, format!("cannot apply overrides: {e}"))
-        })?;
+        let mut value = serde_json::to_value(self)
+            .map_err(|e| invalid(board, None, None, format!("cannot apply overrides: {e}")))?;
         for (key, v) in overrides {
             let json = serde_json::to_value(v).map_err(|e| {
-                invalid(board, Some(format!("parameters.{key}")), None, e.to_string())
+                invalid(
+                    board,
+                    Some(format!("parameters.{key}")),
+                    None,
+                    e.to_string(),
+                )
             })?;
             let mut cur = &mut value;
             let parts: Vec<&str> = key.split('.').collect();
@@ -298,7 +305,9 @@ impl DeviceType {
                     obj.insert((*part).to_owned(), json.clone());
                     break;
                 }
-                cur = obj.entry((*part).to_owned()).or_insert(serde_json::json!({}));
+                cur = obj
+                    .entry((*part).to_owned())
+                    .or_insert(serde_json::json!({}));
             }
         }
         let dt: DeviceType = serde_json::from_value(value).map_err(|e| {
@@ -306,7 +315,10 @@ impl DeviceType {
                 board,
                 Some("parameters".into()),
                 None,
-                format!("device dictionary does not fit device type `{}`: {e}", self.name),
+                format!(
+                    "device dictionary does not fit device type `{}`: {e}",
+                    self.name
+                ),
             )
         })?;
         dt.validate(board)?;

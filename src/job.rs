@@ -255,7 +255,11 @@ impl Ctx<'_> {
         let m = self.mapping(path, node)?;
         let mut secs: u64 = 0;
         if m.is_empty() {
-            self.err(path, node.span(), "a timeout needs days, hours, minutes or seconds");
+            self.err(
+                path,
+                node.span(),
+                "a timeout needs days, hours, minutes or seconds",
+            );
             return None;
         }
         for (k, v) in m.iter() {
@@ -268,12 +272,17 @@ impl Ctx<'_> {
                     self.err(
                         &format!("{path}.{other}"),
                         k.span(),
-                        format!("unknown timeout unit `{other}`; use days, hours, minutes or seconds"),
+                        format!(
+                            "unknown timeout unit `{other}`; use days, hours, minutes or seconds"
+                        ),
                     );
                     return None;
                 }
             };
-            let n = match v.as_scalar().and_then(|s| s.as_str().trim().parse::<u64>().ok()) {
+            let n = match v
+                .as_scalar()
+                .and_then(|s| s.as_str().trim().parse::<u64>().ok())
+            {
                 Some(n) => n,
                 None => {
                     self.err(
@@ -405,17 +414,39 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
             _ => ctx.err(key, &key_span(k), format!("unknown key `{key}`")),
         }
     }
-    if device_type.is_none() && !ctx.errors.iter().any(|e| e.location.path.as_deref() == Some("device_type")) {
-        ctx.err("device_type", root.span(), "missing required key `device_type`");
+    if device_type.is_none()
+        && !ctx
+            .errors
+            .iter()
+            .any(|e| e.location.path.as_deref() == Some("device_type"))
+    {
+        ctx.err(
+            "device_type",
+            root.span(),
+            "missing required key `device_type`",
+        );
     }
-    if job_name.is_none() && !ctx.errors.iter().any(|e| e.location.path.as_deref() == Some("job_name")) {
+    if job_name.is_none()
+        && !ctx
+            .errors
+            .iter()
+            .any(|e| e.location.path.as_deref() == Some("job_name"))
+    {
         ctx.err("job_name", root.span(), "missing required key `job_name`");
     }
     if timeouts.job.is_none() && m.get_node("timeouts").is_some() && ctx.errors.is_empty() {
-        ctx.err("timeouts.job", root.span(), "missing required key `timeouts.job`");
+        ctx.err(
+            "timeouts.job",
+            root.span(),
+            "missing required key `timeouts.job`",
+        );
     }
     if m.get_node("timeouts").is_none() {
-        ctx.err("timeouts", root.span(), "missing required key `timeouts` (with `job`)");
+        ctx.err(
+            "timeouts",
+            root.span(),
+            "missing required key `timeouts` (with `job`)",
+        );
     }
     let actions = match (actions, m.get_node("actions")) {
         (Some(a), _) => a,
@@ -489,7 +520,11 @@ fn parse_actions(ctx: &mut Ctx, v: &Node) -> Option<Vec<Action>> {
     let seq = match v {
         Node::Sequence(s) => s,
         _ => {
-            ctx.err("actions", v.span(), "expected a list of deploy, boot and test actions");
+            ctx.err(
+                "actions",
+                v.span(),
+                "expected a list of deploy, boot and test actions",
+            );
             return None;
         }
     };
@@ -500,7 +535,11 @@ fn parse_actions(ctx: &mut Ctx, v: &Node) -> Option<Vec<Action>> {
             continue;
         };
         if m.len() != 1 {
-            ctx.err(&path, item.span(), "each action is a mapping with exactly one key: deploy, boot or test");
+            ctx.err(
+                &path,
+                item.span(),
+                "each action is a mapping with exactly one key: deploy, boot or test",
+            );
             continue;
         }
         let Some((k, body)) = m.iter().next() else {
@@ -512,11 +551,19 @@ fn parse_actions(ctx: &mut Ctx, v: &Node) -> Option<Vec<Action>> {
             "boot" => parse_boot(ctx, &path, body).map(Action::Boot),
             "test" => parse_test(ctx, &path, body).map(Action::Test),
             "command" => {
-                ctx.unsupported(&path, &key_span(k), "the `command` action is not supported by labd");
+                ctx.unsupported(
+                    &path,
+                    &key_span(k),
+                    "the `command` action is not supported by labd",
+                );
                 None
             }
             other => {
-                ctx.err(&path, &key_span(k), format!("unknown action `{other}`; expected deploy, boot or test"));
+                ctx.err(
+                    &path,
+                    &key_span(k),
+                    format!("unknown action `{other}`; expected deploy, boot or test"),
+                );
                 None
             }
         };
@@ -531,7 +578,13 @@ fn parse_actions(ctx: &mut Ctx, v: &Node) -> Option<Vec<Action>> {
 }
 
 /// Keys every action may carry. Returns true when the key was handled.
-fn common_action_key(ctx: &mut Ctx, path: &str, k: &MarkedScalarNode, v: &Node, timeout: &mut Option<Duration>) -> bool {
+fn common_action_key(
+    ctx: &mut Ctx,
+    path: &str,
+    k: &MarkedScalarNode,
+    v: &Node,
+    timeout: &mut Option<Duration>,
+) -> bool {
     let p = format!("{path}.{}", k.as_str());
     match k.as_str() {
         "timeout" => {
@@ -539,18 +592,31 @@ fn common_action_key(ctx: &mut Ctx, path: &str, k: &MarkedScalarNode, v: &Node, 
             true
         }
         "namespace" | "role" => {
-            ctx.warn(&p, &key_span(k), format!("`{}` has no meaning in labd; ignored", k.as_str()));
+            ctx.warn(
+                &p,
+                &key_span(k),
+                format!("`{}` has no meaning in labd; ignored", k.as_str()),
+            );
             true
         }
         "failure_retry" | "repeat" | "failure_retry_interval" => {
-            ctx.unsupported(&p, &key_span(k), format!("`{}` is not supported yet", k.as_str()));
+            ctx.unsupported(
+                &p,
+                &key_span(k),
+                format!("`{}` is not supported yet", k.as_str()),
+            );
             true
         }
         _ => false,
     }
 }
 
-fn artifact(ctx: &mut Ctx, path: &str, v: &Node, allowed_extra: &[&str]) -> Option<(Artifact, BTreeMap<String, String>)> {
+fn artifact(
+    ctx: &mut Ctx,
+    path: &str,
+    v: &Node,
+    allowed_extra: &[&str],
+) -> Option<(Artifact, BTreeMap<String, String>)> {
     let m = ctx.mapping(path, v)?;
     let mut url = None;
     let mut extra = BTreeMap::new();
@@ -558,17 +624,31 @@ fn artifact(ctx: &mut Ctx, path: &str, v: &Node, allowed_extra: &[&str]) -> Opti
         let p = format!("{path}.{}", k.as_str());
         match k.as_str() {
             "url" => {
-                let Some(u) = ctx.string(&p, val) else { continue };
+                let Some(u) = ctx.string(&p, val) else {
+                    continue;
+                };
                 if let Some(rest) = u.strip_prefix("file://") {
                     if !rest.starts_with('/') {
-                        ctx.err(&p, val.span(), format!("`{u}`: a file:// URL needs an absolute path"));
+                        ctx.err(
+                            &p,
+                            val.span(),
+                            format!("`{u}`: a file:// URL needs an absolute path"),
+                        );
                         continue;
                     }
                     url = Some(u);
                 } else if u.starts_with("http://") || u.starts_with("https://") {
-                    ctx.unsupported(&p, val.span(), format!("`{u}`: http(s) downloads are not supported yet; use file://"));
+                    ctx.unsupported(
+                        &p,
+                        val.span(),
+                        format!("`{u}`: http(s) downloads are not supported yet; use file://"),
+                    );
                 } else {
-                    ctx.err(&p, val.span(), format!("`{u}`: not a supported URL; use file:///path"));
+                    ctx.err(
+                        &p,
+                        val.span(),
+                        format!("`{u}`: not a supported URL; use file:///path"),
+                    );
                 }
             }
             key if allowed_extra.contains(&key) => {
@@ -576,14 +656,30 @@ fn artifact(ctx: &mut Ctx, path: &str, v: &Node, allowed_extra: &[&str]) -> Opti
                     extra.insert(key.to_owned(), s);
                 }
             }
-            "compression" | "header" | "install_modules" | "install_overlay" | "sha256sum" | "md5sum" | "sha512sum" | "archive" => {
-                ctx.unsupported(&p, &key_span(k), format!("`{}` is not supported yet", k.as_str()));
+            "compression" | "header" | "install_modules" | "install_overlay" | "sha256sum"
+            | "md5sum" | "sha512sum" | "archive" => {
+                ctx.unsupported(
+                    &p,
+                    &key_span(k),
+                    format!("`{}` is not supported yet", k.as_str()),
+                );
             }
             other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
         }
     }
-    if url.is_none() && !ctx.errors.iter().any(|e| e.location.path.as_deref().is_some_and(|p| p.starts_with(path))) {
-        ctx.err(&format!("{path}.url"), v.span(), "missing required key `url`");
+    if url.is_none()
+        && !ctx.errors.iter().any(|e| {
+            e.location
+                .path
+                .as_deref()
+                .is_some_and(|p| p.starts_with(path))
+        })
+    {
+        ctx.err(
+            &format!("{path}.url"),
+            v.span(),
+            "missing required key `url`",
+        );
     }
     Some((Artifact { url: url? }, extra))
 }
@@ -603,11 +699,17 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         let p = format!("{path}.{}", k.as_str());
         match k.as_str() {
             "to" => {
-                let Some(t) = ctx.string(&p, val) else { continue };
+                let Some(t) = ctx.string(&p, val) else {
+                    continue;
+                };
                 if t == "tftp" {
                     to = Some(t);
                 } else {
-                    ctx.unsupported(&p, val.span(), format!("deploy to `{t}` is not supported; labd deploys `to: tftp`"));
+                    ctx.unsupported(
+                        &p,
+                        val.span(),
+                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp`"),
+                    );
                 }
             }
             "kernel" => {
@@ -618,12 +720,20 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                         Some("zimage") => Some(KernelType::Zimage),
                         Some("uimage") => Some(KernelType::Uimage),
                         Some(other) => {
-                            ctx.err(&format!("{p}.type"), val.span(), format!("kernel type `{other}` must be image, zimage or uimage"));
+                            ctx.err(
+                                &format!("{p}.type"),
+                                val.span(),
+                                format!("kernel type `{other}` must be image, zimage or uimage"),
+                            );
                             None
                         }
                     };
-                    if extra.get("type").is_none() {
-                        ctx.err(&format!("{p}.type"), val.span(), "missing required key `type` (image, zimage or uimage)");
+                    if !extra.contains_key("type") {
+                        ctx.err(
+                            &format!("{p}.type"),
+                            val.span(),
+                            "missing required key `type` (image, zimage or uimage)",
+                        );
                     }
                     kernel = Some(a);
                 }
@@ -631,9 +741,12 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
             "ramdisk" => ramdisk = artifact(ctx, &p, val, &[]).map(|a| a.0),
             "dtb" => dtb = artifact(ctx, &p, val, &[]).map(|a| a.0),
             "os" => ctx.warn(&p, &key_span(k), "`os` is not used by labd; ignored"),
-            "modules" | "nfsrootfs" | "rootfs" | "dtbo" | "overlays" | "images" | "tee" | "preseed" | "persistent_nfs" | "uboot" => {
-                ctx.unsupported(&p, &key_span(k), format!("deploying `{}` is not supported yet", k.as_str()))
-            }
+            "modules" | "nfsrootfs" | "rootfs" | "dtbo" | "overlays" | "images" | "tee"
+            | "preseed" | "persistent_nfs" | "uboot" => ctx.unsupported(
+                &p,
+                &key_span(k),
+                format!("deploying `{}` is not supported yet", k.as_str()),
+            ),
             other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
         }
     }
@@ -641,7 +754,11 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         ctx.err(&format!("{path}.to"), v.span(), "missing required key `to`");
     }
     if to.is_some() && kernel.is_none() && m.get_node("kernel").is_none() {
-        ctx.err(&format!("{path}.kernel"), v.span(), "missing required key `kernel`");
+        ctx.err(
+            &format!("{path}.kernel"),
+            v.span(),
+            "missing required key `kernel`",
+        );
     }
     to?;
     Some(Deploy {
@@ -667,48 +784,83 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
         let p = format!("{path}.{}", k.as_str());
         match k.as_str() {
             "method" => {
-                let Some(s) = ctx.string(&p, val) else { continue };
+                let Some(s) = ctx.string(&p, val) else {
+                    continue;
+                };
                 if s == "u-boot" {
                     method = Some(s);
                 } else {
-                    ctx.unsupported(&p, val.span(), format!("boot method `{s}` is not supported; labd boots with `method: u-boot`"));
+                    ctx.unsupported(
+                        &p,
+                        val.span(),
+                        format!(
+                            "boot method `{s}` is not supported; labd boots with `method: u-boot`"
+                        ),
+                    );
                 }
             }
-            "commands" => match val {
-                Node::Scalar(s) => {
-                    if s.as_str() == "nfs" {
-                        ctx.unsupported(&p, val.span(), "`commands: nfs` needs an NFS server, which labd does not provide yet");
-                    } else {
-                        commands = Some(BootCommands::Named(s.as_str().to_owned()));
+            "commands" => {
+                match val {
+                    Node::Scalar(s) => {
+                        if s.as_str() == "nfs" {
+                            ctx.unsupported(&p, val.span(), "`commands: nfs` needs an NFS server, which labd does not provide yet");
+                        } else {
+                            commands = Some(BootCommands::Named(s.as_str().to_owned()));
+                        }
                     }
+                    Node::Sequence(_) => {
+                        commands = ctx.string_list(&p, val).map(BootCommands::Inline);
+                    }
+                    Node::Mapping(_) => ctx.err(
+                        &p,
+                        val.span(),
+                        "expected a command set name or a list of commands",
+                    ),
                 }
-                Node::Sequence(_) => {
-                    commands = ctx.string_list(&p, val).map(BootCommands::Inline);
-                }
-                Node::Mapping(_) => ctx.err(&p, val.span(), "expected a command set name or a list of commands"),
-            },
+            }
             "prompts" => {
                 if let Some(list) = ctx.string_list(&p, val) {
                     for (i, re) in list.iter().enumerate() {
                         if let Err(e) = regex::bytes::Regex::new(re) {
-                            ctx.err(&format!("{p}[{i}]"), val.span(), format!("not a valid regex: {e}"));
+                            ctx.err(
+                                &format!("{p}[{i}]"),
+                                val.span(),
+                                format!("not a valid regex: {e}"),
+                            );
                         }
                     }
                     prompts = list;
                 }
             }
             "auto_login" => auto_login = parse_auto_login(ctx, &p, val),
-            "type" | "media" | "bootloader" | "transfer_overlay" | "soft_reboot" | "expect_shell" | "parameters" | "ignore_kernel_messages" => {
-                ctx.unsupported(&p, &key_span(k), format!("`{}` is not supported for u-boot boots yet", k.as_str()))
-            }
+            "type"
+            | "media"
+            | "bootloader"
+            | "transfer_overlay"
+            | "soft_reboot"
+            | "expect_shell"
+            | "parameters"
+            | "ignore_kernel_messages" => ctx.unsupported(
+                &p,
+                &key_span(k),
+                format!("`{}` is not supported for u-boot boots yet", k.as_str()),
+            ),
             other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
         }
     }
     if method.is_none() && m.get_node("method").is_none() {
-        ctx.err(&format!("{path}.method"), v.span(), "missing required key `method`");
+        ctx.err(
+            &format!("{path}.method"),
+            v.span(),
+            "missing required key `method`",
+        );
     }
     if method.is_some() && commands.is_none() && m.get_node("commands").is_none() {
-        ctx.err(&format!("{path}.commands"), v.span(), "missing required key `commands`");
+        ctx.err(
+            &format!("{path}.commands"),
+            v.span(),
+            "missing required key `commands`",
+        );
     }
     method?;
     Some(Boot {
@@ -732,15 +884,25 @@ fn parse_auto_login(ctx: &mut Ctx, path: &str, v: &Node) -> Option<AutoLogin> {
             "username" => username = ctx.string(&p, val),
             "password_prompt" => password_prompt = ctx.string(&p, val),
             "password" => password = ctx.string(&p, val),
-            "login_commands" => ctx.unsupported(&p, &key_span(k), "`login_commands` is not supported yet"),
+            "login_commands" => {
+                ctx.unsupported(&p, &key_span(k), "`login_commands` is not supported yet")
+            }
             other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
         }
     }
     if login_prompt.is_none() {
-        ctx.err(&format!("{path}.login_prompt"), v.span(), "missing required key `login_prompt`");
+        ctx.err(
+            &format!("{path}.login_prompt"),
+            v.span(),
+            "missing required key `login_prompt`",
+        );
     }
     if username.is_none() {
-        ctx.err(&format!("{path}.username"), v.span(), "missing required key `username`");
+        ctx.err(
+            &format!("{path}.username"),
+            v.span(),
+            "missing required key `username`",
+        );
     }
     Some(AutoLogin {
         login_prompt: login_prompt?,
@@ -773,12 +935,25 @@ fn parse_test(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Test> {
                 }
                 definitions = Some(defs);
             }
-            "interactive" | "monitors" | "docker" => ctx.unsupported(&p, &key_span(k), format!("`{}` tests are not supported yet", k.as_str())),
+            "interactive" | "monitors" | "docker" => ctx.unsupported(
+                &p,
+                &key_span(k),
+                format!("`{}` tests are not supported yet", k.as_str()),
+            ),
             other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
         }
     }
-    if definitions.is_none() && m.get_node("definitions").is_none() && !m.iter().any(|(k, _)| matches!(k.as_str(), "interactive" | "monitors" | "docker")) {
-        ctx.err(&format!("{path}.definitions"), v.span(), "missing required key `definitions`");
+    if definitions.is_none()
+        && m.get_node("definitions").is_none()
+        && !m
+            .iter()
+            .any(|(k, _)| matches!(k.as_str(), "interactive" | "monitors" | "docker"))
+    {
+        ctx.err(
+            &format!("{path}.definitions"),
+            v.span(),
+            "missing required key `definitions`",
+        );
     }
     Some(Test {
         timeout,
@@ -798,13 +973,25 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
             "name" => {
                 name = ctx.string(&p, val);
                 if let Some(n) = &name {
-                    if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                        ctx.err(&p, val.span(), format!("test name `{n}` may only use letters, digits, `-`, `_` and `.`"));
+                    if n.is_empty()
+                        || !n
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                    {
+                        ctx.err(
+                            &p,
+                            val.span(),
+                            format!(
+                                "test name `{n}` may only use letters, digits, `-`, `_` and `.`"
+                            ),
+                        );
                     }
                 }
             }
             "from" => {
-                let Some(f) = ctx.string(&p, val) else { continue };
+                let Some(f) = ctx.string(&p, val) else {
+                    continue;
+                };
                 if f == "inline" {
                     from = Some(f);
                 } else {
@@ -815,18 +1002,33 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
             "repository" => {
                 if let Node::Mapping(rm) = val {
                     steps = parse_inline_repository(ctx, &p, rm);
-                } else if m.get_node("from").and_then(|n| n.as_scalar()).is_some_and(|s| s.as_str() == "inline") {
-                    ctx.err(&p, val.span(), "an inline test definition needs `repository` to be a mapping");
+                } else if m
+                    .get_node("from")
+                    .and_then(|n| n.as_scalar())
+                    .is_some_and(|s| s.as_str() == "inline")
+                {
+                    ctx.err(
+                        &p,
+                        val.span(),
+                        "an inline test definition needs `repository` to be a mapping",
+                    );
                 }
             }
             "parameters" | "params" => {
                 if let Some(pm) = ctx.mapping(&p, val) {
                     for (pk, pv) in pm.iter() {
                         let pp = format!("{p}.{}", pk.as_str());
-                        let valid_name = pk.as_str().chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        let valid_name = pk
+                            .as_str()
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_')
                             && !pk.as_str().starts_with(|c: char| c.is_ascii_digit());
                         if !valid_name {
-                            ctx.err(&pp, &key_span(pk), "a parameter name must be a shell variable name");
+                            ctx.err(
+                                &pp,
+                                &key_span(pk),
+                                "a parameter name must be a shell variable name",
+                            );
                             continue;
                         }
                         if let Some(s) = ctx.string(&pp, pv) {
@@ -835,21 +1037,38 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
                     }
                 }
             }
-            "branch" | "revision" | "history" | "shallow" | "lava-signal" | "timeout" => {
-                ctx.warn(&p, &key_span(k), format!("`{}` does not apply to inline definitions; ignored", k.as_str()))
-            }
+            "branch" | "revision" | "history" | "shallow" | "lava-signal" | "timeout" => ctx.warn(
+                &p,
+                &key_span(k),
+                format!(
+                    "`{}` does not apply to inline definitions; ignored",
+                    k.as_str()
+                ),
+            ),
             other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
         }
     }
     if name.is_none() {
-        ctx.err(&format!("{path}.name"), v.span(), "missing required key `name`");
+        ctx.err(
+            &format!("{path}.name"),
+            v.span(),
+            "missing required key `name`",
+        );
     }
     if m.get_node("from").is_none() {
-        ctx.err(&format!("{path}.from"), v.span(), "missing required key `from`");
+        ctx.err(
+            &format!("{path}.from"),
+            v.span(),
+            "missing required key `from`",
+        );
     }
     from?;
     if steps.is_none() && m.get_node("repository").is_none() {
-        ctx.err(&format!("{path}.repository"), v.span(), "missing required key `repository`");
+        ctx.err(
+            &format!("{path}.repository"),
+            v.span(),
+            "missing required key `repository`",
+        );
     }
     Some(TestDefinition {
         name: name?,
@@ -858,7 +1077,11 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
     })
 }
 
-fn parse_inline_repository(ctx: &mut Ctx, path: &str, m: &MarkedMappingNode) -> Option<Vec<String>> {
+fn parse_inline_repository(
+    ctx: &mut Ctx,
+    path: &str,
+    m: &MarkedMappingNode,
+) -> Option<Vec<String>> {
     let mut steps = None;
     for (k, val) in m.iter() {
         let p = format!("{path}.{}", k.as_str());
@@ -874,7 +1097,9 @@ fn parse_inline_repository(ctx: &mut Ctx, path: &str, m: &MarkedMappingNode) -> 
                 }
             }
             "run" => {
-                let Some(rm) = ctx.mapping(&p, val) else { continue };
+                let Some(rm) = ctx.mapping(&p, val) else {
+                    continue;
+                };
                 for (rk, rv) in rm.iter() {
                     let rp = format!("{p}.{}", rk.as_str());
                     match rk.as_str() {
@@ -883,14 +1108,30 @@ fn parse_inline_repository(ctx: &mut Ctx, path: &str, m: &MarkedMappingNode) -> 
                     }
                 }
             }
-            "install" => ctx.unsupported(&p, &key_span(k), "`install` is not supported yet; install packages in a run step"),
-            "params" | "parameters" => ctx.warn(&p, &key_span(k), "definition-level parameters are not supported; use the job's `parameters`"),
-            "parse" => ctx.unsupported(&p, &key_span(k), "`parse` patterns are not supported yet; use lava-test-case"),
+            "install" => ctx.unsupported(
+                &p,
+                &key_span(k),
+                "`install` is not supported yet; install packages in a run step",
+            ),
+            "params" | "parameters" => ctx.warn(
+                &p,
+                &key_span(k),
+                "definition-level parameters are not supported; use the job's `parameters`",
+            ),
+            "parse" => ctx.unsupported(
+                &p,
+                &key_span(k),
+                "`parse` patterns are not supported yet; use lava-test-case",
+            ),
             other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
         }
     }
     if steps.is_none() {
-        ctx.err(&format!("{path}.run.steps"), &Span::new_blank(), "missing required key `run.steps`");
+        ctx.err(
+            &format!("{path}.run.steps"),
+            &Span::new_blank(),
+            "missing required key `run.steps`",
+        );
     }
     steps
 }
@@ -898,7 +1139,12 @@ fn parse_inline_repository(ctx: &mut Ctx, path: &str, m: &MarkedMappingNode) -> 
 impl JobDefinition {
     /// The effective timeout of a phase: the job's per-action override, the
     /// action block's own timeout, the job's `action` default, then the device type.
-    pub fn timeout_for(&self, action_name: &str, block: Option<Duration>, device_default: Duration) -> Duration {
+    pub fn timeout_for(
+        &self,
+        action_name: &str,
+        block: Option<Duration>,
+        device_default: Duration,
+    ) -> Duration {
         self.timeouts
             .actions
             .get(action_name)

@@ -40,25 +40,41 @@ pub enum LabRequest {
         file: String,
         submitter: String,
     },
-    Cancel { job: JobId },
+    Cancel {
+        job: JobId,
+    },
     Jobs(JobFilter),
-    Job { job: JobId },
-    Results { job: JobId },
+    Job {
+        job: JobId,
+    },
+    Results {
+        job: JobId,
+    },
     Boards,
     SetHealth {
         board: String,
         online: bool,
         reason: Option<String>,
     },
-    Power { board: String, action: PowerAction },
-    IdleConsole { board: String },
+    Power {
+        board: String,
+        action: PowerAction,
+    },
+    IdleConsole {
+        board: String,
+    },
     /// A handle for reading logs; reading never changes anything.
-    LogSource { job: JobId },
+    LogSource {
+        job: JobId,
+    },
 }
 
 #[derive(Debug)]
 pub enum LabReply {
-    Submitted { id: JobId, warnings: Vec<Diagnostic> },
+    Submitted {
+        id: JobId,
+        warnings: Vec<Diagnostic>,
+    },
     Done,
     Jobs(Vec<JobRecord>),
     Job(Box<JobRecord>, Vec<JobEvent>),
@@ -130,7 +146,12 @@ impl LabActor {
         })
     }
 
-    fn start_board(&self, b: &BoardConfig, dt: &DeviceType, ctx: &mut Context<Self>) -> Addr<BoardActor> {
+    fn start_board(
+        &self,
+        b: &BoardConfig,
+        dt: &DeviceType,
+        ctx: &mut Context<Self>,
+    ) -> Addr<BoardActor> {
         let sim = self.cfg.sim_control.as_ref();
         let console = console::from_config(&b.name, &b.console, dt.console_baud, sim);
         let power = power::from_config(&b.name, &b.power, sim);
@@ -166,13 +187,24 @@ impl LabActor {
         let pos = self
             .queue
             .iter()
-            .position(|o| (q.priority, std::cmp::Reverse(q.submit_time), std::cmp::Reverse(q.id)) > (o.priority, std::cmp::Reverse(o.submit_time), std::cmp::Reverse(o.id)))
+            .position(|o| {
+                (
+                    q.priority,
+                    std::cmp::Reverse(q.submit_time),
+                    std::cmp::Reverse(q.id),
+                ) > (
+                    o.priority,
+                    std::cmp::Reverse(o.submit_time),
+                    std::cmp::Reverse(o.id),
+                )
+            })
             .unwrap_or(self.queue.len());
         self.queue.insert(pos, q);
     }
 
     fn matches(slot: &Slot, def: &JobDefinition) -> bool {
-        slot.cfg.device_type == def.device_type && def.tags.iter().all(|t| slot.cfg.tags.contains(t))
+        slot.cfg.device_type == def.device_type
+            && def.tags.iter().all(|t| slot.cfg.tags.contains(t))
     }
 
     /// Gives queued jobs to idle boards: highest priority first, then oldest.
@@ -186,7 +218,12 @@ impl LabActor {
             let board = self
                 .boards
                 .iter()
-                .find(|(_, s)| s.state == BoardState::Idle && s.health.schedulable() && !s.maintenance_pending && Self::matches(s, def))
+                .find(|(_, s)| {
+                    s.state == BoardState::Idle
+                        && s.health.schedulable()
+                        && !s.maintenance_pending
+                        && Self::matches(s, def)
+                })
                 .map(|(n, _)| n.clone());
             match board {
                 Some(name) => {
@@ -199,7 +236,9 @@ impl LabActor {
     }
 
     fn assign(&mut self, q: Queued, board: String, ctx: &mut Context<Self>) {
-        let Some(slot) = self.boards.get_mut(&board) else { return };
+        let Some(slot) = self.boards.get_mut(&board) else {
+            return;
+        };
         slot.state = BoardState::Reserved;
         slot.job = Some(q.id);
         let addr = slot.addr.clone();
@@ -219,8 +258,19 @@ impl LabActor {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            let _ = store.add_event(id, JobEvent { time: now_ms(), kind: "state".into(), message: format!("Scheduled on {b2}") }).await;
-            addr.send(StartJob { id, def: q.def }).await.map_err(|e| e.to_string())??;
+            let _ = store
+                .add_event(
+                    id,
+                    JobEvent {
+                        time: now_ms(),
+                        kind: "state".into(),
+                        message: format!("Scheduled on {b2}"),
+                    },
+                )
+                .await;
+            addr.send(StartJob { id, def: q.def })
+                .await
+                .map_err(|e| e.to_string())??;
             store
                 .update_job(id, |j| {
                     if j.state == JobState::Scheduled {
@@ -231,19 +281,40 @@ impl LabActor {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            store.add_event(id, JobEvent { time: now_ms(), kind: "state".into(), message: "Running".into() }).await.map_err(|e| e.to_string())
+            store
+                .add_event(
+                    id,
+                    JobEvent {
+                        time: now_ms(),
+                        kind: "state".into(),
+                        message: "Running".into(),
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())
         };
-        ctx.spawn(fut.into_actor(self).map(move |res: Result<(), String>, act, ctx| {
-            if let Some(s) = act.boards.get_mut(&board) {
-                if s.job == Some(id) && s.state == BoardState::Reserved {
-                    s.state = BoardState::Running;
-                }
-            }
-            if let Err(e) = res {
-                tracing::error!(job = id, %board, error = %e, "starting job failed");
-                act.finish(id, &board, JobOutcome::incomplete(ErrorClass::Infrastructure, format!("could not start: {e}")), ctx);
-            }
-        }));
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(move |res: Result<(), String>, act, ctx| {
+                    if let Some(s) = act.boards.get_mut(&board) {
+                        if s.job == Some(id) && s.state == BoardState::Reserved {
+                            s.state = BoardState::Running;
+                        }
+                    }
+                    if let Err(e) = res {
+                        tracing::error!(job = id, %board, error = %e, "starting job failed");
+                        act.finish(
+                            id,
+                            &board,
+                            JobOutcome::incomplete(
+                                ErrorClass::Infrastructure,
+                                format!("could not start: {e}"),
+                            ),
+                            ctx,
+                        );
+                    }
+                }),
+        );
     }
 
     /// Records a job's end, frees its board and schedules again.
@@ -272,7 +343,14 @@ impl LabActor {
                 .await;
             if let Ok(j) = &r {
                 let _ = store
-                    .add_event(id, JobEvent { time: now_ms(), kind: "state".into(), message: format!("Finished {}", j.health) })
+                    .add_event(
+                        id,
+                        JobEvent {
+                            time: now_ms(),
+                            kind: "state".into(),
+                            message: format!("Finished {}", j.health),
+                        },
+                    )
                     .await;
             }
             r
@@ -287,7 +365,11 @@ impl LabActor {
                     s.job = None;
                     s.state = BoardState::Idle;
                 }
-                if matches!(outcome.error_class, Some(ErrorClass::Infrastructure | ErrorClass::Bug)) && s.health == BoardHealth::Good {
+                if matches!(
+                    outcome.error_class,
+                    Some(ErrorClass::Infrastructure | ErrorClass::Bug)
+                ) && s.health == BoardHealth::Good
+                {
                     s.health = BoardHealth::Unknown;
                     s.health_reason = outcome.error.clone();
                 }
@@ -308,7 +390,9 @@ impl LabActor {
     }
 
     /// Brings the store to a consistent state after a start or a crash.
-    async fn reconcile(store: Store) -> Result<(Vec<BoardRecord>, Vec<JobRecord>, Vec<JobId>), crate::store::StoreError> {
+    async fn reconcile(
+        store: Store,
+    ) -> Result<(Vec<BoardRecord>, Vec<JobRecord>, Vec<JobId>), crate::store::StoreError> {
         let mut dirty_boards = Vec::new();
         for state in [JobState::Scheduled, JobState::Running, JobState::Canceling] {
             for j in store.jobs_in_state(state).await? {
@@ -319,7 +403,10 @@ impl LabActor {
                         let o = if canceled {
                             JobOutcome::canceled("canceled; dispatcher restarted")
                         } else {
-                            JobOutcome::incomplete(ErrorClass::Infrastructure, "dispatcher restarted")
+                            JobOutcome::incomplete(
+                                ErrorClass::Infrastructure,
+                                "dispatcher restarted",
+                            )
                         };
                         r.health = o.health;
                         r.error_class = o.error_class;
@@ -329,7 +416,14 @@ impl LabActor {
                     })
                     .await?;
                 store
-                    .add_event(j.id, JobEvent { time: now_ms(), kind: "state".into(), message: "Finished: dispatcher restarted".into() })
+                    .add_event(
+                        j.id,
+                        JobEvent {
+                            time: now_ms(),
+                            kind: "state".into(),
+                            message: "Finished: dispatcher restarted".into(),
+                        },
+                    )
                     .await?;
                 if let Some(b) = j.board {
                     dirty_boards.push(j.id);
@@ -349,9 +443,13 @@ impl Actor for LabActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let cfgs = self.cfg.boards.clone();
         for b in &cfgs {
-            let Some(base) = self.device_types.get(&b.device_type) else { continue };
+            let Some(base) = self.device_types.get(&b.device_type) else {
+                continue;
+            };
             // Invariant: LabActor::new checked every board's overrides.
-            let Ok(dt) = base.with_overrides(&b.name, &b.parameters) else { continue };
+            let Ok(dt) = base.with_overrides(&b.name, &b.parameters) else {
+                continue;
+            };
             let addr = self.start_board(b, &dt, ctx);
             self.boards.insert(
                 b.name.clone(),
@@ -418,10 +516,16 @@ impl Handler<BoardReport> for LabActor {
                     s.phase = phase;
                 }
             }
-            BoardReport::JobEnded { board, job, outcome } => self.finish(job, &board, outcome, ctx),
+            BoardReport::JobEnded {
+                board,
+                job,
+                outcome,
+            } => self.finish(job, &board, outcome, ctx),
             BoardReport::Died { board, job } => {
                 tracing::error!(%board, "board actor died; replacing it");
-                let Some(slot) = self.boards.get(&board) else { return };
+                let Some(slot) = self.boards.get(&board) else {
+                    return;
+                };
                 let (cfg, dt) = (slot.cfg.clone(), slot.dt.clone());
                 let addr = self.start_board(&cfg, &dt, ctx);
                 if let Some(s) = self.boards.get_mut(&board) {
@@ -432,7 +536,12 @@ impl Handler<BoardReport> for LabActor {
                 }
                 self.persist_board(&board);
                 match job {
-                    Some(id) => self.finish(id, &board, JobOutcome::incomplete(ErrorClass::Bug, "board actor crashed"), ctx),
+                    Some(id) => self.finish(
+                        id,
+                        &board,
+                        JobOutcome::incomplete(ErrorClass::Bug, "board actor crashed"),
+                        ctx,
+                    ),
                     None => self.schedule(ctx),
                 }
             }
@@ -451,15 +560,30 @@ impl Handler<LabRequest> for LabActor {
         let store = self.store.clone();
         let ready = |r: Result<LabReply, ApiError>| -> Self::Result { Box::pin(fut::ready(r)) };
         match msg {
-            LabRequest::Submit { definition, file, submitter } => {
+            LabRequest::Submit {
+                definition,
+                file,
+                submitter,
+            } => {
                 if definition.len() > self.cfg.limits.max_job_bytes {
-                    return ready(Err(ApiError::new(ErrorCode::InvalidJob, format!("{file}: job definition is {} bytes; the limit is {}", definition.len(), self.cfg.limits.max_job_bytes))));
+                    return ready(Err(ApiError::new(
+                        ErrorCode::InvalidJob,
+                        format!(
+                            "{file}: job definition is {} bytes; the limit is {}",
+                            definition.len(),
+                            self.cfg.limits.max_job_bytes
+                        ),
+                    )));
                 }
                 let parsed = match job::parse(&file, &definition) {
                     Ok(p) => p,
                     Err(e) => {
                         let first = e.first().clone();
-                        return ready(Err(ApiError { code: e.code(), message: e.to_string(), location: Some(first.location) }));
+                        return ready(Err(ApiError {
+                            code: e.code(),
+                            message: e.to_string(),
+                            location: Some(first.location),
+                        }));
                     }
                 };
                 if let Err(e) = self.check_runnable(&parsed.definition) {
@@ -487,13 +611,27 @@ impl Handler<LabRequest> for LabActor {
                 Box::pin(
                     async move {
                         let r = store.insert_job(rec).await?;
-                        store.add_event(r.id, JobEvent { time: r.submit_time, kind: "state".into(), message: "Submitted".into() }).await?;
+                        store
+                            .add_event(
+                                r.id,
+                                JobEvent {
+                                    time: r.submit_time,
+                                    kind: "state".into(),
+                                    message: "Submitted".into(),
+                                },
+                            )
+                            .await?;
                         Ok::<_, ApiError>(r)
                     }
                     .into_actor(self)
                     .map(move |res, act, ctx| {
                         let r = res?;
-                        act.enqueue(Queued { id: r.id, priority: r.priority, submit_time: r.submit_time, def });
+                        act.enqueue(Queued {
+                            id: r.id,
+                            priority: r.priority,
+                            submit_time: r.submit_time,
+                            def,
+                        });
                         act.schedule(ctx);
                         Ok(LabReply::Submitted { id: r.id, warnings })
                     }),
@@ -514,7 +652,16 @@ impl Handler<LabRequest> for LabActor {
                                     Ok(())
                                 })
                                 .await?;
-                            store.add_event(job, JobEvent { time: now_ms(), kind: "state".into(), message: "Finished Canceled".into() }).await?;
+                            store
+                                .add_event(
+                                    job,
+                                    JobEvent {
+                                        time: now_ms(),
+                                        kind: "state".into(),
+                                        message: "Finished Canceled".into(),
+                                    },
+                                )
+                                .await?;
                             Ok::<_, ApiError>(())
                         }
                         .into_actor(self)
@@ -527,12 +674,19 @@ impl Handler<LabRequest> for LabActor {
                         }),
                     );
                 }
-                let running = self.boards.values().find(|s| s.job == Some(job)).map(|s| s.addr.clone());
+                let running = self
+                    .boards
+                    .values()
+                    .find(|s| s.job == Some(job))
+                    .map(|s| s.addr.clone());
                 Box::pin(
                     async move {
                         let Some(addr) = running else {
                             let j = store.job(job).await?;
-                            return Err(ApiError::new(ErrorCode::InvalidState, format!("job {job} is {} {}; nothing to cancel", j.state, j.health)));
+                            return Err(ApiError::new(
+                                ErrorCode::InvalidState,
+                                format!("job {job} is {} {}; nothing to cancel", j.state, j.health),
+                            ));
                         };
                         store
                             .update_job(job, |j| {
@@ -549,7 +703,9 @@ impl Handler<LabRequest> for LabActor {
                     .into_actor(self),
                 )
             }
-            LabRequest::Jobs(filter) => Box::pin(async move { Ok(LabReply::Jobs(store.list_jobs(filter).await?)) }.into_actor(self)),
+            LabRequest::Jobs(filter) => Box::pin(
+                async move { Ok(LabReply::Jobs(store.list_jobs(filter).await?)) }.into_actor(self),
+            ),
             LabRequest::Job { job } => Box::pin(
                 async move {
                     let j = store.job(job).await?;
@@ -587,10 +743,19 @@ impl Handler<LabRequest> for LabActor {
                     })
                     .collect(),
             ))),
-            LabRequest::SetHealth { board, online, reason } => {
-                let Some(s) = self.boards.get_mut(&board) else { return ready(Err(not_found(&board))) };
+            LabRequest::SetHealth {
+                board,
+                online,
+                reason,
+            } => {
+                let Some(s) = self.boards.get_mut(&board) else {
+                    return ready(Err(not_found(&board)));
+                };
                 if s.health == BoardHealth::Retired {
-                    return ready(Err(ApiError::new(ErrorCode::InvalidState, format!("board {board} is retired"))));
+                    return ready(Err(ApiError::new(
+                        ErrorCode::InvalidState,
+                        format!("board {board} is retired"),
+                    )));
                 }
                 if online {
                     s.maintenance_pending = false;
@@ -603,15 +768,25 @@ impl Handler<LabRequest> for LabActor {
                     s.health = BoardHealth::Maintenance;
                     s.health_reason = reason;
                 }
-                let rec = BoardRecord { name: board.clone(), health: s.health, health_reason: s.health_reason.clone() };
-                Box::pin(async move { store.put_board(rec).await }.into_actor(self).map(|r, act, ctx| {
-                    r?;
-                    act.schedule(ctx);
-                    Ok(LabReply::Done)
-                }))
+                let rec = BoardRecord {
+                    name: board.clone(),
+                    health: s.health,
+                    health_reason: s.health_reason.clone(),
+                };
+                Box::pin(
+                    async move { store.put_board(rec).await }
+                        .into_actor(self)
+                        .map(|r, act, ctx| {
+                            r?;
+                            act.schedule(ctx);
+                            Ok(LabReply::Done)
+                        }),
+                )
             }
             LabRequest::Power { board, action } => {
-                let Some(s) = self.boards.get(&board) else { return ready(Err(not_found(&board))) };
+                let Some(s) = self.boards.get(&board) else {
+                    return ready(Err(not_found(&board)));
+                };
                 if s.health != BoardHealth::Maintenance || s.job.is_some() {
                     return ready(Err(ApiError::new(ErrorCode::InvalidState, format!("board {board} must be idle in maintenance for manual power (it is {}, {})", s.state, s.health))));
                 }
@@ -628,11 +803,16 @@ impl Handler<LabRequest> for LabActor {
                 )
             }
             LabRequest::IdleConsole { board } => {
-                let Some(s) = self.boards.get(&board) else { return ready(Err(not_found(&board))) };
+                let Some(s) = self.boards.get(&board) else {
+                    return ready(Err(not_found(&board)));
+                };
                 let addr = s.addr.clone();
                 Box::pin(
                     async move {
-                        let b = addr.send(IdleConsole).await.map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                        let b = addr
+                            .send(IdleConsole)
+                            .await
+                            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
                         Ok(LabReply::Bytes(b))
                     }
                     .into_actor(self),
@@ -646,20 +826,32 @@ impl LabActor {
     /// Refuses a job that no board of this lab could ever run.
     fn check_runnable(&self, def: &JobDefinition) -> Result<(), ApiError> {
         let Some(dt) = self.device_types.get(&def.device_type) else {
-            return Err(ApiError::new(ErrorCode::NoSuchDeviceType, format!("unknown device type `{}`", def.device_type)));
+            return Err(ApiError::new(
+                ErrorCode::NoSuchDeviceType,
+                format!("unknown device type `{}`", def.device_type),
+            ));
         };
-        let any = self.boards.values().any(|s| Self::matches(s, def) && s.health != BoardHealth::Retired);
+        let any = self
+            .boards
+            .values()
+            .any(|s| Self::matches(s, def) && s.health != BoardHealth::Retired);
         if !any {
             return Err(ApiError::new(
                 ErrorCode::NoSuchDeviceType,
-                format!("no board of device type `{}` with tags {:?} in this lab", def.device_type, def.tags),
+                format!(
+                    "no board of device type `{}` with tags {:?} in this lab",
+                    def.device_type, def.tags
+                ),
             ));
         }
         for a in &def.actions {
             if let job::Action::Boot(b) = a {
                 if let BootCommands::Named(n) = &b.commands {
                     if !dt.bootloader.commands.contains_key(n) {
-                        return Err(ApiError::new(ErrorCode::InvalidJob, format!("device type `{}` has no boot commands named `{n}`", dt.name)));
+                        return Err(ApiError::new(
+                            ErrorCode::InvalidJob,
+                            format!("device type `{}` has no boot commands named `{n}`", dt.name),
+                        ));
                     }
                 }
             }

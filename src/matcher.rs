@@ -91,7 +91,12 @@ mod tests {
 
     #[test]
     fn every_split_position_matches() {
-        let patterns = ["Hit any key to stop autoboot", "=> ", "login:", "root@sim:[^#]*# "];
+        let patterns = [
+            "Hit any key to stop autoboot",
+            "=> ",
+            "login:",
+            "root@sim:[^#]*# ",
+        ];
         let texts: &[&[u8]] = &[
             b"U-Boot 2023.01\r\nHit any key to stop autoboot:  2 ",
             b"\r\n=> ",

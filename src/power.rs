@@ -13,7 +13,10 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum PowerError {
     #[error("power {action}: {message}")]
-    Failed { action: &'static str, message: String },
+    Failed {
+        action: &'static str,
+        message: String,
+    },
     #[error("power {action}: timed out after {secs} s")]
     Timeout { action: &'static str, secs: u64 },
     #[error("power {0}: not supported by this relay")]
@@ -147,7 +150,11 @@ impl Power for CommandPower {
     }
 }
 
-pub fn from_config(board: &str, cfg: &PowerConfig, sim_control: Option<&PathBuf>) -> Box<dyn Power> {
+pub fn from_config(
+    board: &str,
+    cfg: &PowerConfig,
+    sim_control: Option<&PathBuf>,
+) -> Box<dyn Power> {
     match cfg {
         PowerConfig::Sim { board: b } => Box::new(SimPower {
             // Invariant: config validation refuses sim power without sim_control.

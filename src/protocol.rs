@@ -16,7 +16,12 @@ pub struct Request {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "method", content = "params", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    tag = "method",
+    content = "params",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 pub enum RequestBody {
     Hello {
         version: u32,
@@ -144,15 +149,39 @@ pub struct Response {
 
 impl Response {
     pub fn ok(id: u64, v: Value) -> Self {
-        Response { id, ok: Some(v), error: None, event: None, end: None }
+        Response {
+            id,
+            ok: Some(v),
+            error: None,
+            event: None,
+            end: None,
+        }
     }
     pub fn error(id: u64, e: WireError) -> Self {
-        Response { id, ok: None, error: Some(e), event: None, end: None }
+        Response {
+            id,
+            ok: None,
+            error: Some(e),
+            event: None,
+            end: None,
+        }
     }
     pub fn event(id: u64, v: Value) -> Self {
-        Response { id, ok: None, error: None, event: Some(v), end: None }
+        Response {
+            id,
+            ok: None,
+            error: None,
+            event: Some(v),
+            end: None,
+        }
     }
     pub fn end(id: u64, v: Value) -> Self {
-        Response { id, ok: None, error: None, event: None, end: Some(v) }
+        Response {
+            id,
+            ok: None,
+            error: None,
+            event: None,
+            end: Some(v),
+        }
     }
 }

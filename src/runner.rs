@@ -106,9 +106,7 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         Ok(Err(Stop(o))) => o,
         Err(_) => {
             let msg = format!("job timed out after {} s", job_timeout.as_secs());
-            let _ = store
-                .add_event(job_id, event("timeout", &msg))
-                .await;
+            let _ = store.add_event(job_id, event("timeout", &msg)).await;
             JobOutcome::incomplete(ErrorClass::Job, msg)
         }
     };
@@ -126,7 +124,10 @@ fn event(kind: &str, message: &str) -> JobEvent {
 impl Runner {
     fn event(&self, kind: &str, message: &str) {
         // Queued now, in order; the store makes it durable with the next batch.
-        let fut = self.ctx.store.add_event(self.ctx.job_id, event(kind, message));
+        let fut = self
+            .ctx
+            .store
+            .add_event(self.ctx.job_id, event(kind, message));
         drop(tokio::spawn(async move {
             if let Err(e) = fut.await {
                 tracing::error!(error = %e, "recording a job event failed");
@@ -152,7 +153,12 @@ impl Runner {
     }
 
     fn timeout(&self, name: &str, block: Option<Duration>) -> Duration {
-        let default = self.ctx.dt.timeouts.get(name).unwrap_or(Duration::from_secs(60));
+        let default = self
+            .ctx
+            .dt
+            .timeouts
+            .get(name)
+            .unwrap_or(Duration::from_secs(60));
         self.ctx.def.timeout_for(name, block, default)
     }
 
@@ -201,7 +207,10 @@ impl Runner {
                     let name = format!("{index}-{kind}-{base}");
                     let dst = dir.join(&name);
                     match tokio::fs::copy(&src, &dst).await {
-                        Ok(n) => r.event("deploy", &format!("{kind}: {} ({n} bytes) as {job}/{name}", src.display())),
+                        Ok(n) => r.event(
+                            "deploy",
+                            &format!("{kind}: {} ({n} bytes) as {job}/{name}", src.display()),
+                        ),
                         Err(e) => {
                             return Err(Stop(JobOutcome::incomplete(
                                 ErrorClass::Job,
@@ -235,7 +244,12 @@ impl Runner {
     async fn expect(&mut self, wanted: &[String], errors: &[String]) -> Result<usize, Stop> {
         let mut pats: Vec<String> = wanted.to_vec();
         pats.extend(errors.iter().map(|e| regex::escape(e)));
-        let mut m = Matcher::new(&pats).map_err(|e| Stop(JobOutcome::incomplete(ErrorClass::Configuration, e.to_string())))?;
+        let mut m = Matcher::new(&pats).map_err(|e| {
+            Stop(JobOutcome::incomplete(
+                ErrorClass::Configuration,
+                e.to_string(),
+            ))
+        })?;
         let mut chunk = std::mem::take(&mut self.rest);
         loop {
             if let Some(hit) = m.feed(&chunk) {
@@ -269,13 +283,28 @@ impl Runner {
             .ok_or_else(|| {
                 Stop(JobOutcome::incomplete(
                     ErrorClass::Job,
-                    format!("device type {} cannot boot a kernel of type {}", self.ctx.dt.name, kt.as_str()),
+                    format!(
+                        "device type {} cannot boot a kernel of type {}",
+                        self.ctx.dt.name,
+                        kt.as_str()
+                    ),
                 ))
             })?;
-        let bootx_cmd = self.ctx.dt.bootloader.bootx.get(kt.as_str()).cloned().unwrap_or_else(|| "booti".into());
+        let bootx_cmd = self
+            .ctx
+            .dt
+            .bootloader
+            .bootx
+            .get(kt.as_str())
+            .cloned()
+            .unwrap_or_else(|| "booti".into());
         let has_rd = self.deployed.contains_key("ramdisk");
         let has_dtb = self.deployed.contains_key("dtb");
-        let rd = if has_rd { format!("{}:${{initrd_size}}", addrs.ramdisk) } else { "-".into() };
+        let rd = if has_rd {
+            format!("{}:${{initrd_size}}", addrs.ramdisk)
+        } else {
+            "-".into()
+        };
         let mut bootx = format!("{bootx_cmd} {} {rd}", addrs.kernel);
         if has_dtb || addrs.dtb.starts_with('$') {
             bootx.push(' ');
@@ -297,12 +326,23 @@ impl Runner {
     fn boot_commands(&self, b: &Boot) -> Result<Vec<String>, Stop> {
         let raw = match &b.commands {
             BootCommands::Inline(c) => c.clone(),
-            BootCommands::Named(n) => self.ctx.dt.bootloader.commands.get(n).cloned().ok_or_else(|| {
-                Stop(JobOutcome::incomplete(
-                    ErrorClass::Job,
-                    format!("device type {} has no `{n}` boot commands", self.ctx.dt.name),
-                ))
-            })?,
+            BootCommands::Named(n) => {
+                self.ctx
+                    .dt
+                    .bootloader
+                    .commands
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Stop(JobOutcome::incomplete(
+                            ErrorClass::Job,
+                            format!(
+                                "device type {} has no `{n}` boot commands",
+                                self.ctx.dt.name
+                            ),
+                        ))
+                    })?
+            }
         };
         let mut out = Vec::new();
         for c in raw {
@@ -338,7 +378,8 @@ impl Runner {
         let limit = self.timeout("bootloader-interrupt", None);
         self.bounded("bootloader-interrupt", limit, async |r: &mut Self| {
             if bl.needs_interrupt {
-                r.expect(std::slice::from_ref(&bl.interrupt_prompt), &errors).await?;
+                r.expect(std::slice::from_ref(&bl.interrupt_prompt), &errors)
+                    .await?;
                 r.send(&bl.interrupt_char).await;
                 r.send("\n").await;
             }
@@ -360,7 +401,8 @@ impl Runner {
                 }
             }
             // The last command boots: wait for the kernel.
-            r.expect(std::slice::from_ref(&start_message), &errors).await?;
+            r.expect(std::slice::from_ref(&start_message), &errors)
+                .await?;
             Ok(())
         })
         .await?;
@@ -383,7 +425,8 @@ impl Runner {
         self.shell_prompt = prompts.clone();
         self.bounded("auto-login-action", limit, async |r: &mut Self| {
             if let Some(l) = &login {
-                r.expect(std::slice::from_ref(&l.login_prompt), &kernel_errors).await?;
+                r.expect(std::slice::from_ref(&l.login_prompt), &kernel_errors)
+                    .await?;
                 r.phase(Phase::Login);
                 r.send(&l.username).await;
                 r.send("\n").await;
@@ -412,7 +455,10 @@ impl Runner {
 
     async fn test(&mut self, t: &Test) -> Result<(), Stop> {
         if self.shell_prompt.is_empty() {
-            return Err(Stop(JobOutcome::incomplete(ErrorClass::Job, "a test action needs a boot action before it")));
+            return Err(Stop(JobOutcome::incomplete(
+                ErrorClass::Job,
+                "a test action needs a boot action before it",
+            )));
         }
         self.phase(Phase::Testing);
         let limit = self.timeout("lava-test-shell", t.timeout);
@@ -429,7 +475,8 @@ impl Runner {
                 let suite = format!("{i}_{}", d.name);
                 let uuid = format!("{}_{i}", r.ctx.job_id);
                 r.event("test-definition", &suite);
-                r.shell_line(&signals::run_marker("STARTRUN", &suite, &uuid)).await?;
+                r.shell_line(&signals::run_marker("STARTRUN", &suite, &uuid))
+                    .await?;
                 for (k, v) in &d.parameters {
                     let quoted = v.replace('\'', r"'\''");
                     r.shell_line(&format!("export {k}='{quoted}'")).await?;
@@ -438,7 +485,8 @@ impl Runner {
                     r.shell_line(step).await?;
                     r.take_results(&suite).await?;
                 }
-                r.shell_line(&signals::run_marker("ENDRUN", &suite, &uuid)).await?;
+                r.shell_line(&signals::run_marker("ENDRUN", &suite, &uuid))
+                    .await?;
                 r.take_results(&suite).await?;
             }
             Ok(())
@@ -452,16 +500,19 @@ impl Runner {
         let mut raise = None;
         for s in std::mem::take(&mut self.collected) {
             match s {
-                Signal::TestCase { id, result, measurement, units } => {
-                    cases.push(TestCase {
-                        suite: suite.to_owned(),
-                        set: self.current_set.clone(),
-                        name: id,
-                        result,
-                        measurement,
-                        units,
-                    })
-                }
+                Signal::TestCase {
+                    id,
+                    result,
+                    measurement,
+                    units,
+                } => cases.push(TestCase {
+                    suite: suite.to_owned(),
+                    set: self.current_set.clone(),
+                    name: id,
+                    result,
+                    measurement,
+                    units,
+                }),
                 Signal::TestSetStart { name } => self.current_set = Some(name),
                 Signal::TestSetStop => self.current_set = None,
                 Signal::TestRaise { reason } => raise = Some(reason),
@@ -478,7 +529,10 @@ impl Runner {
         }
         if let Some(reason) = raise {
             self.event("testraise", &reason);
-            return Err(Stop(JobOutcome::incomplete(ErrorClass::Test, format!("test raised: {reason}"))));
+            return Err(Stop(JobOutcome::incomplete(
+                ErrorClass::Test,
+                format!("test raised: {reason}"),
+            )));
         }
         Ok(())
     }

@@ -57,13 +57,22 @@ enum Line {
     Eof,
 }
 
-async fn read_line(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>, max: usize) -> std::io::Result<Line> {
+async fn read_line(
+    r: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    max: usize,
+) -> std::io::Result<Line> {
     let mut buf = Vec::new();
     let mut too_long = false;
     loop {
         let avail = r.fill_buf().await?;
         if avail.is_empty() {
-            return Ok(if buf.is_empty() && !too_long { Line::Eof } else if too_long { Line::TooLong } else { Line::Text(String::from_utf8_lossy(&buf).into_owned()) });
+            return Ok(if buf.is_empty() && !too_long {
+                Line::Eof
+            } else if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(String::from_utf8_lossy(&buf).into_owned())
+            });
         }
         let (chunk, done) = match avail.iter().position(|&b| b == b'\n') {
             Some(i) => (&avail[..i], Some(i + 1)),
@@ -80,7 +89,11 @@ async fn read_line(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>, max: usiz
         let used = done.unwrap_or(avail.len());
         r.consume(used);
         if done.is_some() {
-            return Ok(if too_long { Line::TooLong } else { Line::Text(String::from_utf8_lossy(&buf).into_owned()) });
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(String::from_utf8_lossy(&buf).into_owned())
+            });
         }
     }
 }
@@ -103,7 +116,13 @@ async fn connection(stream: UnixStream, lab: Addr<LabActor>, max_request: usize)
         let line = match read_line(&mut reader, max_request).await {
             Ok(Line::Text(t)) => t,
             Ok(Line::TooLong) => {
-                let _ = tx.send(Response::error(0, WireError::new(ErrorCode::RequestTooLarge, format!("request line longer than {max_request} bytes"))));
+                let _ = tx.send(Response::error(
+                    0,
+                    WireError::new(
+                        ErrorCode::RequestTooLarge,
+                        format!("request line longer than {max_request} bytes"),
+                    ),
+                ));
                 continue;
             }
             Ok(Line::Eof) | Err(_) => break,
@@ -114,8 +133,17 @@ async fn connection(stream: UnixStream, lab: Addr<LabActor>, max_request: usize)
         let req: Request = match serde_json::from_str(&line) {
             Ok(r) => r,
             Err(e) => {
-                let id = serde_json::from_str::<Value>(&line).ok().and_then(|v| v.get("id").and_then(Value::as_u64)).unwrap_or(0);
-                let _ = tx.send(Response::error(id, WireError::new(ErrorCode::BadRequest, format!("bad request at line 1 column {}: {e}", e.column()))));
+                let id = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(Value::as_u64))
+                    .unwrap_or(0);
+                let _ = tx.send(Response::error(
+                    id,
+                    WireError::new(
+                        ErrorCode::BadRequest,
+                        format!("bad request at line 1 column {}: {e}", e.column()),
+                    ),
+                ));
                 continue;
             }
         };
@@ -130,7 +158,13 @@ async fn connection(stream: UnixStream, lab: Addr<LabActor>, max_request: usize)
                     break;
                 }
                 _ => {
-                    let _ = tx.send(Response::error(req.id, WireError::new(ErrorCode::ProtocolVersion, "say hello with the protocol version first")));
+                    let _ = tx.send(Response::error(
+                        req.id,
+                        WireError::new(
+                            ErrorCode::ProtocolVersion,
+                            "say hello with the protocol version first",
+                        ),
+                    ));
                     break;
                 }
             }
@@ -148,33 +182,68 @@ fn to_lab(body: RequestBody) -> Result<LabRequest, WireError> {
     let bad = |m: String| WireError::new(ErrorCode::BadRequest, m);
     Ok(match body {
         RequestBody::Hello { .. } => return Err(bad("hello was already said".into())),
-        RequestBody::Submit { definition, file } => LabRequest::Submit { definition, file: file.unwrap_or_else(|| "<job>".into()), submitter: submitter() },
+        RequestBody::Submit { definition, file } => LabRequest::Submit {
+            definition,
+            file: file.unwrap_or_else(|| "<job>".into()),
+            submitter: submitter(),
+        },
         RequestBody::Cancel { job } => LabRequest::Cancel { job },
-        RequestBody::Jobs { state, board, device_type, limit, cursor } => {
+        RequestBody::Jobs {
+            state,
+            board,
+            device_type,
+            limit,
+            cursor,
+        } => {
             let state = match state {
-                Some(s) => Some(JobState::parse(&s).ok_or_else(|| bad(format!("params.state: unknown job state `{s}`")))?),
+                Some(s) => Some(
+                    JobState::parse(&s)
+                        .ok_or_else(|| bad(format!("params.state: unknown job state `{s}`")))?,
+                ),
                 None => None,
             };
-            LabRequest::Jobs(JobFilter { state, board, device_type, limit, cursor })
+            LabRequest::Jobs(JobFilter {
+                state,
+                board,
+                device_type,
+                limit,
+                cursor,
+            })
         }
         RequestBody::Job { job } => LabRequest::Job { job },
         RequestBody::Results { job } => LabRequest::Results { job },
         RequestBody::Logs { job, .. } => LabRequest::LogSource { job },
         RequestBody::Boards => LabRequest::Boards,
-        RequestBody::BoardHealth { board, health, reason } => {
+        RequestBody::BoardHealth {
+            board,
+            health,
+            reason,
+        } => {
             let online = match health.as_str() {
                 "online" => true,
                 "maintenance" => false,
-                other => return Err(bad(format!("params.health: `{other}` must be maintenance or online"))),
+                other => {
+                    return Err(bad(format!(
+                        "params.health: `{other}` must be maintenance or online"
+                    )))
+                }
             };
-            LabRequest::SetHealth { board, online, reason }
+            LabRequest::SetHealth {
+                board,
+                online,
+                reason,
+            }
         }
         RequestBody::Power { board, action } => {
             let action = match action.as_str() {
                 "on" => PowerAction::On,
                 "off" => PowerAction::Off,
                 "reset" => PowerAction::Reset,
-                other => return Err(bad(format!("params.action: `{other}` must be on, off or reset"))),
+                other => {
+                    return Err(bad(format!(
+                        "params.action: `{other}` must be on, off or reset"
+                    )))
+                }
             };
             LabRequest::Power { board, action }
         }
@@ -184,13 +253,21 @@ fn to_lab(body: RequestBody) -> Result<LabRequest, WireError> {
 
 fn submitter() -> String {
     // Peer credentials come with the authorization work; the daemon's user for now.
-    nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| "unknown".into())
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "unknown".into())
 }
 
 async fn handle(req: Request, lab: Addr<LabActor>, tx: mpsc::UnboundedSender<Response>) {
     let id = req.id;
     let logs = match &req.body {
-        RequestBody::Logs { job, offset, follow } => Some((*job, *offset, *follow)),
+        RequestBody::Logs {
+            job,
+            offset,
+            follow,
+        } => Some((*job, *offset, *follow)),
         _ => None,
     };
     let lr = match to_lab(req.body) {
@@ -207,12 +284,17 @@ async fn handle(req: Request, lab: Addr<LabActor>, tx: mpsc::UnboundedSender<Res
             return;
         }
         Err(e) => {
-            let _ = tx.send(Response::error(id, WireError::new(ErrorCode::ShuttingDown, e.to_string())));
+            let _ = tx.send(Response::error(
+                id,
+                WireError::new(ErrorCode::ShuttingDown, e.to_string()),
+            ));
             return;
         }
     };
     let v = match reply {
-        LabReply::Submitted { id: job, warnings } => json!({"job": job, "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>()}),
+        LabReply::Submitted { id: job, warnings } => {
+            json!({"job": job, "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>()})
+        }
         LabReply::Done => json!({}),
         LabReply::Jobs(jobs) => json!({"jobs": jobs.iter().map(job_json).collect::<Vec<_>>()}),
         LabReply::Job(j, events) => {
@@ -225,7 +307,9 @@ async fn handle(req: Request, lab: Addr<LabActor>, tx: mpsc::UnboundedSender<Res
         LabReply::Boards(b) => json!({"boards": b}),
         LabReply::Bytes(b) => json!({"data": String::from_utf8_lossy(&b)}),
         LabReply::LogSource(store) => {
-            let Some((job, offset, follow)) = logs else { return };
+            let Some((job, offset, follow)) = logs else {
+                return;
+            };
             stream_logs(id, store, job, offset, follow, tx).await;
             return;
         }
@@ -244,7 +328,14 @@ fn job_json(j: &crate::model::JobRecord) -> Value {
 
 /// Sends the log from `offset`; in follow mode keeps sending until the job
 /// has finished and every byte is out, then sends `end`.
-async fn stream_logs(id: u64, store: Store, job: JobId, mut offset: u64, follow: bool, tx: mpsc::UnboundedSender<Response>) {
+async fn stream_logs(
+    id: u64,
+    store: Store,
+    job: JobId,
+    mut offset: u64,
+    follow: bool,
+    tx: mpsc::UnboundedSender<Response>,
+) {
     let mut changes = store.subscribe();
     loop {
         // Drain what is durable now.
@@ -253,10 +344,19 @@ async fn stream_logs(id: u64, store: Store, job: JobId, mut offset: u64, follow:
                 Ok((data, next)) if !data.is_empty() => {
                     offset = next;
                     if !follow {
-                        let _ = tx.send(Response::event(id, json!({"offset": next, "data": String::from_utf8_lossy(&data)})));
+                        let _ = tx.send(Response::event(
+                            id,
+                            json!({"offset": next, "data": String::from_utf8_lossy(&data)}),
+                        ));
                         continue;
                     }
-                    if tx.send(Response::event(id, json!({"offset": next, "data": String::from_utf8_lossy(&data)}))).is_err() {
+                    if tx
+                        .send(Response::event(
+                            id,
+                            json!({"offset": next, "data": String::from_utf8_lossy(&data)}),
+                        ))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -279,15 +379,23 @@ async fn stream_logs(id: u64, store: Store, job: JobId, mut offset: u64, follow:
             if let Ok((data, next)) = store.log(job, offset, usize::MAX).await {
                 if !data.is_empty() {
                     offset = next;
-                    let _ = tx.send(Response::event(id, json!({"offset": next, "data": String::from_utf8_lossy(&data)})));
+                    let _ = tx.send(Response::event(
+                        id,
+                        json!({"offset": next, "data": String::from_utf8_lossy(&data)}),
+                    ));
                 }
             }
-            let _ = tx.send(Response::end(id, json!({"offset": offset, "state": j.state, "health": j.health})));
+            let _ = tx.send(Response::end(
+                id,
+                json!({"offset": offset, "state": j.state, "health": j.health}),
+            ));
             return;
         }
         loop {
             match changes.recv().await {
-                Ok(Change::Log { id: jid, .. }) | Ok(Change::Job { id: jid, .. }) if jid == job => break,
+                Ok(Change::Log { id: jid, .. }) | Ok(Change::Job { id: jid, .. }) if jid == job => {
+                    break
+                }
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                 Err(_) => return,

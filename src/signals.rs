@@ -13,17 +13,25 @@ use std::sync::OnceLock;
 /// One parsed signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
-    StartRun { name: String },
-    EndRun { name: String },
+    StartRun {
+        name: String,
+    },
+    EndRun {
+        name: String,
+    },
     TestCase {
         id: String,
         result: String,
         measurement: Option<String>,
         units: Option<String>,
     },
-    TestSetStart { name: String },
+    TestSetStart {
+        name: String,
+    },
     TestSetStop,
-    TestRaise { reason: String },
+    TestRaise {
+        reason: String,
+    },
 }
 
 const PREFIX: &str = "<LAVA_SIGNAL_";
@@ -61,10 +69,8 @@ impl SignalParser {
             if b == b'\n' {
                 let line = std::mem::take(&mut self.line);
                 self.line_done(&String::from_utf8_lossy(&line), &mut out);
-            } else if b != b'\r' {
-                if self.line.len() < MAX_CARRY * 4 {
-                    self.line.push(b);
-                }
+            } else if b != b'\r' && self.line.len() < MAX_CARRY * 4 {
+                self.line.push(b);
             }
         }
         out
@@ -184,7 +190,9 @@ mod tests {
         assert_eq!(
             s,
             vec![
-                Signal::StartRun { name: "0_smoke".into() },
+                Signal::StartRun {
+                    name: "0_smoke".into()
+                },
                 tc("a", "pass"),
                 Signal::TestCase {
                     id: "m".into(),
@@ -194,8 +202,12 @@ mod tests {
                 },
                 Signal::TestSetStart { name: "net".into() },
                 Signal::TestSetStop,
-                Signal::TestRaise { reason: "oops".into() },
-                Signal::EndRun { name: "0_smoke".into() },
+                Signal::TestRaise {
+                    reason: "oops".into()
+                },
+                Signal::EndRun {
+                    name: "0_smoke".into()
+                },
             ]
         );
     }
@@ -222,7 +234,12 @@ mod tests {
         ];
         for c in cases {
             let mut p = SignalParser::new();
-            assert_eq!(p.feed(c), vec![tc("k", "pass")], "{}", String::from_utf8_lossy(c));
+            assert_eq!(
+                p.feed(c),
+                vec![tc("k", "pass")],
+                "{}",
+                String::from_utf8_lossy(c)
+            );
         }
     }
 
@@ -233,7 +250,9 @@ mod tests {
             assert!(p.feed(h.as_bytes()).is_empty());
             assert!(p.feed(b"\r\n").is_empty());
         }
-        assert!(p.feed(run_marker("STARTRUN", "0_a", "1").as_bytes()).is_empty());
+        assert!(p
+            .feed(run_marker("STARTRUN", "0_a", "1").as_bytes())
+            .is_empty());
         assert!(p.feed(b"\r\n").is_empty());
     }
 
@@ -241,7 +260,7 @@ mod tests {
     fn garbage_does_not_stick() {
         let mut p = SignalParser::new();
         let mut junk = b"<LAVA_SIGNAL_TESTCASE ".to_vec();
-        junk.extend(std::iter::repeat(b'x').take(10_000));
+        junk.extend(std::iter::repeat_n(b'x', 10_000));
         junk.extend(b"\n\xff\xfe\x00<<>>\n");
         assert!(p.feed(&junk).is_empty());
         assert_eq!(

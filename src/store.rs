@@ -45,14 +45,28 @@ pub enum Change {
     Event { id: JobId },
 }
 
+/// A deferred reply, sent once the batch it belongs to is flushed.
+type Reply = Box<dyn FnOnce(Result<(), StoreError>)>;
+
 type Update = Box<dyn FnOnce(&mut JobRecord) -> Result<(), String> + Send>;
 
 enum Write {
-    InsertJob(Box<JobRecord>, oneshot::Sender<Result<JobRecord, StoreError>>),
-    UpdateJob(JobId, Update, oneshot::Sender<Result<JobRecord, StoreError>>),
+    InsertJob(
+        Box<JobRecord>,
+        oneshot::Sender<Result<JobRecord, StoreError>>,
+    ),
+    UpdateJob(
+        JobId,
+        Update,
+        oneshot::Sender<Result<JobRecord, StoreError>>,
+    ),
     Event(JobId, JobEvent, oneshot::Sender<Result<(), StoreError>>),
     Log(JobId, u64, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
-    Results(JobId, Vec<TestCase>, oneshot::Sender<Result<(), StoreError>>),
+    Results(
+        JobId,
+        Vec<TestCase>,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
     Board(BoardRecord, oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -192,7 +206,10 @@ impl Store {
     }
 
     /// Stores a new job (its `id` is assigned here) and returns it once durable.
-    pub fn insert_job(&self, job: JobRecord) -> impl std::future::Future<Output = Result<JobRecord, StoreError>> + Send + 'static {
+    pub fn insert_job(
+        &self,
+        job: JobRecord,
+    ) -> impl std::future::Future<Output = Result<JobRecord, StoreError>> + Send + 'static {
         self.send(move |tx| Write::InsertJob(Box::new(job), tx))
     }
 
@@ -205,20 +222,36 @@ impl Store {
         self.send(move |tx| Write::UpdateJob(id, Box::new(f), tx))
     }
 
-    pub fn add_event(&self, id: JobId, event: JobEvent) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+    pub fn add_event(
+        &self,
+        id: JobId,
+        event: JobEvent,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         self.send(move |tx| Write::Event(id, event, tx))
     }
 
     /// Appends console bytes at `offset` (the job log's length before them).
-    pub fn append_log(&self, id: JobId, offset: u64, bytes: Vec<u8>) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+    pub fn append_log(
+        &self,
+        id: JobId,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         self.send(move |tx| Write::Log(id, offset, bytes, tx))
     }
 
-    pub fn add_results(&self, id: JobId, results: Vec<TestCase>) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+    pub fn add_results(
+        &self,
+        id: JobId,
+        results: Vec<TestCase>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         self.send(move |tx| Write::Results(id, results, tx))
     }
 
-    pub fn put_board(&self, board: BoardRecord) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+    pub fn put_board(
+        &self,
+        board: BoardRecord,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         self.send(move |tx| Write::Board(board, tx))
     }
 
@@ -262,8 +295,14 @@ impl Store {
             let upper = filter.cursor.unwrap_or(u64::MAX);
             let mut out = Vec::new();
             let keep = |j: &JobRecord| {
-                filter.board.as_ref().is_none_or(|b| j.board.as_ref() == Some(b))
-                    && filter.device_type.as_ref().is_none_or(|d| &j.device_type == d)
+                filter
+                    .board
+                    .as_ref()
+                    .is_none_or(|b| j.board.as_ref() == Some(b))
+                    && filter
+                        .device_type
+                        .as_ref()
+                        .is_none_or(|d| &j.device_type == d)
             };
             match filter.state {
                 Some(state) => {
@@ -310,7 +349,12 @@ impl Store {
     }
 
     /// The job's console log from `from` on, at most `max` bytes, and the offset after it.
-    pub async fn log(&self, id: JobId, from: u64, max: usize) -> Result<(Vec<u8>, u64), StoreError> {
+    pub async fn log(
+        &self,
+        id: JobId,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<u8>, u64), StoreError> {
         self.read(move |t| {
             let mut out = Vec::new();
             let mut pos = from;
@@ -372,7 +416,7 @@ fn writer(t: Trees, rx: std_mpsc::Receiver<Write>, changes: broadcast::Sender<Ch
                 Err(_) => break,
             }
         }
-        let mut done: Vec<Box<dyn FnOnce(Result<(), StoreError>)>> = Vec::new();
+        let mut done: Vec<Reply> = Vec::new();
         let mut published = Vec::new();
         for w in batch {
             apply(&t, w, &mut done, &mut published);
@@ -400,14 +444,9 @@ fn tx_err(e: TransactionError<StoreError>) -> StoreError {
 }
 
 /// Applies one write; its reply waits for the batch's flush.
-fn apply(
-    t: &Trees,
-    w: Write,
-    done: &mut Vec<Box<dyn FnOnce(Result<(), StoreError>)>>,
-    published: &mut Vec<Change>,
-) {
+fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>) {
     fn defer<T: Send + 'static>(
-        done: &mut Vec<Box<dyn FnOnce(Result<(), StoreError>)>>,
+        done: &mut Vec<Reply>,
         tx: oneshot::Sender<Result<T, StoreError>>,
         r: Result<T, StoreError>,
     ) {
@@ -429,7 +468,10 @@ fn apply(
                 })
                 .map_err(tx_err);
             if let Ok(j) = &r {
-                published.push(Change::Job { id: j.id, state: j.state });
+                published.push(Change::Job {
+                    id: j.id,
+                    state: j.state,
+                });
             }
             defer(done, tx, r);
         }
@@ -460,12 +502,11 @@ fn apply(
             defer(done, tx, r);
         }
         Write::Event(id, ev, tx) => {
-            let r = t
-                .db
-                .generate_id()
-                .and_then(|n| t.events.insert(key2(id, n), enc(&ev)))
-                .map(|_| ())
-                .map_err(StoreError::from);
+            let r =
+                t.db.generate_id()
+                    .and_then(|n| t.events.insert(key2(id, n), enc(&ev)))
+                    .map(|_| ())
+                    .map_err(StoreError::from);
             if r.is_ok() {
                 published.push(Change::Event { id });
             }

@@ -99,8 +99,13 @@ impl Handler for JobFiles {
 }
 
 /// Binds the server and starts it on its own thread; returns the bound address.
-pub fn start(bind: SocketAddr, root: &Path, window_size_limit: u16) -> Result<SocketAddr, TftpError> {
-    std::fs::create_dir_all(root).map_err(|e| TftpError::Server(format!("{}: {e}", root.display())))?;
+pub fn start(
+    bind: SocketAddr,
+    root: &Path,
+    window_size_limit: u16,
+) -> Result<SocketAddr, TftpError> {
+    std::fs::create_dir_all(root)
+        .map_err(|e| TftpError::Server(format!("{}: {e}", root.display())))?;
     let sock = UdpSocket::bind(bind).map_err(|source| TftpError::Bind { addr: bind, source })?;
     let addr = sock
         .local_addr()
@@ -156,7 +161,16 @@ mod tests {
         std::os::unix::fs::symlink(root, root.join("8")).unwrap();
         assert!(resolve(root, Path::new("7/kernel")).is_ok());
         assert!(resolve(root, Path::new("/7/kernel")).is_ok());
-        for bad in ["7/../secret", "../secret", "secret", "7/link", "8/7", "7", "x/kernel", "7/kernel/x"] {
+        for bad in [
+            "7/../secret",
+            "../secret",
+            "secret",
+            "7/link",
+            "8/7",
+            "7",
+            "x/kernel",
+            "7/kernel/x",
+        ] {
             assert!(resolve(root, Path::new(bad)).is_err(), "{bad}");
         }
     }

@@ -13,14 +13,58 @@ fn shared() -> PathBuf {
 /// What labd must say about each real LAVA job: accepted, or rejected
 /// naming the exact unsupported key paths.
 const EXPECTED: &[(&str, &[&str])] = &[
-    ("bbb-ramdisk-nfs.sample-job.yaml", &["actions[0].deploy.nfsrootfs"]),
-    ("bbb-uboot-interactive.yaml", &["actions[0].boot.method", "actions[1].test.interactive"]),
-    ("inline-test-definition-example.yaml", &["actions[0].deploy.to", "actions[0].deploy.images", "actions[1].boot.method", "actions[1].boot.media"]),
-    ("qemu-amd64-standard-stretch.yaml", &["actions[0].deploy.to", "actions[0].deploy.images", "actions[1].boot.method", "actions[1].boot.media"]),
-    ("qemu-pipeline-first-job.yaml", &["actions[0].deploy.to", "actions[0].deploy.images", "actions[1].boot.method", "actions[1].boot.media"]),
-    ("qemu-simple-snippet.yaml", &["actions[0].deploy.to", "actions[0].deploy.images", "actions[1].boot.method", "actions[1].boot.media"]),
-    ("standard-armmp-nfs-bbb.yaml", &["actions[0].deploy.kernel.url"]),
-    ("standard-armmp-ramdisk-bbb.yaml", &["actions[0].deploy.kernel.url"]),
+    (
+        "bbb-ramdisk-nfs.sample-job.yaml",
+        &["actions[0].deploy.nfsrootfs"],
+    ),
+    (
+        "bbb-uboot-interactive.yaml",
+        &["actions[0].boot.method", "actions[1].test.interactive"],
+    ),
+    (
+        "inline-test-definition-example.yaml",
+        &[
+            "actions[0].deploy.to",
+            "actions[0].deploy.images",
+            "actions[1].boot.method",
+            "actions[1].boot.media",
+        ],
+    ),
+    (
+        "qemu-amd64-standard-stretch.yaml",
+        &[
+            "actions[0].deploy.to",
+            "actions[0].deploy.images",
+            "actions[1].boot.method",
+            "actions[1].boot.media",
+        ],
+    ),
+    (
+        "qemu-pipeline-first-job.yaml",
+        &[
+            "actions[0].deploy.to",
+            "actions[0].deploy.images",
+            "actions[1].boot.method",
+            "actions[1].boot.media",
+        ],
+    ),
+    (
+        "qemu-simple-snippet.yaml",
+        &[
+            "actions[0].deploy.to",
+            "actions[0].deploy.images",
+            "actions[1].boot.method",
+            "actions[1].boot.media",
+        ],
+    ),
+    (
+        "standard-armmp-nfs-bbb.yaml",
+        &["actions[0].deploy.kernel.url"],
+    ),
+    (
+        "standard-armmp-ramdisk-bbb.yaml",
+        &["actions[0].deploy.kernel.url"],
+    ),
 ];
 
 #[test]
@@ -28,14 +72,23 @@ fn every_lava_job_is_accepted_or_rejected_by_name() {
     let dir = shared().join("lava/job-definitions");
     let mut seen = 0;
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (the LAVA reference jobs live in ../shared)", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the LAVA reference jobs live in ../shared)",
+                dir.display()
+            )
+        })
         .map(|e| e.unwrap().path())
         .collect();
     entries.sort();
     for path in entries {
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
         let text = std::fs::read_to_string(&path).unwrap();
-        let expected = EXPECTED.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no expectation for {name}")).1;
+        let expected = EXPECTED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no expectation for {name}"))
+            .1;
         seen += 1;
         match job::parse(&name, &text) {
             Ok(_) => assert!(expected.is_empty(), "{name} was accepted"),
@@ -45,8 +98,13 @@ fn every_lava_job_is_accepted_or_rejected_by_name() {
                     assert_eq!(d.location.file.as_deref(), Some(name.as_str()));
                 }
                 for path in expected.iter() {
-                    let hit = e.errors.iter().find(|d| d.location.path.as_deref() == Some(path));
-                    let d = hit.unwrap_or_else(|| panic!("{name}: expected an error at {path}, got:\n{e}"));
+                    let hit = e
+                        .errors
+                        .iter()
+                        .find(|d| d.location.path.as_deref() == Some(path));
+                    let d = hit.unwrap_or_else(|| {
+                        panic!("{name}: expected an error at {path}, got:\n{e}")
+                    });
                     assert_eq!(d.code, ErrorCode::Unsupported, "{name}: {d}");
                 }
                 // Only unsupported features, never "invalid": these are real, valid LAVA jobs.
@@ -61,7 +119,10 @@ fn every_lava_job_is_accepted_or_rejected_by_name() {
 fn the_supported_subset_of_a_lava_job_is_accepted_unchanged_in_form() {
     // standard-armmp-ramdisk-bbb.yaml with its http artifacts served from files
     // and its unsupported extras removed: what is left must parse as is.
-    let text = std::fs::read_to_string(shared().join("lava/job-definitions/standard-armmp-ramdisk-bbb.yaml")).unwrap();
+    let text = std::fs::read_to_string(
+        shared().join("lava/job-definitions/standard-armmp-ramdisk-bbb.yaml"),
+    )
+    .unwrap();
     let text = text.replace("http://example.com/", "file:///srv/images/");
     let text = text.replace("      compression: gz\n", "");
     let cut = |t: &str, from: &str, to: &str| {
@@ -76,15 +137,25 @@ fn the_supported_subset_of_a_lava_job_is_accepted_unchanged_in_form() {
     assert_eq!(p.definition.device_type, "beaglebone-black");
     assert_eq!(p.definition.priority, 50);
     assert_eq!(p.definition.actions.len(), 2);
-    assert!(p.warnings.iter().any(|w| w.location.path.as_deref() == Some("visibility")));
+    assert!(p
+        .warnings
+        .iter()
+        .any(|w| w.location.path.as_deref() == Some("visibility")));
 }
 
 #[test]
 fn bad_yaml_has_line_and_column() {
-    let e = job::parse("bad.yaml", "device_type: x\njob_name: [unclosed\ntimeouts: {}\n").unwrap_err();
+    let e = job::parse(
+        "bad.yaml",
+        "device_type: x\njob_name: [unclosed\ntimeouts: {}\n",
+    )
+    .unwrap_err();
     let d = e.first();
     assert_eq!(d.code, ErrorCode::InvalidJob);
-    assert!(d.location.line.is_some() && d.location.column.is_some(), "{d}");
+    assert!(
+        d.location.line.is_some() && d.location.column.is_some(),
+        "{d}"
+    );
     let e = job::parse("dup.yaml", "device_type: a\ndevice_type: b\n").unwrap_err();
     assert_eq!(e.first().location.line, Some(2), "{e}");
 }
@@ -93,10 +164,24 @@ fn bad_yaml_has_line_and_column() {
 fn unknown_and_unsupported_keys_name_their_path_and_position() {
     let text = "device_type: sim-uboot\njob_name: t\ntimeouts:\n  job:\n    minutes: 1\nactions:\n- deploy:\n    to: tftp\n    kernel:\n      url: file:///k\n      type: image\n    frobnicate: 1\n- boot:\n    method: u-boot\n    commands: nfs\n";
     let e = job::parse("j.yaml", text).unwrap_err();
-    let f = e.errors.iter().find(|d| d.location.path.as_deref() == Some("actions[0].deploy.frobnicate")).expect("frobnicate");
-    assert_eq!((f.location.line, f.location.column, f.code), (Some(12), Some(5), ErrorCode::InvalidJob));
-    let n = e.errors.iter().find(|d| d.location.path.as_deref() == Some("actions[1].boot.commands")).expect("nfs");
-    assert_eq!((n.location.line, n.code), (Some(15), ErrorCode::Unsupported));
+    let f = e
+        .errors
+        .iter()
+        .find(|d| d.location.path.as_deref() == Some("actions[0].deploy.frobnicate"))
+        .expect("frobnicate");
+    assert_eq!(
+        (f.location.line, f.location.column, f.code),
+        (Some(12), Some(5), ErrorCode::InvalidJob)
+    );
+    let n = e
+        .errors
+        .iter()
+        .find(|d| d.location.path.as_deref() == Some("actions[1].boot.commands"))
+        .expect("nfs");
+    assert_eq!(
+        (n.location.line, n.code),
+        (Some(15), ErrorCode::Unsupported)
+    );
     assert!(n.message.contains("NFS"), "{n}");
 }
 
@@ -106,7 +191,15 @@ fn timeouts_and_priorities() {
     let p = job::parse("t.yaml", text).unwrap().definition;
     assert_eq!(p.priority, 7);
     assert_eq!(p.timeouts.job.unwrap().as_secs(), 3720);
-    assert_eq!(p.timeout_for("bootloader-commands", None, std::time::Duration::from_secs(1)).as_secs(), 9);
+    assert_eq!(
+        p.timeout_for(
+            "bootloader-commands",
+            None,
+            std::time::Duration::from_secs(1)
+        )
+        .as_secs(),
+        9
+    );
     let e = job::parse("t.yaml", &text.replace("priority: 7", "priority: 101")).unwrap_err();
     assert_eq!(e.first().location.path.as_deref(), Some("priority"));
 }
@@ -115,13 +208,17 @@ fn timeouts_and_priorities() {
 fn burst_with_linux_version_matches_in_one_read() {
     // The early-kernel burst that made LAVA's pexpect miss `Linux version`
     // (it searches only the last 4000 bytes of a large read).
-    let burst = std::fs::read(shared().join("lava-peer/tests/burst.txt")).expect("burst.txt in ../shared");
+    let burst =
+        std::fs::read(shared().join("lava-peer/tests/burst.txt")).expect("burst.txt in ../shared");
     assert!(burst.len() > 7000);
     let mut m = Matcher::new(&["Linux version [0-9]", "login:"]).unwrap();
     let hit = m.feed(&burst).expect("Linux version must match");
     assert_eq!(hit.index, 0);
     // And split at every position around the line itself.
-    let pos = burst.windows(13).position(|w| w == b"Linux version").unwrap();
+    let pos = burst
+        .windows(13)
+        .position(|w| w == b"Linux version")
+        .unwrap();
     for cut in pos.saturating_sub(20)..pos + 30 {
         let mut m = Matcher::new(&["Linux version [0-9]"]).unwrap();
         let got = m.feed(&burst[..cut]).or_else(|| m.feed(&burst[cut..]));
@@ -137,7 +234,9 @@ fn real_console_log_matches_every_phase() {
     // The log is LAVA's YAML of target lines; rebuild the console stream.
     let mut console = Vec::new();
     for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim_start_matches("- ")) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim_start_matches("- ")) else {
+            continue;
+        };
         if v["lvl"] == "target" {
             if let Some(msg) = v["msg"].as_str() {
                 console.extend_from_slice(msg.as_bytes());
@@ -145,7 +244,11 @@ fn real_console_log_matches_every_phase() {
             }
         }
     }
-    assert!(console.len() > 1000, "no target lines in {}", path.display());
+    assert!(
+        console.len() > 1000,
+        "no target lines in {}",
+        path.display()
+    );
     let pats = ["Hit any key to stop autoboot", "Linux version [0-9]"];
     for read in [1usize, 7, 4000] {
         let mut m = Matcher::new(&pats).unwrap();
@@ -158,6 +261,9 @@ fn real_console_log_matches_every_phase() {
                 m = Matcher::new(&pats).unwrap();
             }
         }
-        assert!(found.contains(&0) && found.contains(&1), "reads of {read}: {found:?}");
+        assert!(
+            found.contains(&0) && found.contains(&1),
+            "reads of {read}: {found:?}"
+        );
     }
 }

@@ -9,7 +9,10 @@ use labd::protocol::RequestBody;
 use labd::sim::{ControlRequest, Fault};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -17,28 +20,101 @@ fn job_runs_to_complete_with_results_and_logs() {
     rt().block_on(async {
         let lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let id = c.submit(&lab.job("e2e", "medium", &["lava-test-case ok --shell true", "lava-test-case bad --shell false", "lava-test-case m --result pass --measurement 12 --units ms"]), "e2e.yaml").await.unwrap();
+        let id = c
+            .submit(
+                &lab.job(
+                    "e2e",
+                    "medium",
+                    &[
+                        "lava-test-case ok --shell true",
+                        "lava-test-case bad --shell false",
+                        "lava-test-case m --result pass --measurement 12 --units ms",
+                    ],
+                ),
+                "e2e.yaml",
+            )
+            .await
+            .unwrap();
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete", "{log}");
         let r = c.call(RequestBody::Results { job: id }).await.unwrap();
-        let res: Vec<(String, String)> = r["results"].as_array().unwrap().iter().map(|t| (t["name"].as_str().unwrap().to_owned(), t["result"].as_str().unwrap().to_owned())).collect();
-        assert_eq!(res, vec![("ok".into(), "pass".into()), ("bad".into(), "fail".into()), ("m".into(), "pass".into())]);
+        let res: Vec<(String, String)> = r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_owned(),
+                    t["result"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            res,
+            vec![
+                ("ok".into(), "pass".into()),
+                ("bad".into(), "fail".into()),
+                ("m".into(), "pass".into())
+            ]
+        );
         assert_eq!(r["results"][2]["measurement"], "12");
         // The stored log has the whole boot, and a second read returns the same.
-        for needle in ["U-Boot 2023.01", "Bytes transferred = 300000", "Linux version", "login:", "<LAVA_SIGNAL_ENDRUN"] {
+        for needle in [
+            "U-Boot 2023.01",
+            "Bytes transferred = 300000",
+            "Linux version",
+            "login:",
+            "<LAVA_SIGNAL_ENDRUN",
+        ] {
             assert!(log.contains(needle), "missing {needle}");
         }
         let mut again = String::new();
-        c.stream(RequestBody::Logs { job: id, offset: 0, follow: false }, |ev| again.push_str(ev["data"].as_str().unwrap_or(""))).await.unwrap();
+        c.stream(
+            RequestBody::Logs {
+                job: id,
+                offset: 0,
+                follow: false,
+            },
+            |ev| again.push_str(ev["data"].as_str().unwrap_or("")),
+        )
+        .await
+        .unwrap();
         assert_eq!(again, log);
         // Every phase was recorded, in order.
         let j = job(&mut c, id).await;
-        let phases: Vec<String> = j["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "phase").map(|e| e["message"].as_str().unwrap().to_owned()).collect();
-        assert_eq!(phases, ["Deploying", "PoweringOn", "Bootloader", "BootloaderCommands", "Kernel", "Login", "Shell", "Testing", "PoweringOff"]);
+        let phases: Vec<String> = j["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "phase")
+            .map(|e| e["message"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                "Deploying",
+                "PoweringOn",
+                "Bootloader",
+                "BootloaderCommands",
+                "Kernel",
+                "Login",
+                "Shell",
+                "Testing",
+                "PoweringOff"
+            ]
+        );
         // The TFTP directory of the job is gone.
-        assert!(!lab.dir.path().join("state/tftp").join(id.to_string()).exists());
+        assert!(!lab
+            .dir
+            .path()
+            .join("state/tftp")
+            .join(id.to_string())
+            .exists());
         let b = boards(&mut c).await;
-        assert_eq!((b[0]["state"].as_str(), b[0]["health"].as_str()), (Some("Idle"), Some("Good")));
+        assert_eq!(
+            (b[0]["state"].as_str(), b[0]["health"].as_str()),
+            (Some("Idle"), Some("Good"))
+        );
     });
 }
 
@@ -46,22 +122,47 @@ fn job_runs_to_complete_with_results_and_logs() {
 fn board_without_bootloader_prompt_ends_incomplete_at_its_timeout() {
     rt().block_on(async {
         let lab = Lab::start(1, &[]);
-        lab.sim(ControlRequest::Fault { board: "sim-01".into(), fault: Fault::NoPrompt }).await;
+        lab.sim(ControlRequest::Fault {
+            board: "sim-01".into(),
+            fault: Fault::NoPrompt,
+        })
+        .await;
         let mut c = lab.client().await;
-        let id = c.submit(&lab.job("noprompt", "medium", &["true"]), "j.yaml").await.unwrap();
+        let id = c
+            .submit(&lab.job("noprompt", "medium", &["true"]), "j.yaml")
+            .await
+            .unwrap();
         let (end, _) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Incomplete");
         let j = job(&mut c, id).await;
         assert_eq!(j["error_class"], "Infrastructure");
-        assert!(j["error"].as_str().unwrap().contains("bootloader-interrupt timed out after 3 s"), "{j}");
+        assert!(
+            j["error"]
+                .as_str()
+                .unwrap()
+                .contains("bootloader-interrupt timed out after 3 s"),
+            "{j}"
+        );
         let ev = j["events"].as_array().unwrap();
-        let t = |pred: &dyn Fn(&serde_json::Value) -> bool| ev.iter().find(|e| pred(e)).map(|e| e["time"].as_u64().unwrap()).unwrap();
+        let t = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+            ev.iter()
+                .find(|e| pred(e))
+                .map(|e| e["time"].as_u64().unwrap())
+                .unwrap()
+        };
         let start = t(&|e| e["kind"] == "phase" && e["message"] == "Bootloader");
         let timeout = t(&|e| e["kind"] == "timeout");
         let elapsed = timeout - start;
         // Ended at its configured 3 s: not before, and not much after.
-        assert!((3000..3000 + 2000).contains(&elapsed), "ended after {elapsed} ms");
-        assert!(ev.iter().any(|e| e["kind"] == "power-off" && e["message"] == "board powered off"), "{ev:?}");
+        assert!(
+            (3000..3000 + 2000).contains(&elapsed),
+            "ended after {elapsed} ms"
+        );
+        assert!(
+            ev.iter()
+                .any(|e| e["kind"] == "power-off" && e["message"] == "board powered off"),
+            "{ev:?}"
+        );
     });
 }
 
@@ -109,19 +210,38 @@ fn invalid_jobs_are_refused_and_nothing_is_stored() {
         let mut c = lab.client().await;
         let cases = [
             ("device_type: [\n", ErrorCode::InvalidJob),
-            (&lab.job("x", "medium", &["true"]).replace("sim-uboot", "no-such-type") as &str, ErrorCode::NoSuchDeviceType),
-            (&lab.job("x", "medium", &["true"]).replace("to: tftp", "to: nfs") as &str, ErrorCode::Unsupported),
+            (
+                &lab.job("x", "medium", &["true"])
+                    .replace("sim-uboot", "no-such-type") as &str,
+                ErrorCode::NoSuchDeviceType,
+            ),
+            (
+                &lab.job("x", "medium", &["true"])
+                    .replace("to: tftp", "to: nfs") as &str,
+                ErrorCode::Unsupported,
+            ),
         ];
         for (text, code) in cases {
             let e = c.submit(text, "bad.yaml").await.unwrap_err();
             assert_eq!(e.code(), Some(code), "{e}");
             if code != ErrorCode::NoSuchDeviceType {
-                let labd::client::ClientError::Server(w) = e else { panic!() };
+                let labd::client::ClientError::Server(w) = e else {
+                    panic!()
+                };
                 assert_eq!(w.file.as_deref(), Some("bad.yaml"));
                 assert!(w.line.is_some(), "{w:?}");
             }
         }
-        let jobs = c.call(RequestBody::Jobs { state: None, board: None, device_type: None, limit: None, cursor: None }).await.unwrap();
+        let jobs = c
+            .call(RequestBody::Jobs {
+                state: None,
+                board: None,
+                device_type: None,
+                limit: None,
+                cursor: None,
+            })
+            .await
+            .unwrap();
         assert_eq!(jobs["jobs"].as_array().unwrap().len(), 0);
         // Garbage on the socket gets an error and the connection still works.
         let e = c.call(RequestBody::Job { job: 999 }).await.unwrap_err();
@@ -134,22 +254,46 @@ fn restart_keeps_finished_and_queued_jobs() {
     rt().block_on(async {
         let mut lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let done = c.submit(&lab.job("first", "medium", &["lava-test-case a --shell true"]), "j.yaml").await.unwrap();
+        let done = c
+            .submit(
+                &lab.job("first", "medium", &["lava-test-case a --shell true"]),
+                "j.yaml",
+            )
+            .await
+            .unwrap();
         wait_job(&mut c, done).await;
         // Hold the board so the next job stays queued across the restart.
-        c.call(RequestBody::BoardHealth { board: "sim-01".into(), health: "maintenance".into(), reason: None }).await.unwrap();
-        let queued = c.submit(&lab.job("second", "medium", &["true"]), "j.yaml").await.unwrap();
+        c.call(RequestBody::BoardHealth {
+            board: "sim-01".into(),
+            health: "maintenance".into(),
+            reason: None,
+        })
+        .await
+        .unwrap();
+        let queued = c
+            .submit(&lab.job("second", "medium", &["true"]), "j.yaml")
+            .await
+            .unwrap();
         drop(c);
         lab.kill_labd();
         lab.start_labd();
         let mut c = lab.client().await;
         let j = job(&mut c, done).await;
-        assert_eq!((j["state"].as_str(), j["health"].as_str()), (Some("Finished"), Some("Complete")));
+        assert_eq!(
+            (j["state"].as_str(), j["health"].as_str()),
+            (Some("Finished"), Some("Complete"))
+        );
         let r = c.call(RequestBody::Results { job: done }).await.unwrap();
         assert_eq!(r["results"].as_array().unwrap().len(), 1);
         assert_eq!(job(&mut c, queued).await["state"], "Submitted");
         assert_eq!(boards(&mut c).await[0]["health"], "Maintenance");
-        c.call(RequestBody::BoardHealth { board: "sim-01".into(), health: "online".into(), reason: None }).await.unwrap();
+        c.call(RequestBody::BoardHealth {
+            board: "sim-01".into(),
+            health: "online".into(),
+            reason: None,
+        })
+        .await
+        .unwrap();
         let (end, _) = wait_job(&mut c, queued).await;
         assert_eq!(end["health"], "Complete");
     });
@@ -161,29 +305,58 @@ fn twenty_jobs_on_four_boards_priority_first_never_two_at_once() {
         let lab = Lab::start(4, &[]);
         let mut c = lab.client().await;
         for b in 1..=4 {
-            c.call(RequestBody::BoardHealth { board: format!("sim-{b:02}"), health: "maintenance".into(), reason: None }).await.unwrap();
+            c.call(RequestBody::BoardHealth {
+                board: format!("sim-{b:02}"),
+                health: "maintenance".into(),
+                reason: None,
+            })
+            .await
+            .unwrap();
         }
         let mut ids = Vec::new();
         for i in 0..20 {
             let prio = if i % 5 == 4 { "high" } else { "low" };
-            let id = c.submit(&lab.job(&format!("j{i}"), prio, &["lava-test-case x --shell true"]), "j.yaml").await.unwrap();
+            let id = c
+                .submit(
+                    &lab.job(&format!("j{i}"), prio, &["lava-test-case x --shell true"]),
+                    "j.yaml",
+                )
+                .await
+                .unwrap();
             ids.push((id, prio));
         }
         for b in 1..=4 {
-            c.call(RequestBody::BoardHealth { board: format!("sim-{b:02}"), health: "online".into(), reason: None }).await.unwrap();
+            c.call(RequestBody::BoardHealth {
+                board: format!("sim-{b:02}"),
+                health: "online".into(),
+                reason: None,
+            })
+            .await
+            .unwrap();
         }
         let mut runs = Vec::new();
         for (id, prio) in &ids {
             let (end, _) = wait_job(&mut c, *id).await;
             assert_eq!(end["health"], "Complete", "job {id}");
             let j = job(&mut c, *id).await;
-            runs.push((j["board"].as_str().unwrap().to_owned(), j["start_time"].as_u64().unwrap(), j["end_time"].as_u64().unwrap(), *prio));
+            runs.push((
+                j["board"].as_str().unwrap().to_owned(),
+                j["start_time"].as_u64().unwrap(),
+                j["end_time"].as_u64().unwrap(),
+                *prio,
+            ));
         }
         // No board ran two jobs at once.
         for a in 0..runs.len() {
             for b in a + 1..runs.len() {
                 if runs[a].0 == runs[b].0 {
-                    assert!(runs[a].2 <= runs[b].1 || runs[b].2 <= runs[a].1, "overlap on {}: {:?} {:?}", runs[a].0, runs[a], runs[b]);
+                    assert!(
+                        runs[a].2 <= runs[b].1 || runs[b].2 <= runs[a].1,
+                        "overlap on {}: {:?} {:?}",
+                        runs[a].0,
+                        runs[a],
+                        runs[b]
+                    );
                 }
             }
         }

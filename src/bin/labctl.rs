@@ -10,7 +10,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(version, about = "Control a labd: submit jobs, follow logs, manage boards")]
+#[command(
+    version,
+    about = "Control a labd: submit jobs, follow logs, manage boards"
+)]
 struct Args {
     /// labd's socket (default: $LABD_SOCKET, then the config's, then /run/labd/labd.sock).
     #[arg(long, env = "LABD_SOCKET", global = true)]
@@ -98,7 +101,10 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("labctl: {e}");
@@ -120,7 +126,8 @@ fn print_json(v: &Value) {
 
 async fn run(args: Args) -> anyhow::Result<u8> {
     if let Cmd::Validate { file } = &args.cmd {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         return match labd::job::parse(&file.display().to_string(), &text) {
             Ok(p) => {
                 for w in &p.warnings {
@@ -129,7 +136,11 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                 if args.json {
                     print_json(&serde_json::json!({"valid": true, "warnings": p.warnings}));
                 } else {
-                    println!("{}: valid ({} actions)", file.display(), p.definition.actions.len());
+                    println!(
+                        "{}: valid ({} actions)",
+                        file.display(),
+                        p.definition.actions.len()
+                    );
                 }
                 Ok(0)
             }
@@ -155,8 +166,14 @@ async fn run(args: Args) -> anyhow::Result<u8> {
     match args.cmd {
         Cmd::Validate { .. } => unreachable!("handled above"),
         Cmd::Submit { file, wait, follow } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let v = c.call(RequestBody::Submit { definition: text, file: Some(file.display().to_string()) }).await?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let v = c
+                .call(RequestBody::Submit {
+                    definition: text,
+                    file: Some(file.display().to_string()),
+                })
+                .await?;
             for w in v["warnings"].as_array().into_iter().flatten() {
                 eprintln!("warning: {}", w.as_str().unwrap_or(""));
             }
@@ -169,28 +186,69 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             if wait || follow {
                 let mut out = std::io::stdout();
                 let end = c
-                    .stream(RequestBody::Logs { job: id, offset: 0, follow: true }, |ev| {
-                        if follow {
-                            if let Some(d) = ev["data"].as_str() {
-                                let _ = out.write_all(d.as_bytes());
-                                let _ = out.flush();
+                    .stream(
+                        RequestBody::Logs {
+                            job: id,
+                            offset: 0,
+                            follow: true,
+                        },
+                        |ev| {
+                            if follow {
+                                if let Some(d) = ev["data"].as_str() {
+                                    let _ = out.write_all(d.as_bytes());
+                                    let _ = out.flush();
+                                }
                             }
-                        }
-                    })
+                        },
+                    )
                     .await?;
                 let j = c.call(RequestBody::Job { job: id }).await?;
-                eprintln!("job {id}: {} {}{}", end["state"].as_str().unwrap_or(""), end["health"].as_str().unwrap_or(""), j["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default());
+                eprintln!(
+                    "job {id}: {} {}{}",
+                    end["state"].as_str().unwrap_or(""),
+                    end["health"].as_str().unwrap_or(""),
+                    j["error"]
+                        .as_str()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                );
                 return Ok(if end["health"] == "Complete" { 0 } else { 1 });
             }
         }
-        Cmd::Jobs { state, board, device_type, limit, cursor } => {
-            let v = c.call(RequestBody::Jobs { state, board, device_type, limit: Some(limit), cursor }).await?;
+        Cmd::Jobs {
+            state,
+            board,
+            device_type,
+            limit,
+            cursor,
+        } => {
+            let v = c
+                .call(RequestBody::Jobs {
+                    state,
+                    board,
+                    device_type,
+                    limit: Some(limit),
+                    cursor,
+                })
+                .await?;
             if json {
                 print_json(&v);
             } else {
-                println!("{:>6} {:<10} {:<11} {:<10} {:<18} {:>4}  NAME", "ID", "STATE", "HEALTH", "BOARD", "DEVICE TYPE", "PRIO");
+                println!(
+                    "{:>6} {:<10} {:<11} {:<10} {:<18} {:>4}  NAME",
+                    "ID", "STATE", "HEALTH", "BOARD", "DEVICE TYPE", "PRIO"
+                );
                 for j in v["jobs"].as_array().into_iter().flatten() {
-                    println!("{:>6} {:<10} {:<11} {:<10} {:<18} {:>4}  {}", j["id"], s(&j["state"]), s(&j["health"]), s(&j["board"]), s(&j["device_type"]), j["priority"], s(&j["name"]));
+                    println!(
+                        "{:>6} {:<10} {:<11} {:<10} {:<18} {:>4}  {}",
+                        j["id"],
+                        s(&j["state"]),
+                        s(&j["health"]),
+                        s(&j["board"]),
+                        s(&j["device_type"]),
+                        j["priority"],
+                        s(&j["name"])
+                    );
                 }
             }
         }
@@ -200,27 +258,48 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                 print_json(&v);
             } else {
                 println!("job {id}: {}", s(&v["name"]));
-                for k in ["state", "health", "error_class", "error", "board", "device_type", "priority", "submitter"] {
+                for k in [
+                    "state",
+                    "health",
+                    "error_class",
+                    "error",
+                    "board",
+                    "device_type",
+                    "priority",
+                    "submitter",
+                ] {
                     println!("  {k:<12} {}", s(&v[k]));
                 }
                 println!("  events:");
                 let t0 = v["submit_time"].as_u64().unwrap_or(0);
                 for e in v["events"].as_array().into_iter().flatten() {
                     let t = e["time"].as_u64().unwrap_or(0).saturating_sub(t0);
-                    println!("  {:>9.3}s {:<20} {}", t as f64 / 1000.0, s(&e["kind"]), s(&e["message"]));
+                    println!(
+                        "  {:>9.3}s {:<20} {}",
+                        t as f64 / 1000.0,
+                        s(&e["kind"]),
+                        s(&e["message"])
+                    );
                 }
             }
         }
         Cmd::Logs { id, follow } => {
             let mut out = std::io::stdout();
-            c.stream(RequestBody::Logs { job: id, offset: 0, follow }, |ev| {
-                if json {
-                    println!("{ev}");
-                } else if let Some(d) = ev["data"].as_str() {
-                    let _ = out.write_all(d.as_bytes());
-                    let _ = out.flush();
-                }
-            })
+            c.stream(
+                RequestBody::Logs {
+                    job: id,
+                    offset: 0,
+                    follow,
+                },
+                |ev| {
+                    if json {
+                        println!("{ev}");
+                    } else if let Some(d) = ev["data"].as_str() {
+                        let _ = out.write_all(d.as_bytes());
+                        let _ = out.flush();
+                    }
+                },
+            )
             .await?;
         }
         Cmd::Results { id, format } => {
@@ -230,10 +309,19 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             match format {
                 Format::Json => print_json(&v),
                 Format::Table => {
-                    println!("{:<24} {:<32} {:<8} MEASUREMENT", "SUITE", "TEST CASE", "RESULT");
+                    println!(
+                        "{:<24} {:<32} {:<8} MEASUREMENT",
+                        "SUITE", "TEST CASE", "RESULT"
+                    );
                     for r in &results {
                         let m = format!("{} {}", s(&r["measurement"]), s(&r["units"]));
-                        println!("{:<24} {:<32} {:<8} {}", s(&r["suite"]), s(&r["name"]), s(&r["result"]), m.trim().trim_matches('-').trim());
+                        println!(
+                            "{:<24} {:<32} {:<8} {}",
+                            s(&r["suite"]),
+                            s(&r["name"]),
+                            s(&r["result"]),
+                            m.trim().trim_matches('-').trim()
+                        );
                     }
                 }
                 Format::Junit => print!("{}", junit(id, &results)),
@@ -250,21 +338,51 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             if json {
                 print_json(&v);
             } else {
-                println!("{:<12} {:<20} {:<9} {:<12} {:<7} {:<19} TAGS", "NAME", "DEVICE TYPE", "STATE", "HEALTH", "JOB", "PHASE");
+                println!(
+                    "{:<12} {:<20} {:<9} {:<12} {:<7} {:<19} TAGS",
+                    "NAME", "DEVICE TYPE", "STATE", "HEALTH", "JOB", "PHASE"
+                );
                 for b in v["boards"].as_array().into_iter().flatten() {
-                    let tags: Vec<&str> = b["tags"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                    println!("{:<12} {:<20} {:<9} {:<12} {:<7} {:<19} {}", s(&b["name"]), s(&b["device_type"]), s(&b["state"]), s(&b["health"]), s(&b["job"]), s(&b["phase"]), tags.join(","));
+                    let tags: Vec<&str> = b["tags"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    println!(
+                        "{:<12} {:<20} {:<9} {:<12} {:<7} {:<19} {}",
+                        s(&b["name"]),
+                        s(&b["device_type"]),
+                        s(&b["state"]),
+                        s(&b["health"]),
+                        s(&b["job"]),
+                        s(&b["phase"]),
+                        tags.join(",")
+                    );
                 }
             }
         }
-        Cmd::Board { name, health, reason } => {
-            c.call(RequestBody::BoardHealth { board: name.clone(), health: health.clone(), reason }).await?;
+        Cmd::Board {
+            name,
+            health,
+            reason,
+        } => {
+            c.call(RequestBody::BoardHealth {
+                board: name.clone(),
+                health: health.clone(),
+                reason,
+            })
+            .await?;
             if !json {
                 println!("board {name}: {health}");
             }
         }
         Cmd::Power { name, action } => {
-            c.call(RequestBody::Power { board: name.clone(), action: action.clone() }).await?;
+            c.call(RequestBody::Power {
+                board: name.clone(),
+                action: action.clone(),
+            })
+            .await?;
             if !json {
                 println!("board {name}: power {action}");
             }
@@ -290,7 +408,10 @@ fn s(v: &Value) -> String {
 }
 
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn junit(id: u64, results: &[Value]) -> String {
@@ -302,7 +423,11 @@ fn junit(id: u64, results: &[Value]) -> String {
     for suite in suites {
         out.push_str(&format!("  <testsuite name=\"{}\">\n", xml(&suite)));
         for r in results.iter().filter(|r| s(&r["suite"]) == suite) {
-            out.push_str(&format!("    <testcase classname=\"{}\" name=\"{}\">", xml(&suite), xml(&s(&r["name"]))));
+            out.push_str(&format!(
+                "    <testcase classname=\"{}\" name=\"{}\">",
+                xml(&suite),
+                xml(&s(&r["name"]))
+            ));
             match r["result"].as_str() {
                 Some("fail") => out.push_str("<failure message=\"fail\"/>"),
                 Some("skip") => out.push_str("<skipped/>"),

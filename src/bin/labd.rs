@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use tokio::io::AsyncBufReadExt;
 
 #[derive(Parser)]
-#[command(version, about = "labd: a per-lab hardware dispatcher for LAVA-style jobs")]
+#[command(
+    version,
+    about = "labd: a per-lab hardware dispatcher for LAVA-style jobs"
+)]
 struct Args {
     /// The lab config (TOML).
     #[arg(long, short)]
@@ -30,7 +33,10 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "labd=info,warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "labd=info,warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -70,7 +76,10 @@ fn sim_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let p = exe.with_file_name("labd-sim");
     if !p.exists() {
-        bail!("{} not found; build it with `cargo build --bins`", p.display());
+        bail!(
+            "{} not found; build it with `cargo build --bins`",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -102,40 +111,68 @@ async fn demo(args: Args) -> anyhow::Result<u8> {
     labd::daemon::start(cfg, &socket).await?;
     if args.serve {
         println!("LABD_SOCKET={}", socket.display());
-        println!("demo lab of {} simulated boards is running; Ctrl-C stops it", boards.len());
+        println!(
+            "demo lab of {} simulated boards is running; Ctrl-C stops it",
+            boards.len()
+        );
         let _ = std::io::stdout().flush();
         wait_for_signal().await;
         return Ok(0);
     }
     let artifacts = dir.join("artifacts");
     write_artifacts(&artifacts)?;
-    let job = include_str!("../../config/demo-job.yaml").replace("@ARTIFACTS@", &artifacts.display().to_string());
+    let job = include_str!("../../config/demo-job.yaml")
+        .replace("@ARTIFACTS@", &artifacts.display().to_string());
     let mut client = Client::connect(&socket).await?;
     let id = client.submit(&job, "config/demo-job.yaml").await?;
     println!("labd demo: submitted job {id}; console follows\n");
     let mut stdout = std::io::stdout();
     let end = client
-        .stream(RequestBody::Logs { job: id, offset: 0, follow: true }, |ev| {
-            if let Some(d) = ev.get("data").and_then(Value::as_str) {
-                let _ = stdout.write_all(d.replace('\r', "").as_bytes());
-                let _ = stdout.flush();
-            }
-        })
+        .stream(
+            RequestBody::Logs {
+                job: id,
+                offset: 0,
+                follow: true,
+            },
+            |ev| {
+                if let Some(d) = ev.get("data").and_then(Value::as_str) {
+                    let _ = stdout.write_all(d.replace('\r', "").as_bytes());
+                    let _ = stdout.flush();
+                }
+            },
+        )
         .await?;
     let res = client.call(RequestBody::Results { job: id }).await?;
     let job = &res["job"];
-    println!("\n\njob {id} ({}) on {}: {} {}", job["name"].as_str().unwrap_or(""), job["board"].as_str().unwrap_or("-"), end["state"].as_str().unwrap_or("?"), end["health"].as_str().unwrap_or("?"));
+    println!(
+        "\n\njob {id} ({}) on {}: {} {}",
+        job["name"].as_str().unwrap_or(""),
+        job["board"].as_str().unwrap_or("-"),
+        end["state"].as_str().unwrap_or("?"),
+        end["health"].as_str().unwrap_or("?")
+    );
     if let Some(e) = job["error"].as_str() {
-        println!("error ({}): {e}", job["error_class"].as_str().unwrap_or("?"));
+        println!(
+            "error ({}): {e}",
+            job["error_class"].as_str().unwrap_or("?")
+        );
     }
-    println!("\n{:<20} {:<28} {:<8} {}", "SUITE", "TEST CASE", "RESULT", "MEASUREMENT");
+    println!(
+        "\n{:<20} {:<28} {:<8} MEASUREMENT",
+        "SUITE", "TEST CASE", "RESULT"
+    );
     for r in res["results"].as_array().into_iter().flatten() {
         let m = match (r["measurement"].as_str(), r["units"].as_str()) {
             (Some(m), Some(u)) => format!("{m} {u}"),
             (Some(m), None) => m.to_owned(),
             _ => String::new(),
         };
-        println!("{:<20} {:<28} {:<8} {m}", r["suite"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""), r["result"].as_str().unwrap_or(""));
+        println!(
+            "{:<20} {:<28} {:<8} {m}",
+            r["suite"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or(""),
+            r["result"].as_str().unwrap_or("")
+        );
     }
     drop(sim);
     Ok(if job["health"] == "Complete" { 0 } else { 1 })

@@ -168,7 +168,11 @@ async fn serve(handles: &HashMap<String, BoardHandle>, line: &str) -> ControlRes
         ControlRequest::Reset { .. } => Power::Reset,
         ControlRequest::List => return err("unreachable".into()),
     };
-    if h.fault.lock().map(|f| *f == Fault::RelayFails).unwrap_or(false) {
+    if h.fault
+        .lock()
+        .map(|f| *f == Fault::RelayFails)
+        .unwrap_or(false)
+    {
         return err("relay did not respond".into());
     }
     let (tx, rx) = oneshot::channel();
@@ -445,7 +449,8 @@ impl Session<'_> {
         self.line("U-Boot 2023.01+dfsg-2 (labd-sim)").await;
         self.line("").await;
         self.line("DRAM:  1 GiB").await;
-        self.line("Core:  51 devices, 14 uclasses, devicetree: board").await;
+        self.line("Core:  51 devices, 14 uclasses, devicetree: board")
+            .await;
         self.line("Net:   eth0: virtio-net#32").await;
         self.garbage().await;
         if self.fault == Fault::NoPrompt {
@@ -453,7 +458,8 @@ impl Session<'_> {
         }
         self.env.insert("bootdelay".into(), "2".into());
         self.env.insert("tftpdstp".into(), "69".into());
-        self.env.insert("fdtcontroladdr".into(), "0x43000000".into());
+        self.env
+            .insert("fdtcontroladdr".into(), "0x43000000".into());
         self.out.write(b"Hit any key to stop autoboot:  2 ").await;
         let mut interrupted = false;
         for i in (0..2).rev() {
@@ -461,7 +467,9 @@ impl Session<'_> {
                 interrupted = true;
                 break;
             }
-            self.out.write(format!("\x08\x08\x08 {i} ").as_bytes()).await;
+            self.out
+                .write(format!("\x08\x08\x08 {i} ").as_bytes())
+                .await;
         }
         self.line("").await;
         if !interrupted {
@@ -554,7 +562,8 @@ impl Session<'_> {
             }
             "dhcp" => {
                 self.env.insert("ipaddr".into(), "10.0.2.15".into());
-                self.line("DHCP client bound to address 10.0.2.15 (2 ms)").await;
+                self.line("DHCP client bound to address 10.0.2.15 (2 ms)")
+                    .await;
             }
             "tftp" | "tftpboot" => return self.tftp(&args).await,
             "booti" | "bootz" | "bootm" => return self.boot(&args).await,
@@ -575,11 +584,15 @@ impl Session<'_> {
         let (addr, file) = match args.len() {
             3 => (args[1].clone(), args[2].clone()),
             2 => (
-                self.env.get("loadaddr").cloned().unwrap_or("0x40200000".into()),
+                self.env
+                    .get("loadaddr")
+                    .cloned()
+                    .unwrap_or("0x40200000".into()),
                 args[1].clone(),
             ),
             _ => {
-                self.line("Usage: tftpboot [loadAddress] [[hostIPaddr:]bootfilename]").await;
+                self.line("Usage: tftpboot [loadAddress] [[hostIPaddr:]bootfilename]")
+                    .await;
                 return Flow::Stop;
             }
         };
@@ -622,12 +635,14 @@ impl Session<'_> {
                     data.len()
                 ))
                 .await;
-                self.env.insert("filesize".into(), format!("{:x}", data.len()));
+                self.env
+                    .insert("filesize".into(), format!("{:x}", data.len()));
                 self.mem.insert(addr, data);
                 Flow::Continue
             }
             Err(tftp_client::TftpError::Remote { code, message }) => {
-                self.line(&format!("TFTP error: '{message}' ({code})")).await;
+                self.line(&format!("TFTP error: '{message}' ({code})"))
+                    .await;
                 self.line("Not retrying...").await;
                 Flow::Stop
             }
@@ -660,8 +675,13 @@ impl Session<'_> {
                 return Flow::Stop;
             }
         }
-        self.line(&format!("## Flattened Device Tree blob at {}", args.get(3).map(String::as_str).unwrap_or("43000000"))).await;
-        self.line("   Loading Device Tree to 000000007e5f1000, end 000000007e5f9fff ... OK").await;
+        self.line(&format!(
+            "## Flattened Device Tree blob at {}",
+            args.get(3).map(String::as_str).unwrap_or("43000000")
+        ))
+        .await;
+        self.line("   Loading Device Tree to 000000007e5f1000, end 000000007e5f9fff ... OK")
+            .await;
         self.line("").await;
         self.line("Starting kernel ...").await;
         self.line("").await;
@@ -680,11 +700,18 @@ impl Session<'_> {
         self.line("").await;
         loop {
             self.out
-                .write(format!("Debian GNU/Linux 12 {} ttyS0\r\n\r\n{} login: ", self.name, "sim").as_bytes())
+                .write(
+                    format!(
+                        "Debian GNU/Linux 12 {} ttyS0\r\n\r\n{} login: ",
+                        self.name, "sim"
+                    )
+                    .as_bytes(),
+                )
                 .await;
             let user = self.read_line().await;
             if user.trim() == "root" {
-                self.line("Linux sim 6.1.0-sim-arm64 #1 SMP Debian 6.1.0 aarch64").await;
+                self.line("Linux sim 6.1.0-sim-arm64 #1 SMP Debian 6.1.0 aarch64")
+                    .await;
                 self.shell().await;
             } else {
                 self.line("").await;
@@ -710,7 +737,10 @@ impl Session<'_> {
         cmd.arg("-i")
             .current_dir(self.scratch)
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("HOME", self.scratch)
             .env("PS1", "root@sim:$PWD# ")
             .env("TERM", "dumb")

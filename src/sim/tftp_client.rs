@@ -99,9 +99,7 @@ pub async fn fetch(
                 let mut i = 0;
                 while i + 1 < opts.len() {
                     if opts[i].eq_ignore_ascii_case(b"blksize") {
-                        block_size = String::from_utf8_lossy(opts[i + 1])
-                            .parse()
-                            .unwrap_or(512);
+                        block_size = String::from_utf8_lossy(opts[i + 1]).parse().unwrap_or(512);
                     }
                     i += 2;
                 }

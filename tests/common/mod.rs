@@ -69,7 +69,11 @@ impl Lab {
             sim_control
         );
         for n in &names {
-            let t: Vec<String> = tags.iter().find(|(b, _)| b == n).map(|(_, t)| t.iter().map(|s| format!("{s:?}")).collect()).unwrap_or_default();
+            let t: Vec<String> = tags
+                .iter()
+                .find(|(b, _)| b == n)
+                .map(|(_, t)| t.iter().map(|s| format!("{s:?}")).collect())
+                .unwrap_or_default();
             cfg.push_str(&format!(
                 "[[boards]]\nname = {n:?}\ndevice_type = \"sim-uboot\"\ntags = [{}]\nconsole = {{ type = \"sim\" }}\npower = {{ type = \"sim\" }}\n[boards.parameters]\n\"timeouts.bootloader-interrupt\" = 3\n",
                 t.join(",")
@@ -82,7 +86,14 @@ impl Lab {
         std::fs::write(art.join("Image"), vec![0x41u8; 300_000]).unwrap();
         std::fs::write(art.join("rootfs.cpio.gz"), vec![0x1fu8; 100_000]).unwrap();
         std::fs::write(art.join("board.dtb"), vec![0xd0u8; 4000]).unwrap();
-        let mut lab = Lab { dir, socket, sim_control, config, sim, labd: None };
+        let mut lab = Lab {
+            dir,
+            socket,
+            sim_control,
+            config,
+            sim,
+            labd: None,
+        };
         lab.start_labd();
         lab
     }
@@ -135,9 +146,16 @@ impl Lab {
 pub async fn wait_job(c: &mut Client, id: u64) -> (Value, String) {
     let mut log = String::new();
     let end = c
-        .stream(RequestBody::Logs { job: id, offset: 0, follow: true }, |ev| {
-            log.push_str(ev["data"].as_str().unwrap_or(""));
-        })
+        .stream(
+            RequestBody::Logs {
+                job: id,
+                offset: 0,
+                follow: true,
+            },
+            |ev| {
+                log.push_str(ev["data"].as_str().unwrap_or(""));
+            },
+        )
         .await
         .unwrap();
     (end, log)
@@ -148,7 +166,10 @@ pub async fn job(c: &mut Client, id: u64) -> Value {
 }
 
 pub async fn boards(c: &mut Client) -> Vec<Value> {
-    c.call(RequestBody::Boards).await.unwrap()["boards"].as_array().unwrap().clone()
+    c.call(RequestBody::Boards).await.unwrap()["boards"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 pub fn path_exists(p: &Path) -> bool {
