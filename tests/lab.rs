@@ -366,3 +366,60 @@ fn twenty_jobs_on_four_boards_priority_first_never_two_at_once() {
         assert!(order[..4].iter().all(|r| r.3 == "high"), "{order:?}");
     });
 }
+
+#[test]
+fn every_acknowledged_submission_survives_sigkill() {
+    rt().block_on(async {
+        let mut lab = Lab::start(1, &[]);
+        let mut acked = Vec::new();
+        for round in 0..5 {
+            let mut c = lab.client().await;
+            // Hold the board so jobs only accumulate; the daemon is killed while
+            // submissions are still in flight on a second connection.
+            let _ = c
+                .call(RequestBody::BoardHealth {
+                    board: "sim-01".into(),
+                    health: "maintenance".into(),
+                    reason: None,
+                })
+                .await;
+            for i in 0..10 {
+                acked.push(
+                    c.submit(
+                        &lab.job(&format!("r{round}-{i}"), "low", &["true"]),
+                        "j.yaml",
+                    )
+                    .await
+                    .unwrap(),
+                );
+            }
+            let text = lab.job("inflight", "low", &["true"]);
+            let sock = lab.socket.clone();
+            let inflight = tokio::spawn(async move {
+                let mut c2 = labd::client::Client::connect(&sock).await.ok()?;
+                let mut ok = Vec::new();
+                for _ in 0..50 {
+                    match c2.submit(&text, "j.yaml").await {
+                        Ok(id) => ok.push(id),
+                        Err(_) => break,
+                    }
+                }
+                Some(ok)
+            });
+            lab.kill_labd();
+            if let Ok(Some(ids)) = inflight.await {
+                acked.extend(ids);
+            }
+            lab.start_labd();
+            let mut c = lab.client().await;
+            for id in &acked {
+                let j = c
+                    .call(RequestBody::Job { job: *id })
+                    .await
+                    .unwrap_or_else(|e| panic!("acknowledged job {id} lost in round {round}: {e}"));
+                assert_eq!(j["state"], "Submitted", "job {id}");
+            }
+        }
+        assert!(acked.len() >= 50);
+    });
+}
