@@ -99,6 +99,13 @@ async fn read_line(
 }
 
 async fn connection(stream: UnixStream, lab: Addr<LabActor>, max_request: usize) {
+    // The submitter is who the kernel says is on the other end, not what the client claims.
+    let user = stream
+        .peer_cred()
+        .ok()
+        .map(|c| c.uid())
+        .map(user_name)
+        .unwrap_or_else(|| "unknown".into());
     let (r, mut w) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
     let writer = tokio::spawn(async move {
@@ -172,20 +179,21 @@ async fn connection(stream: UnixStream, lab: Addr<LabActor>, max_request: usize)
         }
         let lab = lab.clone();
         let tx = tx.clone();
-        actix::spawn(async move { handle(req, lab, tx).await });
+        let user = user.clone();
+        actix::spawn(async move { handle(req, lab, tx, user).await });
     }
     drop(tx);
     let _ = writer.await;
 }
 
-fn to_lab(body: RequestBody) -> Result<LabRequest, WireError> {
+fn to_lab(body: RequestBody, user: String) -> Result<LabRequest, WireError> {
     let bad = |m: String| WireError::new(ErrorCode::BadRequest, m);
     Ok(match body {
         RequestBody::Hello { .. } => return Err(bad("hello was already said".into())),
         RequestBody::Submit { definition, file } => LabRequest::Submit {
             definition,
             file: file.unwrap_or_else(|| "<job>".into()),
-            submitter: submitter(),
+            submitter: user,
         },
         RequestBody::Cancel { job } => LabRequest::Cancel { job },
         RequestBody::Jobs {
@@ -251,16 +259,20 @@ fn to_lab(body: RequestBody) -> Result<LabRequest, WireError> {
     })
 }
 
-fn submitter() -> String {
-    // Peer credentials come with the authorization work; the daemon's user for now.
-    nix::unistd::User::from_uid(nix::unistd::geteuid())
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()
         .map(|u| u.name)
-        .unwrap_or_else(|| "unknown".into())
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
-async fn handle(req: Request, lab: Addr<LabActor>, tx: mpsc::UnboundedSender<Response>) {
+async fn handle(
+    req: Request,
+    lab: Addr<LabActor>,
+    tx: mpsc::UnboundedSender<Response>,
+    user: String,
+) {
     let id = req.id;
     let logs = match &req.body {
         RequestBody::Logs {
@@ -270,7 +282,7 @@ async fn handle(req: Request, lab: Addr<LabActor>, tx: mpsc::UnboundedSender<Res
         } => Some((*job, *offset, *follow)),
         _ => None,
     };
-    let lr = match to_lab(req.body) {
+    let lr = match to_lab(req.body, user) {
         Ok(r) => r,
         Err(e) => {
             let _ = tx.send(Response::error(id, e));
