@@ -12,7 +12,7 @@
 use crate::console::Console;
 use crate::device_type::DeviceType;
 use crate::job::JobDefinition;
-use crate::model::{now_ms, JobEvent, JobId, JobOutcome};
+use crate::model::{JobEvent, JobId, JobOutcome};
 use crate::power::{Power, PowerAction};
 use crate::runner::{self, Phase, RunCtx, TftpInfo};
 use crate::store::Store;
@@ -240,17 +240,7 @@ impl BoardActor {
     }
 
     fn event(&self, id: JobId, kind: &str, message: String) {
-        let fut = self.store.add_event(
-            id,
-            JobEvent {
-                time: now_ms(),
-                kind: kind.into(),
-                message,
-            },
-        );
-        tokio::spawn(async move {
-            let _ = fut.await;
-        });
+        self.store.record_event(id, JobEvent::now(kind, message));
     }
 
     /// Ends the current job: stop the runner, power off, flush, report.

@@ -112,6 +112,29 @@ impl Client {
         }
     }
 
+    /// Reads a job's console log from its start, calling `on_data` per chunk;
+    /// with `follow`, until the job has ended. Returns the `end` value.
+    pub async fn logs(
+        &mut self,
+        job: u64,
+        follow: bool,
+        mut on_data: impl FnMut(&str),
+    ) -> Result<Value, ClientError> {
+        self.stream(
+            RequestBody::Logs {
+                job,
+                offset: 0,
+                follow,
+            },
+            |ev| {
+                if let Some(d) = ev["data"].as_str() {
+                    on_data(d);
+                }
+            },
+        )
+        .await
+    }
+
     /// Submits a job; returns its id.
     pub async fn submit(&mut self, definition: &str, file: &str) -> Result<u64, ClientError> {
         let v = self

@@ -434,19 +434,23 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
     {
         ctx.err("job_name", root.span(), "missing required key `job_name`");
     }
-    if timeouts.job.is_none() && m.get_node("timeouts").is_some() && ctx.errors.is_empty() {
-        ctx.err(
-            "timeouts.job",
-            root.span(),
-            "missing required key `timeouts.job`",
-        );
-    }
-    if m.get_node("timeouts").is_none() {
-        ctx.err(
+    match m.get_node("timeouts") {
+        None => ctx.err(
             "timeouts",
             root.span(),
             "missing required key `timeouts` (with `job`)",
-        );
+        ),
+        Some(t)
+            if t.as_mapping()
+                .is_some_and(|tm| tm.get_node("job").is_none()) =>
+        {
+            ctx.err(
+                "timeouts.job",
+                t.span(),
+                "missing required key `timeouts.job`",
+            )
+        }
+        Some(_) => {}
     }
     let actions = match (actions, m.get_node("actions")) {
         (Some(a), _) => a,
@@ -1001,7 +1005,7 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
             "path" => {}
             "repository" => {
                 if let Node::Mapping(rm) = val {
-                    steps = parse_inline_repository(ctx, &p, rm);
+                    steps = parse_inline_repository(ctx, &p, rm, val.span());
                 } else if m
                     .get_node("from")
                     .and_then(|n| n.as_scalar())
@@ -1081,6 +1085,7 @@ fn parse_inline_repository(
     ctx: &mut Ctx,
     path: &str,
     m: &MarkedMappingNode,
+    span: &Span,
 ) -> Option<Vec<String>> {
     let mut steps = None;
     for (k, val) in m.iter() {
@@ -1129,7 +1134,7 @@ fn parse_inline_repository(
     if steps.is_none() {
         ctx.err(
             &format!("{path}.run.steps"),
-            &Span::new_blank(),
+            span,
             "missing required key `run.steps`",
         );
     }

@@ -18,7 +18,6 @@ use crate::store::{JobFilter, Store};
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 /// A board as `boards` reports it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -259,14 +258,7 @@ impl LabActor {
                 .await
                 .map_err(|e| e.to_string())?;
             let _ = store
-                .add_event(
-                    id,
-                    JobEvent {
-                        time: now_ms(),
-                        kind: "state".into(),
-                        message: format!("Scheduled on {b2}"),
-                    },
-                )
+                .add_event(id, JobEvent::now("state", format!("Scheduled on {b2}")))
                 .await;
             addr.send(StartJob { id, def: q.def })
                 .await
@@ -282,14 +274,7 @@ impl LabActor {
                 .await
                 .map_err(|e| e.to_string())?;
             store
-                .add_event(
-                    id,
-                    JobEvent {
-                        time: now_ms(),
-                        kind: "state".into(),
-                        message: "Running".into(),
-                    },
-                )
+                .add_event(id, JobEvent::now("state", "Running"))
                 .await
                 .map_err(|e| e.to_string())
         };
@@ -333,24 +318,13 @@ impl LabActor {
                     } else {
                         o2
                     };
-                    j.state = JobState::Finished;
-                    j.health = o.health;
-                    j.error_class = o.error_class;
-                    j.error = o.error;
-                    j.end_time = Some(now_ms());
+                    j.finish(o);
                     Ok(())
                 })
                 .await;
             if let Ok(j) = &r {
                 let _ = store
-                    .add_event(
-                        id,
-                        JobEvent {
-                            time: now_ms(),
-                            kind: "state".into(),
-                            message: format!("Finished {}", j.health),
-                        },
-                    )
+                    .add_event(id, JobEvent::now("state", format!("Finished {}", j.health)))
                     .await;
             }
             r
@@ -392,48 +366,37 @@ impl LabActor {
     /// Brings the store to a consistent state after a start or a crash.
     async fn reconcile(
         store: Store,
-    ) -> Result<(Vec<BoardRecord>, Vec<JobRecord>, Vec<JobId>), crate::store::StoreError> {
-        let mut dirty_boards = Vec::new();
+    ) -> Result<(Vec<BoardRecord>, Vec<JobRecord>, Vec<String>), crate::store::StoreError> {
+        // Boards whose job was cut short: their state is unknown now.
+        let mut interrupted = Vec::new();
         for state in [JobState::Scheduled, JobState::Running, JobState::Canceling] {
             for j in store.jobs_in_state(state).await? {
                 let canceled = j.state == JobState::Canceling;
                 store
                     .update_job(j.id, move |r| {
-                        r.state = JobState::Finished;
-                        let o = if canceled {
+                        r.finish(if canceled {
                             JobOutcome::canceled("canceled; dispatcher restarted")
                         } else {
                             JobOutcome::incomplete(
                                 ErrorClass::Infrastructure,
                                 "dispatcher restarted",
                             )
-                        };
-                        r.health = o.health;
-                        r.error_class = o.error_class;
-                        r.error = o.error;
-                        r.end_time = Some(now_ms());
+                        });
                         Ok(())
                     })
                     .await?;
                 store
                     .add_event(
                         j.id,
-                        JobEvent {
-                            time: now_ms(),
-                            kind: "state".into(),
-                            message: "Finished: dispatcher restarted".into(),
-                        },
+                        JobEvent::now("state", "Finished: dispatcher restarted"),
                     )
                     .await?;
-                if let Some(b) = j.board {
-                    dirty_boards.push(j.id);
-                    let _ = b;
-                }
+                interrupted.extend(j.board);
             }
         }
         let boards = store.boards().await?;
         let queued = store.jobs_in_state(JobState::Submitted).await?;
-        Ok((boards, queued, dirty_boards))
+        Ok((boards, queued, interrupted))
     }
 }
 
@@ -469,11 +432,20 @@ impl Actor for LabActor {
         let store = self.store.clone();
         ctx.wait(Self::reconcile(store).into_actor(self).map(|res, act, ctx| {
             match res {
-                Ok((boards, queued, _)) => {
+                Ok((boards, queued, interrupted)) => {
                     for r in boards {
                         if let Some(s) = act.boards.get_mut(&r.name) {
                             s.health = r.health;
                             s.health_reason = r.health_reason;
+                        }
+                    }
+                    for name in interrupted {
+                        if let Some(s) = act.boards.get_mut(&name) {
+                            if s.health == BoardHealth::Good {
+                                s.health = BoardHealth::Unknown;
+                                s.health_reason = Some("dispatcher restarted during a job".into());
+                                act.persist_board(&name);
+                            }
                         }
                     }
                     for j in queued {
@@ -483,10 +455,7 @@ impl Actor for LabActor {
                                 tracing::error!(job = j.id, error = %e, "stored job no longer parses");
                                 let msg = format!("definition no longer valid: {e}");
                                 let fut = act.store.update_job(j.id, move |r| {
-                                    r.state = JobState::Finished;
-                                    r.health = JobHealth::Incomplete;
-                                    r.error_class = Some(ErrorClass::Configuration);
-                                    r.error = Some(msg);
+                                    r.finish(JobOutcome::incomplete(ErrorClass::Configuration, msg));
                                     Ok(())
                                 });
                                 actix::spawn(async move {
@@ -616,8 +585,7 @@ impl Handler<LabRequest> for LabActor {
                                 r.id,
                                 JobEvent {
                                     time: r.submit_time,
-                                    kind: "state".into(),
-                                    message: "Submitted".into(),
+                                    ..JobEvent::now("state", "Submitted")
                                 },
                             )
                             .await?;
@@ -644,23 +612,12 @@ impl Handler<LabRequest> for LabActor {
                         async move {
                             store
                                 .update_job(job, |j| {
-                                    j.state = JobState::Finished;
-                                    j.health = JobHealth::Canceled;
-                                    j.error_class = Some(ErrorClass::Canceled);
-                                    j.error = Some("canceled before it started".into());
-                                    j.end_time = Some(now_ms());
+                                    j.finish(JobOutcome::canceled("canceled before it started"));
                                     Ok(())
                                 })
                                 .await?;
                             store
-                                .add_event(
-                                    job,
-                                    JobEvent {
-                                        time: now_ms(),
-                                        kind: "state".into(),
-                                        message: "Finished Canceled".into(),
-                                    },
-                                )
+                                .add_event(job, JobEvent::now("state", "Finished Canceled"))
                                 .await?;
                             Ok::<_, ApiError>(())
                         }
@@ -858,9 +815,4 @@ impl LabActor {
         }
         Ok(())
     }
-}
-
-/// Where the TFTP root is for a config.
-pub fn tftp_root(cfg: &LabConfig) -> PathBuf {
-    cfg.tftp_root()
 }

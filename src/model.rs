@@ -184,12 +184,34 @@ pub struct JobRecord {
     pub end_time: Option<u64>,
 }
 
+impl JobRecord {
+    /// Ends the job with `outcome`, now.
+    pub fn finish(&mut self, outcome: JobOutcome) {
+        self.state = JobState::Finished;
+        self.health = outcome.health;
+        self.error_class = outcome.error_class;
+        self.error = outcome.error;
+        self.end_time = Some(now_ms());
+    }
+}
+
 /// One recorded step of a job: a state change, a board phase transition, a timeout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
     pub time: u64,
     pub kind: String,
     pub message: String,
+}
+
+impl JobEvent {
+    /// An event that happens now.
+    pub fn now(kind: &str, message: impl Into<String>) -> Self {
+        JobEvent {
+            time: now_ms(),
+            kind: kind.to_owned(),
+            message: message.into(),
+        }
+    }
 }
 
 /// One LAVA test case result.

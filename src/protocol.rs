@@ -81,7 +81,9 @@ pub enum RequestBody {
 
 /// An error on the wire: a stable code, a message, and where, when it applies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
-#[error("{}{message} [{code}]", location_prefix(.file, .line, .column, .path))]
+// The message of a located error already names its locations (a job error may
+// carry several), so Display shows the message and the code only.
+#[error("{message} [{code}]")]
 pub struct WireError {
     pub code: ErrorCode,
     pub message: String,
@@ -93,17 +95,6 @@ pub struct WireError {
     pub line: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
-}
-
-fn location_prefix(
-    file: &Option<String>,
-    line: &Option<usize>,
-    column: &Option<usize>,
-    path: &Option<String>,
-) -> String {
-    // Multi-error messages already carry their locations.
-    let _ = (file, line, column, path);
-    String::new()
 }
 
 impl WireError {

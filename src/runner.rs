@@ -11,7 +11,7 @@
 use crate::device_type::DeviceType;
 use crate::job::{Action, Boot, BootCommands, Deploy, JobDefinition, KernelType, Test};
 use crate::matcher::Matcher;
-use crate::model::{now_ms, ErrorClass, JobEvent, JobId, JobOutcome, TestCase};
+use crate::model::{ErrorClass, JobEvent, JobId, JobOutcome, TestCase};
 use crate::power::{Power, PowerAction};
 use crate::signals::{self, Signal, SignalParser};
 use crate::store::Store;
@@ -101,38 +101,23 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
     };
     let job_id = r.ctx.job_id;
     let store = r.ctx.store.clone();
-    let outcome = match tokio::time::timeout(job_timeout, r.all()).await {
+    match tokio::time::timeout(job_timeout, r.all()).await {
         Ok(Ok(())) => JobOutcome::complete(),
         Ok(Err(Stop(o))) => o,
         Err(_) => {
             let msg = format!("job timed out after {} s", job_timeout.as_secs());
-            let _ = store.add_event(job_id, event("timeout", &msg)).await;
+            store.record_event(job_id, JobEvent::now("timeout", &msg));
             JobOutcome::incomplete(ErrorClass::Job, msg)
         }
-    };
-    outcome
-}
-
-fn event(kind: &str, message: &str) -> JobEvent {
-    JobEvent {
-        time: now_ms(),
-        kind: kind.to_owned(),
-        message: message.to_owned(),
     }
 }
 
 impl Runner {
     fn event(&self, kind: &str, message: &str) {
         // Queued now, in order; the store makes it durable with the next batch.
-        let fut = self
-            .ctx
+        self.ctx
             .store
-            .add_event(self.ctx.job_id, event(kind, message));
-        drop(tokio::spawn(async move {
-            if let Err(e) = fut.await {
-                tracing::error!(error = %e, "recording a job event failed");
-            }
-        }));
+            .record_event(self.ctx.job_id, JobEvent::now(kind, message));
     }
 
     fn phase(&self, p: Phase) {
@@ -241,9 +226,10 @@ impl Runner {
     }
 
     /// Waits until one of `wanted` matches; a match of `errors` stops the job.
+    /// Both are regexes.
     async fn expect(&mut self, wanted: &[String], errors: &[String]) -> Result<usize, Stop> {
         let mut pats: Vec<String> = wanted.to_vec();
-        pats.extend(errors.iter().map(|e| regex::escape(e)));
+        pats.extend(errors.iter().cloned());
         let mut m = Matcher::new(&pats).map_err(|e| {
             Stop(JobOutcome::incomplete(
                 ErrorClass::Configuration,
@@ -373,7 +359,9 @@ impl Runner {
         })
         .await?;
         let bl = self.ctx.dt.bootloader.clone();
-        let errors = bl.error_messages.clone();
+        // U-Boot's error messages are plain text (LAVA's lists hold `?`, `.`, `(`);
+        // the kernel's are regexes, validated with the device type.
+        let errors: Vec<String> = bl.error_messages.iter().map(|e| regex::escape(e)).collect();
         self.phase(Phase::Bootloader);
         let limit = self.timeout("bootloader-interrupt", None);
         self.bounded("bootloader-interrupt", limit, async |r: &mut Self| {

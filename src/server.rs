@@ -348,59 +348,33 @@ async fn stream_logs(
     follow: bool,
     tx: mpsc::UnboundedSender<Response>,
 ) {
+    let fail = |e: crate::store::StoreError| {
+        let _ = tx.send(Response::error(id, crate::error::ApiError::from(e).into()));
+    };
     let mut changes = store.subscribe();
     loop {
-        // Drain what is durable now.
+        // The state is read before the log: every byte stored before the job
+        // finished is then drained below, so the end never cuts the log short.
+        let j = match store.job(job).await {
+            Ok(j) => j,
+            Err(e) => return fail(e),
+        };
         loop {
             match store.log(job, offset, 256 * 1024).await {
                 Ok((data, next)) if !data.is_empty() => {
                     offset = next;
-                    if !follow {
-                        let _ = tx.send(Response::event(
-                            id,
-                            json!({"offset": next, "data": String::from_utf8_lossy(&data)}),
-                        ));
-                        continue;
-                    }
-                    if tx
-                        .send(Response::event(
-                            id,
-                            json!({"offset": next, "data": String::from_utf8_lossy(&data)}),
-                        ))
-                        .is_err()
-                    {
+                    let ev = json!({"offset": next, "data": String::from_utf8_lossy(&data)});
+                    if tx.send(Response::event(id, ev)).is_err() {
                         return;
                     }
                 }
                 Ok(_) => break,
-                Err(e) => {
-                    let _ = tx.send(Response::error(id, crate::error::ApiError::from(e).into()));
-                    return;
-                }
+                Err(e) => return fail(e),
             }
         }
-        let j = match store.job(job).await {
-            Ok(j) => j,
-            Err(e) => {
-                let _ = tx.send(Response::error(id, crate::error::ApiError::from(e).into()));
-                return;
-            }
-        };
         if !follow || j.state == JobState::Finished {
-            // One more read: bytes made durable just before the job finished.
-            if let Ok((data, next)) = store.log(job, offset, usize::MAX).await {
-                if !data.is_empty() {
-                    offset = next;
-                    let _ = tx.send(Response::event(
-                        id,
-                        json!({"offset": next, "data": String::from_utf8_lossy(&data)}),
-                    ));
-                }
-            }
-            let _ = tx.send(Response::end(
-                id,
-                json!({"offset": offset, "state": j.state, "health": j.health}),
-            ));
+            let end = json!({"offset": offset, "state": j.state, "health": j.health});
+            let _ = tx.send(Response::end(id, end));
             return;
         }
         loop {

@@ -230,6 +230,11 @@ impl Store {
         self.send(move |tx| Write::Event(id, event, tx))
     }
 
+    /// Queues an event without waiting for it; a failure is logged by the writer.
+    pub fn record_event(&self, id: JobId, event: JobEvent) {
+        drop(self.add_event(id, event));
+    }
+
     /// Appends console bytes at `offset` (the job log's length before them).
     pub fn append_log(
         &self,
@@ -451,7 +456,10 @@ fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>
         r: Result<T, StoreError>,
     ) {
         done.push(Box::new(move |flush: Result<(), StoreError>| {
-            let _ = tx.send(flush.and(r));
+            // Nobody waits for a fire-and-forget write: its failure is logged here.
+            if let Err(Err(e)) = tx.send(flush.and(r)) {
+                tracing::error!(error = %e, "store write failed");
+            }
         }));
     }
     match w {

@@ -267,3 +267,22 @@ fn real_console_log_matches_every_phase() {
         );
     }
 }
+
+#[test]
+fn missing_keys_point_at_their_parent() {
+    let text = "device_type: d\njob_name: t\ntimeouts:\n  action:\n    minutes: 1\nactions:\n- test:\n    definitions:\n    - from: inline\n      name: t\n      repository:\n        metadata:\n          format: Lava-Test Test Definition 1.0\n";
+    let e = job::parse("m.yaml", text).unwrap_err();
+    let at = |path: &str| {
+        let d = e
+            .errors
+            .iter()
+            .find(|d| d.location.path.as_deref() == Some(path))
+            .unwrap_or_else(|| panic!("no error at {path}:\n{e}"));
+        (d.location.line, d.location.column)
+    };
+    assert_eq!(at("timeouts.job").0, Some(4));
+    assert_eq!(
+        at("actions[0].test.definitions[0].repository.run.steps").0,
+        Some(12)
+    );
+}

@@ -69,16 +69,7 @@ fn job_runs_to_complete_with_results_and_logs() {
             assert!(log.contains(needle), "missing {needle}");
         }
         let mut again = String::new();
-        c.stream(
-            RequestBody::Logs {
-                job: id,
-                offset: 0,
-                follow: false,
-            },
-            |ev| again.push_str(ev["data"].as_str().unwrap_or("")),
-        )
-        .await
-        .unwrap();
+        c.logs(id, false, |d| again.push_str(d)).await.unwrap();
         assert_eq!(again, log);
         // Every phase was recorded, in order.
         let j = job(&mut c, id).await;
@@ -171,29 +162,24 @@ fn cancel_running_job_powers_off_and_frees_the_board() {
     rt().block_on(async {
         let lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let id = c.submit(&lab.job("long", "medium", &["sleep 600"]), "j.yaml").await.unwrap();
-        // Wait until the job's shell is running the step: follow until the step is echoed.
-        let mut follower = lab.client().await;
-        let mut seen = String::new();
-        let wait = async {
-            let _ = follower.stream(RequestBody::Logs { job: id, offset: 0, follow: true }, |ev| seen.push_str(ev["data"].as_str().unwrap_or(""))).await;
-        };
-        tokio::select! {
-            _ = wait => panic!("job ended before cancel"),
-            _ = async {
-                loop {
-                    let j = job(&mut c, id).await;
-                    if j["events"].as_array().unwrap().iter().any(|e| e["message"] == "Testing") { break; }
-                    tokio::task::yield_now().await;
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await; // polling the API, not synchronising on time
-                }
-            } => {}
-        }
+        let id = c
+            .submit(&lab.job("long", "medium", &["sleep 600"]), "j.yaml")
+            .await
+            .unwrap();
+        // Cancel once the board's shell has taken the step: its echo is in the log.
+        until_log_contains(&lab, id, "sleep 600\r\n").await;
         c.call(RequestBody::Cancel { job: id }).await.unwrap();
         let (end, _) = wait_job(&mut c, id).await;
-        assert_eq!((end["state"].as_str(), end["health"].as_str()), (Some("Finished"), Some("Canceled")));
+        assert_eq!(
+            (end["state"].as_str(), end["health"].as_str()),
+            (Some("Finished"), Some("Canceled"))
+        );
         let j = job(&mut c, id).await;
-        assert!(j["events"].as_array().unwrap().iter().any(|e| e["kind"] == "power-off"));
+        assert!(j["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "power-off"));
         let b = boards(&mut c).await;
         assert_eq!(b[0]["state"], "Idle");
         assert!(b[0]["job"].is_null());
@@ -421,5 +407,43 @@ fn every_acknowledged_submission_survives_sigkill() {
             }
         }
         assert!(acked.len() >= 50);
+    });
+}
+
+#[test]
+fn job_cut_by_a_killed_daemon_ends_incomplete_and_its_board_is_unknown() {
+    rt().block_on(async {
+        let mut lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let first = c
+            .submit(&lab.job("ok", "medium", &["true"]), "j.yaml")
+            .await
+            .unwrap();
+        wait_job(&mut c, first).await;
+        assert_eq!(boards(&mut c).await[0]["health"], "Good");
+        let id = c
+            .submit(&lab.job("long", "medium", &["sleep 600"]), "j.yaml")
+            .await
+            .unwrap();
+        until_log_contains(&lab, id, "sleep 600\r\n").await;
+        drop(c);
+        lab.kill_labd();
+        lab.start_labd();
+        let mut c = lab.client().await;
+        let j = job(&mut c, id).await;
+        assert_eq!(
+            (
+                j["state"].as_str(),
+                j["health"].as_str(),
+                j["error_class"].as_str()
+            ),
+            (Some("Finished"), Some("Incomplete"), Some("Infrastructure"))
+        );
+        assert_eq!(j["error"], "dispatcher restarted");
+        let b = boards(&mut c).await;
+        assert_eq!(
+            (b[0]["state"].as_str(), b[0]["health"].as_str()),
+            (Some("Idle"), Some("Unknown"))
+        );
     });
 }

@@ -1,6 +1,6 @@
 //! `labctl`: the command-line client of labd.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use labd::client::Client;
 use labd::config::{self, LabConfig};
@@ -186,21 +186,12 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             if wait || follow {
                 let mut out = std::io::stdout();
                 let end = c
-                    .stream(
-                        RequestBody::Logs {
-                            job: id,
-                            offset: 0,
-                            follow: true,
-                        },
-                        |ev| {
-                            if follow {
-                                if let Some(d) = ev["data"].as_str() {
-                                    let _ = out.write_all(d.as_bytes());
-                                    let _ = out.flush();
-                                }
-                            }
-                        },
-                    )
+                    .logs(id, true, |d| {
+                        if follow {
+                            let _ = out.write_all(d.as_bytes());
+                            let _ = out.flush();
+                        }
+                    })
                     .await?;
                 let j = c.call(RequestBody::Job { job: id }).await?;
                 eprintln!(
@@ -439,12 +430,4 @@ fn junit(id: u64, results: &[Value]) -> String {
     }
     out.push_str("</testsuites>\n");
     out
-}
-
-#[allow(dead_code)]
-fn ensure(b: bool, m: &str) -> anyhow::Result<()> {
-    if !b {
-        bail!("{m}");
-    }
-    Ok(())
 }

@@ -6,7 +6,6 @@ use clap::Parser;
 use labd::client::Client;
 use labd::config::{self, LabConfig};
 use labd::protocol::RequestBody;
-use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncBufReadExt;
@@ -128,19 +127,10 @@ async fn demo(args: Args) -> anyhow::Result<u8> {
     println!("labd demo: submitted job {id}; console follows\n");
     let mut stdout = std::io::stdout();
     let end = client
-        .stream(
-            RequestBody::Logs {
-                job: id,
-                offset: 0,
-                follow: true,
-            },
-            |ev| {
-                if let Some(d) = ev.get("data").and_then(Value::as_str) {
-                    let _ = stdout.write_all(d.replace('\r', "").as_bytes());
-                    let _ = stdout.flush();
-                }
-            },
-        )
+        .logs(id, true, |d| {
+            let _ = stdout.write_all(d.replace('\r', "").as_bytes());
+            let _ = stdout.flush();
+        })
         .await?;
     let res = client.call(RequestBody::Results { job: id }).await?;
     let job = &res["job"];

@@ -117,72 +117,70 @@ pub async fn run(control_path: &Path, boards: &[String], scratch: &Path) -> std:
     }
 }
 
-async fn serve(handles: &HashMap<String, BoardHandle>, line: &str) -> ControlResponse {
-    let err = |e: String| ControlResponse {
+fn failed(e: String) -> ControlResponse {
+    ControlResponse {
         ok: false,
         error: Some(e),
         ..Default::default()
-    };
+    }
+}
+
+fn done() -> ControlResponse {
+    ControlResponse {
+        ok: true,
+        ..Default::default()
+    }
+}
+
+async fn serve(handles: &HashMap<String, BoardHandle>, line: &str) -> ControlResponse {
     let req: ControlRequest = match serde_json::from_str(line) {
         Ok(r) => r,
-        Err(e) => return err(format!("bad request: {e}")),
+        Err(e) => return failed(format!("bad request: {e}")),
     };
-    let board = match &req {
+    let (name, power) = match req {
         ControlRequest::List => {
             let mut names: Vec<String> = handles.keys().cloned().collect();
             names.sort();
             return ControlResponse {
-                ok: true,
                 boards: Some(names),
-                ..Default::default()
+                ..done()
             };
         }
-        ControlRequest::On { board }
-        | ControlRequest::Off { board }
-        | ControlRequest::Reset { board }
-        | ControlRequest::Pty { board }
-        | ControlRequest::Fault { board, .. } => board,
-    };
-    let Some(h) = handles.get(board) else {
-        return err(format!("no such board `{board}`"));
-    };
-    let power = match req {
-        ControlRequest::Pty { .. } => {
-            return ControlResponse {
-                ok: true,
-                path: Some(h.pty_path.clone()),
-                ..Default::default()
+        ControlRequest::Pty { board } => (board, None),
+        ControlRequest::Fault { board, fault } => match handles.get(&board) {
+            Some(h) => {
+                if let Ok(mut f) = h.fault.lock() {
+                    *f = fault;
+                }
+                return done();
             }
-        }
-        ControlRequest::Fault { fault, .. } => {
-            if let Ok(mut f) = h.fault.lock() {
-                *f = fault;
-            }
-            return ControlResponse {
-                ok: true,
-                ..Default::default()
-            };
-        }
-        ControlRequest::On { .. } => Power::On,
-        ControlRequest::Off { .. } => Power::Off,
-        ControlRequest::Reset { .. } => Power::Reset,
-        ControlRequest::List => return err("unreachable".into()),
+            None => (board, None),
+        },
+        ControlRequest::On { board } => (board, Some(Power::On)),
+        ControlRequest::Off { board } => (board, Some(Power::Off)),
+        ControlRequest::Reset { board } => (board, Some(Power::Reset)),
+    };
+    let Some(h) = handles.get(&name) else {
+        return failed(format!("no such board `{name}`"));
+    };
+    let Some(power) = power else {
+        return ControlResponse {
+            path: Some(h.pty_path.clone()),
+            ..done()
+        };
     };
     if h.fault
         .lock()
         .map(|f| *f == Fault::RelayFails)
         .unwrap_or(false)
     {
-        return err("relay did not respond".into());
+        return failed("relay did not respond".into());
     }
     let (tx, rx) = oneshot::channel();
     if h.power.send((power, tx)).await.is_err() || rx.await.is_err() {
-        return err("board task is gone".into());
+        return failed("board task is gone".into());
     }
-    ControlResponse {
-        ok: true,
-        ..Default::default()
-    }
+    done()
 }
 
 fn set_raw(fd: &OwnedFd) -> nix::Result<()> {

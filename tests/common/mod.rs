@@ -7,7 +7,7 @@ use labd::client::Client;
 use labd::protocol::RequestBody;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 pub struct Lab {
@@ -145,20 +145,34 @@ impl Lab {
 /// Follows a job's log until it ends; returns the end value and the log.
 pub async fn wait_job(c: &mut Client, id: u64) -> (Value, String) {
     let mut log = String::new();
-    let end = c
-        .stream(
-            RequestBody::Logs {
-                job: id,
-                offset: 0,
-                follow: true,
-            },
-            |ev| {
-                log.push_str(ev["data"].as_str().unwrap_or(""));
-            },
-        )
-        .await
-        .unwrap();
+    let end = c.logs(id, true, |d| log.push_str(d)).await.unwrap();
     (end, log)
+}
+
+/// Follows a job's log on a connection of its own and returns once `needle`
+/// is in it; panics if the job ends first. The follow goes on in the background.
+pub async fn until_log_contains(lab: &Lab, id: u64, needle: &'static str) {
+    let mut follower = lab.client().await;
+    let (seen_tx, seen) = tokio::sync::oneshot::channel();
+    let mut follow = tokio::spawn(async move {
+        let mut log = String::new();
+        let mut seen_tx = Some(seen_tx);
+        follower
+            .logs(id, true, |d| {
+                log.push_str(d);
+                if log.contains(needle) {
+                    if let Some(t) = seen_tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+            })
+            .await
+            .unwrap()
+    });
+    tokio::select! {
+        end = &mut follow => panic!("job {id} ended before {needle:?} showed: {end:?}"),
+        _ = seen => {}
+    }
 }
 
 pub async fn job(c: &mut Client, id: u64) -> Value {
@@ -170,8 +184,4 @@ pub async fn boards(c: &mut Client) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
 }
