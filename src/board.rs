@@ -77,24 +77,34 @@ struct ConsoleLost(u64, String);
 #[rtype(result = "()")]
 struct PhaseChanged(Phase);
 
-/// Tells the lab when the actor is dropped without a normal stop: actix does
-/// not restart an actor whose handler panicked, it just drops it while the
-/// panic unwinds, so this guard's `Drop` is the signal.
+/// Tells the lab when the actor is dropped: actix does not restart an actor
+/// whose handler panicked. tokio catches the panic and drops the actor's
+/// context, which (in its own `Drop`) stops the actor and even calls
+/// `stopped`, so `stopped` cannot tell a crash from a stop: this guard's
+/// `Drop` is the signal. A board actor never stops on purpose while the lab
+/// runs, so the guard is always armed; at shutdown the lab is gone and the
+/// report goes nowhere.
 struct DeathGuard {
     board: String,
     lab: Recipient<BoardReport>,
     job: Option<JobId>,
-    armed: bool,
 }
 
 impl Drop for DeathGuard {
     fn drop(&mut self) {
-        if self.armed {
-            self.lab.do_send(BoardReport::Died {
-                board: self.board.clone(),
-                job: self.job,
-            });
-        }
+        self.lab.do_send(BoardReport::Died {
+            board: self.board.clone(),
+            job: self.job,
+        });
+    }
+}
+
+/// Aborts a task when dropped, so a task never outlives its owner.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -116,6 +126,10 @@ pub struct BoardActor {
     tftp: TftpInfo,
     lab: Recipient<BoardReport>,
     writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// The console's reader and writer tasks; dropping them (on reconnect,
+    /// or with a crashed actor) closes the console so that the next owner
+    /// can open it and no stale reader steals its bytes.
+    console_tasks: Vec<AbortOnDrop>,
     console_gen: u64,
     reconnect_delay: Duration,
     phase: Phase,
@@ -142,7 +156,6 @@ impl BoardActor {
                 board: name.clone(),
                 lab: lab.clone(),
                 job: None,
-                armed: true,
             },
             name,
             dt,
@@ -152,6 +165,7 @@ impl BoardActor {
             tftp,
             lab,
             writer: None,
+            console_tasks: Vec::new(),
             console_gen: 0,
             reconnect_delay: Duration::from_millis(100),
             phase: Phase::Off,
@@ -181,7 +195,7 @@ impl BoardActor {
                     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
                     act.writer = Some(tx);
                     let mut writer = io.writer;
-                    tokio::spawn(async move {
+                    let w = tokio::spawn(async move {
                         while let Some(b) = rx.recv().await {
                             if writer.write_all(&b).await.is_err() {
                                 break;
@@ -190,7 +204,7 @@ impl BoardActor {
                         }
                     });
                     let mut reader = io.reader;
-                    tokio::spawn(async move {
+                    let r = tokio::spawn(async move {
                         let mut buf = vec![0u8; 16 * 1024];
                         loop {
                             match reader.read(&mut buf).await {
@@ -206,6 +220,8 @@ impl BoardActor {
                             }
                         }
                     });
+                    act.console_tasks =
+                        vec![AbortOnDrop(w.abort_handle()), AbortOnDrop(r.abort_handle())];
                 }
                 Err(e) => {
                     tracing::warn!(board = %act.name, error = %e, "console connect failed");
@@ -296,10 +312,6 @@ impl Actor for BoardActor {
         self.connect(ctx);
         ctx.run_interval(Duration::from_millis(100), |act, _| act.flush_log());
     }
-
-    fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        self.guard.armed = false;
-    }
 }
 
 impl Handler<ConsoleBytes> for BoardActor {
@@ -336,6 +348,7 @@ impl Handler<ConsoleLost> for BoardActor {
         }
         tracing::warn!(board = %self.name, reason = %msg.1, "console lost; reconnecting");
         self.writer = None;
+        self.console_tasks.clear();
         if let Some(job) = &mut self.job {
             let note = format!("\r\n[labd: console lost: {}; reconnecting]\r\n", msg.1);
             job.log_buf.extend_from_slice(note.as_bytes());
@@ -373,6 +386,7 @@ impl Handler<StartJob> for BoardActor {
             }
         });
         let phase_addr = addr.clone();
+        let board = self.name.clone();
         let rc = RunCtx {
             job_id: msg.id,
             def: msg.def,
@@ -382,7 +396,12 @@ impl Handler<StartJob> for BoardActor {
             power: self.power.clone(),
             store: self.store.clone(),
             tftp: self.tftp.clone(),
-            phase: Box::new(move |p| phase_addr.do_send(PhaseChanged(p))),
+            phase: Box::new(move |p| {
+                if p == Phase::BootloaderCommands {
+                    crate::faults::maybe_panic("board-boot", &board);
+                }
+                phase_addr.do_send(PhaseChanged(p))
+            }),
         };
         // What the board printed before the job is not the job's.
         self.ring.clear();
@@ -395,6 +414,7 @@ impl Handler<StartJob> for BoardActor {
             ending: false,
         });
         self.guard.job = Some(msg.id);
+        crate::faults::maybe_panic("board-handler", &self.name);
         let handle = ctx.spawn(runner::run(rc).into_actor(self).map(|outcome, act, ctx| {
             if let Some(j) = &mut act.job {
                 j.handle = None;

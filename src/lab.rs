@@ -87,6 +87,9 @@ impl Message for LabRequest {
     type Result = Result<LabReply, ApiError>;
 }
 
+/// The start error that means the board actor died while taking a job.
+const BOARD_DIED: &str = "board actor died";
+
 struct Slot {
     cfg: BoardConfig,
     dt: DeviceType,
@@ -260,9 +263,11 @@ impl LabActor {
             let _ = store
                 .add_event(id, JobEvent::now("state", format!("Scheduled on {b2}")))
                 .await;
+            // A closed mailbox means the board actor died taking the job;
+            // its death report ends the job (as a Bug), not this path.
             addr.send(StartJob { id, def: q.def })
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|_| BOARD_DIED.to_owned())??;
             store
                 .update_job(id, |j| {
                     if j.state == JobState::Scheduled {
@@ -286,7 +291,7 @@ impl LabActor {
                             s.state = BoardState::Running;
                         }
                     }
-                    if let Err(e) = res {
+                    if let Some(e) = res.err().filter(|e| e != BOARD_DIED) {
                         tracing::error!(job = id, %board, error = %e, "starting job failed");
                         act.finish(
                             id,
@@ -496,23 +501,42 @@ impl Handler<BoardReport> for LabActor {
                     return;
                 };
                 let (cfg, dt) = (slot.cfg.clone(), slot.dt.clone());
+                // The job the lab gave the board, even if the actor died
+                // before it took note of it.
+                let job = job.or(slot.job);
                 let addr = self.start_board(&cfg, &dt, ctx);
                 if let Some(s) = self.boards.get_mut(&board) {
-                    s.addr = addr;
+                    s.addr = addr.clone();
                     s.phase = Phase::Off;
-                    s.health = BoardHealth::Unknown;
-                    s.health_reason = Some("board actor crashed".into());
+                    // Retired and maintenance boards stay so; anything else
+                    // must prove itself again.
+                    if s.health.schedulable() || s.health == BoardHealth::Bad {
+                        s.health = BoardHealth::Unknown;
+                        s.health_reason = Some("board actor crashed".into());
+                    }
                 }
                 self.persist_board(&board);
-                match job {
-                    Some(id) => self.finish(
-                        id,
-                        &board,
-                        JobOutcome::incomplete(ErrorClass::Bug, "board actor crashed"),
-                        ctx,
-                    ),
-                    None => self.schedule(ctx),
-                }
+                // The dead actor may have left the board powered; the new one
+                // powers it off before the board is free for the next job.
+                let name = board.clone();
+                ctx.spawn(
+                    async move { addr.send(PowerBoard(PowerAction::Off)).await }
+                        .into_actor(self)
+                        .map(move |r, act, ctx| {
+                            if !matches!(r, Ok(Ok(()))) {
+                                tracing::warn!(board = %name, result = ?r, "power off after a crash failed");
+                            }
+                            match job {
+                                Some(id) => act.finish(
+                                    id,
+                                    &name,
+                                    JobOutcome::incomplete(ErrorClass::Bug, "board actor crashed"),
+                                    ctx,
+                                ),
+                                None => act.schedule(ctx),
+                            }
+                        }),
+                );
             }
         }
     }

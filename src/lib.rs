@@ -10,6 +10,7 @@ pub mod console;
 pub mod daemon;
 pub mod device_type;
 pub mod error;
+pub mod faults;
 pub mod job;
 pub mod lab;
 pub mod matcher;

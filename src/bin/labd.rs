@@ -38,6 +38,21 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A panic in an actor is caught and supervised, but it is always a bug:
+    // log it where the daemon's other logs go, with its location.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        tracing::error!(panic = %msg, location = %at, "panic");
+    }));
     let args = Args::parse();
     let sys = actix::System::new();
     match sys.block_on(run(args)) {

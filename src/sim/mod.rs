@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
@@ -60,6 +61,9 @@ pub struct ControlResponse {
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boards: Option<Vec<String>>,
+    /// With `List`: the boards that are powered on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub powered: Option<Vec<String>>,
 }
 
 /// Sends one control request and waits for its answer.
@@ -75,6 +79,7 @@ pub async fn control(socket: &Path, req: &ControlRequest) -> std::io::Result<Con
     serde_json::from_str(&resp).map_err(std::io::Error::other)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Power {
     On,
     Off,
@@ -85,6 +90,8 @@ struct BoardHandle {
     pty_path: String,
     power: mpsc::Sender<(Power, oneshot::Sender<()>)>,
     fault: Arc<Mutex<Fault>>,
+    /// Whether the last power command that reached the board left it on.
+    powered: AtomicBool,
 }
 
 /// Runs the simulator until the process is killed: creates the boards, binds
@@ -141,8 +148,14 @@ async fn serve(handles: &HashMap<String, BoardHandle>, line: &str) -> ControlRes
         ControlRequest::List => {
             let mut names: Vec<String> = handles.keys().cloned().collect();
             names.sort();
+            let powered = names
+                .iter()
+                .filter(|n| handles[*n].powered.load(Ordering::SeqCst))
+                .cloned()
+                .collect();
             return ControlResponse {
                 boards: Some(names),
+                powered: Some(powered),
                 ..done()
             };
         }
@@ -180,6 +193,7 @@ async fn serve(handles: &HashMap<String, BoardHandle>, line: &str) -> ControlRes
     if h.power.send((power, tx)).await.is_err() || rx.await.is_err() {
         return failed("board task is gone".into());
     }
+    h.powered.store(power != Power::Off, Ordering::SeqCst);
     done()
 }
 
@@ -229,6 +243,7 @@ fn spawn_board(name: String, scratch: PathBuf) -> std::io::Result<BoardHandle> {
     Ok(BoardHandle {
         pty_path,
         power: power_tx,
+        powered: AtomicBool::new(false),
         fault,
     })
 }

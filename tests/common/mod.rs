@@ -17,6 +17,8 @@ pub struct Lab {
     pub config: PathBuf,
     sim: Child,
     labd: Option<Child>,
+    /// Extra environment for every labd this lab starts.
+    env: Vec<(String, String)>,
 }
 
 impl Drop for Lab {
@@ -47,6 +49,11 @@ fn wait_line(r: impl std::io::Read + Send + 'static, what: &'static str) {
 impl Lab {
     /// Starts a simulator with `boards` sim-uboot boards and a labd for them.
     pub fn start(boards: usize, tags: &[(&str, &[&str])]) -> Lab {
+        Self::start_env(boards, tags, &[])
+    }
+
+    /// Like `start`, with extra environment variables for labd.
+    pub fn start_env(boards: usize, tags: &[(&str, &[&str])], env: &[(&str, &str)]) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let sim_control = dir.path().join("sim.sock");
         let socket = dir.path().join("labd.sock");
@@ -93,6 +100,10 @@ impl Lab {
             config,
             sim,
             labd: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         lab.start_labd();
         lab
@@ -104,6 +115,7 @@ impl Lab {
             .arg(&self.config)
             .env("RUST_LOG", "labd=info")
             .env_remove("LABD_SOCKET")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -184,4 +196,26 @@ pub async fn boards(c: &mut Client) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// Pins a job to the boards carrying `tag`.
+pub fn tagged(job: String, tag: &str) -> String {
+    job.replacen("priority:", &format!("tags: [{tag}]\npriority:"), 1)
+}
+
+/// The boards the simulator has powered on.
+pub async fn powered(lab: &Lab) -> Vec<String> {
+    let r = labd::sim::control(&lab.sim_control, &labd::sim::ControlRequest::List)
+        .await
+        .unwrap();
+    r.powered.unwrap()
+}
+
+/// One board's entry from `boards`.
+pub async fn board(c: &mut Client, name: &str) -> Value {
+    boards(c)
+        .await
+        .into_iter()
+        .find(|b| b["name"] == name)
+        .unwrap_or_else(|| panic!("no board {name}"))
 }
