@@ -8,13 +8,6 @@ use labd::error::ErrorCode;
 use labd::protocol::RequestBody;
 use labd::sim::{ControlRequest, Fault};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn job_runs_to_complete_with_results_and_logs() {
     rt().block_on(async {

@@ -5,13 +5,6 @@ mod common;
 
 use common::*;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// A panic in a board actor's handler and another in its boot sequence:
 /// each crashed board's job ends Incomplete (Bug), the board is powered off
 /// and goes Unknown, its replacement runs the next job, and a job running on

@@ -219,3 +219,11 @@ pub async fn board(c: &mut Client, name: &str) -> Value {
         .find(|b| b["name"] == name)
         .unwrap_or_else(|| panic!("no board {name}"))
 }
+
+/// The runtime each test runs on: one thread, like a busy client.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
