@@ -118,7 +118,7 @@ impl Client {
         &mut self,
         job: u64,
         follow: bool,
-        mut on_data: impl FnMut(&str),
+        mut on_data: impl FnMut(&[u8]),
     ) -> Result<Value, ClientError> {
         self.stream(
             RequestBody::Logs {
@@ -127,8 +127,8 @@ impl Client {
                 follow,
             },
             |ev| {
-                if let Some(d) = ev["data"].as_str() {
-                    on_data(d);
+                if let Some(d) = crate::protocol::bytes_from_json(ev) {
+                    on_data(&d);
                 }
             },
         )

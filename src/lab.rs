@@ -308,25 +308,30 @@ impl LabActor {
     }
 
     /// Records a job's end, frees its board and schedules again.
+    ///
+    /// The board's view changes at once, so that whoever sees the job
+    /// finished also sees its board free; the store applies writes in the
+    /// order they are queued, so the job's Finished record still lands
+    /// before anything the board does next. Scheduling waits for it.
     fn finish(&mut self, id: JobId, board: &str, outcome: JobOutcome, ctx: &mut Context<Self>) {
         let store = self.store.clone();
         let o2 = outcome.clone();
+        // Called now, so the write is queued now (see the doc above).
+        let write = store.update_job(id, move |j| {
+            if j.state == JobState::Finished {
+                return Err(format!("job {id} already finished"));
+            }
+            // A job being canceled ends Canceled whatever the runner saw.
+            let o = if j.state == JobState::Canceling && o2.health != JobHealth::Canceled {
+                JobOutcome::canceled("canceled by request")
+            } else {
+                o2
+            };
+            j.finish(o);
+            Ok(())
+        });
         let fut = async move {
-            let r = store
-                .update_job(id, move |j| {
-                    if j.state == JobState::Finished {
-                        return Err(format!("job {id} already finished"));
-                    }
-                    // A job being canceled ends Canceled whatever the runner saw.
-                    let o = if j.state == JobState::Canceling && o2.health != JobHealth::Canceled {
-                        JobOutcome::canceled("canceled by request")
-                    } else {
-                        o2
-                    };
-                    j.finish(o);
-                    Ok(())
-                })
-                .await;
+            let r = write.await;
             if let Ok(j) = &r {
                 let _ = store
                     .add_event(id, JobEvent::now("state", format!("Finished {}", j.health)))
@@ -334,38 +339,40 @@ impl LabActor {
             }
             r
         };
-        let board = board.to_owned();
-        ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
+        let fut = fut.into_actor(self).map(move |r, act, ctx| {
             if let Err(e) = r {
                 tracing::warn!(job = id, error = %e, "recording job end");
             }
-            if let Some(s) = act.boards.get_mut(&board) {
-                if s.job == Some(id) {
-                    s.job = None;
-                    s.state = BoardState::Idle;
-                }
-                if matches!(
-                    outcome.error_class,
-                    Some(ErrorClass::Infrastructure | ErrorClass::Bug)
-                ) && s.health == BoardHealth::Good
-                {
-                    s.health = BoardHealth::Unknown;
-                    s.health_reason = outcome.error.clone();
-                }
-                if s.maintenance_pending {
-                    s.maintenance_pending = false;
-                    s.health = BoardHealth::Maintenance;
-                }
-                if outcome.health == JobHealth::Complete && s.health == BoardHealth::Unknown {
-                    // LAVA sets Good after a passing health check; until labd runs
-                    // health checks a complete job is the best evidence there is.
-                    s.health = BoardHealth::Good;
-                    s.health_reason = None;
-                }
-                act.persist_board(&board);
-            }
             act.schedule(ctx);
-        }));
+        });
+        let board = board.to_owned();
+        if let Some(s) = self.boards.get_mut(&board) {
+            if s.job == Some(id) {
+                s.job = None;
+                s.state = BoardState::Idle;
+            }
+            if matches!(
+                outcome.error_class,
+                Some(ErrorClass::Infrastructure | ErrorClass::Bug)
+            ) && s.health == BoardHealth::Good
+            {
+                s.health = BoardHealth::Unknown;
+                s.health_reason = outcome.error.clone();
+            }
+            if s.maintenance_pending {
+                s.maintenance_pending = false;
+                s.health = BoardHealth::Maintenance;
+            }
+            if outcome.health == JobHealth::Complete && s.health == BoardHealth::Unknown {
+                // LAVA sets Good after a passing health check; until labd runs
+                // health checks a complete job is the best evidence there is.
+                s.health = BoardHealth::Good;
+                s.health_reason = None;
+            }
+        }
+        // Queued after the job's write: the store keeps that order.
+        ctx.spawn(fut);
+        self.persist_board(&board);
     }
 
     /// Brings the store to a consistent state after a start or a crash.
@@ -751,7 +758,14 @@ impl Handler<LabRequest> for LabActor {
                 }
                 let rec = BoardRecord {
                     name: board.clone(),
-                    health: s.health,
+                    // A pending maintenance is stored as maintenance: if the
+                    // daemon dies first, the job is cut short anyway and the
+                    // admin's wish still holds after the restart.
+                    health: if s.maintenance_pending {
+                        BoardHealth::Maintenance
+                    } else {
+                        s.health
+                    },
                     health_reason: s.health_reason.clone(),
                 };
                 Box::pin(

@@ -176,3 +176,95 @@ impl Response {
         }
     }
 }
+
+/// Reads one request line. `params` may be left out when every parameter
+/// has its default (`{"id":2,"method":"jobs"}`), as a person typing into
+/// `socat` would expect.
+pub fn parse_request(line: &str) -> Result<Request, serde_json::Error> {
+    let mut v: Value = serde_json::from_str(line)?;
+    if let Some(obj) = v.as_object_mut() {
+        let unit = obj.get("method").and_then(Value::as_str) == Some("boards");
+        if !unit && !obj.contains_key("params") {
+            obj.insert("params".into(), Value::Object(Default::default()));
+        }
+    }
+    serde_json::from_value(v)
+}
+
+/// Console bytes on the wire, exact: `{"data": text}` when they are UTF-8,
+/// `{"base64": ...}` when they are not. `offset` is the position of the first
+/// byte in the job's log (or 0 for the idle console).
+pub fn bytes_json(offset: u64, data: &[u8]) -> Value {
+    use base64::Engine;
+    match std::str::from_utf8(data) {
+        Ok(s) => serde_json::json!({"offset": offset, "data": s}),
+        Err(_) => serde_json::json!({
+            "offset": offset,
+            "base64": base64::engine::general_purpose::STANDARD.encode(data),
+        }),
+    }
+}
+
+/// The bytes of a [`bytes_json`] value; `None` if it holds neither form.
+pub fn bytes_from_json(v: &Value) -> Option<Vec<u8>> {
+    use base64::Engine;
+    if let Some(s) = v.get("data").and_then(Value::as_str) {
+        return Some(s.as_bytes().to_vec());
+    }
+    let b = v.get("base64").and_then(Value::as_str)?;
+    base64::engine::general_purpose::STANDARD.decode(b).ok()
+}
+
+/// How much of `data` to send now as one chunk: all of it, unless it ends in
+/// the middle of a UTF-8 character that more bytes may complete, in which
+/// case the text before that character (so that a log of text goes out as
+/// text however the store split it). 0 means: wait for more bytes.
+pub fn utf8_chunk_len(data: &[u8], more_may_come: bool) -> usize {
+    match std::str::from_utf8(data) {
+        Err(e) if more_may_come && e.error_len().is_none() => e.valid_up_to(),
+        _ => data.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_may_be_left_out_when_all_have_defaults() {
+        let r = parse_request(r#"{"id":2,"method":"jobs"}"#).unwrap();
+        assert!(matches!(r.body, RequestBody::Jobs { limit: None, .. }));
+        let r = parse_request(r#"{"id":3,"method":"boards"}"#).unwrap();
+        assert!(matches!(r.body, RequestBody::Boards));
+        let e = parse_request(r#"{"id":4,"method":"job"}"#).unwrap_err();
+        assert!(e.to_string().contains("missing field `job`"), "{e}");
+        let e = parse_request(r#"{"id":5,"method":"jobs","params":{"sate":"x"}}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `sate`"), "{e}");
+    }
+
+    #[test]
+    fn console_bytes_round_trip_exactly() {
+        for data in [
+            &b"plain text\r\n"[..],
+            b"\xff\xfe\x00garbage",
+            "é€".as_bytes(),
+            b"",
+        ] {
+            let v = bytes_json(7, data);
+            assert_eq!(bytes_from_json(&v).as_deref(), Some(data));
+            assert_eq!(v["offset"], 7);
+        }
+        assert!(bytes_json(0, b"ok").get("data").is_some());
+        assert!(bytes_json(0, b"\xff").get("base64").is_some());
+    }
+
+    #[test]
+    fn a_split_character_waits_for_its_tail() {
+        let euro = "a€".as_bytes(); // 'a' then 3 bytes
+        assert_eq!(utf8_chunk_len(&euro[..2], true), 1);
+        assert_eq!(utf8_chunk_len(&euro[1..3], true), 0);
+        assert_eq!(utf8_chunk_len(&euro[..2], false), 2);
+        assert_eq!(utf8_chunk_len(b"\xffabc", true), 4);
+        assert_eq!(utf8_chunk_len(euro, true), 4);
+    }
+}

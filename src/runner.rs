@@ -236,6 +236,16 @@ impl Runner {
                 e.to_string(),
             ))
         })?;
+        // LAVA's connection timeout bounds each wait for a pattern, inside
+        // the action's own timeout. A test run may rightly stay silent for
+        // long, so it is bounded by its action timeout only.
+        let deadline = self
+            .ctx
+            .def
+            .timeouts
+            .connection
+            .filter(|_| !self.collecting)
+            .map(|c| (c, tokio::time::Instant::now() + c));
         let mut chunk = std::mem::take(&mut self.rest);
         loop {
             if let Some(hit) = m.feed(&chunk) {
@@ -247,7 +257,23 @@ impl Runner {
                 }
                 return Ok(hit.index);
             }
-            chunk = match self.ctx.input.recv().await {
+            let next = match deadline {
+                Some((limit, at)) => match tokio::time::timeout_at(at, self.ctx.input.recv()).await
+                {
+                    Ok(c) => c,
+                    Err(_) => {
+                        let msg = format!(
+                            "connection timed out after {} s waiting for {:?}",
+                            limit.as_secs(),
+                            wanted
+                        );
+                        self.event("timeout", &msg);
+                        return Err(infra(msg));
+                    }
+                },
+                None => self.ctx.input.recv().await,
+            };
+            chunk = match next {
                 Some(c) => c,
                 None => return Err(infra("console closed")),
             };

@@ -54,7 +54,16 @@ pub async fn serve(listener: UnixListener, lab: Addr<LabActor>, max_request: usi
 enum Line {
     Text(String),
     TooLong,
+    /// Not UTF-8; the byte offset of the first bad byte.
+    NotUtf8(usize),
     Eof,
+}
+
+fn text(buf: Vec<u8>) -> Line {
+    match String::from_utf8(buf) {
+        Ok(t) => Line::Text(t),
+        Err(e) => Line::NotUtf8(e.utf8_error().valid_up_to()),
+    }
 }
 
 async fn read_line(
@@ -71,7 +80,7 @@ async fn read_line(
             } else if too_long {
                 Line::TooLong
             } else {
-                Line::Text(String::from_utf8_lossy(&buf).into_owned())
+                text(buf)
             });
         }
         let (chunk, done) = match avail.iter().position(|&b| b == b'\n') {
@@ -89,11 +98,7 @@ async fn read_line(
         let used = done.unwrap_or(avail.len());
         r.consume(used);
         if done.is_some() {
-            return Ok(if too_long {
-                Line::TooLong
-            } else {
-                Line::Text(String::from_utf8_lossy(&buf).into_owned())
-            });
+            return Ok(if too_long { Line::TooLong } else { text(buf) });
         }
     }
 }
@@ -132,12 +137,22 @@ async fn connection(stream: UnixStream, lab: Addr<LabActor>, max_request: usize)
                 ));
                 continue;
             }
+            Ok(Line::NotUtf8(at)) => {
+                let _ = tx.send(Response::error(
+                    0,
+                    WireError::new(
+                        ErrorCode::BadRequest,
+                        format!("request is not UTF-8 (bad byte at offset {at})"),
+                    ),
+                ));
+                continue;
+            }
             Ok(Line::Eof) | Err(_) => break,
         };
         if line.trim().is_empty() {
             continue;
         }
-        let req: Request = match serde_json::from_str(&line) {
+        let req: Request = match crate::protocol::parse_request(&line) {
             Ok(r) => r,
             Err(e) => {
                 let id = serde_json::from_str::<Value>(&line)
@@ -148,7 +163,12 @@ async fn connection(stream: UnixStream, lab: Addr<LabActor>, max_request: usize)
                     id,
                     WireError::new(
                         ErrorCode::BadRequest,
-                        format!("bad request at line 1 column {}: {e}", e.column()),
+                        // Syntax errors carry a column; errors in the
+                        // request's fields name the field instead.
+                        match e.column() {
+                            0 => format!("bad request: {e}"),
+                            col => format!("bad request at column {col}: {e}"),
+                        },
                     ),
                 ));
                 continue;
@@ -317,7 +337,7 @@ async fn handle(
         }
         LabReply::Results(j, results) => json!({"job": job_json(&j), "results": results}),
         LabReply::Boards(b) => json!({"boards": b}),
-        LabReply::Bytes(b) => json!({"data": String::from_utf8_lossy(&b)}),
+        LabReply::Bytes(b) => crate::protocol::bytes_json(0, &b),
         LabReply::LogSource(store) => {
             let Some((job, offset, follow)) = logs else {
                 return;
@@ -359,13 +379,24 @@ async fn stream_logs(
             Ok(j) => j,
             Err(e) => return fail(e),
         };
+        let more_may_come = follow && j.state != JobState::Finished;
         loop {
-            match store.log(job, offset, 256 * 1024).await {
-                Ok((data, next)) if !data.is_empty() => {
-                    offset = next;
-                    let ev = json!({"offset": next, "data": String::from_utf8_lossy(&data)});
+            const MAX: usize = 256 * 1024;
+            match store.log(job, offset, MAX).await {
+                Ok((data, _)) if !data.is_empty() => {
+                    let n = crate::protocol::utf8_chunk_len(&data, more_may_come);
+                    if n == 0 {
+                        // Only part of a character so far: wait for the rest.
+                        break;
+                    }
+                    let ev = crate::protocol::bytes_json(offset, &data[..n]);
+                    offset += n as u64;
                     if tx.send(Response::event(id, ev)).is_err() {
                         return;
+                    }
+                    if n < data.len() && data.len() < MAX {
+                        // The held-back tail is the end of the stored log.
+                        break;
                     }
                 }
                 Ok(_) => break,

@@ -533,13 +533,15 @@ fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>
             defer(done, tx, r);
         }
         Write::Results(id, results, tx) => {
+            // One batch: a crash stores all of a definition's results or none.
             let r = (|| {
+                let mut batch = sled::Batch::default();
                 for tc in &results {
-                    let n = t.db.generate_id()?;
-                    t.results.insert(key2(id, n), enc(tc))?;
+                    batch.insert(&key2(id, t.db.generate_id()?)[..], enc(tc));
                 }
-                Ok(())
-            })();
+                t.results.apply_batch(batch)
+            })()
+            .map_err(StoreError::from);
             defer(done, tx, r);
         }
         Write::Board(b, tx) => {

@@ -61,9 +61,11 @@ fn job_runs_to_complete_with_results_and_logs() {
         ] {
             assert!(log.contains(needle), "missing {needle}");
         }
-        let mut again = String::new();
-        c.logs(id, false, |d| again.push_str(d)).await.unwrap();
-        assert_eq!(again, log);
+        let mut again = Vec::new();
+        c.logs(id, false, |d| again.extend_from_slice(d))
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&again), log);
         // Every phase was recorded, in order.
         let j = job(&mut c, id).await;
         let phases: Vec<String> = j["events"]
@@ -242,13 +244,9 @@ fn restart_keeps_finished_and_queued_jobs() {
             .unwrap();
         wait_job(&mut c, done).await;
         // Hold the board so the next job stays queued across the restart.
-        c.call(RequestBody::BoardHealth {
-            board: "sim-01".into(),
-            health: "maintenance".into(),
-            reason: None,
-        })
-        .await
-        .unwrap();
+        set_health(&mut c, "sim-01", "maintenance", None)
+            .await
+            .unwrap();
         let queued = c
             .submit(&lab.job("second", "medium", &["true"]), "j.yaml")
             .await
@@ -266,13 +264,7 @@ fn restart_keeps_finished_and_queued_jobs() {
         assert_eq!(r["results"].as_array().unwrap().len(), 1);
         assert_eq!(job(&mut c, queued).await["state"], "Submitted");
         assert_eq!(boards(&mut c).await[0]["health"], "Maintenance");
-        c.call(RequestBody::BoardHealth {
-            board: "sim-01".into(),
-            health: "online".into(),
-            reason: None,
-        })
-        .await
-        .unwrap();
+        set_health(&mut c, "sim-01", "online", None).await.unwrap();
         let (end, _) = wait_job(&mut c, queued).await;
         assert_eq!(end["health"], "Complete");
     });
@@ -284,13 +276,9 @@ fn twenty_jobs_on_four_boards_priority_first_never_two_at_once() {
         let lab = Lab::start(4, &[]);
         let mut c = lab.client().await;
         for b in 1..=4 {
-            c.call(RequestBody::BoardHealth {
-                board: format!("sim-{b:02}"),
-                health: "maintenance".into(),
-                reason: None,
-            })
-            .await
-            .unwrap();
+            set_health(&mut c, &format!("sim-{b:02}"), "maintenance", None)
+                .await
+                .unwrap();
         }
         let mut ids = Vec::new();
         for i in 0..20 {
@@ -305,13 +293,9 @@ fn twenty_jobs_on_four_boards_priority_first_never_two_at_once() {
             ids.push((id, prio));
         }
         for b in 1..=4 {
-            c.call(RequestBody::BoardHealth {
-                board: format!("sim-{b:02}"),
-                health: "online".into(),
-                reason: None,
-            })
-            .await
-            .unwrap();
+            set_health(&mut c, &format!("sim-{b:02}"), "online", None)
+                .await
+                .unwrap();
         }
         let mut runs = Vec::new();
         for (id, prio) in &ids {
@@ -355,13 +339,7 @@ fn every_acknowledged_submission_survives_sigkill() {
             let mut c = lab.client().await;
             // Hold the board so jobs only accumulate; the daemon is killed while
             // submissions are still in flight on a second connection.
-            let _ = c
-                .call(RequestBody::BoardHealth {
-                    board: "sim-01".into(),
-                    health: "maintenance".into(),
-                    reason: None,
-                })
-                .await;
+            let _ = set_health(&mut c, "sim-01", "maintenance", None).await;
             for i in 0..10 {
                 acked.push(
                     c.submit(

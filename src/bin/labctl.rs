@@ -188,7 +188,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                 let end = c
                     .logs(id, true, |d| {
                         if follow {
-                            let _ = out.write_all(d.as_bytes());
+                            let _ = out.write_all(d);
                             let _ = out.flush();
                         }
                     })
@@ -285,8 +285,8 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                 |ev| {
                     if json {
                         println!("{ev}");
-                    } else if let Some(d) = ev["data"].as_str() {
-                        let _ = out.write_all(d.as_bytes());
+                    } else if let Some(d) = labd::protocol::bytes_from_json(ev) {
+                        let _ = out.write_all(&d);
                         let _ = out.flush();
                     }
                 },
@@ -383,7 +383,8 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             if json {
                 print_json(&v);
             } else {
-                print!("{}", s(&v["data"]));
+                let d = labd::protocol::bytes_from_json(&v).unwrap_or_default();
+                std::io::stdout().write_all(&d)?;
             }
         }
     }

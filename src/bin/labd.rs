@@ -143,7 +143,8 @@ async fn demo(args: Args) -> anyhow::Result<u8> {
     let mut stdout = std::io::stdout();
     let end = client
         .logs(id, true, |d| {
-            let _ = stdout.write_all(d.replace('\r', "").as_bytes());
+            let text: Vec<u8> = d.iter().copied().filter(|&b| b != b'\r').collect();
+            let _ = stdout.write_all(&text);
             let _ = stdout.flush();
         })
         .await?;

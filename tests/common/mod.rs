@@ -156,9 +156,12 @@ impl Lab {
 
 /// Follows a job's log until it ends; returns the end value and the log.
 pub async fn wait_job(c: &mut Client, id: u64) -> (Value, String) {
-    let mut log = String::new();
-    let end = c.logs(id, true, |d| log.push_str(d)).await.unwrap();
-    (end, log)
+    let mut log = Vec::new();
+    let end = c
+        .logs(id, true, |d| log.extend_from_slice(d))
+        .await
+        .unwrap();
+    (end, String::from_utf8_lossy(&log).into_owned())
 }
 
 /// Follows a job's log on a connection of its own and returns once `needle`
@@ -167,12 +170,12 @@ pub async fn until_log_contains(lab: &Lab, id: u64, needle: &'static str) {
     let mut follower = lab.client().await;
     let (seen_tx, seen) = tokio::sync::oneshot::channel();
     let mut follow = tokio::spawn(async move {
-        let mut log = String::new();
+        let mut log = Vec::new();
         let mut seen_tx = Some(seen_tx);
         follower
             .logs(id, true, |d| {
-                log.push_str(d);
-                if log.contains(needle) {
+                log.extend_from_slice(d);
+                if log.windows(needle.len()).any(|w| w == needle.as_bytes()) {
                     if let Some(t) = seen_tx.take() {
                         let _ = t.send(());
                     }
@@ -226,4 +229,19 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Sets a board's health: `maintenance` or `online`.
+pub async fn set_health(
+    c: &mut Client,
+    board: &str,
+    health: &str,
+    reason: Option<&str>,
+) -> Result<Value, labd::client::ClientError> {
+    c.call(RequestBody::BoardHealth {
+        board: board.into(),
+        health: health.into(),
+        reason: reason.map(Into::into),
+    })
+    .await
 }

@@ -1,0 +1,230 @@
+//! The socket protocol and labctl against a real daemon: hostile requests,
+//! listing with filters and a cursor, the submitter from peer credentials,
+//! and the demo lab served for labctl.
+
+mod common;
+
+use common::*;
+use labd::protocol::RequestBody;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+
+/// A raw protocol session: one request line out, one answer line back.
+struct Raw {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl Raw {
+    fn connect(path: &std::path::Path) -> Raw {
+        let w = UnixStream::connect(path).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        let mut raw = Raw { w, r };
+        let hello = raw.ask(br#"{"id":1,"method":"hello","params":{"version":1}}"#);
+        assert_eq!(hello["ok"]["version"], 1, "{hello}");
+        raw
+    }
+
+    fn ask(&mut self, line: &[u8]) -> Value {
+        self.w.write_all(line).unwrap();
+        self.w.write_all(b"\n").unwrap();
+        let mut answer = String::new();
+        self.r.read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap()
+    }
+}
+
+#[test]
+fn hostile_requests_get_errors_and_the_connection_stays_usable() {
+    let lab = Lab::start(1, &[]);
+    let mut raw = Raw::connect(&lab.socket);
+    // Over the 1 MiB default request limit.
+    let mut big = br#"{"id":2,"method":"submit","params":{"definition":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'a', 2 << 20));
+    big.extend_from_slice(br#""}}"#);
+    let a = raw.ask(&big);
+    assert_eq!(a["error"]["code"], "request_too_large", "{a}");
+    let a = raw.ask(b"{\"id\":3,\"method\":\"jobs\",\"params\":{\"board\":\"\xff\xfe\"}}");
+    assert_eq!(a["error"]["code"], "bad_request", "{a}");
+    assert!(a["error"]["message"].as_str().unwrap().contains("UTF-8"));
+    let a = raw.ask(br#"{"id":4,"method":"jobs","params":{"#);
+    assert_eq!(
+        (a["id"].as_u64(), a["error"]["code"].as_str()),
+        (Some(0), Some("bad_request"))
+    );
+    let a = raw.ask(br#"{"id":5,"method":"launch_missiles"}"#);
+    assert_eq!(
+        (a["id"].as_u64(), a["error"]["code"].as_str()),
+        (Some(5), Some("bad_request"))
+    );
+    let a = raw.ask(br#"{"id":6,"method":"job","params":{"job":999}}"#);
+    assert_eq!(a["error"]["code"], "no_such_job", "{a}");
+    // Still usable, and nothing was stored.
+    let a = raw.ask(br#"{"id":7,"method":"jobs"}"#);
+    assert_eq!(a["id"], 7);
+    assert_eq!(a["ok"]["jobs"], serde_json::json!([]), "{a}");
+}
+
+#[test]
+fn jobs_filter_by_state_board_and_device_type_and_page_with_a_cursor() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let done = c
+            .submit(&lab.job("first", "medium", &["true"]), "j.yaml")
+            .await
+            .unwrap();
+        wait_job(&mut c, done).await;
+        set_health(&mut c, "sim-01", "maintenance", None)
+            .await
+            .unwrap();
+        let mut queued = Vec::new();
+        for i in 0..5 {
+            queued.push(
+                c.submit(&lab.job(&format!("q{i}"), "low", &["true"]), "j.yaml")
+                    .await
+                    .unwrap(),
+            );
+        }
+        let list = |state: Option<&str>,
+                    board: Option<&str>,
+                    device_type: Option<&str>,
+                    limit: Option<usize>,
+                    cursor: Option<u64>| RequestBody::Jobs {
+            state: state.map(Into::into),
+            board: board.map(Into::into),
+            device_type: device_type.map(Into::into),
+            limit,
+            cursor,
+        };
+        let ids = |v: Value| -> Vec<u64> {
+            v["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_u64().unwrap())
+                .collect()
+        };
+        // Newest first, in pages.
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = ids(c
+                .call(list(None, None, None, Some(2), cursor))
+                .await
+                .unwrap());
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 2);
+            cursor = page.last().copied();
+            seen.extend(page);
+        }
+        let mut all: Vec<u64> = queued.iter().rev().copied().collect();
+        all.push(done);
+        assert_eq!(seen, all);
+        let q = ids(c
+            .call(list(Some("Submitted"), None, None, None, None))
+            .await
+            .unwrap());
+        assert_eq!(q, queued.iter().rev().copied().collect::<Vec<_>>());
+        let q = ids(c
+            .call(list(
+                Some("Submitted"),
+                None,
+                None,
+                Some(2),
+                Some(queued[3]),
+            ))
+            .await
+            .unwrap());
+        assert_eq!(q, vec![queued[2], queued[1]]);
+        let f = ids(c
+            .call(list(Some("Finished"), None, None, None, None))
+            .await
+            .unwrap());
+        assert_eq!(f, vec![done]);
+        let b = ids(c
+            .call(list(None, Some("sim-01"), None, None, None))
+            .await
+            .unwrap());
+        assert_eq!(b, vec![done]);
+        let d = ids(c
+            .call(list(None, None, Some("beaglebone-black"), None, None))
+            .await
+            .unwrap());
+        assert!(d.is_empty());
+        let bad = c.call(list(Some("Sleeping"), None, None, None, None)).await;
+        assert_eq!(
+            bad.unwrap_err().code(),
+            Some(labd::error::ErrorCode::BadRequest)
+        );
+    });
+}
+
+#[test]
+fn the_submitter_is_the_peer_not_what_the_client_claims() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let id = c
+            .submit(&lab.job("who", "medium", &["true"]), "j.yaml")
+            .await
+            .unwrap();
+        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        assert_eq!(job(&mut c, id).await["submitter"], me);
+    });
+}
+
+#[test]
+fn demo_serve_runs_a_lab_for_labctl_until_sigterm() {
+    let mut labd = Command::new(env!("CARGO_BIN_EXE_labd"))
+        .args(["--demo", "--serve"])
+        .env_remove("LABD_SOCKET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(labd.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let socket = line
+        .trim()
+        .strip_prefix("LABD_SOCKET=")
+        .unwrap_or_else(|| panic!("first line: {line:?}"))
+        .to_owned();
+    let labctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_labctl"))
+            .args(args)
+            .env("LABD_SOCKET", &socket)
+            .output()
+            .unwrap()
+    };
+    let o = labctl(&["--json", "boards"]);
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v["boards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sim-01", "sim-02", "sim-03", "sim-04"]);
+    // Errors exit non-zero and say what is wrong.
+    let o = labctl(&["job", "4242"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("4242"), "{o:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(labd.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(labd.wait().unwrap().success());
+    // The demo's temporary state went with it.
+    assert!(!std::path::Path::new(&socket).exists());
+}

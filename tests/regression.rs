@@ -1,0 +1,61 @@
+//! Bugs found, each kept as the test that showed it.
+
+mod common;
+
+use common::*;
+
+/// Maintenance asked for on a busy board was only remembered in memory until
+/// the job ended: a daemon killed before then came back with the board in
+/// service. The acknowledged request must survive the kill.
+#[test]
+fn maintenance_requested_on_a_busy_board_survives_a_kill() {
+    rt().block_on(async {
+        let mut lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let id = c
+            .submit(&lab.job("long", "medium", &["sleep 600"]), "j.yaml")
+            .await
+            .unwrap();
+        until_log_contains(&lab, id, "sleep 600\r\n").await;
+        set_health(&mut c, "sim-01", "maintenance", Some("reflash"))
+            .await
+            .unwrap();
+        // Still busy: the maintenance waits for the job.
+        assert_eq!(board(&mut c, "sim-01").await["state"], "Running");
+        drop(c);
+        lab.kill_labd();
+        lab.start_labd();
+        let mut c = lab.client().await;
+        let b = board(&mut c, "sim-01").await;
+        assert_eq!(
+            (b["health"].as_str(), b["health_reason"].as_str()),
+            (Some("Maintenance"), Some("reflash"))
+        );
+        assert_eq!(job(&mut c, id).await["health"], "Incomplete");
+    });
+}
+
+/// A client that saw a job end could still find its board busy (or not yet
+/// Good) because the lab freed the board only after the job's record was
+/// written. The board is free by the time anyone sees the job finished.
+#[test]
+fn a_finished_job_never_shows_its_board_busy() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        for i in 0..5 {
+            let id = c
+                .submit(&lab.job(&format!("j{i}"), "medium", &["true"]), "j.yaml")
+                .await
+                .unwrap();
+            let (end, _) = wait_job(&mut c, id).await;
+            assert_eq!(end["health"], "Complete");
+            let b = board(&mut c, "sim-01").await;
+            assert_eq!(
+                (b["state"].as_str(), b["health"].as_str()),
+                (Some("Idle"), Some("Good")),
+                "after job {id}"
+            );
+        }
+    });
+}
