@@ -50,10 +50,13 @@ pub struct StartJob {
     pub def: JobDefinition,
 }
 
+/// Ends the running job early with the given outcome (a cancel, or the
+/// end of the shutdown grace); the board is powered off as after any job.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct CancelJob {
+pub struct StopJob {
     pub id: JobId,
+    pub outcome: JobOutcome,
 }
 
 #[derive(Message)]
@@ -441,12 +444,13 @@ impl Handler<WriteConsole> for BoardActor {
     }
 }
 
-impl Handler<CancelJob> for BoardActor {
+impl Handler<StopJob> for BoardActor {
     type Result = ();
-    fn handle(&mut self, msg: CancelJob, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: StopJob, ctx: &mut Context<Self>) {
         if self.job.as_ref().is_some_and(|j| j.id == msg.id) {
-            self.event(msg.id, "cancel", "job canceled".into());
-            self.end_job(JobOutcome::canceled("canceled by request"), ctx);
+            let why = msg.outcome.error.clone().unwrap_or_default();
+            self.event(msg.id, "stop", why);
+            self.end_job(msg.outcome, ctx);
         }
     }
 }

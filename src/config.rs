@@ -115,6 +115,19 @@ pub struct Limits {
     /// Console bytes kept per board while it is idle.
     #[serde(default = "default_ring")]
     pub idle_console_ring_bytes: usize,
+    /// On SIGTERM, how long running jobs may go on before they are ended
+    /// Incomplete ("dispatcher shutdown") and their boards powered off.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+    /// Socket connections served at once; more are refused with `busy`.
+    #[serde(default = "default_connections")]
+    pub max_connections: usize,
+    /// A client that starts a request line must finish it within this time.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// A client that does not read its answers for this long is dropped.
+    #[serde(default = "default_write_timeout")]
+    pub client_write_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -123,6 +136,10 @@ impl Default for Limits {
             max_request_bytes: default_request(),
             max_job_bytes: default_job_bytes(),
             idle_console_ring_bytes: default_ring(),
+            shutdown_grace_secs: default_grace(),
+            max_connections: default_connections(),
+            request_timeout_secs: default_request_timeout(),
+            client_write_timeout_secs: default_write_timeout(),
         }
     }
 }
@@ -132,6 +149,18 @@ fn default_request() -> usize {
 }
 fn default_job_bytes() -> usize {
     512 * 1024
+}
+fn default_connections() -> usize {
+    256
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_write_timeout() -> u64 {
+    60
+}
+fn default_grace() -> u64 {
+    120
 }
 fn default_ring() -> usize {
     64 * 1024

@@ -38,7 +38,7 @@ pub fn load_device_types(
 }
 
 /// Starts everything; must run inside an actix system.
-pub async fn start(cfg: LabConfig, socket: &Path) -> Result<Addr<LabActor>, StartError> {
+pub async fn start(cfg: LabConfig, socket: &Path) -> Result<Daemon, StartError> {
     let device_types = load_device_types(&cfg)?;
     let store = Store::open(&cfg.state_dir.join("store"), cfg.store.cache_capacity)?;
     let root = cfg.tftp_root();
@@ -58,11 +58,45 @@ pub async fn start(cfg: LabConfig, socket: &Path) -> Result<Addr<LabActor>, Star
         path: socket.display().to_string(),
         source,
     })?;
-    let max_req = cfg.limits.max_request_bytes;
+    let limits = crate::server::ServerLimits::from_config(&cfg.limits);
     let lab = LabActor::new(cfg, store, device_types, tftp)
         .map_err(StartError::Lab)?
         .start();
-    actix::spawn(crate::server::serve(listener, lab.clone(), max_req));
+    let server = crate::server::serve(listener, lab.clone(), limits);
     tracing::info!(socket = %socket.display(), "labd ready");
-    Ok(lab)
+    Ok(Daemon { lab, server })
+}
+
+/// A started lab: its actor and its socket server.
+pub struct Daemon {
+    pub lab: Addr<LabActor>,
+    pub server: crate::server::ServerHandle,
+}
+
+impl Daemon {
+    /// Drains the lab: no job starts, running jobs get `grace`, and a
+    /// `second_signal` that resolves first ends them at once. Then the
+    /// socket closes once the answers in flight are out (at most 5 s).
+    pub async fn shutdown(
+        self,
+        grace: std::time::Duration,
+        second_signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), MailboxError> {
+        tracing::info!("shutting down");
+        let mut drained = self.lab.send(crate::lab::Shutdown { grace }).await?;
+        tokio::select! {
+            _ = &mut drained => {}
+            _ = second_signal => {
+                tracing::warn!("second signal: ending running jobs now");
+                let now = self
+                    .lab
+                    .send(crate::lab::Shutdown { grace: std::time::Duration::ZERO })
+                    .await?;
+                let _ = tokio::join!(drained, now);
+            }
+        }
+        tracing::info!("all boards idle; closing the socket");
+        self.server.close(std::time::Duration::from_secs(5)).await;
+        Ok(())
+    }
 }

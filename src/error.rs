@@ -73,6 +73,10 @@ pub enum ErrorCode {
     Store,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// Too many connections; try again later.
+    Busy,
+    /// The caller may not do this (see the lab config's `[auth]`).
+    PermissionDenied,
     /// A power or console operation failed.
     Hardware,
     /// An invariant broke inside labd.
@@ -93,6 +97,8 @@ impl ErrorCode {
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::Store => "store",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Busy => "busy",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Hardware => "hardware",
             ErrorCode::Internal => "internal",
         }

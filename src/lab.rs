@@ -5,7 +5,7 @@
 //! is made durable in the store before it is acted on or acknowledged.
 //! Requests from the socket arrive as [`LabRequest`] messages.
 
-use crate::board::{BoardActor, BoardReport, CancelJob, IdleConsole, PowerBoard, StartJob};
+use crate::board::{BoardActor, BoardReport, IdleConsole, PowerBoard, StartJob, StopJob};
 use crate::config::{BoardConfig, LabConfig};
 use crate::console;
 use crate::device_type::DeviceType;
@@ -117,6 +117,20 @@ pub struct LabActor {
     boards: BTreeMap<String, Slot>,
     queue: Vec<Queued>,
     ready: bool,
+    /// Set by [`Shutdown`]: no job starts any more.
+    draining: bool,
+    /// Told when draining and no board has a job.
+    drained: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Stops starting jobs; running jobs get `grace`, then they are ended
+/// Incomplete (Infrastructure, "dispatcher shutdown"). The answer resolves
+/// once no board has a job. Sent again, the new grace applies too (a second
+/// signal sends a zero grace).
+#[derive(Message)]
+#[rtype(result = "tokio::sync::oneshot::Receiver<()>")]
+pub struct Shutdown {
+    pub grace: std::time::Duration,
 }
 
 impl LabActor {
@@ -145,6 +159,8 @@ impl LabActor {
             boards: BTreeMap::new(),
             queue: Vec::new(),
             ready: false,
+            draining: false,
+            drained: Vec::new(),
         })
     }
 
@@ -211,6 +227,10 @@ impl LabActor {
 
     /// Gives queued jobs to idle boards: highest priority first, then oldest.
     fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            self.notify_if_drained();
+            return;
+        }
         if !self.ready {
             return;
         }
@@ -375,6 +395,14 @@ impl LabActor {
         self.persist_board(&board);
     }
 
+    fn notify_if_drained(&mut self) {
+        if self.boards.values().all(|s| s.job.is_none()) {
+            for tx in self.drained.drain(..) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
     /// Brings the store to a consistent state after a start or a crash.
     async fn reconcile(
         store: Store,
@@ -485,6 +513,38 @@ impl Actor for LabActor {
                 }
             }
         }));
+    }
+}
+
+impl Handler<Shutdown> for LabActor {
+    type Result = MessageResult<Shutdown>;
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.draining = true;
+        self.drained.push(tx);
+        let running = self.boards.values().filter(|s| s.job.is_some()).count();
+        tracing::info!(
+            running,
+            queued = self.queue.len(),
+            grace_secs = msg.grace.as_secs(),
+            "draining: no new jobs start"
+        );
+        ctx.run_later(msg.grace, |act, _ctx| {
+            for s in act.boards.values() {
+                if let Some(id) = s.job {
+                    tracing::warn!(job = id, "shutdown grace is over; ending the job");
+                    s.addr.do_send(StopJob {
+                        id,
+                        outcome: JobOutcome::incomplete(
+                            ErrorClass::Infrastructure,
+                            "dispatcher shutdown",
+                        ),
+                    });
+                }
+            }
+        });
+        self.notify_if_drained();
+        MessageResult(rx)
     }
 }
 
@@ -685,7 +745,10 @@ impl Handler<LabRequest> for LabActor {
                                 Ok(())
                             })
                             .await?;
-                        addr.do_send(CancelJob { id: job });
+                        addr.do_send(StopJob {
+                            id: job,
+                            outcome: JobOutcome::canceled("canceled by request"),
+                        });
                         Ok(LabReply::Done)
                     }
                     .into_actor(self),

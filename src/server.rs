@@ -14,9 +14,11 @@ use crate::store::{Change, JobFilter, Store};
 use actix::Addr;
 use serde_json::{json, Value};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// Binds the socket (replacing a stale one) and serves until the process ends.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -36,12 +38,89 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
-pub async fn serve(listener: UnixListener, lab: Addr<LabActor>, max_request: usize) {
+/// The server's limits, from the lab config's `[limits]`.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub max_request: usize,
+    pub max_connections: usize,
+    pub request_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+impl ServerLimits {
+    pub fn from_config(l: &crate::config::Limits) -> Self {
+        ServerLimits {
+            max_request: l.max_request_bytes,
+            max_connections: l.max_connections,
+            request_timeout: Duration::from_secs(l.request_timeout_secs),
+            write_timeout: Duration::from_secs(l.client_write_timeout_secs),
+        }
+    }
+}
+
+/// A running server. Closing it stops accepting connections and reading
+/// requests, ends log follows of jobs that have not finished with
+/// `shutting_down`, and waits (bounded) for the answers in flight.
+pub struct ServerHandle {
+    closing: watch::Sender<bool>,
+    /// Ends (every sender dropped) when every connection has ended.
+    alive: mpsc::Receiver<()>,
+}
+
+impl ServerHandle {
+    pub async fn close(mut self, limit: Duration) {
+        let _ = self.closing.send(true);
+        if tokio::time::timeout(limit, self.alive.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "clients still connected after {} s; closing anyway",
+                limit.as_secs()
+            );
+        }
+    }
+}
+
+/// Serves the socket in the background until the handle is closed.
+pub fn serve(listener: UnixListener, lab: Addr<LabActor>, limits: ServerLimits) -> ServerHandle {
+    let (closing, closing_rx) = watch::channel(false);
+    let (alive_tx, alive) = mpsc::channel(1);
+    actix::spawn(accept_loop(listener, lab, limits, closing_rx, alive_tx));
+    ServerHandle { closing, alive }
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    lab: Addr<LabActor>,
+    limits: ServerLimits,
+    mut closing: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = closing.wait_for(|c| *c) => return,
+        };
+        match accepted {
             Ok((stream, _)) => {
-                let lab = lab.clone();
-                actix::spawn(async move { connection(stream, lab, max_request).await });
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        "too many connections; refusing one"
+                    );
+                    actix::spawn(refuse_busy(stream, limits.max_connections));
+                    continue;
+                };
+                let conn = Conn {
+                    lab: lab.clone(),
+                    limits: limits.clone(),
+                    closing: closing.clone(),
+                    _alive: alive.clone(),
+                    slot,
+                };
+                actix::spawn(conn.run(stream));
             }
             Err(e) => {
                 tracing::error!(error = %e, "accept failed");
@@ -49,6 +128,20 @@ pub async fn serve(listener: UnixListener, lab: Addr<LabActor>, max_request: usi
             }
         }
     }
+}
+
+/// Tells a client over the connection limit why, and closes.
+async fn refuse_busy(mut stream: UnixStream, max: usize) {
+    let r = Response::error(
+        0,
+        WireError::new(
+            ErrorCode::Busy,
+            format!("labd serves {max} connections at most; try again later"),
+        ),
+    );
+    let mut line = serde_json::to_vec(&r).unwrap_or_default();
+    line.push(b'\n');
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
 }
 
 enum Line {
@@ -66,14 +159,28 @@ fn text(buf: Vec<u8>) -> Line {
     }
 }
 
+/// Reads one request line. A client may stay silent between requests for
+/// as long as it likes, but once it has started a line it must finish it
+/// within `timeout`.
 async fn read_line(
     r: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
     max: usize,
+    timeout: Duration,
 ) -> std::io::Result<Line> {
     let mut buf = Vec::new();
     let mut too_long = false;
+    let mut started = false;
     loop {
-        let avail = r.fill_buf().await?;
+        let avail = if started {
+            tokio::time::timeout(timeout, r.fill_buf())
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "request line unfinished")
+                })??
+        } else {
+            r.fill_buf().await?
+        };
+        started = true;
         if avail.is_empty() {
             return Ok(if buf.is_empty() && !too_long {
                 Line::Eof
@@ -103,65 +210,101 @@ async fn read_line(
     }
 }
 
-async fn connection(stream: UnixStream, lab: Addr<LabActor>, max_request: usize) {
-    // The submitter is who the kernel says is on the other end, not what the client claims.
-    let user = stream
-        .peer_cred()
-        .ok()
-        .map(|c| c.uid())
-        .map(user_name)
-        .unwrap_or_else(|| "unknown".into());
-    let (r, mut w) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
-    let writer = tokio::spawn(async move {
-        while let Some(resp) = rx.recv().await {
-            let mut line = serde_json::to_vec(&resp).unwrap_or_default();
-            line.push(b'\n');
-            if w.write_all(&line).await.is_err() {
-                break;
+/// One client connection and what it holds while it lives.
+struct Conn {
+    lab: Addr<LabActor>,
+    limits: ServerLimits,
+    closing: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+    slot: OwnedSemaphorePermit,
+}
+
+/// Answers for one connection; bounded, so a client that does not read
+/// slows its own requests down instead of growing labd's memory.
+type Tx = mpsc::Sender<Response>;
+
+impl Conn {
+    async fn run(self, stream: UnixStream) {
+        // The submitter is who the kernel says is on the other end, not what
+        // the client claims. Looking the name up may block (NSS), so it runs
+        // off the actors' thread.
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        let user = match uid {
+            Some(uid) => tokio::task::spawn_blocking(move || user_name(uid))
+                .await
+                .unwrap_or_else(|_| format!("uid {uid}")),
+            None => "unknown".into(),
+        };
+        let (r, mut w) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Response>(16);
+        let write_timeout = self.limits.write_timeout;
+        let slot = self.slot;
+        let writer = tokio::spawn(async move {
+            while let Some(resp) = rx.recv().await {
+                let mut line = serde_json::to_vec(&resp).unwrap_or_default();
+                line.push(b'\n');
+                match tokio::time::timeout(write_timeout, w.write_all(&line)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        tracing::warn!("client left its answers unread; dropping it");
+                        break;
+                    }
+                }
             }
-        }
-    });
-    let mut reader = BufReader::new(r);
-    let mut hello = false;
-    loop {
-        let line = match read_line(&mut reader, max_request).await {
-            Ok(Line::Text(t)) => t,
-            Ok(Line::TooLong) => {
-                let _ = tx.send(Response::error(
-                    0,
-                    WireError::new(
+            // The connection's slot is free before the socket closes, so a
+            // client that sees the close may connect again at once.
+            drop(slot);
+            drop(w);
+        });
+        let mut reader = BufReader::new(r);
+        let mut hello = false;
+        let mut closing = self.closing.clone();
+        let max = self.limits.max_request;
+        loop {
+            let read = tokio::select! {
+                l = read_line(&mut reader, max, self.limits.request_timeout) => l,
+                _ = closing.wait_for(|c| *c) => break,
+            };
+            let line = match read {
+                Ok(Line::Text(t)) => t,
+                Ok(Line::TooLong) => {
+                    let e = WireError::new(
                         ErrorCode::RequestTooLarge,
-                        format!("request line longer than {max_request} bytes"),
-                    ),
-                ));
-                continue;
-            }
-            Ok(Line::NotUtf8(at)) => {
-                let _ = tx.send(Response::error(
-                    0,
-                    WireError::new(
+                        format!("request line longer than {max} bytes"),
+                    );
+                    if tx.send(Response::error(0, e)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(Line::NotUtf8(at)) => {
+                    let e = WireError::new(
                         ErrorCode::BadRequest,
                         format!("request is not UTF-8 (bad byte at offset {at})"),
-                    ),
-                ));
+                    );
+                    if tx.send(Response::error(0, e)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(Line::Eof) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "client connection ends");
+                    break;
+                }
+            };
+            if line.trim().is_empty() {
                 continue;
             }
-            Ok(Line::Eof) | Err(_) => break,
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let req: Request = match crate::protocol::parse_request(&line) {
-            Ok(r) => r,
-            Err(e) => {
-                let id = serde_json::from_str::<Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("id").and_then(Value::as_u64))
-                    .unwrap_or(0);
-                let _ = tx.send(Response::error(
-                    id,
-                    WireError::new(
+            let req: Request = match crate::protocol::parse_request(&line) {
+                Ok(r) => r,
+                Err(e) => {
+                    let id = serde_json::from_str::<Value>(&line)
+                        .ok()
+                        .and_then(|v| v.get("id").and_then(Value::as_u64))
+                        .unwrap_or(0);
+                    let e = WireError::new(
                         ErrorCode::BadRequest,
                         // Syntax errors carry a column; errors in the
                         // request's fields name the field instead.
@@ -169,41 +312,60 @@ async fn connection(stream: UnixStream, lab: Addr<LabActor>, max_request: usize)
                             0 => format!("bad request: {e}"),
                             col => format!("bad request at column {col}: {e}"),
                         },
+                    );
+                    if tx.send(Response::error(id, e)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if !hello {
+                let (answer, ok) = match req.body {
+                    RequestBody::Hello { version, .. } if version == PROTOCOL_VERSION => (
+                        Response::ok(
+                            req.id,
+                            json!({"version": PROTOCOL_VERSION, "server": format!("labd {}", env!("CARGO_PKG_VERSION"))}),
+                        ),
+                        true,
                     ),
-                ));
+                    RequestBody::Hello { version, .. } => (
+                        Response::error(
+                            req.id,
+                            WireError::new(
+                                ErrorCode::ProtocolVersion,
+                                format!("protocol version {version} is not supported; this labd speaks {PROTOCOL_VERSION}"),
+                            ),
+                        ),
+                        false,
+                    ),
+                    _ => (
+                        Response::error(
+                            req.id,
+                            WireError::new(
+                                ErrorCode::ProtocolVersion,
+                                "say hello with the protocol version first",
+                            ),
+                        ),
+                        false,
+                    ),
+                };
+                let _ = tx.send(answer).await;
+                if !ok {
+                    break;
+                }
+                hello = true;
                 continue;
             }
-        };
-        if !hello {
-            match req.body {
-                RequestBody::Hello { version, .. } if version == PROTOCOL_VERSION => {
-                    hello = true;
-                    let _ = tx.send(Response::ok(req.id, json!({"version": PROTOCOL_VERSION, "server": format!("labd {}", env!("CARGO_PKG_VERSION"))})));
-                }
-                RequestBody::Hello { version, .. } => {
-                    let _ = tx.send(Response::error(req.id, WireError::new(ErrorCode::ProtocolVersion, format!("protocol version {version} is not supported; this labd speaks {PROTOCOL_VERSION}"))));
-                    break;
-                }
-                _ => {
-                    let _ = tx.send(Response::error(
-                        req.id,
-                        WireError::new(
-                            ErrorCode::ProtocolVersion,
-                            "say hello with the protocol version first",
-                        ),
-                    ));
-                    break;
-                }
-            }
-            continue;
+            let lab = self.lab.clone();
+            let tx = tx.clone();
+            let user = user.clone();
+            let closing = self.closing.clone();
+            actix::spawn(async move { handle(req, lab, tx, user, closing).await });
         }
-        let lab = lab.clone();
-        let tx = tx.clone();
-        let user = user.clone();
-        actix::spawn(async move { handle(req, lab, tx, user).await });
+        drop(tx);
+        drop(reader);
+        let _ = writer.await;
     }
-    drop(tx);
-    let _ = writer.await;
 }
 
 fn to_lab(body: RequestBody, user: String) -> Result<LabRequest, WireError> {
@@ -290,8 +452,9 @@ fn user_name(uid: u32) -> String {
 async fn handle(
     req: Request,
     lab: Addr<LabActor>,
-    tx: mpsc::UnboundedSender<Response>,
+    tx: Tx,
     user: String,
+    closing: watch::Receiver<bool>,
 ) {
     let id = req.id;
     let logs = match &req.body {
@@ -302,28 +465,25 @@ async fn handle(
         } => Some((*job, *offset, *follow)),
         _ => None,
     };
-    let lr = match to_lab(req.body, user) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = tx.send(Response::error(id, e));
-            return;
-        }
+    let answer = match to_lab(req.body, user) {
+        Err(e) => Response::error(id, e),
+        Ok(lr) => match lab.send(lr).await {
+            Ok(Ok(LabReply::LogSource(store))) => {
+                if let Some((job, offset, follow)) = logs {
+                    stream_logs(id, store, job, offset, follow, tx, closing).await;
+                }
+                return;
+            }
+            Ok(Ok(reply)) => Response::ok(id, reply_json(reply)),
+            Ok(Err(e)) => Response::error(id, e.into()),
+            Err(e) => Response::error(id, WireError::new(ErrorCode::ShuttingDown, e.to_string())),
+        },
     };
-    let reply = match lab.send(lr).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            let _ = tx.send(Response::error(id, e.into()));
-            return;
-        }
-        Err(e) => {
-            let _ = tx.send(Response::error(
-                id,
-                WireError::new(ErrorCode::ShuttingDown, e.to_string()),
-            ));
-            return;
-        }
-    };
-    let v = match reply {
+    let _ = tx.send(answer).await;
+}
+
+fn reply_json(reply: LabReply) -> Value {
+    match reply {
         LabReply::Submitted { id: job, warnings } => {
             json!({"job": job, "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>()})
         }
@@ -338,15 +498,9 @@ async fn handle(
         LabReply::Results(j, results) => json!({"job": job_json(&j), "results": results}),
         LabReply::Boards(b) => json!({"boards": b}),
         LabReply::Bytes(b) => crate::protocol::bytes_json(0, &b),
-        LabReply::LogSource(store) => {
-            let Some((job, offset, follow)) = logs else {
-                return;
-            };
-            stream_logs(id, store, job, offset, follow, tx).await;
-            return;
-        }
-    };
-    let _ = tx.send(Response::ok(id, v));
+        // Streams are answered by `stream_logs`, never as one value.
+        LabReply::LogSource(_) => json!({}),
+    }
 }
 
 fn job_json(j: &crate::model::JobRecord) -> Value {
@@ -359,25 +513,30 @@ fn job_json(j: &crate::model::JobRecord) -> Value {
 }
 
 /// Sends the log from `offset`; in follow mode keeps sending until the job
-/// has finished and every byte is out, then sends `end`.
+/// has finished and every byte is out, then sends `end`. When the server
+/// closes, a follow of a job that has not finished ends with `shutting_down`.
 async fn stream_logs(
     id: u64,
     store: Store,
     job: JobId,
     mut offset: u64,
     follow: bool,
-    tx: mpsc::UnboundedSender<Response>,
+    tx: Tx,
+    mut closing: watch::Receiver<bool>,
 ) {
-    let fail = |e: crate::store::StoreError| {
-        let _ = tx.send(Response::error(id, crate::error::ApiError::from(e).into()));
-    };
     let mut changes = store.subscribe();
+    let mut closed = false;
     loop {
         // The state is read before the log: every byte stored before the job
         // finished is then drained below, so the end never cuts the log short.
         let j = match store.job(job).await {
             Ok(j) => j,
-            Err(e) => return fail(e),
+            Err(e) => {
+                let _ = tx
+                    .send(Response::error(id, crate::error::ApiError::from(e).into()))
+                    .await;
+                return;
+            }
         };
         let more_may_come = follow && j.state != JobState::Finished;
         loop {
@@ -391,7 +550,7 @@ async fn stream_logs(
                     }
                     let ev = crate::protocol::bytes_json(offset, &data[..n]);
                     offset += n as u64;
-                    if tx.send(Response::event(id, ev)).is_err() {
+                    if tx.send(Response::event(id, ev)).await.is_err() {
                         return;
                     }
                     if n < data.len() && data.len() < MAX {
@@ -400,16 +559,38 @@ async fn stream_logs(
                     }
                 }
                 Ok(_) => break,
-                Err(e) => return fail(e),
+                Err(e) => {
+                    let _ = tx
+                        .send(Response::error(id, crate::error::ApiError::from(e).into()))
+                        .await;
+                    return;
+                }
             }
         }
         if !follow || j.state == JobState::Finished {
             let end = json!({"offset": offset, "state": j.state, "health": j.health});
-            let _ = tx.send(Response::end(id, end));
+            let _ = tx.send(Response::end(id, end)).await;
+            return;
+        }
+        if closed {
+            let e = WireError::new(
+                ErrorCode::ShuttingDown,
+                format!("labd is shutting down; job {job} is {}", j.state),
+            );
+            let _ = tx.send(Response::error(id, e)).await;
             return;
         }
         loop {
-            match changes.recv().await {
+            let change = tokio::select! {
+                c = changes.recv() => c,
+                // One more round: what is stored goes out, then the end or
+                // the shutdown error.
+                _ = closing.wait_for(|c| *c), if !closed => {
+                    closed = true;
+                    break;
+                }
+            };
+            match change {
                 Ok(Change::Log { id: jid, .. }) | Ok(Change::Job { id: jid, .. }) if jid == job => {
                     break
                 }

@@ -228,3 +228,33 @@ fn demo_serve_runs_a_lab_for_labctl_until_sigterm() {
     // The demo's temporary state went with it.
     assert!(!std::path::Path::new(&socket).exists());
 }
+
+/// A client that starts a request and stalls is dropped after the request
+/// timeout; connections over the limit are refused with `busy`, and a freed
+/// slot is usable at once.
+#[test]
+fn stalled_clients_are_dropped_and_connections_are_bounded() {
+    let lab = Lab::start_with(
+        1,
+        &[],
+        &[],
+        "[limits]\nmax_connections = 2\nrequest_timeout_secs = 1",
+    );
+    let _idle = Raw::connect(&lab.socket);
+    let mut stalled = Raw::connect(&lab.socket);
+    stalled.w.write_all(br#"{"id":2,"method":"#).unwrap();
+    // The third is over the limit.
+    let mut third = BufReader::new(UnixStream::connect(&lab.socket).unwrap());
+    let mut line = String::new();
+    third.read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["error"]["code"], "busy", "{v}");
+    // The stalled one is closed by the server (EOF, no answer)...
+    let mut rest = String::new();
+    assert_eq!(stalled.r.read_line(&mut rest).unwrap(), 0, "{rest}");
+    // ...and its slot serves a new client. An idle client that never
+    // started a request was left alone all along.
+    let mut again = Raw::connect(&lab.socket);
+    let a = again.ask(br#"{"id":2,"method":"boards"}"#);
+    assert_eq!(a["ok"]["boards"][0]["name"], "sim-01");
+}

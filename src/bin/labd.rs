@@ -8,6 +8,7 @@ use labd::config::{self, LabConfig};
 use labd::protocol::RequestBody;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 
 #[derive(Parser)]
@@ -73,8 +74,10 @@ async fn run(args: Args) -> anyhow::Result<u8> {
     };
     let cfg = LabConfig::load(path)?;
     let socket = config::resolve_socket(args.socket.as_deref(), Some(&cfg));
-    labd::daemon::start(cfg, &socket).await?;
+    let grace = Duration::from_secs(cfg.limits.shutdown_grace_secs);
+    let daemon = labd::daemon::start(cfg, &socket).await?;
     wait_for_signal().await;
+    daemon.shutdown(grace, wait_for_signal()).await?;
     Ok(0)
 }
 
@@ -122,7 +125,7 @@ async fn demo(args: Args) -> anyhow::Result<u8> {
         other => bail!("labd-sim did not start: {other:?}"),
     }
     let cfg = config::demo(&dir.join("state"), &sim_sock, &socket);
-    labd::daemon::start(cfg, &socket).await?;
+    let daemon = labd::daemon::start(cfg, &socket).await?;
     if args.serve {
         println!("LABD_SOCKET={}", socket.display());
         println!(
@@ -131,6 +134,8 @@ async fn demo(args: Args) -> anyhow::Result<u8> {
         );
         let _ = std::io::stdout().flush();
         wait_for_signal().await;
+        // A demo lab stops at once: running jobs end and boards go off.
+        daemon.shutdown(Duration::ZERO, wait_for_signal()).await?;
         return Ok(0);
     }
     let artifacts = dir.join("artifacts");

@@ -9,6 +9,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 
 pub struct Lab {
     pub dir: tempfile::TempDir,
@@ -17,6 +18,8 @@ pub struct Lab {
     pub config: PathBuf,
     sim: Child,
     labd: Option<Child>,
+    /// labd's log lines after "labd ready".
+    labd_log: Option<Receiver<String>>,
     /// Extra environment for every labd this lab starts.
     env: Vec<(String, String)>,
 }
@@ -32,15 +35,21 @@ impl Drop for Lab {
     }
 }
 
-/// Waits for a line containing `what` on a child's pipe (an event, not a sleep).
-fn wait_line(r: impl std::io::Read + Send + 'static, what: &'static str) {
+/// Waits for a line containing `what` on a child's pipe (an event, not a
+/// sleep); the lines after it go to the returned channel.
+fn wait_line(r: impl std::io::Read + Send + 'static, what: &'static str) -> Receiver<String> {
     let mut lines = BufReader::new(r).lines();
     for line in lines.by_ref() {
         let line = line.expect("reading child output");
         if line.contains(what) {
             // Keep draining so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return;
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for l in lines.map_while(Result::ok) {
+                    let _ = tx.send(l);
+                }
+            });
+            return rx;
         }
     }
     panic!("child exited before printing {what:?}");
@@ -49,11 +58,17 @@ fn wait_line(r: impl std::io::Read + Send + 'static, what: &'static str) {
 impl Lab {
     /// Starts a simulator with `boards` sim-uboot boards and a labd for them.
     pub fn start(boards: usize, tags: &[(&str, &[&str])]) -> Lab {
-        Self::start_env(boards, tags, &[])
+        Self::start_with(boards, tags, &[], "")
     }
 
-    /// Like `start`, with extra environment variables for labd.
-    pub fn start_env(boards: usize, tags: &[(&str, &[&str])], env: &[(&str, &str)]) -> Lab {
+    /// Like `start`, with extra environment variables for labd and extra
+    /// config tables (TOML, such as `[limits]`) placed before the boards.
+    pub fn start_with(
+        boards: usize,
+        tags: &[(&str, &[&str])],
+        env: &[(&str, &str)],
+        extra_config: &str,
+    ) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let sim_control = dir.path().join("sim.sock");
         let socket = dir.path().join("labd.sock");
@@ -75,6 +90,8 @@ impl Lab {
             dir.path().join("state"),
             sim_control
         );
+        cfg.push_str(extra_config);
+        cfg.push('\n');
         for n in &names {
             let t: Vec<String> = tags
                 .iter()
@@ -100,6 +117,7 @@ impl Lab {
             config,
             sim,
             labd: None,
+            labd_log: None,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -119,8 +137,36 @@ impl Lab {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait_line(child.stderr.take().unwrap(), "labd ready");
+        self.labd_log = Some(wait_line(child.stderr.take().unwrap(), "labd ready"));
         self.labd = Some(child);
+    }
+
+    /// Waits for a labd log line containing `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let rx = self.labd_log.as_ref().expect("labd is running");
+        for line in rx.iter() {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("labd's log ended before {needle:?}");
+    }
+
+    /// Sends labd SIGTERM; the daemon goes on until it drains.
+    pub fn terminate_labd(&self) {
+        let pid = self.labd.as_ref().expect("labd is running").id();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+
+    /// Waits for labd to exit on its own; returns whether it exited 0.
+    pub fn wait_labd(&mut self) -> bool {
+        let mut child = self.labd.take().expect("labd is running");
+        self.labd_log = None;
+        child.wait().unwrap().success()
     }
 
     pub fn kill_labd(&mut self) {
