@@ -266,9 +266,8 @@ impl LabActor {
         let addr = slot.addr.clone();
         let store = self.store.clone();
         let id = q.id;
-        let b2 = board.clone();
+        let bn = board.clone();
         let fut = async move {
-            let bn = b2.clone();
             store
                 .update_job(id, move |j| {
                     if j.state != JobState::Submitted {
@@ -280,9 +279,6 @@ impl LabActor {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            let _ = store
-                .add_event(id, JobEvent::now("state", format!("Scheduled on {b2}")))
-                .await;
             // A closed mailbox means the board actor died taking the job;
             // its death report ends the job (as a Bug), not this path.
             addr.send(StartJob { id, def: q.def })
@@ -297,10 +293,7 @@ impl LabActor {
                     Ok(())
                 })
                 .await
-                .map_err(|e| e.to_string())?;
-            store
-                .add_event(id, JobEvent::now("state", "Running"))
-                .await
+                .map(|_| ())
                 .map_err(|e| e.to_string())
         };
         ctx.spawn(
@@ -350,16 +343,7 @@ impl LabActor {
             j.finish(o);
             Ok(())
         });
-        let fut = async move {
-            let r = write.await;
-            if let Ok(j) = &r {
-                let _ = store
-                    .add_event(id, JobEvent::now("state", format!("Finished {}", j.health)))
-                    .await;
-            }
-            r
-        };
-        let fut = fut.into_actor(self).map(move |r, act, ctx| {
+        let fut = write.into_actor(self).map(move |r, act, ctx| {
             if let Err(e) = r {
                 tracing::warn!(job = id, error = %e, "recording job end");
             }
@@ -424,12 +408,6 @@ impl LabActor {
                         });
                         Ok(())
                     })
-                    .await?;
-                store
-                    .add_event(
-                        j.id,
-                        JobEvent::now("state", "Finished: dispatcher restarted"),
-                    )
                     .await?;
                 interrupted.extend(j.board);
             }
@@ -669,31 +647,19 @@ impl Handler<LabRequest> for LabActor {
                 };
                 let warnings = parsed.warnings;
                 Box::pin(
-                    async move {
-                        let r = store.insert_job(rec).await?;
-                        store
-                            .add_event(
-                                r.id,
-                                JobEvent {
-                                    time: r.submit_time,
-                                    ..JobEvent::now("state", "Submitted")
-                                },
-                            )
-                            .await?;
-                        Ok::<_, ApiError>(r)
-                    }
-                    .into_actor(self)
-                    .map(move |res, act, ctx| {
-                        let r = res?;
-                        act.enqueue(Queued {
-                            id: r.id,
-                            priority: r.priority,
-                            submit_time: r.submit_time,
-                            def,
-                        });
-                        act.schedule(ctx);
-                        Ok(LabReply::Submitted { id: r.id, warnings })
-                    }),
+                    async move { Ok::<_, ApiError>(store.insert_job(rec).await?) }
+                        .into_actor(self)
+                        .map(move |res, act, ctx| {
+                            let r = res?;
+                            act.enqueue(Queued {
+                                id: r.id,
+                                priority: r.priority,
+                                submit_time: r.submit_time,
+                                def,
+                            });
+                            act.schedule(ctx);
+                            Ok(LabReply::Submitted { id: r.id, warnings })
+                        }),
                 )
             }
             LabRequest::Cancel { job } => {
@@ -706,9 +672,6 @@ impl Handler<LabRequest> for LabActor {
                                     j.finish(JobOutcome::canceled("canceled before it started"));
                                     Ok(())
                                 })
-                                .await?;
-                            store
-                                .add_event(job, JobEvent::now("state", "Finished Canceled"))
                                 .await?;
                             Ok::<_, ApiError>(())
                         }

@@ -23,8 +23,10 @@ const MAX_BATCH: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    // Not a `#[source]`: the message already holds sled's, and a chain
+    // printer would say it twice.
     #[error("store: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     #[error("store: corrupt record: {0}")]
     Corrupt(String),
     #[error("store: schema version {found} on disk, this labd uses {expected}")]
@@ -35,6 +37,12 @@ pub enum StoreError {
     Rejected(String),
     #[error("store: the writer thread is gone")]
     Closed,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
 }
 
 /// What changed, published after it is durable.
@@ -205,7 +213,8 @@ impl Store {
         }
     }
 
-    /// Stores a new job (its `id` is assigned here) and returns it once durable.
+    /// Stores a new job (its `id` is assigned here) with its `Submitted`
+    /// state event, and returns it once durable.
     pub fn insert_job(
         &self,
         job: JobRecord,
@@ -213,7 +222,9 @@ impl Store {
         self.send(move |tx| Write::InsertJob(Box::new(job), tx))
     }
 
-    /// Changes a job; the state index follows. `f` may refuse with a message.
+    /// Changes a job; the state index follows, and a change of state is
+    /// recorded as a `state` event in the same transaction. `f` may refuse
+    /// with a message.
     pub fn update_job(
         &self,
         id: JobId,
@@ -412,6 +423,133 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Checks the store's invariants (for `labd fsck`, on a store no daemon
+    /// has open) and says what is wrong, one line per problem: each job in
+    /// exactly one state index entry that agrees with it, ids below the next
+    /// id, no board with two unfinished jobs, every started job on a board,
+    /// finished jobs with an end, log chunks without gaps or overlaps, and no
+    /// events, logs or results of jobs that do not exist.
+    pub fn check(&self) -> Result<Vec<String>, StoreError> {
+        let t = &self.trees;
+        let mut problems = Vec::new();
+        let next = t.meta.get("next_job_id")?.map_or(1, |v| be_u64(&v));
+        let mut jobs = std::collections::BTreeMap::new();
+        let mut on_board: std::collections::BTreeMap<String, Vec<JobId>> = Default::default();
+        for kv in t.jobs.iter() {
+            let (k, v) = kv?;
+            let key = be_u64(&k);
+            let j: JobRecord = match dec(&v) {
+                Ok(j) => j,
+                Err(e) => {
+                    problems.push(format!("job {key}: unreadable record: {e}"));
+                    continue;
+                }
+            };
+            if j.id != key {
+                problems.push(format!("job {key}: record says it is job {}", j.id));
+            }
+            if key >= next {
+                problems.push(format!("job {key}: at or above the next job id {next}"));
+            }
+            if !t.by_state.contains_key(state_key(j.state, key))? {
+                problems.push(format!(
+                    "job {key}: {} but not in that state index",
+                    j.state
+                ));
+            }
+            match j.state {
+                JobState::Scheduled | JobState::Running | JobState::Canceling => match &j.board {
+                    Some(b) => on_board.entry(b.clone()).or_default().push(key),
+                    None => problems.push(format!("job {key}: {} without a board", j.state)),
+                },
+                JobState::Finished if j.end_time.is_none() => {
+                    problems.push(format!("job {key}: Finished without an end time"))
+                }
+                _ => {}
+            }
+            jobs.insert(key, j.state);
+        }
+        for (board, ids) in on_board {
+            if ids.len() > 1 {
+                problems.push(format!("board {board}: several unfinished jobs {ids:?}"));
+            }
+        }
+        for kv in t.by_state.iter() {
+            let (k, _) = kv?;
+            let id = be_u64(&k[1..]);
+            let state = JobState::ALL.into_iter().find(|s| s.tag() == k[0]);
+            match (state, jobs.get(&id)) {
+                (None, _) => problems.push(format!(
+                    "state index: unknown state tag {} for job {id}",
+                    k[0]
+                )),
+                (Some(s), None) => {
+                    problems.push(format!("state index: job {id} ({s}) does not exist"))
+                }
+                (Some(s), Some(actual)) if s != *actual => problems.push(format!(
+                    "state index: job {id} listed as {s} but is {actual}"
+                )),
+                _ => {}
+            }
+        }
+        let mut log_end: Option<(JobId, u64)> = None;
+        for kv in t.logs.iter() {
+            let (k, v) = kv?;
+            let (id, off) = (be_u64(&k[..8]), be_u64(&k[8..]));
+            let expected = match log_end {
+                Some((j, end)) if j == id => end,
+                _ => {
+                    if !jobs.contains_key(&id) {
+                        problems.push(format!("log of job {id}, which does not exist"));
+                    }
+                    0
+                }
+            };
+            if off != expected {
+                problems.push(format!(
+                    "log of job {id}: chunk at byte {off}, expected {expected} ({})",
+                    if off > expected {
+                        "a gap"
+                    } else {
+                        "an overlap"
+                    }
+                ));
+            }
+            log_end = Some((id, off + v.len() as u64));
+        }
+        // Each finished job ended exactly once (its state events say so).
+        let mut ends: std::collections::BTreeMap<JobId, usize> = Default::default();
+        for kv in t.events.iter() {
+            let (k, v) = kv?;
+            if let Ok(ev) = dec::<JobEvent>(&v) {
+                if ev.kind == "state" && ev.message.starts_with("Finished") {
+                    *ends.entry(be_u64(&k[..8])).or_default() += 1;
+                }
+            }
+        }
+        for (id, state) in &jobs {
+            let n = ends.get(id).copied().unwrap_or(0);
+            let want = usize::from(*state == JobState::Finished);
+            if n != want {
+                problems.push(format!("job {id}: {state} with {n} Finished events"));
+            }
+        }
+        for (name, tree) in [("events", &t.events), ("results", &t.results)] {
+            let mut last = None;
+            for kv in tree.iter() {
+                let (k, _) = kv?;
+                let id = be_u64(&k[..8]);
+                if last != Some(id) && !jobs.contains_key(&id) {
+                    problems.push(format!("{name} of job {id}, which does not exist"));
+                }
+                last = Some(id);
+            }
+        }
+        Ok(problems)
+    }
+}
+
 fn writer(t: Trees, rx: std_mpsc::Receiver<Write>, changes: broadcast::Sender<Change>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -441,6 +579,17 @@ fn writer(t: Trees, rx: std_mpsc::Receiver<Write>, changes: broadcast::Sender<Ch
     }
 }
 
+/// The `state` event recorded with every job state change, in the same
+/// transaction, so a job's history never misses or repeats a change.
+fn state_message(j: &JobRecord) -> String {
+    match (j.state, &j.board, &j.error) {
+        (JobState::Scheduled, Some(b), _) => format!("Scheduled on {b}"),
+        (JobState::Finished, _, Some(e)) => format!("Finished {}: {e}", j.health),
+        (JobState::Finished, _, None) => format!("Finished {}", j.health),
+        (s, _, _) => s.to_string(),
+    }
+}
+
 fn tx_err(e: TransactionError<StoreError>) -> StoreError {
     match e {
         TransactionError::Abort(e) => e,
@@ -464,14 +613,19 @@ fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>
     }
     match w {
         Write::InsertJob(job, tx) => {
-            let r = (&t.meta, &t.jobs, &t.by_state)
-                .transaction(|(meta, jobs, idx)| {
+            let r = (&t.meta, &t.jobs, &t.by_state, &t.events)
+                .transaction(|(meta, jobs, idx, events)| {
                     let next = meta.get("next_job_id")?.map_or(1, |v| be_u64(&v));
                     meta.insert("next_job_id", &(next + 1).to_be_bytes())?;
                     let mut j = (*job).clone();
                     j.id = next;
                     jobs.insert(&next.to_be_bytes(), enc(&j))?;
                     idx.insert(&state_key(j.state, next), &[])?;
+                    let ev = JobEvent {
+                        time: j.submit_time,
+                        ..JobEvent::now("state", state_message(&j))
+                    };
+                    events.insert(&key2(next, events.generate_id()?), enc(&ev))?;
                     Ok::<_, ConflictableTransactionError<StoreError>>(j)
                 })
                 .map_err(tx_err);
@@ -492,11 +646,13 @@ fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>
                 let mut new = old.clone();
                 f(&mut new).map_err(StoreError::Rejected)?;
                 new.id = id;
-                (&t.jobs, &t.by_state)
-                    .transaction(|(jobs, idx)| {
+                (&t.jobs, &t.by_state, &t.events)
+                    .transaction(|(jobs, idx, events)| {
                         if old.state != new.state {
                             idx.remove(&state_key(old.state, id))?;
                             idx.insert(&state_key(new.state, id), &[])?;
+                            let ev = JobEvent::now("state", state_message(&new));
+                            events.insert(&key2(id, events.generate_id()?), enc(&ev))?;
                         }
                         jobs.insert(&id.to_be_bytes(), enc(&new))?;
                         Ok::<_, ConflictableTransactionError<StoreError>>(())
@@ -552,5 +708,89 @@ fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>
                 .map_err(StoreError::from);
             defer(done, tx, r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{JobHealth, JobOutcome};
+
+    fn record(name: &str) -> JobRecord {
+        JobRecord {
+            id: 0,
+            name: name.into(),
+            device_type: "sim-uboot".into(),
+            priority: 50,
+            tags: vec![],
+            submitter: "test".into(),
+            definition: String::new(),
+            state: JobState::Submitted,
+            health: JobHealth::Unknown,
+            error_class: None,
+            error: None,
+            board: None,
+            submit_time: 1,
+            start_time: None,
+            end_time: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn check_finds_broken_invariants_and_nothing_in_a_sound_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let a = store.insert_job(record("a")).await.unwrap();
+        let b = store.insert_job(record("b")).await.unwrap();
+        store
+            .update_job(a.id, |j| {
+                j.state = JobState::Running;
+                j.board = Some("sim-01".into());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.append_log(a.id, 0, b"U-Boot".to_vec()).await.unwrap();
+        store.append_log(a.id, 6, b" 2023".to_vec()).await.unwrap();
+        store
+            .update_job(b.id, |j| {
+                j.finish(JobOutcome::canceled("test"));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.check().unwrap(), Vec::<String>::new());
+
+        // Break it the ways a bug or a torn write could.
+        let t = &store.trees;
+        t.by_state
+            .remove(state_key(JobState::Running, a.id))
+            .unwrap();
+        t.by_state
+            .insert(state_key(JobState::Submitted, 99), &[])
+            .unwrap();
+        t.logs.insert(key2(a.id, 20), &b"late"[..]).unwrap();
+        let mut c = record("c");
+        c.id = 7;
+        c.state = JobState::Running;
+        c.board = Some("sim-01".into());
+        t.jobs.insert(7u64.to_be_bytes(), enc(&c)).unwrap();
+        t.by_state
+            .insert(state_key(JobState::Running, 7), &[])
+            .unwrap();
+        let p = store.check().unwrap();
+        let has = |s: &str| p.iter().any(|l| l.contains(s));
+        assert!(has("job 1: Running but not in that state index"), "{p:?}");
+        assert!(
+            has("state index: job 99 (Submitted) does not exist"),
+            "{p:?}"
+        );
+        assert!(
+            has("log of job 1: chunk at byte 20, expected 11 (a gap)"),
+            "{p:?}"
+        );
+        assert!(has("job 7: at or above the next job id"), "{p:?}");
+        assert!(has("board sim-01: several unfinished jobs [1, 7]"), "{p:?}");
+        assert_eq!(p.len(), 5, "{p:?}");
     }
 }

@@ -168,3 +168,146 @@ fn sigterm_drains_within_the_grace_and_keeps_the_queue() {
         );
     });
 }
+
+/// A small xorshift generator: the kill moments are random, and the seed
+/// is printed (and can be set with TORTURE_SEED) so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env() -> Rng {
+        let seed = std::env::var("TORTURE_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        println!("TORTURE_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn fsck(lab: &Lab) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
+        .arg("fsck")
+        .arg("--state-dir")
+        .arg(lab.dir.path().join("state"))
+        .output()
+        .unwrap()
+}
+
+/// 100 jobs on 4 boards while the daemon is SIGKILLed at random moments 12
+/// times: the store is consistent at every kill (`labd fsck`), every
+/// acknowledged job exists and ends exactly once, no board ever ran two
+/// jobs at once, and every complete job's log is whole.
+#[test]
+fn torture_sigkill_at_random_moments_loses_nothing() {
+    rt().block_on(async {
+        let mut lab = Lab::start(4, &[]);
+        let mut rng = Rng::from_env();
+        let mut acked: Vec<u64> = Vec::new();
+        let prios = ["high", "medium", "low"];
+        for round in 0..12 {
+            let texts: Vec<String> = (0..8)
+                .map(|i| {
+                    let p = prios[rng.below(3) as usize];
+                    lab.job(
+                        &format!("t{round}-{i}"),
+                        p,
+                        &["lava-test-case a --shell true"],
+                    )
+                })
+                .collect();
+            let sock = lab.socket.clone();
+            let submitter = tokio::spawn(async move {
+                let mut ok = Vec::new();
+                let Ok(mut c) = labd::client::Client::connect(&sock).await else {
+                    return ok;
+                };
+                for t in texts {
+                    match c.submit(&t, "t.yaml").await {
+                        Ok(id) => ok.push(id),
+                        Err(_) => break,
+                    }
+                }
+                ok
+            });
+            // The random moment of the kill; nothing waits on it.
+            tokio::time::sleep(std::time::Duration::from_millis(rng.below(700))).await;
+            lab.kill_labd();
+            acked.extend(submitter.await.unwrap());
+            let o = fsck(&lab);
+            assert!(
+                o.status.success(),
+                "fsck after kill {round}: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            lab.start_labd();
+        }
+        let mut c = lab.client().await;
+        while acked.len() < 100 {
+            let text = lab.job(&format!("fill-{}", acked.len()), "medium", &["true"]);
+            acked.push(c.submit(&text, "t.yaml").await.unwrap());
+        }
+        let mut runs: std::collections::BTreeMap<String, Vec<(u64, u64, u64)>> = Default::default();
+        for &id in &acked {
+            let (end, log) = wait_job(&mut c, id).await;
+            let j = job(&mut c, id).await;
+            assert_eq!(j["state"], "Finished", "job {id}");
+            let health = end["health"].as_str().unwrap();
+            assert!(
+                ["Complete", "Incomplete", "Canceled"].contains(&health),
+                "job {id}: {health}"
+            );
+            let ends = j["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| {
+                    e["kind"] == "state" && e["message"].as_str().unwrap().starts_with("Finished")
+                })
+                .count();
+            assert_eq!(ends, 1, "job {id} ended {ends} times: {j}");
+            if health == "Complete" {
+                for needle in ["U-Boot", "Linux version", "<LAVA_SIGNAL_ENDRUN"] {
+                    assert!(log.contains(needle), "job {id}'s log lacks {needle}");
+                }
+            }
+            if let (Some(b), Some(s)) = (j["board"].as_str(), j["start_time"].as_u64()) {
+                let e = j["end_time"].as_u64().unwrap();
+                runs.entry(b.to_owned()).or_default().push((s, e, id));
+            }
+        }
+        for (board, mut r) in runs {
+            r.sort();
+            for w in r.windows(2) {
+                assert!(
+                    w[1].0 >= w[0].1,
+                    "{board} ran job {} ({}..{}) and job {} ({}..{}) at once",
+                    w[0].2,
+                    w[0].0,
+                    w[0].1,
+                    w[1].2,
+                    w[1].0,
+                    w[1].1
+                );
+            }
+        }
+        drop(c);
+        lab.terminate_labd();
+        assert!(lab.wait_labd());
+        let o = fsck(&lab);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    });
+}

@@ -37,7 +37,8 @@ fn maintenance_requested_on_a_busy_board_survives_a_kill() {
 
 /// A client that saw a job end could still find its board busy (or not yet
 /// Good) because the lab freed the board only after the job's record was
-/// written. The board is free by the time anyone sees the job finished.
+/// written, or miss the job's Finished event. The board is free and the
+/// history complete by the time anyone sees the job finished.
 #[test]
 fn a_finished_job_never_shows_its_board_busy() {
     rt().block_on(async {
@@ -50,6 +51,16 @@ fn a_finished_job_never_shows_its_board_busy() {
                 .unwrap();
             let (end, _) = wait_job(&mut c, id).await;
             assert_eq!(end["health"], "Complete");
+            // The job's Finished event was written apart from its state,
+            // so the history could lag the state (found by the torture test).
+            let j = job(&mut c, id).await;
+            let finished = j["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["kind"] == "state" && e["message"] == "Finished Complete")
+                .count();
+            assert_eq!(finished, 1, "{j}");
             let b = board(&mut c, "sim-01").await;
             assert_eq!(
                 (b["state"].as_str(), b["health"].as_str()),

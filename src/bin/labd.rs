@@ -29,6 +29,32 @@ struct Args {
     /// With --demo: keep the demo lab running for labctl instead of running the sample job.
     #[arg(long, requires = "demo")]
     serve: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Check a lab's store offline (labd stopped) and say what is wrong; exits 1 if anything is.
+    Fsck {
+        /// The lab's state directory (the config's `state_dir`).
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+}
+
+/// Opens the store of a stopped lab, refusing to create one.
+fn open_offline(state_dir: &Path) -> anyhow::Result<labd::store::Store> {
+    let dir = state_dir.join("store");
+    if !dir.join("db").exists() {
+        bail!("{}: no labd store here", dir.display());
+    }
+    labd::store::Store::open(&dir, 64 << 20).with_context(|| {
+        format!(
+            "opening {} (is a labd running on it? stop it first)",
+            dir.display()
+        )
+    })
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +92,19 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<u8> {
+    if let Some(Cmd::Fsck { state_dir }) = &args.command {
+        let store = open_offline(state_dir)?;
+        let problems = store.check()?;
+        for p in &problems {
+            println!("{p}");
+        }
+        if problems.is_empty() {
+            println!("{}: store is consistent", state_dir.display());
+            return Ok(0);
+        }
+        eprintln!("{} problem(s)", problems.len());
+        return Ok(1);
+    }
     if args.demo {
         return demo(args).await;
     }
