@@ -41,11 +41,41 @@ pub struct LabConfig {
     pub tftp: TftpConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub health_checks: HealthChecks,
     /// The control socket of a `labd-sim` serving this lab's simulated boards.
     #[serde(default)]
     pub sim_control: Option<PathBuf>,
     #[serde(default)]
     pub boards: Vec<BoardConfig>,
+}
+
+/// Health checks as LAVA runs them: `<dir>/<device type>.yaml` is the
+/// health-check job of that device type. A board of that type runs it when
+/// its health is Unknown (new, after an Infrastructure or Bug error, after
+/// a restart, when set online) or its last pass is older than the frequency,
+/// before any user job. Device types without a file have no health check.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthChecks {
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// LAVA's `health_frequency`, in hours.
+    #[serde(default = "default_health_hours")]
+    pub frequency_hours: u64,
+}
+
+impl Default for HealthChecks {
+    fn default() -> Self {
+        HealthChecks {
+            dir: None,
+            frequency_hours: default_health_hours(),
+        }
+    }
+}
+
+fn default_health_hours() -> u64 {
+    24
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -375,6 +405,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
             window_size_limit: 16,
         },
         limits: Limits::default(),
+        health_checks: HealthChecks::default(),
         sim_control: Some(sim_control.to_path_buf()),
         boards,
     }

@@ -98,6 +98,10 @@ struct Slot {
     health: BoardHealth,
     health_reason: Option<String>,
     job: Option<JobId>,
+    /// The current job is this board's health check.
+    health_check: bool,
+    /// When the board last passed a health check.
+    last_health_check: Option<u64>,
     phase: Phase,
     maintenance_pending: bool,
 }
@@ -121,6 +125,60 @@ pub struct LabActor {
     draining: bool,
     /// Told when draining and no board has a job.
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Health-check jobs by device type.
+    health_checks: BTreeMap<String, HealthCheck>,
+}
+
+/// A device type's health-check job, read and validated at start.
+struct HealthCheck {
+    file: String,
+    text: String,
+    def: JobDefinition,
+}
+
+/// Reads `<dir>/<device type>.yaml` for each device type the boards use.
+fn load_health_checks(cfg: &LabConfig) -> Result<BTreeMap<String, HealthCheck>, ApiError> {
+    let mut out = BTreeMap::new();
+    let Some(dir) = &cfg.health_checks.dir else {
+        return Ok(out);
+    };
+    for dt in cfg.boards.iter().map(|b| &b.device_type) {
+        let path = dir.join(format!("{dt}.yaml"));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidJob,
+                    format!("{}: {e}", path.display()),
+                ))
+            }
+        };
+        let file = path.display().to_string();
+        let parsed = job::parse(&file, &text).map_err(|e| ApiError {
+            code: e.code(),
+            message: format!("health check: {e}"),
+            location: Some(e.first().location.clone()),
+        })?;
+        if parsed.definition.device_type != *dt {
+            return Err(ApiError::new(
+                ErrorCode::InvalidJob,
+                format!(
+                    "{file}: a health check for `{dt}` names device_type `{}`",
+                    parsed.definition.device_type
+                ),
+            ));
+        }
+        out.insert(
+            dt.clone(),
+            HealthCheck {
+                file,
+                text,
+                def: parsed.definition,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// Stops starting jobs; running jobs get `grace`, then they are ended
@@ -151,7 +209,9 @@ impl LabActor {
             dt.with_overrides(&b.name, &b.parameters)
                 .map_err(|e| ApiError::new(ErrorCode::InvalidState, e.to_string()))?;
         }
+        let health_checks = load_health_checks(&cfg)?;
         Ok(LabActor {
+            health_checks,
             cfg,
             store,
             device_types,
@@ -192,6 +252,7 @@ impl LabActor {
                 name: name.to_owned(),
                 health: s.health,
                 health_reason: s.health_reason.clone(),
+                last_health_check: s.last_health_check,
             });
             actix::spawn(async move {
                 if let Err(e) = fut.await {
@@ -234,18 +295,24 @@ impl LabActor {
         if !self.ready {
             return;
         }
+        // A board that must prove itself runs its health check before any
+        // user job.
+        let due: Vec<String> = self
+            .boards
+            .iter()
+            .filter(|(_, s)| self.free(s) && self.health_check_due(s))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.start_health_check(name, ctx);
+        }
         let mut i = 0;
         while i < self.queue.len() {
             let def = &self.queue[i].def;
             let board = self
                 .boards
                 .iter()
-                .find(|(_, s)| {
-                    s.state == BoardState::Idle
-                        && s.health.schedulable()
-                        && !s.maintenance_pending
-                        && Self::matches(s, def)
-                })
+                .find(|(_, s)| self.free(s) && !self.health_check_due(s) && Self::matches(s, def))
                 .map(|(n, _)| n.clone());
             match board {
                 Some(name) => {
@@ -255,6 +322,87 @@ impl LabActor {
                 None => i += 1,
             }
         }
+    }
+
+    /// Idle, in service, and not about to go to maintenance.
+    fn free(&self, s: &Slot) -> bool {
+        s.state == BoardState::Idle && s.health.schedulable() && !s.maintenance_pending
+    }
+
+    /// Whether the board's device type has a health check and the board
+    /// needs it: health Unknown, or no pass within the frequency.
+    fn health_check_due(&self, s: &Slot) -> bool {
+        if !self.health_checks.contains_key(&s.cfg.device_type) {
+            return false;
+        }
+        let every = self
+            .cfg
+            .health_checks
+            .frequency_hours
+            .saturating_mul(3_600_000);
+        s.health == BoardHealth::Unknown
+            || s.last_health_check
+                .is_none_or(|t| now_ms().saturating_sub(t) >= every)
+    }
+
+    /// Stores a health-check job for `board` and gives it to the board. The
+    /// board is Reserved meanwhile, so nothing else takes it.
+    fn start_health_check(&mut self, board: String, ctx: &mut Context<Self>) {
+        let Some(hc) = self
+            .boards
+            .get(&board)
+            .and_then(|s| self.health_checks.get(&s.cfg.device_type))
+        else {
+            return;
+        };
+        let def = hc.def.clone();
+        let rec = JobRecord {
+            id: 0,
+            name: def.job_name.clone(),
+            device_type: def.device_type.clone(),
+            priority: 100,
+            tags: def.tags.clone(),
+            submitter: format!("labd (health check of {board}, {})", hc.file),
+            definition: hc.text.clone(),
+            state: JobState::Submitted,
+            health: JobHealth::Unknown,
+            error_class: None,
+            error: None,
+            board: None,
+            submit_time: now_ms(),
+            start_time: None,
+            end_time: None,
+            health_check: true,
+        };
+        if let Some(s) = self.boards.get_mut(&board) {
+            s.state = BoardState::Reserved;
+            s.health_check = true;
+        }
+        tracing::info!(%board, "running a health check");
+        ctx.spawn(
+            self.store
+                .insert_job(rec)
+                .into_actor(self)
+                .map(move |r, act, ctx| match r {
+                    Ok(r) => act.assign(
+                        Queued {
+                            id: r.id,
+                            priority: r.priority,
+                            submit_time: r.submit_time,
+                            def,
+                        },
+                        board,
+                        ctx,
+                    ),
+                    Err(e) => {
+                        tracing::error!(%board, error = %e, "storing a health check failed");
+                        if let Some(s) = act.boards.get_mut(&board) {
+                            s.state = BoardState::Idle;
+                            s.health_check = false;
+                        }
+                    }
+                }),
+        );
     }
 
     fn assign(&mut self, q: Queued, board: String, ctx: &mut Context<Self>) {
@@ -350,28 +498,59 @@ impl LabActor {
             act.schedule(ctx);
         });
         let board = board.to_owned();
+        let has_health_check = self
+            .boards
+            .get(&board)
+            .is_some_and(|s| self.health_checks.contains_key(&s.cfg.device_type));
         if let Some(s) = self.boards.get_mut(&board) {
+            let was_health_check = s.job == Some(id) && s.health_check;
             if s.job == Some(id) {
                 s.job = None;
+                s.health_check = false;
                 s.state = BoardState::Idle;
             }
-            if matches!(
+            let in_service = s.health.schedulable();
+            if was_health_check && in_service {
+                // As LAVA: a passing health check makes the board Good, a
+                // failing one Bad (no jobs until an admin sets it online),
+                // a canceled one leaves it Unknown.
+                match outcome.health {
+                    JobHealth::Complete => {
+                        s.health = BoardHealth::Good;
+                        s.health_reason = None;
+                        s.last_health_check = Some(now_ms());
+                    }
+                    JobHealth::Canceled => {
+                        s.health = BoardHealth::Unknown;
+                        s.health_reason = Some(format!("health check {id} canceled"));
+                    }
+                    _ => {
+                        s.health = BoardHealth::Bad;
+                        s.health_reason = Some(format!(
+                            "health check {id} failed: {}",
+                            outcome.error.as_deref().unwrap_or("incomplete")
+                        ));
+                    }
+                }
+            } else if matches!(
                 outcome.error_class,
                 Some(ErrorClass::Infrastructure | ErrorClass::Bug)
             ) && s.health == BoardHealth::Good
             {
                 s.health = BoardHealth::Unknown;
                 s.health_reason = outcome.error.clone();
+            } else if !has_health_check
+                && outcome.health == JobHealth::Complete
+                && s.health == BoardHealth::Unknown
+            {
+                // Without a health check for its device type, a complete job
+                // is the best evidence there is that the board works.
+                s.health = BoardHealth::Good;
+                s.health_reason = None;
             }
             if s.maintenance_pending {
                 s.maintenance_pending = false;
                 s.health = BoardHealth::Maintenance;
-            }
-            if outcome.health == JobHealth::Complete && s.health == BoardHealth::Unknown {
-                // LAVA sets Good after a passing health check; until labd runs
-                // health checks a complete job is the best evidence there is.
-                s.health = BoardHealth::Good;
-                s.health_reason = None;
             }
         }
         // Queued after the job's write: the store keeps that order.
@@ -442,11 +621,17 @@ impl Actor for LabActor {
                     health: BoardHealth::Unknown,
                     health_reason: None,
                     job: None,
+                    health_check: false,
+                    last_health_check: None,
                     phase: Phase::Off,
                     maintenance_pending: false,
                 },
             );
         }
+        // Health checks fall due with time too, with no event to say so.
+        ctx.run_interval(std::time::Duration::from_secs(60), |act, ctx| {
+            act.schedule(ctx)
+        });
         let store = self.store.clone();
         ctx.wait(Self::reconcile(store).into_actor(self).map(|res, act, ctx| {
             match res {
@@ -455,6 +640,7 @@ impl Actor for LabActor {
                         if let Some(s) = act.boards.get_mut(&r.name) {
                             s.health = r.health;
                             s.health_reason = r.health_reason;
+                            s.last_health_check = r.last_health_check;
                         }
                     }
                     for name in interrupted {
@@ -467,6 +653,18 @@ impl Actor for LabActor {
                         }
                     }
                     for j in queued {
+                        if j.health_check {
+                            // A health check that never started: the boards
+                            // get fresh ones as they need them.
+                            let fut = act.store.update_job(j.id, |r| {
+                                r.finish(JobOutcome::canceled("health check superseded after a restart"));
+                                Ok(())
+                            });
+                            actix::spawn(async move {
+                                let _ = fut.await;
+                            });
+                            continue;
+                        }
                         match job::parse(&format!("job {}", j.id), &j.definition) {
                             Ok(p) => act.enqueue(Queued { id: j.id, priority: j.priority, submit_time: j.submit_time, def: p.definition }),
                             Err(e) => {
@@ -644,6 +842,7 @@ impl Handler<LabRequest> for LabActor {
                     submit_time: now_ms(),
                     start_time: None,
                     end_time: None,
+                    health_check: false,
                 };
                 let warnings = parsed.warnings;
                 Box::pin(
@@ -775,7 +974,7 @@ impl Handler<LabRequest> for LabActor {
                     s.maintenance_pending = false;
                     s.health = BoardHealth::Unknown;
                     s.health_reason = reason;
-                } else if s.job.is_some() {
+                } else if s.state != BoardState::Idle {
                     s.maintenance_pending = true;
                     s.health_reason = reason;
                 } else {
@@ -793,6 +992,7 @@ impl Handler<LabRequest> for LabActor {
                         s.health
                     },
                     health_reason: s.health_reason.clone(),
+                    last_health_check: s.last_health_check,
                 };
                 Box::pin(
                     async move { store.put_board(rec).await }

@@ -182,6 +182,9 @@ pub struct JobRecord {
     pub submit_time: u64,
     pub start_time: Option<u64>,
     pub end_time: Option<u64>,
+    /// A health check labd submitted for `board`, not a user's job.
+    #[serde(default)]
+    pub health_check: bool,
 }
 
 impl JobRecord {
@@ -231,4 +234,7 @@ pub struct BoardRecord {
     pub name: String,
     pub health: BoardHealth,
     pub health_reason: Option<String>,
+    /// When the board last passed a health check (ms since the epoch).
+    #[serde(default)]
+    pub last_health_check: Option<u64>,
 }

@@ -733,6 +733,7 @@ mod tests {
             submit_time: 1,
             start_time: None,
             end_time: None,
+            health_check: false,
         }
     }
 

@@ -69,6 +69,19 @@ impl Lab {
         env: &[(&str, &str)],
         extra_config: &str,
     ) -> Lab {
+        let mut lab = Self::prepare(boards, tags, env, extra_config);
+        lab.start_labd();
+        lab
+    }
+
+    /// Everything `start_with` does but start labd, so a test can put files
+    /// in place first; `@DIR@` in `extra_config` is the lab's directory.
+    pub fn prepare(
+        boards: usize,
+        tags: &[(&str, &[&str])],
+        env: &[(&str, &str)],
+        extra_config: &str,
+    ) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let sim_control = dir.path().join("sim.sock");
         let socket = dir.path().join("labd.sock");
@@ -90,7 +103,7 @@ impl Lab {
             dir.path().join("state"),
             sim_control
         );
-        cfg.push_str(extra_config);
+        cfg.push_str(&extra_config.replace("@DIR@", &dir.path().display().to_string()));
         cfg.push('\n');
         for n in &names {
             let t: Vec<String> = tags
@@ -110,7 +123,7 @@ impl Lab {
         std::fs::write(art.join("Image"), vec![0x41u8; 300_000]).unwrap();
         std::fs::write(art.join("rootfs.cpio.gz"), vec![0x1fu8; 100_000]).unwrap();
         std::fs::write(art.join("board.dtb"), vec![0xd0u8; 4000]).unwrap();
-        let mut lab = Lab {
+        Lab {
             dir,
             socket,
             sim_control,
@@ -122,9 +135,7 @@ impl Lab {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        lab.start_labd();
-        lab
+        }
     }
 
     pub fn start_labd(&mut self) {
