@@ -357,22 +357,15 @@ impl LabActor {
         };
         let def = hc.def.clone();
         let rec = JobRecord {
-            id: 0,
-            name: def.job_name.clone(),
-            device_type: def.device_type.clone(),
-            priority: 100,
-            tags: def.tags.clone(),
-            submitter: format!("labd (health check of {board}, {})", hc.file),
-            definition: hc.text.clone(),
-            state: JobState::Submitted,
-            health: JobHealth::Unknown,
-            error_class: None,
-            error: None,
-            board: None,
-            submit_time: now_ms(),
-            start_time: None,
-            end_time: None,
             health_check: true,
+            ..JobRecord::submitted(
+                def.job_name.clone(),
+                def.device_type.clone(),
+                100,
+                def.tags.clone(),
+                format!("labd (health check of {board}, {})", hc.file),
+                hc.text.clone(),
+            )
         };
         if let Some(s) = self.boards.get_mut(&board) {
             s.state = BoardState::Reserved;
@@ -826,24 +819,14 @@ impl Handler<LabRequest> for LabActor {
                     return ready(Err(e));
                 }
                 let def = parsed.definition;
-                let rec = JobRecord {
-                    id: 0,
-                    name: def.job_name.clone(),
-                    device_type: def.device_type.clone(),
-                    priority: def.priority,
-                    tags: def.tags.clone(),
+                let rec = JobRecord::submitted(
+                    def.job_name.clone(),
+                    def.device_type.clone(),
+                    def.priority,
+                    def.tags.clone(),
                     submitter,
                     definition,
-                    state: JobState::Submitted,
-                    health: JobHealth::Unknown,
-                    error_class: None,
-                    error: None,
-                    board: None,
-                    submit_time: now_ms(),
-                    start_time: None,
-                    end_time: None,
-                    health_check: false,
-                };
+                );
                 let warnings = parsed.warnings;
                 Box::pin(
                     async move { Ok::<_, ApiError>(store.insert_job(rec).await?) }

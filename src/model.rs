@@ -188,6 +188,35 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A new job, as submitted: not yet stored (its id comes from the store).
+    pub fn submitted(
+        name: String,
+        device_type: String,
+        priority: u8,
+        tags: Vec<String>,
+        submitter: String,
+        definition: String,
+    ) -> JobRecord {
+        JobRecord {
+            id: 0,
+            name,
+            device_type,
+            priority,
+            tags,
+            submitter,
+            definition,
+            state: JobState::Submitted,
+            health: JobHealth::Unknown,
+            error_class: None,
+            error: None,
+            board: None,
+            submit_time: now_ms(),
+            start_time: None,
+            end_time: None,
+            health_check: false,
+        }
+    }
+
     /// Ends the job with `outcome`, now.
     pub fn finish(&mut self, outcome: JobOutcome) {
         self.state = JobState::Finished;

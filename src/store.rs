@@ -714,27 +714,17 @@ fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{JobHealth, JobOutcome};
+    use crate::model::JobOutcome;
 
     fn record(name: &str) -> JobRecord {
-        JobRecord {
-            id: 0,
-            name: name.into(),
-            device_type: "sim-uboot".into(),
-            priority: 50,
-            tags: vec![],
-            submitter: "test".into(),
-            definition: String::new(),
-            state: JobState::Submitted,
-            health: JobHealth::Unknown,
-            error_class: None,
-            error: None,
-            board: None,
-            submit_time: 1,
-            start_time: None,
-            end_time: None,
-            health_check: false,
-        }
+        JobRecord::submitted(
+            name.into(),
+            "sim-uboot".into(),
+            50,
+            vec![],
+            "test".into(),
+            String::new(),
+        )
     }
 
     #[tokio::test]

@@ -8,22 +8,10 @@ use serde_json::Value;
 
 /// The jobs labd submitted as health checks, oldest first.
 async fn health_checks(c: &mut labd::client::Client) -> Vec<Value> {
-    let v = c
-        .call(labd::protocol::RequestBody::Jobs {
-            state: None,
-            board: None,
-            device_type: None,
-            limit: None,
-            cursor: None,
-        })
+    let mut hc: Vec<Value> = all_jobs(c)
         .await
-        .unwrap();
-    let mut hc: Vec<Value> = v["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
         .filter(|j| j["health_check"] == true)
-        .cloned()
         .collect();
     hc.reverse();
     hc

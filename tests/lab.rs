@@ -213,17 +213,7 @@ fn invalid_jobs_are_refused_and_nothing_is_stored() {
                 assert!(w.line.is_some(), "{w:?}");
             }
         }
-        let jobs = c
-            .call(RequestBody::Jobs {
-                state: None,
-                board: None,
-                device_type: None,
-                limit: None,
-                cursor: None,
-            })
-            .await
-            .unwrap();
-        assert_eq!(jobs["jobs"].as_array().unwrap().len(), 0);
+        assert_eq!(all_jobs(&mut c).await.len(), 0);
         // Garbage on the socket gets an error and the connection still works.
         let e = c.call(RequestBody::Job { job: 999 }).await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::NoSuchJob));

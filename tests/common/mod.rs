@@ -302,3 +302,19 @@ pub async fn set_health(
     })
     .await
 }
+
+/// Every job, newest first.
+pub async fn all_jobs(c: &mut Client) -> Vec<Value> {
+    c.call(RequestBody::Jobs {
+        state: None,
+        board: None,
+        device_type: None,
+        limit: None,
+        cursor: None,
+    })
+    .await
+    .unwrap()["jobs"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
