@@ -43,11 +43,44 @@ pub struct LabConfig {
     pub limits: Limits,
     #[serde(default)]
     pub health_checks: HealthChecks,
+    #[serde(default)]
+    pub auth: Auth,
     /// The control socket of a `labd-sim` serving this lab's simulated boards.
     #[serde(default)]
     pub sim_control: Option<PathBuf>,
     #[serde(default)]
     pub boards: Vec<BoardConfig>,
+}
+
+/// Who may use the socket and who is an admin. The socket is created with
+/// `socket_mode` and group `socket_group`, so only that group's members
+/// reach labd at all. labd reads each caller's uid and gid from the kernel
+/// (SO_PEERCRED); admins are root, labd's own user and the members of
+/// `admin_group`. Anyone may submit and read; a job may be canceled by its
+/// submitter or an admin; board health, power and consoles are admin only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: u32,
+    #[serde(default)]
+    pub admin_group: Option<String>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            socket_group: None,
+            socket_mode: default_socket_mode(),
+            admin_group: None,
+        }
+    }
+}
+
+fn default_socket_mode() -> u32 {
+    0o660
 }
 
 /// Health checks as LAVA runs them: `<dir>/<device type>.yaml` is the
@@ -406,6 +439,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
         },
         limits: Limits::default(),
         health_checks: HealthChecks::default(),
+        auth: Auth::default(),
         sim_control: Some(sim_control.to_path_buf()),
         boards,
     }

@@ -26,6 +26,17 @@ pub enum StartError {
     },
     #[error("{0}")]
     Lab(crate::error::ApiError),
+    #[error("auth: group `{0}` does not exist")]
+    NoSuchGroup(String),
+}
+
+/// A group's gid by name.
+fn group_id(name: &Option<String>) -> Result<Option<u32>, StartError> {
+    let Some(name) = name else { return Ok(None) };
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(Some(g.gid.as_raw())),
+        _ => Err(StartError::NoSuchGroup(name.clone())),
+    }
 }
 
 pub fn load_device_types(
@@ -54,11 +65,19 @@ pub async fn start(cfg: LabConfig, socket: &Path) -> Result<Daemon, StartError> 
         port: addr.port(),
     };
     tracing::info!(tftp = %addr, "TFTP server listening");
-    let listener = crate::server::bind(socket).map_err(|source| StartError::Socket {
-        path: socket.display().to_string(),
-        source,
-    })?;
-    let limits = crate::server::ServerLimits::from_config(&cfg.limits);
+    let socket_gid = group_id(&cfg.auth.socket_group)?;
+    let admin_gid = group_id(&cfg.auth.admin_group)?;
+    let listener =
+        crate::server::bind(socket, cfg.auth.socket_mode, socket_gid).map_err(|source| {
+            StartError::Socket {
+                path: socket.display().to_string(),
+                source,
+            }
+        })?;
+    let limits = crate::server::ServerLimits {
+        admin_gid,
+        ..crate::server::ServerLimits::from_config(&cfg.limits)
+    };
     let lab = LabActor::new(cfg, store, device_types, tftp)
         .map_err(StartError::Lab)?
         .start();

@@ -32,15 +32,52 @@ pub struct BoardInfo {
     pub phase: Phase,
 }
 
+/// Who sent a request, as the kernel told the socket layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caller {
+    pub uid: u32,
+    pub name: String,
+    /// Root, labd's own user, or a member of the configured admin group.
+    pub admin: bool,
+}
+
+impl Caller {
+    fn may_cancel(&self, j: &JobRecord) -> bool {
+        self.admin
+            || match j.submitter_uid {
+                Some(uid) => uid == self.uid,
+                None => j.submitter == self.name,
+            }
+    }
+
+    /// The answer to a request the caller may not make; the denial is logged.
+    fn denied(&self, what: &str) -> ApiError {
+        tracing::warn!(caller = %self.name, uid = self.uid, action = what, "permission denied");
+        ApiError::new(
+            ErrorCode::PermissionDenied,
+            format!("{} (uid {}) may not {what}", self.name, self.uid),
+        )
+    }
+
+    fn require_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(self.denied(&format!("{what}: admins only")))
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum LabRequest {
     Submit {
         definition: String,
         file: String,
-        submitter: String,
+        caller: Caller,
     },
     Cancel {
         job: JobId,
+        caller: Caller,
     },
     Jobs(JobFilter),
     Job {
@@ -54,13 +91,16 @@ pub enum LabRequest {
         board: String,
         online: bool,
         reason: Option<String>,
+        caller: Caller,
     },
     Power {
         board: String,
         action: PowerAction,
+        caller: Caller,
     },
     IdleConsole {
         board: String,
+        caller: Caller,
     },
     /// A handle for reading logs; reading never changes anything.
     LogSource {
@@ -792,7 +832,7 @@ impl Handler<LabRequest> for LabActor {
             LabRequest::Submit {
                 definition,
                 file,
-                submitter,
+                caller,
             } => {
                 if definition.len() > self.cfg.limits.max_job_bytes {
                     return ready(Err(ApiError::new(
@@ -819,14 +859,17 @@ impl Handler<LabRequest> for LabActor {
                     return ready(Err(e));
                 }
                 let def = parsed.definition;
-                let rec = JobRecord::submitted(
-                    def.job_name.clone(),
-                    def.device_type.clone(),
-                    def.priority,
-                    def.tags.clone(),
-                    submitter,
-                    definition,
-                );
+                let rec = JobRecord {
+                    submitter_uid: Some(caller.uid),
+                    ..JobRecord::submitted(
+                        def.job_name.clone(),
+                        def.device_type.clone(),
+                        def.priority,
+                        def.tags.clone(),
+                        caller.name,
+                        definition,
+                    )
+                };
                 let warnings = parsed.warnings;
                 Box::pin(
                     async move { Ok::<_, ApiError>(store.insert_job(rec).await?) }
@@ -844,60 +887,18 @@ impl Handler<LabRequest> for LabActor {
                         }),
                 )
             }
-            LabRequest::Cancel { job } => {
-                if let Some(pos) = self.queue.iter().position(|q| q.id == job) {
-                    let q = self.queue.remove(pos);
-                    return Box::pin(
-                        async move {
-                            store
-                                .update_job(job, |j| {
-                                    j.finish(JobOutcome::canceled("canceled before it started"));
-                                    Ok(())
-                                })
-                                .await?;
-                            Ok::<_, ApiError>(())
+            LabRequest::Cancel { job, caller } => {
+                Box::pin(async move { store.job(job).await }.into_actor(self).then(
+                    move |r, act, _ctx| -> Self::Result {
+                        match r {
+                            Err(e) => Box::pin(fut::ready(Err(e.into()))),
+                            Ok(j) if !caller.may_cancel(&j) => Box::pin(fut::ready(Err(
+                                caller.denied(&format!("cancel job {job} of {}", j.submitter))
+                            ))),
+                            Ok(_) => act.cancel(job),
                         }
-                        .into_actor(self)
-                        .map(move |r, act, _| {
-                            if r.is_err() {
-                                // Nothing changed on disk: the job stays queued.
-                                act.enqueue(q);
-                            }
-                            r.map(|_| LabReply::Done)
-                        }),
-                    );
-                }
-                let running = self
-                    .boards
-                    .values()
-                    .find(|s| s.job == Some(job))
-                    .map(|s| s.addr.clone());
-                Box::pin(
-                    async move {
-                        let Some(addr) = running else {
-                            let j = store.job(job).await?;
-                            return Err(ApiError::new(
-                                ErrorCode::InvalidState,
-                                format!("job {job} is {} {}; nothing to cancel", j.state, j.health),
-                            ));
-                        };
-                        store
-                            .update_job(job, |j| {
-                                if j.state == JobState::Finished {
-                                    return Err("job already finished".into());
-                                }
-                                j.state = JobState::Canceling;
-                                Ok(())
-                            })
-                            .await?;
-                        addr.do_send(StopJob {
-                            id: job,
-                            outcome: JobOutcome::canceled("canceled by request"),
-                        });
-                        Ok(LabReply::Done)
-                    }
-                    .into_actor(self),
-                )
+                    },
+                ))
             }
             LabRequest::Jobs(filter) => Box::pin(
                 async move { Ok(LabReply::Jobs(store.list_jobs(filter).await?)) }.into_actor(self),
@@ -943,7 +944,11 @@ impl Handler<LabRequest> for LabActor {
                 board,
                 online,
                 reason,
+                caller,
             } => {
+                if let Err(e) = caller.require_admin(&format!("change the health of {board}")) {
+                    return ready(Err(e));
+                }
                 let Some(s) = self.boards.get_mut(&board) else {
                     return ready(Err(not_found(&board)));
                 };
@@ -987,7 +992,14 @@ impl Handler<LabRequest> for LabActor {
                         }),
                 )
             }
-            LabRequest::Power { board, action } => {
+            LabRequest::Power {
+                board,
+                action,
+                caller,
+            } => {
+                if let Err(e) = caller.require_admin(&format!("switch the power of {board}")) {
+                    return ready(Err(e));
+                }
                 let Some(s) = self.boards.get(&board) else {
                     return ready(Err(not_found(&board)));
                 };
@@ -1006,7 +1018,10 @@ impl Handler<LabRequest> for LabActor {
                     .into_actor(self),
                 )
             }
-            LabRequest::IdleConsole { board } => {
+            LabRequest::IdleConsole { board, caller } => {
+                if let Err(e) = caller.require_admin(&format!("read the console of {board}")) {
+                    return ready(Err(e));
+                }
                 let Some(s) = self.boards.get(&board) else {
                     return ready(Err(not_found(&board)));
                 };
@@ -1023,6 +1038,67 @@ impl Handler<LabRequest> for LabActor {
                 )
             }
         }
+    }
+}
+
+impl LabActor {
+    /// Cancels a job the caller may cancel: a queued one ends Canceled now,
+    /// a running one is stopped by its board (which powers it off).
+    fn cancel(&mut self, job: JobId) -> ResponseActFuture<Self, Result<LabReply, ApiError>> {
+        let store = self.store.clone();
+        if let Some(pos) = self.queue.iter().position(|q| q.id == job) {
+            let q = self.queue.remove(pos);
+            return Box::pin(
+                async move {
+                    store
+                        .update_job(job, |j| {
+                            j.finish(JobOutcome::canceled("canceled before it started"));
+                            Ok(())
+                        })
+                        .await?;
+                    Ok::<_, ApiError>(())
+                }
+                .into_actor(self)
+                .map(move |r, act, _| {
+                    if r.is_err() {
+                        // Nothing changed on disk: the job stays queued.
+                        act.enqueue(q);
+                    }
+                    r.map(|_| LabReply::Done)
+                }),
+            );
+        }
+        let running = self
+            .boards
+            .values()
+            .find(|s| s.job == Some(job))
+            .map(|s| s.addr.clone());
+        Box::pin(
+            async move {
+                let Some(addr) = running else {
+                    let j = store.job(job).await?;
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidState,
+                        format!("job {job} is {} {}; nothing to cancel", j.state, j.health),
+                    ));
+                };
+                store
+                    .update_job(job, |j| {
+                        if j.state == JobState::Finished {
+                            return Err("job already finished".into());
+                        }
+                        j.state = JobState::Canceling;
+                        Ok(())
+                    })
+                    .await?;
+                addr.do_send(StopJob {
+                    id: job,
+                    outcome: JobOutcome::canceled("canceled by request"),
+                });
+                Ok(LabReply::Done)
+            }
+            .into_actor(self),
+        )
     }
 }
 

@@ -185,6 +185,9 @@ pub struct JobRecord {
     /// A health check labd submitted for `board`, not a user's job.
     #[serde(default)]
     pub health_check: bool,
+    /// The submitter's uid, from the socket peer's credentials.
+    #[serde(default)]
+    pub submitter_uid: Option<u32>,
 }
 
 impl JobRecord {
@@ -214,6 +217,7 @@ impl JobRecord {
             start_time: None,
             end_time: None,
             health_check: false,
+            submitter_uid: None,
         }
     }
 

@@ -6,7 +6,7 @@
 //! the connection; answers are serialized through one writer task.
 
 use crate::error::ErrorCode;
-use crate::lab::{LabActor, LabReply, LabRequest};
+use crate::lab::{Caller, LabActor, LabReply, LabRequest};
 use crate::model::{JobId, JobState};
 use crate::power::PowerAction;
 use crate::protocol::*;
@@ -20,8 +20,19 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-/// Binds the socket (replacing a stale one) and serves until the process ends.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// Binds the socket (replacing a stale one) with the given mode and group:
+/// only that group's members reach labd at all.
+pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let listener = bind_socket(path)?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -45,6 +56,8 @@ pub struct ServerLimits {
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub write_timeout: Duration,
+    /// Members of this group are admins (see `identify`).
+    pub admin_gid: Option<u32>,
 }
 
 impl ServerLimits {
@@ -54,6 +67,7 @@ impl ServerLimits {
             max_connections: l.max_connections,
             request_timeout: Duration::from_secs(l.request_timeout_secs),
             write_timeout: Duration::from_secs(l.client_write_timeout_secs),
+            admin_gid: None,
         }
     }
 }
@@ -225,16 +239,21 @@ type Tx = mpsc::Sender<Response>;
 
 impl Conn {
     async fn run(self, stream: UnixStream) {
-        // The submitter is who the kernel says is on the other end, not what
-        // the client claims. Looking the name up may block (NSS), so it runs
-        // off the actors' thread.
-        let uid = stream.peer_cred().ok().map(|c| c.uid());
-        let user = match uid {
-            Some(uid) => tokio::task::spawn_blocking(move || user_name(uid))
-                .await
-                .unwrap_or_else(|_| format!("uid {uid}")),
-            None => "unknown".into(),
+        // The caller is who the kernel says is on the other end, not what
+        // the client claims. Looking names and groups up may block (NSS),
+        // so it runs off the actors' thread.
+        let Ok(cred) = stream.peer_cred() else {
+            tracing::warn!("no peer credentials on a connection; closing it");
+            return;
         };
+        let (uid, gid, admin_gid) = (cred.uid(), cred.gid(), self.limits.admin_gid);
+        let caller = tokio::task::spawn_blocking(move || identify(uid, gid, admin_gid))
+            .await
+            .unwrap_or_else(|_| Caller {
+                uid,
+                name: format!("uid {uid}"),
+                admin: false,
+            });
         let (r, mut w) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Response>(16);
         let write_timeout = self.limits.write_timeout;
@@ -358,9 +377,9 @@ impl Conn {
             }
             let lab = self.lab.clone();
             let tx = tx.clone();
-            let user = user.clone();
+            let caller = caller.clone();
             let closing = self.closing.clone();
-            actix::spawn(async move { handle(req, lab, tx, user, closing).await });
+            actix::spawn(async move { handle(req, lab, tx, caller, closing).await });
         }
         drop(tx);
         drop(reader);
@@ -368,16 +387,16 @@ impl Conn {
     }
 }
 
-fn to_lab(body: RequestBody, user: String) -> Result<LabRequest, WireError> {
+fn to_lab(body: RequestBody, caller: Caller) -> Result<LabRequest, WireError> {
     let bad = |m: String| WireError::new(ErrorCode::BadRequest, m);
     Ok(match body {
         RequestBody::Hello { .. } => return Err(bad("hello was already said".into())),
         RequestBody::Submit { definition, file } => LabRequest::Submit {
             definition,
             file: file.unwrap_or_else(|| "<job>".into()),
-            submitter: user,
+            caller,
         },
-        RequestBody::Cancel { job } => LabRequest::Cancel { job },
+        RequestBody::Cancel { job } => LabRequest::Cancel { job, caller },
         RequestBody::Jobs {
             state,
             board,
@@ -422,6 +441,7 @@ fn to_lab(body: RequestBody, user: String) -> Result<LabRequest, WireError> {
                 board,
                 online,
                 reason,
+                caller,
             }
         }
         RequestBody::Power { board, action } => {
@@ -435,25 +455,44 @@ fn to_lab(body: RequestBody, user: String) -> Result<LabRequest, WireError> {
                     )))
                 }
             };
-            LabRequest::Power { board, action }
+            LabRequest::Power {
+                board,
+                action,
+                caller,
+            }
         }
-        RequestBody::ConsoleLog { board } => LabRequest::IdleConsole { board },
+        RequestBody::ConsoleLog { board } => LabRequest::IdleConsole { board, caller },
     })
 }
 
-fn user_name(uid: u32) -> String {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| format!("uid {uid}"))
+/// Names the caller and decides whether it is an admin: root, labd's own
+/// user, or a member of the admin group (as its primary group or in the
+/// group database).
+fn identify(uid: u32, gid: u32, admin_gid: Option<u32>) -> Caller {
+    use nix::unistd::{getgrouplist, Gid, Uid, User};
+    let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
+    let name = user
+        .as_ref()
+        .map(|u| u.name.clone())
+        .unwrap_or_else(|| format!("uid {uid}"));
+    let in_admin_group = admin_gid.is_some_and(|admin| {
+        gid == admin
+            || user.as_ref().is_some_and(|u| {
+                std::ffi::CString::new(u.name.as_str())
+                    .ok()
+                    .and_then(|n| getgrouplist(&n, Gid::from_raw(gid)).ok())
+                    .is_some_and(|groups| groups.contains(&Gid::from_raw(admin)))
+            })
+    });
+    let admin = uid == 0 || uid == Uid::effective().as_raw() || in_admin_group;
+    Caller { uid, name, admin }
 }
 
 async fn handle(
     req: Request,
     lab: Addr<LabActor>,
     tx: Tx,
-    user: String,
+    caller: Caller,
     closing: watch::Receiver<bool>,
 ) {
     let id = req.id;
@@ -465,7 +504,7 @@ async fn handle(
         } => Some((*job, *offset, *follow)),
         _ => None,
     };
-    let answer = match to_lab(req.body, user) {
+    let answer = match to_lab(req.body, caller) {
         Err(e) => Response::error(id, e),
         Ok(lr) => match lab.send(lr).await {
             Ok(Ok(LabReply::LogSource(store))) => {

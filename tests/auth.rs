@@ -1,0 +1,132 @@
+//! Authorization with real, different uids: labctl runs as other users
+//! through `setpriv`, so the peer-credential checks are the kernel's.
+//! The test needs root (to switch users); elsewhere it says so and passes.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const USERS_GID: u32 = 100;
+
+struct As<'a> {
+    labctl: PathBuf,
+    socket: &'a Path,
+}
+
+impl As<'_> {
+    /// Runs labctl as `uid`/`gid`, with the `users` group (the socket's) as
+    /// a supplementary group when `in_socket_group`.
+    fn run(&self, uid: u32, gid: u32, in_socket_group: bool, args: &[&str]) -> Output {
+        let groups = if in_socket_group {
+            USERS_GID.to_string()
+        } else {
+            gid.to_string()
+        };
+        Command::new("setpriv")
+            .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()])
+            .args(["--groups", &groups, "--"])
+            .arg(&self.labctl)
+            .args(args)
+            .env("LABD_SOCKET", self.socket)
+            .output()
+            .unwrap()
+    }
+
+    /// The `daemon` user (uid 1): a plain user in the socket's group.
+    fn user(&self, args: &[&str]) -> Output {
+        self.run(1, 1, true, args)
+    }
+
+    /// `nobody`, whose primary group `nogroup` is the admin group.
+    fn admin(&self, args: &[&str]) -> Output {
+        self.run(65534, 65534, true, args)
+    }
+}
+
+fn denied(o: &Output) -> bool {
+    !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("permission_denied")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+#[test]
+fn submitters_cancel_their_own_jobs_and_only_admins_touch_boards() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    rt().block_on(async {
+        let mut lab = Lab::prepare(
+            1,
+            &[],
+            &[],
+            "[auth]\nsocket_group = \"users\"\nsocket_mode = 0o660\nadmin_group = \"nogroup\"",
+        );
+        // Other users must reach the socket and run labctl from here.
+        let dir = lab.dir.path().to_owned();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let labctl = dir.join("labctl");
+        std::fs::copy(env!("CARGO_BIN_EXE_labctl"), &labctl).unwrap();
+        let job_file = dir.join("job.yaml");
+        std::fs::write(&job_file, lab.job("theirs", "medium", &["true"])).unwrap();
+        std::fs::set_permissions(&job_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        lab.start_labd();
+
+        let meta = std::fs::metadata(&lab.socket).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o660);
+        assert_eq!(meta.gid(), USERS_GID);
+
+        let who = As {
+            labctl,
+            socket: &lab.socket,
+        };
+        let job = job_file.to_str().unwrap();
+        let mut c = lab.client().await; // root: an admin
+        set_health(&mut c, "sim-01", "maintenance", None)
+            .await
+            .unwrap();
+        let root_job = c
+            .submit(&lab.job("root's", "medium", &["true"]), "j.yaml")
+            .await
+            .unwrap();
+        let mine: u64 = ok(&who.user(&["submit", job])).parse().unwrap();
+        assert_eq!(common::job(&mut c, mine).await["submitter"], "daemon");
+
+        // A plain user: not someone else's job, not the boards.
+        let r = root_job.to_string();
+        assert!(denied(&who.user(&["cancel", &r])));
+        assert_eq!(common::job(&mut c, root_job).await["state"], "Submitted");
+        assert!(denied(&who.user(&["board", "sim-01", "online"])));
+        assert!(denied(&who.user(&["power", "sim-01", "on"])));
+        assert!(denied(&who.user(&["console-log", "sim-01"])));
+        assert_eq!(board(&mut c, "sim-01").await["health"], "Maintenance");
+        // Reading is for everyone.
+        ok(&who.user(&["jobs"]));
+        // Their own job they may cancel.
+        ok(&who.user(&["cancel", &mine.to_string()]));
+        assert_eq!(common::job(&mut c, mine).await["health"], "Canceled");
+
+        // An admin by group cancels another's job and handles boards.
+        let theirs: u64 = ok(&who.user(&["submit", job])).parse().unwrap();
+        ok(&who.admin(&["cancel", &theirs.to_string()]));
+        assert_eq!(common::job(&mut c, theirs).await["health"], "Canceled");
+        ok(&who.admin(&["console-log", "sim-01"]));
+        ok(&who.admin(&["board", "sim-01", "online"]));
+        let (end, _) = wait_job(&mut c, root_job).await;
+        assert_eq!(end["health"], "Complete");
+
+        // Outside the socket's group, labd is not reachable at all.
+        let outsider = who.run(2, 2, false, &["jobs"]);
+        assert!(!outsider.status.success());
+        assert!(
+            String::from_utf8_lossy(&outsider.stderr).contains("ermission denied"),
+            "{outsider:?}"
+        );
+    });
+}
