@@ -14,7 +14,7 @@ use crate::device_type::DeviceType;
 use crate::job::JobDefinition;
 use crate::model::{JobEvent, JobId, JobOutcome};
 use crate::power::{Power, PowerAction};
-use crate::runner::{self, Phase, RunCtx, TftpInfo};
+use crate::runner::{self, ConsoleFeed, FeedSender, Phase, RunCtx, TftpInfo};
 use crate::store::Store;
 use actix::prelude::*;
 use std::collections::VecDeque;
@@ -113,7 +113,11 @@ impl Drop for AbortOnDrop {
 
 struct CurrentJob {
     id: JobId,
-    input: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    input: Option<FeedSender>,
+    /// The log reached the configured cap; further bytes are not kept.
+    truncated: bool,
+    /// Bytes the runner could not take (it was too far behind).
+    unfed: u64,
     handle: Option<SpawnHandle>,
     log_buf: Vec<u8>,
     log_offset: u64,
@@ -139,6 +143,8 @@ pub struct BoardActor {
     job: Option<CurrentJob>,
     ring: VecDeque<u8>,
     ring_cap: usize,
+    /// The most console bytes kept per job.
+    max_log: u64,
     guard: DeathGuard,
 }
 
@@ -153,6 +159,7 @@ impl BoardActor {
         tftp: TftpInfo,
         lab: Recipient<BoardReport>,
         ring_cap: usize,
+        max_log: u64,
     ) -> Self {
         BoardActor {
             guard: DeathGuard {
@@ -175,6 +182,7 @@ impl BoardActor {
             job: None,
             ring: VecDeque::new(),
             ring_cap,
+            max_log,
         }
     }
 
@@ -215,7 +223,18 @@ impl BoardActor {
                                     addr.do_send(ConsoleLost(gen, "end of file".into()));
                                     return;
                                 }
-                                Ok(n) => addr.do_send(ConsoleBytes(gen, buf[..n].to_vec())),
+                                // Waiting for the actor to take each read
+                                // bounds memory under a flood: the kernel's
+                                // buffer fills and the sender slows down.
+                                Ok(n) => {
+                                    if addr
+                                        .send(ConsoleBytes(gen, buf[..n].to_vec()))
+                                        .await
+                                        .is_err()
+                                    {
+                                        return;
+                                    }
+                                }
                                 Err(e) => {
                                     addr.do_send(ConsoleLost(gen, e.to_string()));
                                     return;
@@ -323,12 +342,34 @@ impl Handler<ConsoleBytes> for BoardActor {
         if msg.0 != self.console_gen {
             return;
         }
+        let cap = self.max_log;
         match &mut self.job {
             Some(job) => {
                 if let Some(input) = &job.input {
-                    let _ = input.send(msg.1.clone());
+                    if !input.send(&msg.1) {
+                        if job.unfed == 0 {
+                            tracing::warn!(board = %self.name, job = job.id, "boot sequence too far behind the console; dropping its input");
+                        }
+                        job.unfed += msg.1.len() as u64;
+                    } else if job.unfed > 0 {
+                        let note = format!("\r\n[labd: {} console bytes came faster than the job could read them and were not matched]\r\n", job.unfed);
+                        job.log_buf.extend_from_slice(note.as_bytes());
+                        job.unfed = 0;
+                    }
                 }
-                job.log_buf.extend_from_slice(&msg.1);
+                let kept = job.log_offset + job.log_buf.len() as u64;
+                if !job.truncated {
+                    let room = cap.saturating_sub(kept) as usize;
+                    if msg.1.len() <= room {
+                        job.log_buf.extend_from_slice(&msg.1);
+                    } else {
+                        job.log_buf.extend_from_slice(&msg.1[..room]);
+                        job.truncated = true;
+                        let note = format!("\r\n[labd: console log truncated at {cap} bytes (limits.max_job_log_bytes); the rest of this job's console is not kept]\r\n");
+                        job.log_buf.extend_from_slice(note.as_bytes());
+                        tracing::warn!(board = %self.name, job = job.id, cap, "job console log truncated");
+                    }
+                }
                 if job.log_buf.len() >= 64 * 1024 {
                     self.flush_log();
                 }
@@ -375,7 +416,7 @@ impl Handler<StartJob> for BoardActor {
         if let Some(j) = &self.job {
             return Err(format!("board {} is busy with job {}", self.name, j.id));
         }
-        let (input_tx, input_rx) = mpsc::unbounded_channel();
+        let (input_tx, input_rx) = ConsoleFeed::new();
         // Writes go through the current console writer; when the console is
         // being reconnected they are lost, like keystrokes on an unplugged cable.
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -411,6 +452,8 @@ impl Handler<StartJob> for BoardActor {
         self.job = Some(CurrentJob {
             id: msg.id,
             input: Some(input_tx),
+            truncated: false,
+            unfed: 0,
             handle: None,
             log_buf: Vec::new(),
             log_offset: 0,

@@ -178,6 +178,9 @@ pub struct Limits {
     /// Console bytes kept per board while it is idle.
     #[serde(default = "default_ring")]
     pub idle_console_ring_bytes: usize,
+    /// Console bytes kept per job; the rest is dropped, with a note in the log.
+    #[serde(default = "default_job_log")]
+    pub max_job_log_bytes: u64,
     /// On SIGTERM, how long running jobs may go on before they are ended
     /// Incomplete ("dispatcher shutdown") and their boards powered off.
     #[serde(default = "default_grace")]
@@ -199,6 +202,7 @@ impl Default for Limits {
             max_request_bytes: default_request(),
             max_job_bytes: default_job_bytes(),
             idle_console_ring_bytes: default_ring(),
+            max_job_log_bytes: default_job_log(),
             shutdown_grace_secs: default_grace(),
             max_connections: default_connections(),
             request_timeout_secs: default_request_timeout(),
@@ -224,6 +228,9 @@ fn default_write_timeout() -> u64 {
 }
 fn default_grace() -> u64 {
     120
+}
+fn default_job_log() -> u64 {
+    128 << 20
 }
 fn default_ring() -> usize {
     64 * 1024

@@ -282,6 +282,7 @@ impl LabActor {
             self.tftp.clone(),
             ctx.address().recipient(),
             self.cfg.limits.idle_console_ring_bytes,
+            self.cfg.limits.max_job_log_bytes,
         )
         .start()
     }

@@ -22,6 +22,61 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Console bytes from the board actor to the runner. The actor never
+/// blocks, so the feed is bounded by bytes instead: the actor counts what it
+/// sends, the runner what it takes, and while more than [`FEED_LIMIT`] is
+/// waiting the actor drops bytes for the runner (they still go to the log,
+/// with a note). The runner reads all the time it waits for a pattern, so
+/// only a flood during a slow step can reach the limit.
+pub struct ConsoleFeed {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The most console bytes waiting for the runner.
+pub const FEED_LIMIT: usize = 8 << 20;
+
+/// The actor's end of a [`ConsoleFeed`].
+pub struct FeedSender {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FeedSender {
+    /// Sends `bytes` unless the runner is too far behind; false if dropped.
+    pub fn send(&self, bytes: &[u8]) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.waiting.load(Ordering::Acquire) + bytes.len() > FEED_LIMIT {
+            return false;
+        }
+        self.waiting.fetch_add(bytes.len(), Ordering::AcqRel);
+        // A closed feed means the runner is done; nothing is owed to it.
+        let _ = self.tx.send(bytes.to_vec());
+        true
+    }
+}
+
+impl ConsoleFeed {
+    pub fn new() -> (FeedSender, ConsoleFeed) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let waiting = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (
+            FeedSender {
+                tx,
+                waiting: waiting.clone(),
+            },
+            ConsoleFeed { rx, waiting },
+        )
+    }
+
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        let b = self.rx.recv().await?;
+        self.waiting
+            .fetch_sub(b.len(), std::sync::atomic::Ordering::AcqRel);
+        Some(b)
+    }
+}
+
 /// The board's boot state machine, as the board actor reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
@@ -55,7 +110,7 @@ pub struct RunCtx {
     pub job_id: JobId,
     pub def: JobDefinition,
     pub dt: DeviceType,
-    pub input: mpsc::UnboundedReceiver<Vec<u8>>,
+    pub input: ConsoleFeed,
     pub output: mpsc::UnboundedSender<Vec<u8>>,
     pub power: Arc<dyn Power>,
     pub store: Store,
@@ -258,7 +313,7 @@ impl Runner {
                 return Ok(hit.index);
             }
             let next = match deadline {
-                Some((limit, at)) => match tokio::time::timeout_at(at, self.ctx.input.recv()).await
+                Some((limit, at)) => match tokio::time::timeout_at(at, self.ctx.input.next()).await
                 {
                     Ok(c) => c,
                     Err(_) => {
@@ -271,7 +326,7 @@ impl Runner {
                         return Err(infra(msg));
                     }
                 },
-                None => self.ctx.input.recv().await,
+                None => self.ctx.input.next().await,
             };
             chunk = match next {
                 Some(c) => c,

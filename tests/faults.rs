@@ -108,3 +108,50 @@ fn failing_relay_ends_the_job_as_infrastructure() {
         );
     });
 }
+
+/// A test step that floods the console with 30 MB of random bytes: the job
+/// still completes, its stored log stops at the configured cap with a note
+/// saying so, and labd's memory stays bounded.
+#[test]
+fn console_flood_is_capped_and_memory_stays_bounded() {
+    rt().block_on(async {
+        let lab = Lab::start_with(1, &[], &[], "[limits]\nmax_job_log_bytes = 1048576");
+        let mut c = lab.client().await;
+        let id = c
+            .submit(
+                &lab.job(
+                    "flood",
+                    "medium",
+                    &[
+                        "head -c 30000000 /dev/urandom; echo",
+                        "lava-test-case after-flood --shell true",
+                    ],
+                ),
+                "j.yaml",
+            )
+            .await
+            .unwrap();
+        let mut log = Vec::new();
+        let end = c
+            .logs(id, true, |d| log.extend_from_slice(d))
+            .await
+            .unwrap();
+        assert_eq!(end["health"], "Complete");
+        let r = c
+            .call(labd::protocol::RequestBody::Results { job: id })
+            .await
+            .unwrap();
+        assert_eq!(r["results"][0]["name"], "after-flood", "{r}");
+        let note = b"console log truncated at 1048576 bytes";
+        assert!(log.windows(note.len()).any(|w| w == note));
+        assert!(log.len() < 1_048_576 + 4096, "log is {} bytes", log.len());
+        let status = std::fs::read_to_string(format!("/proc/{}/status", lab.labd_pid())).unwrap();
+        let peak_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        println!("labd peak RSS {peak_kb} kB after a 30 MB flood");
+        assert!(peak_kb < 150 * 1024, "labd peaked at {peak_kb} kB");
+    });
+}

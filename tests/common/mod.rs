@@ -152,6 +152,11 @@ impl Lab {
         self.labd = Some(child);
     }
 
+    /// The running labd's process id.
+    pub fn labd_pid(&self) -> u32 {
+        self.labd.as_ref().expect("labd is running").id()
+    }
+
     /// Waits for a labd log line containing `needle`.
     pub fn wait_log(&self, needle: &str) -> String {
         let rx = self.labd_log.as_ref().expect("labd is running");
