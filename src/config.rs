@@ -45,11 +45,60 @@ pub struct LabConfig {
     pub health_checks: HealthChecks,
     #[serde(default)]
     pub auth: Auth,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// The control socket of a `labd-sim` serving this lab's simulated boards.
     #[serde(default)]
     pub sim_control: Option<PathBuf>,
     #[serde(default)]
     pub boards: Vec<BoardConfig>,
+}
+
+/// How long finished jobs' console logs are kept. Logs are dropped oldest
+/// job first; job records, events and results are always kept (`labd
+/// export` writes them out for backup).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Drop the logs of jobs that ended longer ago than this.
+    #[serde(default)]
+    pub max_log_age_days: Option<u64>,
+    /// Then drop the oldest logs until all logs total at most this.
+    #[serde(default)]
+    pub max_log_total_bytes: Option<u64>,
+    /// How often to apply the policy (also applied at every start).
+    #[serde(default = "default_retention_interval")]
+    pub interval_minutes: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            max_log_age_days: None,
+            max_log_total_bytes: None,
+            interval_minutes: default_retention_interval(),
+        }
+    }
+}
+
+fn default_retention_interval() -> u64 {
+    60
+}
+
+impl RetentionConfig {
+    /// The policy as of now.
+    pub fn now(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            ended_before: self
+                .max_log_age_days
+                .map(|d| crate::model::now_ms().saturating_sub(d.saturating_mul(86_400_000))),
+            max_total_bytes: self.max_log_total_bytes,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.max_log_age_days.is_some() || self.max_log_total_bytes.is_some()
+    }
 }
 
 /// Who may use the socket and who is an admin. The socket is created with
@@ -447,6 +496,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
         limits: Limits::default(),
         health_checks: HealthChecks::default(),
         auth: Auth::default(),
+        retention: RetentionConfig::default(),
         sim_control: Some(sim_control.to_path_buf()),
         boards,
     }

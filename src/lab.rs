@@ -603,6 +603,7 @@ impl LabActor {
     /// Brings the store to a consistent state after a start or a crash.
     async fn reconcile(
         store: Store,
+        retention: Option<crate::store::Retention>,
     ) -> Result<(Vec<BoardRecord>, Vec<JobRecord>, Vec<String>), crate::store::StoreError> {
         // Boards whose job was cut short: their state is unknown now.
         let mut interrupted = Vec::new();
@@ -624,6 +625,9 @@ impl LabActor {
                     .await?;
                 interrupted.extend(j.board);
             }
+        }
+        if let Some(r) = retention {
+            log_prune(store.prune_logs(r).await);
         }
         let boards = store.boards().await?;
         let queued = store.jobs_in_state(JobState::Submitted).await?;
@@ -666,8 +670,21 @@ impl Actor for LabActor {
         ctx.run_interval(std::time::Duration::from_secs(60), |act, ctx| {
             act.schedule(ctx)
         });
+        if self.cfg.retention.enabled() {
+            let every =
+                std::time::Duration::from_secs(self.cfg.retention.interval_minutes.max(1) * 60);
+            ctx.run_interval(every, |act, _ctx| {
+                let fut = act.store.prune_logs(act.cfg.retention.now());
+                actix::spawn(async move { log_prune(fut.await) });
+            });
+        }
         let store = self.store.clone();
-        ctx.wait(Self::reconcile(store).into_actor(self).map(|res, act, ctx| {
+        let retention = self
+            .cfg
+            .retention
+            .enabled()
+            .then(|| self.cfg.retention.now());
+        ctx.wait(Self::reconcile(store, retention).into_actor(self).map(|res, act, ctx| {
             match res {
                 Ok((boards, queued, interrupted)) => {
                     for r in boards {
@@ -816,6 +833,19 @@ impl Handler<BoardReport> for LabActor {
                 );
             }
         }
+    }
+}
+
+fn log_prune(r: Result<crate::store::PruneReport, crate::store::StoreError>) {
+    match r {
+        Ok(p) if p.jobs > 0 => tracing::info!(
+            jobs = p.jobs,
+            bytes = p.bytes,
+            kept_bytes = p.kept_bytes,
+            "retention: dropped old console logs"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "retention: pruning logs failed"),
     }
 }
 

@@ -188,6 +188,9 @@ pub struct JobRecord {
     /// The submitter's uid, from the socket peer's credentials.
     #[serde(default)]
     pub submitter_uid: Option<u32>,
+    /// The console log was dropped by the retention policy.
+    #[serde(default)]
+    pub log_pruned: bool,
 }
 
 impl JobRecord {
@@ -218,6 +221,7 @@ impl JobRecord {
             end_time: None,
             health_check: false,
             submitter_uid: None,
+            log_pruned: false,
         }
     }
 

@@ -76,6 +76,25 @@ enum Write {
         oneshot::Sender<Result<(), StoreError>>,
     ),
     Board(BoardRecord, oneshot::Sender<Result<(), StoreError>>),
+    Prune(Retention, oneshot::Sender<Result<PruneReport, StoreError>>),
+}
+
+/// Which finished jobs' console logs to drop (the job records, events and
+/// results stay): those that ended before `ended_before` (ms since the
+/// epoch), then the oldest until the logs total at most `max_total_bytes`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retention {
+    pub ended_before: Option<u64>,
+    pub max_total_bytes: Option<u64>,
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub jobs: usize,
+    pub bytes: u64,
+    /// The console logs kept, in bytes.
+    pub kept_bytes: u64,
 }
 
 #[derive(Clone)]
@@ -269,6 +288,46 @@ impl Store {
         board: BoardRecord,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         self.send(move |tx| Write::Board(board, tx))
+    }
+
+    /// Drops finished jobs' console logs as `r` says, oldest job first.
+    pub fn prune_logs(
+        &self,
+        r: Retention,
+    ) -> impl std::future::Future<Output = Result<PruneReport, StoreError>> + Send + 'static {
+        self.send(move |tx| Write::Prune(r, tx))
+    }
+
+    /// Calls `f` with every job, its events and its results, in id order
+    /// (for `labd export`, on a store no daemon has open).
+    pub fn for_each_job(
+        &self,
+        mut f: impl FnMut(JobRecord, Vec<JobEvent>, Vec<TestCase>) -> std::io::Result<()>,
+    ) -> Result<usize, StoreError> {
+        let t = &self.trees;
+        let mut n = 0;
+        for kv in t.jobs.iter() {
+            let j: JobRecord = dec(&kv?.1)?;
+            let prefix = j.id.to_be_bytes();
+            let events = t
+                .events
+                .scan_prefix(prefix)
+                .map(|kv| dec(&kv?.1))
+                .collect::<Result<_, _>>()?;
+            let results = t
+                .results
+                .scan_prefix(prefix)
+                .map(|kv| dec(&kv?.1))
+                .collect::<Result<_, _>>()?;
+            f(j, events, results).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The store's size on disk, in bytes.
+    pub fn disk_bytes(&self) -> u64 {
+        self.trees.db.size_on_disk().unwrap_or(0)
     }
 
     async fn read<T: Send + 'static>(
@@ -708,7 +767,51 @@ fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>
                 .map_err(StoreError::from);
             defer(done, tx, r);
         }
+        Write::Prune(r, tx) => defer(done, tx, prune(t, r)),
     }
+}
+
+fn prune(t: &Trees, r: Retention) -> Result<PruneReport, StoreError> {
+    // Log sizes per job, in id order (which is submit order).
+    let mut sizes: Vec<(JobId, u64)> = Vec::new();
+    for kv in t.logs.iter() {
+        let (k, v) = kv?;
+        let id = be_u64(&k[..8]);
+        match sizes.last_mut() {
+            Some((last, n)) if *last == id => *n += v.len() as u64,
+            _ => sizes.push((id, v.len() as u64)),
+        }
+    }
+    let mut report = PruneReport {
+        kept_bytes: sizes.iter().map(|(_, n)| n).sum(),
+        ..Default::default()
+    };
+    for (id, size) in sizes {
+        let over = r.max_total_bytes.is_some_and(|m| report.kept_bytes > m);
+        let Some(v) = t.jobs.get(id.to_be_bytes())? else {
+            continue;
+        };
+        let j: JobRecord = dec(&v)?;
+        let Some(end) = j.end_time.filter(|_| j.state == JobState::Finished) else {
+            continue;
+        };
+        let old = r.ended_before.is_some_and(|b| end < b);
+        if !(old || over) {
+            continue;
+        }
+        let mut batch = sled::Batch::default();
+        for kv in t.logs.scan_prefix(id.to_be_bytes()) {
+            batch.remove(kv?.0);
+        }
+        t.logs.apply_batch(batch)?;
+        let mut j = j;
+        j.log_pruned = true;
+        t.jobs.insert(id.to_be_bytes(), enc(&j))?;
+        report.jobs += 1;
+        report.bytes += size;
+        report.kept_bytes -= size;
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -725,6 +828,47 @@ mod tests {
             "test".into(),
             String::new(),
         )
+    }
+
+    #[tokio::test]
+    async fn prune_by_age_drops_only_finished_jobs_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let done = store.insert_job(record("done")).await.unwrap();
+        let running = store.insert_job(record("running")).await.unwrap();
+        for id in [done.id, running.id] {
+            store.append_log(id, 0, vec![b'x'; 1000]).await.unwrap();
+        }
+        store
+            .update_job(done.id, |j| {
+                j.finish(JobOutcome::canceled("test"));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store
+            .update_job(running.id, |j| {
+                j.state = JobState::Running;
+                j.board = Some("b".into());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let keep = Retention {
+            ended_before: Some(1),
+            max_total_bytes: None,
+        };
+        assert_eq!(store.prune_logs(keep).await.unwrap().jobs, 0);
+        let all = Retention {
+            ended_before: Some(u64::MAX),
+            max_total_bytes: None,
+        };
+        let r = store.prune_logs(all).await.unwrap();
+        assert_eq!((r.jobs, r.bytes, r.kept_bytes), (1, 1000, 1000));
+        assert!(store.log(done.id, 0, 10).await.unwrap().0.is_empty());
+        assert_eq!(store.log(running.id, 0, 10).await.unwrap().0.len(), 10);
+        assert!(store.job(done.id).await.unwrap().log_pruned);
+        assert_eq!(store.check().unwrap(), Vec::<String>::new());
     }
 
     #[tokio::test]

@@ -41,6 +41,13 @@ enum Cmd {
         #[arg(long)]
         state_dir: PathBuf,
     },
+    /// Write every job with its events and results as JSON lines on stdout
+    /// (labd stopped), for backup or migration.
+    Export {
+        /// The lab's state directory (the config's `state_dir`).
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
 }
 
 /// Opens the store of a stopped lab, refusing to create one.
@@ -104,6 +111,20 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         }
         eprintln!("{} problem(s)", problems.len());
         return Ok(1);
+    }
+    if let Some(Cmd::Export { state_dir }) = &args.command {
+        let store = open_offline(state_dir)?;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let n = store.for_each_job(|job, events, results| {
+            serde_json::to_writer(
+                &mut out,
+                &serde_json::json!({"job": job, "events": events, "results": results}),
+            )?;
+            out.write_all(b"\n")
+        })?;
+        out.flush()?;
+        eprintln!("exported {n} jobs");
+        return Ok(0);
     }
     if args.demo {
         return demo(args).await;
