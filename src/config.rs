@@ -234,6 +234,19 @@ pub struct Limits {
     /// Incomplete ("dispatcher shutdown") and their boards powered off.
     #[serde(default = "default_grace")]
     pub shutdown_grace_secs: u64,
+    /// The longest job timeout a job may ask for; longer ones are capped.
+    #[serde(default = "default_max_job_timeout")]
+    pub max_job_timeout_secs: u64,
+    /// The longest action (or block) timeout; longer ones are capped.
+    #[serde(default = "default_max_action_timeout")]
+    pub max_action_timeout_secs: u64,
+    /// The longest connection timeout; longer ones are capped.
+    #[serde(default = "default_max_connection_timeout")]
+    pub max_connection_timeout_secs: u64,
+    /// A job no board took within this time is canceled (a job's own
+    /// `timeouts.queue` wins). None: jobs wait as long as it takes.
+    #[serde(default)]
+    pub queue_timeout_secs: Option<u64>,
     /// Socket connections served at once; more are refused with `busy`.
     #[serde(default = "default_connections")]
     pub max_connections: usize,
@@ -245,6 +258,17 @@ pub struct Limits {
     pub client_write_timeout_secs: u64,
 }
 
+impl Limits {
+    pub fn timeout_maxima(&self) -> crate::job::TimeoutMaxima {
+        use std::time::Duration;
+        crate::job::TimeoutMaxima {
+            job: Duration::from_secs(self.max_job_timeout_secs),
+            action: Duration::from_secs(self.max_action_timeout_secs),
+            connection: Duration::from_secs(self.max_connection_timeout_secs),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -253,6 +277,10 @@ impl Default for Limits {
             idle_console_ring_bytes: default_ring(),
             max_job_log_bytes: default_job_log(),
             shutdown_grace_secs: default_grace(),
+            max_job_timeout_secs: default_max_job_timeout(),
+            max_action_timeout_secs: default_max_action_timeout(),
+            max_connection_timeout_secs: default_max_connection_timeout(),
+            queue_timeout_secs: None,
             max_connections: default_connections(),
             request_timeout_secs: default_request_timeout(),
             client_write_timeout_secs: default_write_timeout(),
@@ -265,6 +293,15 @@ fn default_request() -> usize {
 }
 fn default_job_bytes() -> usize {
     512 * 1024
+}
+fn default_max_job_timeout() -> u64 {
+    24 * 3600
+}
+fn default_max_action_timeout() -> u64 {
+    6 * 3600
+}
+fn default_max_connection_timeout() -> u64 {
+    3600
 }
 fn default_connections() -> usize {
     256

@@ -42,6 +42,9 @@ pub struct Artifact {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deploy {
     pub timeout: Option<Duration>,
+    /// LAVA's `failure_retry`: attempts in all, sharing the block's timeout.
+    #[serde(default)]
+    pub failure_retry: Option<u32>,
     pub kernel: Artifact,
     pub kernel_type: KernelType,
     pub ramdisk: Option<Artifact>,
@@ -67,6 +70,9 @@ pub struct AutoLogin {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Boot {
     pub timeout: Option<Duration>,
+    /// LAVA's `failure_retry`: attempts in all, sharing the block's timeout.
+    #[serde(default)]
+    pub failure_retry: Option<u32>,
     pub commands: BootCommands,
     pub prompts: Vec<String>,
     pub auto_login: Option<AutoLogin>,
@@ -82,6 +88,9 @@ pub struct TestDefinition {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Test {
     pub timeout: Option<Duration>,
+    /// LAVA's `failure_retry`: attempts in all, sharing the block's timeout.
+    #[serde(default)]
+    pub failure_retry: Option<u32>,
     pub definitions: Vec<TestDefinition>,
 }
 
@@ -97,8 +106,19 @@ pub struct Timeouts {
     pub job: Option<Duration>,
     pub action: Option<Duration>,
     pub connection: Option<Duration>,
+    /// LAVA's queue timeout: the job is canceled if no board takes it in time.
+    #[serde(default)]
+    pub queue: Option<Duration>,
     /// Per named action, using LAVA's action names (`bootloader-commands`, ...).
     pub actions: BTreeMap<String, Duration>,
+}
+
+/// The longest timeouts a lab allows (see the config's `[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeoutMaxima {
+    pub job: Duration,
+    pub action: Duration,
+    pub connection: Duration,
 }
 
 /// A validated job.
@@ -110,6 +130,10 @@ pub struct JobDefinition {
     pub tags: Vec<String>,
     pub timeouts: Timeouts,
     pub actions: Vec<Action>,
+    /// labd's job-level `failure_retry`: attempts in all when the job ends
+    /// with an Infrastructure error (a dead board, a restarted dispatcher).
+    #[serde(default)]
+    pub failure_retry: Option<u32>,
 }
 
 /// One problem (or warning) in a job, with where it is.
@@ -251,6 +275,24 @@ impl Ctx<'_> {
     }
 
     /// LAVA's timeout: a mapping of `days`, `hours`, `minutes` and/or `seconds`.
+    /// A `failure_retry` count: attempts in all, 1 to 10.
+    fn attempts(&mut self, path: &str, node: &Node) -> Option<u32> {
+        match node
+            .as_scalar()
+            .and_then(|s| s.as_str().trim().parse::<u32>().ok())
+        {
+            Some(n @ 1..=10) => Some(n),
+            _ => {
+                self.err(
+                    path,
+                    node.span(),
+                    "failure_retry must be a number of attempts from 1 to 10",
+                );
+                None
+            }
+        }
+    }
+
     fn timeout(&mut self, path: &str, node: &Node) -> Option<Duration> {
         let m = self.mapping(path, node)?;
         let mut secs: u64 = 0;
@@ -383,9 +425,11 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
     let mut tags = Vec::new();
     let mut timeouts = Timeouts::default();
     let mut actions = None;
+    let mut failure_retry = None;
     for (k, v) in m.iter() {
         let key = k.as_str();
         match key {
+            "failure_retry" => failure_retry = ctx.attempts(key, v),
             "device_type" => device_type = ctx.string(key, v),
             "job_name" => job_name = ctx.string(key, v),
             "priority" => {
@@ -467,6 +511,7 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
         tags,
         timeouts,
         actions,
+        failure_retry,
     })
 }
 
@@ -499,6 +544,7 @@ fn parse_timeouts(ctx: &mut Ctx, v: &Node) -> Option<Timeouts> {
             "job" => t.job = ctx.timeout(&path, v),
             "action" => t.action = ctx.timeout(&path, v),
             "connection" => t.connection = ctx.timeout(&path, v),
+            "queue" => t.queue = ctx.timeout(&path, v),
             "actions" => {
                 if let Some(am) = ctx.mapping(&path, v) {
                     for (name, tv) in am.iter() {
@@ -581,18 +627,29 @@ fn parse_actions(ctx: &mut Ctx, v: &Node) -> Option<Vec<Action>> {
     Some(out)
 }
 
+/// What every action block may carry.
+#[derive(Default)]
+struct ActionCommon {
+    timeout: Option<Duration>,
+    failure_retry: Option<u32>,
+}
+
 /// Keys every action may carry. Returns true when the key was handled.
 fn common_action_key(
     ctx: &mut Ctx,
     path: &str,
     k: &MarkedScalarNode,
     v: &Node,
-    timeout: &mut Option<Duration>,
+    common: &mut ActionCommon,
 ) -> bool {
     let p = format!("{path}.{}", k.as_str());
     match k.as_str() {
         "timeout" => {
-            *timeout = ctx.timeout(&p, v);
+            common.timeout = ctx.timeout(&p, v);
+            true
+        }
+        "failure_retry" => {
+            common.failure_retry = ctx.attempts(&p, v);
             true
         }
         "namespace" | "role" => {
@@ -603,7 +660,7 @@ fn common_action_key(
             );
             true
         }
-        "failure_retry" | "repeat" | "failure_retry_interval" => {
+        "repeat" | "failure_retry_interval" => {
             ctx.unsupported(
                 &p,
                 &key_span(k),
@@ -690,14 +747,14 @@ fn artifact(
 
 fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
     let m = ctx.mapping(path, v)?;
-    let mut timeout = None;
+    let mut common = ActionCommon::default();
     let mut to = None;
     let mut kernel = None;
     let mut kernel_type = None;
     let mut ramdisk = None;
     let mut dtb = None;
     for (k, val) in m.iter() {
-        if common_action_key(ctx, path, k, val, &mut timeout) {
+        if common_action_key(ctx, path, k, val, &mut common) {
             continue;
         }
         let p = format!("{path}.{}", k.as_str());
@@ -766,7 +823,8 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
     }
     to?;
     Some(Deploy {
-        timeout,
+        timeout: common.timeout,
+        failure_retry: common.failure_retry,
         kernel: kernel?,
         kernel_type: kernel_type?,
         ramdisk,
@@ -776,13 +834,13 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
 
 fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
     let m = ctx.mapping(path, v)?;
-    let mut timeout = None;
+    let mut common = ActionCommon::default();
     let mut method = None;
     let mut commands = None;
     let mut prompts = Vec::new();
     let mut auto_login = None;
     for (k, val) in m.iter() {
-        if common_action_key(ctx, path, k, val, &mut timeout) {
+        if common_action_key(ctx, path, k, val, &mut common) {
             continue;
         }
         let p = format!("{path}.{}", k.as_str());
@@ -868,7 +926,8 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
     }
     method?;
     Some(Boot {
-        timeout,
+        timeout: common.timeout,
+        failure_retry: common.failure_retry,
         commands: commands?,
         prompts,
         auto_login,
@@ -918,10 +977,10 @@ fn parse_auto_login(ctx: &mut Ctx, path: &str, v: &Node) -> Option<AutoLogin> {
 
 fn parse_test(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Test> {
     let m = ctx.mapping(path, v)?;
-    let mut timeout = None;
+    let mut common = ActionCommon::default();
     let mut definitions = None;
     for (k, val) in m.iter() {
-        if common_action_key(ctx, path, k, val, &mut timeout) {
+        if common_action_key(ctx, path, k, val, &mut common) {
             continue;
         }
         let p = format!("{path}.{}", k.as_str());
@@ -960,7 +1019,8 @@ fn parse_test(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Test> {
         );
     }
     Some(Test {
-        timeout,
+        timeout: common.timeout,
+        failure_retry: common.failure_retry,
         definitions: definitions?,
     })
 }
@@ -1144,6 +1204,67 @@ fn parse_inline_repository(
 impl JobDefinition {
     /// The effective timeout of a phase: the job's per-action override, the
     /// action block's own timeout, the job's `action` default, then the device type.
+    /// Caps the job's timeouts at the lab's maxima; says what it capped.
+    pub fn cap_timeouts(&mut self, max: &TimeoutMaxima) -> Vec<(String, String)> {
+        fn cap(
+            out: &mut Vec<(String, String)>,
+            path: String,
+            t: &mut Option<Duration>,
+            max: Duration,
+        ) {
+            if let Some(d) = t.filter(|d| *d > max) {
+                out.push((
+                    path,
+                    format!(
+                        "timeout {} s is above this lab's maximum of {} s; capped",
+                        d.as_secs(),
+                        max.as_secs()
+                    ),
+                ));
+                *t = Some(max);
+            }
+        }
+        let mut out = Vec::new();
+        let t = &mut self.timeouts;
+        cap(&mut out, "timeouts.job".into(), &mut t.job, max.job);
+        cap(
+            &mut out,
+            "timeouts.action".into(),
+            &mut t.action,
+            max.action,
+        );
+        cap(
+            &mut out,
+            "timeouts.connection".into(),
+            &mut t.connection,
+            max.connection,
+        );
+        for (name, d) in t.actions.iter_mut() {
+            let mut o = Some(*d);
+            cap(
+                &mut out,
+                format!("timeouts.actions.{name}"),
+                &mut o,
+                max.action,
+            );
+            *d = o.unwrap_or(*d);
+        }
+        for (i, a) in self.actions.iter_mut().enumerate() {
+            let (kind, timeout) = match a {
+                Action::Deploy(d) => ("deploy", &mut d.timeout),
+                Action::Boot(b) => ("boot", &mut b.timeout),
+                Action::Test(t) => ("test", &mut t.timeout),
+            };
+            cap(
+                &mut out,
+                format!("actions[{i}].{kind}.timeout"),
+                timeout,
+                max.action,
+            );
+        }
+        out
+    }
+
     pub fn timeout_for(
         &self,
         action_name: &str,

@@ -153,6 +153,17 @@ struct Queued {
     def: JobDefinition,
 }
 
+impl Queued {
+    fn of(r: &JobRecord, def: JobDefinition) -> Queued {
+        Queued {
+            id: r.id,
+            priority: r.priority,
+            submit_time: r.submit_time,
+            def,
+        }
+    }
+}
+
 pub struct LabActor {
     cfg: LabConfig,
     store: Store,
@@ -303,7 +314,20 @@ impl LabActor {
         }
     }
 
-    fn enqueue(&mut self, q: Queued) {
+    /// Queues a job, in priority then submit order, and arms its queue
+    /// timeout (the job's `timeouts.queue`, else the lab's).
+    fn enqueue(&mut self, q: Queued, ctx: &mut Context<Self>) {
+        let limit = q.def.timeouts.queue.or(self
+            .cfg
+            .limits
+            .queue_timeout_secs
+            .map(std::time::Duration::from_secs));
+        if let Some(limit) = limit {
+            let deadline = q.submit_time + limit.as_millis() as u64;
+            let wait = std::time::Duration::from_millis(deadline.saturating_sub(now_ms()));
+            let id = q.id;
+            ctx.run_later(wait, move |act, _ctx| act.queue_timed_out(id, limit));
+        }
         let pos = self
             .queue
             .iter()
@@ -320,6 +344,65 @@ impl LabActor {
             })
             .unwrap_or(self.queue.len());
         self.queue.insert(pos, q);
+    }
+
+    /// Cancels a job that is still queued when its queue timeout ends.
+    fn queue_timed_out(&mut self, id: JobId, limit: std::time::Duration) {
+        let Some(pos) = self.queue.iter().position(|q| q.id == id) else {
+            return;
+        };
+        let q = self.queue.remove(pos);
+        let msg = format!(
+            "queue timeout: no board took the job within {} s",
+            limit.as_secs()
+        );
+        tracing::info!(job = id, "{msg}");
+        let fut = self.store.update_job(id, move |j| {
+            if j.state != JobState::Submitted {
+                return Err(format!("job {id} is {}", j.state));
+            }
+            j.finish(JobOutcome::canceled(msg));
+            Ok(())
+        });
+        drop(q);
+        actix::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(job = id, error = %e, "canceling a job after its queue timeout");
+            }
+        });
+    }
+
+    /// Queues the next attempt of a job that ended with an Infrastructure
+    /// error, if its `failure_retry` allows one more.
+    fn retry_if_allowed(&mut self, j: &JobRecord, ctx: &mut Context<Self>) {
+        let Some((rec, def)) = next_attempt(j, &self.cfg.limits.timeout_maxima()) else {
+            return;
+        };
+        let (old, attempt) = (j.id, rec.attempt);
+        let store = self.store.clone();
+        let fut = async move {
+            let r = store.insert_job(rec).await?;
+            store
+                .add_event(
+                    old,
+                    JobEvent::now("retry", format!("attempt {attempt} is job {}", r.id)),
+                )
+                .await?;
+            Ok::<_, crate::store::StoreError>(r)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| match r {
+            Ok(r) => {
+                tracing::info!(
+                    job = old,
+                    retry = r.id,
+                    attempt,
+                    "retrying after an infrastructure error"
+                );
+                act.enqueue(Queued::of(&r, def), ctx);
+                act.schedule(ctx);
+            }
+            Err(e) => tracing::error!(job = old, error = %e, "storing a retry failed"),
+        }));
     }
 
     fn matches(slot: &Slot, def: &JobDefinition) -> bool {
@@ -418,16 +501,7 @@ impl LabActor {
                 .insert_job(rec)
                 .into_actor(self)
                 .map(move |r, act, ctx| match r {
-                    Ok(r) => act.assign(
-                        Queued {
-                            id: r.id,
-                            priority: r.priority,
-                            submit_time: r.submit_time,
-                            def,
-                        },
-                        board,
-                        ctx,
-                    ),
+                    Ok(r) => act.assign(Queued::of(&r, def), board, ctx),
                     Err(e) => {
                         tracing::error!(%board, error = %e, "storing a health check failed");
                         if let Some(s) = act.boards.get_mut(&board) {
@@ -526,8 +600,9 @@ impl LabActor {
             Ok(())
         });
         let fut = write.into_actor(self).map(move |r, act, ctx| {
-            if let Err(e) = r {
-                tracing::warn!(job = id, error = %e, "recording job end");
+            match r {
+                Ok(j) => act.retry_if_allowed(&j, ctx),
+                Err(e) => tracing::warn!(job = id, error = %e, "recording job end"),
             }
             act.schedule(ctx);
         });
@@ -604,13 +679,14 @@ impl LabActor {
     async fn reconcile(
         store: Store,
         retention: Option<crate::store::Retention>,
-    ) -> Result<(Vec<BoardRecord>, Vec<JobRecord>, Vec<String>), crate::store::StoreError> {
-        // Boards whose job was cut short: their state is unknown now.
+        maxima: job::TimeoutMaxima,
+    ) -> Result<(Vec<BoardRecord>, Vec<JobRecord>, Vec<JobRecord>), crate::store::StoreError> {
+        // Jobs cut short, as now ended: their boards' state is unknown.
         let mut interrupted = Vec::new();
         for state in [JobState::Scheduled, JobState::Running, JobState::Canceling] {
             for j in store.jobs_in_state(state).await? {
                 let canceled = j.state == JobState::Canceling;
-                store
+                let ended = store
                     .update_job(j.id, move |r| {
                         r.finish(if canceled {
                             JobOutcome::canceled("canceled; dispatcher restarted")
@@ -623,7 +699,25 @@ impl LabActor {
                         Ok(())
                     })
                     .await?;
-                interrupted.extend(j.board);
+                // The next attempt is stored before labd serves anyone, so
+                // nobody sees the ended job without it.
+                if let Some((rec, _)) = next_attempt(&ended, &maxima) {
+                    let attempt = rec.attempt;
+                    let r = store.insert_job(rec).await?;
+                    store
+                        .add_event(
+                            ended.id,
+                            JobEvent::now("retry", format!("attempt {attempt} is job {}", r.id)),
+                        )
+                        .await?;
+                    tracing::info!(
+                        job = ended.id,
+                        retry = r.id,
+                        attempt,
+                        "retrying a job the restart cut short"
+                    );
+                }
+                interrupted.push(ended);
             }
         }
         if let Some(r) = retention {
@@ -684,7 +778,8 @@ impl Actor for LabActor {
             .retention
             .enabled()
             .then(|| self.cfg.retention.now());
-        ctx.wait(Self::reconcile(store, retention).into_actor(self).map(|res, act, ctx| {
+        let maxima = self.cfg.limits.timeout_maxima();
+        ctx.wait(Self::reconcile(store, retention, maxima).into_actor(self).map(|res, act, ctx| {
             match res {
                 Ok((boards, queued, interrupted)) => {
                     for r in boards {
@@ -694,12 +789,13 @@ impl Actor for LabActor {
                             s.last_health_check = r.last_health_check;
                         }
                     }
-                    for name in interrupted {
-                        if let Some(s) = act.boards.get_mut(&name) {
+                    for j in &interrupted {
+                        let Some(name) = &j.board else { continue };
+                        if let Some(s) = act.boards.get_mut(name) {
                             if s.health == BoardHealth::Good {
                                 s.health = BoardHealth::Unknown;
                                 s.health_reason = Some("dispatcher restarted during a job".into());
-                                act.persist_board(&name);
+                                act.persist_board(name);
                             }
                         }
                     }
@@ -717,7 +813,11 @@ impl Actor for LabActor {
                             continue;
                         }
                         match job::parse(&format!("job {}", j.id), &j.definition) {
-                            Ok(p) => act.enqueue(Queued { id: j.id, priority: j.priority, submit_time: j.submit_time, def: p.definition }),
+                            Ok(p) => {
+                                let mut def = p.definition;
+                                def.cap_timeouts(&act.cfg.limits.timeout_maxima());
+                                act.enqueue(Queued::of(&j, def), ctx)
+                            }
                             Err(e) => {
                                 tracing::error!(job = j.id, error = %e, "stored job no longer parses");
                                 let msg = format!("definition no longer valid: {e}");
@@ -836,6 +936,39 @@ impl Handler<BoardReport> for LabActor {
     }
 }
 
+/// The next attempt of a job that ended with an Infrastructure error, if
+/// its `failure_retry` allows one more: the record to store and the
+/// definition to queue.
+fn next_attempt(j: &JobRecord, maxima: &job::TimeoutMaxima) -> Option<(JobRecord, JobDefinition)> {
+    if j.health != JobHealth::Incomplete
+        || j.error_class != Some(ErrorClass::Infrastructure)
+        || j.health_check
+    {
+        return None;
+    }
+    let mut def = job::parse(&format!("job {}", j.id), &j.definition)
+        .ok()?
+        .definition;
+    if def.failure_retry.unwrap_or(1) <= j.attempt {
+        return None;
+    }
+    def.cap_timeouts(maxima);
+    let rec = JobRecord {
+        retry_of: Some(j.id),
+        attempt: j.attempt + 1,
+        submitter_uid: j.submitter_uid,
+        ..JobRecord::submitted(
+            j.name.clone(),
+            j.device_type.clone(),
+            j.priority,
+            j.tags.clone(),
+            j.submitter.clone(),
+            j.definition.clone(),
+        )
+    };
+    Some((rec, def))
+}
+
 fn log_prune(r: Result<crate::store::PruneReport, crate::store::StoreError>) {
     match r {
         Ok(p) if p.jobs > 0 => tracing::info!(
@@ -889,7 +1022,20 @@ impl Handler<LabRequest> for LabActor {
                 if let Err(e) = self.check_runnable(&parsed.definition) {
                     return ready(Err(e));
                 }
-                let def = parsed.definition;
+                let mut def = parsed.definition;
+                let mut warnings = parsed.warnings;
+                for (path, message) in def.cap_timeouts(&self.cfg.limits.timeout_maxima()) {
+                    warnings.push(Diagnostic {
+                        code: ErrorCode::InvalidJob,
+                        location: crate::error::Location {
+                            file: Some(file.clone()),
+                            path: Some(path),
+                            line: None,
+                            column: None,
+                        },
+                        message,
+                    });
+                }
                 let rec = JobRecord {
                     submitter_uid: Some(caller.uid),
                     ..JobRecord::submitted(
@@ -901,18 +1047,12 @@ impl Handler<LabRequest> for LabActor {
                         definition,
                     )
                 };
-                let warnings = parsed.warnings;
                 Box::pin(
                     async move { Ok::<_, ApiError>(store.insert_job(rec).await?) }
                         .into_actor(self)
                         .map(move |res, act, ctx| {
                             let r = res?;
-                            act.enqueue(Queued {
-                                id: r.id,
-                                priority: r.priority,
-                                submit_time: r.submit_time,
-                                def,
-                            });
+                            act.enqueue(Queued::of(&r, def), ctx);
                             act.schedule(ctx);
                             Ok(LabReply::Submitted { id: r.id, warnings })
                         }),
@@ -1090,10 +1230,10 @@ impl LabActor {
                     Ok::<_, ApiError>(())
                 }
                 .into_actor(self)
-                .map(move |r, act, _| {
+                .map(move |r, act, ctx| {
                     if r.is_err() {
                         // Nothing changed on disk: the job stays queued.
-                        act.enqueue(q);
+                        act.enqueue(q, ctx);
                     }
                     r.map(|_| LabReply::Done)
                 }),

@@ -191,6 +191,16 @@ pub struct JobRecord {
     /// The console log was dropped by the retention policy.
     #[serde(default)]
     pub log_pruned: bool,
+    /// The job this one retries (the job's `failure_retry`).
+    #[serde(default)]
+    pub retry_of: Option<JobId>,
+    /// Which attempt this is, from 1.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 impl JobRecord {
@@ -222,6 +232,8 @@ impl JobRecord {
             health_check: false,
             submitter_uid: None,
             log_pruned: false,
+            retry_of: None,
+            attempt: 1,
         }
     }
 

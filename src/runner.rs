@@ -22,6 +22,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Whether a failed action block may be tried again: infrastructure and
+/// job errors (timeouts, a missing prompt) may pass; a test's own verdict,
+/// a cancel, a bad configuration or a bug will not.
+fn retryable(o: &JobOutcome) -> bool {
+    matches!(
+        o.error_class,
+        Some(ErrorClass::Infrastructure | ErrorClass::Job)
+    )
+}
+
 /// Console bytes from the board actor to the runner. The actor never
 /// blocks, so the feed is bounded by bytes instead: the actor counts what it
 /// sends, the runner what it takes, and while more than [`FEED_LIMIT`] is
@@ -183,13 +193,57 @@ impl Runner {
     async fn all(&mut self) -> Result<(), Stop> {
         let actions = self.ctx.def.actions.clone();
         for (i, action) in actions.iter().enumerate() {
-            match action {
-                Action::Deploy(d) => self.deploy(i, d).await?,
-                Action::Boot(b) => self.boot(b).await?,
-                Action::Test(t) => self.test(t).await?,
+            let (kind, attempts, block) = match action {
+                Action::Deploy(d) => ("deploy", d.failure_retry, d.timeout),
+                Action::Boot(b) => ("boot", b.failure_retry, b.timeout),
+                Action::Test(t) => ("test", t.failure_retry, t.timeout),
+            };
+            let attempts = attempts.unwrap_or(1).max(1);
+            // As LAVA: with failure_retry the block's timeout is shared out
+            // among the attempts.
+            let per_attempt = block.filter(|_| attempts > 1).map(|t| t / attempts);
+            let mut attempt = 1;
+            loop {
+                let run = self.action(i, action);
+                let r = match per_attempt {
+                    Some(limit) => match tokio::time::timeout(limit, run).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            let msg = format!(
+                                "{kind} attempt {attempt} of {attempts} timed out after {} s",
+                                limit.as_secs()
+                            );
+                            self.event("timeout", &msg);
+                            Err(infra(msg))
+                        }
+                    },
+                    None => run.await,
+                };
+                match r {
+                    Err(Stop(o)) if attempt < attempts && retryable(&o) => {
+                        attempt += 1;
+                        let why = o.error.unwrap_or_default();
+                        self.event(
+                            "retry",
+                            &format!("{kind} attempt {attempt} of {attempts} after: {why}"),
+                        );
+                    }
+                    r => {
+                        r?;
+                        break;
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    async fn action(&mut self, i: usize, action: &Action) -> Result<(), Stop> {
+        match action {
+            Action::Deploy(d) => self.deploy(i, d).await,
+            Action::Boot(b) => self.boot(b).await,
+            Action::Test(t) => self.test(t).await,
+        }
     }
 
     fn timeout(&self, name: &str, block: Option<Duration>) -> Duration {

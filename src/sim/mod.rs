@@ -32,6 +32,9 @@ pub enum Fault {
     None,
     /// Prints the banner, then never shows the autoboot or bootloader prompt.
     NoPrompt,
+    /// Like `NoPrompt` for the next power-on only, then boots normally (a
+    /// flaky board, for retries).
+    NoPromptOnce,
     /// Hangs after printing "Starting kernel ...".
     HangAfterKernel,
     /// Mixes garbage bytes into the console output.
@@ -325,7 +328,14 @@ async fn board_task(mut b: Board, mut power: mpsc::Receiver<(Power, oneshot::Sen
             }
             continue;
         }
-        let fault = b.fault.lock().map(|f| *f).unwrap_or_default();
+        let fault = match b.fault.lock() {
+            Ok(mut f) if *f == Fault::NoPromptOnce => {
+                *f = Fault::None;
+                Fault::NoPrompt
+            }
+            Ok(f) => *f,
+            Err(_) => Fault::None,
+        };
         let next = {
             let mut s = Session {
                 out: &b.out,
