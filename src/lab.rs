@@ -89,7 +89,8 @@ pub enum LabRequest {
     Boards,
     SetHealth {
         board: String,
-        online: bool,
+        /// Maintenance, Retired, or Unknown (online: a health check decides).
+        health: BoardHealth,
         reason: Option<String>,
         caller: Caller,
     },
@@ -143,7 +144,9 @@ struct Slot {
     /// When the board last passed a health check.
     last_health_check: Option<u64>,
     phase: Phase,
-    maintenance_pending: bool,
+    /// Maintenance or Retired asked for while the board was busy: it
+    /// applies when the job ends.
+    pending_health: Option<BoardHealth>,
 }
 
 struct Queued {
@@ -450,7 +453,7 @@ impl LabActor {
 
     /// Idle, in service, and not about to go to maintenance.
     fn free(&self, s: &Slot) -> bool {
-        s.state == BoardState::Idle && s.health.schedulable() && !s.maintenance_pending
+        s.state == BoardState::Idle && s.health.schedulable() && s.pending_health.is_none()
     }
 
     /// Whether the board's device type has a health check and the board
@@ -657,9 +660,8 @@ impl LabActor {
                 s.health = BoardHealth::Good;
                 s.health_reason = None;
             }
-            if s.maintenance_pending {
-                s.maintenance_pending = false;
-                s.health = BoardHealth::Maintenance;
+            if let Some(h) = s.pending_health.take() {
+                s.health = h;
             }
         }
         // Queued after the job's write: the store keeps that order.
@@ -756,7 +758,7 @@ impl Actor for LabActor {
                     health_check: false,
                     last_health_check: None,
                     phase: Phase::Off,
-                    maintenance_pending: false,
+                    pending_health: None,
                 },
             );
         }
@@ -1113,7 +1115,7 @@ impl Handler<LabRequest> for LabActor {
             ))),
             LabRequest::SetHealth {
                 board,
-                online,
+                health,
                 reason,
                 caller,
             } => {
@@ -1123,33 +1125,22 @@ impl Handler<LabRequest> for LabActor {
                 let Some(s) = self.boards.get_mut(&board) else {
                     return ready(Err(not_found(&board)));
                 };
-                if s.health == BoardHealth::Retired {
-                    return ready(Err(ApiError::new(
-                        ErrorCode::InvalidState,
-                        format!("board {board} is retired"),
-                    )));
-                }
-                if online {
-                    s.maintenance_pending = false;
+                if health == BoardHealth::Unknown {
+                    // Online, as LAVA: the board proves itself again.
+                    s.pending_health = None;
                     s.health = BoardHealth::Unknown;
-                    s.health_reason = reason;
                 } else if s.state != BoardState::Idle {
-                    s.maintenance_pending = true;
-                    s.health_reason = reason;
+                    s.pending_health = Some(health);
                 } else {
-                    s.health = BoardHealth::Maintenance;
-                    s.health_reason = reason;
+                    s.health = health;
                 }
+                s.health_reason = reason;
                 let rec = BoardRecord {
                     name: board.clone(),
-                    // A pending maintenance is stored as maintenance: if the
-                    // daemon dies first, the job is cut short anyway and the
-                    // admin's wish still holds after the restart.
-                    health: if s.maintenance_pending {
-                        BoardHealth::Maintenance
-                    } else {
-                        s.health
-                    },
+                    // A pending change is stored as done: if the daemon dies
+                    // first, the job is cut short anyway and the admin's
+                    // wish still holds after the restart.
+                    health: s.pending_health.unwrap_or(s.health),
                     health_reason: s.health_reason.clone(),
                     last_health_check: s.last_health_check,
                 };

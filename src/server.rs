@@ -7,7 +7,7 @@
 
 use crate::error::ErrorCode;
 use crate::lab::{Caller, LabActor, LabReply, LabRequest};
-use crate::model::{JobId, JobState};
+use crate::model::{BoardHealth, JobId, JobState};
 use crate::power::PowerAction;
 use crate::protocol::*;
 use crate::store::{Change, JobFilter, Store};
@@ -428,18 +428,19 @@ fn to_lab(body: RequestBody, caller: Caller) -> Result<LabRequest, WireError> {
             health,
             reason,
         } => {
-            let online = match health.as_str() {
-                "online" => true,
-                "maintenance" => false,
+            let health = match health.as_str() {
+                "online" => BoardHealth::Unknown,
+                "maintenance" => BoardHealth::Maintenance,
+                "retired" => BoardHealth::Retired,
                 other => {
                     return Err(bad(format!(
-                        "params.health: `{other}` must be maintenance or online"
+                        "params.health: `{other}` must be maintenance, retired or online"
                     )))
                 }
             };
             LabRequest::SetHealth {
                 board,
-                online,
+                health,
                 reason,
                 caller,
             }

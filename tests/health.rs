@@ -150,3 +150,50 @@ fn a_bad_health_check_file_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("hc/sim-uboot.yaml:7"), "{err}");
 }
+
+/// Maintenance and retirement asked for on a busy board take effect when
+/// its job ends; a retired board is never scheduled, and a job only
+/// retired boards could run is refused.
+#[test]
+fn retiring_a_busy_board_waits_for_its_job_and_then_takes_no_work() {
+    rt().block_on(async {
+        let lab = Lab::start(2, &[("sim-01", &["a"]), ("sim-02", &["b"])]);
+        let mut c = lab.client().await;
+        let id = c
+            .submit(
+                &tagged(lab.job("last", "medium", &["echo busy; sleep 1"]), "a"),
+                "j.yaml",
+            )
+            .await
+            .unwrap();
+        until_log_contains(&lab, id, "busy\r\n").await;
+        set_health(&mut c, "sim-01", "retired", Some("end of life"))
+            .await
+            .unwrap();
+        assert_eq!(board(&mut c, "sim-01").await["health"], "Unknown");
+        let (end, _) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete");
+        let b = board(&mut c, "sim-01").await;
+        assert_eq!(
+            (b["health"].as_str(), b["state"].as_str()),
+            (Some("Retired"), Some("Idle"))
+        );
+        let e = c
+            .submit(
+                &tagged(lab.job("for-a", "medium", &["true"]), "a"),
+                "j.yaml",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(labd::error::ErrorCode::NoSuchDeviceType));
+        // The other board works on.
+        let other = c
+            .submit(
+                &tagged(lab.job("for-b", "medium", &["true"]), "b"),
+                "j.yaml",
+            )
+            .await
+            .unwrap();
+        assert_eq!(wait_job(&mut c, other).await.0["health"], "Complete");
+    });
+}

@@ -81,10 +81,10 @@ enum Cmd {
     Cancel { id: u64 },
     /// List boards.
     Boards,
-    /// Take a board offline (maintenance) or put it back online.
+    /// Take a board offline (maintenance), retire it, or put it back online (a health check decides).
     Board {
         name: String,
-        #[arg(value_parser = ["maintenance", "online"])]
+        #[arg(value_parser = ["maintenance", "retired", "online"])]
         health: String,
         #[arg(long)]
         reason: Option<String>,
