@@ -176,3 +176,53 @@ pub fn from_config(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(on: Vec<String>, timeout_ms: u64, retries: u32) -> CommandPower {
+        CommandPower {
+            on: on.clone(),
+            off: on,
+            reset: None,
+            timeout: Duration::from_millis(timeout_ms),
+            retries,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_relay_command_is_retried_then_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        // Fails twice, then succeeds: a flaky PDU.
+        let script = format!(
+            "echo x >> {c}; [ $(wc -l < {c}) -ge 3 ]",
+            c = count.display()
+        );
+        let p = relay(vec!["sh".into(), "-c".into(), script], 5000, 2);
+        p.switch(PowerAction::On).await.unwrap();
+        let runs = std::fs::read_to_string(&count).unwrap().lines().count();
+        assert_eq!(runs, 3);
+    }
+
+    #[tokio::test]
+    async fn a_hung_relay_command_times_out_on_every_attempt() {
+        let p = relay(vec!["sleep".into(), "30".into()], 100, 1);
+        let e = p.switch(PowerAction::Off).await.unwrap_err();
+        assert!(
+            matches!(e, PowerError::Timeout { action: "off", .. }),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn arguments_are_never_seen_by_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let witness = dir.path().join("pwned");
+        let arg = format!("$(touch {w}); touch {w}", w = witness.display());
+        let p = relay(vec!["echo".into(), arg], 5000, 0);
+        p.switch(PowerAction::On).await.unwrap();
+        assert!(!witness.exists());
+    }
+}
