@@ -145,6 +145,9 @@ pub struct BoardActor {
     ring_cap: usize,
     /// The most console bytes kept per job.
     max_log: u64,
+    metrics: crate::metrics::Metrics,
+    /// When the current phase began.
+    phase_since: std::time::Instant,
     guard: DeathGuard,
 }
 
@@ -160,6 +163,7 @@ impl BoardActor {
         lab: Recipient<BoardReport>,
         ring_cap: usize,
         max_log: u64,
+        metrics: crate::metrics::Metrics,
     ) -> Self {
         BoardActor {
             guard: DeathGuard {
@@ -183,10 +187,23 @@ impl BoardActor {
             ring: VecDeque::new(),
             ring_cap,
             max_log,
+            metrics,
+            phase_since: std::time::Instant::now(),
         }
     }
 
     fn set_phase(&mut self, phase: Phase) {
+        // How long each phase of a job took, per device type.
+        if self.phase != Phase::Off && self.phase != phase {
+            self.metrics.phase(
+                &self.dt.name,
+                &self.phase.to_string(),
+                self.phase_since.elapsed(),
+            );
+        }
+        if self.phase != phase {
+            self.phase_since = std::time::Instant::now();
+        }
         self.phase = phase;
         self.lab.do_send(BoardReport::Phase {
             board: self.name.clone(),
@@ -342,6 +359,7 @@ impl Handler<ConsoleBytes> for BoardActor {
         if msg.0 != self.console_gen {
             return;
         }
+        self.metrics.console_bytes(&self.name, msg.1.len() as u64);
         let cap = self.max_log;
         match &mut self.job {
             Some(job) => {

@@ -47,11 +47,64 @@ pub struct LabConfig {
     pub auth: Auth,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Serve Prometheus metrics over HTTP here (`GET /metrics`), e.g.
+    /// `127.0.0.1:9464`; they are always on the socket (`labctl metrics`).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub slow: SlowConfig,
     /// The control socket of a `labd-sim` serving this lab's simulated boards.
     #[serde(default)]
     pub sim_control: Option<PathBuf>,
     #[serde(default)]
     pub boards: Vec<BoardConfig>,
+}
+
+/// Thresholds above which an operation is logged as slow (with its
+/// fields) and counted in `labd_slow_operations_total`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlowConfig {
+    /// A store write batch (apply and flush).
+    #[serde(default = "default_slow_store")]
+    pub store_ms: u64,
+    /// A socket request (log follows excepted).
+    #[serde(default = "default_slow_request")]
+    pub request_ms: u64,
+    /// A power command.
+    #[serde(default = "default_slow_power")]
+    pub power_ms: u64,
+}
+
+impl Default for SlowConfig {
+    fn default() -> Self {
+        SlowConfig {
+            store_ms: default_slow_store(),
+            request_ms: default_slow_request(),
+            power_ms: default_slow_power(),
+        }
+    }
+}
+
+fn default_slow_store() -> u64 {
+    500
+}
+fn default_slow_request() -> u64 {
+    2000
+}
+fn default_slow_power() -> u64 {
+    10_000
+}
+
+impl SlowConfig {
+    pub fn thresholds(&self) -> crate::metrics::SlowThresholds {
+        use std::time::Duration;
+        crate::metrics::SlowThresholds {
+            store: Duration::from_millis(self.store_ms),
+            request: Duration::from_millis(self.request_ms),
+            power: Duration::from_millis(self.power_ms),
+        }
+    }
 }
 
 /// How long finished jobs' console logs are kept. Logs are dropped oldest
@@ -534,6 +587,8 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
         health_checks: HealthChecks::default(),
         auth: Auth::default(),
         retention: RetentionConfig::default(),
+        metrics_listen: None,
+        slow: SlowConfig::default(),
         sim_control: Some(sim_control.to_path_buf()),
         boards,
     }

@@ -51,9 +51,19 @@ pub fn load_device_types(
 /// Starts everything; must run inside an actix system.
 pub async fn start(cfg: LabConfig, socket: &Path) -> Result<Daemon, StartError> {
     let device_types = load_device_types(&cfg)?;
-    let store = Store::open(&cfg.state_dir.join("store"), cfg.store.cache_capacity)?;
+    let metrics = crate::metrics::Metrics::new(cfg.slow.thresholds());
+    let store = Store::open(
+        &cfg.state_dir.join("store"),
+        cfg.store.cache_capacity,
+        metrics.clone(),
+    )?;
     let root = cfg.tftp_root();
-    let addr = crate::tftp::start(cfg.tftp.bind, &root, cfg.tftp.window_size_limit)?;
+    let addr = crate::tftp::start(
+        cfg.tftp.bind,
+        &root,
+        cfg.tftp.window_size_limit,
+        metrics.clone(),
+    )?;
     let server_ip = cfg
         .tftp
         .server_ip
@@ -78,10 +88,21 @@ pub async fn start(cfg: LabConfig, socket: &Path) -> Result<Daemon, StartError> 
         admin_gid,
         ..crate::server::ServerLimits::from_config(&cfg.limits)
     };
-    let lab = LabActor::new(cfg, store, device_types, tftp)
+    let metrics_listen = cfg.metrics_listen;
+    let lab = LabActor::new(cfg, store, device_types, tftp, metrics.clone())
         .map_err(StartError::Lab)?
         .start();
-    let server = crate::server::serve(listener, lab.clone(), limits);
+    if let Some(addr) = metrics_listen {
+        let http = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Socket {
+                path: addr.to_string(),
+                source,
+            })?;
+        tracing::info!(%addr, "metrics over HTTP");
+        actix::spawn(crate::server::serve_metrics_http(http, lab.clone()));
+    }
+    let server = crate::server::serve(listener, lab.clone(), limits, metrics);
     tracing::info!(socket = %socket.display(), "labd ready");
     Ok(Daemon { lab, server })
 }

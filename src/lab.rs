@@ -107,6 +107,8 @@ pub enum LabRequest {
     LogSource {
         job: JobId,
     },
+    /// Every metric, in Prometheus text format.
+    Metrics,
 }
 
 #[derive(Debug)]
@@ -122,6 +124,7 @@ pub enum LabReply {
     Boards(Vec<BoardInfo>),
     Bytes(Vec<u8>),
     LogSource(Store),
+    Text(String),
 }
 
 impl Message for LabRequest {
@@ -181,6 +184,7 @@ pub struct LabActor {
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
     /// Health-check jobs by device type.
     health_checks: BTreeMap<String, HealthCheck>,
+    metrics: crate::metrics::Metrics,
 }
 
 /// A device type's health-check job, read and validated at start.
@@ -251,6 +255,7 @@ impl LabActor {
         store: Store,
         device_types: BTreeMap<String, DeviceType>,
         tftp: TftpInfo,
+        metrics: crate::metrics::Metrics,
     ) -> Result<Self, ApiError> {
         // Resolve every board's device type now, so a bad config fails at start.
         for b in &cfg.boards {
@@ -265,6 +270,7 @@ impl LabActor {
         }
         let health_checks = load_health_checks(&cfg)?;
         Ok(LabActor {
+            metrics,
             health_checks,
             cfg,
             store,
@@ -286,7 +292,11 @@ impl LabActor {
     ) -> Addr<BoardActor> {
         let sim = self.cfg.sim_control.as_ref();
         let console = console::from_config(&b.name, &b.console, dt.console_baud, sim);
-        let power = power::from_config(&b.name, &b.power, sim);
+        let power = Box::new(power::Timed {
+            inner: power::from_config(&b.name, &b.power, sim),
+            board: b.name.clone(),
+            metrics: self.metrics.clone(),
+        });
         BoardActor::new(
             b.name.clone(),
             dt.clone(),
@@ -297,6 +307,7 @@ impl LabActor {
             ctx.address().recipient(),
             self.cfg.limits.idle_console_ring_bytes,
             self.cfg.limits.max_job_log_bytes,
+            self.metrics.clone(),
         )
         .start()
     }
@@ -525,6 +536,9 @@ impl LabActor {
         let addr = slot.addr.clone();
         let store = self.store.clone();
         let id = q.id;
+        self.metrics.queue_waited(std::time::Duration::from_millis(
+            now_ms().saturating_sub(q.submit_time),
+        ));
         let bn = board.clone();
         let fut = async move {
             store
@@ -604,7 +618,10 @@ impl LabActor {
         });
         let fut = write.into_actor(self).map(move |r, act, ctx| {
             match r {
-                Ok(j) => act.retry_if_allowed(&j, ctx),
+                Ok(j) => {
+                    act.metrics.job_finished(&j.health.to_string());
+                    act.retry_if_allowed(&j, ctx)
+                }
                 Err(e) => tracing::warn!(job = id, error = %e, "recording job end"),
             }
             act.schedule(ctx);
@@ -1054,6 +1071,7 @@ impl Handler<LabRequest> for LabActor {
                         .into_actor(self)
                         .map(move |res, act, ctx| {
                             let r = res?;
+                            act.metrics.job_submitted();
                             act.enqueue(Queued::of(&r, def), ctx);
                             act.schedule(ctx);
                             Ok(LabReply::Submitted { id: r.id, warnings })
@@ -1098,6 +1116,42 @@ impl Handler<LabRequest> for LabActor {
                 }
                 .into_actor(self),
             ),
+            LabRequest::Metrics => {
+                let mut scrape = crate::metrics::Scrape {
+                    queue_depth: self.queue.len(),
+                    ..Default::default()
+                };
+                let mut by_state: BTreeMap<&'static str, usize> = BTreeMap::new();
+                *by_state.entry("Submitted").or_default() += self.queue.len();
+                for s in self.boards.values() {
+                    *scrape
+                        .boards
+                        .entry((s.state.to_string(), s.health.to_string()))
+                        .or_default() += 1;
+                    if s.job.is_some() {
+                        let st = if s.state == BoardState::Running {
+                            "Running"
+                        } else {
+                            "Scheduled"
+                        };
+                        *by_state.entry(st).or_default() += 1;
+                    }
+                }
+                scrape.jobs_by_state = by_state.into_iter().collect();
+                let metrics = self.metrics.clone();
+                Box::pin(
+                    async move {
+                        // sled walks its files for this: off the actor thread.
+                        let s2 = store.clone();
+                        scrape.store_disk_bytes =
+                            tokio::task::spawn_blocking(move || s2.disk_bytes())
+                                .await
+                                .unwrap_or(0);
+                        Ok(LabReply::Text(metrics.render(scrape)))
+                    }
+                    .into_actor(self),
+                )
+            }
             LabRequest::Boards => ready(Ok(LabReply::Boards(
                 self.boards
                     .iter()

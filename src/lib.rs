@@ -14,6 +14,7 @@ pub mod faults;
 pub mod job;
 pub mod lab;
 pub mod matcher;
+pub mod metrics;
 pub mod model;
 pub mod power;
 pub mod protocol;

@@ -177,6 +177,28 @@ pub fn from_config(
     }
 }
 
+/// Any relay, timed: a command above the slow threshold is logged and counted.
+pub struct Timed {
+    pub inner: Box<dyn Power>,
+    pub board: String,
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl Power for Timed {
+    fn switch(&self, action: PowerAction) -> BoxFuture<'_, Result<(), PowerError>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let r = self.inner.switch(action).await;
+            self.metrics
+                .power(&self.board, action.as_str(), started.elapsed());
+            r
+        })
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,6 +77,28 @@ pub enum RequestBody {
     ConsoleLog {
         board: String,
     },
+    /// Every metric, in Prometheus text format.
+    Metrics,
+}
+
+impl RequestBody {
+    /// The method's name on the wire.
+    pub fn method(&self) -> &'static str {
+        match self {
+            RequestBody::Hello { .. } => "hello",
+            RequestBody::Submit { .. } => "submit",
+            RequestBody::Cancel { .. } => "cancel",
+            RequestBody::Jobs { .. } => "jobs",
+            RequestBody::Job { .. } => "job",
+            RequestBody::Logs { .. } => "logs",
+            RequestBody::Results { .. } => "results",
+            RequestBody::Boards => "boards",
+            RequestBody::BoardHealth { .. } => "board_health",
+            RequestBody::Power { .. } => "power",
+            RequestBody::ConsoleLog { .. } => "console_log",
+            RequestBody::Metrics => "metrics",
+        }
+    }
 }
 
 /// An error on the wire: a stable code, a message, and where, when it applies.
@@ -183,7 +205,10 @@ impl Response {
 pub fn parse_request(line: &str) -> Result<Request, serde_json::Error> {
     let mut v: Value = serde_json::from_str(line)?;
     if let Some(obj) = v.as_object_mut() {
-        let unit = obj.get("method").and_then(Value::as_str) == Some("boards");
+        let unit = matches!(
+            obj.get("method").and_then(Value::as_str),
+            Some("boards" | "metrics")
+        );
         if !unit && !obj.contains_key("params") {
             obj.insert("params".into(), Value::Object(Default::default()));
         }

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
@@ -97,10 +97,17 @@ impl ServerHandle {
 }
 
 /// Serves the socket in the background until the handle is closed.
-pub fn serve(listener: UnixListener, lab: Addr<LabActor>, limits: ServerLimits) -> ServerHandle {
+pub fn serve(
+    listener: UnixListener,
+    lab: Addr<LabActor>,
+    limits: ServerLimits,
+    metrics: crate::metrics::Metrics,
+) -> ServerHandle {
     let (closing, closing_rx) = watch::channel(false);
     let (alive_tx, alive) = mpsc::channel(1);
-    actix::spawn(accept_loop(listener, lab, limits, closing_rx, alive_tx));
+    actix::spawn(accept_loop(
+        listener, lab, limits, metrics, closing_rx, alive_tx,
+    ));
     ServerHandle { closing, alive }
 }
 
@@ -108,6 +115,7 @@ async fn accept_loop(
     listener: UnixListener,
     lab: Addr<LabActor>,
     limits: ServerLimits,
+    metrics: crate::metrics::Metrics,
     mut closing: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
@@ -129,6 +137,7 @@ async fn accept_loop(
                 };
                 let conn = Conn {
                     lab: lab.clone(),
+                    metrics: metrics.clone(),
                     limits: limits.clone(),
                     closing: closing.clone(),
                     _alive: alive.clone(),
@@ -227,6 +236,7 @@ async fn read_line(
 /// One client connection and what it holds while it lives.
 struct Conn {
     lab: Addr<LabActor>,
+    metrics: crate::metrics::Metrics,
     limits: ServerLimits,
     closing: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
@@ -379,7 +389,17 @@ impl Conn {
             let tx = tx.clone();
             let caller = caller.clone();
             let closing = self.closing.clone();
-            actix::spawn(async move { handle(req, lab, tx, caller, closing).await });
+            let metrics = self.metrics.clone();
+            actix::spawn(async move {
+                let method = req.body.method();
+                let follows = matches!(req.body, RequestBody::Logs { follow: true, .. });
+                let started = std::time::Instant::now();
+                handle(req, lab, tx, caller, closing).await;
+                // A log follow lasts as long as its job: not a slow request.
+                if !follows {
+                    metrics.request(method, started.elapsed());
+                }
+            });
         }
         drop(tx);
         drop(reader);
@@ -463,7 +483,64 @@ fn to_lab(body: RequestBody, caller: Caller) -> Result<LabRequest, WireError> {
             }
         }
         RequestBody::ConsoleLog { board } => LabRequest::IdleConsole { board, caller },
+        RequestBody::Metrics => LabRequest::Metrics,
     })
+}
+
+/// Serves `GET /metrics` over HTTP for Prometheus: one request per
+/// connection, HTTP/1.0 style, so no HTTP crate is needed for it.
+pub async fn serve_metrics_http(listener: tokio::net::TcpListener, lab: Addr<LabActor>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::task::yield_now().await;
+            continue;
+        };
+        let lab = lab.clone();
+        actix::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), metrics_http(stream, lab)).await;
+        });
+    }
+}
+
+async fn metrics_http(stream: tokio::net::TcpStream, lab: Addr<LabActor>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r).take(16 * 1024);
+    let mut request_line = String::new();
+    r.read_line(&mut request_line).await?;
+    // Read the headers to their end; none of them matters here.
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).await? == 0 || h.trim().is_empty() {
+            break;
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = if method != "GET" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_owned(),
+        )
+    } else if path != "/metrics" && path != "/" {
+        ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
+    } else {
+        match lab.send(LabRequest::Metrics).await {
+            Ok(Ok(LabReply::Text(t))) => ("200 OK", "text/plain; version=0.0.4", t),
+            _ => (
+                "503 Service Unavailable",
+                "text/plain",
+                "labd is stopping\n".to_owned(),
+            ),
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    w.write_all(head.as_bytes()).await?;
+    w.write_all(body.as_bytes()).await?;
+    w.shutdown().await
 }
 
 /// Names the caller and decides whether it is an admin: root, labd's own
@@ -538,6 +615,7 @@ fn reply_json(reply: LabReply) -> Value {
         LabReply::Results(j, results) => json!({"job": job_json(&j), "results": results}),
         LabReply::Boards(b) => json!({"boards": b}),
         LabReply::Bytes(b) => crate::protocol::bytes_json(0, &b),
+        LabReply::Text(t) => json!({ "text": t }),
         // Streams are answered by `stream_logs`, never as one value.
         LabReply::LogSource(_) => json!({}),
     }

@@ -166,7 +166,11 @@ fn be_u64(b: &[u8]) -> u64 {
 
 impl Store {
     /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path, cache_capacity: u64) -> Result<Store, StoreError> {
+    pub fn open(
+        dir: &Path,
+        cache_capacity: u64,
+        metrics: crate::metrics::Metrics,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let db = sled::Config::new()
             .path(dir.join("db"))
@@ -206,7 +210,7 @@ impl Store {
         let writer_changes = changes.clone();
         std::thread::Builder::new()
             .name("labd-store".into())
-            .spawn(move || writer(writer_trees, rx, writer_changes))
+            .spawn(move || writer(writer_trees, rx, writer_changes, metrics))
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         Ok(Store { trees, tx, changes })
     }
@@ -609,8 +613,14 @@ impl Store {
     }
 }
 
-fn writer(t: Trees, rx: std_mpsc::Receiver<Write>, changes: broadcast::Sender<Change>) {
+fn writer(
+    t: Trees,
+    rx: std_mpsc::Receiver<Write>,
+    changes: broadcast::Sender<Change>,
+    metrics: crate::metrics::Metrics,
+) {
     while let Ok(first) = rx.recv() {
+        let started = std::time::Instant::now();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -624,6 +634,7 @@ fn writer(t: Trees, rx: std_mpsc::Receiver<Write>, changes: broadcast::Sender<Ch
             apply(&t, w, &mut done, &mut published);
         }
         let flushed = t.db.flush().map(|_| ()).map_err(StoreError::from);
+        metrics.store_batch(done.len(), started.elapsed());
         for reply in done {
             reply(match &flushed {
                 Ok(()) => Ok(()),
@@ -833,7 +844,7 @@ mod tests {
     #[tokio::test]
     async fn prune_by_age_drops_only_finished_jobs_logs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = Store::open(dir.path(), 1 << 20, Default::default()).unwrap();
         let done = store.insert_job(record("done")).await.unwrap();
         let running = store.insert_job(record("running")).await.unwrap();
         for id in [done.id, running.id] {
@@ -874,7 +885,7 @@ mod tests {
     #[tokio::test]
     async fn check_finds_broken_invariants_and_nothing_in_a_sound_store() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = Store::open(dir.path(), 1 << 20, Default::default()).unwrap();
         let a = store.insert_job(record("a")).await.unwrap();
         let b = store.insert_job(record("b")).await.unwrap();
         store

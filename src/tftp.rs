@@ -27,6 +27,27 @@ pub enum TftpError {
 
 struct JobFiles {
     root: PathBuf,
+    metrics: crate::metrics::Metrics,
+}
+
+/// A file being served, counting its bytes into the metrics.
+pub struct Counted {
+    inner: blocking::Unblock<std::fs::File>,
+    metrics: crate::metrics::Metrics,
+}
+
+impl futures_lite::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.metrics.tftp_bytes(*n as u64);
+        }
+        r
+    }
 }
 
 /// Checks a requested path and returns the file to open, or why not.
@@ -55,7 +76,7 @@ pub fn resolve(root: &Path, requested: &Path) -> Result<PathBuf, packet::Error> 
 }
 
 impl Handler for JobFiles {
-    type Reader = blocking::Unblock<std::fs::File>;
+    type Reader = Counted;
     type Writer = futures_lite::io::Sink;
 
     async fn read_req_open(
@@ -78,10 +99,16 @@ impl Handler for JobFiles {
                     return Err(packet::Error::FileNotFound);
                 }
                 tracing::debug!(%client, path = %path.display(), "tftp read");
-                Ok((blocking::Unblock::new(f), len))
+                self.metrics.tftp_transfer();
+                let reader = Counted {
+                    inner: blocking::Unblock::new(f),
+                    metrics: self.metrics.clone(),
+                };
+                Ok((reader, len))
             }
             Err(e) => {
                 tracing::info!(%client, path = %path.display(), error = ?e, "tftp request refused");
+                self.metrics.tftp_error();
                 Err(e)
             }
         }
@@ -94,6 +121,7 @@ impl Handler for JobFiles {
         _size: Option<u64>,
     ) -> Result<Self::Writer, packet::Error> {
         tracing::info!(%client, path = %path.display(), "tftp write refused");
+        self.metrics.tftp_error();
         Err(packet::Error::IllegalOperation)
     }
 }
@@ -103,6 +131,7 @@ pub fn start(
     bind: SocketAddr,
     root: &Path,
     window_size_limit: u16,
+    metrics: crate::metrics::Metrics,
 ) -> Result<SocketAddr, TftpError> {
     std::fs::create_dir_all(root)
         .map_err(|e| TftpError::Server(format!("{}: {e}", root.display())))?;
@@ -112,6 +141,7 @@ pub fn start(
         .map_err(|e| TftpError::Server(e.to_string()))?;
     let handler = JobFiles {
         root: root.to_path_buf(),
+        metrics,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()

@@ -97,6 +97,8 @@ enum Cmd {
     },
     /// Print what a board's console showed while it was idle.
     ConsoleLog { name: String },
+    /// Print labd's metrics in Prometheus text format.
+    Metrics,
 }
 
 fn main() -> std::process::ExitCode {
@@ -376,6 +378,14 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             .await?;
             if !json {
                 println!("board {name}: power {action}");
+            }
+        }
+        Cmd::Metrics => {
+            let v = c.call(RequestBody::Metrics).await?;
+            if json {
+                print_json(&v);
+            } else {
+                print!("{}", s(&v["text"]));
             }
         }
         Cmd::ConsoleLog { name } => {

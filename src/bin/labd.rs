@@ -56,7 +56,7 @@ fn open_offline(state_dir: &Path) -> anyhow::Result<labd::store::Store> {
     if !dir.join("db").exists() {
         bail!("{}: no labd store here", dir.display());
     }
-    labd::store::Store::open(&dir, 64 << 20).with_context(|| {
+    labd::store::Store::open(&dir, 64 << 20, Default::default()).with_context(|| {
         format!(
             "opening {} (is a labd running on it? stop it first)",
             dir.display()

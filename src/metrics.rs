@@ -1,0 +1,405 @@
+//! labd's metrics, in Prometheus text format.
+//!
+//! One [`Metrics`] is made at start and handed (cheap clones) to the parts
+//! that count: the store (write batches), the TFTP server, the board actors
+//! (console bytes, phase durations), the lab (jobs, queue wait) and the
+//! server (request durations). Values that are state rather than events
+//! (boards by state and health, jobs by state, queue depth, the store's size,
+//! the process's memory and CPU) are set at scrape time by whoever owns that
+//! state, then everything is encoded at once. The slow-operation thresholds
+//! live here too: whatever times an operation asks [`Metrics::observe_slow`].
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+    pub health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabel {
+    pub health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobStateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub device_type: String,
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BoardLabel {
+    pub board: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// The thresholds above which an operation is reported as slow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowThresholds {
+    pub store: Duration,
+    pub request: Duration,
+    pub power: Duration,
+}
+
+impl Default for SlowThresholds {
+    fn default() -> Self {
+        SlowThresholds {
+            store: Duration::from_millis(500),
+            request: Duration::from_secs(2),
+            power: Duration::from_secs(10),
+        }
+    }
+}
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms to about 9 hours.
+    Histogram::new(exponential_buckets(0.001, 3.0, 16))
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+struct Inner {
+    registry: Registry,
+    slow: SlowThresholds,
+    pub jobs_submitted: Counter,
+    pub jobs_finished: Family<HealthLabel, Counter>,
+    pub jobs: Family<JobStateLabel, Gauge>,
+    pub queue_depth: Gauge,
+    pub queue_wait: Histogram,
+    pub boards: Family<StateLabels, Gauge>,
+    pub phase_duration: HistogramFamily<PhaseLabels>,
+    pub tftp_transfers: Counter,
+    pub tftp_bytes: Counter,
+    pub tftp_errors: Counter,
+    pub console_bytes: Family<BoardLabel, Counter>,
+    pub store_batch: Histogram,
+    pub store_writes: Counter,
+    pub store_disk: Gauge,
+    pub requests: HistogramFamily<MethodLabel>,
+    pub slow_ops: Family<KindLabel, Counter>,
+    pub resident: Gauge,
+    pub cpu_millis: Gauge,
+}
+
+/// A handle on labd's metrics; clones share them.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new(SlowThresholds::default())
+    }
+}
+
+impl Metrics {
+    pub fn new(slow: SlowThresholds) -> Metrics {
+        let mut r = Registry::with_prefix("labd");
+        let h: fn() -> Histogram = seconds_histogram;
+        let i = Inner {
+            slow,
+            jobs_submitted: Counter::default(),
+            jobs_finished: Family::default(),
+            jobs: Family::default(),
+            queue_depth: Gauge::default(),
+            queue_wait: seconds_histogram(),
+            boards: Family::default(),
+            phase_duration: Family::new_with_constructor(h),
+            tftp_transfers: Counter::default(),
+            tftp_bytes: Counter::default(),
+            tftp_errors: Counter::default(),
+            console_bytes: Family::default(),
+            store_batch: seconds_histogram(),
+            store_writes: Counter::default(),
+            store_disk: Gauge::default(),
+            requests: Family::new_with_constructor(h),
+            slow_ops: Family::default(),
+            resident: Gauge::default(),
+            cpu_millis: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register("jobs_submitted", "Jobs submitted", i.jobs_submitted.clone());
+        r.register(
+            "jobs_finished",
+            "Jobs finished, by health",
+            i.jobs_finished.clone(),
+        );
+        r.register("jobs", "Jobs not finished, by state", i.jobs.clone());
+        r.register(
+            "queue_depth",
+            "Jobs waiting for a board",
+            i.queue_depth.clone(),
+        );
+        r.register(
+            "queue_wait_seconds",
+            "Time from submit to start",
+            i.queue_wait.clone(),
+        );
+        r.register("boards", "Boards by state and health", i.boards.clone());
+        r.register(
+            "phase_duration_seconds",
+            "Boot and test phase durations, by device type",
+            i.phase_duration.clone(),
+        );
+        r.register(
+            "tftp_transfers",
+            "TFTP transfers started",
+            i.tftp_transfers.clone(),
+        );
+        r.register("tftp_bytes", "TFTP bytes served", i.tftp_bytes.clone());
+        r.register(
+            "tftp_errors",
+            "TFTP requests refused or failed",
+            i.tftp_errors.clone(),
+        );
+        r.register(
+            "console_bytes",
+            "Console bytes read, by board",
+            i.console_bytes.clone(),
+        );
+        r.register(
+            "store_batch_seconds",
+            "Store write batches: apply and flush",
+            i.store_batch.clone(),
+        );
+        r.register(
+            "store_writes",
+            "Store writes applied",
+            i.store_writes.clone(),
+        );
+        r.register(
+            "store_disk_bytes",
+            "The store's size on disk",
+            i.store_disk.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Socket requests, by method",
+            i.requests.clone(),
+        );
+        r.register(
+            "slow_operations",
+            "Operations above their slow threshold, by kind",
+            i.slow_ops.clone(),
+        );
+        r.register(
+            "process_resident_memory_bytes",
+            "labd's resident memory",
+            i.resident.clone(),
+        );
+        r.register(
+            "process_cpu_milliseconds",
+            "labd's CPU time, user and system",
+            i.cpu_millis.clone(),
+        );
+        Metrics(Arc::new(Inner { registry: r, ..i }))
+    }
+
+    pub fn job_submitted(&self) {
+        self.0.jobs_submitted.inc();
+    }
+
+    pub fn job_finished(&self, health: &str) {
+        self.0
+            .jobs_finished
+            .get_or_create(&HealthLabel {
+                health: health.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn queue_waited(&self, d: Duration) {
+        self.0.queue_wait.observe(d.as_secs_f64());
+    }
+
+    pub fn phase(&self, device_type: &str, phase: &str, d: Duration) {
+        self.0
+            .phase_duration
+            .get_or_create(&PhaseLabels {
+                device_type: device_type.to_owned(),
+                phase: phase.to_owned(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
+    pub fn tftp_transfer(&self) {
+        self.0.tftp_transfers.inc();
+    }
+
+    pub fn tftp_bytes(&self, n: u64) {
+        self.0.tftp_bytes.inc_by(n);
+    }
+
+    pub fn tftp_error(&self) {
+        self.0.tftp_errors.inc();
+    }
+
+    pub fn console_bytes(&self, board: &str, n: u64) {
+        self.0
+            .console_bytes
+            .get_or_create(&BoardLabel {
+                board: board.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn store_batch(&self, writes: usize, d: Duration) {
+        self.0.store_writes.inc_by(writes as u64);
+        self.0.store_batch.observe(d.as_secs_f64());
+        if d > self.0.slow.store {
+            self.slow("store", d);
+            tracing::warn!(writes, ms = d.as_millis() as u64, "slow store write batch");
+        }
+    }
+
+    pub fn request(&self, method: &str, d: Duration) {
+        self.0
+            .requests
+            .get_or_create(&MethodLabel {
+                method: method.to_owned(),
+            })
+            .observe(d.as_secs_f64());
+        if d > self.0.slow.request {
+            self.slow("request", d);
+            tracing::warn!(method, ms = d.as_millis() as u64, "slow socket request");
+        }
+    }
+
+    /// Reports a power command's duration; true if it was slow.
+    pub fn power(&self, board: &str, action: &str, d: Duration) -> bool {
+        if d > self.0.slow.power {
+            self.slow("power", d);
+            tracing::warn!(
+                board,
+                action,
+                ms = d.as_millis() as u64,
+                "slow power command"
+            );
+            return true;
+        }
+        false
+    }
+
+    fn slow(&self, kind: &str, _d: Duration) {
+        self.0
+            .slow_ops
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the state gauges, then encodes every metric as Prometheus text.
+    pub fn render(&self, scrape: Scrape) -> String {
+        let i = &self.0;
+        i.jobs.clear();
+        for (state, n) in scrape.jobs_by_state {
+            i.jobs
+                .get_or_create(&JobStateLabel {
+                    state: state.to_owned(),
+                })
+                .set(n as i64);
+        }
+        i.queue_depth.set(scrape.queue_depth as i64);
+        i.boards.clear();
+        for ((state, health), n) in scrape.boards {
+            i.boards
+                .get_or_create(&StateLabels { state, health })
+                .set(n as i64);
+        }
+        i.store_disk.set(scrape.store_disk_bytes as i64);
+        if let Some((rss, cpu)) = process_usage() {
+            i.resident.set(rss as i64);
+            i.cpu_millis.set(cpu as i64);
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &i.registry);
+        out
+    }
+}
+
+/// What the lab knows at scrape time.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    pub jobs_by_state: Vec<(&'static str, usize)>,
+    pub queue_depth: usize,
+    pub boards: std::collections::BTreeMap<(String, String), usize>,
+    pub store_disk_bytes: u64,
+}
+
+/// Resident bytes and CPU milliseconds of this process, from /proc.
+fn process_usage() -> Option<(u64, u64)> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at `)`.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Some((pages * page, (utime + stime) * 1000 / tick.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_scraped_gauges() {
+        let m = Metrics::default();
+        m.job_submitted();
+        m.job_finished("Complete");
+        m.phase("sim-uboot", "Kernel", Duration::from_millis(40));
+        m.console_bytes("sim-01", 1000);
+        let mut boards = std::collections::BTreeMap::new();
+        boards.insert(("Idle".to_owned(), "Good".to_owned()), 2);
+        let text = m.render(Scrape {
+            jobs_by_state: vec![("Submitted", 3)],
+            queue_depth: 3,
+            boards,
+            store_disk_bytes: 4096,
+        });
+        for line in [
+            "labd_jobs_submitted_total 1",
+            "labd_jobs_finished_total{health=\"Complete\"} 1",
+            "labd_jobs{state=\"Submitted\"} 3",
+            "labd_boards{state=\"Idle\",health=\"Good\"} 2",
+            "labd_phase_duration_seconds_count{device_type=\"sim-uboot\",phase=\"Kernel\"} 1",
+            "labd_console_bytes_total{board=\"sim-01\"} 1000",
+            "labd_store_disk_bytes 4096",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(text.contains("labd_process_resident_memory_bytes "));
+    }
+}

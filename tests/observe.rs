@@ -1,0 +1,101 @@
+//! Watching labd: metrics on the socket and over HTTP, slow-operation
+//! reports.
+
+mod common;
+
+use common::*;
+use labd::protocol::RequestBody;
+use std::io::{Read, Write};
+
+/// The value of the first sample line starting with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in\n{text}"))
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn metrics_after_a_job_on_the_socket_and_over_http() {
+    rt().block_on(async {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut lab = Lab::prepare(1, &[], &[], "");
+        let cfg = std::fs::read_to_string(&lab.config).unwrap();
+        std::fs::write(
+            &lab.config,
+            format!("metrics_listen = \"127.0.0.1:{port}\"\n{cfg}"),
+        )
+        .unwrap();
+        lab.start_labd();
+        let mut c = lab.client().await;
+        let id = c
+            .submit(&lab.job("measured", "medium", &["true"]), "j.yaml")
+            .await
+            .unwrap();
+        wait_job(&mut c, id).await;
+        let v = c.call(RequestBody::Metrics).await.unwrap();
+        let text = v["text"].as_str().unwrap();
+        assert_eq!(sample(text, "labd_jobs_submitted_total "), 1.0);
+        assert_eq!(
+            sample(text, "labd_jobs_finished_total{health=\"Complete\"} "),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                text,
+                "labd_phase_duration_seconds_count{device_type=\"sim-uboot\",phase=\"BootloaderCommands\"} "
+            ),
+            1.0
+        );
+        assert_eq!(sample(text, "labd_tftp_transfers_total "), 3.0);
+        // The kernel, ramdisk and DTB of tests/common.
+        assert!(sample(text, "labd_tftp_bytes_total ") >= 404_000.0, "{text}");
+        assert!(sample(text, "labd_console_bytes_total{board=\"sim-01\"} ") > 1000.0);
+        assert_eq!(
+            sample(text, "labd_request_duration_seconds_count{method=\"submit\"} "),
+            1.0
+        );
+        assert_eq!(sample(text, "labd_boards{state=\"Idle\",health=\"Good\"} "), 1.0);
+        assert_eq!(sample(text, "labd_queue_wait_seconds_count "), 1.0);
+        assert!(sample(text, "labd_store_disk_bytes ") > 0.0);
+        assert!(sample(text, "labd_process_resident_memory_bytes ") > 0.0);
+
+        let http = http_get(port, "/metrics");
+        assert!(http.starts_with("HTTP/1.1 200 OK\r\n"), "{http}");
+        assert_eq!(
+            sample(&http, "labd_jobs_finished_total{health=\"Complete\"} "),
+            1.0
+        );
+        assert!(http_get(port, "/nope").starts_with("HTTP/1.1 404"));
+    });
+}
+
+#[test]
+fn operations_above_a_tiny_threshold_are_reported_slow() {
+    rt().block_on(async {
+        let lab = Lab::start_with(1, &[], &[], "[slow]\nstore_ms = 0\nrequest_ms = 0");
+        let mut c = lab.client().await;
+        c.submit(&lab.job("slow", "medium", &["true"]), "j.yaml")
+            .await
+            .unwrap();
+        lab.wait_log("slow store write batch");
+        lab.wait_log("slow socket request");
+        let v = c.call(RequestBody::Metrics).await.unwrap();
+        let text = v["text"].as_str().unwrap();
+        assert!(sample(text, "labd_slow_operations_total{kind=\"store\"} ") >= 1.0);
+        assert!(sample(text, "labd_slow_operations_total{kind=\"request\"} ") >= 1.0);
+    });
+}
