@@ -28,6 +28,8 @@ pub enum StartError {
     Lab(crate::error::ApiError),
     #[error("auth: group `{0}` does not exist")]
     NoSuchGroup(String),
+    #[error(transparent)]
+    Activation(#[from] crate::systemd::ActivationError),
 }
 
 /// A group's gid by name.
@@ -77,13 +79,20 @@ pub async fn start(cfg: LabConfig, socket: &Path) -> Result<Daemon, StartError> 
     tracing::info!(tftp = %addr, "TFTP server listening");
     let socket_gid = group_id(&cfg.auth.socket_group)?;
     let admin_gid = group_id(&cfg.auth.admin_group)?;
-    let listener =
-        crate::server::bind(socket, cfg.auth.socket_mode, socket_gid).map_err(|source| {
-            StartError::Socket {
-                path: socket.display().to_string(),
-                source,
-            }
-        })?;
+    let socket_err = |source| StartError::Socket {
+        path: socket.display().to_string(),
+        source,
+    };
+    let group = socket_gid.zip(cfg.auth.socket_group.as_deref());
+    let listener = match crate::systemd::inherited_listener(socket, cfg.auth.socket_mode, group)? {
+        Some(l) => {
+            tracing::info!(socket = %socket.display(), "serving the socket systemd passed");
+            tokio::net::UnixListener::from_std(l).map_err(socket_err)?
+        }
+        None => {
+            crate::server::bind(socket, cfg.auth.socket_mode, socket_gid).map_err(socket_err)?
+        }
+    };
     let limits = crate::server::ServerLimits {
         admin_gid,
         ..crate::server::ServerLimits::from_config(&cfg.limits)
@@ -104,6 +113,8 @@ pub async fn start(cfg: LabConfig, socket: &Path) -> Result<Daemon, StartError> 
     }
     let server = crate::server::serve(listener, lab.clone(), limits, metrics);
     tracing::info!(socket = %socket.display(), "labd ready");
+    crate::systemd::ready();
+    crate::systemd::start_watchdog(lab.clone());
     Ok(Daemon { lab, server })
 }
 
@@ -123,6 +134,7 @@ impl Daemon {
         second_signal: impl std::future::Future<Output = ()>,
     ) -> Result<(), MailboxError> {
         tracing::info!("shutting down");
+        crate::systemd::stopping();
         let mut drained = self.lab.send(crate::lab::Shutdown { grace }).await?;
         tokio::select! {
             _ = &mut drained => {}

@@ -862,6 +862,16 @@ impl Actor for LabActor {
     }
 }
 
+/// Answered at once: proves the lab actor is alive (the systemd watchdog).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;
+
+impl Handler<Ping> for LabActor {
+    type Result = ();
+    fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) {}
+}
+
 impl Handler<Shutdown> for LabActor {
     type Result = MessageResult<Shutdown>;
     fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) -> Self::Result {

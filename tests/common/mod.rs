@@ -37,7 +37,7 @@ impl Drop for Lab {
 
 /// Waits for a line containing `what` on a child's pipe (an event, not a
 /// sleep); the lines after it go to the returned channel.
-fn wait_line(r: impl std::io::Read + Send + 'static, what: &'static str) -> Receiver<String> {
+pub fn wait_line(r: impl std::io::Read + Send + 'static, what: &'static str) -> Receiver<String> {
     let mut lines = BufReader::new(r).lines();
     for line in lines.by_ref() {
         let line = line.expect("reading child output");
