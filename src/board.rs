@@ -84,23 +84,32 @@ struct PhaseChanged(Phase);
 /// whose handler panicked. tokio catches the panic and drops the actor's
 /// context, which (in its own `Drop`) stops the actor and even calls
 /// `stopped`, so `stopped` cannot tell a crash from a stop: this guard's
-/// `Drop` is the signal. A board actor never stops on purpose while the lab
-/// runs, so the guard is always armed; at shutdown the lab is gone and the
-/// report goes nowhere.
+/// `Drop` is the signal. A board actor stops on purpose only when the lab
+/// retires it (`Retire`, on a reload), which disarms the guard first; at
+/// shutdown the lab is gone and the report goes nowhere.
 struct DeathGuard {
     board: String,
     lab: Recipient<BoardReport>,
     job: Option<JobId>,
+    armed: bool,
 }
 
 impl Drop for DeathGuard {
     fn drop(&mut self) {
-        self.lab.do_send(BoardReport::Died {
-            board: self.board.clone(),
-            job: self.job,
-        });
+        if self.armed {
+            self.lab.do_send(BoardReport::Died {
+                board: self.board.clone(),
+                job: self.job,
+            });
+        }
     }
 }
+
+/// Stops an idle board actor for good (its board left the config, or its
+/// config changed): the console is closed and no death is reported.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
 
 /// Aborts a task when dropped, so a task never outlives its owner.
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -170,6 +179,7 @@ impl BoardActor {
                 board: name.clone(),
                 lab: lab.clone(),
                 job: None,
+                armed: true,
             },
             name,
             dt,
@@ -495,6 +505,14 @@ impl Handler<StartJob> for BoardActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct WriteConsole(Vec<u8>);
+
+impl Handler<Retire> for BoardActor {
+    type Result = ();
+    fn handle(&mut self, _msg: Retire, ctx: &mut Context<Self>) {
+        self.guard.armed = false;
+        ctx.stop();
+    }
+}
 
 impl Handler<WriteConsole> for BoardActor {
     type Result = ();

@@ -51,7 +51,12 @@ pub fn load_device_types(
 }
 
 /// Starts everything; must run inside an actix system.
-pub async fn start(cfg: LabConfig, socket: &Path) -> Result<Daemon, StartError> {
+/// `config_path` is the file a reload re-reads (None for the demo lab).
+pub async fn start(
+    cfg: LabConfig,
+    socket: &Path,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<Daemon, StartError> {
     let device_types = load_device_types(&cfg)?;
     let metrics = crate::metrics::Metrics::new(cfg.slow.thresholds());
     let store = Store::open(
@@ -100,6 +105,7 @@ pub async fn start(cfg: LabConfig, socket: &Path) -> Result<Daemon, StartError> 
     let metrics_listen = cfg.metrics_listen;
     let lab = LabActor::new(cfg, store, device_types, tftp, metrics.clone())
         .map_err(StartError::Lab)?
+        .with_config_path(config_path)
         .start();
     if let Some(addr) = metrics_listen {
         let http = tokio::net::TcpListener::bind(addr)
@@ -125,6 +131,31 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Re-reads the config file on every SIGHUP, as an admin would with
+    /// `labctl reload`; a bad file is logged and the running config stays.
+    pub fn reload_on_sighup(&self) {
+        let lab = self.lab.clone();
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; use labctl reload");
+            return;
+        };
+        actix::spawn(async move {
+            while hup.recv().await.is_some() {
+                let caller = crate::lab::Caller {
+                    uid: nix::unistd::Uid::effective().as_raw(),
+                    name: "SIGHUP".into(),
+                    admin: true,
+                };
+                match lab.send(crate::lab::LabRequest::Reload { caller }).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e.message, "SIGHUP: reload refused"),
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+
     /// Drains the lab: no job starts, running jobs get `grace`, and a
     /// `second_signal` that resolves first ends them at once. Then the
     /// socket closes once the answers in flight are out (at most 5 s).

@@ -75,6 +75,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Too many connections; try again later.
     Busy,
+    /// The lab config or a device type is invalid (on a reload).
+    InvalidConfig,
     /// The caller may not do this (see the lab config's `[auth]`).
     PermissionDenied,
     /// A power or console operation failed.
@@ -98,6 +100,7 @@ impl ErrorCode {
             ErrorCode::Store => "store",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Busy => "busy",
+            ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Hardware => "hardware",
             ErrorCode::Internal => "internal",
@@ -127,6 +130,32 @@ impl ApiError {
             code,
             message: message.into(),
             location: None,
+        }
+    }
+}
+
+impl From<crate::config::ConfigError> for ApiError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        match e {
+            crate::config::ConfigError::Invalid { location, message } => ApiError {
+                code: ErrorCode::InvalidConfig,
+                message: format!("{location}: {message}"),
+                location: Some(location),
+            },
+            other => ApiError::new(ErrorCode::InvalidConfig, other.to_string()),
+        }
+    }
+}
+
+impl From<crate::device_type::DeviceTypeError> for ApiError {
+    fn from(e: crate::device_type::DeviceTypeError) -> Self {
+        match e {
+            crate::device_type::DeviceTypeError::Invalid { location, message } => ApiError {
+                code: ErrorCode::InvalidConfig,
+                message: format!("{location}: {message}"),
+                location: Some(location),
+            },
+            other => ApiError::new(ErrorCode::InvalidConfig, other.to_string()),
         }
     }
 }

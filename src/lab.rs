@@ -5,7 +5,7 @@
 //! is made durable in the store before it is acted on or acknowledged.
 //! Requests from the socket arrive as [`LabRequest`] messages.
 
-use crate::board::{BoardActor, BoardReport, IdleConsole, PowerBoard, StartJob, StopJob};
+use crate::board::{BoardActor, BoardReport, IdleConsole, PowerBoard, Retire, StartJob, StopJob};
 use crate::config::{BoardConfig, LabConfig};
 use crate::console;
 use crate::device_type::DeviceType;
@@ -109,6 +109,10 @@ pub enum LabRequest {
     },
     /// Every metric, in Prometheus text format.
     Metrics,
+    /// Re-read the config file and device types (SIGHUP, `labctl reload`).
+    Reload {
+        caller: Caller,
+    },
 }
 
 #[derive(Debug)]
@@ -125,6 +129,7 @@ pub enum LabReply {
     Bytes(Vec<u8>),
     LogSource(Store),
     Text(String),
+    Reloaded(Vec<String>),
 }
 
 impl Message for LabRequest {
@@ -150,6 +155,16 @@ struct Slot {
     /// Maintenance or Retired asked for while the board was busy: it
     /// applies when the job ends.
     pending_health: Option<BoardHealth>,
+    /// What a reload asked of this board while it was busy.
+    after_job: Option<AfterJob>,
+}
+
+/// A reload's change to a busy board, applied when its job ends.
+enum AfterJob {
+    /// The board left the config.
+    Remove,
+    /// Its config or device type changed.
+    Restart(Box<(BoardConfig, DeviceType)>),
 }
 
 struct Queued {
@@ -185,6 +200,8 @@ pub struct LabActor {
     /// Health-check jobs by device type.
     health_checks: BTreeMap<String, HealthCheck>,
     metrics: crate::metrics::Metrics,
+    /// The config file, for reloads; None for the demo lab.
+    config_path: Option<std::path::PathBuf>,
 }
 
 /// A device type's health-check job, read and validated at start.
@@ -270,6 +287,7 @@ impl LabActor {
         }
         let health_checks = load_health_checks(&cfg)?;
         Ok(LabActor {
+            config_path: None,
             metrics,
             health_checks,
             cfg,
@@ -282,6 +300,140 @@ impl LabActor {
             draining: false,
             drained: Vec::new(),
         })
+    }
+
+    /// Sets the config file a reload re-reads.
+    pub fn with_config_path(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.config_path = path;
+        self
+    }
+
+    fn new_slot(&self, b: &BoardConfig, dt: DeviceType, ctx: &mut Context<Self>) -> Slot {
+        Slot {
+            cfg: b.clone(),
+            addr: self.start_board(b, &dt, ctx),
+            dt,
+            state: BoardState::Idle,
+            health: BoardHealth::Unknown,
+            health_reason: None,
+            job: None,
+            health_check: false,
+            last_health_check: None,
+            phase: Phase::Off,
+            pending_health: None,
+            after_job: None,
+        }
+    }
+
+    /// Applies a re-read config. Keys that need a restart must not change.
+    /// Added boards start at once; removed or changed boards leave or
+    /// restart now if idle, else when their job ends. Says what it did.
+    fn apply_config(
+        &mut self,
+        cfg: LabConfig,
+        device_types: BTreeMap<String, DeviceType>,
+        health_checks: BTreeMap<String, HealthCheck>,
+        ctx: &mut Context<Self>,
+    ) -> Result<Vec<String>, ApiError> {
+        let old = &self.cfg;
+        let fixed = [
+            ("socket", old.socket != cfg.socket),
+            ("state_dir", old.state_dir != cfg.state_dir),
+            ("store", old.store != cfg.store),
+            ("tftp", old.tftp != cfg.tftp),
+            ("auth", old.auth != cfg.auth),
+            ("metrics_listen", old.metrics_listen != cfg.metrics_listen),
+            ("slow", old.slow != cfg.slow),
+            ("sim_control", old.sim_control != cfg.sim_control),
+        ];
+        let changed: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
+        if !changed.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidState,
+                format!(
+                    "reload: {} changed; restart labd to apply that (nothing was changed)",
+                    changed.join(", ")
+                ),
+            ));
+        }
+        let mut wanted = BTreeMap::new();
+        for b in &cfg.boards {
+            let base = device_types.get(&b.device_type).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NoSuchDeviceType,
+                    format!(
+                        "reload: board {}: unknown device type `{}`",
+                        b.name, b.device_type
+                    ),
+                )
+            })?;
+            let dt = base
+                .with_overrides(&b.name, &b.parameters)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidState, format!("reload: {e}")))?;
+            wanted.insert(b.name.clone(), (b.clone(), dt));
+        }
+        let mut report = Vec::new();
+        let names: Vec<String> = self.boards.keys().cloned().collect();
+        for name in names {
+            let Some(slot) = self.boards.get_mut(&name) else {
+                continue;
+            };
+            let change = match wanted.remove(&name) {
+                None => AfterJob::Remove,
+                Some((b, dt)) if b != slot.cfg || dt != slot.dt => {
+                    AfterJob::Restart(Box::new((b, dt)))
+                }
+                Some(_) => continue,
+            };
+            let what = match change {
+                AfterJob::Remove => "removed",
+                AfterJob::Restart(_) => "restarted with its new config",
+            };
+            if slot.state == BoardState::Idle {
+                report.push(format!("board {name} {what}"));
+                self.apply_after_job(&name, change, ctx);
+            } else {
+                report.push(format!("board {name} will be {what} when its job ends"));
+                slot.after_job = Some(change);
+            }
+        }
+        for (name, (b, dt)) in wanted {
+            report.push(format!("board {name} added"));
+            let slot = self.new_slot(&b, dt, ctx);
+            self.boards.insert(name, slot);
+        }
+        self.cfg = cfg;
+        self.device_types = device_types;
+        self.health_checks = health_checks;
+        if report.is_empty() {
+            report.push("no board changed".into());
+        }
+        tracing::info!(changes = ?report, "config reloaded");
+        self.schedule(ctx);
+        Ok(report)
+    }
+
+    /// Removes or restarts an idle board as a reload asked.
+    fn apply_after_job(&mut self, name: &str, change: AfterJob, ctx: &mut Context<Self>) {
+        let Some(slot) = self.boards.get(name) else {
+            return;
+        };
+        slot.addr.do_send(Retire);
+        match change {
+            AfterJob::Remove => {
+                self.boards.remove(name);
+            }
+            AfterJob::Restart(new) => {
+                let (b, dt) = *new;
+                let addr = self.start_board(&b, &dt, ctx);
+                if let Some(slot) = self.boards.get_mut(name) {
+                    slot.addr = addr;
+                    slot.cfg = b;
+                    slot.dt = dt;
+                    slot.phase = Phase::Off;
+                }
+            }
+        }
     }
 
     fn start_board(
@@ -681,6 +833,14 @@ impl LabActor {
                 s.health = h;
             }
         }
+        let after = self
+            .boards
+            .get_mut(&board)
+            .filter(|s| s.job.is_none())
+            .and_then(|s| s.after_job.take());
+        if let Some(change) = after {
+            self.apply_after_job(&board, change, ctx);
+        }
         // Queued after the job's write: the store keeps that order.
         ctx.spawn(fut);
         self.persist_board(&board);
@@ -761,23 +921,8 @@ impl Actor for LabActor {
             let Ok(dt) = base.with_overrides(&b.name, &b.parameters) else {
                 continue;
             };
-            let addr = self.start_board(b, &dt, ctx);
-            self.boards.insert(
-                b.name.clone(),
-                Slot {
-                    cfg: b.clone(),
-                    dt,
-                    addr,
-                    state: BoardState::Idle,
-                    health: BoardHealth::Unknown,
-                    health_reason: None,
-                    job: None,
-                    health_check: false,
-                    last_health_check: None,
-                    phase: Phase::Off,
-                    pending_health: None,
-                },
-            );
+            let slot = self.new_slot(b, dt, ctx);
+            self.boards.insert(b.name.clone(), slot);
         }
         // Health checks fall due with time too, with no event to say so.
         ctx.run_interval(std::time::Duration::from_secs(60), |act, ctx| {
@@ -1126,6 +1271,37 @@ impl Handler<LabRequest> for LabActor {
                 }
                 .into_actor(self),
             ),
+            LabRequest::Reload { caller } => {
+                if let Err(e) = caller.require_admin("reload the config") {
+                    return ready(Err(e));
+                }
+                let Some(path) = self.config_path.clone() else {
+                    return ready(Err(ApiError::new(
+                        ErrorCode::InvalidState,
+                        "this lab runs without a config file (the demo); nothing to reload",
+                    )));
+                };
+                Box::pin(
+                    async move {
+                        // Reading files may block: off the actor thread.
+                        tokio::task::spawn_blocking(move || {
+                            let cfg = LabConfig::load(&path)?;
+                            let dts = crate::daemon::load_device_types(&cfg)?;
+                            let hcs = load_health_checks(&cfg)?;
+                            Ok::<_, ApiError>((cfg, dts, hcs))
+                        })
+                        .await
+                        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+                    }
+                    .into_actor(self)
+                    .map(|r, act, ctx| {
+                        let (cfg, dts, hcs) = r.inspect_err(|e| {
+                            tracing::error!(error = %e.message, "reload refused; the running config stays");
+                        })?;
+                        Ok(LabReply::Reloaded(act.apply_config(cfg, dts, hcs, ctx)?))
+                    }),
+                )
+            }
             LabRequest::Metrics => {
                 let mut scrape = crate::metrics::Scrape {
                     queue_depth: self.queue.len(),

@@ -79,6 +79,8 @@ pub enum RequestBody {
     },
     /// Every metric, in Prometheus text format.
     Metrics,
+    /// Re-read the config file and device types.
+    Reload,
 }
 
 impl RequestBody {
@@ -97,6 +99,7 @@ impl RequestBody {
             RequestBody::Power { .. } => "power",
             RequestBody::ConsoleLog { .. } => "console_log",
             RequestBody::Metrics => "metrics",
+            RequestBody::Reload => "reload",
         }
     }
 }
@@ -207,7 +210,7 @@ pub fn parse_request(line: &str) -> Result<Request, serde_json::Error> {
     if let Some(obj) = v.as_object_mut() {
         let unit = matches!(
             obj.get("method").and_then(Value::as_str),
-            Some("boards" | "metrics")
+            Some("boards" | "metrics" | "reload")
         );
         if !unit && !obj.contains_key("params") {
             obj.insert("params".into(), Value::Object(Default::default()));

@@ -484,6 +484,7 @@ fn to_lab(body: RequestBody, caller: Caller) -> Result<LabRequest, WireError> {
         }
         RequestBody::ConsoleLog { board } => LabRequest::IdleConsole { board, caller },
         RequestBody::Metrics => LabRequest::Metrics,
+        RequestBody::Reload => LabRequest::Reload { caller },
     })
 }
 
@@ -616,6 +617,7 @@ fn reply_json(reply: LabReply) -> Value {
         LabReply::Boards(b) => json!({"boards": b}),
         LabReply::Bytes(b) => crate::protocol::bytes_json(0, &b),
         LabReply::Text(t) => json!({ "text": t }),
+        LabReply::Reloaded(changes) => json!({ "changes": changes }),
         // Streams are answered by `stream_logs`, never as one value.
         LabReply::LogSource(_) => json!({}),
     }

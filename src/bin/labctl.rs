@@ -99,6 +99,8 @@ enum Cmd {
     ConsoleLog { name: String },
     /// Print labd's metrics in Prometheus text format.
     Metrics,
+    /// Make labd re-read its config file and device types (admins only).
+    Reload,
 }
 
 fn main() -> std::process::ExitCode {
@@ -378,6 +380,16 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             .await?;
             if !json {
                 println!("board {name}: power {action}");
+            }
+        }
+        Cmd::Reload => {
+            let v = c.call(RequestBody::Reload).await?;
+            if json {
+                print_json(&v);
+            } else {
+                for change in v["changes"].as_array().into_iter().flatten() {
+                    println!("{}", s(change));
+                }
             }
         }
         Cmd::Metrics => {

@@ -135,7 +135,8 @@ async fn run(args: Args) -> anyhow::Result<u8> {
     let cfg = LabConfig::load(path)?;
     let socket = config::resolve_socket(args.socket.as_deref(), Some(&cfg));
     let grace = Duration::from_secs(cfg.limits.shutdown_grace_secs);
-    let daemon = labd::daemon::start(cfg, &socket).await?;
+    let daemon = labd::daemon::start(cfg, &socket, Some(path.clone())).await?;
+    daemon.reload_on_sighup();
     wait_for_signal().await;
     daemon.shutdown(grace, wait_for_signal()).await?;
     Ok(0)
@@ -185,7 +186,7 @@ async fn demo(args: Args) -> anyhow::Result<u8> {
         other => bail!("labd-sim did not start: {other:?}"),
     }
     let cfg = config::demo(&dir.join("state"), &sim_sock, &socket);
-    let daemon = labd::daemon::start(cfg, &socket).await?;
+    let daemon = labd::daemon::start(cfg, &socket, None).await?;
     if args.serve {
         println!("LABD_SOCKET={}", socket.display());
         println!(
