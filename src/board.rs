@@ -12,7 +12,7 @@
 use crate::console::Console;
 use crate::device_type::DeviceType;
 use crate::job::JobDefinition;
-use crate::model::{JobEvent, JobId, JobOutcome};
+use crate::model::{JobEvent, JobId, JobOutcome, PhaseTime};
 use crate::power::{Power, PowerAction};
 use crate::runner::{self, ConsoleFeed, FeedSender, Phase, RunCtx, TftpInfo};
 use crate::store::Store;
@@ -35,6 +35,7 @@ pub enum BoardReport {
         board: String,
         job: JobId,
         outcome: JobOutcome,
+        timing: Vec<PhaseTime>,
     },
     /// The actor is gone without stopping normally (a panic unwound it).
     Died {
@@ -127,6 +128,8 @@ struct CurrentJob {
     truncated: bool,
     /// Bytes the runner could not take (it was too far behind).
     unfed: u64,
+    /// Each phase's duration so far.
+    timing: Vec<PhaseTime>,
     handle: Option<SpawnHandle>,
     log_buf: Vec<u8>,
     log_offset: u64,
@@ -205,11 +208,15 @@ impl BoardActor {
     fn set_phase(&mut self, phase: Phase) {
         // How long each phase of a job took, per device type.
         if self.phase != Phase::Off && self.phase != phase {
-            self.metrics.phase(
-                &self.dt.name,
-                &self.phase.to_string(),
-                self.phase_since.elapsed(),
-            );
+            let took = self.phase_since.elapsed();
+            self.metrics
+                .phase(&self.dt.name, &self.phase.to_string(), took);
+            if let Some(job) = &mut self.job {
+                job.timing.push(PhaseTime {
+                    phase: self.phase.to_string(),
+                    ms: took.as_millis() as u64,
+                });
+            }
         }
         if self.phase != phase {
             self.phase_since = std::time::Instant::now();
@@ -341,13 +348,15 @@ impl BoardActor {
                     act.flush_log();
                     let dir = act.tftp.root.join(id.to_string());
                     let _ = std::fs::remove_dir_all(dir);
-                    act.job = None;
-                    act.guard.job = None;
+                    // Off ends the PoweringOff phase, which counts too.
                     act.set_phase(Phase::Off);
+                    let timing = act.job.take().map(|j| j.timing).unwrap_or_default();
+                    act.guard.job = None;
                     act.lab.do_send(BoardReport::JobEnded {
                         board: act.name.clone(),
                         job: id,
                         outcome,
+                        timing,
                     });
                 }),
         );
@@ -482,6 +491,7 @@ impl Handler<StartJob> for BoardActor {
             input: Some(input_tx),
             truncated: false,
             unfed: 0,
+            timing: Vec::new(),
             handle: None,
             log_buf: Vec::new(),
             log_offset: 0,

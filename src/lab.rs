@@ -752,6 +752,18 @@ impl LabActor {
     /// order they are queued, so the job's Finished record still lands
     /// before anything the board does next. Scheduling waits for it.
     fn finish(&mut self, id: JobId, board: &str, outcome: JobOutcome, ctx: &mut Context<Self>) {
+        self.finish_timed(id, board, outcome, Vec::new(), ctx)
+    }
+
+    /// `finish`, with where the job's time went on its board.
+    fn finish_timed(
+        &mut self,
+        id: JobId,
+        board: &str,
+        outcome: JobOutcome,
+        timing: Vec<PhaseTime>,
+        ctx: &mut Context<Self>,
+    ) {
         let store = self.store.clone();
         let o2 = outcome.clone();
         // Called now, so the write is queued now (see the doc above).
@@ -766,6 +778,7 @@ impl LabActor {
                 o2
             };
             j.finish(o);
+            j.timing = timing;
             Ok(())
         });
         let fut = write.into_actor(self).map(move |r, act, ctx| {
@@ -1062,7 +1075,8 @@ impl Handler<BoardReport> for LabActor {
                 board,
                 job,
                 outcome,
-            } => self.finish(job, &board, outcome, ctx),
+                timing,
+            } => self.finish_timed(job, &board, outcome, timing, ctx),
             BoardReport::Died { board, job } => {
                 tracing::error!(%board, "board actor died; replacing it");
                 let Some(slot) = self.boards.get(&board) else {

@@ -197,6 +197,16 @@ pub struct JobRecord {
     /// Which attempt this is, from 1.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// Where the job's time went on its board, phase by phase, in order.
+    #[serde(default)]
+    pub timing: Vec<PhaseTime>,
+}
+
+/// Time spent in one board phase of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseTime {
+    pub phase: String,
+    pub ms: u64,
 }
 
 fn first_attempt() -> u32 {
@@ -234,6 +244,7 @@ impl JobRecord {
             log_pruned: false,
             retry_of: None,
             attempt: 1,
+            timing: Vec::new(),
         }
     }
 

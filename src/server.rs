@@ -630,7 +630,7 @@ fn job_json(j: &crate::model::JobRecord) -> Value {
         "error_class": j.error_class, "error": j.error, "board": j.board,
         "submit_time": j.submit_time, "start_time": j.start_time, "end_time": j.end_time,
         "health_check": j.health_check, "log_pruned": j.log_pruned,
-        "retry_of": j.retry_of, "attempt": j.attempt,
+        "retry_of": j.retry_of, "attempt": j.attempt, "timing": j.timing,
     })
 }
 

@@ -73,6 +73,45 @@ fn metrics_after_a_job_on_the_socket_and_over_http() {
         assert!(sample(text, "labd_store_disk_bytes ") > 0.0);
         assert!(sample(text, "labd_process_resident_memory_bytes ") > 0.0);
 
+        // Where the job's time went, stored with the job, phase by phase.
+        let j = job(&mut c, id).await;
+        let phases: Vec<&str> = j["timing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["phase"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                "Deploying",
+                "PoweringOn",
+                "Bootloader",
+                "BootloaderCommands",
+                "Kernel",
+                "Login",
+                "Shell",
+                "Testing",
+                "PoweringOff"
+            ]
+        );
+        let total: u64 = j["timing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["ms"].as_u64().unwrap())
+            .sum();
+        let ran = j["end_time"].as_u64().unwrap() - j["start_time"].as_u64().unwrap();
+        assert!(total <= ran + 50, "phases {total} ms, job {ran} ms");
+        let shown = std::process::Command::new(env!("CARGO_BIN_EXE_labctl"))
+            .args(["job", &id.to_string()])
+            .env("LABD_SOCKET", &lab.socket)
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&shown.stdout);
+        assert!(shown.contains("time on the board, by phase:"), "{shown}");
+        assert!(shown.contains("BootloaderCommands"), "{shown}");
+
         let http = http_get(port, "/metrics");
         assert!(http.starts_with("HTTP/1.1 200 OK\r\n"), "{http}");
         assert_eq!(

@@ -265,6 +265,29 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                 ] {
                     println!("  {k:<12} {}", s(&v[k]));
                 }
+                if let (Some(sub), Some(start)) =
+                    (v["submit_time"].as_u64(), v["start_time"].as_u64())
+                {
+                    println!(
+                        "  {:<12} {:.3}s",
+                        "queued",
+                        start.saturating_sub(sub) as f64 / 1000.0
+                    );
+                }
+                let timing = v["timing"].as_array().cloned().unwrap_or_default();
+                if !timing.is_empty() {
+                    let total: u64 = timing.iter().filter_map(|p| p["ms"].as_u64()).sum();
+                    println!("  time on the board, by phase:");
+                    for p in &timing {
+                        let ms = p["ms"].as_u64().unwrap_or(0);
+                        println!(
+                            "  {:>9.3}s {:>5.1}%  {}",
+                            ms as f64 / 1000.0,
+                            100.0 * ms as f64 / total.max(1) as f64,
+                            s(&p["phase"])
+                        );
+                    }
+                }
                 println!("  events:");
                 let t0 = v["submit_time"].as_u64().unwrap_or(0);
                 for e in v["events"].as_array().into_iter().flatten() {
