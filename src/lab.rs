@@ -30,6 +30,9 @@ pub struct BoardInfo {
     pub health_reason: Option<String>,
     pub job: Option<JobId>,
     pub phase: Phase,
+    /// When the board entered its phase, and took its job (ms since the epoch).
+    pub phase_since: u64,
+    pub job_since: Option<u64>,
 }
 
 /// Who sent a request, as the kernel told the socket layer.
@@ -157,6 +160,8 @@ struct Slot {
     pending_health: Option<BoardHealth>,
     /// What a reload asked of this board while it was busy.
     after_job: Option<AfterJob>,
+    phase_since: u64,
+    job_since: Option<u64>,
 }
 
 /// A reload's change to a busy board, applied when its job ends.
@@ -322,6 +327,8 @@ impl LabActor {
             phase: Phase::Off,
             pending_health: None,
             after_job: None,
+            phase_since: now_ms(),
+            job_since: None,
         }
     }
 
@@ -685,6 +692,7 @@ impl LabActor {
         };
         slot.state = BoardState::Reserved;
         slot.job = Some(q.id);
+        slot.job_since = Some(now_ms());
         let addr = slot.addr.clone();
         let store = self.store.clone();
         let id = q.id;
@@ -1068,6 +1076,9 @@ impl Handler<BoardReport> for LabActor {
         match msg {
             BoardReport::Phase { board, phase } => {
                 if let Some(s) = self.boards.get_mut(&board) {
+                    if s.phase != phase {
+                        s.phase_since = now_ms();
+                    }
                     s.phase = phase;
                 }
             }
@@ -1364,6 +1375,8 @@ impl Handler<LabRequest> for LabActor {
                         health_reason: s.health_reason.clone(),
                         job: s.job,
                         phase: s.phase,
+                        phase_since: s.phase_since,
+                        job_since: s.job.and(s.job_since),
                     })
                     .collect(),
             ))),

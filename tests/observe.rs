@@ -138,3 +138,46 @@ fn operations_above_a_tiny_threshold_are_reported_slow() {
         assert!(sample(text, "labd_slow_operations_total{kind=\"request\"} ") >= 1.0);
     });
 }
+
+#[test]
+fn top_shows_each_board_its_job_phase_and_times() {
+    rt().block_on(async {
+        let lab = Lab::start(2, &[]);
+        let mut c = lab.client().await;
+        let release = lab.dir.path().join("release");
+        let step = format!(
+            "echo waiting; while [ ! -e {} ]; do sleep 0.1; done",
+            release.display()
+        );
+        let id = c
+            .submit(&lab.job("watched", "medium", &[&step]), "j.yaml")
+            .await
+            .unwrap();
+        until_log_contains(&lab, id, "waiting\r\n").await;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_labctl"))
+            .args(["top", "--once"])
+            .env("LABD_SOCKET", &lab.socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let frame = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            frame.contains("boards: 2 (1 busy)   queued jobs: 0"),
+            "{frame}"
+        );
+        let line = frame
+            .lines()
+            .find(|l| l.contains(&format!(" {id} ")))
+            .unwrap_or_else(|| panic!("no line for job {id} in\n{frame}"));
+        assert!(
+            line.contains("Running") && line.contains("Testing"),
+            "{line}"
+        );
+        assert!(
+            line.trim_end().ends_with(|c: char| c.is_ascii_digit()),
+            "{line}"
+        );
+        std::fs::write(&release, b"").unwrap();
+        wait_job(&mut c, id).await;
+    });
+}

@@ -81,6 +81,15 @@ enum Cmd {
     Cancel { id: u64 },
     /// List boards.
     Boards,
+    /// A live view of the boards: state, health, job, phase and how long.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Print one frame and exit (no screen clearing).
+        #[arg(long)]
+        once: bool,
+    },
     /// Take a board offline (maintenance), retire it, or put it back online (a health check decides).
     Board {
         name: String,
@@ -351,6 +360,34 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                 println!("job {id}: cancel requested");
             }
         }
+        Cmd::Top { interval, once } => {
+            let every = std::time::Duration::from_secs_f64(interval.max(0.1));
+            loop {
+                let boards = c.call(RequestBody::Boards).await?;
+                let queued = c
+                    .call(RequestBody::Jobs {
+                        state: Some("Submitted".into()),
+                        board: None,
+                        device_type: None,
+                        limit: Some(10_000),
+                        cursor: None,
+                    })
+                    .await?;
+                let queued = queued["jobs"].as_array().map_or(0, Vec::len);
+                let frame = render_top(&boards, queued, labd::model::now_ms());
+                if once {
+                    print!("{frame}");
+                    break;
+                }
+                // Home, clear, then the frame: one write, no flicker.
+                print!("\x1b[H\x1b[2J{frame}");
+                std::io::stdout().flush()?;
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+        }
         Cmd::Boards => {
             let v = c.call(RequestBody::Boards).await?;
             if json {
@@ -434,6 +471,49 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// One screen of `labctl top`.
+fn render_top(boards: &Value, queued: usize, now: u64) -> String {
+    let since = |v: &Value| {
+        v.as_u64()
+            .map(|t| {
+                let secs = now.saturating_sub(t) / 1000;
+                format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    let list = boards["boards"].as_array().cloned().unwrap_or_default();
+    let busy = list.iter().filter(|b| !b["job"].is_null()).count();
+    let mut out = format!(
+        "labd top   boards: {} ({busy} busy)   queued jobs: {queued}\n\n{:<12} {:<9} {:<12} {:<7} {:<19} {:>9} {:>9}\n",
+        list.len(),
+        "BOARD",
+        "STATE",
+        "HEALTH",
+        "JOB",
+        "PHASE",
+        "IN PHASE",
+        "JOB TIME"
+    );
+    for b in &list {
+        let busy = !b["job"].is_null();
+        out.push_str(&format!(
+            "{:<12} {:<9} {:<12} {:<7} {:<19} {:>9} {:>9}\n",
+            s(&b["name"]),
+            s(&b["state"]),
+            s(&b["health"]),
+            s(&b["job"]),
+            s(&b["phase"]),
+            if busy {
+                since(&b["phase_since"])
+            } else {
+                "-".into()
+            },
+            since(&b["job_since"]),
+        ));
+    }
+    out
 }
 
 fn s(v: &Value) -> String {
