@@ -499,7 +499,10 @@ impl Handler<StartJob> for BoardActor {
         });
         self.guard.job = Some(msg.id);
         crate::faults::maybe_panic("board-handler", &self.name);
-        let handle = ctx.spawn(runner::run(rc).into_actor(self).map(|outcome, act, ctx| {
+        // Everything the runner logs carries the job and the board.
+        let span = tracing::info_span!("job", id = msg.id, board = %self.name);
+        let run = tracing::Instrument::instrument(runner::run(rc), span);
+        let handle = ctx.spawn(run.into_actor(self).map(|outcome, act, ctx| {
             if let Some(j) = &mut act.job {
                 j.handle = None;
             }

@@ -53,11 +53,34 @@ pub struct LabConfig {
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub slow: SlowConfig,
+    #[serde(default)]
+    pub log: LogConfig,
     /// The control socket of a `labd-sim` serving this lab's simulated boards.
     #[serde(default)]
     pub sim_control: Option<PathBuf>,
     #[serde(default)]
     pub boards: Vec<BoardConfig>,
+}
+
+/// Where labd's own log goes and how much of it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human`, `json` or `journald`; by default journald when started by
+    /// systemd with the journal as output (`JOURNAL_STREAM`), else human.
+    #[serde(default)]
+    pub format: Option<LogFormat>,
+    /// A tracing filter such as `labd=info,warn`; `RUST_LOG` wins over it.
+    #[serde(default)]
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+    Journald,
 }
 
 /// Thresholds above which an operation is logged as slow (with its
@@ -589,6 +612,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
         retention: RetentionConfig::default(),
         metrics_listen: None,
         slow: SlowConfig::default(),
+        log: LogConfig::default(),
         sim_control: Some(sim_control.to_path_buf()),
         boards,
     }

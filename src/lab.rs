@@ -352,6 +352,7 @@ impl LabActor {
             ("metrics_listen", old.metrics_listen != cfg.metrics_listen),
             ("slow", old.slow != cfg.slow),
             ("sim_control", old.sim_control != cfg.sim_control),
+            ("log", old.log != cfg.log),
         ];
         let changed: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
         if !changed.is_empty() {

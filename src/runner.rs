@@ -186,6 +186,7 @@ impl Runner {
     }
 
     fn phase(&self, p: Phase) {
+        tracing::debug!(phase = %p, "phase");
         self.event("phase", &p.to_string());
         (self.ctx.phase)(p);
     }

@@ -181,3 +181,29 @@ fn top_shows_each_board_its_job_phase_and_times() {
         wait_job(&mut c, id).await;
     });
 }
+
+/// `[log] format = "json"`: one JSON object per line, and what the boot
+/// sequence logs carries its job and board from the job's span.
+#[test]
+fn json_logs_carry_the_job_span() {
+    rt().block_on(async {
+        let lab = Lab::start_with(
+            1,
+            &[],
+            &[("RUST_LOG", "labd=debug")],
+            "[log]\nformat = \"json\"",
+        );
+        let mut c = lab.client().await;
+        let id = c
+            .submit(&lab.job("logged", "medium", &["true"]), "j.yaml")
+            .await
+            .unwrap();
+        let line = lab.wait_log("\"phase\":\"BootloaderCommands\"");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "DEBUG");
+        assert_eq!(v["span"]["name"], "job");
+        assert_eq!(v["span"]["id"], id);
+        assert_eq!(v["span"]["board"], "sim-01");
+        wait_job(&mut c, id).await;
+    });
+}

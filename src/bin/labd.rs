@@ -65,13 +65,23 @@ fn open_offline(state_dir: &Path) -> anyhow::Result<labd::store::Store> {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "labd=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let args = Args::parse();
+    // The config says how to log, so it is read first; its errors go to
+    // stderr as they are.
+    let cfg = match (&args.config, args.demo, &args.command) {
+        (Some(path), false, None) => match LabConfig::load(path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("labd: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    if let Err(e) = init_logging(cfg.as_ref().map(|c| &c.log)) {
+        eprintln!("labd: {e}");
+        return std::process::ExitCode::from(2);
+    }
     // A panic in an actor is caught and supervised, but it is always a bug:
     // log it where the daemon's other logs go, with its location.
     std::panic::set_hook(Box::new(|info| {
@@ -87,9 +97,8 @@ fn main() -> std::process::ExitCode {
             .unwrap_or_default();
         tracing::error!(panic = %msg, location = %at, "panic");
     }));
-    let args = Args::parse();
     let sys = actix::System::new();
-    match sys.block_on(run(args)) {
+    match sys.block_on(run(args, cfg)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("labd: {e:#}");
@@ -98,7 +107,54 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<u8> {
+/// Human lines on stderr, JSON lines on stderr, or the journal.
+fn init_logging(cfg: Option<&config::LogConfig>) -> anyhow::Result<()> {
+    use config::LogFormat;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::EnvFilter;
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => {
+            let text = cfg
+                .and_then(|c| c.filter.as_deref())
+                .unwrap_or("labd=info,warn");
+            EnvFilter::try_new(text).with_context(|| format!("log.filter `{text}`"))?
+        }
+    };
+    let format =
+        cfg.and_then(|c| c.format)
+            .unwrap_or(if std::env::var_os("JOURNAL_STREAM").is_some() {
+                LogFormat::Journald
+            } else {
+                LogFormat::Human
+            });
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Human => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(j) => registry.with(j).init(),
+            Err(e) => {
+                registry
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .init();
+                tracing::warn!(error = %e, "journald is not reachable; logging to stderr");
+            }
+        },
+    }
+    Ok(())
+}
+
+async fn run(args: Args, cfg: Option<LabConfig>) -> anyhow::Result<u8> {
     if let Some(Cmd::Fsck { state_dir }) = &args.command {
         let store = open_offline(state_dir)?;
         let problems = store.check()?;
@@ -129,10 +185,9 @@ async fn run(args: Args) -> anyhow::Result<u8> {
     if args.demo {
         return demo(args).await;
     }
-    let Some(path) = &args.config else {
+    let (Some(path), Some(cfg)) = (&args.config, cfg) else {
         bail!("give --config FILE, or --demo for a demo lab");
     };
-    let cfg = LabConfig::load(path)?;
     let socket = config::resolve_socket(args.socket.as_deref(), Some(&cfg));
     let grace = Duration::from_secs(cfg.limits.shutdown_grace_secs);
     let daemon = labd::daemon::start(cfg, &socket, Some(path.clone())).await?;
