@@ -55,11 +55,32 @@ pub struct LabConfig {
     pub slow: SlowConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Push the metrics to a statsd (graphite) over UDP.
+    #[serde(default)]
+    pub statsd: Option<StatsdConfig>,
     /// The control socket of a `labd-sim` serving this lab's simulated boards.
     #[serde(default)]
     pub sim_control: Option<PathBuf>,
     #[serde(default)]
     pub boards: Vec<BoardConfig>,
+}
+
+/// A statsd to push every metric to, as gauges, every `interval_secs`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StatsdConfig {
+    pub address: SocketAddr,
+    #[serde(default = "default_statsd_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_statsd_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_statsd_prefix() -> String {
+    "labd".into()
+}
+fn default_statsd_interval() -> u64 {
+    10
 }
 
 /// Where labd's own log goes and how much of it.
@@ -613,6 +634,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
         metrics_listen: None,
         slow: SlowConfig::default(),
         log: LogConfig::default(),
+        statsd: None,
         sim_control: Some(sim_control.to_path_buf()),
         boards,
     }

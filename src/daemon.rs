@@ -103,6 +103,7 @@ pub async fn start(
         ..crate::server::ServerLimits::from_config(&cfg.limits)
     };
     let metrics_listen = cfg.metrics_listen;
+    let statsd = cfg.statsd.clone();
     let lab = LabActor::new(cfg, store, device_types, tftp, metrics.clone())
         .map_err(StartError::Lab)?
         .with_config_path(config_path)
@@ -116,6 +117,9 @@ pub async fn start(
             })?;
         tracing::info!(%addr, "metrics over HTTP");
         actix::spawn(crate::server::serve_metrics_http(http, lab.clone()));
+    }
+    if let Some(sd) = statsd {
+        actix::spawn(push_statsd(sd, lab.clone()));
     }
     let server = crate::server::serve(listener, lab.clone(), limits, metrics);
     tracing::info!(socket = %socket.display(), "labd ready");
@@ -181,5 +185,40 @@ impl Daemon {
         tracing::info!("all boards idle; closing the socket");
         self.server.close(std::time::Duration::from_secs(5)).await;
         Ok(())
+    }
+}
+
+/// Pushes every metric to a statsd every interval, a datagram per batch of
+/// lines under 1400 bytes (one Ethernet frame).
+async fn push_statsd(cfg: crate::config::StatsdConfig, lab: Addr<LabActor>) {
+    let sock = match tokio::net::UdpSocket::bind(("0.0.0.0", 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "statsd: no UDP socket; not pushing metrics");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(cfg.interval_secs.max(1)));
+    loop {
+        tick.tick().await;
+        let Ok(Ok(crate::lab::LabReply::Text(text))) =
+            lab.send(crate::lab::LabRequest::Metrics).await
+        else {
+            return;
+        };
+        let mut packet = String::new();
+        for line in crate::metrics::statsd_lines(&cfg.prefix, &text) {
+            if !packet.is_empty() && packet.len() + line.len() + 1 > 1400 {
+                let _ = sock.send_to(packet.as_bytes(), cfg.address).await;
+                packet.clear();
+            }
+            if !packet.is_empty() {
+                packet.push('\n');
+            }
+            packet.push_str(&line);
+        }
+        if !packet.is_empty() {
+            let _ = sock.send_to(packet.as_bytes(), cfg.address).await;
+        }
     }
 }

@@ -340,6 +340,50 @@ impl Metrics {
     }
 }
 
+/// Prometheus text as statsd gauge lines: `prefix.name.label_values:value|g`.
+/// Comments are dropped; label values join the name, made safe for graphite.
+pub fn statsd_lines(prefix: &str, text: &str) -> Vec<String> {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if value.parse::<f64>().is_err() {
+            continue;
+        }
+        let mut name = prefix.to_owned();
+        let (base, labels) = series.split_once('{').unwrap_or((series, ""));
+        name.push('.');
+        name.push_str(&clean(base.strip_prefix("labd_").unwrap_or(base)));
+        for pair in labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|p| !p.is_empty())
+        {
+            if let Some((_, v)) = pair.split_once('=') {
+                name.push('.');
+                name.push_str(&clean(v.trim_matches('"')));
+            }
+        }
+        out.push(format!("{name}:{value}|g"));
+    }
+    out
+}
+
 /// What the lab knows at scrape time.
 #[derive(Debug, Default)]
 pub struct Scrape {
@@ -373,6 +417,19 @@ fn process_usage() -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statsd_lines_name_series_by_their_labels() {
+        let text = "# HELP x\nlabd_jobs_finished_total{health=\"Complete\"} 3\nlabd_queue_depth 0\nlabd_phase_duration_seconds_bucket{device_type=\"sim-uboot\",phase=\"Kernel\",le=\"0.5\"} 1\n";
+        assert_eq!(
+            statsd_lines("lab1", text),
+            [
+                "lab1.jobs_finished_total.Complete:3|g",
+                "lab1.queue_depth:0|g",
+                "lab1.phase_duration_seconds_bucket.sim-uboot.Kernel.0_5:1|g"
+            ]
+        );
+    }
 
     #[test]
     fn renders_counters_histograms_and_scraped_gauges() {

@@ -207,3 +207,27 @@ fn json_logs_carry_the_job_span() {
         wait_job(&mut c, id).await;
     });
 }
+
+#[test]
+fn metrics_are_pushed_to_statsd() {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Only a broken push makes the test wait this long.
+    udp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let port = udp.local_addr().unwrap().port();
+    let _lab = Lab::start_with(
+        1,
+        &[],
+        &[],
+        &format!("[statsd]\naddress = \"127.0.0.1:{port}\"\nprefix = \"lab1\"\ninterval_secs = 1"),
+    );
+    let mut got = String::new();
+    let mut buf = [0u8; 2048];
+    while !got.contains("lab1.queue_depth:") {
+        let n = udp.recv(&mut buf).expect("a statsd datagram");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        got.push('\n');
+    }
+    assert!(got.contains("lab1.jobs_submitted_total:0|g"), "{got}");
+    assert!(got.contains("lab1.boards.Idle.Unknown:1|g"), "{got}");
+}

@@ -79,6 +79,30 @@ fn reload_adds_boards_removes_a_busy_one_after_its_job_and_refuses_bad_configs()
         assert_eq!(end["health"], "Complete", "{log}");
         assert_eq!(job(&mut c, id).await["board"], "sim-03");
 
+        // A changed board restarts with its new config (here, while idle).
+        let retagged = without_board(&all, "sim-02").replacen(
+            "name = \"sim-01\"\ndevice_type = \"sim-uboot\"\ntags = []",
+            "name = \"sim-01\"\ndevice_type = \"sim-uboot\"\ntags = [\"fast\"]",
+            1,
+        );
+        assert_ne!(retagged, without_board(&all, "sim-02"));
+        std::fs::write(&lab.config, &retagged).unwrap();
+        let v = c.call(RequestBody::Reload).await.unwrap();
+        assert_eq!(
+            v["changes"][0],
+            "board sim-01 restarted with its new config"
+        );
+        assert_eq!(board(&mut c, "sim-01").await["tags"][0], "fast");
+        let id = c
+            .submit(
+                &tagged(lab.job("fast", "medium", &["true"]), "fast"),
+                "j.yaml",
+            )
+            .await
+            .unwrap();
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+
         // A broken file is refused, with where; the lab runs on unchanged.
         std::fs::write(&lab.config, "state_dir = 12\n").unwrap();
         let e = c.call(RequestBody::Reload).await.unwrap_err();
