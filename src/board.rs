@@ -149,6 +149,8 @@ pub struct BoardActor {
     /// or with a crashed actor) closes the console so that the next owner
     /// can open it and no stale reader steals its bytes.
     console_tasks: Vec<AbortOnDrop>,
+    /// Whether the console is attached, for runners waiting to power on.
+    console_up: tokio::sync::watch::Sender<bool>,
     console_gen: u64,
     reconnect_delay: Duration,
     phase: Phase,
@@ -193,6 +195,7 @@ impl BoardActor {
             lab,
             writer: None,
             console_tasks: Vec::new(),
+            console_up: tokio::sync::watch::channel(false).0,
             console_gen: 0,
             reconnect_delay: Duration::from_millis(100),
             phase: Phase::Off,
@@ -237,6 +240,7 @@ impl BoardActor {
             move |res, act, ctx| match res {
                 Ok(io) => {
                     act.reconnect_delay = Duration::from_millis(100);
+                    act.console_up.send_replace(true);
                     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
                     act.writer = Some(tx);
                     let mut writer = io.writer;
@@ -430,6 +434,7 @@ impl Handler<ConsoleLost> for BoardActor {
         tracing::warn!(board = %self.name, reason = %msg.1, "console lost; reconnecting");
         self.writer = None;
         self.console_tasks.clear();
+        self.console_up.send_replace(false);
         if let Some(job) = &mut self.job {
             let note = format!("\r\n[labd: console lost: {}; reconnecting]\r\n", msg.1);
             job.log_buf.extend_from_slice(note.as_bytes());
@@ -477,6 +482,7 @@ impl Handler<StartJob> for BoardActor {
             power: self.power.clone(),
             store: self.store.clone(),
             tftp: self.tftp.clone(),
+            console_up: self.console_up.subscribe(),
             phase: Box::new(move |p| {
                 if p == Phase::BootloaderCommands {
                     crate::faults::maybe_panic("board-boot", &board);

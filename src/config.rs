@@ -442,11 +442,26 @@ pub enum ConsoleConfig {
         #[serde(default)]
         baud: Option<u32>,
     },
+    /// A console served over TCP, such as ser2net: `raw` bytes or `telnet`.
+    Tcp {
+        host: String,
+        port: u16,
+        #[serde(default)]
+        protocol: TcpProtocol,
+    },
     /// A board of `labd-sim`: labd asks the simulator for its PTY and opens it as a serial device.
     Sim {
         #[serde(default)]
         board: Option<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpProtocol {
+    #[default]
+    Raw,
+    Telnet,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

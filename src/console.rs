@@ -97,6 +97,77 @@ impl Console for SimConsole {
     }
 }
 
+/// A console served over TCP, such as ser2net: raw bytes, or telnet.
+pub struct Tcp {
+    pub host: String,
+    pub port: u16,
+    pub telnet: bool,
+}
+
+impl Console for Tcp {
+    fn connect(&self) -> BoxFuture<'_, Result<ConsoleIo, ConsoleError>> {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|source| ConsoleError::Open {
+                    device: format!("{}:{}", self.host, self.port),
+                    source,
+                })?;
+            let _ = stream.set_nodelay(true);
+            if !self.telnet {
+                let (reader, writer) = stream.into_split();
+                return Ok(ConsoleIo {
+                    reader: Box::new(reader),
+                    writer: Box::new(writer),
+                });
+            }
+            // Telnet: a task between the socket and a pipe takes the
+            // negotiation out of what is read, answers it, and escapes what
+            // is written. It ends when either side closes.
+            let (user, inner) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(telnet_pump(stream, inner));
+            let (reader, writer) = tokio::io::split(user);
+            Ok(ConsoleIo {
+                reader: Box::new(reader),
+                writer: Box::new(writer),
+            })
+        })
+    }
+    fn describe(&self) -> String {
+        let kind = if self.telnet { "telnet" } else { "tcp" };
+        format!("{kind} {}:{}", self.host, self.port)
+    }
+}
+
+async fn telnet_pump(stream: tokio::net::TcpStream, inner: tokio::io::DuplexStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut net_r, mut net_w) = stream.into_split();
+    let (mut pipe_r, mut pipe_w) = tokio::io::split(inner);
+    let mut filter = crate::telnet::Filter::default();
+    let mut from_net = vec![0u8; 16 * 1024];
+    let mut from_labd = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            r = net_r.read(&mut from_net) => {
+                let n = match r { Ok(0) | Err(_) => return, Ok(n) => n };
+                let (data, reply) = filter.feed(&from_net[..n]);
+                if !reply.is_empty() && net_w.write_all(&reply).await.is_err() {
+                    return;
+                }
+                if !data.is_empty() && pipe_w.write_all(&data).await.is_err() {
+                    return;
+                }
+            }
+            r = pipe_r.read(&mut from_labd) => {
+                let n = match r { Ok(0) | Err(_) => return, Ok(n) => n };
+                if net_w.write_all(&crate::telnet::escape(&from_labd[..n])).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Builds the console driver a board's config asks for.
 pub fn from_config(
     board: &str,
@@ -108,6 +179,15 @@ pub fn from_config(
         ConsoleConfig::Serial { device, baud } => Box::new(Serial {
             device: device.clone(),
             baud: baud.unwrap_or(default_baud),
+        }),
+        ConsoleConfig::Tcp {
+            host,
+            port,
+            protocol,
+        } => Box::new(Tcp {
+            host: host.clone(),
+            port: *port,
+            telnet: *protocol == crate::config::TcpProtocol::Telnet,
         }),
         ConsoleConfig::Sim { board: b } => Box::new(SimConsole {
             // Invariant: config validation refuses a sim console without sim_control.

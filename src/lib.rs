@@ -24,4 +24,5 @@ pub mod signals;
 pub mod sim;
 pub mod store;
 pub mod systemd;
+pub mod telnet;
 pub mod tftp;

@@ -126,6 +126,8 @@ pub struct RunCtx {
     pub store: Store,
     pub tftp: TftpInfo,
     pub phase: Box<dyn Fn(Phase) + Send>,
+    /// Whether the board's console is attached now.
+    pub console_up: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a run stopped early.
@@ -487,7 +489,17 @@ impl Runner {
         self.phase(Phase::PoweringOn);
         let limit = self.timeout("power-on", None);
         let power = self.ctx.power.clone();
-        self.bounded("power-on", limit, async move |_r: &mut Self| {
+        let mut up = self.ctx.console_up.clone();
+        self.bounded("power-on", limit, async move |r: &mut Self| {
+            // Power only with the console attached, so that no byte of the
+            // boot is lost (a console server still starting, a USB adapter
+            // being re-plugged).
+            if !*up.borrow() {
+                r.event("console", "waiting for the console before powering on");
+                if up.wait_for(|c| *c).await.is_err() {
+                    return Err(infra("console gone"));
+                }
+            }
             power
                 .switch(PowerAction::Reset)
                 .await

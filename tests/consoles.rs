@@ -1,0 +1,189 @@
+//! Console backends against real endpoints: ser2net (raw and telnet) in
+//! front of a real PTY, and a whole job through ser2net's telnet port.
+//! ser2net comes from Debian (`.ci/run` installs it).
+
+mod common;
+
+use common::*;
+use labd::console::{Console, Tcp};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn have_ser2net() -> bool {
+    let ok = Command::new("ser2net").arg("-v").output().is_ok();
+    if !ok {
+        eprintln!("skipped: ser2net is not installed (.ci/run installs it)");
+    }
+    ok
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Ser2net(Child);
+
+impl Drop for Ser2net {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs ser2net in the foreground with one accepter per (spec, device).
+fn ser2net(dir: &std::path::Path, links: &[(String, String)]) -> Ser2net {
+    let mut yaml = String::new();
+    for (i, (accepter, device)) in links.iter().enumerate() {
+        yaml.push_str(&format!(
+            "connection: &c{i}\n  accepter: {accepter}\n  connector: serialdev,{device},115200n81,local\n  options:\n    kickolduser: true\n"
+        ));
+    }
+    let cfg = dir.join("ser2net.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let child = Command::new("ser2net")
+        .args(["-n", "-d", "-c"])
+        .arg(&cfg)
+        .arg("-P")
+        .arg(dir.join("ser2net.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Ser2net(child)
+}
+
+/// ser2net gives no other sign that it listens: try until it accepts.
+async fn connect_when_up(c: &Tcp) -> labd::console::ConsoleIo {
+    for _ in 0..200 {
+        if let Ok(io) = c.connect().await {
+            return io;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("ser2net never listened on {}", c.describe());
+}
+
+fn pty() -> (OwnedFd, String) {
+    let p = nix::pty::openpty(None, None).unwrap();
+    let mut t = nix::sys::termios::tcgetattr(&p.slave).unwrap();
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(&p.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
+    let path = nix::unistd::ttyname(&p.slave)
+        .unwrap()
+        .display()
+        .to_string();
+    // The slave stays open here too, so the master never sees a hang-up.
+    std::mem::forget(p.slave);
+    (p.master, path)
+}
+
+fn read_exact_fd(fd: &OwnedFd, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < n {
+        let k = nix::unistd::read(fd.as_raw_fd(), &mut buf).unwrap();
+        out.extend_from_slice(&buf[..k]);
+    }
+    out
+}
+
+#[test]
+fn ser2net_raw_and_telnet_carry_every_byte_both_ways() {
+    if !have_ser2net() {
+        return;
+    }
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (raw_pty, raw_dev) = pty();
+        let (tel_pty, tel_dev) = pty();
+        let (p_raw, p_tel) = (free_port(), free_port());
+        let _s = ser2net(
+            dir.path(),
+            &[
+                (format!("tcp,127.0.0.1,{p_raw}"), raw_dev),
+                (format!("telnet,tcp,127.0.0.1,{p_tel}"), tel_dev),
+            ],
+        );
+        // Every byte value, 0xFF (telnet's IAC) included, twice.
+        let payload: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+        for (telnet, port, master) in [(false, p_raw, &raw_pty), (true, p_tel, &tel_pty)] {
+            let console = Tcp {
+                host: "127.0.0.1".into(),
+                port,
+                telnet,
+            };
+            let mut io = connect_when_up(&console).await;
+            // Board to labd.
+            nix::unistd::write(master, &payload).unwrap();
+            let mut got = vec![0u8; payload.len()];
+            io.reader.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, payload, "board to labd, telnet={telnet}");
+            // labd to board.
+            io.writer.write_all(&payload).await.unwrap();
+            io.writer.flush().await.unwrap();
+            let m = master.try_clone().unwrap();
+            let n = payload.len();
+            let back = tokio::task::spawn_blocking(move || read_exact_fd(&m, n))
+                .await
+                .unwrap();
+            assert_eq!(back, payload, "labd to board, telnet={telnet}");
+        }
+    });
+}
+
+/// A whole job with the board's console behind ser2net in telnet mode: the
+/// boot, the login and the tests all cross it, and no telnet byte is in
+/// the log.
+#[test]
+fn a_job_runs_through_ser2net_telnet() {
+    if !have_ser2net() {
+        return;
+    }
+    rt().block_on(async {
+        let mut lab = Lab::prepare(1, &[], &[], "");
+        let pty = labd::sim::control(
+            &lab.sim_control,
+            &labd::sim::ControlRequest::Pty {
+                board: "sim-01".into(),
+            },
+        )
+        .await
+        .unwrap()
+        .path
+        .unwrap();
+        let port = free_port();
+        let _s = ser2net(lab.dir.path(), &[(format!("telnet,tcp,127.0.0.1,{port}"), pty)]);
+        // Up before labd starts, so its first connect works. The probe is
+        // a plain connection, closed at once: ser2net serves one client.
+        drop(
+            connect_when_up(&Tcp {
+                host: "127.0.0.1".into(),
+                port,
+                telnet: false,
+            })
+            .await,
+        );
+        let cfg = std::fs::read_to_string(&lab.config).unwrap().replace(
+            "console = { type = \"sim\" }",
+            &format!("console = {{ type = \"tcp\", host = \"127.0.0.1\", port = {port}, protocol = \"telnet\" }}"),
+        );
+        std::fs::write(&lab.config, cfg).unwrap();
+        lab.start_labd();
+        let mut c = lab.client().await;
+        let id = c
+            .submit(&lab.job("via-ser2net", "medium", &["lava-test-case t --shell true"]), "j.yaml")
+            .await
+            .unwrap();
+        let mut log = Vec::new();
+        let end = c.logs(id, true, |d| log.extend_from_slice(d)).await.unwrap();
+        assert_eq!(end["health"], "Complete", "{}", String::from_utf8_lossy(&log));
+        assert!(!log.contains(&0xFF), "a telnet byte leaked into the log");
+        let text = String::from_utf8_lossy(&log);
+        assert!(text.contains("U-Boot") && text.contains("<LAVA_SIGNAL_ENDRUN"));
+    });
+}
