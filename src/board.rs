@@ -239,6 +239,7 @@ impl BoardActor {
         ctx.spawn(async move { console.connect().await }.into_actor(self).map(
             move |res, act, ctx| match res {
                 Ok(io) => {
+                    tracing::info!(board = %act.name, console = %act.console.describe(), "console attached");
                     act.reconnect_delay = Duration::from_millis(100);
                     act.console_up.send_replace(true);
                     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();

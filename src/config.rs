@@ -61,6 +61,9 @@ pub struct LabConfig {
     /// The control socket of a `labd-sim` serving this lab's simulated boards.
     #[serde(default)]
     pub sim_control: Option<PathBuf>,
+    /// Where UUCP lock files for serial ports live.
+    #[serde(default = "default_lock_dir")]
+    pub lock_dir: PathBuf,
     #[serde(default)]
     pub boards: Vec<BoardConfig>,
 }
@@ -436,11 +439,21 @@ pub struct BoardConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ConsoleConfig {
-    /// A serial device (USB adapter, UART, or a PTY slave).
+    /// A serial device (USB adapter, UART, or a PTY slave), locked with a
+    /// UUCP lock file while labd has it open.
     Serial {
         device: PathBuf,
+        /// Defaults to the device type's console baud rate.
         #[serde(default)]
         baud: Option<u32>,
+        #[serde(default)]
+        parity: Parity,
+        #[serde(default)]
+        flow_control: FlowControl,
+        #[serde(default = "default_data_bits")]
+        data_bits: u8,
+        #[serde(default = "default_stop_bits")]
+        stop_bits: u8,
     },
     /// A console served over TCP, such as ser2net: `raw` bytes or `telnet`.
     Tcp {
@@ -454,6 +467,35 @@ pub enum ConsoleConfig {
         #[serde(default)]
         board: Option<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    #[default]
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControl {
+    #[default]
+    None,
+    Software,
+    Hardware,
+}
+
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+
+fn default_lock_dir() -> PathBuf {
+    PathBuf::from("/run/lock")
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -650,6 +692,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
         slow: SlowConfig::default(),
         log: LogConfig::default(),
         statsd: None,
+        lock_dir: default_lock_dir(),
         sim_control: Some(sim_control.to_path_buf()),
         boards,
     }

@@ -25,6 +25,8 @@ pub enum ConsoleError {
     },
     #[error("console: simulator: {0}")]
     Sim(String),
+    #[error("console: {0}")]
+    Locked(#[from] crate::uucp::LockError),
 }
 
 /// An open console: a byte stream each way.
@@ -43,11 +45,82 @@ pub trait Console: Send + Sync {
 /// A serial device: a USB adapter, a UART, or a PTY slave.
 pub struct Serial {
     pub device: PathBuf,
+    pub settings: SerialSettings,
+    /// Where UUCP lock files live (`/run/lock`).
+    pub lock_dir: PathBuf,
+}
+
+/// Line settings of a serial port.
+#[derive(Debug, Clone, Copy)]
+pub struct SerialSettings {
     pub baud: u32,
+    pub parity: tokio_serial::Parity,
+    pub flow: tokio_serial::FlowControl,
+    pub data_bits: tokio_serial::DataBits,
+    pub stop_bits: tokio_serial::StopBits,
+}
+
+impl SerialSettings {
+    /// 8N1 without flow control, at `baud`.
+    pub fn plain(baud: u32) -> Self {
+        SerialSettings {
+            baud,
+            parity: tokio_serial::Parity::None,
+            flow: tokio_serial::FlowControl::None,
+            data_bits: tokio_serial::DataBits::Eight,
+            stop_bits: tokio_serial::StopBits::One,
+        }
+    }
+}
+
+/// Keeps a UUCP lock for as long as either half of a console lives.
+struct Held<T> {
+    inner: T,
+    _lock: std::sync::Arc<crate::uucp::Lock>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Held<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Held<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 fn open_serial(device: &str, baud: u32) -> Result<ConsoleIo, ConsoleError> {
-    let port = tokio_serial::new(device, baud)
+    open_serial_with(device, SerialSettings::plain(baud))
+}
+
+fn open_serial_with(device: &str, st: SerialSettings) -> Result<ConsoleIo, ConsoleError> {
+    let port = tokio_serial::new(device, st.baud)
+        .parity(st.parity)
+        .flow_control(st.flow)
+        .data_bits(st.data_bits)
+        .stop_bits(st.stop_bits)
         .open_native_async()
         .map_err(|e| ConsoleError::Open {
             device: device.to_owned(),
@@ -62,10 +135,24 @@ fn open_serial(device: &str, baud: u32) -> Result<ConsoleIo, ConsoleError> {
 
 impl Console for Serial {
     fn connect(&self) -> BoxFuture<'_, Result<ConsoleIo, ConsoleError>> {
-        Box::pin(async move { open_serial(&self.device.display().to_string(), self.baud) })
+        Box::pin(async move {
+            // The UUCP lock first: a port someone else holds is not opened at all.
+            let lock = std::sync::Arc::new(crate::uucp::lock(&self.lock_dir, &self.device)?);
+            let io = open_serial_with(&self.device.display().to_string(), self.settings)?;
+            Ok(ConsoleIo {
+                reader: Box::new(Held {
+                    inner: io.reader,
+                    _lock: lock.clone(),
+                }),
+                writer: Box::new(Held {
+                    inner: io.writer,
+                    _lock: lock,
+                }),
+            })
+        })
     }
     fn describe(&self) -> String {
-        format!("serial {} at {}", self.device.display(), self.baud)
+        format!("serial {} at {}", self.device.display(), self.settings.baud)
     }
 }
 
@@ -174,11 +261,43 @@ pub fn from_config(
     cfg: &ConsoleConfig,
     default_baud: u32,
     sim_control: Option<&PathBuf>,
+    lock_dir: &std::path::Path,
 ) -> Box<dyn Console> {
     match cfg {
-        ConsoleConfig::Serial { device, baud } => Box::new(Serial {
+        ConsoleConfig::Serial {
+            device,
+            baud,
+            parity,
+            flow_control,
+            data_bits,
+            stop_bits,
+        } => Box::new(Serial {
             device: device.clone(),
-            baud: baud.unwrap_or(default_baud),
+            settings: SerialSettings {
+                baud: baud.unwrap_or(default_baud),
+                parity: match parity {
+                    crate::config::Parity::None => tokio_serial::Parity::None,
+                    crate::config::Parity::Even => tokio_serial::Parity::Even,
+                    crate::config::Parity::Odd => tokio_serial::Parity::Odd,
+                },
+                flow: match flow_control {
+                    crate::config::FlowControl::None => tokio_serial::FlowControl::None,
+                    crate::config::FlowControl::Software => tokio_serial::FlowControl::Software,
+                    crate::config::FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
+                },
+                data_bits: match data_bits {
+                    5 => tokio_serial::DataBits::Five,
+                    6 => tokio_serial::DataBits::Six,
+                    7 => tokio_serial::DataBits::Seven,
+                    _ => tokio_serial::DataBits::Eight,
+                },
+                stop_bits: if *stop_bits == 2 {
+                    tokio_serial::StopBits::Two
+                } else {
+                    tokio_serial::StopBits::One
+                },
+            },
+            lock_dir: lock_dir.to_path_buf(),
         }),
         ConsoleConfig::Tcp {
             host,

@@ -353,6 +353,7 @@ impl LabActor {
             ("slow", old.slow != cfg.slow),
             ("sim_control", old.sim_control != cfg.sim_control),
             ("log", old.log != cfg.log),
+            ("lock_dir", old.lock_dir != cfg.lock_dir),
         ];
         let changed: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
         if !changed.is_empty() {
@@ -451,7 +452,13 @@ impl LabActor {
         ctx: &mut Context<Self>,
     ) -> Addr<BoardActor> {
         let sim = self.cfg.sim_control.as_ref();
-        let console = console::from_config(&b.name, &b.console, dt.console_baud, sim);
+        let console = console::from_config(
+            &b.name,
+            &b.console,
+            dt.console_baud,
+            sim,
+            &self.cfg.lock_dir,
+        );
         let power = Box::new(power::Timed {
             inner: power::from_config(&b.name, &b.power, sim),
             board: b.name.clone(),

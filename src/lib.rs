@@ -26,3 +26,4 @@ pub mod store;
 pub mod systemd;
 pub mod telnet;
 pub mod tftp;
+pub mod uucp;

@@ -187,3 +187,58 @@ fn a_job_runs_through_ser2net_telnet() {
         assert!(text.contains("U-Boot") && text.contains("<LAVA_SIGNAL_ENDRUN"));
     });
 }
+
+/// A serial console on a real PTY at 115200 baud: labd takes the UUCP lock
+/// (its PID in `LCK..pts_N`); a second labd wanting the same port is refused
+/// with an error naming the holder's PID and program; the lock goes when
+/// labd stops.
+#[test]
+fn a_serial_port_is_locked_and_a_second_labd_is_refused_naming_the_holder() {
+    let (_master, dev) = pty();
+    let mut lab = Lab::prepare(1, &[], &[], "");
+    let locks = lab.dir.path().join("lock");
+    std::fs::create_dir_all(&locks).unwrap();
+    let serial = format!("console = {{ type = \"serial\", device = \"{dev}\", baud = 115200 }}");
+    let cfg = std::fs::read_to_string(&lab.config)
+        .unwrap()
+        .replace("console = { type = \"sim\" }", &serial);
+    let cfg = format!("lock_dir = {:?}\n{cfg}", locks);
+    std::fs::write(&lab.config, &cfg).unwrap();
+    lab.start_labd();
+    lab.wait_log("console attached");
+    let lock = locks.join(labd::uucp::lock_name(std::path::Path::new(&dev)));
+    let holder: u32 = std::fs::read_to_string(&lock)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(holder, lab.labd_pid());
+
+    // A second lab on another socket and state dir, same port.
+    let other = lab.dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        cfg.replace("labd.sock", "other.sock")
+            .replace("/state\"", "/other-state\""),
+    )
+    .unwrap();
+    let mut second = Command::new(env!("CARGO_BIN_EXE_labd"))
+        .arg("--config")
+        .arg(&other)
+        .env("RUST_LOG", "labd=info")
+        .env_remove("LABD_SOCKET")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let needle = format!("in use by PID {holder} (labd)");
+    let lines = wait_line(second.stderr.take().unwrap(), "labd ready");
+    let refused = lines.iter().find(|l| l.contains("console connect failed"));
+    let refused = refused.expect("the second labd reports its refused console");
+    assert!(refused.contains(&needle), "{refused}");
+    let _ = second.kill();
+    let _ = second.wait();
+
+    lab.terminate_labd();
+    assert!(lab.wait_labd());
+    assert!(!lock.exists(), "the lock outlived labd");
+}
