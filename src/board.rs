@@ -12,7 +12,7 @@
 use crate::console::Console;
 use crate::device_type::DeviceType;
 use crate::job::JobDefinition;
-use crate::model::{JobEvent, JobId, JobOutcome, PhaseTime};
+use crate::model::{ErrorClass, JobEvent, JobId, JobOutcome, PhaseTime};
 use crate::power::{Power, PowerAction};
 use crate::runner::{self, ConsoleFeed, FeedSender, Phase, RunCtx, TftpInfo};
 use crate::store::Store;
@@ -130,6 +130,8 @@ struct CurrentJob {
     unfed: u64,
     /// Each phase's duration so far.
     timing: Vec<PhaseTime>,
+    /// How long the console may stay lost before the job ends.
+    reconnect_limit: Duration,
     handle: Option<SpawnHandle>,
     log_buf: Vec<u8>,
     log_offset: u64,
@@ -159,6 +161,12 @@ pub struct BoardActor {
     ring_cap: usize,
     /// The most console bytes kept per job.
     max_log: u64,
+    /// How long a lost console may stay away during a job, unless the job's
+    /// own connection timeout says otherwise.
+    reconnect_limit: Duration,
+    /// Since when the console is lost, why, and the timer that gives up on
+    /// the running job.
+    lost: Option<(std::time::Instant, String, Option<SpawnHandle>)>,
     metrics: crate::metrics::Metrics,
     /// When the current phase began.
     phase_since: std::time::Instant,
@@ -177,6 +185,7 @@ impl BoardActor {
         lab: Recipient<BoardReport>,
         ring_cap: usize,
         max_log: u64,
+        reconnect_limit: Duration,
         metrics: crate::metrics::Metrics,
     ) -> Self {
         BoardActor {
@@ -203,6 +212,8 @@ impl BoardActor {
             ring: VecDeque::new(),
             ring_cap,
             max_log,
+            reconnect_limit,
+            lost: None,
             metrics,
             phase_since: std::time::Instant::now(),
         }
@@ -242,6 +253,18 @@ impl BoardActor {
                     tracing::info!(board = %act.name, console = %act.console.describe(), "console attached");
                     act.reconnect_delay = Duration::from_millis(100);
                     act.console_up.send_replace(true);
+                    if let Some((since, _, timer)) = act.lost.take() {
+                        if let Some(t) = timer {
+                            ctx.cancel_future(t);
+                        }
+                        if let Some(job) = &mut act.job {
+                            let note = format!(
+                                "\r\n[labd: console back after {:.1} s]\r\n",
+                                since.elapsed().as_secs_f64()
+                            );
+                            job.log_buf.extend_from_slice(note.as_bytes());
+                        }
+                    }
                     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
                     act.writer = Some(tx);
                     let mut writer = io.writer;
@@ -436,9 +459,30 @@ impl Handler<ConsoleLost> for BoardActor {
         self.writer = None;
         self.console_tasks.clear();
         self.console_up.send_replace(false);
+        let mut timer = None;
         if let Some(job) = &mut self.job {
             let note = format!("\r\n[labd: console lost: {}; reconnecting]\r\n", msg.1);
             job.log_buf.extend_from_slice(note.as_bytes());
+            if !job.ending {
+                // The job waits for the console as long as its connection
+                // timeout allows, then ends as an infrastructure failure.
+                let (limit, id) = (job.reconnect_limit, job.id);
+                timer = Some(ctx.run_later(limit, move |act, ctx| {
+                    let Some((_, why, _)) = &act.lost else { return };
+                    // Only the job that lost its console ends for it.
+                    if act.job.as_ref().map(|j| j.id) != Some(id) {
+                        return;
+                    }
+                    let msg = format!("console lost for {} s: {why}", limit.as_secs());
+                    act.event(id, "console", msg.clone());
+                    act.end_job(JobOutcome::incomplete(ErrorClass::Infrastructure, msg), ctx);
+                }));
+            }
+        }
+        if self.lost.is_none() {
+            self.lost = Some((std::time::Instant::now(), msg.1.clone(), timer));
+        } else if let (Some((_, _, t)), Some(new)) = (&mut self.lost, timer) {
+            t.get_or_insert(new);
         }
         self.schedule_reconnect(ctx);
     }
@@ -459,6 +503,7 @@ impl Handler<StartJob> for BoardActor {
         if let Some(j) = &self.job {
             return Err(format!("board {} is busy with job {}", self.name, j.id));
         }
+        let reconnect_limit = msg.def.timeouts.connection.unwrap_or(self.reconnect_limit);
         let (input_tx, input_rx) = ConsoleFeed::new();
         // Writes go through the current console writer; when the console is
         // being reconnected they are lost, like keystrokes on an unplugged cable.
@@ -499,6 +544,7 @@ impl Handler<StartJob> for BoardActor {
             truncated: false,
             unfed: 0,
             timing: Vec::new(),
+            reconnect_limit,
             handle: None,
             log_buf: Vec::new(),
             log_offset: 0,

@@ -330,6 +330,13 @@ pub struct Limits {
     /// Console bytes kept per job; the rest is dropped, with a note in the log.
     #[serde(default = "default_job_log")]
     pub max_job_log_bytes: u64,
+    /// How long a console lost during a job may stay away (a job's
+    /// `timeouts.connection` wins) before the job ends Incomplete.
+    #[serde(default = "default_console_reconnect")]
+    pub console_reconnect_secs: u64,
+    /// Jobs in a row ended by a lost console before the board goes Bad.
+    #[serde(default = "default_console_failures")]
+    pub console_failures_before_bad: u32,
     /// On SIGTERM, how long running jobs may go on before they are ended
     /// Incomplete ("dispatcher shutdown") and their boards powered off.
     #[serde(default = "default_grace")]
@@ -376,6 +383,8 @@ impl Default for Limits {
             max_job_bytes: default_job_bytes(),
             idle_console_ring_bytes: default_ring(),
             max_job_log_bytes: default_job_log(),
+            console_reconnect_secs: default_console_reconnect(),
+            console_failures_before_bad: default_console_failures(),
             shutdown_grace_secs: default_grace(),
             max_job_timeout_secs: default_max_job_timeout(),
             max_action_timeout_secs: default_max_action_timeout(),
@@ -414,6 +423,12 @@ fn default_write_timeout() -> u64 {
 }
 fn default_grace() -> u64 {
     120
+}
+fn default_console_reconnect() -> u64 {
+    30
+}
+fn default_console_failures() -> u32 {
+    3
 }
 fn default_job_log() -> u64 {
     128 << 20

@@ -162,6 +162,8 @@ struct Slot {
     after_job: Option<AfterJob>,
     phase_since: u64,
     job_since: Option<u64>,
+    /// Jobs in a row that a lost console ended.
+    console_failures: u32,
 }
 
 /// A reload's change to a busy board, applied when its job ends.
@@ -329,6 +331,7 @@ impl LabActor {
             after_job: None,
             phase_since: now_ms(),
             job_since: None,
+            console_failures: 0,
         }
     }
 
@@ -474,6 +477,7 @@ impl LabActor {
             ctx.address().recipient(),
             self.cfg.limits.idle_console_ring_bytes,
             self.cfg.limits.max_job_log_bytes,
+            std::time::Duration::from_secs(self.cfg.limits.console_reconnect_secs),
             self.metrics.clone(),
         )
         .start()
@@ -857,6 +861,25 @@ impl LabActor {
                 // is the best evidence there is that the board works.
                 s.health = BoardHealth::Good;
                 s.health_reason = None;
+            }
+            // A console that keeps getting lost is a broken board (or cable).
+            if outcome
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("console lost"))
+            {
+                s.console_failures += 1;
+                if s.console_failures >= self.cfg.limits.console_failures_before_bad
+                    && s.health.schedulable()
+                {
+                    s.health = BoardHealth::Bad;
+                    s.health_reason = Some(format!(
+                        "console lost in {} jobs in a row",
+                        s.console_failures
+                    ));
+                }
+            } else if outcome.health == JobHealth::Complete {
+                s.console_failures = 0;
             }
             if let Some(h) = s.pending_health.take() {
                 s.health = h;

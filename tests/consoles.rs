@@ -242,3 +242,91 @@ fn a_serial_port_is_locked_and_a_second_labd_is_refused_naming_the_holder() {
     assert!(lab.wait_labd());
     assert!(!lock.exists(), "the lock outlived labd");
 }
+
+/// The console server goes away during a job and comes back: the log shows
+/// the gap and the job completes. It goes away for longer than the job's
+/// connection timeout: the job ends Incomplete (Infrastructure), and after
+/// `console_failures_before_bad` such jobs the board is Bad.
+#[test]
+fn a_lost_console_that_returns_is_a_gap_and_one_that_does_not_ends_the_job() {
+    if !have_ser2net() {
+        return;
+    }
+    rt().block_on(async {
+        let mut lab = Lab::prepare(1, &[], &[], "[limits]\nconsole_failures_before_bad = 1");
+        let pty = labd::sim::control(
+            &lab.sim_control,
+            &labd::sim::ControlRequest::Pty {
+                board: "sim-01".into(),
+            },
+        )
+        .await
+        .unwrap()
+        .path
+        .unwrap();
+        let port = free_port();
+        let link = [(format!("tcp,127.0.0.1,{port}"), pty)];
+        let probe = Tcp {
+            host: "127.0.0.1".into(),
+            port,
+            telnet: false,
+        };
+        let mut server = ser2net(lab.dir.path(), &link);
+        drop(connect_when_up(&probe).await);
+        let cfg = std::fs::read_to_string(&lab.config).unwrap().replace(
+            "console = { type = \"sim\" }",
+            &format!("console = {{ type = \"tcp\", host = \"127.0.0.1\", port = {port} }}"),
+        );
+        std::fs::write(&lab.config, cfg).unwrap();
+        lab.start_labd();
+        lab.wait_log("console attached");
+        let mut c = lab.client().await;
+
+        let release = lab.dir.path().join("release");
+        let step = format!(
+            "echo first; while [ ! -e {} ]; do sleep 0.1; done; echo second",
+            release.display()
+        );
+        let id = c
+            .submit(&lab.job("unplugged", "medium", &[&step]), "j.yaml")
+            .await
+            .unwrap();
+        until_log_contains(&lab, id, "first\r\n").await;
+        drop(server); // unplugged
+        lab.wait_log("console lost");
+        server = ser2net(lab.dir.path(), &link); // plugged back
+        lab.wait_log("console attached");
+        std::fs::write(&release, b"").unwrap();
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+        assert!(log.contains("[labd: console lost:"), "{log}");
+        assert!(log.contains("[labd: console back after"), "{log}");
+
+        let text = lab
+            .job("gone", "medium", &["echo waiting; sleep 60"])
+            .replacen(
+                "timeouts:\n",
+                "timeouts:\n  connection:\n    seconds: 2\n",
+                1,
+            );
+        let id = c.submit(&text, "j.yaml").await.unwrap();
+        until_log_contains(&lab, id, "waiting\r\n").await;
+        drop(server);
+        let (end, _) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete");
+        let j = job(&mut c, id).await;
+        assert_eq!(j["error_class"], "Infrastructure");
+        assert!(
+            j["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("console lost for 2 s"),
+            "{j}"
+        );
+        let b = board(&mut c, "sim-01").await;
+        assert_eq!(
+            (b["health"].as_str(), b["health_reason"].as_str()),
+            (Some("Bad"), Some("console lost in 1 jobs in a row"))
+        );
+    });
+}
