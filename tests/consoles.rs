@@ -68,6 +68,41 @@ async fn connect_when_up(c: &Tcp) -> labd::console::ConsoleIo {
     panic!("ser2net never listened on {}", c.describe());
 }
 
+/// Puts the lab's board behind ser2net: its PTY served on a free port
+/// (telnet or raw), ser2net up, and the config's console pointed at it.
+/// Returns ser2net, the link to start it again, and the port.
+async fn behind_ser2net(lab: &Lab, telnet: bool) -> (Ser2net, [(String, String); 1], u16) {
+    let pty = labd::sim::control(
+        &lab.sim_control,
+        &labd::sim::ControlRequest::Pty {
+            board: "sim-01".into(),
+        },
+    )
+    .await
+    .unwrap()
+    .path
+    .unwrap();
+    let port = free_port();
+    let kind = if telnet { "telnet,tcp" } else { "tcp" };
+    let link = [(format!("{kind},127.0.0.1,{port}"), pty)];
+    let server = ser2net(lab.dir.path(), &link);
+    // Up before labd starts, so its first connect works. The probe is a
+    // plain connection, closed at once: ser2net serves one client.
+    let probe = Tcp {
+        host: "127.0.0.1".into(),
+        port,
+        telnet: false,
+    };
+    drop(connect_when_up(&probe).await);
+    let protocol = if telnet { "telnet" } else { "raw" };
+    let cfg = std::fs::read_to_string(&lab.config).unwrap().replace(
+        "console = { type = \"sim\" }",
+        &format!("console = {{ type = \"tcp\", host = \"127.0.0.1\", port = {port}, protocol = \"{protocol}\" }}"),
+    );
+    std::fs::write(&lab.config, cfg).unwrap();
+    (server, link, port)
+}
+
 fn pty() -> (OwnedFd, String) {
     let p = nix::pty::openpty(None, None).unwrap();
     let mut t = nix::sys::termios::tcgetattr(&p.slave).unwrap();
@@ -146,42 +181,27 @@ fn a_job_runs_through_ser2net_telnet() {
     }
     rt().block_on(async {
         let mut lab = Lab::prepare(1, &[], &[], "");
-        let pty = labd::sim::control(
-            &lab.sim_control,
-            &labd::sim::ControlRequest::Pty {
-                board: "sim-01".into(),
-            },
-        )
-        .await
-        .unwrap()
-        .path
-        .unwrap();
-        let port = free_port();
-        let _s = ser2net(lab.dir.path(), &[(format!("telnet,tcp,127.0.0.1,{port}"), pty)]);
-        // Up before labd starts, so its first connect works. The probe is
-        // a plain connection, closed at once: ser2net serves one client.
-        drop(
-            connect_when_up(&Tcp {
-                host: "127.0.0.1".into(),
-                port,
-                telnet: false,
-            })
-            .await,
-        );
-        let cfg = std::fs::read_to_string(&lab.config).unwrap().replace(
-            "console = { type = \"sim\" }",
-            &format!("console = {{ type = \"tcp\", host = \"127.0.0.1\", port = {port}, protocol = \"telnet\" }}"),
-        );
-        std::fs::write(&lab.config, cfg).unwrap();
+        let (_server, _, _) = behind_ser2net(&lab, true).await;
         lab.start_labd();
         let mut c = lab.client().await;
         let id = c
-            .submit(&lab.job("via-ser2net", "medium", &["lava-test-case t --shell true"]), "j.yaml")
+            .submit(
+                &lab.job("via-ser2net", "medium", &["lava-test-case t --shell true"]),
+                "j.yaml",
+            )
             .await
             .unwrap();
         let mut log = Vec::new();
-        let end = c.logs(id, true, |d| log.extend_from_slice(d)).await.unwrap();
-        assert_eq!(end["health"], "Complete", "{}", String::from_utf8_lossy(&log));
+        let end = c
+            .logs(id, true, |d| log.extend_from_slice(d))
+            .await
+            .unwrap();
+        assert_eq!(
+            end["health"],
+            "Complete",
+            "{}",
+            String::from_utf8_lossy(&log)
+        );
         assert!(!log.contains(&0xFF), "a telnet byte leaked into the log");
         let text = String::from_utf8_lossy(&log);
         assert!(text.contains("U-Boot") && text.contains("<LAVA_SIGNAL_ENDRUN"));
@@ -254,30 +274,7 @@ fn a_lost_console_that_returns_is_a_gap_and_one_that_does_not_ends_the_job() {
     }
     rt().block_on(async {
         let mut lab = Lab::prepare(1, &[], &[], "[limits]\nconsole_failures_before_bad = 1");
-        let pty = labd::sim::control(
-            &lab.sim_control,
-            &labd::sim::ControlRequest::Pty {
-                board: "sim-01".into(),
-            },
-        )
-        .await
-        .unwrap()
-        .path
-        .unwrap();
-        let port = free_port();
-        let link = [(format!("tcp,127.0.0.1,{port}"), pty)];
-        let probe = Tcp {
-            host: "127.0.0.1".into(),
-            port,
-            telnet: false,
-        };
-        let mut server = ser2net(lab.dir.path(), &link);
-        drop(connect_when_up(&probe).await);
-        let cfg = std::fs::read_to_string(&lab.config).unwrap().replace(
-            "console = { type = \"sim\" }",
-            &format!("console = {{ type = \"tcp\", host = \"127.0.0.1\", port = {port} }}"),
-        );
-        std::fs::write(&lab.config, cfg).unwrap();
+        let (mut server, link, _) = behind_ser2net(&lab, false).await;
         lab.start_labd();
         lab.wait_log("console attached");
         let mut c = lab.client().await;
