@@ -477,6 +477,9 @@ pub enum ConsoleConfig {
         #[serde(default)]
         protocol: TcpProtocol,
     },
+    /// LAVA's `connection_command`: a program (argv, no shell) whose stdin
+    /// and stdout are the console.
+    Command { command: Vec<String> },
     /// A board of `labd-sim`: labd asks the simulator for its PTY and opens it as a serial device.
     Sim {
         #[serde(default)]
@@ -630,6 +633,15 @@ impl LabConfig {
                     format!("boards[{i}]"),
                     "a `sim` console or power needs `sim_control` at the top level".into(),
                 ));
+            }
+            if let ConsoleConfig::Command { command } = &b.console {
+                if command.is_empty() {
+                    return Err(bad(
+                        format!("boards[{i}].console.command"),
+                        "must be a non-empty argv list, such as [\"telnet\", \"host\", \"7001\"]"
+                            .into(),
+                    ));
+                }
             }
             if let PowerConfig::Command { on, off, .. } = &b.power {
                 if on.is_empty() || off.is_empty() {

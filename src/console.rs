@@ -73,10 +73,11 @@ impl SerialSettings {
     }
 }
 
-/// Keeps a UUCP lock for as long as either half of a console lives.
+/// Keeps something (a UUCP lock, a child process) for as long as either
+/// half of a console lives.
 struct Held<T> {
     inner: T,
-    _lock: std::sync::Arc<crate::uucp::Lock>,
+    _lock: std::sync::Arc<dyn std::any::Any + Send + Sync>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Held<T> {
@@ -137,7 +138,8 @@ impl Console for Serial {
     fn connect(&self) -> BoxFuture<'_, Result<ConsoleIo, ConsoleError>> {
         Box::pin(async move {
             // The UUCP lock first: a port someone else holds is not opened at all.
-            let lock = std::sync::Arc::new(crate::uucp::lock(&self.lock_dir, &self.device)?);
+            let lock: std::sync::Arc<dyn std::any::Any + Send + Sync> =
+                std::sync::Arc::new(crate::uucp::lock(&self.lock_dir, &self.device)?);
             let io = open_serial_with(&self.device.display().to_string(), self.settings)?;
             Ok(ConsoleIo {
                 reader: Box::new(Held {
@@ -255,6 +257,54 @@ async fn telnet_pump(stream: tokio::net::TcpStream, inner: tokio::io::DuplexStre
     }
 }
 
+/// LAVA's `connection_command`: a program (argv, no shell) whose stdin and
+/// stdout are the console, such as `telnet consoles.lab 7001`. It is killed
+/// when the console closes; its exit is the console's end.
+pub struct CommandConsole {
+    pub argv: Vec<String>,
+}
+
+impl Console for CommandConsole {
+    fn connect(&self) -> BoxFuture<'_, Result<ConsoleIo, ConsoleError>> {
+        Box::pin(async move {
+            let open_err = |source| ConsoleError::Open {
+                device: self.argv.join(" "),
+                source,
+            };
+            let (prog, args) = self
+                .argv
+                .split_first()
+                .ok_or_else(|| open_err(std::io::Error::other("empty command")))?;
+            let mut child = tokio::process::Command::new(prog)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(open_err)?;
+            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                return Err(open_err(std::io::Error::other("no pipes to the command")));
+            };
+            let keep: std::sync::Arc<dyn std::any::Any + Send + Sync> =
+                std::sync::Arc::new(std::sync::Mutex::new(child));
+            Ok(ConsoleIo {
+                reader: Box::new(Held {
+                    inner: stdout,
+                    _lock: keep.clone(),
+                }),
+                writer: Box::new(Held {
+                    inner: stdin,
+                    _lock: keep,
+                }),
+            })
+        })
+    }
+    fn describe(&self) -> String {
+        format!("command {:?}", self.argv)
+    }
+}
+
 /// Builds the console driver a board's config asks for.
 pub fn from_config(
     board: &str,
@@ -307,6 +357,9 @@ pub fn from_config(
             host: host.clone(),
             port: *port,
             telnet: *protocol == crate::config::TcpProtocol::Telnet,
+        }),
+        ConsoleConfig::Command { command } => Box::new(CommandConsole {
+            argv: command.clone(),
         }),
         ConsoleConfig::Sim { board: b } => Box::new(SimConsole {
             // Invariant: config validation refuses a sim console without sim_control.

@@ -327,3 +327,68 @@ fn a_lost_console_that_returns_is_a_gap_and_one_that_does_not_ends_the_job() {
         );
     });
 }
+
+/// LAVA's `connection_command`: the console is a program's stdin and
+/// stdout. Here a small bridge to ser2net's raw port stands in for
+/// `telnet host port`; a whole job runs through it.
+#[test]
+fn a_job_runs_through_a_connection_command() {
+    if !have_ser2net() {
+        return;
+    }
+    rt().block_on(async {
+        let mut lab = Lab::prepare(1, &[], &[], "");
+        let (_server, _, port) = behind_ser2net(&lab, false).await;
+        let bridge = r#"
+import socket, sys, threading
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+def up():
+    while True:
+        d = sys.stdin.buffer.read1(4096)
+        if not d:
+            break
+        s.sendall(d)
+threading.Thread(target=up, daemon=True).start()
+while True:
+    d = s.recv(4096)
+    if not d:
+        break
+    sys.stdout.buffer.write(d)
+    sys.stdout.buffer.flush()
+"#;
+        let argv = serde_json::to_string(&[
+            "python3",
+            "-u",
+            "-c",
+            bridge,
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .unwrap();
+        let cfg = std::fs::read_to_string(&lab.config).unwrap();
+        let start = cfg.find("console = { type = \"tcp\"").unwrap();
+        let end = start + cfg[start..].find('\n').unwrap();
+        let cfg = format!(
+            "{}console = {{ type = \"command\", command = {argv} }}{}",
+            &cfg[..start],
+            &cfg[end..]
+        );
+        std::fs::write(&lab.config, cfg).unwrap();
+        lab.start_labd();
+        let mut c = lab.client().await;
+        let id = c
+            .submit(
+                &lab.job("via-command", "medium", &["lava-test-case t --shell true"]),
+                "j.yaml",
+            )
+            .await
+            .unwrap();
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+        let r = c
+            .call(labd::protocol::RequestBody::Results { job: id })
+            .await
+            .unwrap();
+        assert_eq!(r["results"][0]["result"], "pass");
+    });
+}
