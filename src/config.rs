@@ -543,6 +543,22 @@ pub enum PowerConfig {
         #[serde(default = "default_power_retries")]
         retries: u32,
     },
+    /// A port of a PDU behind pdudaemon's HTTP listener: `GET
+    /// {url}/power/control/{on,off,reboot}?hostname=&port=&delay=`.
+    Pdudaemon {
+        /// pdudaemon's listener, e.g. `http://localhost:16421`.
+        url: String,
+        /// The PDU's name in pdudaemon's config.
+        hostname: String,
+        port: u32,
+        /// Seconds pdudaemon waits between off and on in a reboot.
+        #[serde(default)]
+        delay: Option<u32>,
+        #[serde(default = "default_power_timeout")]
+        timeout_secs: u64,
+        #[serde(default = "default_power_retries")]
+        retries: u32,
+    },
 }
 
 fn default_power_timeout() -> u64 {

@@ -174,6 +174,134 @@ pub fn from_config(
             timeout: Duration::from_secs(*timeout_secs),
             retries: *retries,
         }),
+        PowerConfig::Pdudaemon {
+            url,
+            hostname,
+            port,
+            delay,
+            timeout_secs,
+            retries,
+        } => Box::new(Pdudaemon {
+            url: url.clone(),
+            hostname: hostname.clone(),
+            port: *port,
+            delay: *delay,
+            timeout: Duration::from_secs(*timeout_secs),
+            retries: *retries,
+        }),
+    }
+}
+
+/// A PDU port behind pdudaemon. Every board on one PDU shares one queue
+/// (the PDU's own task, see [`pdu_queue`]), so the PDU gets one command at a
+/// time and a slow PDU delays only the boards waiting for it.
+pub struct Pdudaemon {
+    pub url: String,
+    pub hostname: String,
+    pub port: u32,
+    pub delay: Option<u32>,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+type PduRequest = (String, tokio::sync::oneshot::Sender<Result<(), String>>);
+type PduQueue = tokio::sync::mpsc::UnboundedSender<PduRequest>;
+
+/// The queue of the task that owns one PDU (by pdudaemon URL and hostname),
+/// started on first use.
+fn pdu_queue(
+    url: &str,
+    hostname: &str,
+    timeout: Duration,
+) -> tokio::sync::mpsc::UnboundedSender<PduRequest> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static PDUS: OnceLock<Mutex<HashMap<(String, String), PduQueue>>> = OnceLock::new();
+    let key = (url.to_owned(), hostname.to_owned());
+    let mut map = match PDUS.get_or_init(Default::default).lock() {
+        Ok(m) => m,
+        // Nothing panics while holding this lock; if it ever did, the map
+        // itself is still whole.
+        Err(p) => p.into_inner(),
+    };
+    if let Some(tx) = map.get(&key).filter(|tx| !tx.is_closed()) {
+        return tx.clone();
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PduRequest>();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    tokio::spawn(async move {
+        while let Some((request, reply)) = rx.recv().await {
+            let agent = agent.clone();
+            let r = tokio::task::spawn_blocking(move || match agent.get(&request).call() {
+                Ok(resp) if resp.status().is_success() => Ok(()),
+                Ok(resp) => Err(format!("pdudaemon answered {}", resp.status())),
+                Err(e) => Err(e.to_string()),
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            let _ = reply.send(r);
+        }
+    });
+    map.insert(key, tx.clone());
+    tx
+}
+
+impl Pdudaemon {
+    fn request(&self, command: &str) -> String {
+        let mut q = format!(
+            "{}/power/control/{command}?hostname={}&port={}",
+            self.url.trim_end_matches('/'),
+            self.hostname,
+            self.port
+        );
+        if let Some(d) = self.delay {
+            q.push_str(&format!("&delay={d}"));
+        }
+        q
+    }
+}
+
+impl Power for Pdudaemon {
+    fn switch(&self, action: PowerAction) -> BoxFuture<'_, Result<(), PowerError>> {
+        Box::pin(async move {
+            let command = match action {
+                PowerAction::On => "on",
+                PowerAction::Off => "off",
+                PowerAction::Reset => "reboot",
+            };
+            let request = self.request(command);
+            let queue = pdu_queue(&self.url, &self.hostname, self.timeout);
+            let mut last = String::new();
+            for _ in 0..=self.retries {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if queue.send((request.clone(), tx)).is_err() {
+                    last = "the PDU's queue is gone".into();
+                    break;
+                }
+                match rx.await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) => {
+                        tracing::warn!(pdu = %self.hostname, port = self.port, error = %e, "pdudaemon request failed");
+                        last = e;
+                    }
+                    Err(_) => last = "the PDU's task ended".into(),
+                }
+            }
+            Err(PowerError::Failed {
+                action: action.as_str(),
+                message: format!("{}: {last}", self.describe()),
+            })
+        })
+    }
+    fn describe(&self) -> String {
+        format!(
+            "pdudaemon {} {} port {}",
+            self.url, self.hostname, self.port
+        )
     }
 }
 
@@ -211,6 +339,102 @@ mod tests {
             timeout: Duration::from_millis(timeout_ms),
             retries,
         }
+    }
+
+    /// A pdudaemon stand-in: records each request line, answers 500 to the
+    /// first `fail_first` requests, and notes how many were in flight at once.
+    async fn fake_pdudaemon(
+        fail_first: usize,
+    ) -> (
+        String,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (in_flight, max) = (
+            std::sync::Arc::new(AtomicUsize::new(0)),
+            std::sync::Arc::new(AtomicUsize::new(0)),
+        );
+        let (seen2, max2) = (seen.clone(), max.clone());
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let (seen, in_flight, max) = (seen2.clone(), in_flight.clone(), max2.clone());
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut r = tokio::io::BufReader::new(r);
+                    let mut line = String::new();
+                    r.read_line(&mut line).await.unwrap();
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(now, Ordering::SeqCst);
+                    let n = {
+                        let mut v = seen.lock().unwrap();
+                        v.push(line.trim().to_owned());
+                        v.len()
+                    };
+                    // Long enough that overlapping requests would show.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    let status = if n <= fail_first {
+                        "500 Internal Server Error"
+                    } else {
+                        "200 OK"
+                    };
+                    let _ = w
+                        .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+                        .await;
+                });
+            }
+        });
+        (url, seen, max)
+    }
+
+    fn pdu(url: &str, port: u32) -> Pdudaemon {
+        Pdudaemon {
+            url: url.to_owned(),
+            hostname: "pdu1".into(),
+            port,
+            delay: Some(5),
+            timeout: Duration::from_secs(5),
+            retries: 2,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pdudaemon_requests_are_retried_and_one_pdu_takes_one_at_a_time() {
+        let (url, seen, max) = fake_pdudaemon(1).await;
+        pdu(&url, 3).switch(PowerAction::Reset).await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "GET /power/control/reboot?hostname=pdu1&port=3&delay=5 HTTP/1.1",
+                "GET /power/control/reboot?hostname=pdu1&port=3&delay=5 HTTP/1.1"
+            ]
+        );
+        // Eight ports of one PDU switched at once reach it one by one.
+        let handles: Vec<_> = (1..=8)
+            .map(|p| {
+                let b = pdu(&url, p);
+                tokio::spawn(async move { b.switch(PowerAction::Off).await })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+        assert_eq!(seen.lock().unwrap().len(), 10);
+        assert_eq!(max.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pdudaemon_that_keeps_failing_is_an_error_naming_it() {
+        let (url, seen, _) = fake_pdudaemon(usize::MAX).await;
+        let e = pdu(&url, 4).switch(PowerAction::On).await.unwrap_err();
+        assert!(e.to_string().contains("pdudaemon answered 500"), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), 3, "one try and two retries");
     }
 
     #[tokio::test]
