@@ -168,6 +168,8 @@ pub struct BoardActor {
     /// the running job.
     lost: Option<(std::time::Instant, String, Option<SpawnHandle>)>,
     metrics: crate::metrics::Metrics,
+    /// Every log line of this actor is inside it (and a job's span is its child).
+    span: tracing::Span,
     /// When the current phase began.
     phase_since: std::time::Instant,
     guard: DeathGuard,
@@ -188,7 +190,9 @@ impl BoardActor {
         reconnect_limit: Duration,
         metrics: crate::metrics::Metrics,
     ) -> Self {
+        let span = tracing::info_span!("board", board = %name);
         BoardActor {
+            span,
             guard: DeathGuard {
                 board: name.clone(),
                 lab: lab.clone(),
@@ -243,6 +247,8 @@ impl BoardActor {
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
+        let span = self.span.clone();
+        let _in_board = span.enter();
         self.console_gen += 1;
         let gen = self.console_gen;
         let console = self.console.clone();
@@ -403,6 +409,8 @@ impl Actor for BoardActor {
 impl Handler<ConsoleBytes> for BoardActor {
     type Result = ();
     fn handle(&mut self, msg: ConsoleBytes, _ctx: &mut Context<Self>) {
+        let span = self.span.clone();
+        let _in_board = span.enter();
         if msg.0 != self.console_gen {
             return;
         }
@@ -452,6 +460,8 @@ impl Handler<ConsoleBytes> for BoardActor {
 impl Handler<ConsoleLost> for BoardActor {
     type Result = ();
     fn handle(&mut self, msg: ConsoleLost, ctx: &mut Context<Self>) {
+        let span = self.span.clone();
+        let _in_board = span.enter();
         if msg.0 != self.console_gen {
             return;
         }
@@ -500,6 +510,8 @@ impl Handler<PhaseChanged> for BoardActor {
 impl Handler<StartJob> for BoardActor {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: StartJob, ctx: &mut Context<Self>) -> Self::Result {
+        let span = self.span.clone();
+        let _in_board = span.enter();
         if let Some(j) = &self.job {
             return Err(format!("board {} is busy with job {}", self.name, j.id));
         }
@@ -553,7 +565,7 @@ impl Handler<StartJob> for BoardActor {
         self.guard.job = Some(msg.id);
         crate::faults::maybe_panic("board-handler", &self.name);
         // Everything the runner logs carries the job and the board.
-        let span = tracing::info_span!("job", id = msg.id, board = %self.name);
+        let span = tracing::info_span!(parent: &self.span, "job", id = msg.id, board = %self.name);
         let run = tracing::Instrument::instrument(runner::run(rc), span);
         let handle = ctx.spawn(run.into_actor(self).map(|outcome, act, ctx| {
             if let Some(j) = &mut act.job {
@@ -592,6 +604,8 @@ impl Handler<WriteConsole> for BoardActor {
 impl Handler<StopJob> for BoardActor {
     type Result = ();
     fn handle(&mut self, msg: StopJob, ctx: &mut Context<Self>) {
+        let span = self.span.clone();
+        let _in_board = span.enter();
         if self.job.as_ref().is_some_and(|j| j.id == msg.id) {
             let why = msg.outcome.error.clone().unwrap_or_default();
             self.event(msg.id, "stop", why);

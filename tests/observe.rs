@@ -183,7 +183,7 @@ fn top_shows_each_board_its_job_phase_and_times() {
 }
 
 /// `[log] format = "json"`: one JSON object per line, and what the boot
-/// sequence logs carries its job and board from the job's span.
+/// sequence logs is inside its job's span, inside its board's span.
 #[test]
 fn json_logs_carry_the_job_span() {
     rt().block_on(async {
@@ -204,6 +204,9 @@ fn json_logs_carry_the_job_span() {
         assert_eq!(v["span"]["name"], "job");
         assert_eq!(v["span"]["id"], id);
         assert_eq!(v["span"]["board"], "sim-01");
+        // Inside the board's own span.
+        assert_eq!(v["spans"][0]["name"], "board", "{v}");
+        assert_eq!(v["spans"][0]["board"], "sim-01");
         wait_job(&mut c, id).await;
     });
 }
