@@ -181,7 +181,7 @@ impl BoardActor {
         name: String,
         dt: DeviceType,
         console: Box<dyn Console>,
-        power: Box<dyn Power>,
+        power: Arc<dyn Power>,
         store: Store,
         tftp: TftpInfo,
         lab: Recipient<BoardReport>,
@@ -202,7 +202,7 @@ impl BoardActor {
             name,
             dt,
             console: Arc::from(console),
-            power: Arc::from(power),
+            power,
             store,
             tftp,
             lab,
@@ -540,7 +540,13 @@ impl Handler<StartJob> for BoardActor {
             power: self.power.clone(),
             store: self.store.clone(),
             tftp: self.tftp.clone(),
-            console_up: self.console_up.subscribe(),
+            // A board that connects its own console once powered (QEMU)
+            // is powered without waiting for it.
+            console_up: if self.console.attaches_after_power_on() {
+                tokio::sync::watch::channel(true).1
+            } else {
+                self.console_up.subscribe()
+            },
             phase: Box::new(move |p| {
                 if p == Phase::BootloaderCommands {
                     crate::faults::maybe_panic("board-boot", &board);

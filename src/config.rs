@@ -477,6 +477,9 @@ pub enum ConsoleConfig {
         #[serde(default)]
         protocol: TcpProtocol,
     },
+    /// A Unix socket labd listens on and the board (QEMU's chardev with
+    /// `server=off`) connects to.
+    Unix { path: PathBuf },
     /// LAVA's `connection_command`: a program (argv, no shell) whose stdin
     /// and stdout are the console.
     Command { command: Vec<String> },

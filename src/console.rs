@@ -40,6 +40,12 @@ pub trait Console: Send + Sync {
     fn connect(&self) -> BoxFuture<'_, Result<ConsoleIo, ConsoleError>>;
     /// A short human description, for logs.
     fn describe(&self) -> String;
+    /// True when the board itself connects only once powered (a QEMU
+    /// process started by power-on): then power must not wait for the
+    /// console.
+    fn attaches_after_power_on(&self) -> bool {
+        false
+    }
 }
 
 /// A serial device: a USB adapter, a UART, or a PTY slave.
@@ -257,6 +263,60 @@ async fn telnet_pump(stream: tokio::net::TcpStream, inner: tokio::io::DuplexStre
     }
 }
 
+/// A Unix socket that labd listens on and the board connects to: QEMU's
+/// `-chardev socket,path=...,server=off`. The listener lives as long as the
+/// board's console, so the console outlives every power cycle (each QEMU
+/// run connects anew); each `connect` takes the next connection.
+pub struct UnixConsole {
+    pub path: PathBuf,
+    listener: tokio::sync::Mutex<Option<tokio::net::UnixListener>>,
+}
+
+impl UnixConsole {
+    pub fn new(path: PathBuf) -> Self {
+        UnixConsole {
+            path,
+            listener: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Console for UnixConsole {
+    fn connect(&self) -> BoxFuture<'_, Result<ConsoleIo, ConsoleError>> {
+        Box::pin(async move {
+            let open_err = |source| ConsoleError::Open {
+                device: self.path.display().to_string(),
+                source,
+            };
+            let mut guard = self.listener.lock().await;
+            if guard.is_none() {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir).map_err(open_err)?;
+                }
+                // A socket file left by an earlier run is stale: nobody can
+                // listen on it but this board's console.
+                let _ = std::fs::remove_file(&self.path);
+                *guard = Some(tokio::net::UnixListener::bind(&self.path).map_err(open_err)?);
+            }
+            let Some(listener) = guard.as_ref() else {
+                return Err(open_err(std::io::Error::other("no listener")));
+            };
+            let (stream, _) = listener.accept().await.map_err(open_err)?;
+            let (reader, writer) = stream.into_split();
+            Ok(ConsoleIo {
+                reader: Box::new(reader),
+                writer: Box::new(writer),
+            })
+        })
+    }
+    fn describe(&self) -> String {
+        format!("unix socket {} (labd listens)", self.path.display())
+    }
+    fn attaches_after_power_on(&self) -> bool {
+        true
+    }
+}
+
 /// LAVA's `connection_command`: a program (argv, no shell) whose stdin and
 /// stdout are the console, such as `telnet consoles.lab 7001`. It is killed
 /// when the console closes; its exit is the console's end.
@@ -358,6 +418,7 @@ pub fn from_config(
             port: *port,
             telnet: *protocol == crate::config::TcpProtocol::Telnet,
         }),
+        ConsoleConfig::Unix { path } => Box::new(UnixConsole::new(path.clone())),
         ConsoleConfig::Command { command } => Box::new(CommandConsole {
             argv: command.clone(),
         }),

@@ -33,6 +33,8 @@ pub struct BoardInfo {
     /// When the board entered its phase, and took its job (ms since the epoch).
     pub phase_since: u64,
     pub job_since: Option<u64>,
+    /// The relay's last commanded state (Unknown after a failed command).
+    pub power: power::PowerState,
 }
 
 /// Who sent a request, as the kernel told the socket layer.
@@ -164,6 +166,8 @@ struct Slot {
     job_since: Option<u64>,
     /// Jobs in a row that a lost console ended.
     console_failures: u32,
+    /// The board's relay (shared with its actor): its last commanded state.
+    power: std::sync::Arc<dyn power::Power>,
 }
 
 /// A reload's change to a busy board, applied when its job ends.
@@ -316,9 +320,11 @@ impl LabActor {
     }
 
     fn new_slot(&self, b: &BoardConfig, dt: DeviceType, ctx: &mut Context<Self>) -> Slot {
+        let (addr, power) = self.start_board(b, &dt, ctx);
         Slot {
             cfg: b.clone(),
-            addr: self.start_board(b, &dt, ctx),
+            addr,
+            power,
             dt,
             state: BoardState::Idle,
             health: BoardHealth::Unknown,
@@ -437,9 +443,10 @@ impl LabActor {
             }
             AfterJob::Restart(new) => {
                 let (b, dt) = *new;
-                let addr = self.start_board(&b, &dt, ctx);
+                let (addr, power) = self.start_board(&b, &dt, ctx);
                 if let Some(slot) = self.boards.get_mut(name) {
                     slot.addr = addr;
+                    slot.power = power;
                     slot.cfg = b;
                     slot.dt = dt;
                     slot.phase = Phase::Off;
@@ -453,7 +460,7 @@ impl LabActor {
         b: &BoardConfig,
         dt: &DeviceType,
         ctx: &mut Context<Self>,
-    ) -> Addr<BoardActor> {
+    ) -> (Addr<BoardActor>, std::sync::Arc<dyn power::Power>) {
         let sim = self.cfg.sim_control.as_ref();
         let console = console::from_config(
             &b.name,
@@ -462,16 +469,17 @@ impl LabActor {
             sim,
             &self.cfg.lock_dir,
         );
-        let power = Box::new(power::Timed {
-            inner: power::from_config(&b.name, &b.power, sim),
-            board: b.name.clone(),
-            metrics: self.metrics.clone(),
-        });
-        BoardActor::new(
+        // The lab keeps a handle too, to report the last commanded state.
+        let power: std::sync::Arc<dyn power::Power> = std::sync::Arc::new(power::Timed::new(
+            power::from_config(&b.name, &b.power, sim),
+            b.name.clone(),
+            self.metrics.clone(),
+        ));
+        let addr = BoardActor::new(
             b.name.clone(),
             dt.clone(),
             console,
-            power,
+            power.clone(),
             self.store.clone(),
             self.tftp.clone(),
             ctx.address().recipient(),
@@ -480,7 +488,8 @@ impl LabActor {
             std::time::Duration::from_secs(self.cfg.limits.console_reconnect_secs),
             self.metrics.clone(),
         )
-        .start()
+        .start();
+        (addr, power)
     }
 
     fn persist_board(&self, name: &str) {
@@ -1128,9 +1137,10 @@ impl Handler<BoardReport> for LabActor {
                 // The job the lab gave the board, even if the actor died
                 // before it took note of it.
                 let job = job.or(slot.job);
-                let addr = self.start_board(&cfg, &dt, ctx);
+                let (addr, power) = self.start_board(&cfg, &dt, ctx);
                 if let Some(s) = self.boards.get_mut(&board) {
                     s.addr = addr.clone();
+                    s.power = power;
                     s.phase = Phase::Off;
                     // Retired and maintenance boards stay so; anything else
                     // must prove itself again.
@@ -1408,6 +1418,7 @@ impl Handler<LabRequest> for LabActor {
                         phase: s.phase,
                         phase_since: s.phase_since,
                         job_since: s.job.and(s.job_since),
+                        power: s.power.state(),
                     })
                     .collect(),
             ))),

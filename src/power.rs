@@ -43,6 +43,19 @@ impl PowerAction {
 pub trait Power: Send + Sync {
     fn switch(&self, action: PowerAction) -> BoxFuture<'_, Result<(), PowerError>>;
     fn describe(&self) -> String;
+    /// The last commanded state, as far as labd knows.
+    fn state(&self) -> PowerState {
+        PowerState::Unknown
+    }
+}
+
+/// What labd last told a relay, and whether it worked: after a failed
+/// command the state is Unknown, never the previous one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PowerState {
+    On,
+    Off,
+    Unknown,
 }
 
 pub struct SimPower {
@@ -305,25 +318,51 @@ impl Power for Pdudaemon {
     }
 }
 
-/// Any relay, timed: a command above the slow threshold is logged and counted.
+/// Any relay, timed (a command above the slow threshold is logged and
+/// counted) and remembering the last commanded state.
 pub struct Timed {
     pub inner: Box<dyn Power>,
     pub board: String,
     pub metrics: crate::metrics::Metrics,
+    pub last: std::sync::Mutex<PowerState>,
+}
+
+impl Timed {
+    pub fn new(inner: Box<dyn Power>, board: String, metrics: crate::metrics::Metrics) -> Self {
+        Timed {
+            inner,
+            board,
+            metrics,
+            last: std::sync::Mutex::new(PowerState::Unknown),
+        }
+    }
 }
 
 impl Power for Timed {
     fn switch(&self, action: PowerAction) -> BoxFuture<'_, Result<(), PowerError>> {
         Box::pin(async move {
             let started = std::time::Instant::now();
+            // Until the command is done the relay's state is not known.
+            if let Ok(mut l) = self.last.lock() {
+                *l = PowerState::Unknown;
+            }
             let r = self.inner.switch(action).await;
             self.metrics
                 .power(&self.board, action.as_str(), started.elapsed());
+            if let (Ok(()), Ok(mut l)) = (&r, self.last.lock()) {
+                *l = match action {
+                    PowerAction::Off => PowerState::Off,
+                    PowerAction::On | PowerAction::Reset => PowerState::On,
+                };
+            }
             r
         })
     }
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+    fn state(&self) -> PowerState {
+        self.last.lock().map(|l| *l).unwrap_or(PowerState::Unknown)
     }
 }
 
@@ -460,6 +499,23 @@ mod tests {
             matches!(e, PowerError::Timeout { action: "off", .. }),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_last_commanded_state_is_unknown_after_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = dir.path().join("broken");
+        let script = format!("[ ! -e {} ]", broken.display());
+        let relay = relay(vec!["sh".into(), "-c".into(), script], 5000, 0);
+        let p = Timed::new(Box::new(relay), "b".into(), Default::default());
+        assert_eq!(p.state(), PowerState::Unknown);
+        p.switch(PowerAction::On).await.unwrap();
+        assert_eq!(p.state(), PowerState::On);
+        p.switch(PowerAction::Off).await.unwrap();
+        assert_eq!(p.state(), PowerState::Off);
+        std::fs::write(&broken, b"").unwrap();
+        p.switch(PowerAction::On).await.unwrap_err();
+        assert_eq!(p.state(), PowerState::Unknown);
     }
 
     #[tokio::test]

@@ -392,3 +392,44 @@ while True:
         assert_eq!(r["results"][0]["result"], "pass");
     });
 }
+
+/// A unix console: labd listens, the board (QEMU's chardev, here a plain
+/// client) connects; when the board goes (QEMU quits at power-off) the
+/// next connect takes its next run, on the same socket.
+#[test]
+fn a_unix_console_outlives_each_board_connection() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qemu-01.sock");
+        let console = std::sync::Arc::new(labd::console::UnixConsole::new(path.clone()));
+        assert!(console.attaches_after_power_on());
+        for run in 0..2u8 {
+            let c = console.clone();
+            let accepted =
+                tokio::spawn(async move { c.connect().await.map_err(|e| e.to_string()) });
+            // The socket exists once the first connect is waiting; later
+            // runs find it already there.
+            let mut board = loop {
+                if let Ok(s) = tokio::net::UnixStream::connect(&path).await {
+                    break s;
+                }
+                tokio::task::yield_now().await;
+            };
+            let mut io = accepted.await.unwrap().unwrap();
+            let payload: Vec<u8> = (0..=255u8).map(|b| b ^ run).collect();
+            board.write_all(&payload).await.unwrap();
+            let mut got = vec![0u8; 256];
+            io.reader.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, payload);
+            io.writer.write_all(b"boot\n").await.unwrap();
+            let mut cmd = [0u8; 5];
+            board.read_exact(&mut cmd).await.unwrap();
+            assert_eq!(&cmd, b"boot\n");
+            // Power off: the board goes, labd sees the end.
+            drop(board);
+            let mut rest = Vec::new();
+            io.reader.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+        }
+    });
+}

@@ -106,6 +106,8 @@ fn failing_relay_ends_the_job_as_infrastructure() {
             (b["state"].as_str(), b["health"].as_str()),
             (Some("Idle"), Some("Unknown"))
         );
+        // After failed commands nobody knows the relay's state.
+        assert_eq!(b["power"], "Unknown");
     });
 }
 

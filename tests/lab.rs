@@ -101,6 +101,7 @@ fn job_runs_to_complete_with_results_and_logs() {
             (b[0]["state"].as_str(), b[0]["health"].as_str()),
             (Some("Idle"), Some("Good"))
         );
+        assert_eq!(b[0]["power"], "Off");
     });
 }
 

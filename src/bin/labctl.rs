@@ -394,8 +394,8 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                 print_json(&v);
             } else {
                 println!(
-                    "{:<12} {:<20} {:<9} {:<12} {:<7} {:<19} TAGS",
-                    "NAME", "DEVICE TYPE", "STATE", "HEALTH", "JOB", "PHASE"
+                    "{:<12} {:<20} {:<9} {:<12} {:<8} {:<7} {:<19} TAGS",
+                    "NAME", "DEVICE TYPE", "STATE", "HEALTH", "POWER", "JOB", "PHASE"
                 );
                 for b in v["boards"].as_array().into_iter().flatten() {
                     let tags: Vec<&str> = b["tags"]
@@ -405,11 +405,12 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                         .filter_map(Value::as_str)
                         .collect();
                     println!(
-                        "{:<12} {:<20} {:<9} {:<12} {:<7} {:<19} {}",
+                        "{:<12} {:<20} {:<9} {:<12} {:<8} {:<7} {:<19} {}",
                         s(&b["name"]),
                         s(&b["device_type"]),
                         s(&b["state"]),
                         s(&b["health"]),
+                        s(&b["power"]),
                         s(&b["job"]),
                         s(&b["phase"]),
                         tags.join(",")
