@@ -1,0 +1,109 @@
+//! labd's TFTP server against real clients: curl (blksize 1468 and tsize)
+//! and atftp (RFC 7440 windowsize 16), and the confinement of its paths.
+//! atftp comes from Debian (`.ci/run` installs it).
+
+use std::path::Path;
+use std::process::Command;
+
+fn have(tool: &str) -> bool {
+    let ok = Command::new(tool).arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("skipped: {tool} is not installed (.ci/run installs it)");
+    }
+    ok
+}
+
+/// A TFTP root with job 7's kernel, a symlink out of the root, and a
+/// secret next to the root.
+fn serve() -> (tempfile::TempDir, u16, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("7")).unwrap();
+    let kernel: Vec<u8> = (0..3_000_000u32)
+        .map(|i| i.wrapping_mul(2_654_435_761) as u8 ^ (i >> 13) as u8)
+        .collect();
+    std::fs::write(root.join("7/Image"), &kernel).unwrap();
+    std::fs::write(dir.path().join("secret"), b"not for boards").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), root.join("7/escape")).unwrap();
+    let addr = labd::tftp::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &root,
+        16,
+        labd::metrics::Metrics::default(),
+    )
+    .unwrap();
+    (dir, addr.port(), kernel)
+}
+
+fn atftp_get(port: u16, remote: &str, local: &Path, options: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("atftp");
+    for o in options {
+        cmd.args(["--option", o]);
+    }
+    cmd.args(["-g", "-r", remote, "-l"])
+        .arg(local)
+        .args(["127.0.0.1", &port.to_string()])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn curl_gets_a_kernel_with_blksize_1468_and_tsize() {
+    if !have("curl") {
+        return;
+    }
+    let (dir, port, kernel) = serve();
+    let out = dir.path().join("curl.out");
+    let o = Command::new("curl")
+        .args(["-sS", "--tftp-blksize", "1468"])
+        .arg(format!("tftp://127.0.0.1:{port}/7/Image"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), kernel);
+}
+
+#[test]
+fn atftp_gets_a_kernel_with_windowsize_16() {
+    if !have("atftp") {
+        return;
+    }
+    let (dir, port, kernel) = serve();
+    let out = dir.path().join("atftp.out");
+    let o = atftp_get(
+        port,
+        "7/Image",
+        &out,
+        &["windowsize 16", "blksize 1468", "tsize 0"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), kernel);
+}
+
+#[test]
+fn paths_out_of_the_job_dirs_and_symlinks_are_refused() {
+    if !have("atftp") {
+        return;
+    }
+    let (dir, port, _) = serve();
+    for remote in [
+        "../secret",
+        "7/../../secret",
+        "/etc/passwd",
+        "7/escape",
+        "secret",
+        "7",
+    ] {
+        let out = dir.path().join("refused.out");
+        let o = atftp_get(port, remote, &out, &[]);
+        let got = std::fs::read(&out).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&got).contains("not for boards") && !got.starts_with(b"root:"),
+            "{remote} was served"
+        );
+        assert!(!o.status.success() || got.is_empty(), "{remote}: {o:?}");
+        let _ = std::fs::remove_file(&out);
+    }
+}
