@@ -69,6 +69,8 @@ pub struct AutoLogin {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Boot {
+    /// `u-boot`, or `minimal`: power on and wait for the login and prompts.
+    pub method: BootMethod,
     pub timeout: Option<Duration>,
     /// LAVA's `failure_retry`: attempts in all, sharing the block's timeout.
     #[serde(default)]
@@ -76,6 +78,12 @@ pub struct Boot {
     pub commands: BootCommands,
     pub prompts: Vec<String>,
     pub auto_login: Option<AutoLogin>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BootMethod {
+    UBoot,
+    Minimal,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -849,16 +857,16 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                 let Some(s) = ctx.string(&p, val) else {
                     continue;
                 };
-                if s == "u-boot" {
-                    method = Some(s);
-                } else {
-                    ctx.unsupported(
+                match s.as_str() {
+                    "u-boot" => method = Some(BootMethod::UBoot),
+                    "minimal" => method = Some(BootMethod::Minimal),
+                    _ => ctx.unsupported(
                         &p,
                         val.span(),
                         format!(
-                            "boot method `{s}` is not supported; labd boots with `method: u-boot`"
+                            "boot method `{s}` is not supported; labd boots with `method: u-boot` or `minimal`"
                         ),
-                    );
+                    ),
                 }
             }
             "commands" => {
@@ -917,15 +925,27 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
             "missing required key `method`",
         );
     }
-    if method.is_some() && commands.is_none() && m.get_node("commands").is_none() {
+    if method == Some(BootMethod::UBoot) && commands.is_none() && m.get_node("commands").is_none() {
         ctx.err(
             &format!("{path}.commands"),
             v.span(),
             "missing required key `commands`",
         );
     }
-    method?;
+    if method == Some(BootMethod::Minimal) {
+        if let Some(c) = m.get_node("commands") {
+            ctx.err(
+                &format!("{path}.commands"),
+                c.span(),
+                "a `minimal` boot sends no bootloader commands; the board boots itself",
+            );
+            return None;
+        }
+        commands = Some(BootCommands::Inline(Vec::new()));
+    }
+    let method = method?;
     Some(Boot {
+        method,
         timeout: common.timeout,
         failure_retry: common.failure_retry,
         commands: commands?,

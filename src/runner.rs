@@ -506,6 +506,10 @@ impl Runner {
                 .map_err(|e| infra(e.to_string()))
         })
         .await?;
+        if b.method == crate::job::BootMethod::Minimal {
+            // The board boots itself; what follows is the kernel's.
+            return self.login(b).await;
+        }
         let bl = self.ctx.dt.bootloader.clone();
         // U-Boot's error messages are plain text (LAVA's lists hold `?`, `.`, `(`);
         // the kernel's are regexes, validated with the device type.
@@ -542,6 +546,11 @@ impl Runner {
             Ok(())
         })
         .await?;
+        self.login(b).await
+    }
+
+    /// From the kernel to a shell: the login, if any, and the prompt.
+    async fn login(&mut self, b: &Boot) -> Result<(), Stop> {
         self.phase(Phase::Kernel);
         let limit = self.timeout("auto-login-action", b.timeout);
         let kernel_errors = self.ctx.dt.kernel.error_messages.clone();

@@ -409,3 +409,38 @@ fn job_cut_by_a_killed_daemon_ends_incomplete_and_its_board_is_unknown() {
         );
     });
 }
+
+/// LAVA's `minimal` boot: labd powers the board on and waits for the login
+/// and the prompt; the board's own bootloader boots what it has.
+#[test]
+fn a_minimal_boot_powers_on_and_waits_for_the_shell() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let text = lab
+            .job("minimal", "medium", &["lava-test-case up --shell true"])
+            .replacen(
+                "    method: u-boot\n    commands: ramdisk\n",
+                "    method: minimal\n",
+                1,
+            );
+        assert!(text.contains("method: minimal"));
+        let id = c.submit(&text, "j.yaml").await.unwrap();
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+        assert!(log.contains("mmc0 is current device"), "{log}");
+        let j = job(&mut c, id).await;
+        let phases: Vec<&str> = j["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "phase")
+            .map(|e| e["message"].as_str().unwrap())
+            .collect();
+        assert!(!phases.contains(&"BootloaderCommands"), "{phases:?}");
+        assert!(
+            phases.contains(&"Login") && phases.contains(&"Testing"),
+            "{phases:?}"
+        );
+    });
+}
