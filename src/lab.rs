@@ -812,14 +812,14 @@ impl LabActor {
         });
         let fut = write.into_actor(self).map(move |r, act, ctx| {
             match r {
-                Ok(j) => {
-                    act.metrics.job_finished(&j.health.to_string());
-                    act.retry_if_allowed(&j, ctx)
-                }
+                Ok(j) => act.retry_if_allowed(&j, ctx),
                 Err(e) => tracing::warn!(job = id, error = %e, "recording job end"),
             }
             act.schedule(ctx);
         });
+        // Counted now, like the board is freed now: whoever sees the job
+        // finished sees it counted.
+        self.metrics.job_finished(&outcome.health.to_string());
         let board = board.to_owned();
         let has_health_check = self
             .boards
