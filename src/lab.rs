@@ -551,6 +551,7 @@ impl LabActor {
             limit.as_secs()
         );
         tracing::info!(job = id, "{msg}");
+        self.metrics.job_finished("Canceled");
         let fut = self.store.update_job(id, move |j| {
             if j.state != JobState::Submitted {
                 return Err(format!("job {id} is {}", j.state));
@@ -1531,9 +1532,10 @@ impl LabActor {
                 }
                 .into_actor(self)
                 .map(move |r, act, ctx| {
-                    if r.is_err() {
+                    match &r {
                         // Nothing changed on disk: the job stays queued.
-                        act.enqueue(q, ctx);
+                        Err(_) => act.enqueue(q, ctx),
+                        Ok(()) => act.metrics.job_finished("Canceled"),
                     }
                     r.map(|_| LabReply::Done)
                 }),
