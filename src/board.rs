@@ -69,6 +69,18 @@ pub struct PowerBoard(pub PowerAction);
 #[rtype(result = "Vec<u8>")]
 pub struct IdleConsole;
 
+/// Watch the console: what the idle ring holds now, then every byte the
+/// board prints from here on.
+#[derive(Message)]
+#[rtype(result = "(Vec<u8>, tokio::sync::broadcast::Receiver<Vec<u8>>)")]
+pub struct WatchConsole;
+
+/// Bytes typed by an admin on an idle board's console. They go into the
+/// board's idle log too, so every byte typed and shown is kept.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct TypeConsole(pub Vec<u8>);
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct ConsoleBytes(u64, Vec<u8>);
@@ -153,6 +165,8 @@ pub struct BoardActor {
     console_tasks: Vec<AbortOnDrop>,
     /// Whether the console is attached, for runners waiting to power on.
     console_up: tokio::sync::watch::Sender<bool>,
+    /// Everyone watching the console (`labctl console`).
+    watchers: tokio::sync::broadcast::Sender<Vec<u8>>,
     console_gen: u64,
     reconnect_delay: Duration,
     phase: Phase,
@@ -209,6 +223,7 @@ impl BoardActor {
             writer: None,
             console_tasks: Vec::new(),
             console_up: tokio::sync::watch::channel(false).0,
+            watchers: tokio::sync::broadcast::channel(256).0,
             console_gen: 0,
             reconnect_delay: Duration::from_millis(100),
             phase: Phase::Off,
@@ -415,6 +430,9 @@ impl Handler<ConsoleBytes> for BoardActor {
             return;
         }
         self.metrics.console_bytes(&self.name, msg.1.len() as u64);
+        if self.watchers.receiver_count() > 0 {
+            let _ = self.watchers.send(msg.1.clone());
+        }
         let cap = self.max_log;
         match &mut self.job {
             Some(job) => {
@@ -629,6 +647,35 @@ impl Handler<PowerBoard> for BoardActor {
         }
         let power = self.power.clone();
         Box::pin(async move { power.switch(msg.0).await.map_err(|e| e.to_string()) })
+    }
+}
+
+impl Handler<WatchConsole> for BoardActor {
+    type Result = MessageResult<WatchConsole>;
+    fn handle(&mut self, _msg: WatchConsole, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult((
+            self.ring.iter().copied().collect(),
+            self.watchers.subscribe(),
+        ))
+    }
+}
+
+impl Handler<TypeConsole> for BoardActor {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: TypeConsole, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(j) = &self.job {
+            return Err(format!("board {} is running job {}", self.name, j.id));
+        }
+        let Some(w) = &self.writer else {
+            return Err(format!("board {}: console not attached", self.name));
+        };
+        w.send(msg.0.clone())
+            .map_err(|_| format!("board {}: console closed", self.name))?;
+        self.ring.extend(msg.0);
+        while self.ring.len() > self.ring_cap {
+            self.ring.pop_front();
+        }
+        Ok(())
     }
 }
 

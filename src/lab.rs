@@ -5,7 +5,10 @@
 //! is made durable in the store before it is acted on or acknowledged.
 //! Requests from the socket arrive as [`LabRequest`] messages.
 
-use crate::board::{BoardActor, BoardReport, IdleConsole, PowerBoard, Retire, StartJob, StopJob};
+use crate::board::{
+    BoardActor, BoardReport, IdleConsole, PowerBoard, Retire, StartJob, StopJob, TypeConsole,
+    WatchConsole,
+};
 use crate::config::{BoardConfig, LabConfig};
 use crate::console;
 use crate::device_type::DeviceType;
@@ -108,6 +111,16 @@ pub enum LabRequest {
         board: String,
         caller: Caller,
     },
+    /// Watch a board's console (anyone may).
+    WatchConsole {
+        board: String,
+    },
+    /// Type on the console of a board in maintenance (admins).
+    TypeConsole {
+        board: String,
+        data: Vec<u8>,
+        caller: Caller,
+    },
     /// A handle for reading logs; reading never changes anything.
     LogSource {
         job: JobId,
@@ -135,6 +148,7 @@ pub enum LabReply {
     LogSource(Store),
     Text(String),
     Reloaded(Vec<String>),
+    ConsoleStream(Vec<u8>, tokio::sync::broadcast::Receiver<Vec<u8>>),
 }
 
 impl Message for LabRequest {
@@ -1490,10 +1504,54 @@ impl Handler<LabRequest> for LabActor {
                     .into_actor(self),
                 )
             }
-            LabRequest::IdleConsole { board, caller } => {
-                if let Err(e) = caller.require_admin(&format!("read the console of {board}")) {
+            LabRequest::WatchConsole { board } => {
+                let Some(s) = self.boards.get(&board) else {
+                    return ready(Err(not_found(&board)));
+                };
+                let addr = s.addr.clone();
+                Box::pin(
+                    async move {
+                        let (ring, rx) = addr
+                            .send(WatchConsole)
+                            .await
+                            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                        Ok(LabReply::ConsoleStream(ring, rx))
+                    }
+                    .into_actor(self),
+                )
+            }
+            LabRequest::TypeConsole {
+                board,
+                data,
+                caller,
+            } => {
+                if let Err(e) = caller.require_admin(&format!("type on the console of {board}")) {
                     return ready(Err(e));
                 }
+                let Some(s) = self.boards.get(&board) else {
+                    return ready(Err(not_found(&board)));
+                };
+                if s.health != BoardHealth::Maintenance || s.job.is_some() {
+                    return ready(Err(ApiError::new(
+                        ErrorCode::InvalidState,
+                        format!("board {board} must be idle in maintenance to type on its console (it is {}, {})", s.state, s.health),
+                    )));
+                }
+                let addr = s.addr.clone();
+                Box::pin(
+                    async move {
+                        addr.send(TypeConsole(data))
+                            .await
+                            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+                            .map_err(|e| ApiError::new(ErrorCode::Hardware, e))?;
+                        Ok(LabReply::Done)
+                    }
+                    .into_actor(self),
+                )
+            }
+            // Anyone may watch a console (as `console_watch`); typing on
+            // it is for admins.
+            LabRequest::IdleConsole { board, caller: _ } => {
                 let Some(s) = self.boards.get(&board) else {
                     return ready(Err(not_found(&board)));
                 };

@@ -81,6 +81,19 @@ pub enum RequestBody {
     Metrics,
     /// Re-read the config file and device types.
     Reload,
+    /// Stream a board's console: the idle ring, then every byte, until the
+    /// client goes.
+    ConsoleWatch {
+        board: String,
+    },
+    /// Type on a board's console: `data` (text) or `base64` (bytes).
+    ConsoleType {
+        board: String,
+        #[serde(default)]
+        data: Option<String>,
+        #[serde(default)]
+        base64: Option<String>,
+    },
 }
 
 impl RequestBody {
@@ -100,6 +113,8 @@ impl RequestBody {
             RequestBody::ConsoleLog { .. } => "console_log",
             RequestBody::Metrics => "metrics",
             RequestBody::Reload => "reload",
+            RequestBody::ConsoleWatch { .. } => "console_watch",
+            RequestBody::ConsoleType { .. } => "console_type",
         }
     }
 }
@@ -230,6 +245,23 @@ pub fn bytes_json(offset: u64, data: &[u8]) -> Value {
             "offset": offset,
             "base64": base64::engine::general_purpose::STANDARD.encode(data),
         }),
+    }
+}
+
+/// A `console_type` request for `bytes`, exact: text when UTF-8, else base64.
+pub fn console_type(board: &str, bytes: &[u8]) -> RequestBody {
+    use base64::Engine;
+    let (data, base64) = match std::str::from_utf8(bytes) {
+        Ok(s) => (Some(s.to_owned()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
+    RequestBody::ConsoleType {
+        board: board.to_owned(),
+        data,
+        base64,
     }
 }
 

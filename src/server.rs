@@ -392,7 +392,10 @@ impl Conn {
             let metrics = self.metrics.clone();
             actix::spawn(async move {
                 let method = req.body.method();
-                let follows = matches!(req.body, RequestBody::Logs { follow: true, .. });
+                let follows = matches!(
+                    req.body,
+                    RequestBody::Logs { follow: true, .. } | RequestBody::ConsoleWatch { .. }
+                );
                 let started = std::time::Instant::now();
                 handle(req, lab, tx, caller, closing).await;
                 // A log follow lasts as long as its job: not a slow request.
@@ -485,6 +488,21 @@ fn to_lab(body: RequestBody, caller: Caller) -> Result<LabRequest, WireError> {
         RequestBody::ConsoleLog { board } => LabRequest::IdleConsole { board, caller },
         RequestBody::Metrics => LabRequest::Metrics,
         RequestBody::Reload => LabRequest::Reload { caller },
+        RequestBody::ConsoleWatch { board } => LabRequest::WatchConsole { board },
+        RequestBody::ConsoleType {
+            board,
+            data,
+            base64,
+        } => {
+            let params = json!({ "data": data, "base64": base64 });
+            let data = crate::protocol::bytes_from_json(&params)
+                .ok_or_else(|| bad("params: give `data` (text) or `base64` (bytes)".into()))?;
+            LabRequest::TypeConsole {
+                board,
+                data,
+                caller,
+            }
+        }
     })
 }
 
@@ -586,6 +604,10 @@ async fn handle(
     let answer = match to_lab(req.body, caller) {
         Err(e) => Response::error(id, e),
         Ok(lr) => match lab.send(lr).await {
+            Ok(Ok(LabReply::ConsoleStream(ring, rx))) => {
+                stream_console(id, ring, rx, tx, closing).await;
+                return;
+            }
             Ok(Ok(LabReply::LogSource(store))) => {
                 if let Some((job, offset, follow)) = logs {
                     stream_logs(id, store, job, offset, follow, tx, closing).await;
@@ -618,6 +640,8 @@ fn reply_json(reply: LabReply) -> Value {
         LabReply::Bytes(b) => crate::protocol::bytes_json(0, &b),
         LabReply::Text(t) => json!({ "text": t }),
         LabReply::Reloaded(changes) => json!({ "changes": changes }),
+        // Streams are answered by `stream_console`, never as one value.
+        LabReply::ConsoleStream(..) => json!({}),
         // Streams are answered by `stream_logs`, never as one value.
         LabReply::LogSource(_) => json!({}),
     }
@@ -725,4 +749,43 @@ async fn stream_logs(
             return;
         }
     }
+}
+
+/// Streams a board's console: the idle ring first, then every byte as the
+/// board prints it, until the client goes, the board's actor goes, or the
+/// server closes. A watcher too slow to keep up is told how much it missed.
+async fn stream_console(
+    id: u64,
+    ring: Vec<u8>,
+    mut rx: tokio::sync::broadcast::Receiver<Vec<u8>>,
+    tx: Tx,
+    mut closing: watch::Receiver<bool>,
+) {
+    // The first event goes out at once, even empty: it tells the watcher
+    // it is attached.
+    if tx
+        .send(Response::event(id, bytes_json(0, &ring)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let next = tokio::select! {
+            n = rx.recv() => n,
+            _ = closing.wait_for(|c| *c) => break,
+            _ = tx.closed() => return,
+        };
+        let ev = match next {
+            Ok(bytes) => bytes_json(0, &bytes),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                json!({ "data": format!("\r\n[labd: {n} console chunks missed: this watcher was too slow]\r\n") })
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        };
+        if tx.send(Response::event(id, ev)).await.is_err() {
+            return;
+        }
+    }
+    let _ = tx.send(Response::end(id, json!({}))).await;
 }

@@ -35,6 +35,28 @@ impl As<'_> {
             .unwrap()
     }
 
+    /// Like `run` (in the socket's group), with `input` on stdin.
+    fn run_with_input(&self, uid: u32, gid: u32, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("setpriv")
+            .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()])
+            .args(["--groups", &USERS_GID.to_string(), "--"])
+            .arg(&self.labctl)
+            .args(args)
+            .env("LABD_SOCKET", self.socket)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        // Held open until labctl answers, so it reads the input first.
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        out
+    }
+
     /// The `daemon` user (uid 1): a plain user in the socket's group.
     fn user(&self, args: &[&str]) -> Output {
         self.run(1, 1, true, args)
@@ -104,7 +126,14 @@ fn submitters_cancel_their_own_jobs_and_only_admins_touch_boards() {
         assert_eq!(common::job(&mut c, root_job).await["state"], "Submitted");
         assert!(denied(&who.user(&["board", "sim-01", "online"])));
         assert!(denied(&who.user(&["power", "sim-01", "on"])));
-        assert!(denied(&who.user(&["console-log", "sim-01"])));
+        // Watching a console is for everyone, typing on it for admins.
+        ok(&who.user(&["console-log", "sim-01"]));
+        assert!(denied(&who.run_with_input(
+            1,
+            1,
+            &["console", "sim-01"],
+            b"x"
+        )));
         assert_eq!(board(&mut c, "sim-01").await["health"], "Maintenance");
         // Reading is for everyone.
         ok(&who.user(&["jobs"]));

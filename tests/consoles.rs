@@ -433,3 +433,71 @@ fn a_unix_console_outlives_each_board_connection() {
         }
     });
 }
+
+/// `labctl console` on a board in maintenance: `~p` power-cycles it, typed
+/// input reaches the board and its output comes back, the typing is kept in
+/// the board's console log, and `~.` leaves.
+#[test]
+fn labctl_console_types_on_a_board_and_leaves_with_tilde_dot() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        set_health(&mut c, "sim-01", "maintenance", None)
+            .await
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_labctl"))
+            .args(["console", "sim-01"])
+            .env("LABD_SOCKET", &lab.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let _notes = wait_line(
+            child.stderr.take().unwrap(),
+            "attached to the console of sim-01",
+        );
+        // Collect what the console shows, chunk by chunk.
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut shown = Vec::new();
+        let mut wait_for = |needle: &str| {
+            while !String::from_utf8_lossy(&shown).contains(needle) {
+                shown.extend(rx.recv().expect("the console ended early"));
+            }
+        };
+        use std::io::Write as _;
+        stdin.write_all(b"~p").unwrap();
+        stdin.flush().unwrap();
+        wait_for("login:");
+        stdin.write_all(b"root\n").unwrap();
+        stdin.flush().unwrap();
+        wait_for("# ");
+        stdin.write_all(b"echo con''sole-works\n").unwrap();
+        stdin.flush().unwrap();
+        wait_for("console-works");
+        stdin.write_all(b"\n~.").unwrap();
+        stdin.flush().unwrap();
+        assert!(child.wait().unwrap().success());
+        let log = c
+            .call(labd::protocol::RequestBody::ConsoleLog {
+                board: "sim-01".into(),
+            })
+            .await
+            .unwrap();
+        let log = labd::protocol::bytes_from_json(&log).unwrap();
+        assert!(
+            String::from_utf8_lossy(&log).contains("echo con''sole-works"),
+            "the typing is kept"
+        );
+    });
+}

@@ -108,6 +108,15 @@ enum Cmd {
     ConsoleLog { name: String },
     /// Print labd's metrics in Prometheus text format.
     Metrics,
+    /// Attach to a board's console: watch it and, as an admin on a board in
+    /// maintenance, type on it. After a newline, `~.` leaves, `~p`
+    /// power-cycles the board, `~~` sends one `~`.
+    Console {
+        name: String,
+        /// Only watch; never type.
+        #[arg(long)]
+        read_only: bool,
+    },
     /// Make labd re-read its config file and device types (admins only).
     Reload,
 }
@@ -443,6 +452,9 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                 println!("board {name}: power {action}");
             }
         }
+        Cmd::Console { name, read_only } => {
+            return console(c, &socket, &name, read_only).await;
+        }
         Cmd::Reload => {
             let v = c.call(RequestBody::Reload).await?;
             if json {
@@ -557,4 +569,173 @@ fn junit(id: u64, results: &[Value]) -> String {
     }
     out.push_str("</testsuites>\n");
     out
+}
+
+/// What the escape reader makes of typed bytes.
+#[derive(Debug, PartialEq)]
+enum Escape {
+    Leave,
+    PowerCycle,
+}
+
+/// `~` commands at the start of a line, as ssh and cu have them.
+struct EscapeReader {
+    line_start: bool,
+    tilde: bool,
+}
+
+impl EscapeReader {
+    fn new() -> Self {
+        EscapeReader {
+            line_start: true,
+            tilde: false,
+        }
+    }
+
+    /// The bytes to send, and a command if one was typed (what follows a
+    /// command in the same read is dropped).
+    fn feed(&mut self, input: &[u8]) -> (Vec<u8>, Option<Escape>) {
+        let mut out = Vec::new();
+        for &b in input {
+            if self.tilde {
+                self.tilde = false;
+                match b {
+                    b'.' => return (out, Some(Escape::Leave)),
+                    b'p' => return (out, Some(Escape::PowerCycle)),
+                    b'~' => out.push(b'~'),
+                    other => out.extend_from_slice(&[b'~', other]),
+                }
+            } else if self.line_start && b == b'~' {
+                self.tilde = true;
+                continue;
+            } else {
+                out.push(b);
+            }
+            self.line_start = b == b'\r' || b == b'\n';
+        }
+        (out, None)
+    }
+}
+
+/// The terminal in raw mode for as long as this lives.
+struct RawTerminal(nix::sys::termios::Termios);
+
+impl RawTerminal {
+    fn enter() -> Option<RawTerminal> {
+        use nix::sys::termios;
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw).ok()?;
+        Some(RawTerminal(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.0,
+        );
+    }
+}
+
+async fn console(
+    mut watcher: Client,
+    socket: &std::path::Path,
+    board: &str,
+    read_only: bool,
+) -> anyhow::Result<u8> {
+    use std::io::Read;
+    let mut typer = if read_only {
+        None
+    } else {
+        Some(Client::connect(socket).await?)
+    };
+    let _raw = if read_only {
+        None
+    } else {
+        RawTerminal::enter()
+    };
+
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    if !read_only {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            loop {
+                match std::io::stdin().read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if in_tx.send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    } else {
+        // A watcher reads nothing; the stream ends the command.
+        std::mem::forget(in_tx);
+    }
+    let name = board.to_owned();
+    let mut watch = tokio::spawn(async move {
+        let mut out = std::io::stdout();
+        let mut attached = false;
+        watcher
+            .stream(RequestBody::ConsoleWatch { board: name.clone() }, |ev| {
+                if !attached {
+                    attached = true;
+                    eprint!("[labctl: attached to the console of {name}; ~. leaves, ~p power-cycles]\r\n");
+                }
+                if let Some(d) = labd::protocol::bytes_from_json(ev) {
+                    let _ = out.write_all(&d);
+                    let _ = out.flush();
+                }
+            })
+            .await
+    });
+    let mut esc = EscapeReader::new();
+    loop {
+        tokio::select! {
+            r = &mut watch => {
+                r??;
+                return Ok(0);
+            }
+            input = in_rx.recv() => {
+                let Some(bytes) = input else { return Ok(0) };
+                let (send, cmd) = esc.feed(&bytes);
+                if let Some(t) = &mut typer {
+                    if !send.is_empty() {
+                        t.call(labd::protocol::console_type(board, &send)).await?;
+                    }
+                    if cmd == Some(Escape::PowerCycle) {
+                        t.call(RequestBody::Power { board: board.to_owned(), action: "reset".into() }).await?;
+                        eprint!("\r\n[labctl: {board} power-cycled]\r\n");
+                    }
+                }
+                if cmd == Some(Escape::Leave) {
+                    eprint!("\r\n[labctl: left the console of {board}]\r\n");
+                    return Ok(0);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tilde_commands_only_at_the_start_of_a_line() {
+        let mut e = EscapeReader::new();
+        assert_eq!(e.feed(b"ls ~/x\r"), (b"ls ~/x\r".to_vec(), None));
+        assert_eq!(e.feed(b"~~ok"), (b"~ok".to_vec(), None));
+        assert_eq!(e.feed(b"\n~p"), (b"\n".to_vec(), Some(Escape::PowerCycle)));
+        let mut e = EscapeReader::new();
+        assert_eq!(e.feed(b"~"), (vec![], None));
+        assert_eq!(e.feed(b"."), (vec![], Some(Escape::Leave)));
+    }
 }
