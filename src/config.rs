@@ -330,6 +330,9 @@ pub struct Limits {
     /// Console bytes kept per job; the rest is dropped, with a note in the log.
     #[serde(default = "default_job_log")]
     pub max_job_log_bytes: u64,
+    /// The largest artifact a deploy fetches (also after decompression).
+    #[serde(default = "default_artifact")]
+    pub max_artifact_bytes: u64,
     /// How long a console lost during a job may stay away (a job's
     /// `timeouts.connection` wins) before the job ends Incomplete.
     #[serde(default = "default_console_reconnect")]
@@ -383,6 +386,7 @@ impl Default for Limits {
             max_job_bytes: default_job_bytes(),
             idle_console_ring_bytes: default_ring(),
             max_job_log_bytes: default_job_log(),
+            max_artifact_bytes: default_artifact(),
             console_reconnect_secs: default_console_reconnect(),
             console_failures_before_bad: default_console_failures(),
             shutdown_grace_secs: default_grace(),
@@ -429,6 +433,9 @@ fn default_console_reconnect() -> u64 {
 }
 fn default_console_failures() -> u32 {
     3
+}
+fn default_artifact() -> u64 {
+    4 << 30
 }
 fn default_job_log() -> u64 {
     128 << 20

@@ -77,6 +77,7 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| addr.ip().to_string());
     let tftp = TftpInfo {
+        max_artifact_bytes: cfg.limits.max_artifact_bytes,
         root,
         server_ip,
         port: addr.port(),

@@ -37,6 +37,12 @@ impl KernelType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Artifact {
     pub url: String,
+    /// LAVA's `sha256sum` of the file as downloaded (before decompression).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// LAVA's `compression`: `gz` is undone before the board sees the file.
+    #[serde(default)]
+    pub gzip: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -689,9 +695,29 @@ fn artifact(
     let m = ctx.mapping(path, v)?;
     let mut url = None;
     let mut extra = BTreeMap::new();
+    let mut sha256 = None;
+    let mut gzip = false;
     for (k, val) in m.iter() {
         let p = format!("{path}.{}", k.as_str());
         match k.as_str() {
+            "sha256sum" => {
+                if let Some(h) = ctx.string(&p, val) {
+                    if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) {
+                        sha256 = Some(h.to_ascii_lowercase());
+                    } else {
+                        ctx.err(&p, val.span(), "a sha256sum is 64 hexadecimal digits");
+                    }
+                }
+            }
+            "compression" => match ctx.string(&p, val).as_deref() {
+                Some("gz") => gzip = true,
+                Some("none") | None => {}
+                Some(other) => ctx.unsupported(
+                    &p,
+                    val.span(),
+                    format!("compression `{other}` is not supported yet; labd undoes `gz`"),
+                ),
+            },
             "url" => {
                 let Some(u) = ctx.string(&p, val) else {
                     continue;
@@ -707,16 +733,12 @@ fn artifact(
                     }
                     url = Some(u);
                 } else if u.starts_with("http://") || u.starts_with("https://") {
-                    ctx.unsupported(
-                        &p,
-                        val.span(),
-                        format!("`{u}`: http(s) downloads are not supported yet; use file://"),
-                    );
+                    url = Some(u);
                 } else {
                     ctx.err(
                         &p,
                         val.span(),
-                        format!("`{u}`: not a supported URL; use file:///path"),
+                        format!("`{u}`: not a supported URL; use http(s):// or file:///path"),
                     );
                 }
             }
@@ -725,8 +747,8 @@ fn artifact(
                     extra.insert(key.to_owned(), s);
                 }
             }
-            "compression" | "header" | "install_modules" | "install_overlay" | "sha256sum"
-            | "md5sum" | "sha512sum" | "archive" => {
+            "header" | "install_modules" | "install_overlay" | "md5sum" | "sha512sum"
+            | "archive" => {
                 ctx.unsupported(
                     &p,
                     &key_span(k),
@@ -750,7 +772,14 @@ fn artifact(
             "missing required key `url`",
         );
     }
-    Some((Artifact { url: url? }, extra))
+    Some((
+        Artifact {
+            url: url?,
+            sha256,
+            gzip,
+        },
+        extra,
+    ))
 }
 
 fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {

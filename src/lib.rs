@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod deploy;
 pub mod device_type;
 pub mod error;
 pub mod faults;

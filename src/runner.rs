@@ -114,6 +114,8 @@ pub struct TftpInfo {
     pub root: PathBuf,
     pub server_ip: String,
     pub port: u16,
+    /// The largest artifact a deploy fetches (`limits.max_artifact_bytes`).
+    pub max_artifact_bytes: u64,
 }
 
 pub struct RunCtx {
@@ -280,13 +282,14 @@ impl Runner {
         let limit = self.timeout("tftp-deploy", d.timeout);
         let dir = self.ctx.tftp.root.join(self.ctx.job_id.to_string());
         let job = self.ctx.job_id;
-        let mut items = vec![("kernel", d.kernel.url.clone())];
+        let mut items = vec![("kernel", d.kernel.clone())];
         if let Some(r) = &d.ramdisk {
-            items.push(("ramdisk", r.url.clone()));
+            items.push(("ramdisk", r.clone()));
         }
         if let Some(t) = &d.dtb {
-            items.push(("dtb", t.url.clone()));
+            items.push(("dtb", t.clone()));
         }
+        let max = self.ctx.tftp.max_artifact_bytes;
         self.kernel_type = Some(d.kernel_type);
         let deployed = self
             .bounded("tftp-deploy", limit, async move |r: &mut Self| {
@@ -294,24 +297,38 @@ impl Runner {
                     .await
                     .map_err(|e| infra(format!("creating {}: {e}", dir.display())))?;
                 let mut out = BTreeMap::new();
-                for (kind, url) in items {
-                    let src = PathBuf::from(url.trim_start_matches("file://"));
-                    let base = src
-                        .file_name()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| kind.to_owned());
+                for (kind, art) in items {
+                    let url = art.url.clone();
+                    let path = url.split(['?', '#']).next().unwrap_or(&url);
+                    let base = path
+                        .rsplit('/')
+                        .next()
+                        .filter(|b| !b.is_empty())
+                        .map(|b| b.strip_suffix(".gz").filter(|_| art.gzip).unwrap_or(b))
+                        .unwrap_or(kind)
+                        .to_owned();
                     // Keep names distinct even if two artifacts share a file name.
                     let name = format!("{index}-{kind}-{base}");
                     let dst = dir.join(&name);
-                    match tokio::fs::copy(&src, &dst).await {
-                        Ok(n) => r.event(
+                    r.event("deploy", &format!("{kind}: fetching {url}"));
+                    let (u, sha, gz) = (url.clone(), art.sha256.clone(), art.gzip);
+                    let fetched = tokio::task::spawn_blocking(move || {
+                        crate::deploy::fetch(&u, sha.as_deref(), gz, &dst, max, limit)
+                    })
+                    .await
+                    .map_err(|e| infra(format!("deploy {kind}: {e}")))?;
+                    match fetched {
+                        Ok(f) => r.event(
                             "deploy",
-                            &format!("{kind}: {} ({n} bytes) as {job}/{name}", src.display()),
+                            &format!(
+                                "{kind}: {url} ({} bytes, {} for the board) as {job}/{name}",
+                                f.read, f.written
+                            ),
                         ),
                         Err(e) => {
                             return Err(Stop(JobOutcome::incomplete(
                                 ErrorClass::Job,
-                                format!("deploy {kind}: cannot read {}: {e}", src.display()),
+                                format!("deploy {kind}: {e}"),
                             )))
                         }
                     }

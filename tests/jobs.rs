@@ -59,11 +59,20 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ),
     (
         "standard-armmp-nfs-bbb.yaml",
-        &["actions[0].deploy.kernel.url"],
+        &[
+            "actions[0].deploy.modules",
+            "actions[0].deploy.nfsrootfs",
+            "actions[1].boot.commands",
+            "actions[2].test.definitions[0].from",
+        ],
     ),
     (
         "standard-armmp-ramdisk-bbb.yaml",
-        &["actions[0].deploy.kernel.url"],
+        &[
+            "actions[0].deploy.modules",
+            "actions[0].deploy.dtbo",
+            "actions[2].test.definitions[0].from",
+        ],
     ),
 ];
 

@@ -1,0 +1,126 @@
+//! Deploying artifacts over HTTP: a gz kernel checked against its sha256sum,
+//! a plain ramdisk, and the errors a lab sees (a wrong checksum, a 404).
+
+mod common;
+
+use common::*;
+use sha2::Digest;
+use std::io::Write;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+/// Serves the files of `dir` over HTTP/1.1 on loopback; 404 for the rest.
+async fn http_server(dir: std::path::PathBuf) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = tokio::io::BufReader::new(r);
+                let mut line = String::new();
+                r.read_line(&mut line).await.unwrap();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).await.unwrap() == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("/");
+                match std::fs::read(dir.join(path.trim_start_matches('/'))) {
+                    Ok(body) => {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = w.write_all(head.as_bytes()).await;
+                        let _ = w.write_all(&body).await;
+                    }
+                    Err(_) => {
+                        let _ = w
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+#[test]
+fn http_artifacts_are_fetched_checked_and_decompressed() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let www = lab.dir.path().join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        let kernel = vec![0x41u8; 300_000];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&kernel).unwrap();
+        let gz = gz.finish().unwrap();
+        std::fs::write(www.join("Image.gz"), &gz).unwrap();
+        std::fs::write(www.join("rootfs.cpio.gz"), vec![0x1fu8; 100_000]).unwrap();
+        let port = http_server(www).await;
+        let base = format!("http://127.0.0.1:{port}");
+        let job = |kernel_url: &str, sum: &str| {
+            lab.job("http", "medium", &["lava-test-case t --shell true"])
+                .replacen(
+                    &format!("      url: file://{}/Image\n", lab.artifacts().display()),
+                    &format!(
+                        "      url: {kernel_url}\n      compression: gz\n      sha256sum: {sum}\n"
+                    ),
+                    1,
+                )
+                .replacen(
+                    &format!(
+                        "      url: file://{}/rootfs.cpio.gz\n",
+                        lab.artifacts().display()
+                    ),
+                    &format!("      url: {base}/rootfs.cpio.gz\n"),
+                    1,
+                )
+        };
+        let mut c = lab.client().await;
+
+        let good = job(&format!("{base}/Image.gz"), &sha256_hex(&gz));
+        assert!(good.contains("compression: gz"), "{good}");
+        let id = c.submit(&good, "j.yaml").await.unwrap();
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+        // The board got the kernel decompressed.
+        assert!(log.contains("Bytes transferred = 300000"), "{log}");
+
+        let wrong = job(&format!("{base}/Image.gz"), &"0".repeat(64));
+        let id = c.submit(&wrong, "j.yaml").await.unwrap();
+        let (end, _) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete");
+        let j = job_of(&mut c, id).await;
+        assert_eq!(j["error_class"], "Job");
+        let e = j["error"].as_str().unwrap();
+        assert!(
+            e.starts_with("deploy kernel:") && e.contains("sha256 mismatch"),
+            "{e}"
+        );
+
+        let missing = job(&format!("{base}/nope.gz"), &sha256_hex(&gz));
+        let id = c.submit(&missing, "j.yaml").await.unwrap();
+        let (end, _) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete");
+        let j = job_of(&mut c, id).await;
+        assert_eq!(j["error_class"], "Job");
+        let e = j["error"].as_str().unwrap();
+        assert!(e.contains("nope.gz") && e.contains("404"), "{e}");
+    });
+}
+
+async fn job_of(c: &mut labd::client::Client, id: u64) -> serde_json::Value {
+    common::job(c, id).await
+}
