@@ -507,11 +507,9 @@ impl Handler<ConsoleLost> for BoardActor {
                 }));
             }
         }
-        if self.lost.is_none() {
-            self.lost = Some((std::time::Instant::now(), msg.1.clone(), timer));
-        } else if let (Some((_, _, t)), Some(new)) = (&mut self.lost, timer) {
-            t.get_or_insert(new);
-        }
+        // A loss comes only from an attached console, and attaching clears
+        // `lost`: this is the start of the gap.
+        self.lost = Some((std::time::Instant::now(), msg.1, timer));
         self.schedule_reconnect(ctx);
     }
 }

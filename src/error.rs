@@ -134,29 +134,33 @@ impl ApiError {
     }
 }
 
+/// A config or device-type error on the wire: its message already names
+/// the file, line and column; the location is kept for the fields too.
+fn invalid_config(e: &impl std::fmt::Display, location: Option<&Location>) -> ApiError {
+    ApiError {
+        code: ErrorCode::InvalidConfig,
+        message: e.to_string(),
+        location: location.cloned(),
+    }
+}
+
 impl From<crate::config::ConfigError> for ApiError {
     fn from(e: crate::config::ConfigError) -> Self {
-        match e {
-            crate::config::ConfigError::Invalid { location, message } => ApiError {
-                code: ErrorCode::InvalidConfig,
-                message: format!("{location}: {message}"),
-                location: Some(location),
-            },
-            other => ApiError::new(ErrorCode::InvalidConfig, other.to_string()),
-        }
+        let location = match &e {
+            crate::config::ConfigError::Invalid { location, .. } => Some(location),
+            _ => None,
+        };
+        invalid_config(&e, location)
     }
 }
 
 impl From<crate::device_type::DeviceTypeError> for ApiError {
     fn from(e: crate::device_type::DeviceTypeError) -> Self {
-        match e {
-            crate::device_type::DeviceTypeError::Invalid { location, message } => ApiError {
-                code: ErrorCode::InvalidConfig,
-                message: format!("{location}: {message}"),
-                location: Some(location),
-            },
-            other => ApiError::new(ErrorCode::InvalidConfig, other.to_string()),
-        }
+        let location = match &e {
+            crate::device_type::DeviceTypeError::Invalid { location, .. } => Some(location),
+            _ => None,
+        };
+        invalid_config(&e, location)
     }
 }
 

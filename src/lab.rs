@@ -109,7 +109,6 @@ pub enum LabRequest {
     },
     IdleConsole {
         board: String,
-        caller: Caller,
     },
     /// Watch a board's console (anyone may).
     WatchConsole {
@@ -1551,7 +1550,7 @@ impl Handler<LabRequest> for LabActor {
             }
             // Anyone may watch a console (as `console_watch`); typing on
             // it is for admins.
-            LabRequest::IdleConsole { board, caller: _ } => {
+            LabRequest::IdleConsole { board } => {
                 let Some(s) = self.boards.get(&board) else {
                     return ready(Err(not_found(&board)));
                 };

@@ -268,7 +268,7 @@ impl Metrics {
         self.0.store_writes.inc_by(writes as u64);
         self.0.store_batch.observe(d.as_secs_f64());
         if d > self.0.slow.store {
-            self.slow("store", d);
+            self.slow("store");
             tracing::warn!(writes, ms = d.as_millis() as u64, "slow store write batch");
         }
     }
@@ -281,7 +281,7 @@ impl Metrics {
             })
             .observe(d.as_secs_f64());
         if d > self.0.slow.request {
-            self.slow("request", d);
+            self.slow("request");
             tracing::warn!(method, ms = d.as_millis() as u64, "slow socket request");
         }
     }
@@ -289,7 +289,7 @@ impl Metrics {
     /// Reports a power command's duration; true if it was slow.
     pub fn power(&self, board: &str, action: &str, d: Duration) -> bool {
         if d > self.0.slow.power {
-            self.slow("power", d);
+            self.slow("power");
             tracing::warn!(
                 board,
                 action,
@@ -301,7 +301,7 @@ impl Metrics {
         false
     }
 
-    fn slow(&self, kind: &str, _d: Duration) {
+    fn slow(&self, kind: &str) {
         self.0
             .slow_ops
             .get_or_create(&KindLabel {

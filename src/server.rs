@@ -485,7 +485,7 @@ fn to_lab(body: RequestBody, caller: Caller) -> Result<LabRequest, WireError> {
                 caller,
             }
         }
-        RequestBody::ConsoleLog { board } => LabRequest::IdleConsole { board, caller },
+        RequestBody::ConsoleLog { board } => LabRequest::IdleConsole { board },
         RequestBody::Metrics => LabRequest::Metrics,
         RequestBody::Reload => LabRequest::Reload { caller },
         RequestBody::ConsoleWatch { board } => LabRequest::WatchConsole { board },

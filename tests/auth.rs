@@ -17,20 +17,21 @@ struct As<'a> {
 }
 
 impl As<'_> {
-    /// Runs labctl as `uid`/`gid`, with the `users` group (the socket's) as
-    /// a supplementary group when `in_socket_group`.
-    fn run(&self, uid: u32, gid: u32, in_socket_group: bool, args: &[&str]) -> Output {
-        let groups = if in_socket_group {
-            USERS_GID.to_string()
-        } else {
-            gid.to_string()
-        };
-        Command::new("setpriv")
-            .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()])
-            .args(["--groups", &groups, "--"])
+    /// labctl as `uid`/`gid`, with the `users` group (the socket's) as a
+    /// supplementary group when `in_socket_group`.
+    fn labctl(&self, uid: u32, gid: u32, in_socket_group: bool, args: &[&str]) -> Command {
+        let groups = if in_socket_group { USERS_GID } else { gid };
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()])
+            .args(["--groups", &groups.to_string(), "--"])
             .arg(&self.labctl)
             .args(args)
-            .env("LABD_SOCKET", self.socket)
+            .env("LABD_SOCKET", self.socket);
+        cmd
+    }
+
+    fn run(&self, uid: u32, gid: u32, in_socket_group: bool, args: &[&str]) -> Output {
+        self.labctl(uid, gid, in_socket_group, args)
             .output()
             .unwrap()
     }
@@ -38,15 +39,12 @@ impl As<'_> {
     /// Like `run` (in the socket's group), with `input` on stdin.
     fn run_with_input(&self, uid: u32, gid: u32, args: &[&str], input: &[u8]) -> Output {
         use std::io::Write;
-        let mut child = Command::new("setpriv")
-            .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()])
-            .args(["--groups", &USERS_GID.to_string(), "--"])
-            .arg(&self.labctl)
-            .args(args)
-            .env("LABD_SOCKET", self.socket)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+        use std::process::Stdio;
+        let mut child = self
+            .labctl(uid, gid, true, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
@@ -113,10 +111,7 @@ fn submitters_cancel_their_own_jobs_and_only_admins_touch_boards() {
         set_health(&mut c, "sim-01", "maintenance", None)
             .await
             .unwrap();
-        let root_job = c
-            .submit(&lab.job("root's", "medium", &["true"]), "j.yaml")
-            .await
-            .unwrap();
+        let root_job = submit(&mut c, &lab.job("root's", "medium", &["true"])).await;
         let mine: u64 = ok(&who.user(&["submit", job])).parse().unwrap();
         assert_eq!(common::job(&mut c, mine).await["submitter"], "daemon");
 

@@ -184,18 +184,12 @@ fn a_job_runs_through_ser2net_telnet() {
         let (_server, _, _) = behind_ser2net(&lab, true).await;
         lab.start_labd();
         let mut c = lab.client().await;
-        let id = c
-            .submit(
-                &lab.job("via-ser2net", "medium", &["lava-test-case t --shell true"]),
-                "j.yaml",
-            )
-            .await
-            .unwrap();
-        let mut log = Vec::new();
-        let end = c
-            .logs(id, true, |d| log.extend_from_slice(d))
-            .await
-            .unwrap();
+        let id = submit(
+            &mut c,
+            &lab.job("via-ser2net", "medium", &["lava-test-case t --shell true"]),
+        )
+        .await;
+        let (end, log) = wait_job_bytes(&mut c, id).await;
         assert_eq!(
             end["health"],
             "Complete",
@@ -284,10 +278,7 @@ fn a_lost_console_that_returns_is_a_gap_and_one_that_does_not_ends_the_job() {
             "echo first; while [ ! -e {} ]; do sleep 0.1; done; echo second",
             release.display()
         );
-        let id = c
-            .submit(&lab.job("unplugged", "medium", &[&step]), "j.yaml")
-            .await
-            .unwrap();
+        let id = submit(&mut c, &lab.job("unplugged", "medium", &[&step])).await;
         until_log_contains(&lab, id, "first\r\n").await;
         drop(server); // unplugged
         lab.wait_log("console lost");
@@ -306,7 +297,7 @@ fn a_lost_console_that_returns_is_a_gap_and_one_that_does_not_ends_the_job() {
                 "timeouts:\n  connection:\n    seconds: 2\n",
                 1,
             );
-        let id = c.submit(&text, "j.yaml").await.unwrap();
+        let id = submit(&mut c, &text).await;
         until_log_contains(&lab, id, "waiting\r\n").await;
         drop(server);
         let (end, _) = wait_job(&mut c, id).await;
@@ -376,13 +367,11 @@ while True:
         std::fs::write(&lab.config, cfg).unwrap();
         lab.start_labd();
         let mut c = lab.client().await;
-        let id = c
-            .submit(
-                &lab.job("via-command", "medium", &["lava-test-case t --shell true"]),
-                "j.yaml",
-            )
-            .await
-            .unwrap();
+        let id = submit(
+            &mut c,
+            &lab.job("via-command", "medium", &["lava-test-case t --shell true"]),
+        )
+        .await;
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete", "{log}");
         let r = c

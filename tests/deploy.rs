@@ -70,7 +70,7 @@ fn http_artifacts_are_fetched_checked_and_decompressed() {
         std::fs::write(www.join("rootfs.cpio.gz"), vec![0x1fu8; 100_000]).unwrap();
         let port = http_server(www).await;
         let base = format!("http://127.0.0.1:{port}");
-        let job = |kernel_url: &str, sum: &str| {
+        let job_text = |kernel_url: &str, sum: &str| {
             lab.job("http", "medium", &["lava-test-case t --shell true"])
                 .replacen(
                     &format!("      url: file://{}/Image\n", lab.artifacts().display()),
@@ -90,19 +90,19 @@ fn http_artifacts_are_fetched_checked_and_decompressed() {
         };
         let mut c = lab.client().await;
 
-        let good = job(&format!("{base}/Image.gz"), &sha256_hex(&gz));
+        let good = job_text(&format!("{base}/Image.gz"), &sha256_hex(&gz));
         assert!(good.contains("compression: gz"), "{good}");
-        let id = c.submit(&good, "j.yaml").await.unwrap();
+        let id = submit(&mut c, &good).await;
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete", "{log}");
         // The board got the kernel decompressed.
         assert!(log.contains("Bytes transferred = 300000"), "{log}");
 
-        let wrong = job(&format!("{base}/Image.gz"), &"0".repeat(64));
-        let id = c.submit(&wrong, "j.yaml").await.unwrap();
+        let wrong = job_text(&format!("{base}/Image.gz"), &"0".repeat(64));
+        let id = submit(&mut c, &wrong).await;
         let (end, _) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Incomplete");
-        let j = job_of(&mut c, id).await;
+        let j = job(&mut c, id).await;
         assert_eq!(j["error_class"], "Job");
         let e = j["error"].as_str().unwrap();
         assert!(
@@ -110,17 +110,13 @@ fn http_artifacts_are_fetched_checked_and_decompressed() {
             "{e}"
         );
 
-        let missing = job(&format!("{base}/nope.gz"), &sha256_hex(&gz));
-        let id = c.submit(&missing, "j.yaml").await.unwrap();
+        let missing = job_text(&format!("{base}/nope.gz"), &sha256_hex(&gz));
+        let id = submit(&mut c, &missing).await;
         let (end, _) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Incomplete");
-        let j = job_of(&mut c, id).await;
+        let j = job(&mut c, id).await;
         assert_eq!(j["error_class"], "Job");
         let e = j["error"].as_str().unwrap();
         assert!(e.contains("nope.gz") && e.contains("404"), "{e}");
     });
-}
-
-async fn job_of(c: &mut labd::client::Client, id: u64) -> serde_json::Value {
-    common::job(c, id).await
 }

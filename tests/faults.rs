@@ -23,18 +23,12 @@ fn garbage_on_the_console_is_kept_byte_for_byte() {
     rt().block_on(async {
         let lab = faulty_lab(Fault::Garbage).await;
         let mut c = lab.client().await;
-        let id = c
-            .submit(
-                &lab.job("garbage", "medium", &["lava-test-case ok --shell true"]),
-                "j.yaml",
-            )
-            .await
-            .unwrap();
-        let mut log = Vec::new();
-        let end = c
-            .logs(id, true, |d| log.extend_from_slice(d))
-            .await
-            .unwrap();
+        let id = submit(
+            &mut c,
+            &lab.job("garbage", "medium", &["lava-test-case ok --shell true"]),
+        )
+        .await;
+        let (end, log) = wait_job_bytes(&mut c, id).await;
         assert_eq!(end["health"], "Complete");
         let garbage = b"\xff\xfe\x00\x1b[?\x80\xc3(\xa0\xa1 garbage \xe2\x28\xa1\r\n";
         assert!(
@@ -59,7 +53,7 @@ fn hung_kernel_ends_at_the_connection_timeout() {
             "timeouts:\n  connection:\n    seconds: 2\n",
             1,
         );
-        let id = c.submit(&job, "j.yaml").await.unwrap();
+        let id = submit(&mut c, &job).await;
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Incomplete", "{log}");
         let j = common::job(&mut c, id).await;
@@ -91,10 +85,7 @@ fn failing_relay_ends_the_job_as_infrastructure() {
     rt().block_on(async {
         let lab = faulty_lab(Fault::RelayFails).await;
         let mut c = lab.client().await;
-        let id = c
-            .submit(&lab.job("relay", "medium", &["true"]), "j.yaml")
-            .await
-            .unwrap();
+        let id = submit(&mut c, &lab.job("relay", "medium", &["true"])).await;
         let (end, _) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Incomplete");
         let j = common::job(&mut c, id).await;
@@ -133,11 +124,7 @@ fn console_flood_is_capped_and_memory_stays_bounded() {
             )
             .await
             .unwrap();
-        let mut log = Vec::new();
-        let end = c
-            .logs(id, true, |d| log.extend_from_slice(d))
-            .await
-            .unwrap();
+        let (end, log) = wait_job_bytes(&mut c, id).await;
         assert_eq!(end["health"], "Complete");
         let r = c
             .call(labd::protocol::RequestBody::Results { job: id })

@@ -45,10 +45,7 @@ fn health_checks_gate_boards_good_bad_and_back() {
         lab.start_labd();
         let mut c = lab.client().await;
         // A user job for sim-01 at once: it must wait for the health check.
-        let user = c
-            .submit(&tagged(lab.job("user", "high", &["true"]), "a"), "u.yaml")
-            .await
-            .unwrap();
+        let user = submit(&mut c, &tagged(lab.job("user", "high", &["true"]), "a")).await;
         let (end, log) = wait_job(&mut c, user).await;
         assert_eq!(end["health"], "Complete", "{log}");
         let hc = health_checks(&mut c).await;
@@ -76,13 +73,7 @@ fn health_checks_gate_boards_good_bad_and_back() {
                 .contains(&format!("health check {failed} failed")),
             "{b}"
         );
-        let waiting = c
-            .submit(
-                &tagged(lab.job("for-b", "medium", &["true"]), "b"),
-                "b.yaml",
-            )
-            .await
-            .unwrap();
+        let waiting = submit(&mut c, &tagged(lab.job("for-b", "medium", &["true"]), "b")).await;
         assert_eq!(job(&mut c, waiting).await["state"], "Submitted");
         assert_eq!(board(&mut c, "sim-02").await["state"], "Idle");
 
@@ -115,13 +106,7 @@ fn health_checks_gate_boards_good_bad_and_back() {
         lab.start_labd();
         let mut c = lab.client().await;
         let before = health_checks(&mut c).await.len();
-        let id = c
-            .submit(
-                &tagged(lab.job("after", "medium", &["true"]), "a"),
-                "u.yaml",
-            )
-            .await
-            .unwrap();
+        let id = submit(&mut c, &tagged(lab.job("after", "medium", &["true"]), "a")).await;
         let (end, _) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete");
         assert_eq!(health_checks(&mut c).await.len(), before);
@@ -187,13 +172,7 @@ fn retiring_a_busy_board_waits_for_its_job_and_then_takes_no_work() {
             .unwrap_err();
         assert_eq!(e.code(), Some(labd::error::ErrorCode::NoSuchDeviceType));
         // The other board works on.
-        let other = c
-            .submit(
-                &tagged(lab.job("for-b", "medium", &["true"]), "b"),
-                "j.yaml",
-            )
-            .await
-            .unwrap();
+        let other = submit(&mut c, &tagged(lab.job("for-b", "medium", &["true"]), "b")).await;
         assert_eq!(wait_job(&mut c, other).await.0["health"], "Complete");
     });
 }

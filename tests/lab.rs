@@ -13,21 +13,19 @@ fn job_runs_to_complete_with_results_and_logs() {
     rt().block_on(async {
         let lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let id = c
-            .submit(
-                &lab.job(
-                    "e2e",
-                    "medium",
-                    &[
-                        "lava-test-case ok --shell true",
-                        "lava-test-case bad --shell false",
-                        "lava-test-case m --result pass --measurement 12 --units ms",
-                    ],
-                ),
-                "e2e.yaml",
-            )
-            .await
-            .unwrap();
+        let id = submit(
+            &mut c,
+            &lab.job(
+                "e2e",
+                "medium",
+                &[
+                    "lava-test-case ok --shell true",
+                    "lava-test-case bad --shell false",
+                    "lava-test-case m --result pass --measurement 12 --units ms",
+                ],
+            ),
+        )
+        .await;
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete", "{log}");
         let r = c.call(RequestBody::Results { job: id }).await.unwrap();
@@ -115,10 +113,7 @@ fn board_without_bootloader_prompt_ends_incomplete_at_its_timeout() {
         })
         .await;
         let mut c = lab.client().await;
-        let id = c
-            .submit(&lab.job("noprompt", "medium", &["true"]), "j.yaml")
-            .await
-            .unwrap();
+        let id = submit(&mut c, &lab.job("noprompt", "medium", &["true"])).await;
         let (end, _) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Incomplete");
         let j = job(&mut c, id).await;
@@ -158,10 +153,7 @@ fn cancel_running_job_powers_off_and_frees_the_board() {
     rt().block_on(async {
         let lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let id = c
-            .submit(&lab.job("long", "medium", &["sleep 600"]), "j.yaml")
-            .await
-            .unwrap();
+        let id = submit(&mut c, &lab.job("long", "medium", &["sleep 600"])).await;
         // Cancel once the board's shell has taken the step: its echo is in the log.
         until_log_contains(&lab, id, "sleep 600\r\n").await;
         c.call(RequestBody::Cancel { job: id }).await.unwrap();
@@ -226,22 +218,17 @@ fn restart_keeps_finished_and_queued_jobs() {
     rt().block_on(async {
         let mut lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let done = c
-            .submit(
-                &lab.job("first", "medium", &["lava-test-case a --shell true"]),
-                "j.yaml",
-            )
-            .await
-            .unwrap();
+        let done = submit(
+            &mut c,
+            &lab.job("first", "medium", &["lava-test-case a --shell true"]),
+        )
+        .await;
         wait_job(&mut c, done).await;
         // Hold the board so the next job stays queued across the restart.
         set_health(&mut c, "sim-01", "maintenance", None)
             .await
             .unwrap();
-        let queued = c
-            .submit(&lab.job("second", "medium", &["true"]), "j.yaml")
-            .await
-            .unwrap();
+        let queued = submit(&mut c, &lab.job("second", "medium", &["true"])).await;
         drop(c);
         lab.kill_labd();
         lab.start_labd();
@@ -274,13 +261,11 @@ fn twenty_jobs_on_four_boards_priority_first_never_two_at_once() {
         let mut ids = Vec::new();
         for i in 0..20 {
             let prio = if i % 5 == 4 { "high" } else { "low" };
-            let id = c
-                .submit(
-                    &lab.job(&format!("j{i}"), prio, &["lava-test-case x --shell true"]),
-                    "j.yaml",
-                )
-                .await
-                .unwrap();
+            let id = submit(
+                &mut c,
+                &lab.job(&format!("j{i}"), prio, &["lava-test-case x --shell true"]),
+            )
+            .await;
             ids.push((id, prio));
         }
         for b in 1..=4 {
@@ -333,12 +318,7 @@ fn every_acknowledged_submission_survives_sigkill() {
             let _ = set_health(&mut c, "sim-01", "maintenance", None).await;
             for i in 0..10 {
                 acked.push(
-                    c.submit(
-                        &lab.job(&format!("r{round}-{i}"), "low", &["true"]),
-                        "j.yaml",
-                    )
-                    .await
-                    .unwrap(),
+                    submit(&mut c, &lab.job(&format!("r{round}-{i}"), "low", &["true"])).await,
                 );
             }
             let text = lab.job("inflight", "low", &["true"]);
@@ -377,16 +357,10 @@ fn job_cut_by_a_killed_daemon_ends_incomplete_and_its_board_is_unknown() {
     rt().block_on(async {
         let mut lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let first = c
-            .submit(&lab.job("ok", "medium", &["true"]), "j.yaml")
-            .await
-            .unwrap();
+        let first = submit(&mut c, &lab.job("ok", "medium", &["true"])).await;
         wait_job(&mut c, first).await;
         assert_eq!(boards(&mut c).await[0]["health"], "Good");
-        let id = c
-            .submit(&lab.job("long", "medium", &["sleep 600"]), "j.yaml")
-            .await
-            .unwrap();
+        let id = submit(&mut c, &lab.job("long", "medium", &["sleep 600"])).await;
         until_log_contains(&lab, id, "sleep 600\r\n").await;
         drop(c);
         lab.kill_labd();
@@ -425,7 +399,7 @@ fn a_minimal_boot_powers_on_and_waits_for_the_shell() {
                 1,
             );
         assert!(text.contains("method: minimal"));
-        let id = c.submit(&text, "j.yaml").await.unwrap();
+        let id = submit(&mut c, &text).await;
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete", "{log}");
         assert!(log.contains("mmc0 is current device"), "{log}");

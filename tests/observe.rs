@@ -41,10 +41,7 @@ fn metrics_after_a_job_on_the_socket_and_over_http() {
         .unwrap();
         lab.start_labd();
         let mut c = lab.client().await;
-        let id = c
-            .submit(&lab.job("measured", "medium", &["true"]), "j.yaml")
-            .await
-            .unwrap();
+        let id = submit(&mut c, &lab.job("measured", "medium", &["true"])).await;
         wait_job(&mut c, id).await;
         let v = c.call(RequestBody::Metrics).await.unwrap();
         let text = v["text"].as_str().unwrap();
@@ -127,9 +124,7 @@ fn operations_above_a_tiny_threshold_are_reported_slow() {
     rt().block_on(async {
         let lab = Lab::start_with(1, &[], &[], "[slow]\nstore_ms = 0\nrequest_ms = 0");
         let mut c = lab.client().await;
-        c.submit(&lab.job("slow", "medium", &["true"]), "j.yaml")
-            .await
-            .unwrap();
+        submit(&mut c, &lab.job("slow", "medium", &["true"])).await;
         lab.wait_log("slow store write batch");
         lab.wait_log("slow socket request");
         let v = c.call(RequestBody::Metrics).await.unwrap();
@@ -149,10 +144,7 @@ fn top_shows_each_board_its_job_phase_and_times() {
             "echo waiting; while [ ! -e {} ]; do sleep 0.1; done",
             release.display()
         );
-        let id = c
-            .submit(&lab.job("watched", "medium", &[&step]), "j.yaml")
-            .await
-            .unwrap();
+        let id = submit(&mut c, &lab.job("watched", "medium", &[&step])).await;
         until_log_contains(&lab, id, "waiting\r\n").await;
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_labctl"))
             .args(["top", "--once"])
@@ -194,10 +186,7 @@ fn json_logs_carry_the_job_span() {
             "[log]\nformat = \"json\"",
         );
         let mut c = lab.client().await;
-        let id = c
-            .submit(&lab.job("logged", "medium", &["true"]), "j.yaml")
-            .await
-            .unwrap();
+        let id = submit(&mut c, &lab.job("logged", "medium", &["true"])).await;
         let line = lab.wait_log("\"phase\":\"BootloaderCommands\"");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["level"], "DEBUG");

@@ -72,21 +72,14 @@ fn jobs_filter_by_state_board_and_device_type_and_page_with_a_cursor() {
     rt().block_on(async {
         let lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let done = c
-            .submit(&lab.job("first", "medium", &["true"]), "j.yaml")
-            .await
-            .unwrap();
+        let done = submit(&mut c, &lab.job("first", "medium", &["true"])).await;
         wait_job(&mut c, done).await;
         set_health(&mut c, "sim-01", "maintenance", None)
             .await
             .unwrap();
         let mut queued = Vec::new();
         for i in 0..5 {
-            queued.push(
-                c.submit(&lab.job(&format!("q{i}"), "low", &["true"]), "j.yaml")
-                    .await
-                    .unwrap(),
-            );
+            queued.push(submit(&mut c, &lab.job(&format!("q{i}"), "low", &["true"])).await);
         }
         let list = |state: Option<&str>,
                     board: Option<&str>,
@@ -169,10 +162,7 @@ fn the_submitter_is_the_peer_not_what_the_client_claims() {
     rt().block_on(async {
         let lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let id = c
-            .submit(&lab.job("who", "medium", &["true"]), "j.yaml")
-            .await
-            .unwrap();
+        let id = submit(&mut c, &lab.job("who", "medium", &["true"])).await;
         let me = nix::unistd::User::from_uid(nix::unistd::getuid())
             .unwrap()
             .unwrap()

@@ -24,24 +24,20 @@ fn crashed_board_actors_are_replaced_and_other_boards_untouched() {
             "echo waiting; while [ ! -e {} ]; do sleep 0.1; done",
             release.display()
         );
-        let steady = c
-            .submit(
-                &tagged(lab.job("steady", "medium", &[&wait_step]), "c"),
-                "c.yaml",
-            )
-            .await
-            .unwrap();
+        let steady = submit(
+            &mut c,
+            &tagged(lab.job("steady", "medium", &[&wait_step]), "c"),
+        )
+        .await;
         until_log_contains(&lab, steady, "waiting\r\n").await;
 
         let mut crashed = Vec::new();
         for tag in ["a", "b"] {
-            let id = c
-                .submit(
-                    &tagged(lab.job(&format!("crash-{tag}"), "medium", &["true"]), tag),
-                    "j.yaml",
-                )
-                .await
-                .unwrap();
+            let id = submit(
+                &mut c,
+                &tagged(lab.job(&format!("crash-{tag}"), "medium", &["true"]), tag),
+            )
+            .await;
             crashed.push(id);
         }
         for (id, name) in crashed.iter().zip(["sim-01", "sim-02"]) {
@@ -72,13 +68,11 @@ fn crashed_board_actors_are_replaced_and_other_boards_untouched() {
 
         // The replacement actors run jobs normally.
         for (tag, name) in [("a", "sim-01"), ("b", "sim-02")] {
-            let id = c
-                .submit(
-                    &tagged(lab.job(&format!("after-{tag}"), "medium", &["true"]), tag),
-                    "j.yaml",
-                )
-                .await
-                .unwrap();
+            let id = submit(
+                &mut c,
+                &tagged(lab.job(&format!("after-{tag}"), "medium", &["true"]), tag),
+            )
+            .await;
             let (end, log) = wait_job(&mut c, id).await;
             assert_eq!(
                 end["health"],
@@ -110,13 +104,11 @@ fn sigterm_drains_within_the_grace_and_keeps_the_queue() {
             "echo waiting; while [ ! -e {} ]; do sleep 0.1; done",
             release.display()
         );
-        let short = c
-            .submit(
-                &tagged(lab.job("short", "medium", &[&wait_step]), "a"),
-                "a.yaml",
-            )
-            .await
-            .unwrap();
+        let short = submit(
+            &mut c,
+            &tagged(lab.job("short", "medium", &[&wait_step]), "a"),
+        )
+        .await;
         let long = c
             .submit(
                 &tagged(
@@ -132,13 +124,7 @@ fn sigterm_drains_within_the_grace_and_keeps_the_queue() {
 
         lab.terminate_labd();
         lab.wait_log("draining");
-        let queued = c
-            .submit(
-                &tagged(lab.job("queued", "medium", &["true"]), "a"),
-                "q.yaml",
-            )
-            .await
-            .unwrap();
+        let queued = submit(&mut c, &tagged(lab.job("queued", "medium", &["true"]), "a")).await;
         std::fs::write(&release, b"").unwrap();
         let (end, log) = wait_job(&mut c, short).await;
         assert_eq!(end["health"], "Complete", "{log}");
@@ -258,7 +244,7 @@ fn torture_sigkill_at_random_moments_loses_nothing() {
         let mut c = lab.client().await;
         while acked.len() < 100 {
             let text = lab.job(&format!("fill-{}", acked.len()), "medium", &["true"]);
-            acked.push(c.submit(&text, "t.yaml").await.unwrap());
+            acked.push(submit(&mut c, &text).await);
         }
         let mut runs: std::collections::BTreeMap<String, Vec<(u64, u64, u64)>> = Default::default();
         for &id in &acked {

@@ -12,10 +12,7 @@ fn maintenance_requested_on_a_busy_board_survives_a_kill() {
     rt().block_on(async {
         let mut lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let id = c
-            .submit(&lab.job("long", "medium", &["sleep 600"]), "j.yaml")
-            .await
-            .unwrap();
+        let id = submit(&mut c, &lab.job("long", "medium", &["sleep 600"])).await;
         until_log_contains(&lab, id, "sleep 600\r\n").await;
         set_health(&mut c, "sim-01", "maintenance", Some("reflash"))
             .await
@@ -45,10 +42,7 @@ fn a_finished_job_never_shows_its_board_busy() {
         let lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
         for i in 0..5 {
-            let id = c
-                .submit(&lab.job(&format!("j{i}"), "medium", &["true"]), "j.yaml")
-                .await
-                .unwrap();
+            let id = submit(&mut c, &lab.job(&format!("j{i}"), "medium", &["true"])).await;
             let (end, _) = wait_job(&mut c, id).await;
             assert_eq!(end["health"], "Complete");
             // The job's Finished event was written apart from its state,

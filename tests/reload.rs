@@ -44,10 +44,7 @@ fn reload_adds_boards_removes_a_busy_one_after_its_job_and_refuses_bad_configs()
             "echo waiting; while [ ! -e {} ]; do sleep 0.1; done",
             release.display()
         );
-        let busy = c
-            .submit(&tagged(lab.job("busy", "medium", &[&step]), "b"), "j.yaml")
-            .await
-            .unwrap();
+        let busy = submit(&mut c, &tagged(lab.job("busy", "medium", &[&step]), "b")).await;
         until_log_contains(&lab, busy, "waiting\r\n").await;
 
         // sim-03 in, sim-02 out.
@@ -71,10 +68,7 @@ fn reload_adds_boards_removes_a_busy_one_after_its_job_and_refuses_bad_configs()
         let (end, _) = wait_job(&mut c, busy).await;
         assert_eq!(end["health"], "Complete");
         assert_eq!(board_names(&mut c).await, ["sim-01", "sim-03"]);
-        let id = c
-            .submit(&tagged(lab.job("new", "medium", &["true"]), "c"), "j.yaml")
-            .await
-            .unwrap();
+        let id = submit(&mut c, &tagged(lab.job("new", "medium", &["true"]), "c")).await;
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete", "{log}");
         assert_eq!(job(&mut c, id).await["board"], "sim-03");
@@ -93,13 +87,11 @@ fn reload_adds_boards_removes_a_busy_one_after_its_job_and_refuses_bad_configs()
             "board sim-01 restarted with its new config"
         );
         assert_eq!(board(&mut c, "sim-01").await["tags"][0], "fast");
-        let id = c
-            .submit(
-                &tagged(lab.job("fast", "medium", &["true"]), "fast"),
-                "j.yaml",
-            )
-            .await
-            .unwrap();
+        let id = submit(
+            &mut c,
+            &tagged(lab.job("fast", "medium", &["true"]), "fast"),
+        )
+        .await;
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete", "{log}");
 

@@ -23,17 +23,15 @@ fn oldest_logs_are_pruned_to_the_cap_and_records_stay() {
         let mut c = lab.client().await;
         let mut ids = Vec::new();
         for i in 0..3 {
-            let id = c
-                .submit(
-                    &lab.job(
-                        &format!("j{i}"),
-                        "medium",
-                        &["lava-test-case t --shell true"],
-                    ),
-                    "j.yaml",
-                )
-                .await
-                .unwrap();
+            let id = submit(
+                &mut c,
+                &lab.job(
+                    &format!("j{i}"),
+                    "medium",
+                    &["lava-test-case t --shell true"],
+                ),
+            )
+            .await;
             wait_job(&mut c, id).await;
             ids.push(id);
         }

@@ -31,7 +31,7 @@ fn a_job_no_board_takes_in_time_is_canceled_at_its_queue_timeout() {
             "timeouts:\n  queue:\n    seconds: 1\n",
             1,
         );
-        let id = c.submit(&text, "j.yaml").await.unwrap();
+        let id = submit(&mut c, &text).await;
         let (end, _) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Canceled");
         let j = job(&mut c, id).await;
@@ -92,7 +92,7 @@ fn a_boot_block_with_failure_retry_tries_again_within_its_shared_timeout() {
             "    method: u-boot\n    failure_retry: 2\n    timeout:\n      seconds: 4\n",
             1,
         );
-        let id = c.submit(&text, "j.yaml").await.unwrap();
+        let id = submit(&mut c, &text).await;
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete", "{log}");
         let j = job(&mut c, id).await;
@@ -125,7 +125,7 @@ fn a_job_cut_by_a_restart_is_retried_when_it_allows() {
             "failure_retry: 2\n{}",
             lab.job("retried", "medium", &[&step])
         );
-        let first = c.submit(&text, "j.yaml").await.unwrap();
+        let first = submit(&mut c, &text).await;
         until_log_contains(&lab, first, "started\r\n").await;
         drop(c);
         lab.kill_labd();

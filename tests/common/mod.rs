@@ -216,13 +216,25 @@ impl Lab {
     }
 }
 
-/// Follows a job's log until it ends; returns the end value and the log.
-pub async fn wait_job(c: &mut Client, id: u64) -> (Value, String) {
+/// Submits a job the lab must accept; returns its id.
+pub async fn submit(c: &mut Client, text: &str) -> u64 {
+    c.submit(text, "j.yaml").await.unwrap()
+}
+
+/// Follows a job's log until it ends; returns the end value and the log's
+/// exact bytes.
+pub async fn wait_job_bytes(c: &mut Client, id: u64) -> (Value, Vec<u8>) {
     let mut log = Vec::new();
     let end = c
         .logs(id, true, |d| log.extend_from_slice(d))
         .await
         .unwrap();
+    (end, log)
+}
+
+/// Follows a job's log until it ends; returns the end value and the log.
+pub async fn wait_job(c: &mut Client, id: u64) -> (Value, String) {
+    let (end, log) = wait_job_bytes(c, id).await;
     (end, String::from_utf8_lossy(&log).into_owned())
 }
 
