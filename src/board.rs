@@ -89,6 +89,11 @@ struct ConsoleBytes(u64, Vec<u8>);
 #[rtype(result = "()")]
 struct ConsoleLost(u64, String);
 
+/// The relay saw the board lose power by itself (a QEMU that exited).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PowerLost(String);
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct PhaseChanged(Phase);
@@ -165,6 +170,9 @@ pub struct BoardActor {
     console_tasks: Vec<AbortOnDrop>,
     /// Whether the console is attached, for runners waiting to power on.
     console_up: tokio::sync::watch::Sender<bool>,
+    /// How many times the console was attached, for a relay that lets its
+    /// board run only once the console has it (QEMU).
+    console_attached: tokio::sync::watch::Sender<u64>,
     /// Everyone watching the console (`labctl console`).
     watchers: tokio::sync::broadcast::Sender<Vec<u8>>,
     console_gen: u64,
@@ -223,6 +231,7 @@ impl BoardActor {
             writer: None,
             console_tasks: Vec::new(),
             console_up: tokio::sync::watch::channel(false).0,
+            console_attached: tokio::sync::watch::channel(0).0,
             watchers: tokio::sync::broadcast::channel(256).0,
             console_gen: 0,
             reconnect_delay: Duration::from_millis(100),
@@ -274,6 +283,7 @@ impl BoardActor {
                     tracing::info!(board = %act.name, console = %act.console.describe(), "console attached");
                     act.reconnect_delay = Duration::from_millis(100);
                     act.console_up.send_replace(true);
+                    act.console_attached.send_modify(|n| *n += 1);
                     if let Some((since, _, timer)) = act.lost.take() {
                         if let Some(t) = timer {
                             ctx.cancel_future(t);
@@ -416,6 +426,11 @@ impl Actor for BoardActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let addr = ctx.address();
+        self.power.bind(crate::power::RelayHooks {
+            console_attached: self.console_attached.subscribe(),
+            lost: Box::new(move |why| addr.do_send(PowerLost(why))),
+        });
         self.connect(ctx);
         ctx.run_interval(Duration::from_millis(100), |act, _| act.flush_log());
     }
@@ -511,6 +526,25 @@ impl Handler<ConsoleLost> for BoardActor {
         // `lost`: this is the start of the gap.
         self.lost = Some((std::time::Instant::now(), msg.1, timer));
         self.schedule_reconnect(ctx);
+    }
+}
+
+impl Handler<PowerLost> for BoardActor {
+    type Result = ();
+    fn handle(&mut self, msg: PowerLost, ctx: &mut Context<Self>) {
+        let span = self.span.clone();
+        let _in_board = span.enter();
+        tracing::warn!(board = %self.name, reason = %msg.0, "board lost power");
+        let Some(job) = &mut self.job else { return };
+        if job.ending {
+            return;
+        }
+        let note = format!("\r\n[labd: board lost power: {}]\r\n", msg.0);
+        job.log_buf.extend_from_slice(note.as_bytes());
+        let id = job.id;
+        let why = format!("board lost power: {}", msg.0);
+        self.event(id, "power", why.clone());
+        self.end_job(JobOutcome::incomplete(ErrorClass::Infrastructure, why), ctx);
     }
 }
 

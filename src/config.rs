@@ -569,6 +569,25 @@ pub enum PowerConfig {
         #[serde(default = "default_power_retries")]
         retries: u32,
     },
+    /// The relay of a QEMU virtual board: power on starts QEMU from `argv`
+    /// (the machine: emulator, `-M`, `-cpu`, firmware, network), paused,
+    /// and releases it once its console is attached; power off is QMP
+    /// `quit`, then SIGTERM and SIGKILL of its process group. labd adds
+    /// `-S`, the QMP socket, `-display none -monitor none -no-reboot`, and,
+    /// with a `unix` console, the serial chardev connecting to it.
+    Qemu {
+        argv: Vec<String>,
+        /// QMP socket labd listens on; default `{state_dir}/qemu/{board}.qmp`.
+        #[serde(default)]
+        qmp: Option<PathBuf>,
+        /// How long QEMU may take to start and to quit.
+        #[serde(default = "default_qemu_timeout")]
+        timeout_secs: u64,
+    },
+}
+
+fn default_qemu_timeout() -> u64 {
+    20
 }
 
 fn default_power_timeout() -> u64 {
@@ -674,6 +693,35 @@ impl LabConfig {
                     return Err(bad(
                         format!("boards[{i}].power"),
                         "`on` and `off` must each be a non-empty argv list".into(),
+                    ));
+                }
+            }
+            if let PowerConfig::Qemu { argv, .. } = &b.power {
+                if argv.is_empty() {
+                    return Err(bad(
+                        format!("boards[{i}].power.argv"),
+                        "must be a non-empty argv list, such as [\"qemu-system-aarch64\", \"-M\", \"virt\"]".into(),
+                    ));
+                }
+                // labd owns the options that make power and the console
+                // work; an argv that sets them itself would fight it.
+                if let Some((j, a)) = argv.iter().enumerate().find(|(_, a)| {
+                    matches!(
+                        a.as_str(),
+                        "-S" | "-qmp" | "-monitor" | "-daemonize" | "-nographic"
+                    )
+                }) {
+                    return Err(bad(
+                        format!("boards[{i}].power.argv[{j}]"),
+                        format!("`{a}` is set by labd's qemu relay; leave it out"),
+                    ));
+                }
+                if matches!(b.console, ConsoleConfig::Unix { .. })
+                    && argv.iter().any(|a| a == "-serial")
+                {
+                    return Err(bad(
+                        format!("boards[{i}].power.argv"),
+                        "with a `unix` console labd connects the first serial port itself; leave `-serial` out".into(),
                     ));
                 }
             }

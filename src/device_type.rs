@@ -72,6 +72,16 @@ pub struct Bootloader {
     pub commands: BTreeMap<String, Vec<String>>,
 }
 
+/// A kernel started by the board's relay (`method: qemu`): QEMU's
+/// `-kernel`/`-initrd`/`-dtb` come from the deploy, `-append` from here.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DirectBootSpec {
+    /// The kernel command line, e.g. `console=ttyAMA0 rdinit=/init panic=-1`.
+    #[serde(default)]
+    pub append: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Kernel {
@@ -155,7 +165,13 @@ pub struct DeviceType {
     pub description: Option<String>,
     #[serde(default = "d115200")]
     pub console_baud: u32,
-    pub bootloader: Bootloader,
+    /// The board's U-Boot, for `method: u-boot`; a board booted directly
+    /// by its relay (QEMU `-kernel`) has none.
+    #[serde(default)]
+    pub bootloader: Option<Bootloader>,
+    /// How the relay boots a kernel itself, for `method: qemu`.
+    #[serde(default)]
+    pub direct_boot: Option<DirectBootSpec>,
     pub kernel: Kernel,
     #[serde(default)]
     pub login: Option<Login>,
@@ -204,15 +220,15 @@ impl DeviceType {
         if self.name.is_empty() {
             return Err(bad("name", "must not be empty".into()));
         }
-        for (path, re) in [
-            ("bootloader.prompt", &self.bootloader.prompt),
-            (
-                "bootloader.interrupt_prompt",
-                &self.bootloader.interrupt_prompt,
-            ),
+        let mut regexes = vec![
             ("kernel.start_message", &self.kernel.start_message),
             ("shell_prompt", &self.shell_prompt),
-        ] {
+        ];
+        if let Some(bl) = &self.bootloader {
+            regexes.push(("bootloader.prompt", &bl.prompt));
+            regexes.push(("bootloader.interrupt_prompt", &bl.interrupt_prompt));
+        }
+        for (path, re) in regexes {
             if re.is_empty() {
                 return Err(bad(path, "must not be empty".into()));
             }
@@ -227,39 +243,41 @@ impl DeviceType {
                 )
             })?;
         }
-        if self.bootloader.needs_interrupt && self.bootloader.interrupt_char.is_empty() {
-            return Err(bad(
-                "bootloader.interrupt_char",
-                "must not be empty when needs_interrupt is true".into(),
-            ));
-        }
-        if !self.bootloader.commands.contains_key("ramdisk") {
-            return Err(bad(
-                "bootloader.commands",
-                "must define the `ramdisk` command set".into(),
-            ));
-        }
-        for (set, cmds) in &self.bootloader.commands {
-            for (i, cmd) in cmds.iter().enumerate() {
-                for ph in placeholders_in(cmd) {
-                    if !PLACEHOLDERS.contains(&ph.as_str()) {
-                        return Err(bad(
-                            &format!("bootloader.commands.{set}[{i}]"),
-                            format!(
-                                "unknown placeholder {ph}; known: {}",
-                                PLACEHOLDERS.join(", ")
-                            ),
-                        ));
+        if let Some(bl) = &self.bootloader {
+            if bl.needs_interrupt && bl.interrupt_char.is_empty() {
+                return Err(bad(
+                    "bootloader.interrupt_char",
+                    "must not be empty when needs_interrupt is true".into(),
+                ));
+            }
+            if !bl.commands.contains_key("ramdisk") {
+                return Err(bad(
+                    "bootloader.commands",
+                    "must define the `ramdisk` command set".into(),
+                ));
+            }
+            for (set, cmds) in &bl.commands {
+                for (i, cmd) in cmds.iter().enumerate() {
+                    for ph in placeholders_in(cmd) {
+                        if !PLACEHOLDERS.contains(&ph.as_str()) {
+                            return Err(bad(
+                                &format!("bootloader.commands.{set}[{i}]"),
+                                format!(
+                                    "unknown placeholder {ph}; known: {}",
+                                    PLACEHOLDERS.join(", ")
+                                ),
+                            ));
+                        }
                     }
                 }
             }
-        }
-        for kt in self.bootloader.bootx.keys() {
-            if !self.bootloader.load_addresses.contains_key(kt) {
-                return Err(bad(
-                    &format!("bootloader.bootx.{kt}"),
-                    format!("no load addresses for kernel type `{kt}`"),
-                ));
+            for kt in bl.bootx.keys() {
+                if !bl.load_addresses.contains_key(kt) {
+                    return Err(bad(
+                        &format!("bootloader.bootx.{kt}"),
+                        format!("no load addresses for kernel type `{kt}`"),
+                    ));
+                }
             }
         }
         if let Some(login) = &self.login {

@@ -90,6 +90,8 @@ pub struct Boot {
 pub enum BootMethod {
     UBoot,
     Minimal,
+    /// The relay boots the deployed kernel itself (QEMU `-kernel`).
+    Qemu,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -889,11 +891,12 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                 match s.as_str() {
                     "u-boot" => method = Some(BootMethod::UBoot),
                     "minimal" => method = Some(BootMethod::Minimal),
+                    "qemu" => method = Some(BootMethod::Qemu),
                     _ => ctx.unsupported(
                         &p,
                         val.span(),
                         format!(
-                            "boot method `{s}` is not supported; labd boots with `method: u-boot` or `minimal`"
+                            "boot method `{s}` is not supported; labd boots with `method: u-boot`, `minimal` or `qemu`"
                         ),
                     ),
                 }
@@ -932,6 +935,18 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                 }
             }
             "auto_login" => auto_login = parse_auto_login(ctx, &p, val),
+            // LAVA's qemu boots name where the rootfs lives; labd's relay
+            // boots the deploy's files, which is `tmpfs` in LAVA's terms.
+            "media"
+                if method == Some(BootMethod::Qemu)
+                    || m.get_node("method")
+                        .and_then(|n| n.as_scalar())
+                        .is_some_and(|s| s.as_str() == "qemu") =>
+            {
+                if ctx.string(&p, val).is_some_and(|s| s != "tmpfs") {
+                    ctx.unsupported(&p, val.span(), "a qemu boot supports `media: tmpfs` only");
+                }
+            }
             "type"
             | "media"
             | "bootloader"
@@ -961,12 +976,12 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
             "missing required key `commands`",
         );
     }
-    if method == Some(BootMethod::Minimal) {
+    if method == Some(BootMethod::Minimal) || method == Some(BootMethod::Qemu) {
         if let Some(c) = m.get_node("commands") {
             ctx.err(
                 &format!("{path}.commands"),
                 c.span(),
-                "a `minimal` boot sends no bootloader commands; the board boots itself",
+                "a `minimal` or `qemu` boot sends no bootloader commands; the board boots itself",
             );
             return None;
         }

@@ -484,7 +484,7 @@ impl LabActor {
         );
         // The lab keeps a handle too, to report the last commanded state.
         let power: std::sync::Arc<dyn power::Power> = std::sync::Arc::new(power::Timed::new(
-            power::from_config(&b.name, &b.power, sim),
+            power::from_config(b, &self.cfg.state_dir, sim),
             b.name.clone(),
             self.metrics.clone(),
         ));
@@ -1656,8 +1656,28 @@ impl LabActor {
         }
         for a in &def.actions {
             if let job::Action::Boot(b) = a {
+                let reject = |m: String| Err(ApiError::new(ErrorCode::InvalidJob, m));
+                match b.method {
+                    job::BootMethod::UBoot if dt.bootloader.is_none() => {
+                        return reject(format!(
+                            "device type `{}` has no bootloader; boot it with `method: minimal` or `qemu`",
+                            dt.name
+                        ))
+                    }
+                    job::BootMethod::Qemu if dt.direct_boot.is_none() => {
+                        return reject(format!(
+                            "device type `{}` cannot boot a kernel directly (no `direct_boot`); use `method: u-boot`",
+                            dt.name
+                        ))
+                    }
+                    _ => {}
+                }
                 if let BootCommands::Named(n) = &b.commands {
-                    if !dt.bootloader.commands.contains_key(n) {
+                    if !dt
+                        .bootloader
+                        .as_ref()
+                        .is_some_and(|bl| bl.commands.contains_key(n))
+                    {
                         return Err(ApiError::new(
                             ErrorCode::InvalidJob,
                             format!("device type `{}` has no boot commands named `{n}`", dt.name),

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod power;
 pub mod protocol;
+pub mod qemu;
 pub mod runner;
 pub mod server;
 pub mod signals;

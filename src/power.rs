@@ -47,6 +47,38 @@ pub trait Power: Send + Sync {
     fn state(&self) -> PowerState {
         PowerState::Unknown
     }
+    /// What the relay sees of the board by itself, when it can (a QEMU
+    /// process that is gone is Off whatever was commanded).
+    fn observed(&self) -> Option<PowerState> {
+        None
+    }
+    /// Called once by the board that owns the relay.
+    fn bind(&self, _hooks: RelayHooks) {}
+    /// The kernel to start on the next power-on (boot method `qemu`);
+    /// `None` clears it. Only a relay that starts the board itself can.
+    fn set_direct_boot(&self, _boot: Option<DirectBoot>) -> Result<(), PowerError> {
+        Err(PowerError::Unsupported(
+            "direct kernel boot (boot method qemu)",
+        ))
+    }
+}
+
+/// What a relay may need from the board that owns it.
+pub struct RelayHooks {
+    /// Counts the board's console attachments: a relay that starts the
+    /// board (QEMU) lets it run only after the next one.
+    pub console_attached: tokio::sync::watch::Receiver<u64>,
+    /// Told when the board lost power on its own (QEMU exited).
+    pub lost: Box<dyn Fn(String) + Send + Sync>,
+}
+
+/// A kernel booted directly by the relay, from the job's deploy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub dtb: Option<PathBuf>,
+    pub append: String,
 }
 
 /// What labd last told a relay, and whether it worked: after a failed
@@ -164,15 +196,31 @@ impl Power for CommandPower {
 }
 
 pub fn from_config(
-    board: &str,
-    cfg: &PowerConfig,
+    board: &crate::config::BoardConfig,
+    state_dir: &std::path::Path,
     sim_control: Option<&PathBuf>,
 ) -> Box<dyn Power> {
-    match cfg {
+    let name = board.name.as_str();
+    match &board.power {
+        PowerConfig::Qemu {
+            argv,
+            qmp,
+            timeout_secs,
+        } => Box::new(crate::qemu::QemuPower::new(
+            name.to_owned(),
+            argv.clone(),
+            qmp.clone()
+                .unwrap_or_else(|| state_dir.join("qemu").join(format!("{name}.qmp"))),
+            match &board.console {
+                crate::config::ConsoleConfig::Unix { path } => Some(path.clone()),
+                _ => None,
+            },
+            Duration::from_secs(*timeout_secs),
+        )),
         PowerConfig::Sim { board: b } => Box::new(SimPower {
             // Invariant: config validation refuses sim power without sim_control.
             control: sim_control.cloned().unwrap_or_default(),
-            board: b.clone().unwrap_or_else(|| board.to_owned()),
+            board: b.clone().unwrap_or_else(|| name.to_owned()),
         }),
         PowerConfig::Command {
             on,
@@ -362,7 +410,18 @@ impl Power for Timed {
         self.inner.describe()
     }
     fn state(&self) -> PowerState {
-        self.last.lock().map(|l| *l).unwrap_or(PowerState::Unknown)
+        self.inner
+            .observed()
+            .unwrap_or_else(|| self.last.lock().map(|l| *l).unwrap_or(PowerState::Unknown))
+    }
+    fn observed(&self) -> Option<PowerState> {
+        self.inner.observed()
+    }
+    fn bind(&self, hooks: RelayHooks) {
+        self.inner.bind(hooks)
+    }
+    fn set_direct_boot(&self, boot: Option<DirectBoot>) -> Result<(), PowerError> {
+        self.inner.set_direct_boot(boot)
     }
 }
 

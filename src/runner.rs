@@ -343,7 +343,12 @@ impl Runner {
 
     /// Sends text to the console, honouring the device's character delay.
     async fn send(&mut self, text: &str) {
-        let delay = self.ctx.dt.bootloader.boot_character_delay_ms;
+        let delay = self
+            .ctx
+            .dt
+            .bootloader
+            .as_ref()
+            .map_or(0, |b| b.boot_character_delay_ms);
         if delay == 0 {
             let _ = self.ctx.output.send(text.as_bytes().to_vec());
         } else {
@@ -413,28 +418,33 @@ impl Runner {
         }
     }
 
+    /// The device type's bootloader, which a `u-boot` boot needs.
+    fn bootloader(&self) -> Result<&crate::device_type::Bootloader, Stop> {
+        self.ctx.dt.bootloader.as_ref().ok_or_else(|| {
+            Stop(JobOutcome::incomplete(
+                ErrorClass::Job,
+                format!(
+                    "device type {} has no bootloader; it boots with `method: minimal` or `qemu`",
+                    self.ctx.dt.name
+                ),
+            ))
+        })
+    }
+
     fn substitute(&self, cmd: &str) -> Result<String, Stop> {
         let kt = self.kernel_type.unwrap_or(KernelType::Image);
-        let addrs = self
-            .ctx
-            .dt
-            .bootloader
-            .load_addresses
-            .get(kt.as_str())
-            .ok_or_else(|| {
-                Stop(JobOutcome::incomplete(
-                    ErrorClass::Job,
-                    format!(
-                        "device type {} cannot boot a kernel of type {}",
-                        self.ctx.dt.name,
-                        kt.as_str()
-                    ),
-                ))
-            })?;
-        let bootx_cmd = self
-            .ctx
-            .dt
-            .bootloader
+        let bl = self.bootloader()?;
+        let addrs = bl.load_addresses.get(kt.as_str()).ok_or_else(|| {
+            Stop(JobOutcome::incomplete(
+                ErrorClass::Job,
+                format!(
+                    "device type {} cannot boot a kernel of type {}",
+                    self.ctx.dt.name,
+                    kt.as_str()
+                ),
+            ))
+        })?;
+        let bootx_cmd = bl
             .bootx
             .get(kt.as_str())
             .cloned()
@@ -468,21 +478,15 @@ impl Runner {
         let raw = match &b.commands {
             BootCommands::Inline(c) => c.clone(),
             BootCommands::Named(n) => {
-                self.ctx
-                    .dt
-                    .bootloader
-                    .commands
-                    .get(n)
-                    .cloned()
-                    .ok_or_else(|| {
-                        Stop(JobOutcome::incomplete(
-                            ErrorClass::Job,
-                            format!(
-                                "device type {} has no `{n}` boot commands",
-                                self.ctx.dt.name
-                            ),
-                        ))
-                    })?
+                self.bootloader()?.commands.get(n).cloned().ok_or_else(|| {
+                    Stop(JobOutcome::incomplete(
+                        ErrorClass::Job,
+                        format!(
+                            "device type {} has no `{n}` boot commands",
+                            self.ctx.dt.name
+                        ),
+                    ))
+                })?
             }
         };
         let mut out = Vec::new();
@@ -500,7 +504,23 @@ impl Runner {
     }
 
     async fn boot(&mut self, b: &Boot) -> Result<(), Stop> {
-        let commands = self.boot_commands(b)?;
+        let commands = match b.method {
+            crate::job::BootMethod::UBoot => self.boot_commands(b)?,
+            _ => Vec::new(),
+        };
+        let direct = match b.method {
+            crate::job::BootMethod::Qemu => Some(self.direct_boot()?),
+            _ => None,
+        };
+        let uses_relay_boot = direct.is_some();
+        if let Err(e) = self.ctx.power.set_direct_boot(direct) {
+            if uses_relay_boot {
+                return Err(Stop(JobOutcome::incomplete(
+                    ErrorClass::Configuration,
+                    format!("boot method qemu: {e}; the board needs a `qemu` relay"),
+                )));
+            }
+        }
         self.helpers_sent = false;
         self.collecting = false;
         self.phase(Phase::PoweringOn);
@@ -523,11 +543,11 @@ impl Runner {
                 .map_err(|e| infra(e.to_string()))
         })
         .await?;
-        if b.method == crate::job::BootMethod::Minimal {
-            // The board boots itself; what follows is the kernel's.
+        if b.method != crate::job::BootMethod::UBoot {
+            // The board (or its relay) boots the kernel; what follows is the kernel's.
             return self.login(b).await;
         }
-        let bl = self.ctx.dt.bootloader.clone();
+        let bl = self.bootloader()?.clone();
         // U-Boot's error messages are plain text (LAVA's lists hold `?`, `.`, `(`);
         // the kernel's are regexes, validated with the device type.
         let errors: Vec<String> = bl.error_messages.iter().map(|e| regex::escape(e)).collect();
@@ -553,6 +573,11 @@ impl Runner {
                 r.event("bootloader-command", c);
                 r.send(c).await;
                 r.send("\n").await;
+                // The prompt counts only after the command's own echo: a
+                // prompt already on its way (the interrupt's newline prints
+                // one more) would otherwise pace every later command one
+                // early, typing into a running `tftp`, which eats the keys.
+                r.expect(&[regex::escape(c)], &errors).await?;
                 if i + 1 < n {
                     r.expect(std::slice::from_ref(&bl.prompt), &errors).await?;
                 }
@@ -564,6 +589,33 @@ impl Runner {
         })
         .await?;
         self.login(b).await
+    }
+
+    /// What the relay boots for `method: qemu`: the deployed files, and the
+    /// device type's command line.
+    fn direct_boot(&self) -> Result<crate::power::DirectBoot, Stop> {
+        let spec = self.ctx.dt.direct_boot.as_ref().ok_or_else(|| {
+            Stop(JobOutcome::incomplete(
+                ErrorClass::Job,
+                format!(
+                    "device type {} cannot boot a kernel directly (no `direct_boot`); use `method: u-boot`",
+                    self.ctx.dt.name
+                ),
+            ))
+        })?;
+        let path = |k: &str| self.deployed.get(k).map(|p| self.ctx.tftp.root.join(p));
+        let kernel = path("kernel").ok_or_else(|| {
+            Stop(JobOutcome::incomplete(
+                ErrorClass::Job,
+                "boot method qemu needs a deploy action with a kernel before it",
+            ))
+        })?;
+        Ok(crate::power::DirectBoot {
+            kernel,
+            initrd: path("ramdisk"),
+            dtb: path("dtb"),
+            append: spec.append.clone(),
+        })
     }
 
     /// From the kernel to a shell: the login, if any, and the prompt.

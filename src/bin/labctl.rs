@@ -123,6 +123,16 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // Like any Unix filter, `labctl logs 7 | head` ends quietly when the
+    // reader goes away, instead of panicking on a broken pipe.
+    // SAFETY: restoring the default disposition of one signal before any
+    // thread exists.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

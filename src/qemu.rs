@@ -1,0 +1,444 @@
+//! The relay of a QEMU virtual board: its power is a QEMU process.
+//!
+//! Power on starts QEMU from the board's argv, paused (`-S`), with a QMP
+//! socket and (with a `unix` console) a serial chardev that connects to the
+//! console socket labd already listens on. Both QMP and the console are
+//! client sockets to labd's listeners, so nothing is polled: QEMU connects
+//! during its start-up. The relay lets the guest run (QMP `cont`) only once
+//! the board's console has attached this QEMU's connection, so no byte of
+//! the boot is lost. Power off is QMP `quit`, then SIGTERM and SIGKILL of the
+//! process group. A QEMU that exits by itself (a guest reboot under
+//! `-no-reboot`, a crash) is a board that lost power: the owning board is
+//! told at once.
+//!
+//! This module owns the QEMU process of one board and nothing else: it never
+//! reads the console, which stays the board actor's.
+
+use crate::console::BoxFuture;
+use crate::power::{DirectBoot, Power, PowerAction, PowerError, PowerState, RelayHooks};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// The most stderr lines kept to explain a QEMU that failed.
+const STDERR_LINES: usize = 8;
+
+pub struct QemuPower {
+    pub board: String,
+    pub argv: Vec<String>,
+    pub qmp_path: PathBuf,
+    /// The console socket QEMU's first serial port connects to, if labd
+    /// wires it (a `unix` console).
+    pub console_path: Option<PathBuf>,
+    pub timeout: Duration,
+    hooks: Mutex<Option<Arc<RelayHooks>>>,
+    direct: Mutex<Option<DirectBoot>>,
+    running: tokio::sync::Mutex<Option<Running>>,
+    /// Whether a QEMU process of this board is alive, as seen by its monitor.
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct Running {
+    pid: i32,
+    qmp: Qmp,
+    /// Set before labd stops QEMU, so that its exit is not a power loss.
+    expected: Arc<std::sync::atomic::AtomicBool>,
+    /// Becomes `Some(status)` when the process has exited.
+    exited: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+impl QemuPower {
+    pub fn new(
+        board: String,
+        argv: Vec<String>,
+        qmp_path: PathBuf,
+        console_path: Option<PathBuf>,
+        timeout: Duration,
+    ) -> Self {
+        QemuPower {
+            board,
+            argv,
+            qmp_path,
+            console_path,
+            timeout,
+            hooks: Mutex::new(None),
+            direct: Mutex::new(None),
+            running: tokio::sync::Mutex::new(None),
+            alive: Arc::default(),
+        }
+    }
+
+    fn failed(action: PowerAction, message: impl Into<String>) -> PowerError {
+        PowerError::Failed {
+            action: action.as_str(),
+            message: message.into(),
+        }
+    }
+
+    /// The full command line: the board's machine, then what labd owns.
+    pub fn command_line(&self) -> Vec<String> {
+        let mut a = self.argv.clone();
+        let s = |x: &str| x.to_owned();
+        a.extend([
+            s("-S"),
+            s("-qmp"),
+            format!("unix:{},server=off", self.qmp_path.display()),
+            s("-display"),
+            s("none"),
+            s("-monitor"),
+            s("none"),
+            s("-no-reboot"),
+        ]);
+        if let Some(c) = &self.console_path {
+            a.extend([
+                s("-chardev"),
+                format!("socket,id=labd-console,path={},server=off", c.display()),
+                s("-serial"),
+                s("chardev:labd-console"),
+            ]);
+        }
+        if let Ok(d) = self.direct.lock() {
+            if let Some(d) = d.as_ref() {
+                a.extend([s("-kernel"), d.kernel.display().to_string()]);
+                if let Some(r) = &d.initrd {
+                    a.extend([s("-initrd"), r.display().to_string()]);
+                }
+                if let Some(t) = &d.dtb {
+                    a.extend([s("-dtb"), t.display().to_string()]);
+                }
+                if !d.append.is_empty() {
+                    a.extend([s("-append"), d.append.clone()]);
+                }
+            }
+        }
+        a
+    }
+
+    async fn on(&self) -> Result<(), PowerError> {
+        let act = PowerAction::On;
+        let mut running = self.running.lock().await;
+        if running
+            .as_ref()
+            .is_some_and(|r| r.exited.borrow().is_none())
+        {
+            return Ok(());
+        }
+        let hooks = self.hooks.lock().ok().and_then(|h| h.clone());
+        // The attachment count before this QEMU exists: the guest runs only
+        // after a newer attachment, which can only be this QEMU's.
+        let mut attached = hooks.as_ref().map(|h| h.console_attached.clone());
+        let before = attached.as_ref().map(|a| *a.borrow());
+
+        if let Some(dir) = self.qmp_path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Self::failed(act, format!("{}: {e}", dir.display())))?;
+        }
+        // A socket file left by an earlier labd is stale: only this relay
+        // listens on it.
+        let _ = std::fs::remove_file(&self.qmp_path);
+        let listener = tokio::net::UnixListener::bind(&self.qmp_path)
+            .map_err(|e| Self::failed(act, format!("{}: {e}", self.qmp_path.display())))?;
+
+        let argv = self.command_line();
+        let (prog, args) = argv
+            .split_first()
+            .ok_or_else(|| Self::failed(act, "empty argv"))?;
+        let mut cmd = tokio::process::Command::new(prog);
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            // Its own process group, so that a SIGKILL reaches QEMU and
+            // whatever it started, and nothing of labd's.
+            .process_group(0);
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; nothing
+        // else runs between fork and exec. It makes QEMU die with labd (a
+        // restarted labd starts its boards afresh), which matters because
+        // a QEMU at a U-Boot prompt burns a whole core.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        tracing::info!(board = %self.board, argv = ?argv, "starting qemu");
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Self::failed(act, format!("{prog}: {e}")))?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let stderr_tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        if let Some(err) = child.stderr.take() {
+            let (tail, board) = (stderr_tail.clone(), self.board.clone());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    tracing::warn!(board = %board, "qemu: {l}");
+                    if let Ok(mut t) = tail.lock() {
+                        if t.len() == STDERR_LINES {
+                            t.pop_front();
+                        }
+                        t.push_back(l);
+                    }
+                }
+            });
+        }
+        let expected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (exit_tx, mut exited) = tokio::sync::watch::channel(None);
+        {
+            let (expected, hooks, tail, alive) = (
+                expected.clone(),
+                hooks.clone(),
+                stderr_tail.clone(),
+                self.alive.clone(),
+            );
+            alive.store(true, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let status = match child.wait().await {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                alive.store(false, std::sync::atomic::Ordering::SeqCst);
+                if !expected.load(std::sync::atomic::Ordering::SeqCst) {
+                    let why = explain(&format!("qemu exited on its own ({status})"), &tail);
+                    if let Some(h) = &hooks {
+                        (h.lost)(why);
+                    }
+                }
+                let _ = exit_tx.send(Some(status));
+            });
+        }
+        let died = |status: &str| {
+            Self::failed(
+                act,
+                explain(
+                    &format!("qemu exited while starting ({status})"),
+                    &stderr_tail,
+                ),
+            )
+        };
+
+        let start = async {
+            let (stream, _) = listener
+                .accept()
+                .await
+                .map_err(|e| Self::failed(act, format!("QMP accept: {e}")))?;
+            let mut qmp = Qmp::new(stream);
+            qmp.handshake()
+                .await
+                .map_err(|e| Self::failed(act, format!("QMP: {e}")))?;
+            if let (Some(a), Some(b)) = (attached.as_mut(), before) {
+                if a.wait_for(|n| *n > b).await.is_err() {
+                    return Err(Self::failed(act, "the board's console is gone"));
+                }
+            }
+            qmp.execute("cont")
+                .await
+                .map_err(|e| Self::failed(act, format!("QMP cont: {e}")))?;
+            Ok(qmp)
+        };
+        let mut watch_exit = exited.clone();
+        let qmp = tokio::select! {
+            r = tokio::time::timeout(self.timeout, start) => match r {
+                Ok(Ok(q)) => q,
+                Ok(Err(e)) => {
+                    expected.store(true, std::sync::atomic::Ordering::SeqCst);
+                    kill_group(pid, &mut exited, Duration::from_secs(2)).await;
+                    return Err(e);
+                }
+                Err(_) => {
+                    expected.store(true, std::sync::atomic::Ordering::SeqCst);
+                    kill_group(pid, &mut exited, Duration::from_secs(2)).await;
+                    return Err(Self::failed(act, explain(&format!(
+                        "qemu did not connect its QMP socket and console within {} s",
+                        self.timeout.as_secs()
+                    ), &stderr_tail)));
+                }
+            },
+            status = async { watch_exit.wait_for(|s| s.is_some()).await.ok().and_then(|s| s.clone()) } => {
+                return Err(died(&status.unwrap_or_default()));
+            }
+        };
+        drop(listener);
+        let _ = std::fs::remove_file(&self.qmp_path);
+        *running = Some(Running {
+            pid,
+            qmp,
+            expected,
+            exited,
+        });
+        Ok(())
+    }
+
+    async fn off(&self) -> Result<(), PowerError> {
+        let mut running = self.running.lock().await;
+        let Some(mut r) = running.take() else {
+            return Ok(());
+        };
+        r.expected.store(true, std::sync::atomic::Ordering::SeqCst);
+        if r.exited.borrow().is_some() {
+            return Ok(());
+        }
+        // QMP `quit` exits in milliseconds; signals are for a QEMU that no
+        // longer listens.
+        let quit = tokio::time::timeout(Duration::from_secs(2), r.qmp.execute("quit")).await;
+        if !matches!(quit, Ok(Ok(()))) {
+            tracing::warn!(board = %self.board, "QMP quit failed; signalling qemu");
+        }
+        let exited = matches!(
+            tokio::time::timeout(self.timeout, r.exited.wait_for(|s| s.is_some())).await,
+            Ok(Ok(_))
+        );
+        if !exited {
+            kill_group(r.pid, &mut r.exited, Duration::from_secs(5)).await;
+        }
+        if r.exited.borrow().is_none() {
+            return Err(Self::failed(
+                PowerAction::Off,
+                format!("qemu (pid {}) did not exit even after SIGKILL", r.pid),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// SIGTERM the process group, then SIGKILL it if it does not exit in `grace`.
+async fn kill_group(
+    pid: i32,
+    exited: &mut tokio::sync::watch::Receiver<Option<String>>,
+    grace: Duration,
+) {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    if pid <= 0 {
+        return;
+    }
+    let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+    let gone = matches!(
+        tokio::time::timeout(grace, exited.wait_for(|s| s.is_some())).await,
+        Ok(Ok(_))
+    );
+    if !gone {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = tokio::time::timeout(grace, exited.wait_for(|s| s.is_some())).await;
+    }
+}
+
+fn explain(what: &str, tail: &Mutex<VecDeque<String>>) -> String {
+    match tail.lock() {
+        Ok(t) if !t.is_empty() => {
+            format!(
+                "{what}: {}",
+                t.iter().cloned().collect::<Vec<_>>().join(" / ")
+            )
+        }
+        _ => what.to_owned(),
+    }
+}
+
+impl Power for QemuPower {
+    fn switch(&self, action: PowerAction) -> BoxFuture<'_, Result<(), PowerError>> {
+        Box::pin(async move {
+            match action {
+                PowerAction::On => self.on().await,
+                PowerAction::Off => self.off().await,
+                // A fresh process, not `system_reset`: a direct boot's
+                // kernel may have changed, and nothing of the last job stays.
+                PowerAction::Reset => {
+                    self.off().await?;
+                    self.on().await.map_err(|e| match e {
+                        PowerError::Failed { message, .. } => PowerError::Failed {
+                            action: "reset",
+                            message,
+                        },
+                        e => e,
+                    })
+                }
+            }
+        })
+    }
+    fn describe(&self) -> String {
+        format!(
+            "qemu relay {}",
+            self.argv.first().map_or("", String::as_str)
+        )
+    }
+    fn bind(&self, hooks: RelayHooks) {
+        if let Ok(mut h) = self.hooks.lock() {
+            *h = Some(Arc::new(hooks));
+        }
+    }
+    fn set_direct_boot(&self, boot: Option<DirectBoot>) -> Result<(), PowerError> {
+        if let Ok(mut d) = self.direct.lock() {
+            *d = boot;
+        }
+        Ok(())
+    }
+    fn observed(&self) -> Option<PowerState> {
+        if self.alive.load(std::sync::atomic::Ordering::SeqCst) {
+            None
+        } else {
+            Some(PowerState::Off)
+        }
+    }
+}
+
+/// A QMP connection: JSON lines; asynchronous events are skipped while
+/// waiting for a command's answer.
+struct Qmp {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Qmp {
+    fn new(s: UnixStream) -> Self {
+        let (r, w) = s.into_split();
+        Qmp {
+            reader: BufReader::new(r),
+            writer: w,
+        }
+    }
+
+    async fn read(&mut self) -> Result<serde_json::Value, String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .await
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("QMP socket closed".into());
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(line.trim()).map_err(|e| format!("bad QMP line: {e}"))?;
+            if v.get("event").is_none() {
+                return Ok(v);
+            }
+        }
+    }
+
+    async fn handshake(&mut self) -> Result<(), String> {
+        let greeting = self.read().await?;
+        if greeting.get("QMP").is_none() {
+            return Err(format!("unexpected greeting {greeting}"));
+        }
+        self.execute("qmp_capabilities").await
+    }
+
+    async fn execute(&mut self, command: &str) -> Result<(), String> {
+        let line = format!("{{\"execute\":\"{command}\"}}\n");
+        self.writer
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = self.read().await?;
+        if let Some(e) = answer.get("error") {
+            return Err(format!("{command}: {e}"));
+        }
+        Ok(())
+    }
+}
