@@ -195,6 +195,9 @@ pub struct BoardActor {
     /// When the current phase began.
     phase_since: std::time::Instant,
     guard: DeathGuard,
+    /// The lab's boot slots, and the relay device this board shares.
+    boot_slots: crate::boots::BootSlots,
+    relay_device: Option<String>,
 }
 
 impl BoardActor {
@@ -244,7 +247,20 @@ impl BoardActor {
             lost: None,
             metrics,
             phase_since: std::time::Instant::now(),
+            boot_slots: crate::boots::BootSlots::default(),
+            relay_device: None,
         }
+    }
+
+    /// Boots of this board take a slot of `slots` (lab-wide, and per relay device).
+    pub fn with_boot_slots(
+        mut self,
+        slots: crate::boots::BootSlots,
+        relay_device: Option<String>,
+    ) -> Self {
+        self.boot_slots = slots;
+        self.relay_device = relay_device;
+        self
     }
 
     fn set_phase(&mut self, phase: Phase) {
@@ -590,6 +606,8 @@ impl Handler<StartJob> for BoardActor {
             power: self.power.clone(),
             store: self.store.clone(),
             tftp: self.tftp.clone(),
+            boot_slots: self.boot_slots.clone(),
+            relay_device: self.relay_device.clone(),
             // A board that connects its own console once powered (QEMU)
             // is powered without waiting for it.
             console_up: if self.console.attaches_after_power_on() {

@@ -366,6 +366,25 @@ pub struct Limits {
     /// A client that does not read its answers for this long is dropped.
     #[serde(default = "default_write_timeout")]
     pub client_write_timeout_secs: u64,
+    /// Boards booting at once in the whole lab (power-on to shell); more
+    /// wait their turn. None: no limit.
+    #[serde(default)]
+    pub max_concurrent_boots: Option<usize>,
+    /// Boards booting at once on one relay device (a PDU behind
+    /// pdudaemon): its supply's inrush current. None: no limit.
+    #[serde(default)]
+    pub max_concurrent_boots_per_relay: Option<usize>,
+}
+
+impl PowerConfig {
+    /// The relay device this board shares with others, if any: boots on
+    /// one device are limited together.
+    pub fn relay_device(&self) -> Option<String> {
+        match self {
+            PowerConfig::Pdudaemon { url, hostname, .. } => Some(format!("{url} {hostname}")),
+            _ => None,
+        }
+    }
 }
 
 impl Limits {
@@ -397,6 +416,8 @@ impl Default for Limits {
             max_connections: default_connections(),
             request_timeout_secs: default_request_timeout(),
             client_write_timeout_secs: default_write_timeout(),
+            max_concurrent_boots: None,
+            max_concurrent_boots_per_relay: None,
         }
     }
 }

@@ -224,6 +224,8 @@ pub struct LabActor {
     /// Health-check jobs by device type.
     health_checks: BTreeMap<String, HealthCheck>,
     metrics: crate::metrics::Metrics,
+    /// How many boards may boot at once; shared with every board.
+    boot_slots: crate::boots::BootSlots,
     /// The config file, for reloads; None for the demo lab.
     config_path: Option<std::path::PathBuf>,
 }
@@ -311,6 +313,10 @@ impl LabActor {
         }
         let health_checks = load_health_checks(&cfg)?;
         Ok(LabActor {
+            boot_slots: crate::boots::BootSlots::new(
+                cfg.limits.max_concurrent_boots,
+                cfg.limits.max_concurrent_boots_per_relay,
+            ),
             config_path: None,
             metrics,
             health_checks,
@@ -433,6 +439,10 @@ impl LabActor {
             let slot = self.new_slot(&b, dt, ctx);
             self.boards.insert(name, slot);
         }
+        self.boot_slots.set_limits(
+            cfg.limits.max_concurrent_boots,
+            cfg.limits.max_concurrent_boots_per_relay,
+        );
         self.cfg = cfg;
         self.device_types = device_types;
         self.health_checks = health_checks;
@@ -501,6 +511,7 @@ impl LabActor {
             std::time::Duration::from_secs(self.cfg.limits.console_reconnect_secs),
             self.metrics.clone(),
         )
+        .with_boot_slots(self.boot_slots.clone(), b.power.relay_device())
         .start();
         (addr, power)
     }

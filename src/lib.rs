@@ -4,6 +4,7 @@
 //! are thin front ends. See `ARCHITECTURE.md` for the map.
 
 pub mod board;
+pub mod boots;
 pub mod client;
 pub mod config;
 pub mod console;

@@ -92,6 +92,8 @@ impl ConsoleFeed {
 pub enum Phase {
     Off,
     Deploying,
+    /// Waiting for a boot slot (`limits.max_concurrent_boots`).
+    WaitingToBoot,
     PoweringOn,
     Bootloader,
     BootloaderCommands,
@@ -127,6 +129,9 @@ pub struct RunCtx {
     pub power: Arc<dyn Power>,
     pub store: Store,
     pub tftp: TftpInfo,
+    /// A boot holds one of these from power-on to the shell.
+    pub boot_slots: crate::boots::BootSlots,
+    pub relay_device: Option<String>,
     pub phase: Box<dyn Fn(Phase) + Send>,
     /// Whether the board's console is attached now.
     pub console_up: tokio::sync::watch::Receiver<bool>,
@@ -150,6 +155,8 @@ struct Runner {
     shell_prompt: Vec<String>,
     helpers_sent: bool,
     current_set: Option<String>,
+    /// Held from power-on until the shell (or the run's end).
+    boot_slot: Option<crate::boots::BootPermit>,
 }
 
 /// Runs a job to its end and returns how it ended. Powering off is the
@@ -167,6 +174,7 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         shell_prompt: Vec::new(),
         helpers_sent: false,
         current_set: None,
+        boot_slot: None,
     };
     let job_id = r.ctx.job_id;
     let store = r.ctx.store.clone();
@@ -523,6 +531,18 @@ impl Runner {
         }
         self.helpers_sent = false;
         self.collecting = false;
+        // Waiting for a slot is not part of the power-on timeout; the job's
+        // own timeout still bounds it.
+        let relay = self.ctx.relay_device.clone();
+        let slot = match self.ctx.boot_slots.try_acquire(relay.as_deref()) {
+            Some(p) => p,
+            None => {
+                self.phase(Phase::WaitingToBoot);
+                let p = self.ctx.boot_slots.acquire(relay.as_deref()).await;
+                p
+            }
+        };
+        self.boot_slot = Some(slot);
         self.phase(Phase::PoweringOn);
         let limit = self.timeout("power-on", None);
         let power = self.ctx.power.clone();
@@ -654,6 +674,7 @@ impl Runner {
             Ok(())
         })
         .await?;
+        self.boot_slot = None;
         self.phase(Phase::Shell);
         Ok(())
     }
