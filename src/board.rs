@@ -514,10 +514,19 @@ impl Handler<ConsoleLost> for BoardActor {
         if msg.0 != self.console_gen {
             return;
         }
-        tracing::warn!(board = %self.name, reason = %msg.1, "console lost; reconnecting");
         self.writer = None;
         self.console_tasks.clear();
         self.console_up.send_replace(false);
+        if self.console.attaches_after_power_on() {
+            // A board that connects its own console (QEMU) closes it when
+            // it powers off: that is no loss. A board dying during a job is
+            // reported by its relay as lost power.
+            tracing::info!(board = %self.name, reason = %msg.1, "console closed by the board");
+            // Waiting for the next connection is an accept: no backoff.
+            self.connect(ctx);
+            return;
+        }
+        tracing::warn!(board = %self.name, reason = %msg.1, "console lost; reconnecting");
         let mut timer = None;
         if let Some(job) = &mut self.job {
             let note = format!("\r\n[labd: console lost: {}; reconnecting]\r\n", msg.1);

@@ -449,6 +449,14 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "qemu-aarch64-uboot",
         include_str!("../device-types/qemu-aarch64-uboot.yaml"),
     ),
+    (
+        "qemu-x86-uboot",
+        include_str!("../device-types/qemu-x86-uboot.yaml"),
+    ),
+    (
+        "qemu-aarch64",
+        include_str!("../device-types/qemu-aarch64.yaml"),
+    ),
 ];
 
 /// Parses the embedded device types.

@@ -186,10 +186,14 @@ impl QemuPower {
             });
         }
         let expected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Whether the guest was let run: an exit before that is a failed
+        // power-on (answered by this call), not a power loss.
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (exit_tx, mut exited) = tokio::sync::watch::channel(None);
         {
-            let (expected, hooks, tail, alive) = (
+            let (expected, released, hooks, tail, alive) = (
                 expected.clone(),
+                released.clone(),
                 hooks.clone(),
                 stderr_tail.clone(),
                 self.alive.clone(),
@@ -201,7 +205,9 @@ impl QemuPower {
                     Err(e) => format!("wait failed: {e}"),
                 };
                 alive.store(false, std::sync::atomic::Ordering::SeqCst);
-                if !expected.load(std::sync::atomic::Ordering::SeqCst) {
+                if released.load(std::sync::atomic::Ordering::SeqCst)
+                    && !expected.load(std::sync::atomic::Ordering::SeqCst)
+                {
                     let why = explain(&format!("qemu exited on its own ({status})"), &tail);
                     if let Some(h) = &hooks {
                         (h.lost)(why);
@@ -234,6 +240,7 @@ impl QemuPower {
                     return Err(Self::failed(act, "the board's console is gone"));
                 }
             }
+            released.store(true, std::sync::atomic::Ordering::SeqCst);
             qmp.execute("cont")
                 .await
                 .map_err(|e| Self::failed(act, format!("QMP cont: {e}")))?;

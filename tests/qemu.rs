@@ -1,0 +1,160 @@
+//! The qemu relay and the unix console against a real QEMU running Debian's
+//! U-Boot (`hil/setup` installs both; `.ci/run` runs it before the tests).
+//! No kernel is needed: the jobs talk to U-Boot itself, with the board's
+//! device dictionary making U-Boot's `echo` the "kernel start" and its
+//! prompt the "shell".
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
+
+fn have_qemu() -> bool {
+    let ok = std::process::Command::new("qemu-system-aarch64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Path::new(UBOOT).exists();
+    if !ok {
+        eprintln!("skipped: qemu-system-aarch64 or {UBOOT} is missing (hil/setup installs them)");
+    }
+    ok
+}
+
+/// A lab with one QEMU arm64 board whose "kernel" is U-Boot's echo.
+fn qemu_lab(machine: &str) -> Lab {
+    let board = format!(
+        r#"
+[[boards]]
+name = "qemu-01"
+device_type = "qemu-aarch64-uboot"
+console = {{ type = "unix", path = "@DIR@/qemu-01.console" }}
+power = {{ type = "qemu", timeout_secs = 60, argv = ["qemu-system-aarch64", "-M", "{machine}", "-cpu", "cortex-a57", "-accel", "tcg", "-m", "256", "-bios", "{UBOOT}", "-nic", "none"] }}
+[boards.parameters]
+"kernel.start_message" = "labd-says-hello"
+"shell_prompt" = "=> "
+"#
+    );
+    Lab::start_with(1, &[], &[], &board)
+}
+
+fn uboot_job(commands: &[&str]) -> String {
+    let c: String = commands.iter().map(|c| format!("    - {c:?}\n")).collect();
+    format!(
+        "device_type: qemu-aarch64-uboot\njob_name: talk to u-boot\ntimeouts:\n  job:\n    minutes: 4\nactions:\n- boot:\n    method: u-boot\n    commands:\n{c}    prompts: ['=> ']\n"
+    )
+}
+
+#[test]
+fn a_qemu_board_runs_only_once_its_console_is_attached_and_no_byte_is_lost() {
+    if !have_qemu() {
+        return;
+    }
+    let lab = qemu_lab("virt");
+    rt().block_on(async {
+        let mut c = lab.client().await;
+        let id = submit(
+            &mut c,
+            &uboot_job(&["setenv labd 1", "echo labd-says-hello"]),
+        )
+        .await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{end}\n{log}");
+        // The very first thing U-Boot prints is in the log: QEMU was held
+        // (-S) until the console had its connection.
+        let first = log.trim_start();
+        assert!(
+            first.starts_with("U-Boot 20"),
+            "log starts with {:?}",
+            &first[..first.len().min(80)]
+        );
+        assert!(log.contains("Hit any key to stop autoboot"), "{log}");
+        // Powered off at the end: QMP quit, the process gone.
+        let b = board(&mut c, "qemu-01").await;
+        assert_eq!(b["power"], "Off", "{b}");
+
+        // A second job on the same board: a fresh QEMU, attached again.
+        let id = submit(&mut c, &uboot_job(&["echo labd-says-hello"])).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{end}\n{log}");
+        assert!(log.trim_start().starts_with("U-Boot 20"));
+    });
+}
+
+#[test]
+fn a_qemu_that_dies_during_a_job_is_a_board_that_lost_power() {
+    if !have_qemu() {
+        return;
+    }
+    let lab = qemu_lab("virt");
+    rt().block_on(async {
+        let mut c = lab.client().await;
+        let id = submit(
+            &mut c,
+            &uboot_job(&["echo waiting-here", "sleep 120", "echo labd-says-hello"]),
+        )
+        .await;
+        until_log_contains(&lab, id, "sleep 120").await;
+        // The QEMU of this board is the one whose QMP socket is in its lab.
+        let qmp = lab.dir.path().join("state/qemu/qemu-01.qmp");
+        let pid = qemu_pid(&qmp.display().to_string()).expect("qemu is running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{end}");
+        let job = job(&mut c, id).await;
+        assert_eq!(job["error_class"], "Infrastructure", "{job}");
+        let err = job["error"].as_str().unwrap();
+        assert!(
+            err.contains("board lost power") && err.contains("qemu exited on its own"),
+            "{err}"
+        );
+        assert!(log.contains("[labd: board lost power"), "{log}");
+        let b = board(&mut c, "qemu-01").await;
+        assert_eq!(b["power"], "Off", "{b}");
+    });
+}
+
+#[test]
+fn a_qemu_that_cannot_start_fails_the_job_with_its_own_words() {
+    if !have_qemu() {
+        return;
+    }
+    let lab = qemu_lab("no-such-machine");
+    rt().block_on(async {
+        let mut c = lab.client().await;
+        let id = submit(&mut c, &uboot_job(&["echo labd-says-hello"])).await;
+        let (end, _) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{end}");
+        let job = job(&mut c, id).await;
+        assert_eq!(job["error_class"], "Infrastructure", "{job}");
+        let err = job["error"].as_str().unwrap();
+        assert!(
+            err.contains("qemu exited while starting") && err.contains("no-such-machine"),
+            "{err}"
+        );
+    });
+}
+
+/// The pid of the process whose command line mentions `needle`.
+fn qemu_pid(needle: &str) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()? {
+        let e = e.ok()?;
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.starts_with("qemu-system") && cmd.contains(needle) {
+            return Some(pid);
+        }
+    }
+    None
+}
