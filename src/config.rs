@@ -831,6 +831,77 @@ mod tests {
         assert!(!cfg.boards.is_empty());
     }
 
+    /// Every example lab loads, and every board's device type is one labd ships.
+    #[test]
+    fn example_labs_load_with_shipped_device_types() {
+        let shipped: Vec<&str> = crate::device_type::EMBEDDED
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        for (file, text) in [
+            ("config/labd.toml", include_str!("../config/labd.toml")),
+            ("hil/lab.toml", include_str!("../hil/lab.toml")),
+            (
+                "hil/real-lab.example.toml",
+                include_str!("../hil/real-lab.example.toml"),
+            ),
+        ] {
+            let text = text
+                .replace("@RUN@", "/tmp/run")
+                .replace("@CACHE@", "/tmp/cache")
+                .replace("@DEVICE_TYPES@", "/tmp/dt");
+            let cfg = LabConfig::parse(file, &text).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!cfg.boards.is_empty(), "{file}");
+            for b in &cfg.boards {
+                assert!(
+                    shipped.contains(&b.device_type.as_str()),
+                    "{file}: {} uses {}",
+                    b.name,
+                    b.device_type
+                );
+            }
+        }
+        // The three kinds of board the README promises are in the main example.
+        let cfg =
+            LabConfig::parse("config/labd.toml", include_str!("../config/labd.toml")).unwrap();
+        let kinds: Vec<_> = cfg.boards.iter().map(|b| &b.power).collect();
+        assert!(kinds
+            .iter()
+            .any(|p| matches!(p, PowerConfig::Pdudaemon { .. })));
+        assert!(kinds
+            .iter()
+            .any(|p| matches!(p, PowerConfig::Command { .. })));
+        assert!(kinds.iter().any(|p| matches!(p, PowerConfig::Qemu { .. })));
+    }
+
+    #[test]
+    fn a_qemu_relay_may_not_set_what_labd_owns() {
+        let base = "state_dir = \"/tmp\"\n[[boards]]\nname = \"q\"\ndevice_type = \"qemu-aarch64\"\nconsole = { type = \"unix\", path = \"/tmp/q.sock\" }\n";
+        let err = LabConfig::parse(
+            "x.toml",
+            &format!(
+                "{base}power = {{ type = \"qemu\", argv = [\"qemu-system-aarch64\", \"-S\"] }}\n"
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("boards[0].power.argv[1]") && err.contains("`-S`"),
+            "{err}"
+        );
+        let err = LabConfig::parse("x.toml", &format!("{base}power = {{ type = \"qemu\", argv = [\"qemu-system-aarch64\", \"-serial\", \"stdio\"] }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("-serial"), "{err}");
+        let err = LabConfig::parse(
+            "x.toml",
+            &format!("{base}power = {{ type = \"qemu\", argv = [] }}\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("non-empty"), "{err}");
+    }
+
     #[test]
     fn errors_have_line_and_column() {
         let err = LabConfig::parse("x.toml", "state_dir = \"/tmp\"\n[[boards]]\nname = 3\n")

@@ -275,3 +275,28 @@ fn missing_keys_point_at_their_parent() {
         Some(12)
     );
 }
+
+/// The rig's jobs (virtual and real lab) are valid jobs, and each says what
+/// must happen to it.
+#[test]
+fn the_rig_jobs_parse_and_carry_expectations() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hil");
+    let mut n = 0;
+    for dir in ["jobs", "real-jobs"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = e.unwrap().path();
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("@ARTIFACTS@", "http://files.lab/hil");
+            let name = path.display().to_string();
+            let parsed = job::parse(&name, &text).unwrap_or_else(|e| panic!("{e}"));
+            assert!(parsed.warnings.is_empty(), "{name}: {:?}", parsed.warnings);
+            assert!(
+                text.contains("# expect-health: "),
+                "{name} says nothing of how it ends"
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 9, "{n} rig jobs");
+}
