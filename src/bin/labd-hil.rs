@@ -256,6 +256,31 @@ fn phase_ms(job: &Value, phases: &[&str]) -> Option<u64> {
     Some(ms)
 }
 
+fn median(mut v: Vec<u64>) -> Option<u64> {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+/// CPU seconds (user + system) and peak resident KiB of a live process.
+fn process_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `fields` starts at field 3.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = match unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as f64,
+        _ => 100.0,
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    Some((ticks as f64 / hz, hwm))
+}
+
 fn secs(ms: Option<u64>) -> String {
     match ms {
         Some(0) | None => "-".into(),
@@ -502,8 +527,10 @@ async fn run(args: Args) -> Result<bool> {
             args.timeout_secs
         );
     }
+    let mut dispatcher = None;
     if let Some(child) = labd.as_mut() {
         if let Some(pid) = child.id() {
+            dispatcher = process_usage(pid);
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGTERM,
@@ -515,6 +542,23 @@ async fn run(args: Args) -> Result<bool> {
         {
             let _ = child.kill().await;
         }
+    }
+    if let Some((cpu, hwm)) = dispatcher {
+        let n = outcomes.len().max(1) as f64;
+        let own: Vec<u64> = outcomes
+            .iter()
+            .filter_map(|o| phase_ms(&o.job, &["Deploying", "PoweringOff"]))
+            .collect();
+        println!(
+            "labd-hil: labd used {cpu:.2} CPU-s in all ({:.3} per job, start-up included), peak RSS {:.1} MiB; its own time per job (deploy + power-off) median {}",
+            cpu / n,
+            hwm as f64 / 1024.0,
+            secs(median(own)),
+        );
+        std::fs::write(
+            run_dir.join("labd-usage.json"),
+            serde_json::to_vec(&serde_json::json!({"cpu_s": cpu, "jobs": outcomes.len(), "peak_rss_kib": hwm}))?,
+        )?;
     }
     println!(
         "labd-hil: {} jobs, {} as expected, in {:.1} s; details in {}",
