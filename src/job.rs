@@ -40,9 +40,32 @@ pub struct Artifact {
     /// LAVA's `sha256sum` of the file as downloaded (before decompression).
     #[serde(default)]
     pub sha256: Option<String>,
-    /// LAVA's `compression`: `gz` is undone before the board sees the file.
+    /// LAVA's `compression`: undone before the board sees the file.
     #[serde(default)]
-    pub gzip: bool,
+    pub compression: Compression,
+}
+
+/// How an artifact is compressed (LAVA's `compression`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gz,
+    Xz,
+    Zstd,
+}
+
+impl Compression {
+    /// The file-name suffix such files carry, dropped from the served name.
+    pub fn suffix(self) -> Option<&'static str> {
+        match self {
+            Compression::None => None,
+            Compression::Gz => Some(".gz"),
+            Compression::Xz => Some(".xz"),
+            Compression::Zstd => Some(".zst"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -698,7 +721,7 @@ fn artifact(
     let mut url = None;
     let mut extra = BTreeMap::new();
     let mut sha256 = None;
-    let mut gzip = false;
+    let mut compression = Compression::None;
     for (k, val) in m.iter() {
         let p = format!("{path}.{}", k.as_str());
         match k.as_str() {
@@ -712,12 +735,16 @@ fn artifact(
                 }
             }
             "compression" => match ctx.string(&p, val).as_deref() {
-                Some("gz") => gzip = true,
+                Some("gz") => compression = Compression::Gz,
+                Some("xz") => compression = Compression::Xz,
+                Some("zstd") => compression = Compression::Zstd,
                 Some("none") | None => {}
                 Some(other) => ctx.unsupported(
                     &p,
                     val.span(),
-                    format!("compression `{other}` is not supported yet; labd undoes `gz`"),
+                    format!(
+                        "compression `{other}` is not supported; labd undoes `gz`, `xz` and `zstd`"
+                    ),
                 ),
             },
             "url" => {
@@ -778,7 +805,7 @@ fn artifact(
         Artifact {
             url: url?,
             sha256,
-            gzip,
+            compression,
         },
         extra,
     ))

@@ -312,16 +312,43 @@ impl Runner {
                         .rsplit('/')
                         .next()
                         .filter(|b| !b.is_empty())
-                        .map(|b| b.strip_suffix(".gz").filter(|_| art.gzip).unwrap_or(b))
+                        .map(|b| {
+                            art.compression
+                                .suffix()
+                                .and_then(|x| b.strip_suffix(x))
+                                .unwrap_or(b)
+                        })
                         .unwrap_or(kind)
                         .to_owned();
                     // Keep names distinct even if two artifacts share a file name.
                     let name = format!("{index}-{kind}-{base}");
                     let dst = dir.join(&name);
                     r.event("deploy", &format!("{kind}: fetching {url}"));
-                    let (u, sha, gz) = (url.clone(), art.sha256.clone(), art.gzip);
+                    let (u, sha, comp) = (url.clone(), art.sha256.clone(), art.compression);
+                    let store = r.ctx.store.clone();
                     let fetched = tokio::task::spawn_blocking(move || {
-                        crate::deploy::fetch(&u, sha.as_deref(), gz, &dst, max, limit)
+                        let mut progress = |read: u64, total: Option<u64>| {
+                            let mb = |b: u64| b as f64 / 1e6;
+                            let msg = match total {
+                                Some(t) if t > 0 => format!(
+                                    "{kind}: {:.1} of {:.1} MB ({}%)",
+                                    mb(read),
+                                    mb(t),
+                                    read * 100 / t
+                                ),
+                                _ => format!("{kind}: {:.1} MB", mb(read)),
+                            };
+                            store.record_event(job, JobEvent::now("deploy-progress", &msg));
+                        };
+                        crate::deploy::fetch(
+                            &u,
+                            sha.as_deref(),
+                            comp,
+                            &dst,
+                            max,
+                            limit,
+                            &mut progress,
+                        )
                     })
                     .await
                     .map_err(|e| infra(format!("deploy {kind}: {e}")))?;

@@ -67,15 +67,18 @@ fn http_artifacts_are_fetched_checked_and_decompressed() {
         gz.write_all(&kernel).unwrap();
         let gz = gz.finish().unwrap();
         std::fs::write(www.join("Image.gz"), &gz).unwrap();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut std::io::Cursor::new(&kernel), &mut xz).unwrap();
+        std::fs::write(www.join("Image.xz"), &xz).unwrap();
         std::fs::write(www.join("rootfs.cpio.gz"), vec![0x1fu8; 100_000]).unwrap();
         let port = http_server(www).await;
         let base = format!("http://127.0.0.1:{port}");
-        let job_text = |kernel_url: &str, sum: &str| {
+        let job_text_as = |kernel_url: &str, sum: &str, compression: &str| {
             lab.job("http", "medium", &["lava-test-case t --shell true"])
                 .replacen(
                     &format!("      url: file://{}/Image\n", lab.artifacts().display()),
                     &format!(
-                        "      url: {kernel_url}\n      compression: gz\n      sha256sum: {sum}\n"
+                        "      url: {kernel_url}\n      compression: {compression}\n      sha256sum: {sum}\n"
                     ),
                     1,
                 )
@@ -88,6 +91,7 @@ fn http_artifacts_are_fetched_checked_and_decompressed() {
                     1,
                 )
         };
+        let job_text = |kernel_url: &str, sum: &str| job_text_as(kernel_url, sum, "gz");
         let mut c = lab.client().await;
 
         let good = job_text(&format!("{base}/Image.gz"), &sha256_hex(&gz));
@@ -96,6 +100,26 @@ fn http_artifacts_are_fetched_checked_and_decompressed() {
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete", "{log}");
         // The board got the kernel decompressed.
+        assert!(log.contains("Bytes transferred = 300000"), "{log}");
+        // Progress of each download is in the job's events.
+        let j = job(&mut c, id).await;
+        let progress: Vec<&str> = j["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "deploy-progress")
+            .map(|e| e["message"].as_str().unwrap())
+            .collect();
+        assert!(
+            progress.iter().any(|m| m.starts_with("kernel:") && m.ends_with("(100%)")),
+            "{progress:?}"
+        );
+
+        // The same kernel xz-compressed.
+        let xz_job = job_text_as(&format!("{base}/Image.xz"), &sha256_hex(&xz), "xz");
+        let id = submit(&mut c, &xz_job).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
         assert!(log.contains("Bytes transferred = 300000"), "{log}");
 
         let wrong = job_text(&format!("{base}/Image.gz"), &"0".repeat(64));

@@ -557,7 +557,9 @@ async fn run(args: Args) -> Result<bool> {
         );
         std::fs::write(
             run_dir.join("labd-usage.json"),
-            serde_json::to_vec(&serde_json::json!({"cpu_s": cpu, "jobs": outcomes.len(), "peak_rss_kib": hwm}))?,
+            serde_json::to_vec(
+                &serde_json::json!({"cpu_s": cpu, "jobs": outcomes.len(), "peak_rss_kib": hwm}),
+            )?,
         )?;
     }
     println!(
