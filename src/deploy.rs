@@ -236,15 +236,13 @@ mod tests {
         }
     }
 
+    type Progress = Vec<(u64, Option<u64>)>;
+
     fn fetch_file(
         c: Compression,
         bytes: &[u8],
         max: u64,
-    ) -> (
-        Result<Fetched, DeployError>,
-        Vec<u8>,
-        Vec<(u64, Option<u64>)>,
-    ) {
+    ) -> (Result<Fetched, DeployError>, Vec<u8>, Progress) {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("in");
         std::fs::write(&src, bytes).unwrap();
