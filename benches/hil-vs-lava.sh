@@ -26,7 +26,7 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 # The peer: lava-dispatcher (no recommends), atftpd, and its device files.
 if [ ! -d "$PEER" ]; then cp -r ../shared/lava-peer "$PEER"; fi
 command -v atftpd >/dev/null || apt-get install -y -q --no-install-recommends atftpd
-HIL_TFTP=$CACHE "$PEER/bin/setup-dispatcher.sh" > "$OUT/lava-setup.log" 2>&1 || { tail "$OUT/lava-setup.log"; exit 1; }
+HIL="$(cd ../shared/hil && pwd)" HIL_TFTP=$CACHE "$PEER/bin/setup-dispatcher.sh" > "$OUT/lava-setup.log" 2>&1 || { tail "$OUT/lava-setup.log"; exit 1; }
 
 cargo build --release --bins --quiet
 
@@ -45,10 +45,15 @@ mkdir -p "$PEER/artifacts"; cp -u "$CACHE/Image-arm64" "$CACHE/initramfs-arm64.c
 python3 -m http.server --bind 127.0.0.1 --directory "$PEER/artifacts" 8765 > "$OUT/http.log" 2>&1 &
 HTTP=$!
 trap 'kill $HTTP 2>/dev/null || true' EXIT
+# python takes a moment to listen; there is nothing to wait on but the port.
+for _ in $(seq 100); do
+    curl -sf -o /dev/null -r 0-0 http://127.0.0.1:8765/Image-arm64 && break
+    sleep 0.1
+done
 
 echo "== labd: $RUNS runs"
 ./target/release/labd-hil --boards 1 --jobs "$JOB" --repeat "$RUNS" --run-dir "$OUT/labd" \
-    --artifacts http://127.0.0.1:8765 | tee "$OUT/labd.txt"
+    --artifacts http://127.0.0.1:8765 | tee "$OUT/labd.txt" || true
 kill $HTTP; wait $HTTP 2>/dev/null || true; trap - EXIT
 
 echo "== lava-run: $RUNS runs"

@@ -257,19 +257,30 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             if json {
                 print_json(&v);
             } else {
+                let jobs: Vec<&Value> = v["jobs"].as_array().into_iter().flatten().collect();
+                // Columns as wide as their longest value, so long board and
+                // device-type names stay aligned.
+                let width = |key: &str, min: usize| {
+                    jobs.iter()
+                        .map(|j| s(&j[key]).len())
+                        .max()
+                        .unwrap_or(0)
+                        .max(min)
+                };
+                let (bw, dw) = (width("board", 10), width("device_type", 18));
                 println!(
-                    "{:>6} {:<10} {:<11} {:<10} {:<18} {:>4}  NAME",
+                    "{:>6} {:<10} {:<11} {:<bw$} {:<dw$} {:>4}  NAME",
                     "ID", "STATE", "HEALTH", "BOARD", "DEVICE TYPE", "PRIO"
                 );
-                for j in v["jobs"].as_array().into_iter().flatten() {
+                for j in jobs {
                     println!(
-                        "{:>6} {:<10} {:<11} {:<10} {:<18} {:>4}  {}",
-                        j["id"],
+                        "{:>6} {:<10} {:<11} {:<bw$} {:<dw$} {:>4}  {}",
+                        j["id"].to_string(),
                         s(&j["state"]),
                         s(&j["health"]),
                         s(&j["board"]),
                         s(&j["device_type"]),
-                        j["priority"],
+                        j["priority"].to_string(),
                         s(&j["name"])
                     );
                 }
@@ -412,11 +423,21 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             if json {
                 print_json(&v);
             } else {
+                let boards: Vec<&Value> = v["boards"].as_array().into_iter().flatten().collect();
+                let width = |key: &str, min: usize| {
+                    boards
+                        .iter()
+                        .map(|b| s(&b[key]).len())
+                        .max()
+                        .unwrap_or(0)
+                        .max(min)
+                };
+                let (nw, dw) = (width("name", 12), width("device_type", 20));
                 println!(
-                    "{:<12} {:<20} {:<9} {:<12} {:<8} {:<7} {:<19} TAGS",
+                    "{:<nw$} {:<dw$} {:<9} {:<12} {:<8} {:<7} {:<19} TAGS",
                     "NAME", "DEVICE TYPE", "STATE", "HEALTH", "POWER", "JOB", "PHASE"
                 );
-                for b in v["boards"].as_array().into_iter().flatten() {
+                for b in boards {
                     let tags: Vec<&str> = b["tags"]
                         .as_array()
                         .into_iter()
@@ -424,7 +445,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                         .filter_map(Value::as_str)
                         .collect();
                     println!(
-                        "{:<12} {:<20} {:<9} {:<12} {:<8} {:<7} {:<19} {}",
+                        "{:<nw$} {:<dw$} {:<9} {:<12} {:<8} {:<7} {:<19} {}",
                         s(&b["name"]),
                         s(&b["device_type"]),
                         s(&b["state"]),
