@@ -37,6 +37,8 @@ fn serve() -> (tempfile::TempDir, u16, Vec<u8>) {
 
 fn atftp_get(port: u16, remote: &str, local: &Path, options: &[&str]) -> std::process::Output {
     let mut cmd = Command::new("atftp");
+    // The trace shows the server's OACK and every ACK the client sends.
+    cmd.arg("--trace");
     for o in options {
         cmd.args(["--option", o]);
     }
@@ -80,6 +82,20 @@ fn atftp_gets_a_kernel_with_windowsize_16() {
     );
     assert!(o.status.success(), "{o:?}");
     assert_eq!(std::fs::read(&out).unwrap(), kernel);
+    // The server agreed to all three options (RFC 2347/2348/2349/7440)...
+    let trace = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    let oack = trace
+        .lines()
+        .find(|l| l.starts_with("received OACK"))
+        .unwrap_or_else(|| panic!("no OACK in the trace:\n{trace}"));
+    for opt in ["windowsize: 16", "blksize: 1468", &format!("tsize: {}", kernel.len())] {
+        assert!(oack.contains(opt), "{oack}");
+    }
+    // ...and really sent 16 blocks per window: one ACK per 16 DATA, not per block.
+    let data = trace.lines().filter(|l| l.contains("DATA <block")).count();
+    let acks = trace.lines().filter(|l| l.starts_with("sent ACK")).count();
+    assert!(data >= 16 * 10, "{data} blocks");
+    assert!(acks <= data / 16 + 3, "{acks} ACKs for {data} blocks");
 }
 
 #[test]
