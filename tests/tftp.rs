@@ -83,12 +83,17 @@ fn atftp_gets_a_kernel_with_windowsize_16() {
     assert!(o.status.success(), "{o:?}");
     assert_eq!(std::fs::read(&out).unwrap(), kernel);
     // The server agreed to all three options (RFC 2347/2348/2349/7440)...
-    let trace = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    let trace =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     let oack = trace
         .lines()
         .find(|l| l.starts_with("received OACK"))
         .unwrap_or_else(|| panic!("no OACK in the trace:\n{trace}"));
-    for opt in ["windowsize: 16", "blksize: 1468", &format!("tsize: {}", kernel.len())] {
+    for opt in [
+        "windowsize: 16",
+        "blksize: 1468",
+        &format!("tsize: {}", kernel.len()),
+    ] {
         assert!(oack.contains(opt), "{oack}");
     }
     // ...and really sent 16 blocks per window: one ACK per 16 DATA, not per block.
