@@ -39,6 +39,9 @@ pub struct LabConfig {
     pub store: StoreConfig,
     #[serde(default)]
     pub tftp: TftpConfig,
+    /// Downloaded artifacts shared by jobs (`[artifact_cache]`).
+    #[serde(default)]
+    pub artifact_cache: ArtifactCacheConfig,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -278,6 +281,31 @@ impl Default for StoreConfig {
 
 fn default_cache() -> u64 {
     64 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactCacheConfig {
+    /// Where downloads are kept; defaults to `<state_dir>/artifact-cache`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// The most bytes kept; the least recently used go first. 0 turns the
+    /// cache off (every job downloads its artifacts).
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_cache_bytes() -> u64 {
+    8 << 30
+}
+
+impl Default for ArtifactCacheConfig {
+    fn default() -> Self {
+        ArtifactCacheConfig {
+            dir: None,
+            max_bytes: default_cache_bytes(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -806,6 +834,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
             root: None,
             window_size_limit: 16,
         },
+        artifact_cache: ArtifactCacheConfig::default(),
         limits: Limits::default(),
         health_checks: HealthChecks::default(),
         auth: Auth::default(),

@@ -30,6 +30,12 @@ pub enum StartError {
     NoSuchGroup(String),
     #[error(transparent)]
     Activation(#[from] crate::systemd::ActivationError),
+    #[error("artifact cache {path}: {source}")]
+    Cache {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A group's gid by name.
@@ -76,7 +82,24 @@ pub async fn start(
         .server_ip
         .clone()
         .unwrap_or_else(|| addr.ip().to_string());
+    let cache = if cfg.artifact_cache.max_bytes == 0 {
+        None
+    } else {
+        let dir = cfg
+            .artifact_cache
+            .dir
+            .clone()
+            .unwrap_or_else(|| cfg.state_dir.join("artifact-cache"));
+        let c = crate::cache::ArtifactCache::open(&dir, cfg.artifact_cache.max_bytes).map_err(
+            |source| StartError::Cache {
+                path: dir.display().to_string(),
+                source,
+            },
+        )?;
+        Some(std::sync::Arc::new(c))
+    };
     let tftp = TftpInfo {
+        cache,
         max_artifact_bytes: cfg.limits.max_artifact_bytes,
         root,
         server_ip,

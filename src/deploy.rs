@@ -8,6 +8,7 @@
 //! known size (else every 64 MiB). Everything here blocks: callers run it
 //! on the blocking pool.
 
+use crate::cache::{hex, ArtifactCache, UrlEntry};
 use crate::job::Compression;
 use sha2::Digest;
 use std::io::{Read, Write};
@@ -19,11 +20,13 @@ use std::time::Duration;
 #[error("{0}")]
 pub struct DeployError(pub String);
 
-/// What was fetched: bytes read, and bytes written for the board.
+/// What was fetched: bytes read, bytes written for the board, and whether
+/// they came from the artifact cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fetched {
     pub read: u64,
     pub written: u64,
+    pub cached: bool,
 }
 
 /// Progress without a known size is reported this often.
@@ -92,63 +95,97 @@ impl<W: Write> Write for Bounded<W> {
     }
 }
 
-/// Fetches `url` into `dst`; `progress(read, total)` hears how far it got.
-pub fn fetch(
+/// Where an artifact's bytes come from.
+enum Source {
+    /// The cached blob is still what the URL gives (304).
+    NotModified,
+    Body {
+        reader: Box<dyn Read>,
+        total: Option<u64>,
+        etag: Option<String>,
+        last_modified: Option<String>,
+    },
+}
+
+fn open_source(
     url: &str,
-    sha256: Option<&str>,
+    timeout: Duration,
+    max_bytes: u64,
+    known: Option<&UrlEntry>,
+) -> Result<Source, DeployError> {
+    let fail = |m: String| DeployError(m);
+    if let Some(path) = url.strip_prefix("file://") {
+        let f = std::fs::File::open(path).map_err(|e| fail(format!("cannot read {path}: {e}")))?;
+        let total = f.metadata().ok().map(|m| m.len());
+        return Ok(Source::Body {
+            reader: Box::new(f),
+            total,
+            etag: None,
+            last_modified: None,
+        });
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.get(url);
+    if let Some(k) = known {
+        if let Some(e) = &k.etag {
+            req = req.header("If-None-Match", e);
+        }
+        if let Some(m) = &k.last_modified {
+            req = req.header("If-Modified-Since", m);
+        }
+    }
+    let resp = req.call().map_err(|e| fail(format!("{url}: {e}")))?;
+    if resp.status() == 304 && known.is_some() {
+        return Ok(Source::NotModified);
+    }
+    if !resp.status().is_success() {
+        return Err(fail(format!(
+            "{url}: the server answered {}",
+            resp.status()
+        )));
+    }
+    let header = |h: &str| {
+        resp.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let total = header("content-length").and_then(|v| v.parse().ok());
+    let (etag, last_modified) = (header("etag"), header("last-modified"));
+    Ok(Source::Body {
+        reader: Box::new(
+            resp.into_body()
+                .into_with_config()
+                .limit(max_bytes)
+                .reader(),
+        ),
+        total,
+        etag,
+        last_modified,
+    })
+}
+
+fn too_large(url: &str, max_bytes: u64) -> DeployError {
+    DeployError(format!(
+        "{url}: larger than the lab's limit of {max_bytes} bytes (limits.max_artifact_bytes)"
+    ))
+}
+
+/// Undoes `compression` from `reader` into `dst`; returns the bytes written.
+/// `read_so_far` tells whether the input went over the limit.
+fn unpack(
+    url: &str,
+    reader: &mut dyn Read,
     compression: Compression,
     dst: &Path,
     max_bytes: u64,
-    timeout: Duration,
-    progress: &mut dyn FnMut(u64, Option<u64>),
-) -> Result<Fetched, DeployError> {
+    input_over: &dyn Fn() -> bool,
+) -> Result<u64, DeployError> {
     let fail = |m: String| DeployError(m);
-    let (source, total): (Box<dyn Read>, Option<u64>) = if let Some(path) =
-        url.strip_prefix("file://")
-    {
-        let f = std::fs::File::open(path).map_err(|e| fail(format!("cannot read {path}: {e}")))?;
-        let total = f.metadata().ok().map(|m| m.len());
-        (Box::new(f), total)
-    } else {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let resp = agent
-            .get(url)
-            .call()
-            .map_err(|e| fail(format!("{url}: {e}")))?;
-        if !resp.status().is_success() {
-            return Err(fail(format!(
-                "{url}: the server answered {}",
-                resp.status()
-            )));
-        }
-        let total = resp
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        (
-            Box::new(
-                resp.into_body()
-                    .into_with_config()
-                    .limit(max_bytes)
-                    .reader(),
-            ),
-            total,
-        )
-    };
-    let mut hashing = Hashing {
-        inner: source.take(max_bytes + 1),
-        hash: sha2::Sha256::new(),
-        read: 0,
-        total,
-        next_report: 0,
-        progress,
-    };
-    hashing.next_report = hashing.step();
     let file = std::fs::File::create(dst)
         .map_err(|e| fail(format!("cannot write {}: {e}", dst.display())))?;
     let mut out = Bounded {
@@ -161,55 +198,186 @@ pub fn fetch(
     let undone: Result<(), DeployError> = (|| {
         match compression {
             Compression::None => {
-                std::io::copy(&mut hashing, &mut out).map_err(|e| undo(e.to_string()))?;
+                std::io::copy(reader, &mut out).map_err(|e| undo(e.to_string()))?;
             }
             Compression::Gz => {
-                let mut r = flate2::read::GzDecoder::new(&mut hashing);
+                let mut r = flate2::read::GzDecoder::new(reader);
                 std::io::copy(&mut r, &mut out).map_err(|e| undo(format!("gz: {e}")))?;
             }
             Compression::Xz => {
-                let mut r = std::io::BufReader::new(&mut hashing);
+                let mut r = std::io::BufReader::new(reader);
                 lzma_rs::xz_decompress(&mut r, &mut out).map_err(|e| undo(format!("xz: {e}")))?;
             }
             Compression::Zstd => {
-                let mut r = ruzstd::decoding::StreamingDecoder::new(&mut hashing)
+                let mut r = ruzstd::decoding::StreamingDecoder::new(reader)
                     .map_err(|e| undo(format!("zstd: {e}")))?;
                 std::io::copy(&mut r, &mut out).map_err(|e| undo(format!("zstd: {e}")))?;
             }
         }
         Ok(())
     })();
-    if out.refused || hashing.read > max_bytes {
-        return Err(fail(format!(
-            "{url}: larger than the lab's limit of {max_bytes} bytes (limits.max_artifact_bytes)"
-        )));
+    // A decompressor's own error may hide that the limit stopped it.
+    if out.refused || input_over() {
+        return Err(too_large(url, max_bytes));
     }
     undone?;
     out.flush()
         .map_err(|e| fail(format!("{}: {e}", dst.display())))?;
-    let written = out.written;
-    if hashing.read > max_bytes || written > max_bytes {
-        return Err(fail(format!(
-            "{url}: larger than the lab's limit of {max_bytes} bytes (limits.max_artifact_bytes)"
-        )));
+    Ok(out.written)
+}
+
+fn check_sha(url: &str, want: Option<&str>, got: &str) -> Result<(), DeployError> {
+    match want {
+        Some(want) if !want.eq_ignore_ascii_case(got) => Err(DeployError(format!(
+            "{url}: sha256 mismatch: expected {want}, got {got}"
+        ))),
+        _ => Ok(()),
     }
-    if let Some(want) = sha256 {
-        let got: String = hashing
-            .hash
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if got != want {
-            return Err(fail(format!(
-                "{url}: sha256 mismatch: expected {want}, got {got}"
-            )));
+}
+
+/// Fetches `url` into `dst`; `progress(read, total)` hears how far it got.
+/// With a cache, http(s) downloads are kept and reused (see [`crate::cache`]).
+#[allow(clippy::too_many_arguments)]
+pub fn fetch(
+    url: &str,
+    sha256: Option<&str>,
+    compression: Compression,
+    dst: &Path,
+    max_bytes: u64,
+    timeout: Duration,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+    cache: Option<&ArtifactCache>,
+) -> Result<Fetched, DeployError> {
+    let fail = |m: String| DeployError(m);
+    let cache = cache.filter(|_| !url.starts_with("file://"));
+    let from_blob = |blob: &Path| -> Result<Fetched, DeployError> {
+        let mut f =
+            std::fs::File::open(blob).map_err(|e| fail(format!("{}: {e}", blob.display())))?;
+        let read = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let written = unpack(url, &mut f, compression, dst, max_bytes, &|| false)?;
+        Ok(Fetched {
+            read,
+            written,
+            cached: true,
+        })
+    };
+    // The job says what the bytes are: the cache has them or it does not.
+    if let (Some(c), Some(want)) = (cache, sha256) {
+        if let Some(blob) = c.blob(want) {
+            return from_blob(&blob);
         }
     }
-    Ok(Fetched {
-        read: hashing.read,
-        written,
-    })
+    let known = cache.and_then(|c| c.entry(url));
+    let (reader, total, etag, last_modified) =
+        match open_source(url, timeout, max_bytes, known.as_ref())? {
+            Source::NotModified => {
+                let known =
+                    known.ok_or_else(|| fail(format!("{url}: 304 without a request for it")))?;
+                check_sha(url, sha256, &known.sha256)?;
+                if let Some(blob) = cache.and_then(|c| c.blob(&known.sha256)) {
+                    return from_blob(&blob);
+                }
+                // Evicted in between: ask again, unconditionally.
+                match open_source(url, timeout, max_bytes, None)? {
+                    Source::Body {
+                        reader,
+                        total,
+                        etag,
+                        last_modified,
+                    } => (reader, total, etag, last_modified),
+                    Source::NotModified => return Err(fail(format!("{url}: 304 to a plain GET"))),
+                }
+            }
+            Source::Body {
+                reader,
+                total,
+                etag,
+                last_modified,
+            } => (reader, total, etag, last_modified),
+        };
+    let mut hashing = Hashing {
+        inner: reader.take(max_bytes + 1),
+        hash: sha2::Sha256::new(),
+        read: 0,
+        total,
+        next_report: 0,
+        progress,
+    };
+    hashing.next_report = hashing.step();
+    match cache {
+        // Streamed straight through: hashed, decompressed and written at once.
+        None => {
+            let over = std::cell::Cell::new(false);
+            let written = {
+                let mut watch = Watch {
+                    inner: &mut hashing,
+                    max: max_bytes,
+                    over: &over,
+                };
+                unpack(url, &mut watch, compression, dst, max_bytes, &|| over.get())?
+            };
+            if hashing.read > max_bytes {
+                return Err(too_large(url, max_bytes));
+            }
+            let got = hex(&hashing.hash.clone().finalize());
+            check_sha(url, sha256, &got)?;
+            Ok(Fetched {
+                read: hashing.read,
+                written,
+                cached: false,
+            })
+        }
+        // Downloaded into the cache first, checked, then unpacked from there.
+        Some(c) => {
+            let mut tmp = c
+                .temp_file()
+                .map_err(|e| fail(format!("artifact cache: {e}")))?;
+            std::io::copy(&mut hashing, tmp.as_file_mut())
+                .map_err(|e| fail(format!("{url}: {e}")))?;
+            if hashing.read > max_bytes {
+                return Err(too_large(url, max_bytes));
+            }
+            let got = hex(&hashing.hash.clone().finalize());
+            check_sha(url, sha256, &got)?;
+            let read = hashing.read;
+            let blob = c
+                .insert(
+                    tmp,
+                    &UrlEntry {
+                        url: url.to_owned(),
+                        sha256: got,
+                        etag,
+                        last_modified,
+                    },
+                )
+                .map_err(|e| fail(format!("artifact cache: {e}")))?;
+            let mut f =
+                std::fs::File::open(&blob).map_err(|e| fail(format!("{}: {e}", blob.display())))?;
+            let written = unpack(url, &mut f, compression, dst, max_bytes, &|| false)?;
+            Ok(Fetched {
+                read,
+                written,
+                cached: false,
+            })
+        }
+    }
+}
+
+/// Notes when the input went over the limit, for [`unpack`].
+struct Watch<'a, R> {
+    inner: R,
+    max: u64,
+    over: &'a std::cell::Cell<bool>,
+}
+
+impl<R: Read> Read for Watch<'_, &mut Hashing<'_, R>> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.inner.read > self.max {
+            self.over.set(true);
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +424,7 @@ mod tests {
             max,
             Duration::from_secs(5),
             &mut |read, total| seen.push((read, total)),
+            None,
         );
         let out = std::fs::read(&dst).unwrap_or_default();
         (r, out, seen)

@@ -376,6 +376,7 @@ impl LabActor {
             ("state_dir", old.state_dir != cfg.state_dir),
             ("store", old.store != cfg.store),
             ("tftp", old.tftp != cfg.tftp),
+            ("artifact_cache", old.artifact_cache != cfg.artifact_cache),
             ("auth", old.auth != cfg.auth),
             ("metrics_listen", old.metrics_listen != cfg.metrics_listen),
             ("slow", old.slow != cfg.slow),

@@ -5,6 +5,7 @@
 
 pub mod board;
 pub mod boots;
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod console;

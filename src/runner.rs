@@ -118,6 +118,8 @@ pub struct TftpInfo {
     pub port: u16,
     /// The largest artifact a deploy fetches (`limits.max_artifact_bytes`).
     pub max_artifact_bytes: u64,
+    /// Downloads shared by jobs; None when the lab turned it off.
+    pub cache: Option<Arc<crate::cache::ArtifactCache>>,
 }
 
 pub struct RunCtx {
@@ -326,6 +328,7 @@ impl Runner {
                     r.event("deploy", &format!("{kind}: fetching {url}"));
                     let (u, sha, comp) = (url.clone(), art.sha256.clone(), art.compression);
                     let store = r.ctx.store.clone();
+                    let cache = r.ctx.tftp.cache.clone();
                     let fetched = tokio::task::spawn_blocking(move || {
                         let mut progress = |read: u64, total: Option<u64>| {
                             let mb = |b: u64| b as f64 / 1e6;
@@ -348,6 +351,7 @@ impl Runner {
                             max,
                             limit,
                             &mut progress,
+                            cache.as_deref(),
                         )
                     })
                     .await
@@ -356,8 +360,14 @@ impl Runner {
                         Ok(f) => r.event(
                             "deploy",
                             &format!(
-                                "{kind}: {url} ({} bytes, {} for the board) as {job}/{name}",
-                                f.read, f.written
+                                "{kind}: {url} ({} bytes{}, {} for the board) as {job}/{name}",
+                                f.read,
+                                if f.cached {
+                                    ", from the artifact cache"
+                                } else {
+                                    ""
+                                },
+                                f.written
                             ),
                         ),
                         Err(e) => {

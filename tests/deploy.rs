@@ -1,5 +1,7 @@
 //! Deploying artifacts over HTTP: a gz kernel checked against its sha256sum,
-//! a plain ramdisk, and the errors a lab sees (a wrong checksum, a 404).
+//! a plain ramdisk, an xz kernel, the artifact cache (a hit by content
+//! without asking the server, a hit by a 304 to a conditional GET), and the
+//! errors a lab sees (a wrong checksum, a 404).
 
 mod common;
 
@@ -8,36 +10,58 @@ use sha2::Digest;
 use std::io::Write;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-/// Serves the files of `dir` over HTTP/1.1 on loopback; 404 for the rest.
-async fn http_server(dir: std::path::PathBuf) -> u16 {
+type Requests = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Serves the files of `dir` over HTTP/1.1 on loopback, 404 for the rest,
+/// with an ETag (the content's sha256) honoured in `If-None-Match`. Each
+/// request is noted as `GET /path` or `GET /path (304)`.
+async fn http_server(dir: std::path::PathBuf) -> (u16, Requests) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
+    let requests = Requests::default();
+    let seen = requests.clone();
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
-            let dir = dir.clone();
+            let (dir, seen) = (dir.clone(), seen.clone());
             tokio::spawn(async move {
                 let (r, mut w) = s.into_split();
                 let mut r = tokio::io::BufReader::new(r);
                 let mut line = String::new();
                 r.read_line(&mut line).await.unwrap();
+                let mut if_none_match = None;
                 loop {
                     let mut h = String::new();
                     if r.read_line(&mut h).await.unwrap() == 0 || h.trim().is_empty() {
                         break;
                     }
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("if-none-match") {
+                            if_none_match = Some(v.trim().to_owned());
+                        }
+                    }
                 }
-                let path = line.split_whitespace().nth(1).unwrap_or("/");
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
                 match std::fs::read(dir.join(path.trim_start_matches('/'))) {
                     Ok(body) => {
+                        let etag = format!("\"{}\"", sha256_hex(&body));
+                        if if_none_match.as_deref() == Some(etag.as_str()) {
+                            seen.lock().unwrap().push(format!("GET {path} (304)"));
+                            let _ = w
+                                .write_all(format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n").as_bytes())
+                                .await;
+                            return;
+                        }
+                        seen.lock().unwrap().push(format!("GET {path}"));
                         let head = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\nConnection: close\r\n\r\n",
                             body.len()
                         );
                         let _ = w.write_all(head.as_bytes()).await;
                         let _ = w.write_all(&body).await;
                     }
                     Err(_) => {
+                        seen.lock().unwrap().push(format!("GET {path}"));
                         let _ = w
                             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                             .await;
@@ -46,7 +70,7 @@ async fn http_server(dir: std::path::PathBuf) -> u16 {
             });
         }
     });
-    port
+    (port, requests)
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -71,7 +95,7 @@ fn http_artifacts_are_fetched_checked_and_decompressed() {
         lzma_rs::xz_compress(&mut std::io::Cursor::new(&kernel), &mut xz).unwrap();
         std::fs::write(www.join("Image.xz"), &xz).unwrap();
         std::fs::write(www.join("rootfs.cpio.gz"), vec![0x1fu8; 100_000]).unwrap();
-        let port = http_server(www).await;
+        let (port, requests) = http_server(www).await;
         let base = format!("http://127.0.0.1:{port}");
         let job_text_as = |kernel_url: &str, sum: &str, compression: &str| {
             lab.job("http", "medium", &["lava-test-case t --shell true"])
@@ -115,6 +139,35 @@ fn http_artifacts_are_fetched_checked_and_decompressed() {
             "{progress:?}"
         );
 
+        assert_eq!(
+            *requests.lock().unwrap(),
+            ["GET /Image.gz", "GET /rootfs.cpio.gz"]
+        );
+        let from_cache = |j: &serde_json::Value| -> Vec<String> {
+            j["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["kind"] == "deploy")
+                .filter_map(|e| e["message"].as_str())
+                .filter(|m| m.contains("from the artifact cache"))
+                .map(|m| m.split(':').next().unwrap().to_owned())
+                .collect()
+        };
+        assert!(from_cache(&j).is_empty());
+
+        // The same job again: the kernel's sha256sum names a cached blob, so
+        // the server is not asked; the ramdisk has none, so the server is
+        // asked whether it changed (304) and the cached copy is used.
+        requests.lock().unwrap().clear();
+        let id = submit(&mut c, &good).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+        assert!(log.contains("Bytes transferred = 300000"), "{log}");
+        assert_eq!(*requests.lock().unwrap(), ["GET /rootfs.cpio.gz (304)"]);
+        assert_eq!(from_cache(&job(&mut c, id).await), ["kernel", "ramdisk"]);
+        requests.lock().unwrap().clear();
+
         // The same kernel xz-compressed.
         let xz_job = job_text_as(&format!("{base}/Image.xz"), &sha256_hex(&xz), "xz");
         let id = submit(&mut c, &xz_job).await;
@@ -134,7 +187,9 @@ fn http_artifacts_are_fetched_checked_and_decompressed() {
             "{e}"
         );
 
-        let missing = job_text(&format!("{base}/nope.gz"), &sha256_hex(&gz));
+        // (With the cached kernel's sha256sum this job would be served from
+        // the cache whatever its URL: the checksum names the bytes.)
+        let missing = job_text(&format!("{base}/nope.gz"), &sha256_hex(b"not cached"));
         let id = submit(&mut c, &missing).await;
         let (end, _) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Incomplete");
