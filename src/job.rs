@@ -74,10 +74,86 @@ pub struct Deploy {
     /// LAVA's `failure_retry`: attempts in all, sharing the block's timeout.
     #[serde(default)]
     pub failure_retry: Option<u32>,
-    pub kernel: Artifact,
+    /// Required for `to: tftp`; a `to: tmpfs` deploy names its files in `images`.
+    pub kernel: Option<Artifact>,
     pub kernel_type: KernelType,
     pub ramdisk: Option<Artifact>,
     pub dtb: Option<Artifact>,
+    /// LAVA's `to: tmpfs` images for a qemu boot, in the job's order.
+    #[serde(default)]
+    pub images: Vec<Image>,
+}
+
+/// One of a `to: tmpfs` deploy's `images`: a file and the QEMU arguments
+/// that give it to the board (`image_arg`, with `{name}` for its path).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    pub artifact: Artifact,
+    pub args: Vec<String>,
+}
+
+/// The QEMU options a job's `image_arg` may use, and for `-drive` the
+/// sub-options: enough to hand the board its files, nothing that reaches
+/// anything else on the host (chardevs, netdevs, monitors, plugins).
+const IMAGE_OPTIONS: &[&str] = &[
+    "-drive", "-kernel", "-initrd", "-dtb", "-cdrom", "-hda", "-hdb", "-hdc", "-hdd",
+];
+const DRIVE_KEYS: &[&str] = &[
+    "file", "format", "if", "media", "index", "snapshot", "readonly", "cache", "id", "discard",
+];
+
+/// Checks an `image_arg` and splits it into QEMU arguments.
+fn image_args(name: &str, arg: &str) -> Result<Vec<String>, String> {
+    let words: Vec<&str> = arg.split_whitespace().collect();
+    if words.is_empty() || words.len() % 2 != 0 {
+        return Err(
+            "expected QEMU options with a value each, such as `-drive format=raw,file={NAME}`"
+                .replace("NAME", name),
+        );
+    }
+    let placeholder = format!("{{{name}}}");
+    let mut uses = 0;
+    for pair in words.chunks(2) {
+        let (opt, value) = (pair[0], pair[1]);
+        if !IMAGE_OPTIONS.contains(&opt) {
+            return Err(format!(
+                "`{opt}` may not be set by a job; an image_arg may use {}",
+                IMAGE_OPTIONS.join(", ")
+            ));
+        }
+        if opt == "-drive" {
+            for kv in value.split(',') {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                if !DRIVE_KEYS.contains(&k) {
+                    return Err(format!(
+                        "-drive `{k}` may not be set by a job; allowed: {}",
+                        DRIVE_KEYS.join(", ")
+                    ));
+                }
+                if k == "file" {
+                    if v != placeholder {
+                        return Err(format!(
+                            "-drive file must be `{placeholder}`, the image itself"
+                        ));
+                    }
+                    uses += 1;
+                } else if v.contains('{') {
+                    return Err(format!("`{kv}`: only `file` names the image"));
+                }
+            }
+        } else if value == placeholder {
+            uses += 1;
+        } else {
+            return Err(format!(
+                "the value of `{opt}` must be `{placeholder}`, the image itself"
+            ));
+        }
+    }
+    if uses != 1 {
+        return Err(format!("must name the image once, as `{placeholder}`"));
+    }
+    Ok(words.into_iter().map(str::to_owned).collect())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -819,6 +895,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
     let mut kernel_type = None;
     let mut ramdisk = None;
     let mut dtb = None;
+    let mut images = Vec::new();
     for (k, val) in m.iter() {
         if common_action_key(ctx, path, k, val, &mut common) {
             continue;
@@ -829,14 +906,55 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                 let Some(t) = ctx.string(&p, val) else {
                     continue;
                 };
-                if t == "tftp" {
+                if t == "tftp" || t == "tmpfs" {
                     to = Some(t);
                 } else {
                     ctx.unsupported(
                         &p,
                         val.span(),
-                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp`"),
+                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp` (and `tmpfs` for qemu boots)"),
                     );
+                }
+            }
+            "images" => {
+                let Some(im) = ctx.mapping(&p, val) else {
+                    continue;
+                };
+                for (name, iv) in im.iter() {
+                    let ip = format!("{p}.{}", name.as_str());
+                    // The name becomes part of a file name and a placeholder.
+                    if name.as_str().is_empty()
+                        || !name
+                            .as_str()
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    {
+                        ctx.err(
+                            &ip,
+                            &key_span(name),
+                            "an image name may only use letters, digits, `_` and `-`",
+                        );
+                        continue;
+                    }
+                    let Some((a, extra)) = artifact(ctx, &ip, iv, &["image_arg"]) else {
+                        continue;
+                    };
+                    let Some(arg) = extra.get("image_arg") else {
+                        ctx.err(
+                            &format!("{ip}.image_arg"),
+                            iv.span(),
+                            "missing required key `image_arg` (how QEMU gets the image, e.g. `-drive format=raw,file={rootfs}`)",
+                        );
+                        continue;
+                    };
+                    match image_args(name.as_str(), arg) {
+                        Ok(args) => images.push(Image {
+                            name: name.as_str().to_owned(),
+                            artifact: a,
+                            args,
+                        }),
+                        Err(e) => ctx.err(&format!("{ip}.image_arg"), iv.span(), e),
+                    }
                 }
             }
             "kernel" => {
@@ -868,8 +986,8 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
             "ramdisk" => ramdisk = artifact(ctx, &p, val, &[]).map(|a| a.0),
             "dtb" => dtb = artifact(ctx, &p, val, &[]).map(|a| a.0),
             "os" => ctx.warn(&p, &key_span(k), "`os` is not used by labd; ignored"),
-            "modules" | "nfsrootfs" | "rootfs" | "dtbo" | "overlays" | "images" | "tee"
-            | "preseed" | "persistent_nfs" | "uboot" => ctx.unsupported(
+            "modules" | "nfsrootfs" | "rootfs" | "dtbo" | "overlays" | "tee" | "preseed"
+            | "persistent_nfs" | "uboot" => ctx.unsupported(
                 &p,
                 &key_span(k),
                 format!("deploying `{}` is not supported yet", k.as_str()),
@@ -880,21 +998,54 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
     if to.is_none() && m.get_node("to").is_none() {
         ctx.err(&format!("{path}.to"), v.span(), "missing required key `to`");
     }
-    if to.is_some() && kernel.is_none() && m.get_node("kernel").is_none() {
+    let tmpfs = to.as_deref() == Some("tmpfs");
+    if to.is_some() && !tmpfs && kernel.is_none() && m.get_node("kernel").is_none() {
         ctx.err(
             &format!("{path}.kernel"),
             v.span(),
             "missing required key `kernel`",
         );
     }
+    if tmpfs {
+        for key in ["kernel", "ramdisk", "dtb"] {
+            if let Some(n) = m.get_node(key) {
+                ctx.err(
+                    &format!("{path}.{key}"),
+                    n.span(),
+                    "a `to: tmpfs` deploy names its files under `images`",
+                );
+            }
+        }
+        if m.get_node("images").is_none() {
+            ctx.err(
+                &format!("{path}.images"),
+                v.span(),
+                "missing required key `images`",
+            );
+        }
+    } else if let Some(n) = m.get_node("images") {
+        ctx.err(
+            &format!("{path}.images"),
+            n.span(),
+            "`images` belong to a `to: tmpfs` deploy (for a qemu boot)",
+        );
+    }
     to?;
+    let kernel_type = match (&kernel, kernel_type) {
+        (Some(_), t) => t?,
+        (None, _) => KernelType::Image,
+    };
+    if !tmpfs {
+        kernel.as_ref()?;
+    }
     Some(Deploy {
         timeout: common.timeout,
         failure_retry: common.failure_retry,
-        kernel: kernel?,
-        kernel_type: kernel_type?,
+        kernel,
+        kernel_type,
         ramdisk,
         dtb,
+        images,
     })
 }
 
@@ -1369,5 +1520,84 @@ impl JobDefinition {
             .or(block)
             .or(self.timeouts.action)
             .unwrap_or(device_default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qemu_job(image_arg: &str) -> String {
+        format!(
+            "device_type: qemu-aarch64\njob_name: q\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- deploy:\n    to: tmpfs\n    images:\n      rootfs:\n        image_arg: '{image_arg}'\n        url: http://files.lab/disk.img.xz\n        compression: xz\n- boot:\n    method: qemu\n    media: tmpfs\n    prompts: ['# ']\n"
+        )
+    }
+
+    #[test]
+    fn tmpfs_images_carry_their_qemu_arguments() {
+        let p = parse(
+            "q.yaml",
+            &qemu_job("-drive format=raw,if=virtio,file={rootfs}"),
+        )
+        .unwrap();
+        let Action::Deploy(d) = &p.definition.actions[0] else {
+            panic!("no deploy")
+        };
+        assert!(d.kernel.is_none());
+        assert_eq!(d.images.len(), 1);
+        assert_eq!(d.images[0].name, "rootfs");
+        assert_eq!(
+            d.images[0].args,
+            ["-drive", "format=raw,if=virtio,file={rootfs}"]
+        );
+        assert_eq!(d.images[0].artifact.compression, Compression::Xz);
+    }
+
+    #[test]
+    fn an_image_arg_cannot_reach_beyond_its_image() {
+        for (arg, why) in [
+            (
+                "-chardev file,id=x,path=/etc/passwd",
+                "`-chardev` may not be set",
+            ),
+            ("-drive file=/etc/shadow", "-drive file must be `{rootfs}`"),
+            (
+                "-drive format=raw,file={rootfs},werror=stop",
+                "-drive `werror`",
+            ),
+            ("-kernel /boot/vmlinuz", "must be `{rootfs}`"),
+            ("-drive file={rootfs} -hda {rootfs}", "once"),
+            ("-drive", "a value each"),
+        ] {
+            let e = parse("q.yaml", &qemu_job(arg)).unwrap_err();
+            let d = e.first();
+            assert_eq!(
+                d.location.path.as_deref(),
+                Some("actions[0].deploy.images.rootfs.image_arg"),
+                "{arg}: {e}"
+            );
+            assert!(d.message.contains(why), "{arg}: {}", d.message);
+            assert!(d.location.line.is_some());
+        }
+    }
+
+    #[test]
+    fn a_tmpfs_deploy_names_its_files_under_images() {
+        let text = qemu_job("-drive file={rootfs}").replace(
+            "    images:\n",
+            "    kernel:\n      url: http://files.lab/Image\n      type: image\n    images:\n",
+        );
+        let e = parse("q.yaml", &text).unwrap_err();
+        assert!(
+            e.errors
+                .iter()
+                .any(|d| d.location.path.as_deref() == Some("actions[0].deploy.kernel")),
+            "{e}"
+        );
+        let text = qemu_job("-drive file={rootfs}")
+            .replace("      rootfs:\n", "      ../x:\n")
+            .replace("{rootfs}", "{../x}");
+        let e = parse("q.yaml", &text).unwrap_err();
+        assert!(e.to_string().contains("an image name may only use"), "{e}");
     }
 }

@@ -75,10 +75,13 @@ pub struct RelayHooks {
 /// A kernel booted directly by the relay, from the job's deploy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DirectBoot {
-    pub kernel: PathBuf,
+    pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub dtb: Option<PathBuf>,
+    /// The kernel command line; used only with a kernel.
     pub append: String,
+    /// A tmpfs deploy's `image_arg`s, checked at submit, paths filled in.
+    pub extra: Vec<String>,
 }
 
 /// What labd last told a relay, and whether it worked: after a failed

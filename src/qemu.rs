@@ -102,14 +102,18 @@ impl QemuPower {
         }
         if let Ok(d) = self.direct.lock() {
             if let Some(d) = d.as_ref() {
-                a.extend([s("-kernel"), d.kernel.display().to_string()]);
-                if let Some(r) = &d.initrd {
-                    a.extend([s("-initrd"), r.display().to_string()]);
+                for (opt, path) in [
+                    ("-kernel", &d.kernel),
+                    ("-initrd", &d.initrd),
+                    ("-dtb", &d.dtb),
+                ] {
+                    if let Some(p) = path {
+                        a.extend([s(opt), p.display().to_string()]);
+                    }
                 }
-                if let Some(t) = &d.dtb {
-                    a.extend([s("-dtb"), t.display().to_string()]);
-                }
-                if !d.append.is_empty() {
+                a.extend(d.extra.iter().cloned());
+                // QEMU refuses a command line without a kernel to take it.
+                if !d.append.is_empty() && a.iter().any(|x| x == "-kernel") {
                     a.extend([s("-append"), d.append.clone()]);
                 }
             }

@@ -152,7 +152,11 @@ struct Runner {
     signals: SignalParser,
     collecting: bool,
     collected: Vec<Signal>,
-    deployed: BTreeMap<&'static str, String>,
+    /// Deployed files by role (`kernel`, `ramdisk`, `dtb`, or a tmpfs
+    /// image's name), relative to the TFTP root.
+    deployed: BTreeMap<String, String>,
+    /// A tmpfs deploy's QEMU arguments, with the images' paths filled in.
+    image_args: Vec<String>,
     kernel_type: Option<KernelType>,
     shell_prompt: Vec<String>,
     helpers_sent: bool,
@@ -172,6 +176,7 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         collecting: false,
         collected: Vec::new(),
         deployed: BTreeMap::new(),
+        image_args: Vec::new(),
         kernel_type: None,
         shell_prompt: Vec::new(),
         helpers_sent: false,
@@ -292,12 +297,18 @@ impl Runner {
         let limit = self.timeout("tftp-deploy", d.timeout);
         let dir = self.ctx.tftp.root.join(self.ctx.job_id.to_string());
         let job = self.ctx.job_id;
-        let mut items = vec![("kernel", d.kernel.clone())];
-        if let Some(r) = &d.ramdisk {
-            items.push(("ramdisk", r.clone()));
+        let mut items: Vec<(String, crate::job::Artifact)> = Vec::new();
+        for (kind, a) in [
+            ("kernel", &d.kernel),
+            ("ramdisk", &d.ramdisk),
+            ("dtb", &d.dtb),
+        ] {
+            if let Some(a) = a {
+                items.push((kind.to_owned(), a.clone()));
+            }
         }
-        if let Some(t) = &d.dtb {
-            items.push(("dtb", t.clone()));
+        for im in &d.images {
+            items.push((im.name.clone(), im.artifact.clone()));
         }
         let max = self.ctx.tftp.max_artifact_bytes;
         self.kernel_type = Some(d.kernel_type);
@@ -320,7 +331,7 @@ impl Runner {
                                 .and_then(|x| b.strip_suffix(x))
                                 .unwrap_or(b)
                         })
-                        .unwrap_or(kind)
+                        .unwrap_or(&kind)
                         .to_owned();
                     // Keep names distinct even if two artifacts share a file name.
                     let name = format!("{index}-{kind}-{base}");
@@ -329,17 +340,18 @@ impl Runner {
                     let (u, sha, comp) = (url.clone(), art.sha256.clone(), art.compression);
                     let store = r.ctx.store.clone();
                     let cache = r.ctx.tftp.cache.clone();
+                    let what = kind.clone();
                     let fetched = tokio::task::spawn_blocking(move || {
                         let mut progress = |read: u64, total: Option<u64>| {
                             let mb = |b: u64| b as f64 / 1e6;
                             let msg = match total {
                                 Some(t) if t > 0 => format!(
-                                    "{kind}: {:.1} of {:.1} MB ({}%)",
+                                    "{what}: {:.1} of {:.1} MB ({}%)",
                                     mb(read),
                                     mb(t),
                                     read * 100 / t
                                 ),
-                                _ => format!("{kind}: {:.1} MB", mb(read)),
+                                _ => format!("{what}: {:.1} MB", mb(read)),
                             };
                             store.record_event(job, JobEvent::now("deploy-progress", &msg));
                         };
@@ -383,6 +395,23 @@ impl Runner {
             })
             .await?;
         self.deployed = deployed;
+        let root = self.ctx.tftp.root.clone();
+        self.image_args = d
+            .images
+            .iter()
+            .flat_map(|im| {
+                let path = self
+                    .deployed
+                    .get(&im.name)
+                    .map(|p| root.join(p).display().to_string())
+                    .unwrap_or_default();
+                let placeholder = format!("{{{}}}", im.name);
+                im.args
+                    .iter()
+                    .map(move |a| a.replace(&placeholder, &path))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         Ok(())
     }
 
@@ -661,17 +690,21 @@ impl Runner {
             ))
         })?;
         let path = |k: &str| self.deployed.get(k).map(|p| self.ctx.tftp.root.join(p));
-        let kernel = path("kernel").ok_or_else(|| {
-            Stop(JobOutcome::incomplete(
+        // A tftp deploy's kernel, ramdisk and DTB, or a tmpfs deploy's images.
+        let kernel = path("kernel").filter(|_| self.image_args.is_empty());
+        if kernel.is_none() && self.image_args.is_empty() {
+            return Err(Stop(JobOutcome::incomplete(
                 ErrorClass::Job,
-                "boot method qemu needs a deploy action with a kernel before it",
-            ))
-        })?;
+                "boot method qemu needs a deploy action with a kernel or images before it",
+            )));
+        }
+        let tmpfs = !self.image_args.is_empty();
         Ok(crate::power::DirectBoot {
             kernel,
-            initrd: path("ramdisk"),
-            dtb: path("dtb"),
+            initrd: path("ramdisk").filter(|_| !tmpfs),
+            dtb: path("dtb").filter(|_| !tmpfs),
             append: spec.append.clone(),
+            extra: self.image_args.clone(),
         })
     }
 
