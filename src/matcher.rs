@@ -30,6 +30,10 @@ pub struct Match {
 #[derive(Debug, Clone)]
 pub struct Matcher {
     patterns: Vec<Regex>,
+    /// All patterns as one alternation: one pass over the bytes tells
+    /// whether any matches (the common answer is no), before the patterns
+    /// are searched one by one to say which.
+    any: Regex,
     buf: Vec<u8>,
 }
 
@@ -44,16 +48,53 @@ impl Matcher {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let joined = patterns
+            .iter()
+            .map(|p| format!("(?:{})", p.as_str()))
+            .collect::<Vec<_>>()
+            .join("|");
+        let any = Regex::new(&joined).map_err(|source| PatternError {
+            pattern: joined.clone(),
+            source,
+        })?;
         Ok(Matcher {
             patterns,
+            any,
             buf: Vec::new(),
         })
+    }
+
+    /// Keeps only what a later match could still need: the unfinished line,
+    /// bounded.
+    fn keep_tail(&mut self, bytes: &[u8]) {
+        let tail = match memchr::memrchr(b'\n', bytes) {
+            Some(nl) => {
+                self.buf.clear();
+                &bytes[nl + 1..]
+            }
+            None => bytes,
+        };
+        self.buf.extend_from_slice(tail);
+        if self.buf.len() > MAX_LINE {
+            let cut = self.buf.len() - MAX_LINE;
+            self.buf.drain(..cut);
+        }
     }
 
     /// Feeds bytes. On a match, returns it and keeps the bytes after the
     /// match for the next wait (see [`Matcher::take_rest`]).
     pub fn feed(&mut self, bytes: &[u8]) -> Option<Match> {
+        // Nothing carried: the new bytes are searched where they are.
+        if self.buf.is_empty() && !self.any.is_match(bytes) {
+            self.keep_tail(bytes);
+            return None;
+        }
         self.buf.extend_from_slice(bytes);
+        if !self.any.is_match(&self.buf) {
+            let buf = std::mem::take(&mut self.buf);
+            self.keep_tail(&buf);
+            return None;
+        }
         let best = self
             .patterns
             .iter()

@@ -823,6 +823,9 @@ impl Runner {
                 Signal::TestRaise { reason } => raise = Some(reason),
                 Signal::StartRun { name } => self.event("startrun", &name),
                 Signal::EndRun { name } => self.event("endrun", &name),
+                // Kept in the job's events, as LAVA logs the signals it
+                // does not act on.
+                Signal::Other { kind, body } => self.event("signal", &format!("{kind} {body}")),
             }
         }
         if !cases.is_empty() {

@@ -32,6 +32,12 @@ pub enum Signal {
     TestRaise {
         reason: String,
     },
+    /// A signal labd does not act on (STARTTC, ENDTC, a malformed TESTCASE,
+    /// ...): kept so that it can be logged and counted.
+    Other {
+        kind: String,
+        body: String,
+    },
 }
 
 const PREFIX: &str = "<LAVA_SIGNAL_";
@@ -65,14 +71,39 @@ impl SignalParser {
     /// Feeds bytes; returns the signals completed by them, in order.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Signal> {
         let mut out = Vec::new();
-        for &b in bytes {
-            if b == b'\n' {
-                let line = std::mem::take(&mut self.line);
-                self.line_done(&String::from_utf8_lossy(&line), &mut out);
-            } else if b != b'\r' && self.line.len() < MAX_CARRY * 4 {
-                self.line.push(b);
+        let mut rest = bytes;
+        loop {
+            if self.line.is_empty() && self.carry.is_empty() {
+                // Most console lines hold no signal. With nothing carried,
+                // skip straight to the line of the next `<`.
+                match memchr::memchr(b'<', rest) {
+                    None => {
+                        let start = memchr::memrchr(b'\n', rest).map_or(0, |i| i + 1);
+                        rest = &rest[start..];
+                        break;
+                    }
+                    Some(p) => {
+                        let start = memchr::memrchr(b'\n', &rest[..p]).map_or(0, |i| i + 1);
+                        rest = &rest[start..];
+                    }
+                }
+            }
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                break;
+            };
+            let line = &rest[..nl];
+            rest = &rest[nl + 1..];
+            if self.line.is_empty() {
+                self.line_done(&clean(line), &mut out);
+            } else {
+                let mut whole = std::mem::take(&mut self.line);
+                whole.extend_from_slice(line);
+                self.line_done(&clean(&whole), &mut out);
             }
         }
+        // An unfinished line waits for the rest of it, bounded.
+        let room = (MAX_CARRY * 4).saturating_sub(self.line.len());
+        self.line.extend_from_slice(&rest[..rest.len().min(room)]);
         out
     }
 
@@ -86,9 +117,12 @@ impl SignalParser {
         let mut text = std::mem::take(&mut self.carry);
         text.push_str(user);
         for cap in signal_re().captures_iter(&text) {
-            if let Some(sig) = parse_signal(&cap[1], cap[2].trim()) {
-                out.push(sig);
-            }
+            out.push(
+                parse_signal(&cap[1], cap[2].trim()).unwrap_or_else(|| Signal::Other {
+                    kind: cap[1].to_owned(),
+                    body: cap[2].trim().to_owned(),
+                }),
+            );
         }
         // Whatever follows the last complete signal may be a signal still
         // being printed; carry it when it looks like one.
@@ -110,6 +144,16 @@ impl SignalParser {
             }
             _ => {}
         }
+    }
+}
+
+/// A line as text, without carriage returns.
+fn clean(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    if text.contains('\r') {
+        text.replace('\r', "")
+    } else {
+        text.into_owned()
     }
 }
 
@@ -240,6 +284,18 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(c)
             );
+            // However the reads cut the stream.
+            for i in 0..c.len() {
+                let mut p = SignalParser::new();
+                let mut s = p.feed(&c[..i]);
+                s.extend(p.feed(&c[i..]));
+                assert_eq!(
+                    s,
+                    vec![tc("k", "pass")],
+                    "{} split at {i}",
+                    String::from_utf8_lossy(c)
+                );
+            }
         }
     }
 
