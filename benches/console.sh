@@ -26,12 +26,15 @@ J=$OUT/console.jsonl
 rm -f "$J"
 L="$ROOT/target/release/labd-bench console"
 M="$PY pexpect_matcher.py"
-B() { "$PY" console_bench.py --json-out "$J" "$@" 2>&1 | tail -2; }
+B() { "$PY" console_bench.py --json-out "$J" "$@" 2>&1 | tail -1 || true; }
+# The store is a directory, which the harness does not clean up itself.
+S() { B --keep-tmp --tmpdir "$OUT/tmp" "$@"; rm -rf "$OUT/tmp"; mkdir -p "$OUT/tmp"; }
+mkdir -p "$OUT/tmp"
 B --label "labd pipe 1GB"          --feed pipe --logs data/console-1GB.log  --matcher "$L"
 B --label "labd pipe"              --feed pipe --logs data/console-20MB.log --matcher "$L"
 B --label "labd pty"               --feed pty  --logs data/console-20MB.log --matcher "$L"
-B --label "labd pipe +store 1GB"   --feed pipe --logs data/console-1GB.log  --matcher "$L --store {tmp}/store"
-B --label "labd pty +store"        --feed pty  --logs data/console-20MB.log --matcher "$L --store {tmp}/store"
+S --label "labd pipe +store 1GB"   --feed pipe --logs data/console-1GB.log  --matcher "$L --store {tmp}/store"
+S --label "labd pty +store"        --feed pty  --logs data/console-20MB.log --matcher "$L --store {tmp}/store"
 B --label "ceiling read+discard pty" --feed pty --logs data/console-20MB.log --matcher "$PY plain_re_matcher.py --sink"
 B --label "fdpexpect pipe LAVA"    --feed pipe --logs data/console-20MB.log --matcher "$M --fd 0"
 B --label "fdpexpect pty LAVA"     --feed pty  --logs data/console-20MB.log --matcher "$M --fd 0"

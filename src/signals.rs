@@ -6,10 +6,6 @@
 //! works on lines, removes interleaved kernel messages (`[   12.345678] ...`)
 //! and joins a signal that was cut in two before parsing it.
 
-use regex::Regex;
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
-
 /// One parsed signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
@@ -44,16 +40,73 @@ const PREFIX: &str = "<LAVA_SIGNAL_";
 /// A signal longer than this is garbage, not a signal: the carry is dropped.
 const MAX_CARRY: usize = 4096;
 
-fn kernel_stamp() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    // Invariant: a constant, valid pattern.
-    RE.get_or_init(|| Regex::new(r"\[\s*\d+\.\d+\]").expect("valid regex"))
+/// Where a kernel message's timestamp (`[   12.345678]`) starts in `line`.
+fn kernel_stamp(line: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    memchr::memchr_iter(b'[', b).find(|&open| {
+        let mut i = open + 1;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let digits = |mut i: usize| {
+            let from = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            (i > from).then_some(i)
+        };
+        let Some(i) = digits(i) else { return false };
+        if b.get(i) != Some(&b'.') {
+            return false;
+        }
+        matches!(digits(i + 1), Some(j) if b.get(j) == Some(&b']'))
+    })
 }
 
-fn signal_re() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    // Invariant: a constant, valid pattern.
-    RE.get_or_init(|| Regex::new(r"<LAVA_SIGNAL_([A-Z]+)((?:\s[^<>]*)?)>").expect("valid regex"))
+/// One complete signal in a text: `<LAVA_SIGNAL_KIND>` or
+/// `<LAVA_SIGNAL_KIND body>`, the body free of `<` and `>`.
+struct Found<'a> {
+    kind: &'a str,
+    body: &'a str,
+    end: usize,
+}
+
+/// The complete signals in `text`, in order (hand-written: this runs on
+/// every console line that holds a `<`, and a regex here was most of the
+/// pipeline's time).
+fn signals_in(text: &str) -> Vec<Found<'_>> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(p) = memchr::memmem::find(&b[from..], PREFIX.as_bytes()) {
+        let start = from + p;
+        let k0 = start + PREFIX.len();
+        let mut k1 = k0;
+        while k1 < b.len() && b[k1].is_ascii_uppercase() {
+            k1 += 1;
+        }
+        from = start + 1;
+        if k1 == k0 || k1 >= b.len() {
+            continue;
+        }
+        let (body, end) = if b[k1] == b'>' {
+            ("", k1 + 1)
+        } else if b[k1].is_ascii_whitespace() {
+            match memchr::memchr2(b'<', b'>', &b[k1..]) {
+                Some(q) if b[k1 + q] == b'>' => (&text[k1..k1 + q], k1 + q + 1),
+                _ => continue,
+            }
+        } else {
+            continue;
+        };
+        out.push(Found {
+            kind: &text[k0..k1],
+            body: body.trim(),
+            end,
+        });
+        from = end;
+    }
+    out
 }
 
 /// A streaming parser: feed it console bytes, take signals out.
@@ -110,30 +163,37 @@ impl SignalParser {
     fn line_done(&mut self, raw: &str, out: &mut Vec<Signal>) {
         // A kernel message cuts the user's line: keep what came before it and
         // join it with the next line, where the user's output continues.
-        let (user, cut) = match kernel_stamp().find(raw) {
-            Some(m) => (&raw[..m.start()], true),
+        let (user, cut) = match kernel_stamp(raw) {
+            Some(at) => (&raw[..at], true),
             None => (raw, false),
         };
-        let mut text = std::mem::take(&mut self.carry);
-        text.push_str(user);
-        for cap in signal_re().captures_iter(&text) {
+        let carried = std::mem::take(&mut self.carry);
+        let text: std::borrow::Cow<'_, str> = if carried.is_empty() {
+            std::borrow::Cow::Borrowed(user)
+        } else {
+            std::borrow::Cow::Owned(carried + user)
+        };
+        let found = signals_in(&text);
+        for f in &found {
             out.push(
-                parse_signal(&cap[1], cap[2].trim()).unwrap_or_else(|| Signal::Other {
-                    kind: cap[1].to_owned(),
-                    body: cap[2].trim().to_owned(),
+                parse_signal(f.kind, f.body).unwrap_or_else(|| Signal::Other {
+                    kind: f.kind.to_owned(),
+                    body: f.body.to_owned(),
                 }),
             );
         }
         // Whatever follows the last complete signal may be a signal still
         // being printed; carry it when it looks like one.
-        let tail_start = signal_re().find_iter(&text).last().map_or(0, |m| m.end());
+        let tail_start = found.last().map_or(0, |f| f.end);
         let tail = &text[tail_start..];
-        let open = tail.rfind(PREFIX).map(|i| &tail[i..]).or_else(|| {
-            (1..PREFIX.len())
-                .rev()
-                .find(|&n| tail.ends_with(&PREFIX[..n]))
-                .map(|n| &tail[tail.len() - n..])
-        });
+        let open = memchr::memmem::rfind(tail.as_bytes(), PREFIX.as_bytes())
+            .map(|i| &tail[i..])
+            .or_else(|| {
+                (1..PREFIX.len())
+                    .rev()
+                    .find(|&n| tail.ends_with(&PREFIX[..n]))
+                    .map(|n| &tail[tail.len() - n..])
+            });
         match open {
             Some(partial) if partial.len() < MAX_CARRY && !partial.contains('>') => {
                 self.carry = partial.to_owned();
@@ -147,21 +207,15 @@ impl SignalParser {
     }
 }
 
-/// A line as text, without carriage returns.
-fn clean(line: &[u8]) -> String {
+/// A line as text, without carriage returns (borrowed when it can be).
+fn clean(line: &[u8]) -> std::borrow::Cow<'_, str> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = String::from_utf8_lossy(line);
     if text.contains('\r') {
-        text.replace('\r', "")
+        std::borrow::Cow::Owned(text.replace('\r', ""))
     } else {
-        text.into_owned()
+        text
     }
-}
-
-fn kv(body: &str) -> BTreeMap<String, String> {
-    body.split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }
 
 fn parse_signal(name: &str, body: &str) -> Option<Signal> {
@@ -173,12 +227,25 @@ fn parse_signal(name: &str, body: &str) -> Option<Signal> {
             name: body.split_whitespace().next()?.to_owned(),
         }),
         "TESTCASE" => {
-            let m = kv(body);
+            // One pass over the body; a key given twice keeps its last value.
+            let (mut id, mut result, mut measurement, mut units) = (None, None, None, None);
+            for w in body.split_ascii_whitespace() {
+                let Some((k, v)) = w.split_once('=') else {
+                    continue;
+                };
+                match k {
+                    "TEST_CASE_ID" => id = Some(v),
+                    "RESULT" => result = Some(v),
+                    "MEASUREMENT" => measurement = Some(v),
+                    "UNITS" => units = Some(v),
+                    _ => {}
+                }
+            }
             Some(Signal::TestCase {
-                id: m.get("TEST_CASE_ID")?.clone(),
-                result: m.get("RESULT")?.to_ascii_lowercase(),
-                measurement: m.get("MEASUREMENT").cloned(),
-                units: m.get("UNITS").cloned(),
+                id: id?.to_owned(),
+                result: result?.to_ascii_lowercase(),
+                measurement: measurement.map(str::to_owned),
+                units: units.map(str::to_owned),
             })
         }
         "TESTSET" => {
