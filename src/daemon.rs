@@ -113,12 +113,16 @@ pub async fn start(
         source,
     };
     let group = socket_gid.zip(cfg.auth.socket_group.as_deref());
+    // A socket labd created is labd's to remove at a clean exit; one that
+    // systemd passed stays systemd's (it keeps queueing clients meanwhile).
+    let mut owned_socket = None;
     let listener = match crate::systemd::inherited_listener(socket, cfg.auth.socket_mode, group)? {
         Some(l) => {
             tracing::info!(socket = %socket.display(), "serving the socket systemd passed");
             tokio::net::UnixListener::from_std(l).map_err(socket_err)?
         }
         None => {
+            owned_socket = Some(socket.to_path_buf());
             crate::server::bind(socket, cfg.auth.socket_mode, socket_gid).map_err(socket_err)?
         }
     };
@@ -149,13 +153,20 @@ pub async fn start(
     tracing::info!(socket = %socket.display(), "labd ready");
     crate::systemd::ready();
     crate::systemd::start_watchdog(lab.clone());
-    Ok(Daemon { lab, server })
+    Ok(Daemon {
+        lab,
+        server,
+        owned_socket,
+    })
 }
 
 /// A started lab: its actor and its socket server.
 pub struct Daemon {
     pub lab: Addr<LabActor>,
     pub server: crate::server::ServerHandle,
+    /// The socket file labd created (not one systemd passed), removed at a
+    /// clean exit.
+    owned_socket: Option<std::path::PathBuf>,
 }
 
 impl Daemon {
@@ -208,6 +219,11 @@ impl Daemon {
         }
         tracing::info!("all boards idle; closing the socket");
         self.server.close(std::time::Duration::from_secs(5)).await;
+        if let Some(path) = &self.owned_socket {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(socket = %path.display(), error = %e, "could not remove the socket file");
+            }
+        }
         Ok(())
     }
 }

@@ -135,6 +135,8 @@ fn sigterm_drains_within_the_grace_and_keeps_the_queue() {
         assert_eq!(end["health"], "Incomplete");
         drop(c);
         assert!(lab.wait_labd(), "labd exits 0 after draining");
+        // A clean exit leaves no socket file for clients to hang on.
+        assert!(!lab.socket.exists(), "the socket file is removed at exit");
         assert!(powered(&lab).await.is_empty());
 
         lab.start_labd();
