@@ -335,7 +335,8 @@ impl Console for CommandConsole {
                 .argv
                 .split_first()
                 .ok_or_else(|| open_err(std::io::Error::other("empty command")))?;
-            let mut child = tokio::process::Command::new(prog)
+            let mut cmd = tokio::process::Command::new(prog);
+            let mut child = crate::systemd::scrub(&mut cmd)
                 .args(args)
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())

@@ -141,7 +141,8 @@ impl CommandPower {
             return Err(PowerError::Unsupported(action.as_str()));
         };
         let mut cmd = tokio::process::Command::new(prog);
-        cmd.args(args)
+        crate::systemd::scrub(&mut cmd)
+            .args(args)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         match tokio::time::timeout(self.timeout, cmd.output()).await {

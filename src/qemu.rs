@@ -151,7 +151,8 @@ impl QemuPower {
             .split_first()
             .ok_or_else(|| Self::failed(act, "empty argv"))?;
         let mut cmd = tokio::process::Command::new(prog);
-        cmd.args(args)
+        crate::systemd::scrub(&mut cmd)
+            .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

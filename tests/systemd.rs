@@ -28,6 +28,8 @@ fn notify_socket_gets_ready_watchdog_and_stopping() {
     // A generous bound: only a broken labd makes the test wait this long.
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    // A board whose relay command writes down the environment it got.
+    let relay_board = "[[boards]]\nname = \"cmd-board\"\ndevice_type = \"sim-uboot\"\nconsole = { type = \"sim\", board = \"sim-01\" }\npower = { type = \"command\", on = [\"sh\", \"-c\", \"env > @DIR@/relay-env\"], off = [\"true\"] }\n";
     let mut lab = Lab::start_with(
         1,
         &[],
@@ -35,11 +37,31 @@ fn notify_socket_gets_ready_watchdog_and_stopping() {
             ("NOTIFY_SOCKET", path.to_str().unwrap()),
             ("WATCHDOG_USEC", "200000"),
         ],
-        "",
+        relay_board,
     );
     assert_eq!(next_message(&sock), "READY=1");
     assert_eq!(next_message(&sock), "WATCHDOG=1");
     assert_eq!(next_message(&sock), "WATCHDOG=1");
+    // What systemd told labd is not passed on to the programs labd starts,
+    // which could otherwise speak for it.
+    for args in [
+        &["board", "cmd-board", "maintenance"][..],
+        &["power", "cmd-board", "on"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_labctl"))
+            .arg("--socket")
+            .arg(&lab.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    }
+    let env = std::fs::read_to_string(lab.dir.path().join("relay-env")).unwrap();
+    assert!(env.contains("PATH="), "{env}");
+    assert!(
+        !env.contains("NOTIFY_SOCKET") && !env.contains("WATCHDOG_USEC"),
+        "{env}"
+    );
     lab.terminate_labd();
     loop {
         match next_message(&sock).as_str() {
