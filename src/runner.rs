@@ -220,8 +220,11 @@ impl Runner {
             };
             let attempts = attempts.unwrap_or(1).max(1);
             // As LAVA: with failure_retry the block's timeout is shared out
-            // among the attempts.
-            let per_attempt = block.filter(|_| attempts > 1).map(|t| t / attempts);
+            // among the attempts. A boot's timeout bounds the whole boot
+            // (power-on, bootloader, kernel, login), not each phase of it.
+            let per_attempt = block
+                .filter(|_| attempts > 1 || matches!(action, Action::Boot(_)))
+                .map(|t| t / attempts);
             let mut attempt = 1;
             loop {
                 let run = self.action(i, action);
@@ -229,10 +232,14 @@ impl Runner {
                     Some(limit) => match tokio::time::timeout(limit, run).await {
                         Ok(r) => r,
                         Err(_) => {
-                            let msg = format!(
-                                "{kind} attempt {attempt} of {attempts} timed out after {} s",
-                                limit.as_secs()
-                            );
+                            let msg = if attempts > 1 {
+                                format!(
+                                    "{kind} attempt {attempt} of {attempts} timed out after {} s",
+                                    limit.as_secs()
+                                )
+                            } else {
+                                format!("{kind} timed out after {} s", limit.as_secs())
+                            };
                             self.event("timeout", &msg);
                             Err(infra(msg))
                         }

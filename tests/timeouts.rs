@@ -155,3 +155,33 @@ fn a_job_cut_by_a_restart_is_retried_when_it_allows() {
         assert_eq!(all_jobs(&mut c).await.len(), 2);
     });
 }
+
+/// A boot block's timeout bounds the whole boot (power-on, bootloader,
+/// kernel, login) as in LAVA, not each of its phases: a kernel that hangs
+/// ends the job at the boot's timeout, named as the boot's.
+#[test]
+fn a_boot_timeout_bounds_the_whole_boot() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        lab.sim(ControlRequest::Fault {
+            board: "sim-01".into(),
+            fault: Fault::HangAfterKernel,
+        })
+        .await;
+        let mut c = lab.client().await;
+        let text = lab
+            .job("boot-timeout", "medium", &["true"])
+            .replacen(
+                "timeouts:\n",
+                "timeouts:\n  connection:\n    minutes: 2\n",
+                1,
+            )
+            .replacen("- boot:\n", "- boot:\n    timeout:\n      seconds: 3\n", 1);
+        let id = submit(&mut c, &text).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{log}");
+        let j = job(&mut c, id).await;
+        assert_eq!(j["error_class"], "Infrastructure");
+        assert_eq!(j["error"], "boot timed out after 3 s", "{j}");
+    });
+}
