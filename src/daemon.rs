@@ -112,38 +112,50 @@ pub async fn start(
         path: socket.display().to_string(),
         source,
     };
-    let group = socket_gid.zip(cfg.auth.socket_group.as_deref());
-    // A socket labd created is labd's to remove at a clean exit; one that
-    // systemd passed stays systemd's (it keeps queueing clients meanwhile).
-    let mut owned_socket = None;
-    let listener = match crate::systemd::inherited_listener(socket, cfg.auth.socket_mode, group)? {
-        Some(l) => {
-            tracing::info!(socket = %socket.display(), "serving the socket systemd passed");
-            tokio::net::UnixListener::from_std(l).map_err(socket_err)?
-        }
-        None => {
-            owned_socket = Some(socket.to_path_buf());
-            crate::server::bind(socket, cfg.auth.socket_mode, socket_gid).map_err(socket_err)?
-        }
-    };
+    let socket_group = cfg.auth.socket_group.clone();
+    let socket_mode = cfg.auth.socket_mode;
     let limits = crate::server::ServerLimits {
         admin_gid,
         ..crate::server::ServerLimits::from_config(&cfg.limits)
     };
     let metrics_listen = cfg.metrics_listen;
     let statsd = cfg.statsd.clone();
+    // Everything that can refuse the config is checked before the socket
+    // exists, so a refused start leaves no socket behind and no client waits
+    // on a lab that will not come.
     let lab = LabActor::new(cfg, store, device_types, tftp, metrics.clone())
         .map_err(StartError::Lab)?
-        .with_config_path(config_path)
-        .start();
-    if let Some(addr) = metrics_listen {
-        let http = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Socket {
-                path: addr.to_string(),
-                source,
-            })?;
-        tracing::info!(%addr, "metrics over HTTP");
+        .with_config_path(config_path);
+    let http = match metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Socket {
+                    path: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let group = socket_gid.zip(socket_group.as_deref());
+    // A socket labd created is labd's to remove at a clean exit; one that
+    // systemd passed stays systemd's (it keeps queueing clients meanwhile).
+    let mut owned_socket = None;
+    let listener = match crate::systemd::inherited_listener(socket, socket_mode, group)? {
+        Some(l) => {
+            tracing::info!(socket = %socket.display(), "serving the socket systemd passed");
+            tokio::net::UnixListener::from_std(l).map_err(socket_err)?
+        }
+        None => {
+            owned_socket = Some(socket.to_path_buf());
+            crate::server::bind(socket, socket_mode, socket_gid).map_err(socket_err)?
+        }
+    };
+    let lab = lab.start();
+    if let Some(http) = http {
+        if let Ok(addr) = http.local_addr() {
+            tracing::info!(%addr, "metrics over HTTP");
+        }
         actix::spawn(crate::server::serve_metrics_http(http, lab.clone()));
     }
     if let Some(sd) = statsd {

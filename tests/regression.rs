@@ -64,3 +64,32 @@ fn a_finished_job_never_shows_its_board_busy() {
         }
     });
 }
+
+/// A config that labd refuses at start (here a board of an unknown device
+/// type) must leave no socket behind: a client would wait on it for a lab
+/// that never comes. Found in review: the socket was bound before the lab
+/// checked the config.
+#[test]
+fn a_refused_start_leaves_no_socket() {
+    let lab = Lab::prepare(1, &[], &[], "");
+    let cfg = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        cfg.replacen(
+            "device_type = \"sim-uboot\"",
+            "device_type = \"no-such-type\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
+        .arg("--config")
+        .arg(&lab.config)
+        .env_remove("LABD_SOCKET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-type"), "{err}");
+    assert!(!lab.socket.exists(), "a socket was left behind");
+}
