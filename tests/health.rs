@@ -125,14 +125,7 @@ fn a_bad_health_check_file_is_refused_at_start() {
         "device_type: sim-uboot\njob_name: hc\ntimeouts:\n  job: {minutes: 1}\nactions:\n- deploy:\n    to: nfs\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
-        .arg("--config")
-        .arg(&lab.config)
-        .env_remove("LABD_SOCKET")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = lab.labd_refuses();
     assert!(err.contains("hc/sim-uboot.yaml:7"), "{err}");
 }
 

@@ -82,14 +82,7 @@ fn a_refused_start_leaves_no_socket() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labd"))
-        .arg("--config")
-        .arg(&lab.config)
-        .env_remove("LABD_SOCKET")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = lab.labd_refuses();
     assert!(err.contains("no-such-type"), "{err}");
     assert!(!lab.socket.exists(), "a socket was left behind");
 }

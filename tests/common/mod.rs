@@ -138,6 +138,19 @@ impl Lab {
         }
     }
 
+    /// Runs labd on this lab's config, expecting it to refuse to start;
+    /// returns what it said.
+    pub fn labd_refuses(&self) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_labd"))
+            .arg("--config")
+            .arg(&self.config)
+            .env_remove("LABD_SOCKET")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "labd started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     pub fn start_labd(&mut self) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_labd"))
             .arg("--config")
