@@ -547,21 +547,16 @@ impl LabActor {
             let id = q.id;
             ctx.run_later(wait, move |act, _ctx| act.queue_timed_out(id, limit));
         }
-        let pos = self
-            .queue
-            .iter()
-            .position(|o| {
-                (
-                    q.priority,
-                    std::cmp::Reverse(q.submit_time),
-                    std::cmp::Reverse(q.id),
-                ) > (
-                    o.priority,
-                    std::cmp::Reverse(o.submit_time),
-                    std::cmp::Reverse(o.id),
-                )
-            })
-            .unwrap_or(self.queue.len());
+        // The queue is kept sorted, best first: a binary search finds the
+        // place (usually the end of its priority), however long the queue.
+        let key = |j: &Queued| {
+            (
+                j.priority,
+                std::cmp::Reverse(j.submit_time),
+                std::cmp::Reverse(j.id),
+            )
+        };
+        let pos = self.queue.partition_point(|o| key(o) >= key(&q));
         self.queue.insert(pos, q);
     }
 
@@ -650,8 +645,24 @@ impl LabActor {
         for name in due {
             self.start_health_check(name, ctx);
         }
+        // With every board busy (the usual state of a loaded lab) there is
+        // nothing to look for in the queue, however long it is.
+        if !self
+            .boards
+            .values()
+            .any(|s| self.free(s) && !self.health_check_due(s))
+        {
+            return;
+        }
         let mut i = 0;
         while i < self.queue.len() {
+            if !self
+                .boards
+                .values()
+                .any(|s| self.free(s) && !self.health_check_due(s))
+            {
+                break;
+            }
             let def = &self.queue[i].def;
             let board = self
                 .boards

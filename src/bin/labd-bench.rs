@@ -11,6 +11,12 @@
 //! `--one-process` mode) and prints `{"consoles": [...]}`.
 //! `--store DIR` also appends every byte to a sled store through labd's
 //! store writer, as the daemon keeps each job's console log.
+//!
+//! `labd-bench socket [--jobs N] [--clients C] [--seconds S]` starts a real
+//! labd on a temp dir with one board held in maintenance (so jobs stay
+//! queued), fills its store with N durable submits, then runs C clients for
+//! S seconds, half submitting and half querying (`jobs`, `job`, `boards`),
+//! and prints submits per second and the latency percentiles per method.
 
 use anyhow::{bail, Context, Result};
 use labd::matcher::Matcher;
@@ -197,8 +203,11 @@ impl Sink {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("socket") {
+        return socket_bench(&args[1..]);
+    }
     if args.first().map(String::as_str) != Some("console") {
-        bail!("usage: labd-bench console [--fds A,B,...] [--store DIR]");
+        bail!("usage: labd-bench console [--fds A,B,...] [--store DIR] | labd-bench socket [--jobs N] [--clients C] [--seconds S]");
     }
     let mut fds = None;
     let mut store = None;
@@ -226,4 +235,173 @@ fn main() -> Result<()> {
         Some(fds) => many(&fds, store.as_ref()),
         None => one(0, store.as_ref()),
     }
+}
+
+const BENCH_JOB: &str = "device_type: sim-uboot\njob_name: bench\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- deploy:\n    to: tftp\n    kernel:\n      url: file:///nonexistent/Image\n      type: image\n- boot:\n    method: u-boot\n    commands: ramdisk\n    prompts: ['# ']\n";
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn socket_bench(args: &[String]) -> Result<()> {
+    let (mut jobs, mut clients, mut seconds) = (10_000usize, 32usize, 10u64);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().context("a value is missing");
+        match a.as_str() {
+            "--jobs" => jobs = val()?.parse()?,
+            "--clients" => clients = val()?.parse()?,
+            "--seconds" => seconds = val()?.parse()?,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("labd.sock");
+    let cfg = format!(
+        "socket = {:?}\nstate_dir = {:?}\n[tftp]\nbind = \"127.0.0.1:0\"\n[limits]\nmax_connections = 1024\n[[boards]]\nname = \"bench-01\"\ndevice_type = \"sim-uboot\"\nconsole = {{ type = \"command\", command = [\"cat\"] }}\npower = {{ type = \"command\", on = [\"true\"], off = [\"true\"] }}\n",
+        socket,
+        dir.path().join("state")
+    );
+    let config = dir.path().join("labd.toml");
+    std::fs::write(&config, cfg)?;
+    let exe = std::env::current_exe()?;
+    let labd = exe.with_file_name("labd");
+    let notify = dir.path().join("notify.sock");
+    let ready = std::os::unix::net::UnixDatagram::bind(&notify)?;
+    let mut child = std::process::Command::new(&labd)
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify)
+        .env("RUST_LOG", "labd=warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", labd.display()))?;
+    ready.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let mut buf = [0u8; 256];
+    loop {
+        let n = ready.recv(&mut buf).context("labd did not say READY=1")?;
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "READY=1")
+        {
+            break;
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        use labd::client::Client;
+        use labd::protocol::RequestBody as R;
+        let mut c = Client::connect(&socket).await?;
+        c.call(R::BoardHealth {
+            board: "bench-01".into(),
+            health: "maintenance".into(),
+            reason: Some("benchmark: jobs stay queued".into()),
+        })
+        .await?;
+        // Fill: durable submits from `clients` connections at once.
+        let t0 = std::time::Instant::now();
+        let per = jobs.div_ceil(clients);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let socket = socket.clone();
+            set.spawn(async move {
+                let mut c = Client::connect(&socket).await?;
+                for _ in 0..per {
+                    c.submit(BENCH_JOB, "bench.yaml").await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
+        }
+        let fill = t0.elapsed().as_secs_f64();
+        let filled = per * clients;
+        // Load: half the clients submit, half query, for `seconds`.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..clients {
+            let socket = socket.clone();
+            set.spawn(async move {
+                let mut c = Client::connect(&socket).await?;
+                let mut lat: Vec<(&'static str, f64)> = Vec::new();
+                let mut n = 0u64;
+                while std::time::Instant::now() < until {
+                    n += 1;
+                    let t = std::time::Instant::now();
+                    let method = if i % 2 == 0 {
+                        c.submit(BENCH_JOB, "bench.yaml").await?;
+                        "submit"
+                    } else {
+                        match n % 3 {
+                            0 => {
+                                c.call(R::Jobs {
+                                    state: None,
+                                    board: None,
+                                    device_type: None,
+                                    limit: Some(50),
+                                    cursor: None,
+                                })
+                                .await?;
+                                "jobs"
+                            }
+                            1 => {
+                                c.call(R::Job {
+                                    job: 1 + (n * 7919) % filled as u64,
+                                })
+                                .await?;
+                                "job"
+                            }
+                            _ => {
+                                c.call(R::Boards).await?;
+                                "boards"
+                            }
+                        }
+                    };
+                    lat.push((method, t.elapsed().as_secs_f64() * 1000.0));
+                }
+                anyhow::Ok(lat)
+            });
+        }
+        let mut all: Vec<(&'static str, f64)> = Vec::new();
+        while let Some(r) = set.join_next().await {
+            all.extend(r??);
+        }
+        let mut out = serde_json::json!({
+            "filled_jobs": filled,
+            "fill_seconds": fill,
+            "fill_submits_per_second": filled as f64 / fill,
+            "clients": clients,
+            "load_seconds": seconds,
+        });
+        for m in ["submit", "jobs", "job", "boards"] {
+            let mut v: Vec<f64> = all
+                .iter()
+                .filter(|(k, _)| *k == m)
+                .map(|(_, ms)| *ms)
+                .collect();
+            let n = v.len();
+            out[m] = serde_json::json!({
+                "count": n,
+                "per_second": n as f64 / seconds as f64,
+                "p50_ms": percentile(&mut v, 0.5),
+                "p99_ms": percentile(&mut v, 0.99),
+            });
+        }
+        anyhow::Ok(out)
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    println!("{}", serde_json::to_string_pretty(&result?)?);
+    Ok(())
 }
