@@ -95,34 +95,32 @@ impl<W: Write> Write for Bounded<W> {
     }
 }
 
-/// Where an artifact's bytes come from.
-enum Source {
-    /// The cached blob is still what the URL gives (304).
-    NotModified,
-    Body {
-        reader: Box<dyn Read>,
-        total: Option<u64>,
-        etag: Option<String>,
-        last_modified: Option<String>,
-    },
+/// An artifact's bytes as they arrive, with what the server said of them.
+struct Body {
+    reader: Box<dyn Read>,
+    total: Option<u64>,
+    etag: Option<String>,
+    last_modified: Option<String>,
 }
 
+/// Opens `url`. With `known` the request is conditional, and `None` means
+/// the server answered 304: `known` is still what the URL gives.
 fn open_source(
     url: &str,
     timeout: Duration,
     max_bytes: u64,
     known: Option<&UrlEntry>,
-) -> Result<Source, DeployError> {
+) -> Result<Option<Body>, DeployError> {
     let fail = |m: String| DeployError(m);
     if let Some(path) = url.strip_prefix("file://") {
         let f = std::fs::File::open(path).map_err(|e| fail(format!("cannot read {path}: {e}")))?;
         let total = f.metadata().ok().map(|m| m.len());
-        return Ok(Source::Body {
+        return Ok(Some(Body {
             reader: Box::new(f),
             total,
             etag: None,
             last_modified: None,
-        });
+        }));
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
@@ -140,7 +138,7 @@ fn open_source(
     }
     let resp = req.call().map_err(|e| fail(format!("{url}: {e}")))?;
     if resp.status() == 304 && known.is_some() {
-        return Ok(Source::NotModified);
+        return Ok(None);
     }
     if !resp.status().is_success() {
         return Err(fail(format!(
@@ -156,7 +154,7 @@ fn open_source(
     };
     let total = header("content-length").and_then(|v| v.parse().ok());
     let (etag, last_modified) = (header("etag"), header("last-modified"));
-    Ok(Source::Body {
+    Ok(Some(Body {
         reader: Box::new(
             resp.into_body()
                 .into_with_config()
@@ -166,7 +164,7 @@ fn open_source(
         total,
         etag,
         last_modified,
-    })
+    }))
 }
 
 fn too_large(url: &str, max_bytes: u64) -> DeployError {
@@ -268,33 +266,23 @@ pub fn fetch(
         }
     }
     let known = cache.and_then(|c| c.entry(url));
-    let (reader, total, etag, last_modified) =
-        match open_source(url, timeout, max_bytes, known.as_ref())? {
-            Source::NotModified => {
-                let known =
-                    known.ok_or_else(|| fail(format!("{url}: 304 without a request for it")))?;
-                check_sha(url, sha256, &known.sha256)?;
-                if let Some(blob) = cache.and_then(|c| c.blob(&known.sha256)) {
-                    return from_blob(&blob);
-                }
-                // Evicted in between: ask again, unconditionally.
-                match open_source(url, timeout, max_bytes, None)? {
-                    Source::Body {
-                        reader,
-                        total,
-                        etag,
-                        last_modified,
-                    } => (reader, total, etag, last_modified),
-                    Source::NotModified => return Err(fail(format!("{url}: 304 to a plain GET"))),
-                }
-            }
-            Source::Body {
-                reader,
-                total,
-                etag,
-                last_modified,
-            } => (reader, total, etag, last_modified),
-        };
+    let mut body = open_source(url, timeout, max_bytes, known.as_ref())?;
+    if let (None, Some(k)) = (&body, &known) {
+        // 304: the cached blob is still what the URL gives.
+        check_sha(url, sha256, &k.sha256)?;
+        if let Some(blob) = cache.and_then(|c| c.blob(&k.sha256)) {
+            return from_blob(&blob);
+        }
+        // Evicted in between: ask again, unconditionally.
+        body = open_source(url, timeout, max_bytes, None)?;
+    }
+    // An unconditional request answers with a body or an error.
+    let Body {
+        reader,
+        total,
+        etag,
+        last_modified,
+    } = body.ok_or_else(|| fail(format!("{url}: the server answered 304 to a plain GET")))?;
     let mut hashing = Hashing {
         inner: reader.take(max_bytes + 1),
         hash: sha2::Sha256::new(),

@@ -697,19 +697,20 @@ impl Runner {
             ))
         })?;
         let path = |k: &str| self.deployed.get(k).map(|p| self.ctx.tftp.root.join(p));
-        // A tftp deploy's kernel, ramdisk and DTB, or a tmpfs deploy's images.
-        let kernel = path("kernel").filter(|_| self.image_args.is_empty());
-        if kernel.is_none() && self.image_args.is_empty() {
+        // A tmpfs deploy's images, or a tftp deploy's kernel, ramdisk and DTB.
+        let tmpfs = !self.image_args.is_empty();
+        let file = |k: &str| path(k).filter(|_| !tmpfs);
+        let kernel = file("kernel");
+        if kernel.is_none() && !tmpfs {
             return Err(Stop(JobOutcome::incomplete(
                 ErrorClass::Job,
                 "boot method qemu needs a deploy action with a kernel or images before it",
             )));
         }
-        let tmpfs = !self.image_args.is_empty();
         Ok(crate::power::DirectBoot {
             kernel,
-            initrd: path("ramdisk").filter(|_| !tmpfs),
-            dtb: path("dtb").filter(|_| !tmpfs),
+            initrd: file("ramdisk"),
+            dtb: file("dtb"),
             append: spec.append.clone(),
             extra: self.image_args.clone(),
         })

@@ -100,12 +100,7 @@ fn metrics_after_a_job_on_the_socket_and_over_http() {
             .sum();
         let ran = j["end_time"].as_u64().unwrap() - j["start_time"].as_u64().unwrap();
         assert!(total <= ran + 50, "phases {total} ms, job {ran} ms");
-        let shown = std::process::Command::new(env!("CARGO_BIN_EXE_labctl"))
-            .args(["job", &id.to_string()])
-            .env("LABD_SOCKET", &lab.socket)
-            .output()
-            .unwrap();
-        let shown = String::from_utf8_lossy(&shown.stdout);
+        let shown = lab.labctl(&["job", &id.to_string()]);
         assert!(shown.contains("time on the board, by phase:"), "{shown}");
         assert!(shown.contains("BootloaderCommands"), "{shown}");
 
@@ -146,13 +141,7 @@ fn top_shows_each_board_its_job_phase_and_times() {
         );
         let id = submit(&mut c, &lab.job("watched", "medium", &[&step])).await;
         until_log_contains(&lab, id, "waiting\r\n").await;
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_labctl"))
-            .args(["top", "--once"])
-            .env("LABD_SOCKET", &lab.socket)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let frame = String::from_utf8_lossy(&out.stdout);
+        let frame = lab.labctl(&["top", "--once"]);
         assert!(
             frame.contains("boards: 2 (1 busy)   queued jobs: 0"),
             "{frame}"

@@ -156,19 +156,10 @@ fn labctl_power_goes_through_labd_to_a_real_pdudaemon() {
         pdu.url
     );
     let lab = Lab::start_with(1, &[], &[], &extra);
-    let labctl = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_labctl"))
-            .arg("--socket")
-            .arg(&lab.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "labctl {args:?}: {o:?}");
-    };
-    labctl(&["board", "pdu-board", "maintenance"]);
-    labctl(&["power", "pdu-board", "on"]);
+    lab.labctl(&["board", "pdu-board", "maintenance"]);
+    lab.labctl(&["power", "pdu-board", "on"]);
     assert_eq!(pdu.next(), "7 on");
-    labctl(&["power", "pdu-board", "off"]);
+    lab.labctl(&["power", "pdu-board", "off"]);
     assert_eq!(pdu.next(), "7 off");
     rt().block_on(async {
         let mut c = lab.client().await;

@@ -44,18 +44,8 @@ fn notify_socket_gets_ready_watchdog_and_stopping() {
     assert_eq!(next_message(&sock), "WATCHDOG=1");
     // What systemd told labd is not passed on to the programs labd starts,
     // which could otherwise speak for it.
-    for args in [
-        &["board", "cmd-board", "maintenance"][..],
-        &["power", "cmd-board", "on"],
-    ] {
-        let o = Command::new(env!("CARGO_BIN_EXE_labctl"))
-            .arg("--socket")
-            .arg(&lab.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{o:?}");
-    }
+    lab.labctl(&["board", "cmd-board", "maintenance"]);
+    lab.labctl(&["power", "cmd-board", "on"]);
     let env = std::fs::read_to_string(lab.dir.path().join("relay-env")).unwrap();
     assert!(env.contains("PATH="), "{env}");
     assert!(

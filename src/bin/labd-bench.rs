@@ -111,7 +111,7 @@ fn one(fd: RawFd, store: Option<&Sink>) -> Result<()> {
         }
     }
     if let Some(s) = store {
-        s.finish();
+        s.finish()?;
     }
     println!("{}", p.json());
     Ok(())
@@ -156,7 +156,7 @@ fn many(fds: &[RawFd], store: Option<&Sink>) -> Result<()> {
         }
     }
     if let Some(s) = store {
-        s.finish();
+        s.finish()?;
     }
     let consoles: Vec<_> = pipes.iter().map(Pipeline::json).collect();
     println!("{}", serde_json::json!({ "consoles": consoles }));
@@ -168,7 +168,14 @@ struct Sink {
     rt: tokio::runtime::Runtime,
     store: labd::store::Store,
     offsets: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+    /// The last write queued: the store applies writes in order, so once it
+    /// is durable every earlier one is.
+    last: std::sync::Mutex<Option<LogWrite>>,
 }
+
+type LogWrite = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), labd::store::StoreError>> + Send>,
+>;
 
 impl Sink {
     fn open(dir: &std::path::Path) -> Result<Sink> {
@@ -181,6 +188,7 @@ impl Sink {
             rt,
             store,
             offsets: Default::default(),
+            last: Default::default(),
         })
     }
 
@@ -190,14 +198,16 @@ impl Sink {
         // Queued now; the writer thread batches and flushes it.
         let fut = self.store.append_log(job + 1, *off, bytes.to_vec());
         *off += bytes.len() as u64;
-        drop(fut);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::pin(fut));
     }
 
-    fn finish(&self) {
-        // One more write waited for: every earlier one is durable before it.
-        let _ = self
-            .rt
-            .block_on(self.store.append_log(u64::MAX, 0, Vec::new()));
+    /// Waits until every byte appended is durable.
+    fn finish(&self) -> Result<()> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = last {
+            self.rt.block_on(w)?;
+        }
+        Ok(())
     }
 }
 

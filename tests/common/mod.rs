@@ -138,6 +138,19 @@ impl Lab {
         }
     }
 
+    /// Runs `labctl` against this lab, expecting it to succeed; returns
+    /// what it printed.
+    pub fn labctl(&self, args: &[&str]) -> String {
+        let o = Command::new(env!("CARGO_BIN_EXE_labctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "labctl {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     /// Runs labd on this lab's config, expecting it to refuse to start;
     /// returns what it said.
     pub fn labd_refuses(&self) -> String {
