@@ -20,7 +20,7 @@ use actix::prelude::*;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 /// What a board actor tells the lab actor.
@@ -181,6 +181,8 @@ pub struct BoardActor {
     job: Option<CurrentJob>,
     ring: VecDeque<u8>,
     ring_cap: usize,
+    /// How console reads are batched on their way to this actor.
+    pacing: crate::console::ReadPacing,
     /// The most console bytes kept per job.
     max_log: u64,
     /// How long a lost console may stay away during a job, unless the job's
@@ -242,6 +244,7 @@ impl BoardActor {
             job: None,
             ring: VecDeque::new(),
             ring_cap,
+            pacing: crate::console::ReadPacing::default(),
             max_log,
             reconnect_limit,
             lost: None,
@@ -250,6 +253,12 @@ impl BoardActor {
             boot_slots: crate::boots::BootSlots::default(),
             relay_device: None,
         }
+    }
+
+    /// Console reads reach this actor in batches paced by `pacing`.
+    pub fn with_read_pacing(mut self, pacing: crate::console::ReadPacing) -> Self {
+        self.pacing = pacing;
+        self
     }
 
     /// Boots of this board take a slot of `slots` (lab-wide, and per relay device).
@@ -311,6 +320,7 @@ impl BoardActor {
                             );
                             job.log_buf.extend_from_slice(note.as_bytes());
                         }
+                        act.flush_log();
                     }
                     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
                     act.writer = Some(tx);
@@ -324,10 +334,16 @@ impl BoardActor {
                         }
                     });
                     let mut reader = io.reader;
+                    let pacing = act.pacing;
                     let r = tokio::spawn(async move {
                         let mut buf = vec![0u8; 16 * 1024];
+                        let mut pacer = crate::console::ReadPacer::new(
+                            pacing,
+                            tokio::time::Instant::now(),
+                        );
                         loop {
-                            match reader.read(&mut buf).await {
+                            let read = reader.read_batch(&mut buf, &mut pacer);
+                            match read.await {
                                 Ok(0) => {
                                     addr.do_send(ConsoleLost(gen, "end of file".into()));
                                     return;
@@ -368,6 +384,8 @@ impl BoardActor {
         ctx.run_later(delay, |act, ctx| act.connect(ctx));
     }
 
+    /// Hands the job's buffered console bytes to the store, which makes
+    /// them durable within its log group time (see `Store::queue_log`).
     fn flush_log(&mut self) {
         if let Some(job) = &mut self.job {
             if job.log_buf.is_empty() {
@@ -376,13 +394,7 @@ impl BoardActor {
             let bytes = std::mem::take(&mut job.log_buf);
             let offset = job.log_offset;
             job.log_offset += bytes.len() as u64;
-            let fut = self.store.append_log(job.id, offset, bytes);
-            let board = self.name.clone();
-            tokio::spawn(async move {
-                if let Err(e) = fut.await {
-                    tracing::error!(%board, error = %e, "storing console log failed");
-                }
-            });
+            self.store.queue_log(job.id, offset, bytes);
         }
     }
 
@@ -448,7 +460,6 @@ impl Actor for BoardActor {
             lost: Box::new(move |why| addr.do_send(PowerLost(why))),
         });
         self.connect(ctx);
-        ctx.run_interval(Duration::from_millis(100), |act, _| act.flush_log());
     }
 }
 
@@ -492,9 +503,7 @@ impl Handler<ConsoleBytes> for BoardActor {
                         tracing::warn!(board = %self.name, job = job.id, cap, "job console log truncated");
                     }
                 }
-                if job.log_buf.len() >= 64 * 1024 {
-                    self.flush_log();
-                }
+                self.flush_log();
             }
             None => {
                 self.ring.extend(msg.1);
@@ -547,6 +556,7 @@ impl Handler<ConsoleLost> for BoardActor {
                 }));
             }
         }
+        self.flush_log();
         // A loss comes only from an attached console, and attaching clears
         // `lost`: this is the start of the gap.
         self.lost = Some((std::time::Instant::now(), msg.1, timer));

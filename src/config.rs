@@ -402,6 +402,14 @@ pub struct Limits {
     /// pdudaemon): its supply's inrush current. None: no limit.
     #[serde(default)]
     pub max_concurrent_boots_per_relay: Option<usize>,
+    /// A console that keeps talking reaches its board's actor at most once
+    /// per this many milliseconds (0: every read at once); see
+    /// `console::ReadPacing`. Read when a board starts.
+    #[serde(default = "default_read_interval")]
+    pub console_read_interval_ms: u64,
+    /// Console reads passed on at once before the pacing above applies.
+    #[serde(default = "default_read_burst")]
+    pub console_read_burst: u32,
 }
 
 impl PowerConfig {
@@ -416,6 +424,13 @@ impl PowerConfig {
 }
 
 impl Limits {
+    pub fn read_pacing(&self) -> crate::console::ReadPacing {
+        crate::console::ReadPacing {
+            interval: std::time::Duration::from_millis(self.console_read_interval_ms),
+            burst: self.console_read_burst,
+        }
+    }
+
     pub fn timeout_maxima(&self) -> crate::job::TimeoutMaxima {
         use std::time::Duration;
         crate::job::TimeoutMaxima {
@@ -446,8 +461,17 @@ impl Default for Limits {
             client_write_timeout_secs: default_write_timeout(),
             max_concurrent_boots: None,
             max_concurrent_boots_per_relay: None,
+            console_read_interval_ms: default_read_interval(),
+            console_read_burst: default_read_burst(),
         }
     }
+}
+
+fn default_read_interval() -> u64 {
+    crate::console::ReadPacing::default().interval.as_millis() as u64
+}
+fn default_read_burst() -> u32 {
+    crate::console::ReadPacing::default().burst
 }
 
 fn default_request() -> usize {

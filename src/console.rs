@@ -8,10 +8,10 @@
 
 use crate::config::ConsoleConfig;
 use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_serial::SerialPortBuilderExt;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -31,8 +31,192 @@ pub enum ConsoleError {
 
 /// An open console: a byte stream each way.
 pub struct ConsoleIo {
-    pub reader: Box<dyn AsyncRead + Send + Unpin>,
+    pub reader: ConsoleReader,
     pub writer: Box<dyn AsyncWrite + Send + Unpin>,
+}
+
+/// The reading side of a console.
+pub enum ConsoleReader {
+    /// Any byte stream: TCP, telnet, a unix socket, a command's pipe.
+    Stream(Box<dyn AsyncRead + Send + Unpin>),
+    /// A tty (a serial adapter, a PTY), read directly: see [`TtyReader`].
+    Tty(TtyReader),
+}
+
+impl ConsoleReader {
+    pub fn stream(r: impl AsyncRead + Send + Unpin + 'static) -> Self {
+        ConsoleReader::Stream(Box::new(r))
+    }
+
+    /// Reads the next batch of console bytes into `buf`, paced by `pacer`
+    /// (see [`ReadPacing`]). `Ok(0)` is the end of the stream.
+    /// When the board has used up its burst, the read waits for its next
+    /// turn first and then takes everything the kernel buffered meanwhile.
+    pub async fn read_batch(
+        &mut self,
+        buf: &mut [u8],
+        pacer: &mut ReadPacer,
+    ) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        if let Some(at) = pacer.ready_at(tokio::time::Instant::now()) {
+            tokio::time::sleep_until(at).await;
+        }
+        let mut filled = self.read(buf).await?;
+        // More may wait right behind a large read (a fast console, or a
+        // pty's ring buffer wrapping around): take it now, without waiting.
+        let mut last = filled;
+        while last >= BATCH_READ_BYTES && filled < buf.len() {
+            match self.read_now(&mut buf[filled..]).await? {
+                Some(n) if n > 0 => {
+                    filled += n;
+                    last = n;
+                }
+                // The end (which the next read reports again) or nothing yet.
+                _ => break,
+            }
+        }
+        if filled > 0 && filled < BATCH_READ_BYTES {
+            pacer.spend(tokio::time::Instant::now());
+        }
+        Ok(filled)
+    }
+
+    /// Reads what is there now, without waiting: `None` if nothing is.
+    async fn read_now(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        use tokio::io::AsyncReadExt;
+        match self {
+            ConsoleReader::Stream(r) => futures_lite::future::poll_once(r.read(buf))
+                .await
+                .transpose(),
+            ConsoleReader::Tty(t) => {
+                use std::os::fd::AsFd;
+                loop {
+                    return match nix::unistd::read(t.fd.as_fd().as_raw_fd(), buf) {
+                        Ok(n) => Ok(Some(n)),
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Err(nix::errno::Errno::EAGAIN) => Ok(None),
+                        Err(e) => Err(e.into()),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Keeps `hold` (a UUCP lock, a child process) alive as long as this reader.
+    fn holding(self, hold: std::sync::Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        match self {
+            ConsoleReader::Stream(inner) => ConsoleReader::stream(Held { inner, _lock: hold }),
+            ConsoleReader::Tty(mut t) => {
+                t.hold.push(hold);
+                ConsoleReader::Tty(t)
+            }
+        }
+    }
+}
+
+impl AsyncRead for ConsoleReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ConsoleReader::Stream(r) => Pin::new(r).poll_read(cx, buf),
+            ConsoleReader::Tty(t) => Pin::new(t).poll_read(cx, buf),
+        }
+    }
+}
+
+/// A tty's reading side, kept out of the event loop while it streams.
+///
+/// tokio's readiness is edge-triggered and permanent: a registered serial
+/// port wakes the runtime for every chunk its adapter hands the kernel
+/// (every few milliseconds at line rate), even while the board's reads
+/// wait their paced turn. This reader instead reads the non-blocking fd
+/// directly when its turn comes and registers with the event loop only
+/// when the line is quiet (a read found nothing), for as long as it takes
+/// the next byte to arrive. A thousand streaming boards then cost one
+/// timer wake-up per pacing interval, not tens of thousands of events.
+pub struct TtyReader {
+    fd: std::os::fd::OwnedFd,
+    /// A registration of a duplicate of `fd`, only while waiting for bytes.
+    waiter: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    hold: Vec<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl AsyncRead for TtyReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::os::fd::AsFd;
+        loop {
+            match nix::unistd::read(self.fd.as_fd().as_raw_fd(), buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    // Out of the event loop again until the line is quiet.
+                    self.waiter = None;
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if self.waiter.is_none() {
+                        let dup = self.fd.try_clone()?;
+                        // SAFETY: the AsyncFd owns `dup` for its whole life.
+                        let w = unsafe {
+                            tokio::io::unix::AsyncFd::register_with_interest(
+                                dup,
+                                tokio::io::Interest::READABLE,
+                            )
+                        }
+                        .map_err(std::io::Error::from)?;
+                        self.waiter = Some(w);
+                    }
+                    let Some(w) = &self.waiter else { continue };
+                    let mut ready = std::task::ready!(w.poll_read_ready(cx))?;
+                    ready.clear_ready();
+                }
+                Err(e) => return std::task::Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+}
+
+/// A tty's writing side: an fd of its own in the event loop, for
+/// writability only, so incoming bytes never wake it.
+struct TtyWriter {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl AsyncWrite for TtyWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            let mut guard = std::task::ready!(self.fd.poll_write_ready(cx))?;
+            match guard
+                .try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(std::io::Error::from))
+            {
+                Ok(r) => return std::task::Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 pub trait Console: Send + Sync {
@@ -76,6 +260,103 @@ impl SerialSettings {
             data_bits: tokio_serial::DataBits::Eight,
             stop_bits: tokio_serial::StopBits::One,
         }
+    }
+}
+
+/// How often a board's console reads reach its actor
+/// (`limits.console_read_interval_ms` and `console_read_burst`).
+///
+/// A serial line at 115200 baud delivers about 200 bytes every few
+/// milliseconds; passing each read on would wake the board actor, its
+/// runner and the log buffer hundreds of times a second per board. Reads
+/// are therefore batched: up to `burst` deliveries go at once (interactive
+/// exchanges, a U-Boot command and its prompt, are not slowed), and a board
+/// that keeps talking is then delivered at most once per `interval`,
+/// everything the kernel buffered in between in one piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPacing {
+    pub interval: std::time::Duration,
+    pub burst: u32,
+}
+
+impl Default for ReadPacing {
+    fn default() -> Self {
+        ReadPacing {
+            interval: std::time::Duration::from_millis(100),
+            burst: 50,
+        }
+    }
+}
+
+/// A read this large is a fast console: it may have more right behind it
+/// (a pty gives at most 4 KiB per read, its line discipline's ring buffer,
+/// and less when the ring wraps), so the batch tries another read at once;
+/// and a batch this large goes without using a turn, so that a flood is
+/// never slowed down by pacing. A board at 115200 baud gathers about
+/// 1.2 KB per 100 ms turn.
+pub const BATCH_READ_BYTES: usize = 2048;
+
+/// The token bucket behind [`ReadPacing`]: one token per small read
+/// delivered, refilled one per interval up to `burst`.
+#[derive(Debug)]
+pub struct ReadPacer {
+    pacing: ReadPacing,
+    tokens: u32,
+    /// When the next token is added (while the bucket is not full).
+    next: tokio::time::Instant,
+}
+
+/// The origin of the grid that paced reads are aligned to.
+static PACING_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+impl ReadPacer {
+    pub fn new(pacing: ReadPacing, now: tokio::time::Instant) -> Self {
+        ReadPacer {
+            pacing,
+            tokens: pacing.burst,
+            next: now + pacing.interval,
+        }
+    }
+
+    fn refill(&mut self, now: tokio::time::Instant) {
+        while self.tokens < self.pacing.burst && now >= self.next {
+            self.tokens += 1;
+            self.next += self.pacing.interval;
+        }
+        if self.tokens >= self.pacing.burst {
+            // A full bucket does not save up: the refill clock starts now.
+            self.next = now + self.pacing.interval;
+        }
+    }
+
+    /// When the next read may be made: `None` for now, or the instant
+    /// the next token is due. That instant is rounded up to a process-wide
+    /// grid of `interval`, so that the boards that keep talking wake
+    /// together, once per interval, instead of each at its own moment.
+    pub fn ready_at(&mut self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        if self.pacing.interval.is_zero() {
+            return None;
+        }
+        self.refill(now);
+        if self.tokens > 0 {
+            return None;
+        }
+        let epoch =
+            tokio::time::Instant::from_std(*PACING_EPOCH.get_or_init(std::time::Instant::now));
+        let since = self.next.saturating_duration_since(epoch).as_nanos();
+        let step = self.pacing.interval.as_nanos();
+        let steps = since.div_ceil(step);
+        let offset = std::time::Duration::from_nanos((steps * step).min(u64::MAX as u128) as u64);
+        Some((epoch + offset).max(self.next))
+    }
+
+    /// A small read was delivered at `now`.
+    pub fn spend(&mut self, now: tokio::time::Instant) {
+        if self.pacing.interval.is_zero() {
+            return;
+        }
+        self.refill(now);
+        self.tokens = self.tokens.saturating_sub(1);
     }
 }
 
@@ -123,20 +404,42 @@ fn open_serial(device: &str, baud: u32) -> Result<ConsoleIo, ConsoleError> {
 }
 
 fn open_serial_with(device: &str, st: SerialSettings) -> Result<ConsoleIo, ConsoleError> {
+    let open_err = |source: std::io::Error| ConsoleError::Open {
+        device: device.to_owned(),
+        source,
+    };
     let port = tokio_serial::new(device, st.baud)
         .parity(st.parity)
         .flow_control(st.flow)
         .data_bits(st.data_bits)
         .stop_bits(st.stop_bits)
-        .open_native_async()
-        .map_err(|e| ConsoleError::Open {
-            device: device.to_owned(),
-            source: std::io::Error::other(e),
-        })?;
-    let (reader, writer) = tokio::io::split(port);
+        .open_native()
+        .map_err(|e| open_err(std::io::Error::other(e)))?;
+    // SAFETY: into_raw_fd hands over the port's open fd, owned from here on.
+    let fd =
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(port)) };
+    let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| open_err(e.into()))?;
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(
+            nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
+        ),
+    )
+    .map_err(|e| open_err(e.into()))?;
+    let write_fd = fd.try_clone().map_err(open_err)?;
+    // SAFETY: the AsyncFd owns `write_fd` for its whole life.
+    let writer = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(write_fd, tokio::io::Interest::WRITABLE)
+    }
+    .map_err(|e| open_err(e.into()))?;
     Ok(ConsoleIo {
-        reader: Box::new(reader),
-        writer: Box::new(writer),
+        reader: ConsoleReader::Tty(TtyReader {
+            fd,
+            waiter: None,
+            hold: Vec::new(),
+        }),
+        writer: Box::new(TtyWriter { fd: writer }),
     })
 }
 
@@ -148,10 +451,7 @@ impl Console for Serial {
                 std::sync::Arc::new(crate::uucp::lock(&self.lock_dir, &self.device)?);
             let io = open_serial_with(&self.device.display().to_string(), self.settings)?;
             Ok(ConsoleIo {
-                reader: Box::new(Held {
-                    inner: io.reader,
-                    _lock: lock.clone(),
-                }),
+                reader: io.reader.holding(lock.clone()),
                 writer: Box::new(Held {
                     inner: io.writer,
                     _lock: lock,
@@ -212,7 +512,7 @@ impl Console for Tcp {
             if !self.telnet {
                 let (reader, writer) = stream.into_split();
                 return Ok(ConsoleIo {
-                    reader: Box::new(reader),
+                    reader: ConsoleReader::stream(reader),
                     writer: Box::new(writer),
                 });
             }
@@ -223,7 +523,7 @@ impl Console for Tcp {
             tokio::spawn(telnet_pump(stream, inner));
             let (reader, writer) = tokio::io::split(user);
             Ok(ConsoleIo {
-                reader: Box::new(reader),
+                reader: ConsoleReader::stream(reader),
                 writer: Box::new(writer),
             })
         })
@@ -304,7 +604,7 @@ impl Console for UnixConsole {
             let (stream, _) = listener.accept().await.map_err(open_err)?;
             let (reader, writer) = stream.into_split();
             Ok(ConsoleIo {
-                reader: Box::new(reader),
+                reader: ConsoleReader::stream(reader),
                 writer: Box::new(writer),
             })
         })
@@ -350,7 +650,7 @@ impl Console for CommandConsole {
             let keep: std::sync::Arc<dyn std::any::Any + Send + Sync> =
                 std::sync::Arc::new(std::sync::Mutex::new(child));
             Ok(ConsoleIo {
-                reader: Box::new(Held {
+                reader: ConsoleReader::stream(Held {
                     inner: stdout,
                     _lock: keep.clone(),
                 }),
@@ -429,5 +729,119 @@ pub fn from_config(
             board: b.clone().unwrap_or_else(|| board.to_owned()),
             baud: default_baud,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::time::Instant;
+
+    fn pacing(ms: u64, burst: u32) -> ReadPacing {
+        ReadPacing {
+            interval: Duration::from_millis(ms),
+            burst,
+        }
+    }
+
+    #[test]
+    fn the_pacer_allows_a_burst_then_one_read_per_interval() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = ReadPacer::new(pacing(100, 3), t0);
+        for _ in 0..3 {
+            assert_eq!(p.ready_at(t0), None);
+            p.spend(t0);
+        }
+        // Used up: the next read waits for the next token, on the grid.
+        let at = p.ready_at(t0).expect("the burst is used up");
+        assert!(at >= t0 + ms(100) && at < t0 + ms(200), "{:?}", at - t0);
+        p.spend(at);
+        let at2 = p.ready_at(at).expect("still used up");
+        assert!(
+            at2 >= at + ms(100) - ms(1) && at2 < at + ms(200),
+            "{:?}",
+            at2 - at
+        );
+        // A quiet time refills the bucket, but never beyond its burst.
+        let later = t0 + Duration::from_secs(10);
+        for _ in 0..3 {
+            assert_eq!(p.ready_at(later), None);
+            p.spend(later);
+        }
+        assert!(p.ready_at(later).is_some());
+    }
+
+    #[test]
+    fn paced_boards_wake_on_one_grid() {
+        let t0 = Instant::now();
+        let mut a = ReadPacer::new(pacing(100, 0), t0);
+        let mut b = ReadPacer::new(pacing(100, 0), t0 + Duration::from_millis(37));
+        let at = a.ready_at(t0 + Duration::from_millis(50)).unwrap();
+        let bt = b.ready_at(t0 + Duration::from_millis(50)).unwrap();
+        assert_eq!(at, bt);
+    }
+
+    #[test]
+    fn a_zero_interval_never_paces() {
+        let t0 = Instant::now();
+        let mut p = ReadPacer::new(pacing(0, 0), t0);
+        for _ in 0..1000 {
+            assert_eq!(p.ready_at(t0), None);
+            p.spend(t0);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_talkative_board_is_read_in_batches_and_nothing_is_lost() {
+        let (mut board, labd) = tokio::io::duplex(64 * 1024);
+        let mut labd = ConsoleReader::stream(labd);
+        let writer = tokio::spawn(async move {
+            // 200 small writes, 10 ms apart: a slow serial line.
+            for i in 0..200u32 {
+                board
+                    .write_all(format!("{i:04}\n").as_bytes())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let mut pacer = ReadPacer::new(pacing(100, 5), Instant::now());
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut got = Vec::new();
+        let mut deliveries = 0;
+        loop {
+            let n = labd.read_batch(&mut buf, &mut pacer).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            deliveries += 1;
+            got.extend_from_slice(&buf[..n]);
+        }
+        writer.await.unwrap();
+        let want: Vec<u8> = (0..200u32)
+            .flat_map(|i| format!("{i:04}\n").into_bytes())
+            .collect();
+        assert_eq!(got, want);
+        // 2 s of output: the burst of 5, then about one per 100 ms, far
+        // fewer than the 200 writes.
+        assert!((20..=30).contains(&deliveries), "{deliveries} deliveries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_reads_are_not_held_back() {
+        let (mut board, labd) = tokio::io::duplex(64 * 1024);
+        let mut labd = ConsoleReader::stream(labd);
+        let mut pacer = ReadPacer::new(pacing(100, 1), Instant::now());
+        let mut buf = vec![0u8; 16 * 1024];
+        let start = Instant::now();
+        for _ in 0..10 {
+            board.write_all(&[b'x'; BATCH_READ_BYTES]).await.unwrap();
+            let n = labd.read_batch(&mut buf, &mut pacer).await.unwrap();
+            assert_eq!(n, BATCH_READ_BYTES);
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

@@ -64,6 +64,7 @@ pub async fn start(
     config_path: Option<std::path::PathBuf>,
 ) -> Result<Daemon, StartError> {
     let device_types = load_device_types(&cfg)?;
+    raise_fd_limit(cfg.boards.len());
     let metrics = crate::metrics::Metrics::new(cfg.slow.thresholds());
     let store = Store::open(
         &cfg.state_dir.join("store"),
@@ -272,5 +273,29 @@ async fn push_statsd(cfg: crate::config::StatsdConfig, lab: Addr<LabActor>) {
         if !packet.is_empty() {
             let _ = sock.send_to(packet.as_bytes(), cfg.address).await;
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: each board holds
+/// a console (and a lock, a relay connection), and a systemd service
+/// starts with a soft limit of 1024, too few for a large lab.
+fn raise_fd_limit(boards: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!(soft, hard, error = %e, "could not raise the open-file limit");
+        }
+    }
+    let now = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(s, _)| s);
+    // About four descriptors a board, plus the daemon's own.
+    if now < (boards as u64) * 4 + 256 {
+        tracing::warn!(
+            limit = now,
+            boards,
+            "the open-file limit is low for this many boards; raise LimitNOFILE"
+        );
     }
 }

@@ -513,6 +513,7 @@ impl LabActor {
             self.metrics.clone(),
         )
         .with_boot_slots(self.boot_slots.clone(), b.power.relay_device())
+        .with_read_pacing(self.cfg.limits.read_pacing())
         .start();
         (addr, power)
     }

@@ -14,12 +14,16 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, oneshot};
 
 /// Bumped whenever the on-disk layout changes; a store with another version is refused.
 pub const SCHEMA_VERSION: u64 = 1;
 /// The most writes applied before one flush.
 const MAX_BATCH: usize = 512;
+/// How long a batch of queued console bytes waits for more before its
+/// flush: a console byte is durable within this of its arrival.
+const LOG_GROUP: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -70,6 +74,10 @@ enum Write {
     ),
     Event(JobId, JobEvent, oneshot::Sender<Result<(), StoreError>>),
     Log(JobId, u64, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
+    /// Console bytes wait in `PendingLogs` (see `Store::queue_log`).
+    LogsQueued,
+    /// Replies once everything before it is durable.
+    Sync(oneshot::Sender<Result<(), StoreError>>),
     Results(
         JobId,
         Vec<TestCase>,
@@ -121,7 +129,25 @@ pub struct Store {
     trees: Trees,
     tx: std_mpsc::Sender<Write>,
     changes: broadcast::Sender<Change>,
+    logs: Arc<Mutex<PendingLogs>>,
 }
+
+/// Console bytes queued by `Store::queue_log`, waiting for the writer.
+#[derive(Default)]
+struct PendingLogs {
+    /// (job, offset, bytes); contiguous appends to one job are merged, so
+    /// a streaming board costs one record per flush, not one per read.
+    chunks: Vec<(JobId, u64, Vec<u8>)>,
+    /// Each job's last chunk in `chunks`.
+    last: std::collections::HashMap<JobId, usize>,
+    bytes: usize,
+    /// Bytes dropped because the writer fell too far behind.
+    dropped: u64,
+}
+
+/// The most console bytes waiting for the writer: a store that cannot
+/// keep up for this long drops console bytes (logged) instead of growing.
+const MAX_PENDING_LOG_BYTES: usize = 256 << 20;
 
 /// Filters for listing jobs. `cursor` is the last id of the previous page.
 #[derive(Debug, Clone, Default)]
@@ -208,11 +234,18 @@ impl Store {
         let (changes, _) = broadcast::channel(4096);
         let writer_trees = trees.clone();
         let writer_changes = changes.clone();
+        let logs = Arc::new(Mutex::new(PendingLogs::default()));
+        let writer_logs = logs.clone();
         std::thread::Builder::new()
             .name("labd-store".into())
-            .spawn(move || writer(writer_trees, rx, writer_changes, metrics))
+            .spawn(move || writer(writer_trees, rx, writer_logs, writer_changes, metrics))
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        Ok(Store { trees, tx, changes })
+        Ok(Store {
+            trees,
+            tx,
+            changes,
+            logs,
+        })
     }
 
     /// Subscribes to durable changes.
@@ -277,6 +310,47 @@ impl Store {
         bytes: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         self.send(move |tx| Write::Log(id, offset, bytes, tx))
+    }
+
+    /// Queues console bytes of job `id` at `offset` without waiting: they
+    /// are durable within `LOG_GROUP`, and before any write queued after
+    /// them is acknowledged. A lab of streaming consoles costs one writer
+    /// wake-up and one flush per `LOG_GROUP`, not one per append.
+    pub fn queue_log(&self, id: JobId, offset: u64, bytes: Vec<u8>) {
+        let wake = {
+            let mut guard = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+            let p = &mut *guard;
+            if p.bytes + bytes.len() > MAX_PENDING_LOG_BYTES {
+                if p.dropped == 0 {
+                    tracing::error!(
+                        job = id,
+                        "the store is far behind; console bytes are being dropped"
+                    );
+                }
+                p.dropped += bytes.len() as u64;
+                return;
+            }
+            let wake = p.chunks.is_empty();
+            p.bytes += bytes.len();
+            match p.last.get(&id).and_then(|&i| p.chunks.get_mut(i)) {
+                Some((_, off, b)) if *off + b.len() as u64 == offset => b.extend_from_slice(&bytes),
+                _ => {
+                    p.last.insert(id, p.chunks.len());
+                    p.chunks.push((id, offset, bytes));
+                }
+            }
+            wake
+        };
+        if wake {
+            let _ = self.tx.send(Write::LogsQueued);
+        }
+    }
+
+    /// Waits until every write queued before it is durable.
+    pub fn sync(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.send(Write::Sync)
     }
 
     pub fn add_results(
@@ -616,20 +690,57 @@ impl Store {
 fn writer(
     t: Trees,
     rx: std_mpsc::Receiver<Write>,
+    logs: Arc<Mutex<PendingLogs>>,
     changes: broadcast::Sender<Change>,
     metrics: crate::metrics::Metrics,
 ) {
     while let Ok(first) = rx.recv() {
         let started = std::time::Instant::now();
+        // Queued console bytes are nobody's acknowledgement: a batch of only
+        // those waits up to LOG_GROUP for more, so that a lab of streaming
+        // consoles costs a few flushes a second, not one per append. Any
+        // other write ends the wait at once: it is flushed before its reply.
+        let mut lazy = matches!(first, Write::LogsQueued);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
+            let next = match rx.try_recv() {
+                Ok(w) => Some(w),
+                Err(std_mpsc::TryRecvError::Disconnected) => None,
+                Err(std_mpsc::TryRecvError::Empty) if lazy => {
+                    let left = LOG_GROUP.saturating_sub(started.elapsed());
+                    rx.recv_timeout(left).ok()
+                }
+                Err(std_mpsc::TryRecvError::Empty) => None,
+            };
+            let Some(w) = next else { break };
+            lazy &= matches!(w, Write::LogsQueued);
+            batch.push(w);
         }
+        // Queued console bytes go first: whatever was queued before a write
+        // in this batch is taken here, so it is durable before that write's
+        // reply (a job's last bytes before its Finished state).
+        let queued = {
+            let mut p = logs.lock().unwrap_or_else(|e| e.into_inner());
+            if p.dropped > 0 {
+                tracing::error!(
+                    bytes = p.dropped,
+                    "console bytes dropped while the store was behind"
+                );
+                p.dropped = 0;
+            }
+            p.bytes = 0;
+            p.last.clear();
+            std::mem::take(&mut p.chunks)
+        };
         let mut done: Vec<Reply> = Vec::new();
         let mut published = Vec::new();
+        for (id, offset, bytes) in queued {
+            let end = offset + bytes.len() as u64;
+            match t.logs.insert(key2(id, offset), bytes) {
+                Ok(_) => published.push(Change::Log { id, end }),
+                Err(e) => tracing::error!(job = id, error = %e, "storing console bytes failed"),
+            }
+        }
         for w in batch {
             apply(&t, w, &mut done, &mut published);
         }
@@ -758,6 +869,8 @@ fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>
             }
             defer(done, tx, r);
         }
+        Write::LogsQueued => {}
+        Write::Sync(tx) => defer(done, tx, Ok(())),
         Write::Results(id, results, tx) => {
             // One batch: a crash stores all of a definition's results or none.
             let r = (|| {

@@ -17,10 +17,21 @@ struct Args {
     /// Where each board's shell gets its scratch directory.
     #[arg(long)]
     scratch: Option<PathBuf>,
+    /// Pace every board's output like a serial line at this baud rate
+    /// (8N1, in 16 ms chunks like a USB adapter); unpaced without it.
+    #[arg(long)]
+    baud: Option<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Each board holds a pty pair and its shell's pipes.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
     let tmp;
     let scratch = match args.scratch {
         Some(s) => s,
@@ -30,10 +41,15 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(labd::sim::run(&args.control, &args.boards, &scratch))
-        .context("labd-sim")?;
+    rt.block_on(labd::sim::run(
+        &args.control,
+        &args.boards,
+        &scratch,
+        args.baud,
+    ))
+    .context("labd-sim")?;
     Ok(())
 }

@@ -99,10 +99,15 @@ struct BoardHandle {
 
 /// Runs the simulator until the process is killed: creates the boards, binds
 /// the control socket, prints `READY` on stdout, and serves requests.
-pub async fn run(control_path: &Path, boards: &[String], scratch: &Path) -> std::io::Result<()> {
+pub async fn run(
+    control_path: &Path,
+    boards: &[String],
+    scratch: &Path,
+    baud: Option<u32>,
+) -> std::io::Result<()> {
     let mut handles = HashMap::new();
     for name in boards {
-        let h = spawn_board(name.clone(), scratch.join(name))?;
+        let h = spawn_board(name.clone(), scratch.join(name), baud)?;
         handles.insert(name.clone(), h);
     }
     let _ = std::fs::remove_file(control_path);
@@ -207,7 +212,7 @@ fn set_raw(fd: &OwnedFd) -> nix::Result<()> {
     termios::tcsetattr(fd, termios::SetArg::TCSANOW, &t)
 }
 
-fn spawn_board(name: String, scratch: PathBuf) -> std::io::Result<BoardHandle> {
+fn spawn_board(name: String, scratch: PathBuf, baud: Option<u32>) -> std::io::Result<BoardHandle> {
     let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
     // Raw from the start: a cooked PTY would echo our own output back to us
     // as input until labd opens the slave and sets it raw.
@@ -234,7 +239,10 @@ fn spawn_board(name: String, scratch: PathBuf) -> std::io::Result<BoardHandle> {
     tokio::spawn(read_master(master.clone(), in_tx));
     let board = Board {
         name,
-        out: Out { fd: master },
+        out: Out {
+            fd: master,
+            uart: baud.map(Uart::new),
+        },
         input: in_rx,
         fault: fault.clone(),
         scratch,
@@ -278,11 +286,61 @@ async fn read_master(fd: Arc<AsyncFd<OwnedFd>>, tx: mpsc::UnboundedSender<Vec<u8
 
 struct Out {
     fd: Arc<AsyncFd<OwnedFd>>,
+    /// With `--baud`: output is paced like a real serial line.
+    uart: Option<Uart>,
+}
+
+/// The pace of a serial line: 10 bits per byte (8N1). Bytes leave in chunks
+/// of one USB-serial latency period (16 ms, an FTDI adapter's default), the
+/// way a USB adapter hands them to the host's tty layer.
+struct Uart {
+    per_byte: Duration,
+    chunk: usize,
+    /// When the line will have sent everything written so far.
+    busy_until: Mutex<tokio::time::Instant>,
+}
+
+const UART_PERIOD: Duration = Duration::from_millis(16);
+
+impl Uart {
+    fn new(baud: u32) -> Uart {
+        let bytes_per_sec = (baud / 10).max(1);
+        Uart {
+            per_byte: Duration::from_secs(1) / bytes_per_sec,
+            chunk: ((bytes_per_sec as u128 * UART_PERIOD.as_millis()) / 1000).max(1) as usize,
+            busy_until: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    fn busy_until(&self) -> tokio::time::Instant {
+        *self.busy_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `n` bytes as on the wire.
+    fn sent(&self, n: usize) {
+        let mut b = self.busy_until.lock().unwrap_or_else(|p| p.into_inner());
+        *b = (*b).max(tokio::time::Instant::now()) + self.per_byte * n as u32;
+    }
 }
 
 impl Out {
+    async fn write(&self, bytes: &[u8]) {
+        let Some(uart) = &self.uart else {
+            return self.write_now(bytes).await;
+        };
+        for chunk in bytes.chunks(uart.chunk) {
+            // At most one period of bytes is ahead of the line at any time.
+            let ready = uart.busy_until().checked_sub(UART_PERIOD);
+            if let Some(at) = ready.filter(|&at| at > tokio::time::Instant::now()) {
+                tokio::time::sleep_until(at).await;
+            }
+            self.write_now(chunk).await;
+            uart.sent(chunk.len());
+        }
+    }
+
     /// Writes like a UART: when nobody reads for a second, the rest is lost.
-    async fn write(&self, mut bytes: &[u8]) {
+    async fn write_now(&self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let ready = tokio::time::timeout(Duration::from_secs(1), self.fd.writable()).await;
             let Ok(Ok(mut guard)) = ready else {
@@ -789,7 +847,12 @@ impl Session<'_> {
         let Some(mut stdin) = child.stdin.take() else {
             return;
         };
-        let mut output = tokio::fs::File::from_std(std::fs::File::from(rd));
+        // A non-blocking pipe on the reactor: a blocking read on tokio's
+        // file thread pool would hold one of its threads per idle shell.
+        let Ok(mut output) = tokio::net::unix::pipe::Receiver::from_owned_fd(rd) else {
+            self.line("-sh: pipe failed").await;
+            return;
+        };
         let mut line = Vec::new();
         let mut buf = vec![0u8; 4096];
         let mut pending = std::mem::take(&mut self.pending);
