@@ -494,7 +494,13 @@ impl Handler<ConsoleBytes> for BoardActor {
                 if !job.truncated {
                     let room = cap.saturating_sub(kept) as usize;
                     if msg.1.len() <= room {
-                        job.log_buf.extend_from_slice(&msg.1);
+                        if job.log_buf.is_empty() {
+                            // The usual case: the read's own buffer goes to
+                            // the store, no copy.
+                            job.log_buf = msg.1;
+                        } else {
+                            job.log_buf.extend_from_slice(&msg.1);
+                        }
                     } else {
                         job.log_buf.extend_from_slice(&msg.1[..room]);
                         job.truncated = true;
@@ -506,7 +512,7 @@ impl Handler<ConsoleBytes> for BoardActor {
                 self.flush_log();
             }
             None => {
-                self.ring.extend(msg.1);
+                self.ring.extend(msg.1.iter());
                 while self.ring.len() > self.ring_cap {
                     self.ring.pop_front();
                 }

@@ -23,7 +23,7 @@ pub const SCHEMA_VERSION: u64 = 1;
 const MAX_BATCH: usize = 512;
 /// How long a batch of queued console bytes waits for more before its
 /// flush: a console byte is durable within this of its arrival.
-const LOG_GROUP: std::time::Duration = std::time::Duration::from_millis(250);
+const LOG_GROUP: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -695,7 +695,7 @@ fn writer(
     metrics: crate::metrics::Metrics,
 ) {
     while let Ok(first) = rx.recv() {
-        let started = std::time::Instant::now();
+        let first_at = std::time::Instant::now();
         // Queued console bytes are nobody's acknowledgement: a batch of only
         // those waits up to LOG_GROUP for more, so that a lab of streaming
         // consoles costs a few flushes a second, not one per append. Any
@@ -707,7 +707,7 @@ fn writer(
                 Ok(w) => Some(w),
                 Err(std_mpsc::TryRecvError::Disconnected) => None,
                 Err(std_mpsc::TryRecvError::Empty) if lazy => {
-                    let left = LOG_GROUP.saturating_sub(started.elapsed());
+                    let left = LOG_GROUP.saturating_sub(first_at.elapsed());
                     rx.recv_timeout(left).ok()
                 }
                 Err(std_mpsc::TryRecvError::Empty) => None,
@@ -732,6 +732,9 @@ fn writer(
             p.last.clear();
             std::mem::take(&mut p.chunks)
         };
+        // The time spent writing, not waiting for a log group to fill.
+        let started = std::time::Instant::now();
+        let chunks = queued.len();
         let mut done: Vec<Reply> = Vec::new();
         let mut published = Vec::new();
         for (id, offset, bytes) in queued {
@@ -745,7 +748,7 @@ fn writer(
             apply(&t, w, &mut done, &mut published);
         }
         let flushed = t.db.flush().map(|_| ()).map_err(StoreError::from);
-        metrics.store_batch(done.len(), started.elapsed());
+        metrics.store_batch(done.len() + chunks, started.elapsed());
         for reply in done {
             reply(match &flushed {
                 Ok(()) => Ok(()),

@@ -1,5 +1,4 @@
-//! `labd-bench`: labd's console pipeline as a stand-alone program, for the
-//! peer harness in `../shared/bench` (`console_bench.py`).
+//! `labd-bench`: labd's benchmarks as one program (see BENCHMARKS.md).
 //!
 //! `labd-bench console` reads a console stream from stdin (a pipe or the
 //! slave of a pty) until EOF (or EIO, a pty whose master closed) and runs
@@ -17,6 +16,11 @@
 //! queued), fills its store with N durable submits, then runs C clients for
 //! S seconds, half submitting and half querying (`jobs`, `job`, `boards`),
 //! and prints submits per second and the latency percentiles per method.
+//!
+//! `labd-bench boards [--boards N] [--seconds S] [--window W] [--baud B]`
+//! runs N simulated boards whose consoles all stream at line rate through
+//! a real labd, and prints labd's CPU and memory while they stream (see
+//! `boards.rs`).
 
 mod boards;
 mod console;
