@@ -130,6 +130,8 @@ pub struct Store {
     tx: std_mpsc::Sender<Write>,
     changes: broadcast::Sender<Change>,
     logs: Arc<Mutex<PendingLogs>>,
+    /// The writer thread, for `close`.
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 /// Console bytes queued by `Store::queue_log`, waiting for the writer.
@@ -236,7 +238,7 @@ impl Store {
         let writer_changes = changes.clone();
         let logs = Arc::new(Mutex::new(PendingLogs::default()));
         let writer_logs = logs.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("labd-store".into())
             .spawn(move || writer(writer_trees, rx, writer_logs, writer_changes, metrics))
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
@@ -245,6 +247,7 @@ impl Store {
             tx,
             changes,
             logs,
+            writer: Arc::new(Mutex::new(Some(handle))),
         })
     }
 
@@ -343,6 +346,17 @@ impl Store {
         };
         if wake {
             let _ = self.tx.send(Write::LogsQueued);
+        }
+    }
+
+    /// Closes the store and waits until its writer has written what was
+    /// queued and let go of the files (another process may open them then).
+    /// Only for the last handle: other clones keep the writer running.
+    pub fn close(self) {
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(self);
+        if let Some(h) = handle {
+            let _ = h.join();
         }
     }
 

@@ -84,3 +84,16 @@ fn the_socket_benchmark_fills_and_queries() {
     assert!(v["submit"]["count"].as_u64().unwrap() > 0, "{v}");
     assert!(v["jobs"]["count"].as_u64().unwrap() > 0, "{v}");
 }
+
+/// The restart benchmark fills a store through labd's store module, and
+/// the restarted labd serves the jobs it holds.
+#[test]
+fn the_restart_benchmark_restarts_on_a_filled_store() {
+    let v = bench(
+        &["restart", "--jobs", "300", "--log-mb", "2", "--runs", "2"],
+        None,
+    );
+    assert_eq!(v["jobs"], 300, "{v}");
+    assert_eq!(v["start_to_ready_ms"].as_array().unwrap().len(), 2, "{v}");
+    assert!(v["store_mib"].as_f64().unwrap() > 2.0, "{v}");
+}

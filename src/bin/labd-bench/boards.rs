@@ -18,31 +18,24 @@ use std::time::{Duration, Instant};
 /// One streamed line: 8 digits, then this (and `\r\n` from the shell).
 const LINE_TEXT: &str = " labd line-rate stream, the quick brown fox jumps over the lazy dog";
 
-struct Opts {
+/// `labd-bench boards`: N boards streaming at line rate.
+#[derive(clap::Args)]
+pub struct Opts {
+    /// Simulated boards, each running one streaming job.
+    #[arg(long, default_value_t = 10)]
     boards: usize,
+    /// How long each job's test streams.
+    #[arg(long, default_value_t = 40)]
     seconds: u64,
+    /// How long labd is measured once every board streams.
+    #[arg(long, default_value_t = 10)]
     window: u64,
+    /// The boards' serial line rate.
+    #[arg(long, default_value_t = 115_200)]
     baud: u32,
 }
 
-pub fn main(args: &[String]) -> Result<()> {
-    let mut o = Opts {
-        boards: 10,
-        seconds: 40,
-        window: 10,
-        baud: 115_200,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || it.next().context("a value is missing");
-        match a.as_str() {
-            "--boards" => o.boards = val()?.parse()?,
-            "--seconds" => o.seconds = val()?.parse()?,
-            "--window" => o.window = val()?.parse()?,
-            "--baud" => o.baud = val()?.parse()?,
-            other => bail!("unknown argument {other}"),
-        }
-    }
+pub fn main(o: Opts) -> Result<()> {
     if o.window >= o.seconds {
         bail!("--window must be shorter than --seconds (the stream must outlast the measurement)");
     }

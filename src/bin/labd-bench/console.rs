@@ -2,7 +2,7 @@
 //! and the runner's matcher, optionally the store's log writer) on a stream,
 //! for the peer harness in `../shared/bench`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use labd::matcher::Matcher;
 use labd::signals::{Signal, SignalParser};
 use std::io::Read;
@@ -183,30 +183,20 @@ impl Sink {
     }
 }
 
-/// `labd-bench console [--fds A,B,...] [--store DIR]`.
-pub fn main(args: &[String]) -> Result<()> {
-    let mut fds = None;
-    let mut store = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--fds" => {
-                let list = it.next().context("--fds needs a list")?;
-                fds = Some(
-                    list.split(',')
-                        .map(|s| s.trim().parse::<RawFd>())
-                        .collect::<Result<Vec<_>, _>>()
-                        .context("--fds: numbers separated by commas")?,
-                );
-            }
-            "--store" => {
-                store = Some(Sink::open(
-                    it.next().context("--store needs a dir")?.as_ref(),
-                )?)
-            }
-            other => bail!("unknown argument {other}"),
-        }
-    }
+/// `labd-bench console`: one console on stdin, or several on fds.
+#[derive(clap::Args)]
+pub struct Opts {
+    /// Watch these fds (the harness's one-process mode) instead of stdin.
+    #[arg(long, value_delimiter = ',')]
+    fds: Option<Vec<RawFd>>,
+    /// Also append every byte to a sled store in this directory.
+    #[arg(long)]
+    store: Option<std::path::PathBuf>,
+}
+
+pub fn main(o: Opts) -> Result<()> {
+    let store = o.store.as_deref().map(Sink::open).transpose()?;
+    let fds = o.fds;
     match fds {
         Some(fds) => many(&fds, store.as_ref()),
         None => one(0, store.as_ref()),

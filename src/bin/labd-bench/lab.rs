@@ -184,3 +184,14 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
+
+/// A `jobs` request for the newest 50 jobs, the page `labctl jobs` shows.
+pub fn newest_jobs() -> labd::protocol::RequestBody {
+    labd::protocol::RequestBody::Jobs {
+        state: None,
+        board: None,
+        device_type: None,
+        limit: Some(50),
+        cursor: None,
+    }
+}

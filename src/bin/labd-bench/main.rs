@@ -21,21 +21,43 @@
 //! runs N simulated boards whose consoles all stream at line rate through
 //! a real labd, and prints labd's CPU and memory while they stream (see
 //! `boards.rs`).
+//!
+//! `labd-bench restart [--jobs N] [--log-mb M] [--runs R] [--cold]` fills
+//! a store with N finished jobs and M MiB of console logs, then times labd
+//! from start to serving requests (see `restart.rs`).
 
 mod boards;
 mod console;
 mod lab;
+mod restart;
 mod socket;
 
-use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let rest = args.get(1..).unwrap_or_default();
-    match args.first().map(String::as_str) {
-        Some("console") => console::main(rest),
-        Some("socket") => socket::main(rest),
-        Some("boards") => boards::main(rest),
-        _ => bail!("usage: labd-bench console [--fds A,B,...] [--store DIR] | labd-bench socket [--jobs N] [--clients C] [--seconds S] | labd-bench boards [--boards N] [--seconds S] [--window W] [--baud B]"),
+#[derive(Parser)]
+#[command(version, about = "labd's benchmarks (see BENCHMARKS.md)")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// The console pipeline on stdin (or --fds), for ../shared/bench's harness.
+    Console(console::Opts),
+    /// The socket API under load.
+    Socket(socket::Opts),
+    /// N simulated boards streaming at line rate through a real labd.
+    Boards(boards::Opts),
+    /// Start-up time on a large store.
+    Restart(restart::Opts),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().mode {
+        Mode::Console(o) => console::main(o),
+        Mode::Socket(o) => socket::main(o),
+        Mode::Boards(o) => boards::main(o),
+        Mode::Restart(o) => restart::main(o),
     }
 }

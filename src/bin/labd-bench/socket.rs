@@ -2,23 +2,30 @@
 //! second, query latency) against a real labd.
 
 use crate::lab::{percentile, Labd};
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
 const BENCH_JOB: &str = "device_type: sim-uboot\njob_name: bench\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- deploy:\n    to: tftp\n    kernel:\n      url: file:///nonexistent/Image\n      type: image\n- boot:\n    method: u-boot\n    commands: ramdisk\n    prompts: ['# ']\n";
 
-/// `labd-bench socket [--jobs N] [--clients C] [--seconds S]`.
-pub fn main(args: &[String]) -> Result<()> {
-    let (mut jobs, mut clients, mut seconds) = (10_000usize, 32usize, 10u64);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || it.next().context("a value is missing");
-        match a.as_str() {
-            "--jobs" => jobs = val()?.parse()?,
-            "--clients" => clients = val()?.parse()?,
-            "--seconds" => seconds = val()?.parse()?,
-            other => bail!("unknown argument {other}"),
-        }
-    }
+/// `labd-bench socket`: the socket API under load.
+#[derive(clap::Args)]
+pub struct Opts {
+    /// Durable submits that fill the store first.
+    #[arg(long, default_value_t = 10_000)]
+    jobs: usize,
+    /// Clients at once: half submit, half query.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// How long the mixed load runs.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+pub fn main(o: Opts) -> Result<()> {
+    let Opts {
+        jobs,
+        clients,
+        seconds,
+    } = o;
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("labd.sock");
     let cfg = format!(
@@ -78,14 +85,7 @@ pub fn main(args: &[String]) -> Result<()> {
                     } else {
                         match n % 3 {
                             0 => {
-                                c.call(R::Jobs {
-                                    state: None,
-                                    board: None,
-                                    device_type: None,
-                                    limit: Some(50),
-                                    cursor: None,
-                                })
-                                .await?;
+                                c.call(crate::lab::newest_jobs()).await?;
                                 "jobs"
                             }
                             1 => {
