@@ -97,3 +97,26 @@ fn the_restart_benchmark_restarts_on_a_filled_store() {
     assert_eq!(v["start_to_ready_ms"].as_array().unwrap().len(), 2, "{v}");
     assert!(v["store_mib"].as_f64().unwrap() > 2.0, "{v}");
 }
+
+/// The dispatch benchmark's relay (a pdudaemon listener) sees a power-on
+/// for every job submitted.
+#[test]
+fn the_dispatch_benchmark_sees_every_power_on() {
+    let v = bench(
+        &[
+            "dispatch",
+            "--boards",
+            "5",
+            "--finished",
+            "50",
+            "--samples",
+            "10",
+        ],
+        None,
+    );
+    assert_eq!(v["samples"], 10, "{v}");
+    assert!(
+        v["submit_ack_to_power_on_ms"]["p50"].as_f64().is_some(),
+        "{v}"
+    );
+}

@@ -7,7 +7,8 @@
 //! console bytes it took in over that window from its metrics. At the end
 //! labd is stopped and its store is read back: every streamed line of every
 //! job must be in the job's stored log, in order; and the time from each
-//! job's last signal (its ENDRUN) to its Finished state is reported.
+//! job's last signal (its ENDRUN), and from the runner's end (the board's
+//! `PoweringOff` phase) to its Finished state are reported.
 
 use crate::lab::{self, Labd, Sim};
 use anyhow::{bail, Context, Result};
@@ -217,6 +218,7 @@ async fn check_store(
 ) -> Result<serde_json::Value> {
     let store = labd::store::Store::open(&state.join("store"), 64 << 20, Default::default())?;
     let mut finish_ms = Vec::new();
+    let mut end_ms = Vec::new();
     let mut stored = 0u64;
     for &id in ids {
         let job = store.job(id).await?;
@@ -247,6 +249,13 @@ async fn check_store(
             .with_context(|| format!("job {id} has no endrun event"))?;
         let end = job.end_time.context("a finished job without end_time")?;
         finish_ms.push(end.saturating_sub(endrun.time) as f64);
+        // The runner's end: the board starts finishing the job.
+        let off = events
+            .iter()
+            .rev()
+            .find(|e| e.kind == "phase" && e.message == "PoweringOff")
+            .with_context(|| format!("job {id} has no PoweringOff phase"))?;
+        end_ms.push(end.saturating_sub(off.time) as f64);
     }
     Ok(serde_json::json!({
         "jobs_complete": ids.len(),
@@ -254,5 +263,7 @@ async fn check_store(
         "log_bytes_stored": stored,
         "endrun_to_finished_ms_p50": lab::percentile(&mut finish_ms.clone(), 0.5),
         "endrun_to_finished_ms_max": finish_ms.iter().copied().fold(0.0, f64::max),
+        "runner_end_to_finished_ms_p50": lab::percentile(&mut end_ms.clone(), 0.5),
+        "runner_end_to_finished_ms_max": end_ms.iter().copied().fold(0.0, f64::max),
     }))
 }

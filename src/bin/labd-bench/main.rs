@@ -25,9 +25,14 @@
 //! `labd-bench restart [--jobs N] [--log-mb M] [--runs R] [--cold]` fills
 //! a store with N finished jobs and M MiB of console logs, then times labd
 //! from start to serving requests (see `restart.rs`).
+//!
+//! `labd-bench dispatch [--boards N] [--finished F] [--samples S]` times a
+//! submit's acknowledgement to the board's power-on command (see
+//! `dispatch.rs`).
 
 mod boards;
 mod console;
+mod dispatch;
 mod lab;
 mod restart;
 mod socket;
@@ -51,6 +56,8 @@ enum Mode {
     Boards(boards::Opts),
     /// Start-up time on a large store.
     Restart(restart::Opts),
+    /// Submit → power-on latency with many boards and finished jobs.
+    Dispatch(dispatch::Opts),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,5 +66,6 @@ fn main() -> anyhow::Result<()> {
         Mode::Socket(o) => socket::main(o),
         Mode::Boards(o) => boards::main(o),
         Mode::Restart(o) => restart::main(o),
+        Mode::Dispatch(o) => dispatch::main(o),
     }
 }

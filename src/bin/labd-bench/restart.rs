@@ -91,7 +91,7 @@ pub fn main(o: Opts) -> Result<()> {
 
 /// Writes `jobs` finished jobs with `log_bytes` of console logs between
 /// them, through labd's store, and waits until all of it is durable.
-async fn fill(state: &std::path::Path, jobs: u64, log_bytes: u64) -> Result<()> {
+pub(crate) async fn fill(state: &std::path::Path, jobs: u64, log_bytes: u64) -> Result<()> {
     let store = labd::store::Store::open(&state.join("store"), 64 << 20, Default::default())?;
     let per_job = (log_bytes / jobs.max(1)) as usize;
     // A console-like line, repeated to each job's share.

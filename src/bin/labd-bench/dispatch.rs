@@ -1,0 +1,131 @@
+//! `labd-bench dispatch`: from a submit acknowledged to the board's power-on
+//! command, in a lab of many boards with many finished jobs in its store.
+//!
+//! Every board's relay is a pdudaemon port whose listener is this program
+//! (a minimal HTTP server that answers 200 and notes when each command
+//! arrived), and every console a TCP connection to this program that stays
+//! quiet. Each sample submits a job (a `minimal` boot) and waits for the
+//! power-on request it causes; the job is then canceled, and the next sample
+//! goes to another idle board.
+
+use crate::lab::{percentile, Labd};
+use anyhow::{bail, Result};
+use std::io::{BufRead, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// `labd-bench dispatch`: submit → power-on latency.
+#[derive(clap::Args)]
+pub struct Opts {
+    /// Boards in the lab, all idle.
+    #[arg(long, default_value_t = 1000)]
+    boards: usize,
+    /// Finished jobs in the store before labd starts.
+    #[arg(long, default_value_t = 10_000)]
+    finished: u64,
+    /// Jobs submitted, one after another.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+}
+
+const JOB: &str = "device_type: sim-uboot\njob_name: dispatch\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- boot:\n    method: minimal\n    prompts: ['# ']\n    timeout:\n      minutes: 2\n";
+
+/// Answers every HTTP request with 200, sending its request line and
+/// arrival time to `tx`.
+fn relay_server(listener: std::net::TcpListener, tx: mpsc::Sender<(Instant, String)>) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let at = Instant::now();
+        let mut line = String::new();
+        let mut reader = std::io::BufReader::new(&conn);
+        if reader.read_line(&mut line).is_err() {
+            continue;
+        }
+        // The rest of the request head, up to its empty line.
+        let mut header = String::new();
+        while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+            header.clear();
+        }
+        let _ =
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        if tx.send((at, line.trim().to_owned())).is_err() {
+            return;
+        }
+    }
+}
+
+pub fn main(o: Opts) -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("labd-bench-").tempdir()?;
+    let state = dir.path().join("state");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::restart::fill(&state, o.finished, 0))?;
+
+    let relay = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let relay_port = relay.local_addr()?.port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || relay_server(relay, tx));
+    // Consoles: connections that are accepted and kept, and stay quiet.
+    let consoles = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let console_port = consoles.local_addr()?.port();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for c in consoles.incoming().flatten() {
+            kept.push(c);
+        }
+    });
+
+    let socket = dir.path().join("labd.sock");
+    let mut cfg =
+        format!("socket = {socket:?}\nstate_dir = {state:?}\n[tftp]\nbind = \"127.0.0.1:0\"\n");
+    for i in 1..=o.boards {
+        cfg.push_str(&format!(
+            "[[boards]]\nname = \"b{i:04}\"\ndevice_type = \"sim-uboot\"\nconsole = {{ type = \"tcp\", host = \"127.0.0.1\", port = {console_port} }}\npower = {{ type = \"pdudaemon\", url = \"http://127.0.0.1:{relay_port}\", hostname = \"pdu-{i}\", port = 1 }}\n"
+        ));
+    }
+    let labd = Labd::start(dir.path(), &cfg)?;
+    let mut ms = Vec::new();
+    rt.block_on(async {
+        let mut c = labd::client::Client::connect(&socket).await?;
+        for _ in 0..o.samples {
+            // Anything that came before this submit (power-offs of canceled
+            // jobs) is not its answer.
+            while rx.try_recv().is_ok() {}
+            let id = c.submit(JOB, "dispatch.yaml").await?;
+            let acked = Instant::now();
+            let deadline = acked + Duration::from_secs(30);
+            let on = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Ok((at, line)) = rx.recv_timeout(left) else {
+                    let j = c.call(labd::protocol::RequestBody::Job { job: id }).await?;
+                    bail!("job {id}: no power-on within 30 s: {}", j["events"]);
+                };
+                if line.contains("/power/control/on?") || line.contains("/power/control/reboot?") {
+                    break at;
+                }
+            };
+            ms.push(on.saturating_duration_since(acked).as_secs_f64() * 1000.0);
+            c.call(labd::protocol::RequestBody::Cancel { job: id })
+                .await?;
+        }
+        anyhow::Ok(())
+    })?;
+    labd.stop()?;
+    if ms.len() != o.samples {
+        bail!("{} of {} samples", ms.len(), o.samples);
+    }
+    let max = ms.iter().copied().fold(0.0, f64::max);
+    let out = serde_json::json!({
+        "boards": o.boards,
+        "finished_jobs_in_store": o.finished,
+        "samples": o.samples,
+        "submit_ack_to_power_on_ms": {
+            "p50": percentile(&mut ms, 0.5),
+            "p99": percentile(&mut ms, 0.99),
+            "max": max,
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
