@@ -120,3 +120,39 @@ fn the_dispatch_benchmark_sees_every_power_on() {
         "{v}"
     );
 }
+
+/// The TFTP server mode serves the harness's root through labd's handler:
+/// a file at the root is fetched whole; a path out of it is refused.
+#[test]
+fn the_tftp_server_mode_serves_its_root() {
+    use std::io::BufRead;
+    let root = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.path().join("img.bin"), &data).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_labd-bench"))
+        .args(["tftp", "--listen", "127.0.0.1:0", "--root"])
+        .arg(root.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = rt.block_on(labd::sim::tftp_client::fetch(addr, "img.bin", 1468, |_| {}));
+    let refused = rt.block_on(labd::sim::tftp_client::fetch(
+        addr,
+        "../etc/passwd",
+        1468,
+        |_| {},
+    ));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got.unwrap(), data);
+    assert!(refused.is_err());
+}

@@ -29,6 +29,9 @@
 //! `labd-bench dispatch [--boards N] [--finished F] [--samples S]` times a
 //! submit's acknowledgement to the board's power-on command (see
 //! `dispatch.rs`).
+//!
+//! `labd-bench tftp --listen ADDR --root DIR` serves DIR through labd's TFTP
+//! server, for `../shared/bench/tftp_bench.py` (see `tftp.rs`).
 
 mod boards;
 mod console;
@@ -36,6 +39,7 @@ mod dispatch;
 mod lab;
 mod restart;
 mod socket;
+mod tftp;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +62,8 @@ enum Mode {
     Restart(restart::Opts),
     /// Submit → power-on latency with many boards and finished jobs.
     Dispatch(dispatch::Opts),
+    /// labd's TFTP server on a directory, for ../shared/bench's harness.
+    Tftp(tftp::Opts),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,5 +73,6 @@ fn main() -> anyhow::Result<()> {
         Mode::Boards(o) => boards::main(o),
         Mode::Restart(o) => restart::main(o),
         Mode::Dispatch(o) => dispatch::main(o),
+        Mode::Tftp(o) => tftp::main(o),
     }
 }
