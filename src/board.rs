@@ -325,22 +325,22 @@ impl BoardActor {
                     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
                     act.writer = Some(tx);
                     let mut writer = io.writer;
+                    let mut pacer =
+                        crate::console::ReadPacer::new(act.pacing, tokio::time::Instant::now());
+                    // What labd writes is answered: its replies are read at once.
+                    let replies = pacer.replies();
                     let w = tokio::spawn(async move {
                         while let Some(b) = rx.recv().await {
                             if writer.write_all(&b).await.is_err() {
                                 break;
                             }
                             let _ = writer.flush().await;
+                            replies.wrote();
                         }
                     });
                     let mut reader = io.reader;
-                    let pacing = act.pacing;
                     let r = tokio::spawn(async move {
                         let mut buf = vec![0u8; 16 * 1024];
-                        let mut pacer = crate::console::ReadPacer::new(
-                            pacing,
-                            tokio::time::Instant::now(),
-                        );
                         loop {
                             let read = reader.read_batch(&mut buf, &mut pacer);
                             match read.await {

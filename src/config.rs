@@ -402,8 +402,8 @@ pub struct Limits {
     /// pdudaemon): its supply's inrush current. None: no limit.
     #[serde(default)]
     pub max_concurrent_boots_per_relay: Option<usize>,
-    /// A console that keeps talking reaches its board's actor at most once
-    /// per this many milliseconds (0: every read at once); see
+    /// A serial or pty console that keeps talking reaches its board's actor
+    /// at most once per this many milliseconds (0: every read at once); see
     /// `console::ReadPacing`. Read when a board starts.
     #[serde(default = "default_read_interval")]
     pub console_read_interval_ms: u64,

@@ -37,8 +37,13 @@ pub struct ConsoleIo {
 
 /// The reading side of a console.
 pub enum ConsoleReader {
-    /// Any byte stream: TCP, telnet, a unix socket, a command's pipe.
+    /// Any byte stream: TCP, telnet, a unix socket, a command's pipe. It is
+    /// read as it comes, never paced: a socket's sender is held back by
+    /// the socket's small buffer (QEMU writes a byte at a time, and a
+    /// paced reader stalled its guest's boot by seconds).
     Stream(Box<dyn AsyncRead + Send + Unpin>),
+    /// A byte stream read in paced batches, like a tty.
+    Paced(Box<dyn AsyncRead + Send + Unpin>),
     /// A tty (a serial adapter, a PTY), read directly: see [`TtyReader`].
     Tty(TtyReader),
 }
@@ -46,6 +51,10 @@ pub enum ConsoleReader {
 impl ConsoleReader {
     pub fn stream(r: impl AsyncRead + Send + Unpin + 'static) -> Self {
         ConsoleReader::Stream(Box::new(r))
+    }
+
+    pub fn paced(r: impl AsyncRead + Send + Unpin + 'static) -> Self {
+        ConsoleReader::Paced(Box::new(r))
     }
 
     /// Reads the next batch of console bytes into `buf`, paced by `pacer`
@@ -58,8 +67,16 @@ impl ConsoleReader {
         pacer: &mut ReadPacer,
     ) -> std::io::Result<usize> {
         use tokio::io::AsyncReadExt;
-        if let Some(at) = pacer.ready_at(tokio::time::Instant::now()) {
-            tokio::time::sleep_until(at).await;
+        if let ConsoleReader::Stream(r) = self {
+            return r.read(buf).await;
+        }
+        while let Some(at) = pacer.ready_at(tokio::time::Instant::now()) {
+            // A write to the console ends the wait early (see `Replies`).
+            let replies = pacer.replies();
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => break,
+                _ = replies.wake.notified() => {}
+            }
         }
         let mut filled = self.read(buf).await?;
         // More may wait right behind a large read (a fast console, or a
@@ -85,9 +102,11 @@ impl ConsoleReader {
     async fn read_now(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         use tokio::io::AsyncReadExt;
         match self {
-            ConsoleReader::Stream(r) => futures_lite::future::poll_once(r.read(buf))
-                .await
-                .transpose(),
+            ConsoleReader::Stream(r) | ConsoleReader::Paced(r) => {
+                futures_lite::future::poll_once(r.read(buf))
+                    .await
+                    .transpose()
+            }
             ConsoleReader::Tty(t) => {
                 use std::os::fd::AsFd;
                 loop {
@@ -106,6 +125,7 @@ impl ConsoleReader {
     fn holding(self, hold: std::sync::Arc<dyn std::any::Any + Send + Sync>) -> Self {
         match self {
             ConsoleReader::Stream(inner) => ConsoleReader::stream(Held { inner, _lock: hold }),
+            ConsoleReader::Paced(inner) => ConsoleReader::paced(Held { inner, _lock: hold }),
             ConsoleReader::Tty(mut t) => {
                 t.hold.push(hold);
                 ConsoleReader::Tty(t)
@@ -121,7 +141,7 @@ impl AsyncRead for ConsoleReader {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ConsoleReader::Stream(r) => Pin::new(r).poll_read(cx, buf),
+            ConsoleReader::Stream(r) | ConsoleReader::Paced(r) => Pin::new(r).poll_read(cx, buf),
             ConsoleReader::Tty(t) => Pin::new(t).poll_read(cx, buf),
         }
     }
@@ -304,6 +324,29 @@ pub struct ReadPacer {
     tokens: u32,
     /// When the next token is added (while the bucket is not full).
     next: tokio::time::Instant,
+    replies: std::sync::Arc<Replies>,
+}
+
+/// Reads granted because labd wrote to the console: a command's echo, its
+/// output and the prompt after it are awaited, and go at once even when a
+/// chatty boot used up the burst. The writer calls [`Replies::wrote`].
+#[derive(Debug, Default)]
+pub struct Replies {
+    granted: std::sync::atomic::AtomicU32,
+    wake: tokio::sync::Notify,
+}
+
+/// Immediate reads granted per write to the console.
+const READS_PER_WRITE: u32 = 4;
+
+impl Replies {
+    /// labd wrote to the console: the next few reads go at once, and a
+    /// read waiting for its turn is woken.
+    pub fn wrote(&self) {
+        self.granted
+            .fetch_add(READS_PER_WRITE, std::sync::atomic::Ordering::AcqRel);
+        self.wake.notify_one();
+    }
 }
 
 /// The origin of the grid that paced reads are aligned to.
@@ -315,10 +358,21 @@ impl ReadPacer {
             pacing,
             tokens: pacing.burst,
             next: now + pacing.interval,
+            replies: Default::default(),
         }
     }
 
+    /// The grants this pacer takes from its console's writer.
+    pub fn replies(&self) -> std::sync::Arc<Replies> {
+        self.replies.clone()
+    }
+
     fn refill(&mut self, now: tokio::time::Instant) {
+        let granted = self
+            .replies
+            .granted
+            .swap(0, std::sync::atomic::Ordering::AcqRel);
+        self.tokens = (self.tokens + granted).min(self.pacing.burst.max(READS_PER_WRITE));
         while self.tokens < self.pacing.burst && now >= self.next {
             self.tokens += 1;
             self.next += self.pacing.interval;
@@ -797,7 +851,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_talkative_board_is_read_in_batches_and_nothing_is_lost() {
         let (mut board, labd) = tokio::io::duplex(64 * 1024);
-        let mut labd = ConsoleReader::stream(labd);
+        let mut labd = ConsoleReader::paced(labd);
         let writer = tokio::spawn(async move {
             // 200 small writes, 10 ms apart: a slow serial line.
             for i in 0..200u32 {
@@ -833,7 +887,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn large_reads_are_not_held_back() {
         let (mut board, labd) = tokio::io::duplex(64 * 1024);
-        let mut labd = ConsoleReader::stream(labd);
+        let mut labd = ConsoleReader::paced(labd);
         let mut pacer = ReadPacer::new(pacing(100, 1), Instant::now());
         let mut buf = vec![0u8; 16 * 1024];
         let start = Instant::now();
@@ -843,5 +897,26 @@ mod tests {
             assert_eq!(n, BATCH_READ_BYTES);
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_to_the_console_makes_its_reply_go_at_once() {
+        let (mut board, labd) = tokio::io::duplex(1024);
+        let mut labd = ConsoleReader::paced(labd);
+        let mut pacer = ReadPacer::new(pacing(100, 0), Instant::now());
+        let replies = pacer.replies();
+        let mut buf = vec![0u8; 1024];
+        // A chatty board with no turns left waits for the grid...
+        board.write_all(b"boot log").await.unwrap();
+        let t = Instant::now();
+        labd.read_batch(&mut buf, &mut pacer).await.unwrap();
+        assert!(t.elapsed() > Duration::ZERO);
+        // ...but the echo and prompt after labd typed a command do not.
+        replies.wrote();
+        board.write_all(b"echo\r\n=> ").await.unwrap();
+        let t = Instant::now();
+        let n = labd.read_batch(&mut buf, &mut pacer).await.unwrap();
+        assert_eq!(&buf[..n], b"echo\r\n=> ");
+        assert_eq!(t.elapsed(), Duration::ZERO);
     }
 }
