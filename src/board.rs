@@ -512,7 +512,7 @@ impl Handler<ConsoleBytes> for BoardActor {
                 self.flush_log();
             }
             None => {
-                self.ring.extend(msg.1.iter());
+                self.ring.extend(msg.1);
                 while self.ring.len() > self.ring_cap {
                     self.ring.pop_front();
                 }

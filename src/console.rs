@@ -107,17 +107,7 @@ impl ConsoleReader {
                     .await
                     .transpose()
             }
-            ConsoleReader::Tty(t) => {
-                use std::os::fd::AsFd;
-                loop {
-                    return match nix::unistd::read(t.fd.as_fd().as_raw_fd(), buf) {
-                        Ok(n) => Ok(Some(n)),
-                        Err(nix::errno::Errno::EINTR) => continue,
-                        Err(nix::errno::Errno::EAGAIN) => Ok(None),
-                        Err(e) => Err(e.into()),
-                    };
-                }
-            }
+            ConsoleReader::Tty(t) => t.read_now(buf),
         }
     }
 
@@ -170,17 +160,15 @@ impl AsyncRead for TtyReader {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        use std::os::fd::AsFd;
         loop {
-            match nix::unistd::read(self.fd.as_fd().as_raw_fd(), buf.initialize_unfilled()) {
-                Ok(n) => {
+            match self.read_now(buf.initialize_unfilled()) {
+                Ok(Some(n)) => {
                     buf.advance(n);
                     // Out of the event loop again until the line is quiet.
                     self.waiter = None;
                     return std::task::Poll::Ready(Ok(()));
                 }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => {
+                Ok(None) => {
                     if self.waiter.is_none() {
                         let dup = self.fd.try_clone()?;
                         // SAFETY: the AsyncFd owns `dup` for its whole life.
@@ -197,8 +185,23 @@ impl AsyncRead for TtyReader {
                     let mut ready = std::task::ready!(w.poll_read_ready(cx))?;
                     ready.clear_ready();
                 }
-                Err(e) => return std::task::Poll::Ready(Err(e.into())),
+                Err(e) => return std::task::Poll::Ready(Err(e)),
             }
+        }
+    }
+}
+
+impl TtyReader {
+    /// Reads what the tty has now: `None` if nothing is there yet.
+    fn read_now(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        use std::os::fd::AsFd;
+        loop {
+            return match nix::unistd::read(self.fd.as_fd().as_raw_fd(), buf) {
+                Ok(n) => Ok(Some(n)),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
         }
     }
 }
