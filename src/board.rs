@@ -325,8 +325,10 @@ impl BoardActor {
                     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
                     act.writer = Some(tx);
                     let mut writer = io.writer;
-                    let mut pacer =
-                        crate::console::ReadPacer::new(act.pacing, tokio::time::Instant::now());
+                    let mut pacer = crate::console::ReadPacer::new(
+                        io.reader.pacing(act.pacing),
+                        tokio::time::Instant::now(),
+                    );
                     // What labd writes is answered: its replies are read at once.
                     let replies = pacer.replies();
                     let w = tokio::spawn(async move {
