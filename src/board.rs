@@ -435,8 +435,10 @@ impl BoardActor {
                     };
                     act.event(id, "power-off", msg);
                     act.flush_log();
+                    // Removing a job's files can take a while (freeing the
+                    // pages of a copied image): not on the actor's thread.
                     let dir = act.tftp.root.join(id.to_string());
-                    let _ = std::fs::remove_dir_all(dir);
+                    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
                     // Off ends the PoweringOff phase, which counts too.
                     act.set_phase(Phase::Off);
                     let timing = act.job.take().map(|j| j.timing).unwrap_or_default();

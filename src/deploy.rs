@@ -233,8 +233,20 @@ fn check_sha(url: &str, want: Option<&str>, got: &str) -> Result<(), DeployError
     }
 }
 
+/// How a cached artifact becomes the job's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// A copy of its own: the board may write to it (a QEMU `-drive`).
+    Copy,
+    /// A hard link to the cache's blob when it needs no unpacking: only
+    /// ever read (served over TFTP). A 33 MB kernel then costs neither a
+    /// copy nor, when the job's directory goes, freeing its pages.
+    Link,
+}
+
 /// Fetches `url` into `dst`; `progress(read, total)` hears how far it got.
-/// With a cache, http(s) downloads are kept and reused (see [`crate::cache`]).
+/// With a cache, http(s) downloads are kept and reused (see [`crate::cache`]),
+/// and `placement` says whether the job's file may share the cache's blob.
 #[allow(clippy::too_many_arguments)]
 pub fn fetch(
     url: &str,
@@ -245,6 +257,7 @@ pub fn fetch(
     timeout: Duration,
     progress: &mut dyn FnMut(u64, Option<u64>),
     cache: Option<&ArtifactCache>,
+    placement: Placement,
 ) -> Result<Fetched, DeployError> {
     let fail = |m: String| DeployError(m);
     let cache = cache.filter(|_| !url.starts_with("file://"));
@@ -252,6 +265,18 @@ pub fn fetch(
         let mut f =
             std::fs::File::open(blob).map_err(|e| fail(format!("{}: {e}", blob.display())))?;
         let read = f.metadata().map(|m| m.len()).unwrap_or(0);
+        // A link where the filesystem allows one; a copy otherwise.
+        if placement == Placement::Link
+            && compression == Compression::None
+            && read <= max_bytes
+            && std::fs::hard_link(blob, dst).is_ok()
+        {
+            return Ok(Fetched {
+                read,
+                written: read,
+                cached: true,
+            });
+        }
         let written = unpack(url, &mut f, compression, dst, max_bytes, &|| false)?;
         Ok(Fetched {
             read,
@@ -327,7 +352,6 @@ pub fn fetch(
             }
             let got = hex(&hashing.hash.clone().finalize());
             check_sha(url, sha256, &got)?;
-            let read = hashing.read;
             let blob = c
                 .insert(
                     tmp,
@@ -339,13 +363,9 @@ pub fn fetch(
                     },
                 )
                 .map_err(|e| fail(format!("artifact cache: {e}")))?;
-            let mut f =
-                std::fs::File::open(&blob).map_err(|e| fail(format!("{}: {e}", blob.display())))?;
-            let written = unpack(url, &mut f, compression, dst, max_bytes, &|| false)?;
             Ok(Fetched {
-                read,
-                written,
                 cached: false,
+                ..from_blob(&blob)?
             })
         }
     }
@@ -413,9 +433,59 @@ mod tests {
             Duration::from_secs(5),
             &mut |read, total| seen.push((read, total)),
             None,
+            Placement::Copy,
         );
         let out = std::fs::read(&dst).unwrap_or_default();
         (r, out, seen)
+    }
+
+    /// What TFTP serves shares the cache's blob; a QEMU image the board may
+    /// write to, or an artifact that is unpacked, is a file of its own.
+    #[test]
+    fn a_cached_artifact_is_linked_only_where_it_is_only_read() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::open(&dir.path().join("cache"), 1 << 30).unwrap();
+        let kernel = b"kernel bytes".repeat(1000);
+        let sha = hex(&sha2::Sha256::digest(&kernel));
+        let mut t = cache.temp_file().unwrap();
+        t.write_all(&kernel).unwrap();
+        let url = "http://127.0.0.1:9/Image";
+        let entry = UrlEntry {
+            url: url.into(),
+            sha256: sha.clone(),
+            etag: None,
+            last_modified: None,
+        };
+        let blob = cache.insert(t, &entry).unwrap();
+        let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let get = |name: &str, placement: Placement, max: u64| {
+            let dst = dir.path().join(name);
+            // The job names the sha256: the cache answers, no server is asked.
+            let r = fetch(
+                url,
+                Some(&sha),
+                Compression::None,
+                &dst,
+                max,
+                Duration::from_secs(5),
+                &mut |_, _| {},
+                Some(&cache),
+                placement,
+            );
+            (r, dst)
+        };
+        let (r, linked) = get("tftp", Placement::Link, 1 << 20);
+        assert!(r.unwrap().cached);
+        assert_eq!(inode(&linked), inode(&blob));
+        assert_eq!(std::fs::read(&linked).unwrap(), kernel);
+        let (r, copied) = get("image", Placement::Copy, 1 << 20);
+        assert_eq!(r.unwrap().written, kernel.len() as u64);
+        assert_ne!(inode(&copied), inode(&blob));
+        assert_eq!(std::fs::read(&copied).unwrap(), kernel);
+        // The size limit holds for a link too.
+        let (r, _) = get("small", Placement::Link, 100);
+        assert!(r.unwrap_err().to_string().contains("100"));
     }
 
     #[test]

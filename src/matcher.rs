@@ -64,6 +64,35 @@ impl Matcher {
         })
     }
 
+    /// A matcher for `patterns` that shares its compiled regexes with every
+    /// earlier one for the same patterns. Jobs wait for the same prompts,
+    /// errors and command echoes again and again, and compiling them each
+    /// time was a twentieth of a rig job's dispatcher CPU.
+    pub fn cached(patterns: Vec<String>) -> Result<Matcher, PatternError> {
+        /// Distinct pattern sets kept; beyond that the cache starts afresh
+        /// (a lab's device types and jobs use far fewer).
+        const KEPT: usize = 4096;
+        static CACHE: std::sync::OnceLock<
+            std::sync::Mutex<std::collections::HashMap<Vec<String>, Matcher>>,
+        > = std::sync::OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        // A poisoned lock still holds whole entries: each is inserted at once.
+        if let Some(m) = cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&patterns)
+        {
+            return Ok(m.clone());
+        }
+        let m = Matcher::new(&patterns)?;
+        let mut kept = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= KEPT {
+            kept.clear();
+        }
+        kept.insert(patterns, m.clone());
+        Ok(m)
+    }
+
     /// Keeps only what a later match could still need: the unfinished line,
     /// bounded.
     fn keep_tail(&mut self, bytes: &[u8]) {
@@ -151,6 +180,22 @@ mod tests {
                 let got = first.or_else(|| m.feed(&t[i..]));
                 assert_eq!(got.map(|g| g.index), Some(pi), "text {pi} split at {i}");
             }
+        }
+    }
+
+    /// A cached matcher starts with nothing searched, whatever the one
+    /// before it saw; a bad pattern is still an error, every time.
+    #[test]
+    fn cached_matchers_start_afresh() {
+        let pats = vec!["=> ".to_owned(), "TFTP error".to_owned()];
+        let mut first = Matcher::cached(pats.clone()).unwrap();
+        assert!(first.feed(b"Loading: ###").is_none());
+        let mut second = Matcher::cached(pats).unwrap();
+        assert!(second.buf.is_empty());
+        assert_eq!(second.feed(b"done\r\n=> ").map(|g| g.index), Some(0));
+        for _ in 0..2 {
+            let e = Matcher::cached(vec!["(unclosed".to_owned()]).unwrap_err();
+            assert_eq!(e.pattern, "(unclosed");
         }
     }
 

@@ -304,18 +304,21 @@ impl Runner {
         let limit = self.timeout("tftp-deploy", d.timeout);
         let dir = self.ctx.tftp.root.join(self.ctx.job_id.to_string());
         let job = self.ctx.job_id;
-        let mut items: Vec<(String, crate::job::Artifact)> = Vec::new();
+        use crate::deploy::Placement;
+        let mut items: Vec<(String, crate::job::Artifact, Placement)> = Vec::new();
+        // What the TFTP server serves is only read: it may share the cache's
+        // blob. A QEMU image may be written by the board: it is a copy.
         for (kind, a) in [
             ("kernel", &d.kernel),
             ("ramdisk", &d.ramdisk),
             ("dtb", &d.dtb),
         ] {
             if let Some(a) = a {
-                items.push((kind.to_owned(), a.clone()));
+                items.push((kind.to_owned(), a.clone(), Placement::Link));
             }
         }
         for im in &d.images {
-            items.push((im.name.clone(), im.artifact.clone()));
+            items.push((im.name.clone(), im.artifact.clone(), Placement::Copy));
         }
         let max = self.ctx.tftp.max_artifact_bytes;
         self.kernel_type = Some(d.kernel_type);
@@ -325,7 +328,7 @@ impl Runner {
                     .await
                     .map_err(|e| infra(format!("creating {}: {e}", dir.display())))?;
                 let mut out = BTreeMap::new();
-                for (kind, art) in items {
+                for (kind, art, placement) in items {
                     let url = art.url.clone();
                     let path = url.split(['?', '#']).next().unwrap_or(&url);
                     let base = path
@@ -371,6 +374,7 @@ impl Runner {
                             limit,
                             &mut progress,
                             cache.as_deref(),
+                            placement,
                         )
                     })
                     .await
@@ -445,7 +449,7 @@ impl Runner {
     async fn expect(&mut self, wanted: &[String], errors: &[String]) -> Result<usize, Stop> {
         let mut pats: Vec<String> = wanted.to_vec();
         pats.extend(errors.iter().cloned());
-        let mut m = Matcher::new(&pats).map_err(|e| {
+        let mut m = Matcher::cached(pats).map_err(|e| {
             Stop(JobOutcome::incomplete(
                 ErrorClass::Configuration,
                 e.to_string(),

@@ -261,10 +261,23 @@ fn median(mut v: Vec<u64>) -> Option<u64> {
     v.get(v.len() / 2).copied()
 }
 
-/// CPU seconds (user + system) and peak resident KiB of a live process.
-fn process_usage(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+/// What labd used, read from /proc while it still runs.
+struct Usage {
+    /// CPU seconds (user + system) of the whole process.
+    cpu: f64,
+    /// CPU seconds of its TFTP server's threads (labd-tftp and async-tftp's
+    /// async-io reactor): the part a LAVA worker spends in its separate
+    /// TFTP daemon, outside lava-run.
+    tftp_cpu: f64,
+    /// Peak resident KiB.
+    hwm: u64,
+}
+
+/// CPU seconds (user + system) from a /proc stat line, and the thread's name.
+fn stat_cpu(stat: &str) -> Option<(String, f64)> {
+    let (head, tail) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = tail.split_whitespace().collect();
     // utime and stime are fields 14 and 15; `fields` starts at field 3.
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     // SAFETY: sysconf only reads a constant of the system.
@@ -272,13 +285,25 @@ fn process_usage(pid: u32) -> Option<(f64, u64)> {
         n if n > 0 => n as f64,
         _ => 100.0,
     };
+    Some((comm, ticks as f64 / hz))
+}
+
+fn process_usage(pid: u32) -> Option<Usage> {
+    let (_, cpu) = stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let tftp_cpu = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|t| stat_cpu(&std::fs::read_to_string(t.path().join("stat")).ok()?))
+        .filter(|(comm, _)| comm == "labd-tftp" || comm == "async-io")
+        .map(|(_, cpu)| cpu)
+        .sum();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let hwm = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
-    Some((ticks as f64 / hz, hwm))
+    Some(Usage { cpu, tftp_cpu, hwm })
 }
 
 fn secs(ms: Option<u64>) -> String {
@@ -534,22 +559,24 @@ async fn run(args: Args) -> Result<bool> {
             let _ = child.kill().await;
         }
     }
-    if let Some((cpu, hwm)) = dispatcher {
+    if let Some(Usage { cpu, tftp_cpu, hwm }) = dispatcher {
         let n = outcomes.len().max(1) as f64;
         let own: Vec<u64> = outcomes
             .iter()
             .filter_map(|o| phase_ms(&o.job, &["Deploying", "PoweringOff"]))
             .collect();
         println!(
-            "labd-hil: labd used {cpu:.2} CPU-s in all ({:.3} per job, start-up included), peak RSS {:.1} MiB; its own time per job (deploy + power-off) median {}",
+            "labd-hil: labd used {cpu:.2} CPU-s in all ({:.3} per job, start-up included; {:.3} per job without its TFTP server's {:.3}), peak RSS {:.1} MiB; its own time per job (deploy + power-off) median {}",
             cpu / n,
+            (cpu - tftp_cpu) / n,
+            tftp_cpu / n,
             hwm as f64 / 1024.0,
             secs(median(own)),
         );
         std::fs::write(
             run_dir.join("labd-usage.json"),
             serde_json::to_vec(
-                &serde_json::json!({"cpu_s": cpu, "jobs": outcomes.len(), "peak_rss_kib": hwm}),
+                &serde_json::json!({"cpu_s": cpu, "tftp_cpu_s": tftp_cpu, "jobs": outcomes.len(), "peak_rss_kib": hwm}),
             )?,
         )?;
     }
