@@ -157,6 +157,72 @@ fn jobs_filter_by_state_board_and_device_type_and_page_with_a_cursor() {
     });
 }
 
+/// The fields a job shows on the socket: every one in `jobs`, `job` and
+/// `results`; the definition and events only in `job`.
+#[test]
+fn job_answers_carry_every_field() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let text = lab.job("shape", "high", &["true"]);
+        let id = submit(&mut c, &text).await;
+        wait_job(&mut c, id).await;
+        let fields = [
+            "id",
+            "name",
+            "device_type",
+            "priority",
+            "tags",
+            "submitter",
+            "state",
+            "health",
+            "error_class",
+            "error",
+            "board",
+            "submit_time",
+            "start_time",
+            "end_time",
+            "health_check",
+            "log_pruned",
+            "retry_of",
+            "attempt",
+            "timing",
+        ];
+        let has_all = |j: &Value| {
+            for f in fields {
+                assert!(j.get(f).is_some(), "no `{f}` in {j}");
+            }
+        };
+        let list = c
+            .call(RequestBody::Jobs {
+                state: None,
+                board: None,
+                device_type: None,
+                limit: None,
+                cursor: None,
+            })
+            .await
+            .unwrap();
+        let listed = &list["jobs"][0];
+        has_all(listed);
+        assert_eq!(listed["id"], id);
+        assert_eq!(listed["name"], "shape");
+        assert_eq!(listed["state"], "Finished");
+        assert_eq!(listed["health"], "Complete");
+        assert_eq!(listed["board"], "sim-01");
+        assert!(listed["error"].is_null());
+        assert!(listed.get("definition").is_none());
+        assert!(listed.get("events").is_none());
+        let one = job(&mut c, id).await;
+        has_all(&one);
+        assert_eq!(one["definition"], text.as_str());
+        assert!(!one["events"].as_array().unwrap().is_empty());
+        let results = c.call(RequestBody::Results { job: id }).await.unwrap();
+        has_all(&results["job"]);
+        assert!(results["results"].is_array());
+    });
+}
+
 #[test]
 fn the_submitter_is_the_peer_not_what_the_client_claims() {
     rt().block_on(async {
