@@ -193,17 +193,8 @@ fn job_answers_carry_every_field() {
                 assert!(j.get(f).is_some(), "no `{f}` in {j}");
             }
         };
-        let list = c
-            .call(RequestBody::Jobs {
-                state: None,
-                board: None,
-                device_type: None,
-                limit: None,
-                cursor: None,
-            })
-            .await
-            .unwrap();
-        let listed = &list["jobs"][0];
+        let list = all_jobs(&mut c).await;
+        let listed = &list[0];
         has_all(listed);
         assert_eq!(listed["id"], id);
         assert_eq!(listed["name"], "shape");
