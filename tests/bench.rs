@@ -83,6 +83,23 @@ fn the_socket_benchmark_fills_and_queries() {
     assert_eq!(v["filled_jobs"], 64, "{v}");
     assert!(v["submit"]["count"].as_u64().unwrap() > 0, "{v}");
     assert!(v["jobs"]["count"].as_u64().unwrap() > 0, "{v}");
+    // The open loop: queries on a schedule, beside flat-out submits.
+    let v = bench(
+        &[
+            "socket",
+            "--jobs",
+            "16",
+            "--clients",
+            "4",
+            "--seconds",
+            "1",
+            "--query-rate",
+            "20",
+        ],
+        None,
+    );
+    assert_eq!(v["query_rate_per_client"], 20.0, "{v}");
+    assert!(v["job"]["count"].as_u64().unwrap() > 0, "{v}");
 }
 
 /// The restart benchmark fills a store through labd's store module, and

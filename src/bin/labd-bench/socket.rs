@@ -18,6 +18,14 @@ pub struct Opts {
     /// How long the mixed load runs.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Queries per second from each querying client, on a fixed schedule
+    /// (an open loop: the latency of a late answer counts from when its
+    /// query was due, not from when it could be sent). 0: each client asks
+    /// again as soon as it has its answer (a closed loop, which measures the
+    /// most queries labd can answer; its latency is then the number of
+    /// clients over that throughput, by construction).
+    #[arg(long, default_value_t = 0.0)]
+    query_rate: f64,
 }
 
 pub fn main(o: Opts) -> Result<()> {
@@ -25,6 +33,7 @@ pub fn main(o: Opts) -> Result<()> {
         jobs,
         clients,
         seconds,
+        query_rate,
     } = o;
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("labd.sock");
@@ -76,9 +85,24 @@ pub fn main(o: Opts) -> Result<()> {
                 let mut c = Client::connect(&socket).await?;
                 let mut lat: Vec<(&'static str, f64)> = Vec::new();
                 let mut n = 0u64;
+                let period = (query_rate > 0.0 && i % 2 == 1)
+                    .then(|| std::time::Duration::from_secs_f64(1.0 / query_rate));
+                // Querying clients start spread over one period.
+                let mut due = std::time::Instant::now()
+                    + period.map_or(std::time::Duration::ZERO, |p| {
+                        p.mul_f64((i as f64 / clients as f64).fract())
+                    });
                 while std::time::Instant::now() < until {
                     n += 1;
-                    let t = std::time::Instant::now();
+                    if let Some(p) = period {
+                        tokio::time::sleep_until(due.into()).await;
+                        due += p;
+                    }
+                    // An open loop's latency counts from when the query was due.
+                    let t = match period {
+                        Some(p) => due - p,
+                        None => std::time::Instant::now(),
+                    };
                     let method = if i % 2 == 0 {
                         c.submit(BENCH_JOB, "bench.yaml").await?;
                         "submit"
@@ -116,6 +140,7 @@ pub fn main(o: Opts) -> Result<()> {
             "fill_submits_per_second": filled as f64 / fill,
             "clients": clients,
             "load_seconds": seconds,
+            "query_rate_per_client": query_rate,
         });
         for m in ["submit", "jobs", "job", "boards"] {
             let mut v: Vec<f64> = all
