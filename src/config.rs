@@ -323,6 +323,22 @@ pub struct TftpConfig {
     /// Largest RFC 7440 window the server agrees to.
     #[serde(default = "default_window")]
     pub window_size_limit: u16,
+    /// Threads serving TFTP, each with its own transfers (see
+    /// `tftp::serve`); default: the CPUs, at most 4.
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+impl TftpConfig {
+    /// The TFTP threads to run: `threads`, or the CPUs up to 4.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(default_tftp_threads).max(1)
+    }
+}
+
+/// One TFTP thread per CPU, at most 4: transfers are spread over them.
+pub fn default_tftp_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 impl Default for TftpConfig {
@@ -332,6 +348,7 @@ impl Default for TftpConfig {
             server_ip: None,
             root: None,
             window_size_limit: default_window(),
+            threads: None,
         }
     }
 }
@@ -857,6 +874,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
             server_ip: Some("127.0.0.1".into()),
             root: None,
             window_size_limit: 16,
+            threads: None,
         },
         artifact_cache: ArtifactCacheConfig::default(),
         limits: Limits::default(),

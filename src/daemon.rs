@@ -76,6 +76,7 @@ pub async fn start(
         cfg.tftp.bind,
         &root,
         cfg.tftp.window_size_limit,
+        cfg.tftp.threads(),
         metrics.clone(),
     )?;
     let server_ip = cfg

@@ -27,6 +27,7 @@ pub enum TftpError {
 }
 
 /// labd's request-path policy as an async-tftp handler (see the module docs).
+#[derive(Clone)]
 pub struct JobFiles {
     root: PathBuf,
     metrics: crate::metrics::Metrics,
@@ -160,55 +161,98 @@ pub fn start(
     bind: SocketAddr,
     root: &Path,
     window_size_limit: u16,
+    threads: usize,
     metrics: crate::metrics::Metrics,
 ) -> Result<SocketAddr, TftpError> {
     std::fs::create_dir_all(root)
         .map_err(|e| TftpError::Server(format!("{}: {e}", root.display())))?;
-    serve(bind, JobFiles::new(root, metrics), window_size_limit)
+    serve(
+        bind,
+        JobFiles::new(root, metrics),
+        window_size_limit,
+        threads,
+    )
 }
 
-/// Serves `handler` on `bind` from a thread of its own; returns the bound
-/// address once the server runs.
-pub fn serve<H: Handler + 'static>(
+/// Serves `handler` on `bind` from `threads` threads of its own; returns the
+/// bound address once every server runs.
+///
+/// async-tftp runs a server and all its transfers on the one thread that
+/// drives it. With more than one thread, each runs a server of its own on a
+/// socket bound to the same address with `SO_REUSEPORT`: the kernel hands a
+/// request to one of them by a hash of the client's address and port, so a
+/// client's retried request reaches the same server, and concurrent
+/// transfers spread over the threads. Only processes of labd's own user can
+/// join such a group of sockets.
+pub fn serve<H: Handler + Clone + 'static>(
     bind: SocketAddr,
     handler: H,
     window_size_limit: u16,
+    threads: usize,
 ) -> Result<SocketAddr, TftpError> {
-    let sock = UdpSocket::bind(bind).map_err(|source| TftpError::Bind { addr: bind, source })?;
-    let addr = sock
+    let threads = threads.max(1);
+    let first = listener(bind, threads > 1)?;
+    let addr = first
         .local_addr()
         .map_err(|e| TftpError::Server(e.to_string()))?;
+    let mut sockets = vec![first];
+    for _ in 1..threads {
+        // The first bound a port 0 to a real one: the others join it there.
+        sockets.push(listener(addr, true)?);
+    }
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("labd-tftp".into())
-        .spawn(move || {
-            futures_lite::future::block_on(async move {
-                let server = match TftpServerBuilder::with_handler(handler)
-                    .std_socket(sock)
-                    .map(|b| b.window_size_limit(window_size_limit))
-                {
-                    Ok(b) => b.build().await,
-                    Err(e) => Err(e),
-                };
-                match server {
-                    Ok(s) => {
-                        let _ = tx.send(Ok(()));
-                        if let Err(e) = s.serve().await {
-                            tracing::error!(error = %e, "TFTP server stopped");
+    for (i, sock) in sockets.into_iter().enumerate() {
+        let handler = handler.clone();
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("labd-tftp-{i}"))
+            .spawn(move || {
+                futures_lite::future::block_on(async move {
+                    let server = match TftpServerBuilder::with_handler(handler)
+                        .std_socket(sock)
+                        .map(|b| b.window_size_limit(window_size_limit))
+                    {
+                        Ok(b) => b.build().await,
+                        Err(e) => Err(e),
+                    };
+                    match server {
+                        Ok(s) => {
+                            let _ = tx.send(Ok(()));
+                            if let Err(e) = s.serve().await {
+                                tracing::error!(error = %e, "TFTP server stopped");
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
                         }
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                    }
-                }
+                })
             })
-        })
-        .map_err(|e| TftpError::Server(e.to_string()))?;
-    match rx.recv() {
-        Ok(Ok(())) => Ok(addr),
-        Ok(Err(e)) => Err(TftpError::Server(e)),
-        Err(_) => Err(TftpError::Server("server thread died".into())),
+            .map_err(|e| TftpError::Server(e.to_string()))?;
     }
+    drop(tx);
+    for _ in 0..threads {
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(TftpError::Server(e)),
+            Err(_) => return Err(TftpError::Server("server thread died".into())),
+        }
+    }
+    Ok(addr)
+}
+
+/// A UDP socket bound to `addr`, sharing it with labd's other TFTP threads
+/// when `shared`.
+fn listener(addr: SocketAddr, shared: bool) -> Result<UdpSocket, TftpError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind_err = |source| TftpError::Bind { addr, source };
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
+    if shared {
+        sock.set_reuse_port(true).map_err(bind_err)?;
+    }
+    sock.bind(&addr.into()).map_err(bind_err)?;
+    Ok(sock.into())
 }
 
 #[cfg(test)]

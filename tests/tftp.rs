@@ -29,6 +29,8 @@ fn serve() -> (tempfile::TempDir, u16, Vec<u8>) {
         "127.0.0.1:0".parse().unwrap(),
         &root,
         16,
+        // Two servers sharing the port (SO_REUSEPORT), as on a 2-core host.
+        2,
         labd::metrics::Metrics::default(),
     )
     .unwrap();
@@ -65,6 +67,35 @@ fn curl_gets_a_kernel_with_blksize_1468_and_tsize() {
         .unwrap();
     assert!(o.status.success(), "{o:?}");
     assert_eq!(std::fs::read(&out).unwrap(), kernel);
+}
+
+/// Transfers at once from many clients (each its own source port, so the
+/// kernel spreads their requests over both servers) all arrive whole.
+#[test]
+fn concurrent_transfers_over_two_server_threads_all_arrive_whole() {
+    if !have("curl") {
+        return;
+    }
+    let (dir, port, kernel) = serve();
+    let clients: Vec<_> = (0..12)
+        .map(|i| {
+            let out = dir.path().join(format!("curl-{i}.out"));
+            let child = Command::new("curl")
+                .args(["-sS", "--tftp-blksize", "1468"])
+                .arg(format!("tftp://127.0.0.1:{port}/7/Image"))
+                .arg("-o")
+                .arg(&out)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (child, out)
+        })
+        .collect();
+    for (child, out) in clients {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(std::fs::read(&out).unwrap(), kernel);
+    }
 }
 
 #[test]

@@ -265,7 +265,7 @@ fn median(mut v: Vec<u64>) -> Option<u64> {
 struct Usage {
     /// CPU seconds (user + system) of the whole process.
     cpu: f64,
-    /// CPU seconds of its TFTP server's threads (labd-tftp and async-tftp's
+    /// CPU seconds of its TFTP server's threads (labd-tftp-N and async-tftp's
     /// async-io reactor): the part a LAVA worker spends in its separate
     /// TFTP daemon, outside lava-run.
     tftp_cpu: f64,
@@ -294,7 +294,7 @@ fn process_usage(pid: u32) -> Option<Usage> {
         .ok()?
         .flatten()
         .filter_map(|t| stat_cpu(&std::fs::read_to_string(t.path().join("stat")).ok()?))
-        .filter(|(comm, _)| comm == "labd-tftp" || comm == "async-io")
+        .filter(|(comm, _)| comm.starts_with("labd-tftp") || comm == "async-io")
         .map(|(_, cpu)| cpu)
         .sum();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -28,9 +28,13 @@ pub struct Opts {
     /// The largest RFC 7440 windowsize granted (labd's `tftp.window_size_limit`).
     #[arg(long, default_value_t = 16)]
     window_size_limit: u16,
+    /// Server threads (labd's `tftp.threads`); default: as labd, the CPUs up to 4.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// labd's handler, with every request put under job 1's directory.
+#[derive(Clone)]
 struct AsJobOne(JobFiles);
 
 impl Handler for AsJobOne {
@@ -75,7 +79,8 @@ pub fn main(o: Opts) -> Result<()> {
         }
     }
     let handler = AsJobOne(JobFiles::new(dir.path(), Default::default()));
-    let addr = labd::tftp::serve(o.listen, handler, o.window_size_limit)?;
+    let threads = o.threads.unwrap_or_else(labd::config::default_tftp_threads);
+    let addr = labd::tftp::serve(o.listen, handler, o.window_size_limit, threads)?;
     eprintln!("labd-bench tftp: serving {} on {addr}", o.root.display());
     // The server runs on its own thread until this process is stopped.
     loop {
