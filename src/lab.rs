@@ -589,36 +589,19 @@ impl LabActor {
     }
 
     /// Queues the next attempt of a job that ended with an Infrastructure
-    /// error, if its `failure_retry` allows one more.
-    fn retry_if_allowed(&mut self, j: &JobRecord, ctx: &mut Context<Self>) {
-        let Some((rec, def)) = next_attempt(j, &self.cfg.limits.timeout_maxima()) else {
+    /// error, which the store keeps with the end (`update_job_then`).
+    fn queue_retry(&mut self, old: &JobRecord, retry: &JobRecord, ctx: &mut Context<Self>) {
+        // The definition parsed when the retry was made parses again.
+        let Some((_, def)) = next_attempt(old, &self.cfg.limits.timeout_maxima()) else {
             return;
         };
-        let (old, attempt) = (j.id, rec.attempt);
-        let store = self.store.clone();
-        let fut = async move {
-            let r = store.insert_job(rec).await?;
-            store
-                .add_event(
-                    old,
-                    JobEvent::now("retry", format!("attempt {attempt} is job {}", r.id)),
-                )
-                .await?;
-            Ok::<_, crate::store::StoreError>(r)
-        };
-        ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| match r {
-            Ok(r) => {
-                tracing::info!(
-                    job = old,
-                    retry = r.id,
-                    attempt,
-                    "retrying after an infrastructure error"
-                );
-                act.enqueue(Queued::of(&r, def), ctx);
-                act.schedule(ctx);
-            }
-            Err(e) => tracing::error!(job = old, error = %e, "storing a retry failed"),
-        }));
+        tracing::info!(
+            job = old.id,
+            retry = retry.id,
+            attempt = retry.attempt,
+            "retrying after an infrastructure error"
+        );
+        self.enqueue(Queued::of(retry, def), ctx);
     }
 
     fn matches(slot: &Slot, def: &JobDefinition) -> bool {
@@ -833,24 +816,31 @@ impl LabActor {
     ) {
         let store = self.store.clone();
         let o2 = outcome.clone();
-        // Called now, so the write is queued now (see the doc above).
-        let write = store.update_job(id, move |j| {
-            if j.state == JobState::Finished {
-                return Err(format!("job {id} already finished"));
-            }
-            // A job being canceled ends Canceled whatever the runner saw.
-            let o = if j.state == JobState::Canceling && o2.health != JobHealth::Canceled {
-                JobOutcome::canceled("canceled by request")
-            } else {
-                o2
-            };
-            j.finish(o);
-            j.timing = timing;
-            Ok(())
-        });
+        let maxima = self.cfg.limits.timeout_maxima();
+        // Called now, so the write is queued now (see the doc above). A
+        // retry the end calls for is stored in the same transaction.
+        let write = store.update_job_then(
+            id,
+            move |j| {
+                if j.state == JobState::Finished {
+                    return Err(format!("job {id} already finished"));
+                }
+                // A job being canceled ends Canceled whatever the runner saw.
+                let o = if j.state == JobState::Canceling && o2.health != JobHealth::Canceled {
+                    JobOutcome::canceled("canceled by request")
+                } else {
+                    o2
+                };
+                j.finish(o);
+                j.timing = timing;
+                Ok(())
+            },
+            move |j| next_attempt(j, &maxima).map(|(rec, _)| rec),
+        );
         let fut = write.into_actor(self).map(move |r, act, ctx| {
             match r {
-                Ok(j) => act.retry_if_allowed(&j, ctx),
+                Ok((j, Some(retry))) => act.queue_retry(&j, &retry, ctx),
+                Ok((_, None)) => {}
                 Err(e) => tracing::warn!(job = id, error = %e, "recording job end"),
             }
             act.schedule(ctx);
@@ -964,34 +954,30 @@ impl LabActor {
         for state in [JobState::Scheduled, JobState::Running, JobState::Canceling] {
             for j in store.jobs_in_state(state).await? {
                 let canceled = j.state == JobState::Canceling;
-                let ended = store
-                    .update_job(j.id, move |r| {
-                        r.finish(if canceled {
-                            JobOutcome::canceled("canceled; dispatcher restarted")
-                        } else {
-                            JobOutcome::incomplete(
-                                ErrorClass::Infrastructure,
-                                "dispatcher restarted",
-                            )
-                        });
-                        Ok(())
-                    })
+                // The next attempt is stored with the end, before labd
+                // serves anyone, so nobody sees the ended job without it.
+                let (ended, retry) = store
+                    .update_job_then(
+                        j.id,
+                        move |r| {
+                            r.finish(if canceled {
+                                JobOutcome::canceled("canceled; dispatcher restarted")
+                            } else {
+                                JobOutcome::incomplete(
+                                    ErrorClass::Infrastructure,
+                                    "dispatcher restarted",
+                                )
+                            });
+                            Ok(())
+                        },
+                        move |ended| next_attempt(ended, &maxima).map(|(rec, _)| rec),
+                    )
                     .await?;
-                // The next attempt is stored before labd serves anyone, so
-                // nobody sees the ended job without it.
-                if let Some((rec, _)) = next_attempt(&ended, &maxima) {
-                    let attempt = rec.attempt;
-                    let r = store.insert_job(rec).await?;
-                    store
-                        .add_event(
-                            ended.id,
-                            JobEvent::now("retry", format!("attempt {attempt} is job {}", r.id)),
-                        )
-                        .await?;
+                if let Some(r) = retry {
                     tracing::info!(
                         job = ended.id,
                         retry = r.id,
-                        attempt,
+                        attempt = r.attempt,
                         "retrying a job the restart cut short"
                     );
                 }

@@ -61,6 +61,8 @@ pub enum Change {
 type Reply = Box<dyn FnOnce(Result<(), StoreError>)>;
 
 type Update = Box<dyn FnOnce(&mut JobRecord) -> Result<(), String> + Send>;
+/// The job to store after an update, given the updated record (a retry).
+type Successor = Box<dyn FnOnce(&JobRecord) -> Option<JobRecord> + Send>;
 
 enum Write {
     InsertJob(
@@ -71,6 +73,12 @@ enum Write {
         JobId,
         Update,
         oneshot::Sender<Result<JobRecord, StoreError>>,
+    ),
+    UpdateJobThen(
+        JobId,
+        Update,
+        Successor,
+        oneshot::Sender<Result<(JobRecord, Option<JobRecord>), StoreError>>,
     ),
     Event(JobId, JobEvent, oneshot::Sender<Result<(), StoreError>>),
     Log(JobId, u64, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
@@ -290,6 +298,22 @@ impl Store {
         f: impl FnOnce(&mut JobRecord) -> Result<(), String> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<JobRecord, StoreError>> + Send + 'static {
         self.send(move |tx| Write::UpdateJob(id, Box::new(f), tx))
+    }
+
+    /// Changes a job as [`Store::update_job`] does and, in the same
+    /// transaction, stores the job `successor` makes of the changed record
+    /// (its id assigned here), with a `retry` event on the changed job that
+    /// names it. A crash therefore never leaves a job ended without the
+    /// retry its end called for.
+    pub fn update_job_then(
+        &self,
+        id: JobId,
+        f: impl FnOnce(&mut JobRecord) -> Result<(), String> + Send + 'static,
+        successor: impl FnOnce(&JobRecord) -> Option<JobRecord> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<(JobRecord, Option<JobRecord>), StoreError>>
+           + Send
+           + 'static {
+        self.send(move |tx| Write::UpdateJobThen(id, Box::new(f), Box::new(successor), tx))
     }
 
     pub fn add_event(
@@ -795,6 +819,76 @@ fn tx_err(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
+/// Stores a new job inside a transaction: its id is the next one, with its
+/// state index entry and its first `state` event.
+fn insert_in(
+    meta: &sled::transaction::TransactionalTree,
+    jobs: &sled::transaction::TransactionalTree,
+    idx: &sled::transaction::TransactionalTree,
+    events: &sled::transaction::TransactionalTree,
+    job: &JobRecord,
+) -> Result<JobRecord, ConflictableTransactionError<StoreError>> {
+    let next = meta.get("next_job_id")?.map_or(1, |v| be_u64(&v));
+    meta.insert("next_job_id", &(next + 1).to_be_bytes())?;
+    let mut j = job.clone();
+    j.id = next;
+    jobs.insert(&next.to_be_bytes(), enc(&j))?;
+    idx.insert(&state_key(j.state, next), &[])?;
+    let ev = JobEvent {
+        time: j.submit_time,
+        ..JobEvent::now("state", state_message(&j))
+    };
+    events.insert(&key2(next, events.generate_id()?), enc(&ev))?;
+    Ok(j)
+}
+
+/// Changes job `id` with `f`, and stores the job `successor` makes of the
+/// result, all in one transaction.
+fn update_then(
+    t: &Trees,
+    id: JobId,
+    f: Update,
+    successor: Option<Successor>,
+    published: &mut Vec<Change>,
+) -> Result<(JobRecord, Option<JobRecord>), StoreError> {
+    let Some(old) = t.jobs.get(id.to_be_bytes())? else {
+        return Err(StoreError::NoSuchJob(id));
+    };
+    let old: JobRecord = dec(&old)?;
+    let mut new = old.clone();
+    f(&mut new).map_err(StoreError::Rejected)?;
+    new.id = id;
+    let next = successor.and_then(|s| s(&new));
+    let stored = (&t.meta, &t.jobs, &t.by_state, &t.events)
+        .transaction(|(meta, jobs, idx, events)| {
+            if old.state != new.state {
+                idx.remove(&state_key(old.state, id))?;
+                idx.insert(&state_key(new.state, id), &[])?;
+                let ev = JobEvent::now("state", state_message(&new));
+                events.insert(&key2(id, events.generate_id()?), enc(&ev))?;
+            }
+            jobs.insert(&id.to_be_bytes(), enc(&new))?;
+            let Some(next) = &next else { return Ok(None) };
+            let n = insert_in(meta, jobs, idx, events, next)?;
+            let ev = JobEvent::now("retry", format!("attempt {} is job {}", n.attempt, n.id));
+            events.insert(&key2(id, events.generate_id()?), enc(&ev))?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(Some(n))
+        })
+        .map_err(tx_err)?;
+    published.push(Change::Job {
+        id,
+        state: new.state,
+    });
+    if let Some(n) = &stored {
+        published.push(Change::Event { id });
+        published.push(Change::Job {
+            id: n.id,
+            state: n.state,
+        });
+    }
+    Ok((new, stored))
+}
+
 /// Applies one write; its reply waits for the batch's flush.
 fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>) {
     fn defer<T: Send + 'static>(
@@ -812,20 +906,7 @@ fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>
     match w {
         Write::InsertJob(job, tx) => {
             let r = (&t.meta, &t.jobs, &t.by_state, &t.events)
-                .transaction(|(meta, jobs, idx, events)| {
-                    let next = meta.get("next_job_id")?.map_or(1, |v| be_u64(&v));
-                    meta.insert("next_job_id", &(next + 1).to_be_bytes())?;
-                    let mut j = (*job).clone();
-                    j.id = next;
-                    jobs.insert(&next.to_be_bytes(), enc(&j))?;
-                    idx.insert(&state_key(j.state, next), &[])?;
-                    let ev = JobEvent {
-                        time: j.submit_time,
-                        ..JobEvent::now("state", state_message(&j))
-                    };
-                    events.insert(&key2(next, events.generate_id()?), enc(&ev))?;
-                    Ok::<_, ConflictableTransactionError<StoreError>>(j)
-                })
+                .transaction(|(meta, jobs, idx, events)| insert_in(meta, jobs, idx, events, &job))
                 .map_err(tx_err);
             if let Ok(j) = &r {
                 published.push(Change::Job {
@@ -836,31 +917,11 @@ fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>
             defer(done, tx, r);
         }
         Write::UpdateJob(id, f, tx) => {
-            let r = (|| {
-                let Some(old) = t.jobs.get(id.to_be_bytes())? else {
-                    return Err(StoreError::NoSuchJob(id));
-                };
-                let old: JobRecord = dec(&old)?;
-                let mut new = old.clone();
-                f(&mut new).map_err(StoreError::Rejected)?;
-                new.id = id;
-                (&t.jobs, &t.by_state, &t.events)
-                    .transaction(|(jobs, idx, events)| {
-                        if old.state != new.state {
-                            idx.remove(&state_key(old.state, id))?;
-                            idx.insert(&state_key(new.state, id), &[])?;
-                            let ev = JobEvent::now("state", state_message(&new));
-                            events.insert(&key2(id, events.generate_id()?), enc(&ev))?;
-                        }
-                        jobs.insert(&id.to_be_bytes(), enc(&new))?;
-                        Ok::<_, ConflictableTransactionError<StoreError>>(())
-                    })
-                    .map_err(tx_err)?;
-                Ok(new)
-            })();
-            if let Ok(j) = &r {
-                published.push(Change::Job { id, state: j.state });
-            }
+            let r = update_then(t, id, f, None, published).map(|(j, _)| j);
+            defer(done, tx, r);
+        }
+        Write::UpdateJobThen(id, f, successor, tx) => {
+            let r = update_then(t, id, f, Some(successor), published);
             defer(done, tx, r);
         }
         Write::Event(id, ev, tx) => {
@@ -969,6 +1030,64 @@ mod tests {
             "test".into(),
             String::new(),
         )
+    }
+
+    /// A job's end and the retry it calls for are one write: after the
+    /// reply (and a reopen) both are there, the retry named by an event; a
+    /// refused change stores no retry either.
+    #[tokio::test]
+    async fn a_job_end_and_its_retry_are_stored_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, Default::default()).unwrap();
+        let first = store.insert_job(record("flaky")).await.unwrap();
+        let (ended, retry) = store
+            .update_job_then(
+                first.id,
+                |j| {
+                    j.finish(JobOutcome::incomplete(
+                        crate::model::ErrorClass::Infrastructure,
+                        "power lost",
+                    ));
+                    Ok(())
+                },
+                |j| {
+                    Some(JobRecord {
+                        retry_of: Some(j.id),
+                        attempt: j.attempt + 1,
+                        ..record("flaky")
+                    })
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(ended.state, JobState::Finished);
+        let retry = retry.expect("a retry");
+        assert_eq!((retry.retry_of, retry.attempt), (Some(first.id), 2));
+        let refused = store
+            .update_job_then(
+                first.id,
+                |_| Err("already finished".into()),
+                |_| Some(record("never")),
+            )
+            .await;
+        assert!(matches!(refused, Err(StoreError::Rejected(_))));
+        store.close();
+        let store = Store::open(dir.path(), 1 << 20, Default::default()).unwrap();
+        assert_eq!(store.job(first.id).await.unwrap().state, JobState::Finished);
+        let stored = store.job(retry.id).await.unwrap();
+        assert_eq!(stored.state, JobState::Submitted);
+        assert_eq!(stored.retry_of, Some(first.id));
+        let queued = store.jobs_in_state(JobState::Submitted).await.unwrap();
+        assert_eq!(queued.iter().map(|j| j.id).collect::<Vec<_>>(), [retry.id]);
+        let events = store.events(first.id).await.unwrap();
+        let retry_event = format!("attempt 2 is job {}", retry.id);
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == "retry" && e.message == retry_event),
+            "{events:?}"
+        );
+        assert!(store.check().unwrap().is_empty());
     }
 
     #[tokio::test]

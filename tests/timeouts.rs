@@ -18,6 +18,41 @@ fn events<'a>(j: &'a Value, kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// A lab of one board that will miss its bootloader prompt once.
+async fn lab_whose_board_misses_its_prompt_once() -> Lab {
+    let lab = Lab::start(1, &[]);
+    lab.sim(ControlRequest::Fault {
+        board: "sim-01".into(),
+        fault: Fault::NoPromptOnce,
+    })
+    .await;
+    lab
+}
+
+/// The one retry of job `first` (named by its `retry` event): waits until it
+/// ends Complete and checks it is attempt 2 of `first`; no third is made.
+async fn its_retry_completes(c: &mut labd::client::Client, first: u64) {
+    let j = job(c, first).await;
+    let retry = events(&j, "retry");
+    assert_eq!(retry.len(), 1, "{j}");
+    let next: u64 = retry[0]["message"]
+        .as_str()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (end, log) = wait_job(c, next).await;
+    assert_eq!(end["health"], "Complete", "{log}");
+    let n = job(c, next).await;
+    assert_eq!(
+        (n["retry_of"].as_u64(), n["attempt"].as_u64()),
+        (Some(first), Some(2))
+    );
+    assert_eq!(all_jobs(c).await.len(), 2);
+}
+
 #[test]
 fn a_job_no_board_takes_in_time_is_canceled_at_its_queue_timeout() {
     rt().block_on(async {
@@ -80,12 +115,7 @@ fn timeouts_above_the_lab_maxima_are_capped_with_a_warning() {
 #[test]
 fn a_boot_block_with_failure_retry_tries_again_within_its_shared_timeout() {
     rt().block_on(async {
-        let lab = Lab::start(1, &[]);
-        lab.sim(ControlRequest::Fault {
-            board: "sim-01".into(),
-            fault: Fault::NoPromptOnce,
-        })
-        .await;
+        let lab = lab_whose_board_misses_its_prompt_once().await;
         let mut c = lab.client().await;
         let text = lab.job("flaky", "medium", &["true"]).replacen(
             "    method: u-boot\n",
@@ -108,6 +138,31 @@ fn a_boot_block_with_failure_retry_tries_again_within_its_shared_timeout() {
             .as_str()
             .unwrap()
             .starts_with("boot attempt 2 of 2 after: boot attempt 1 of 2 timed out"));
+    });
+}
+
+/// A job with `failure_retry: 2` whose board misses its bootloader prompt
+/// once: the first attempt ends Incomplete with an Infrastructure error, and
+/// its retry (stored with that end, in one write) runs and completes.
+#[test]
+fn a_job_ended_by_an_infrastructure_error_is_retried_when_it_allows() {
+    rt().block_on(async {
+        let lab = lab_whose_board_misses_its_prompt_once().await;
+        let mut c = lab.client().await;
+        let text = format!(
+            "failure_retry: 2\n{}",
+            lab.job("flaky", "medium", &["true"]).replacen(
+                "    method: u-boot\n",
+                "    method: u-boot\n    timeout:\n      seconds: 2\n",
+                1,
+            )
+        );
+        let first = submit(&mut c, &text).await;
+        let (end, log) = wait_job(&mut c, first).await;
+        assert_eq!(end["health"], "Incomplete", "{log}");
+        let j = job(&mut c, first).await;
+        assert_eq!(j["error_class"], "Infrastructure", "{j}");
+        its_retry_completes(&mut c, first).await;
     });
 }
 
@@ -134,25 +189,8 @@ fn a_job_cut_by_a_restart_is_retried_when_it_allows() {
         let mut c = lab.client().await;
         let j = job(&mut c, first).await;
         assert_eq!(j["error"], "dispatcher restarted");
-        let retry = events(&j, "retry");
-        assert_eq!(retry.len(), 1, "{j}");
-        let next: u64 = retry[0]["message"]
-            .as_str()
-            .unwrap()
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let (end, log) = wait_job(&mut c, next).await;
-        assert_eq!(end["health"], "Complete", "{log}");
-        let n = job(&mut c, next).await;
-        assert_eq!(
-            (n["retry_of"].as_u64(), n["attempt"].as_u64()),
-            (Some(first), Some(2))
-        );
         // Two attempts were allowed: a third is never made.
-        assert_eq!(all_jobs(&mut c).await.len(), 2);
+        its_retry_completes(&mut c, first).await;
     });
 }
 
