@@ -183,7 +183,8 @@ pub fn start(
 /// request to one of them by a hash of the client's address and port, so a
 /// client's retried request reaches the same server, and concurrent
 /// transfers spread over the threads. Only processes of labd's own user can
-/// join such a group of sockets.
+/// join such a group of sockets, and a port anything else holds is refused
+/// as with one thread.
 pub fn serve<H: Handler + Clone + 'static>(
     bind: SocketAddr,
     handler: H,
@@ -191,15 +192,23 @@ pub fn serve<H: Handler + Clone + 'static>(
     threads: usize,
 ) -> Result<SocketAddr, TftpError> {
     let threads = threads.max(1);
-    let first = listener(bind, threads > 1)?;
-    let addr = first
+    // A plain bind first: it fails if anything else holds the port, even
+    // another labd whose servers share it, so two daemons never split one
+    // port's requests between them (a board would then get "file not
+    // found" from the one that does not have its job). A port 0 becomes a
+    // real one here.
+    let probe = listener(bind, false)?;
+    let addr = probe
         .local_addr()
         .map_err(|e| TftpError::Server(e.to_string()))?;
-    let mut sockets = vec![first];
-    for _ in 1..threads {
-        // The first bound a port 0 to a real one: the others join it there.
-        sockets.push(listener(addr, true)?);
-    }
+    let sockets = if threads == 1 {
+        vec![probe]
+    } else {
+        drop(probe);
+        (0..threads)
+            .map(|_| listener(addr, true))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     for (i, sock) in sockets.into_iter().enumerate() {
         let handler = handler.clone();
@@ -281,6 +290,23 @@ mod tests {
             "7/kernel/x",
         ] {
             assert!(resolve(root, Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+
+    /// Servers that share a port (`SO_REUSEPORT`) still refuse a port that
+    /// another daemon's sharing servers hold: two labds never split one
+    /// port's requests.
+    #[test]
+    fn a_port_another_server_group_holds_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = || JobFiles::new(dir.path(), Default::default());
+        let addr = serve("127.0.0.1:0".parse().unwrap(), files(), 16, 2).unwrap();
+        assert_ne!(addr.port(), 0);
+        for threads in [1, 2] {
+            match serve(addr, files(), 16, threads) {
+                Err(TftpError::Bind { addr: a, .. }) => assert_eq!(a, addr),
+                other => panic!("{threads} threads on a held port: {other:?}"),
+            }
         }
     }
 }
