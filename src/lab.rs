@@ -142,7 +142,8 @@ pub enum LabReply {
     Jobs(Vec<JobRecord>),
     Job(Box<JobRecord>, Vec<JobEvent>),
     Results(Box<JobRecord>, Vec<TestCase>),
-    Boards(Vec<BoardInfo>),
+    /// The boards, and how many jobs are queued for a board.
+    Boards(Vec<BoardInfo>, usize),
     Bytes(Vec<u8>),
     LogSource(Store),
     Text(String),
@@ -1445,6 +1446,7 @@ impl Handler<LabRequest> for LabActor {
                         power: s.power.state(),
                     })
                     .collect(),
+                self.queue.len(),
             ))),
             LabRequest::SetHealth {
                 board,

@@ -723,6 +723,8 @@ fn reply_body(reply: LabReply) -> Vec<u8> {
     #[derive(serde::Serialize)]
     struct Boards<'a> {
         boards: &'a [crate::lab::BoardInfo],
+        /// Jobs waiting for a board (what `labctl top` shows).
+        queued: usize,
     }
     #[derive(serde::Serialize)]
     struct Results<'a> {
@@ -745,7 +747,10 @@ fn reply_body(reply: LabReply) -> Vec<u8> {
             job: WireJob::of(j),
             results,
         }),
-        LabReply::Boards(boards) => serde_json::to_vec(&Boards { boards }),
+        LabReply::Boards(boards, queued) => serde_json::to_vec(&Boards {
+            boards,
+            queued: *queued,
+        }),
         LabReply::Bytes(b) => serde_json::to_vec(&crate::protocol::bytes_json(0, b)),
         LabReply::Text(t) => serde_json::to_vec(&json!({ "text": t })),
         LabReply::Reloaded(changes) => serde_json::to_vec(&json!({ "changes": changes })),

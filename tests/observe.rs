@@ -158,8 +158,23 @@ fn top_shows_each_board_its_job_phase_and_times() {
             line.trim_end().ends_with(|c: char| c.is_ascii_digit()),
             "{line}"
         );
+        // Jobs with no free board are counted, from the boards answer.
+        set_health(&mut c, "sim-02", "maintenance", None)
+            .await
+            .unwrap();
+        let waiting = [
+            submit(&mut c, &lab.job("waits-1", "medium", &["true"])).await,
+            submit(&mut c, &lab.job("waits-2", "medium", &["true"])).await,
+        ];
+        let b = c.call(labd::protocol::RequestBody::Boards).await.unwrap();
+        assert_eq!(b["queued"], 2, "{b}");
+        let frame = lab.labctl(&["top", "--once"]);
+        assert!(frame.contains("queued jobs: 2"), "{frame}");
         std::fs::write(&release, b"").unwrap();
         wait_job(&mut c, id).await;
+        for w in waiting {
+            wait_job(&mut c, w).await;
+        }
     });
 }
 

@@ -393,17 +393,10 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         Cmd::Top { interval, once } => {
             let every = std::time::Duration::from_secs_f64(interval.max(0.1));
             loop {
+                // One request a frame: the boards answer says how many
+                // jobs are queued, however long the queue.
                 let boards = c.call(RequestBody::Boards).await?;
-                let queued = c
-                    .call(RequestBody::Jobs {
-                        state: Some("Submitted".into()),
-                        board: None,
-                        device_type: None,
-                        limit: Some(10_000),
-                        cursor: None,
-                    })
-                    .await?;
-                let queued = queued["jobs"].as_array().map_or(0, Vec::len);
+                let queued = boards["queued"].as_u64().unwrap_or(0) as usize;
                 let frame = render_top(&boards, queued, labd::model::now_ms());
                 if once {
                     print!("{frame}");
