@@ -40,8 +40,6 @@ pub enum ConsoleReader {
     /// Any other byte stream (telnet's filtered pipe, a command's pipe),
     /// read as it comes, never paced.
     Stream(Box<dyn AsyncRead + Send + Unpin>),
-    /// A byte stream read in paced batches, like a tty.
-    Paced(Box<dyn AsyncRead + Send + Unpin>),
     /// A tty (a serial adapter, a PTY) or a socket (QEMU's unix socket,
     /// a raw TCP console), read directly from its fd: see [`FdReader`].
     Fd(FdReader),
@@ -52,17 +50,12 @@ impl ConsoleReader {
         ConsoleReader::Stream(Box::new(r))
     }
 
-    pub fn paced(r: impl AsyncRead + Send + Unpin + 'static) -> Self {
-        ConsoleReader::Paced(Box::new(r))
-    }
-
     /// How this console's reads are paced, given the lab's pacing for
     /// serial lines (`limits.console_read_interval_ms`): a tty by the
     /// lab's, a socket by [`SOCKET_PACING`], other streams not at all.
     pub fn pacing(&self, line: ReadPacing) -> ReadPacing {
         match self {
             ConsoleReader::Stream(_) => ReadPacing::UNPACED,
-            ConsoleReader::Paced(_) => line,
             ConsoleReader::Fd(f) => match f.kind {
                 FdKind::Tty => line,
                 FdKind::Socket => SOCKET_PACING,
@@ -112,11 +105,9 @@ impl ConsoleReader {
     async fn read_now(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         use tokio::io::AsyncReadExt;
         match self {
-            ConsoleReader::Stream(r) | ConsoleReader::Paced(r) => {
-                futures_lite::future::poll_once(r.read(buf))
-                    .await
-                    .transpose()
-            }
+            ConsoleReader::Stream(r) => futures_lite::future::poll_once(r.read(buf))
+                .await
+                .transpose(),
             ConsoleReader::Fd(t) => t.read_now(buf),
         }
     }
@@ -125,7 +116,6 @@ impl ConsoleReader {
     fn holding(self, hold: std::sync::Arc<dyn std::any::Any + Send + Sync>) -> Self {
         match self {
             ConsoleReader::Stream(inner) => ConsoleReader::stream(Held { inner, _lock: hold }),
-            ConsoleReader::Paced(inner) => ConsoleReader::paced(Held { inner, _lock: hold }),
             ConsoleReader::Fd(mut t) => {
                 t.hold.push(hold);
                 ConsoleReader::Fd(t)
@@ -141,7 +131,7 @@ impl AsyncRead for ConsoleReader {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            ConsoleReader::Stream(r) | ConsoleReader::Paced(r) => Pin::new(r).poll_read(cx, buf),
+            ConsoleReader::Stream(r) => Pin::new(r).poll_read(cx, buf),
             ConsoleReader::Fd(t) => Pin::new(t).poll_read(cx, buf),
         }
     }
@@ -617,17 +607,13 @@ impl Console for Tcp {
                 })?;
             let _ = stream.set_nodelay(true);
             if !self.telnet {
-                let device = || format!("{}:{}", self.host, self.port);
-                let fd = std::os::fd::OwnedFd::from(stream.into_std().map_err(|source| {
-                    ConsoleError::Open {
-                        device: device(),
+                return stream
+                    .into_std()
+                    .and_then(|s| fd_console(s.into(), FdKind::Socket))
+                    .map_err(|source| ConsoleError::Open {
+                        device: format!("{}:{}", self.host, self.port),
                         source,
-                    }
-                })?);
-                return fd_console(fd, FdKind::Socket).map_err(|source| ConsoleError::Open {
-                    device: device(),
-                    source,
-                });
+                    });
             }
             // Telnet: a task between the socket and a pipe takes the
             // negotiation out of what is read, answers it, and escapes what
@@ -715,8 +701,10 @@ impl Console for UnixConsole {
                 return Err(open_err(std::io::Error::other("no listener")));
             };
             let (stream, _) = listener.accept().await.map_err(open_err)?;
-            let fd = std::os::fd::OwnedFd::from(stream.into_std().map_err(open_err)?);
-            fd_console(fd, FdKind::Socket).map_err(open_err)
+            stream
+                .into_std()
+                .and_then(|s| fd_console(s.into(), FdKind::Socket))
+                .map_err(open_err)
         })
     }
     fn describe(&self) -> String {
@@ -907,7 +895,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_talkative_board_is_read_in_batches_and_nothing_is_lost() {
         let (mut board, labd) = tokio::io::duplex(64 * 1024);
-        let mut labd = ConsoleReader::paced(labd);
+        let mut labd = ConsoleReader::stream(labd);
         let writer = tokio::spawn(async move {
             // 200 small writes, 10 ms apart: a slow serial line.
             for i in 0..200u32 {
@@ -943,7 +931,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn large_reads_are_not_held_back() {
         let (mut board, labd) = tokio::io::duplex(64 * 1024);
-        let mut labd = ConsoleReader::paced(labd);
+        let mut labd = ConsoleReader::stream(labd);
         let mut pacer = ReadPacer::new(pacing(100, 1), Instant::now());
         let mut buf = vec![0u8; 16 * 1024];
         let start = Instant::now();
@@ -958,7 +946,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_to_the_console_makes_its_reply_go_at_once() {
         let (mut board, labd) = tokio::io::duplex(1024);
-        let mut labd = ConsoleReader::paced(labd);
+        let mut labd = ConsoleReader::stream(labd);
         let mut pacer = ReadPacer::new(pacing(100, 0), Instant::now());
         let replies = pacer.replies();
         let mut buf = vec![0u8; 1024];
@@ -975,6 +963,7 @@ mod tests {
         assert_eq!(&buf[..n], b"echo\r\n=> ");
         assert_eq!(t.elapsed(), Duration::ZERO);
     }
+
     /// QEMU's serial console: labd listens on a unix socket and the board
     /// writes its output a byte at a time. The socket is read directly, in
     /// batches paced by `SOCKET_PACING`, and a closed peer is the end.

@@ -591,13 +591,13 @@ impl LabActor {
 
     /// Queues the next attempt of a job that ended with an Infrastructure
     /// error, which the store keeps with the end (`update_job_then`).
-    fn queue_retry(&mut self, old: &JobRecord, retry: &JobRecord, ctx: &mut Context<Self>) {
-        // The definition parsed when the retry was made parses again.
-        let Some((_, def)) = next_attempt(old, &self.cfg.limits.timeout_maxima()) else {
+    fn queue_retry(&mut self, old: JobId, retry: &JobRecord, ctx: &mut Context<Self>) {
+        // It was made from a definition that parsed: it parses again.
+        let Ok(def) = stored_definition(retry, &self.cfg.limits.timeout_maxima()) else {
             return;
         };
         tracing::info!(
-            job = old.id,
+            job = old,
             retry = retry.id,
             attempt = retry.attempt,
             "retrying after an infrastructure error"
@@ -836,11 +836,11 @@ impl LabActor {
                 j.timing = timing;
                 Ok(())
             },
-            move |j| next_attempt(j, &maxima).map(|(rec, _)| rec),
+            move |j| next_attempt(j, &maxima),
         );
         let fut = write.into_actor(self).map(move |r, act, ctx| {
             match r {
-                Ok((j, Some(retry))) => act.queue_retry(&j, &retry, ctx),
+                Ok((_, Some(retry))) => act.queue_retry(id, &retry, ctx),
                 Ok((_, None)) => {}
                 Err(e) => tracing::warn!(job = id, error = %e, "recording job end"),
             }
@@ -971,7 +971,7 @@ impl LabActor {
                             });
                             Ok(())
                         },
-                        move |ended| next_attempt(ended, &maxima).map(|(rec, _)| rec),
+                        move |ended| next_attempt(ended, &maxima),
                     )
                     .await?;
                 if let Some(r) = retry {
@@ -1062,12 +1062,8 @@ impl Actor for LabActor {
                             });
                             continue;
                         }
-                        match job::parse(&format!("job {}", j.id), &j.definition) {
-                            Ok(p) => {
-                                let mut def = p.definition;
-                                def.cap_timeouts(&act.cfg.limits.timeout_maxima());
-                                act.enqueue(Queued::of(&j, def), ctx)
-                            }
+                        match stored_definition(&j, &act.cfg.limits.timeout_maxima()) {
+                            Ok(def) => act.enqueue(Queued::of(&j, def), ctx),
                             Err(e) => {
                                 tracing::error!(job = j.id, error = %e, "stored job no longer parses");
                                 let msg = format!("definition no longer valid: {e}");
@@ -1201,23 +1197,30 @@ impl Handler<BoardReport> for LabActor {
     }
 }
 
+/// A stored job's definition as it is queued: parsed again from the text
+/// it was submitted with, its timeouts capped by the lab's maxima.
+fn stored_definition(
+    j: &JobRecord,
+    maxima: &job::TimeoutMaxima,
+) -> Result<JobDefinition, job::JobError> {
+    let mut def = job::parse(&format!("job {}", j.id), &j.definition)?.definition;
+    def.cap_timeouts(maxima);
+    Ok(def)
+}
+
 /// The next attempt of a job that ended with an Infrastructure error, if
-/// its `failure_retry` allows one more: the record to store and the
-/// definition to queue.
-fn next_attempt(j: &JobRecord, maxima: &job::TimeoutMaxima) -> Option<(JobRecord, JobDefinition)> {
+/// its `failure_retry` allows one more: the record to store.
+fn next_attempt(j: &JobRecord, maxima: &job::TimeoutMaxima) -> Option<JobRecord> {
     if j.health != JobHealth::Incomplete
         || j.error_class != Some(ErrorClass::Infrastructure)
         || j.health_check
     {
         return None;
     }
-    let mut def = job::parse(&format!("job {}", j.id), &j.definition)
-        .ok()?
-        .definition;
+    let def = stored_definition(j, maxima).ok()?;
     if def.failure_retry.unwrap_or(1) <= j.attempt {
         return None;
     }
-    def.cap_timeouts(maxima);
     let rec = JobRecord {
         retry_of: Some(j.id),
         attempt: j.attempt + 1,
@@ -1231,7 +1234,7 @@ fn next_attempt(j: &JobRecord, maxima: &job::TimeoutMaxima) -> Option<(JobRecord
             j.definition.clone(),
         )
     };
-    Some((rec, def))
+    Some(rec)
 }
 
 fn log_prune(r: Result<crate::store::PruneReport, crate::store::StoreError>) {

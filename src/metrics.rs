@@ -401,22 +401,46 @@ fn process_usage() -> Option<(u64, u64)> {
         .ok()
         .flatten()
         .unwrap_or(4096) as u64;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) start at `)`.
-    let rest = stat.rsplit_once(')')?.1;
+    let (_, cpu) = stat_cpu(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    Some((pages * page, (cpu * 1000.0) as u64))
+}
+
+/// A process's or thread's command name and CPU seconds (user + system),
+/// from its `/proc/.../stat` line. The benchmarks read labd's this way too.
+pub fn stat_cpu(stat: &str) -> Option<(&str, f64)> {
+    // The command name is in parentheses and may hold spaces and `)`: the
+    // fields after it start at the last `)`.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
     let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
-        .unwrap_or(100) as u64;
-    Some((pages * page, (utime + stime) * 1000 / tick.max(1)))
+        .unwrap_or(100)
+        .max(1) as f64;
+    Some((comm, (utime + stime) as f64 / tick))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command name may hold spaces and parentheses; the CPU fields are
+    /// counted from the last `)`.
+    #[test]
+    fn a_stat_line_gives_its_name_and_cpu_seconds() {
+        let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .unwrap()
+            .unwrap() as f64;
+        let line = "42 (labd (x) y) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1 2 3";
+        let (comm, cpu) = stat_cpu(line).unwrap();
+        assert_eq!(comm, "labd (x) y");
+        assert_eq!(cpu, 300.0 / tick);
+        assert_eq!(stat_cpu("42 labd S 1"), None);
+    }
 
     #[test]
     fn statsd_lines_name_series_by_their_labels() {

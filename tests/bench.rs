@@ -98,8 +98,13 @@ fn the_socket_benchmark_fills_and_queries() {
         ],
         None,
     );
-    assert_eq!(v["query_rate_per_client"], 20.0, "{v}");
-    assert!(v["job"]["count"].as_u64().unwrap() > 0, "{v}");
+    // Two querying clients at 20 a second for 1 s ask at most about 21
+    // times each (a closed loop asks hundreds of times), and do ask.
+    let queries: u64 = ["jobs", "job", "boards"]
+        .iter()
+        .map(|m| v[m]["count"].as_u64().unwrap())
+        .sum();
+    assert!(queries > 0 && queries <= 2 * 22, "{v}");
 }
 
 /// The restart benchmark fills a store through labd's store module, and

@@ -273,29 +273,17 @@ struct Usage {
     hwm: u64,
 }
 
-/// CPU seconds (user + system) from a /proc stat line, and the thread's name.
-fn stat_cpu(stat: &str) -> Option<(String, f64)> {
-    let (head, tail) = stat.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1.to_owned();
-    let fields: Vec<&str> = tail.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `fields` starts at field 3.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf only reads a constant of the system.
-    let hz = match unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } {
-        n if n > 0 => n as f64,
-        _ => 100.0,
-    };
-    Some((comm, ticks as f64 / hz))
-}
-
 fn process_usage(pid: u32) -> Option<Usage> {
+    use labd::metrics::stat_cpu;
     let (_, cpu) = stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
     let tftp_cpu = std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
         .flatten()
-        .filter_map(|t| stat_cpu(&std::fs::read_to_string(t.path().join("stat")).ok()?))
-        .filter(|(comm, _)| comm.starts_with("labd-tftp") || comm == "async-io")
-        .map(|(_, cpu)| cpu)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (comm, cpu) = stat_cpu(&stat)?;
+            (comm.starts_with("labd-tftp") || comm == "async-io").then_some(cpu)
+        })
         .sum();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let hwm = status

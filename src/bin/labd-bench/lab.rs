@@ -127,18 +127,10 @@ impl Drop for Sim {
 
 /// A process's CPU time so far (user + system), in seconds.
 pub fn cpu_seconds(pid: i32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name may hold spaces; the fields after it do not.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("/proc stat without a command name")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
-    let ticks: u64 = f.get(11).context("no utime")?.parse::<u64>()?
-        + f.get(12).context("no stime")?.parse::<u64>()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-    Ok(ticks as f64 / hz)
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)?;
+    let (_, cpu) = labd::metrics::stat_cpu(&stat).with_context(|| format!("{path}: {stat}"))?;
+    Ok(cpu)
 }
 
 /// A process's resident memory now and at its peak, in bytes.
