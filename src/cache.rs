@@ -12,6 +12,10 @@
 //! This module owns the cache directory and nothing else. A blob is only
 //! ever created by renaming a complete, checked download into place, so a
 //! crash leaves whole blobs or a stray file in `tmp/` (removed at open).
+//! An artifact the job asks to be decompressed is kept unpacked as well,
+//! as `blobs/<sha256 of the packed bytes>.unpacked-<gz|xz|zstd>`, so a
+//! ramdisk every job boots is decompressed once, not once per job. Both
+//! kinds share the cap and the eviction order.
 //! Everything here blocks: callers run it on the blocking pool.
 
 use serde::{Deserialize, Serialize};
@@ -80,6 +84,45 @@ impl ArtifactCache {
         Some(p)
     }
 
+    /// The unpacked form of the blob `sha256` (undone `compression`, such
+    /// as `gz`), if cached; using it makes it recent.
+    pub fn unpacked(&self, sha256: &str, compression: &str) -> Option<PathBuf> {
+        let p = self.unpacked_path(sha256, compression)?;
+        let f = std::fs::File::options().append(true).open(&p).ok()?;
+        let _ = f.set_modified(SystemTime::now());
+        Some(p)
+    }
+
+    fn unpacked_path(&self, sha256: &str, compression: &str) -> Option<PathBuf> {
+        // Only a well-formed digest and a plain word name a file here.
+        let digest = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        let word = !compression.is_empty() && compression.bytes().all(|b| b.is_ascii_lowercase());
+        (digest && word).then(|| {
+            self.dir.join("blobs").join(format!(
+                "{}.unpacked-{compression}",
+                sha256.to_ascii_lowercase()
+            ))
+        })
+    }
+
+    /// Moves a complete unpacking of blob `sha256` into place, and evicts
+    /// what no longer fits.
+    pub fn insert_unpacked(
+        &self,
+        unpacked: tempfile::NamedTempFile,
+        sha256: &str,
+        compression: &str,
+    ) -> std::io::Result<PathBuf> {
+        let path = self
+            .unpacked_path(sha256, compression)
+            .ok_or_else(|| std::io::Error::other(format!("not a blob name: {sha256}")))?;
+        unpacked.persist(&path).map_err(|e| e.error)?;
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            self.evict(name);
+        }
+        Ok(path)
+    }
+
     /// What `url` gave last, if its blob is still here.
     pub fn entry(&self, url: &str) -> Option<UrlEntry> {
         let text = std::fs::read(self.entry_path(url)).ok()?;
@@ -109,8 +152,9 @@ impl ArtifactCache {
         Ok(blob)
     }
 
-    /// Drops the least recently used blobs until the rest fit the cap; the
-    /// blob just added stays even if it alone is over.
+    /// Drops the least recently used blobs (packed or unpacked) until the
+    /// rest fit the cap; the file just added (`keep`, a name in `blobs/`)
+    /// stays even if it alone is over.
     fn evict(&self, keep: &str) {
         let _one_at_a_time = self.evicting.lock().unwrap_or_else(|p| p.into_inner());
         let Ok(rd) = std::fs::read_dir(self.dir.join("blobs")) else {

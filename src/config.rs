@@ -577,6 +577,11 @@ pub enum ConsoleConfig {
     /// A Unix socket labd listens on and the board (QEMU's chardev with
     /// `server=off`) connects to.
     Unix { path: PathBuf },
+    /// A pseudo-terminal labd creates and holds. `link` becomes a symlink
+    /// to its slave side (`/dev/pts/N`), which whatever drives the board's
+    /// serial line opens: with `qemu` power, QEMU's first serial port.
+    /// Unlike a `unix` console it stays attached across power cycles.
+    Pty { link: PathBuf },
     /// LAVA's `connection_command`: a program (argv, no shell) whose stdin
     /// and stdout are the console.
     Command { command: Vec<String> },
@@ -806,12 +811,15 @@ impl LabConfig {
                         format!("`{a}` is set by labd's qemu relay; leave it out"),
                     ));
                 }
-                if matches!(b.console, ConsoleConfig::Unix { .. })
-                    && argv.iter().any(|a| a == "-serial")
-                {
+                let wired = match b.console {
+                    ConsoleConfig::Unix { .. } => Some("unix"),
+                    ConsoleConfig::Pty { .. } => Some("pty"),
+                    _ => None,
+                };
+                if let Some(kind) = wired.filter(|_| argv.iter().any(|a| a == "-serial")) {
                     return Err(bad(
                         format!("boards[{i}].power.argv"),
-                        "with a `unix` console labd connects the first serial port itself; leave `-serial` out".into(),
+                        format!("with a `{kind}` console labd connects the first serial port itself; leave `-serial` out"),
                     ));
                 }
             }
@@ -963,7 +971,18 @@ mod tests {
         let err = LabConfig::parse("x.toml", &format!("{base}power = {{ type = \"qemu\", argv = [\"qemu-system-aarch64\", \"-serial\", \"stdio\"] }}\n"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("-serial"), "{err}");
+        assert!(err.contains("-serial") && err.contains("`unix`"), "{err}");
+        let pty = base.replace(
+            "{ type = \"unix\", path = \"/tmp/q.sock\" }",
+            "{ type = \"pty\", link = \"/tmp/q.console\" }",
+        );
+        let err = LabConfig::parse("x.toml", &format!("{pty}power = {{ type = \"qemu\", argv = [\"qemu-system-aarch64\", \"-serial\", \"stdio\"] }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("boards[0].power.argv") && err.contains("`pty`"),
+            "{err}"
+        );
         let err = LabConfig::parse(
             "x.toml",
             &format!("{base}power = {{ type = \"qemu\", argv = [] }}\n"),

@@ -51,14 +51,16 @@ impl ConsoleReader {
     }
 
     /// How this console's reads are paced, given the lab's pacing for
-    /// serial lines (`limits.console_read_interval_ms`): a tty by the
-    /// lab's, a socket by [`SOCKET_PACING`], other streams not at all.
+    /// serial lines (`limits.console_read_interval_ms`): a serial line by
+    /// the lab's, a socket by [`SOCKET_PACING`], labd's pty by
+    /// [`PTY_PACING`], other streams not at all.
     pub fn pacing(&self, line: ReadPacing) -> ReadPacing {
         match self {
             ConsoleReader::Stream(_) => ReadPacing::UNPACED,
             ConsoleReader::Fd(f) => match f.kind {
-                FdKind::Tty => line,
+                FdKind::Line => line,
                 FdKind::Socket => SOCKET_PACING,
+                FdKind::Pty => PTY_PACING,
             },
         }
     }
@@ -161,10 +163,16 @@ pub struct FdReader {
 /// What a console fd is, which decides how its reads are paced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FdKind {
-    /// A serial line: the lab's pacing.
-    Tty,
-    /// A socket: [`SOCKET_PACING`].
+    /// A serial line with a baud rate behind it (an adapter, a simulated
+    /// board's PTY): the lab's pacing.
+    Line,
+    /// A socket (QEMU's unix socket, a raw TCP console): no baud rate
+    /// behind it, and its sender held back by what the socket holds:
+    /// [`SOCKET_PACING`].
     Socket,
+    /// A pty labd made for a board's driver (QEMU): no baud rate behind it
+    /// either, but a pty's buffers hold far more: [`PTY_PACING`].
+    Pty,
 }
 
 impl AsyncRead for FdReader {
@@ -335,6 +343,20 @@ impl ReadPacing {
 /// 3 bytes (7 000 per rig job).
 pub const SOCKET_PACING: ReadPacing = ReadPacing {
     interval: std::time::Duration::from_millis(5),
+    burst: 8,
+};
+
+/// The pacing of a pty labd made for a QEMU board (a `pty` console).
+///
+/// A pty holds about 68 KB (the line discipline's 4 KB and 64 KB of flip
+/// buffers) before QEMU waits, so reading every 25 ms still lets a guest
+/// print 2.7 MB/s. Read every 5 ms like a socket, a rig job cost labd 20%
+/// more CPU for no shorter job; every 100 ms like a serial line, a shell
+/// exchange's reply (arriving a byte at a time, so in many small reads)
+/// outlasted the reads a write grants, and the rig's test phase took twice
+/// as long.
+pub const PTY_PACING: ReadPacing = ReadPacing {
+    interval: std::time::Duration::from_millis(25),
     burst: 8,
 };
 
@@ -511,7 +533,7 @@ fn open_serial_with(device: &str, st: SerialSettings) -> Result<ConsoleIo, Conso
     // SAFETY: into_raw_fd hands over the port's open fd, owned from here on.
     let fd =
         unsafe { std::os::fd::OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(port)) };
-    fd_console(fd, FdKind::Tty).map_err(open_err)
+    fd_console(fd, FdKind::Line).map_err(open_err)
 }
 
 /// A console on an open fd (a tty or a connected socket), read and written
@@ -715,6 +737,63 @@ impl Console for UnixConsole {
     }
 }
 
+/// A pseudo-terminal pair labd creates: labd reads and writes the master,
+/// and `link` is a symlink to the slave (`/dev/pts/N`) for the board's
+/// driver to open (QEMU's `-chardev serial,path=...`).
+///
+/// labd keeps a slave fd open itself, so the master never sees a hang-up
+/// when the driver closes its side (a QEMU powering off): the console stays
+/// attached across power cycles, and the next driver to open the link finds
+/// the same line. A pty hands its reader the bytes its writer made in one
+/// copy from the line discipline's buffer, where a Unix socket carries each
+/// of QEMU's one-byte writes in a socket buffer of its own.
+pub struct PtyConsole {
+    pub link: PathBuf,
+}
+
+impl PtyConsole {
+    fn open(&self) -> std::io::Result<ConsoleIo> {
+        let pty = nix::pty::openpty(None, None)?;
+        // Raw on the line itself (a pty has one termios for both sides):
+        // a cooked line would echo what labd writes back as console output.
+        let mut t = nix::sys::termios::tcgetattr(&pty.slave)?;
+        nix::sys::termios::cfmakeraw(&mut t);
+        nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t)?;
+        let slave_path = nix::unistd::ttyname(&pty.slave)?;
+        if let Some(dir) = self.link.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // The link is replaced in one rename, so a driver opening it never
+        // finds it missing or half made.
+        let mut tmp = self.link.clone().into_os_string();
+        tmp.push(".new");
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&slave_path, &tmp)?;
+        std::fs::rename(&tmp, &self.link)?;
+        let slave: std::sync::Arc<dyn std::any::Any + Send + Sync> = std::sync::Arc::new(pty.slave);
+        let io = fd_console(pty.master, FdKind::Pty)?;
+        Ok(ConsoleIo {
+            reader: io.reader.holding(slave),
+            writer: io.writer,
+        })
+    }
+}
+
+impl Console for PtyConsole {
+    fn connect(&self) -> BoxFuture<'_, Result<ConsoleIo, ConsoleError>> {
+        Box::pin(async move {
+            self.open().map_err(|source| ConsoleError::Open {
+                device: self.link.display().to_string(),
+                source,
+            })
+        })
+    }
+    fn describe(&self) -> String {
+        format!("pty {} (labd holds the master)", self.link.display())
+    }
+}
+
 /// LAVA's `connection_command`: a program (argv, no shell) whose stdin and
 /// stdout are the console, such as `telnet consoles.lab 7001`. It is killed
 /// when the console closes; its exit is the console's end.
@@ -818,6 +897,7 @@ pub fn from_config(
             telnet: *protocol == crate::config::TcpProtocol::Telnet,
         }),
         ConsoleConfig::Unix { path } => Box::new(UnixConsole::new(path.clone())),
+        ConsoleConfig::Pty { link } => Box::new(PtyConsole { link: link.clone() }),
         ConsoleConfig::Command { command } => Box::new(CommandConsole {
             argv: command.clone(),
         }),
@@ -1022,5 +1102,68 @@ mod tests {
         // The board going away is the end of the stream.
         drop(board);
         assert_eq!(reader.read_batch(&mut buf, &mut pacer).await.unwrap(), 0);
+    }
+
+    /// Opens a pty console's link as a board's driver would (QEMU).
+    fn open_driver(link: &std::path::Path) -> std::fs::File {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOCTTY)
+            .open(link)
+            .unwrap()
+    }
+
+    async fn read_until(reader: &mut ConsoleReader, pacer: &mut ReadPacer, want: &[u8]) {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while got.len() < want.len() {
+            let n = reader.read_batch(&mut buf, pacer).await.unwrap();
+            assert_ne!(n, 0, "the console ended after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, want);
+    }
+
+    /// A `pty` console: labd holds the master, the link names the slave,
+    /// the line is raw both ways, and a driver closing its side (QEMU
+    /// powering off) does not end the console: the next one finds it.
+    #[tokio::test]
+    async fn a_pty_console_outlives_the_driver_that_opens_it() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let console = PtyConsole {
+            link: dir.path().join("board.console"),
+        };
+        let ConsoleIo {
+            mut reader,
+            mut writer,
+        } = console.connect().await.unwrap();
+        let slave = std::fs::read_link(&console.link).unwrap();
+        assert!(slave.starts_with("/dev/pts/"), "{}", slave.display());
+        assert_eq!(reader.pacing(ReadPacing::default()), PTY_PACING);
+        let mut pacer = ReadPacer::new(PTY_PACING, Instant::now());
+
+        let mut driver = open_driver(&console.link);
+        driver.write_all(b"U-Boot 2023.01\r\n=> ").unwrap();
+        read_until(&mut reader, &mut pacer, b"U-Boot 2023.01\r\n=> ").await;
+        // labd's writes reach the driver unchanged, and are not echoed back.
+        writer.write_all(b"help\r").await.unwrap();
+        let mut got = [0u8; 5];
+        driver.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"help\r");
+        driver.write_all(b"ok").unwrap();
+        read_until(&mut reader, &mut pacer, b"ok").await;
+
+        // The driver goes; the next one opens the same link and is heard.
+        drop(driver);
+        let mut driver = open_driver(&console.link);
+        driver.write_all(b"again").unwrap();
+        read_until(&mut reader, &mut pacer, b"again").await;
+
+        // Opening the console anew makes a new pty and moves the link.
+        let _second = console.connect().await.unwrap();
+        assert_ne!(std::fs::read_link(&console.link).unwrap(), slave);
     }
 }

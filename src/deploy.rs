@@ -265,17 +265,47 @@ pub fn fetch(
         let mut f =
             std::fs::File::open(blob).map_err(|e| fail(format!("{}: {e}", blob.display())))?;
         let read = f.metadata().map(|m| m.len()).unwrap_or(0);
-        // A link where the filesystem allows one; a copy otherwise.
-        if placement == Placement::Link
-            && compression == Compression::None
-            && read <= max_bytes
-            && std::fs::hard_link(blob, dst).is_ok()
-        {
-            return Ok(Fetched {
+        let linked = |src: &Path| -> Option<Fetched> {
+            let len = std::fs::metadata(src).ok()?.len();
+            (len <= max_bytes && std::fs::hard_link(src, dst).is_ok()).then_some(Fetched {
                 read,
-                written: read,
+                written: len,
                 cached: true,
-            });
+            })
+        };
+        // Only read (TFTP): a link to the cache's file where the filesystem
+        // allows one, unpacked once into the cache if it must be unpacked.
+        if placement == Placement::Link {
+            if compression == Compression::None {
+                if let Some(done) = linked(blob) {
+                    return Ok(done);
+                }
+            } else if let (Some(c), Some(sha)) = (cache, blob.file_name().and_then(|n| n.to_str()))
+            {
+                let kind = compression.as_str();
+                if let Some(done) = c.unpacked(sha, kind).and_then(|u| linked(&u)) {
+                    return Ok(done);
+                }
+                let tmp = c
+                    .temp_file()
+                    .map_err(|e| fail(format!("artifact cache: {e}")))?;
+                unpack(url, &mut f, compression, tmp.path(), max_bytes, &|| false)?;
+                let unpacked = c
+                    .insert_unpacked(tmp, sha, kind)
+                    .map_err(|e| fail(format!("artifact cache: {e}")))?;
+                if let Some(done) = linked(&unpacked) {
+                    return Ok(done);
+                }
+                // No link possible: a copy of the unpacked file, below.
+                f = std::fs::File::open(&unpacked)
+                    .map_err(|e| fail(format!("{}: {e}", unpacked.display())))?;
+                let written = unpack(url, &mut f, Compression::None, dst, max_bytes, &|| false)?;
+                return Ok(Fetched {
+                    read,
+                    written,
+                    cached: true,
+                });
+            }
         }
         let written = unpack(url, &mut f, compression, dst, max_bytes, &|| false)?;
         Ok(Fetched {
@@ -439,18 +469,16 @@ mod tests {
         (r, out, seen)
     }
 
-    /// What TFTP serves shares the cache's blob; a QEMU image the board may
-    /// write to, or an artifact that is unpacked, is a file of its own.
-    #[test]
-    fn a_cached_artifact_is_linked_only_where_it_is_only_read() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ArtifactCache::open(&dir.path().join("cache"), 1 << 30).unwrap();
-        let kernel = b"kernel bytes".repeat(1000);
-        let sha = hex(&sha2::Sha256::digest(&kernel));
+    /// A cache at `dir/cache` holding `bytes` as what `url` gave, and their sha256.
+    fn cache_holding(
+        dir: &Path,
+        url: &str,
+        bytes: &[u8],
+    ) -> (ArtifactCache, String, std::path::PathBuf) {
+        let cache = ArtifactCache::open(&dir.join("cache"), 1 << 30).unwrap();
+        let sha = hex(&sha2::Sha256::digest(bytes));
         let mut t = cache.temp_file().unwrap();
-        t.write_all(&kernel).unwrap();
-        let url = "http://127.0.0.1:9/Image";
+        t.write_all(bytes).unwrap();
         let entry = UrlEntry {
             url: url.into(),
             sha256: sha.clone(),
@@ -458,21 +486,46 @@ mod tests {
             last_modified: None,
         };
         let blob = cache.insert(t, &entry).unwrap();
+        (cache, sha, blob)
+    }
+
+    /// Fetches `url` by its sha256 (the cache answers, no server is asked)
+    /// into `dst`.
+    fn from_cache(
+        cache: &ArtifactCache,
+        url: &str,
+        sha: &str,
+        compression: Compression,
+        dst: &Path,
+        placement: Placement,
+        max: u64,
+    ) -> Result<Fetched, DeployError> {
+        fetch(
+            url,
+            Some(sha),
+            compression,
+            dst,
+            max,
+            Duration::from_secs(5),
+            &mut |_, _| {},
+            Some(cache),
+            placement,
+        )
+    }
+
+    /// What TFTP serves shares the cache's blob; a QEMU image the board may
+    /// write to, or an artifact that is unpacked, is a file of its own.
+    #[test]
+    fn a_cached_artifact_is_linked_only_where_it_is_only_read() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = b"kernel bytes".repeat(1000);
+        let url = "http://127.0.0.1:9/Image";
+        let (cache, sha, blob) = cache_holding(dir.path(), url, &kernel);
         let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
         let get = |name: &str, placement: Placement, max: u64| {
             let dst = dir.path().join(name);
-            // The job names the sha256: the cache answers, no server is asked.
-            let r = fetch(
-                url,
-                Some(&sha),
-                Compression::None,
-                &dst,
-                max,
-                Duration::from_secs(5),
-                &mut |_, _| {},
-                Some(&cache),
-                placement,
-            );
+            let r = from_cache(&cache, url, &sha, Compression::None, &dst, placement, max);
             (r, dst)
         };
         let (r, linked) = get("tftp", Placement::Link, 1 << 20);
@@ -486,6 +539,47 @@ mod tests {
         // The size limit holds for a link too.
         let (r, _) = get("small", Placement::Link, 100);
         assert!(r.unwrap_err().to_string().contains("100"));
+    }
+
+    /// A ramdisk every job boots is decompressed once: later jobs link the
+    /// cache's unpacked copy; the size limit still holds for it.
+    #[test]
+    fn a_compressed_artifact_is_unpacked_once_into_the_cache() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ramdisk = b"cpio archive bytes ".repeat(5000);
+        let packed = compressed(Compression::Gz, &ramdisk);
+        let url = "http://127.0.0.1:9/initramfs.cpio.gz";
+        let (cache, sha, _) = cache_holding(dir.path(), url, &packed);
+        let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let get = |name: &str, placement: Placement, max: u64| {
+            let dst = dir.path().join(name);
+            let r = from_cache(&cache, url, &sha, Compression::Gz, &dst, placement, max);
+            (r, dst)
+        };
+        let (r, first) = get("job1", Placement::Link, 1 << 20);
+        let r = r.unwrap();
+        assert_eq!(
+            (r.read, r.written),
+            (packed.len() as u64, ramdisk.len() as u64)
+        );
+        assert_eq!(std::fs::read(&first).unwrap(), ramdisk);
+        let unpacked = cache.unpacked(&sha, "gz").expect("kept unpacked");
+        assert_eq!(inode(&first), inode(&unpacked));
+        // The next job links the same unpacked file.
+        let (r, second) = get("job2", Placement::Link, 1 << 20);
+        assert_eq!(r.unwrap().written, ramdisk.len() as u64);
+        assert_eq!(inode(&second), inode(&unpacked));
+        // A file the board may write to is still one of its own.
+        let (r, image) = get("image", Placement::Copy, 1 << 20);
+        assert_eq!(r.unwrap().written, ramdisk.len() as u64);
+        assert_ne!(inode(&image), inode(&unpacked));
+        assert_eq!(std::fs::read(&image).unwrap(), ramdisk);
+        // A lower limit refuses the cached unpacked file too.
+        let (r, _) = get("small", Placement::Link, 1000);
+        assert!(r.unwrap_err().to_string().contains("1000"));
+        // Both forms count in the cache's usage.
+        assert_eq!(cache.usage().0, 2);
     }
 
     #[test]

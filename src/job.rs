@@ -66,6 +66,16 @@ impl Compression {
             Compression::Zstd => Some(".zst"),
         }
     }
+
+    /// The name LAVA's `compression` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gz => "gz",
+            Compression::Xz => "xz",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

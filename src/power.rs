@@ -216,8 +216,13 @@ pub fn from_config(
             qmp.clone()
                 .unwrap_or_else(|| state_dir.join("qemu").join(format!("{name}.qmp"))),
             match &board.console {
-                crate::config::ConsoleConfig::Unix { path } => Some(path.clone()),
-                _ => None,
+                crate::config::ConsoleConfig::Unix { path } => {
+                    crate::qemu::QemuConsole::Socket(path.clone())
+                }
+                crate::config::ConsoleConfig::Pty { link } => {
+                    crate::qemu::QemuConsole::Pty(link.clone())
+                }
+                _ => crate::qemu::QemuConsole::None,
             },
             Duration::from_secs(*timeout_secs),
         )),

@@ -30,15 +30,28 @@ pub struct QemuPower {
     pub board: String,
     pub argv: Vec<String>,
     pub qmp_path: PathBuf,
-    /// The console socket QEMU's first serial port connects to, if labd
-    /// wires it (a `unix` console).
-    pub console_path: Option<PathBuf>,
+    /// How QEMU's first serial port reaches the board's console, if labd
+    /// wires it.
+    pub console: QemuConsole,
     pub timeout: Duration,
     hooks: Mutex<Option<Arc<RelayHooks>>>,
     direct: Mutex<Option<DirectBoot>>,
     running: tokio::sync::Mutex<Option<Running>>,
     /// Whether a QEMU process of this board is alive, as seen by its monitor.
     alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Where QEMU's first serial port goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QemuConsole {
+    /// The argv sets up the serial port itself.
+    None,
+    /// A `unix` console: QEMU connects to the socket labd listens on, and
+    /// the guest runs only once the board's console has attached it.
+    Socket(PathBuf),
+    /// A `pty` console: QEMU opens the slave side through labd's link. The
+    /// console is attached before QEMU starts, so nothing waits for it.
+    Pty(PathBuf),
 }
 
 struct Running {
@@ -55,14 +68,14 @@ impl QemuPower {
         board: String,
         argv: Vec<String>,
         qmp_path: PathBuf,
-        console_path: Option<PathBuf>,
+        console: QemuConsole,
         timeout: Duration,
     ) -> Self {
         QemuPower {
             board,
             argv,
             qmp_path,
-            console_path,
+            console,
             timeout,
             hooks: Mutex::new(None),
             direct: Mutex::new(None),
@@ -92,13 +105,16 @@ impl QemuPower {
             s("none"),
             s("-no-reboot"),
         ]);
-        if let Some(c) = &self.console_path {
-            a.extend([
-                s("-chardev"),
-                format!("socket,id=labd-console,path={},server=off", c.display()),
-                s("-serial"),
-                s("chardev:labd-console"),
-            ]);
+        let chardev = match &self.console {
+            QemuConsole::None => None,
+            QemuConsole::Socket(p) => Some(format!(
+                "socket,id=labd-console,path={},server=off",
+                p.display()
+            )),
+            QemuConsole::Pty(p) => Some(format!("serial,id=labd-console,path={}", p.display())),
+        };
+        if let Some(c) = chardev {
+            a.extend([s("-chardev"), c, s("-serial"), s("chardev:labd-console")]);
         }
         if let Ok(d) = self.direct.lock() {
             if let Some(d) = d.as_ref() {
@@ -131,9 +147,13 @@ impl QemuPower {
             return Ok(());
         }
         let hooks = self.hooks.lock().ok().and_then(|h| h.clone());
-        // The attachment count before this QEMU exists: the guest runs only
-        // after a newer attachment, which can only be this QEMU's.
-        let mut attached = hooks.as_ref().map(|h| h.console_attached.clone());
+        // The attachment count before this QEMU exists: with a socket
+        // console the guest runs only after a newer attachment, which can
+        // only be this QEMU's.
+        let mut attached = hooks
+            .as_ref()
+            .filter(|_| matches!(self.console, QemuConsole::Socket(_)))
+            .map(|h| h.console_attached.clone());
         let before = attached.as_ref().map(|a| *a.borrow());
 
         if let Some(dir) = self.qmp_path.parent() {
@@ -146,6 +166,9 @@ impl QemuPower {
         let listener = tokio::net::UnixListener::bind(&self.qmp_path)
             .map_err(|e| Self::failed(act, format!("{}: {e}", self.qmp_path.display())))?;
 
+        if let QemuConsole::Pty(link) = &self.console {
+            discard_pending_input(link);
+        }
         let argv = self.command_line();
         let (prog, args) = argv
             .split_first()
@@ -316,6 +339,20 @@ impl QemuPower {
     }
 }
 
+/// Drops what labd wrote to a pty console while no QEMU had it open: it
+/// was meant for an earlier power cycle, and a new boot must not read it
+/// (a stray key stops U-Boot's autoboot). Best effort: without the link
+/// there is nothing queued either.
+fn discard_pending_input(link: &std::path::Path) {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    if let Ok(fd) = nix::fcntl::open(link, flags, nix::sys::stat::Mode::empty()) {
+        // SAFETY: `open` just returned this fd, and nothing else owns it.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let _ = nix::sys::termios::tcflush(&fd, nix::sys::termios::FlushArg::TCIFLUSH);
+    }
+}
+
 /// SIGTERM the process group, then SIGKILL it if it does not exit in `grace`.
 async fn kill_group(
     pid: i32,
@@ -452,5 +489,37 @@ impl Qmp {
             return Err(format!("{command}: {e}"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::console::{Console, ConsoleIo, PtyConsole};
+    use tokio::io::AsyncWriteExt;
+
+    /// What labd wrote while no QEMU had the pty open is dropped before the
+    /// next QEMU starts; what it writes afterwards arrives.
+    #[tokio::test]
+    async fn a_new_qemu_does_not_read_what_was_meant_for_the_last() {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let console = PtyConsole {
+            link: dir.path().join("board.console"),
+        };
+        let ConsoleIo { mut writer, .. } = console.connect().await.unwrap();
+        writer.write_all(b"stale keys").await.unwrap();
+        discard_pending_input(&console.link);
+        let mut qemu = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOCTTY)
+            .open(&console.link)
+            .unwrap();
+        writer.write_all(b"fresh").await.unwrap();
+        let mut got = [0u8; 5];
+        qemu.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"fresh");
     }
 }

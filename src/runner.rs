@@ -163,6 +163,10 @@ struct Runner {
     current_set: Option<String>,
     /// Held from power-on until the shell (or the run's end).
     boot_slot: Option<crate::boots::BootPermit>,
+    /// The running action block's deadline and the error naming it, when
+    /// the block is bounded as a whole (a boot): a phase timer inside it
+    /// that expires no earlier than the block's is the block's timeout.
+    block_deadline: Option<(tokio::time::Instant, String)>,
 }
 
 /// Runs a job to its end and returns how it ended. Powering off is the
@@ -182,6 +186,7 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         helpers_sent: false,
         current_set: None,
         boot_slot: None,
+        block_deadline: None,
     };
     let job_id = r.ctx.job_id;
     let store = r.ctx.store.clone();
@@ -227,25 +232,31 @@ impl Runner {
                 .map(|t| t / attempts);
             let mut attempt = 1;
             loop {
+                let limit_msg = |limit: Duration| {
+                    if attempts > 1 {
+                        format!(
+                            "{kind} attempt {attempt} of {attempts} timed out after {} s",
+                            limit.as_secs()
+                        )
+                    } else {
+                        format!("{kind} timed out after {} s", limit.as_secs())
+                    }
+                };
+                self.block_deadline =
+                    per_attempt.map(|l| (tokio::time::Instant::now() + l, limit_msg(l)));
                 let run = self.action(i, action);
                 let r = match per_attempt {
                     Some(limit) => match tokio::time::timeout(limit, run).await {
                         Ok(r) => r,
                         Err(_) => {
-                            let msg = if attempts > 1 {
-                                format!(
-                                    "{kind} attempt {attempt} of {attempts} timed out after {} s",
-                                    limit.as_secs()
-                                )
-                            } else {
-                                format!("{kind} timed out after {} s", limit.as_secs())
-                            };
+                            let msg = limit_msg(limit);
                             self.event("timeout", &msg);
                             Err(infra(msg))
                         }
                     },
                     None => run.await,
                 };
+                self.block_deadline = None;
                 match r {
                     Err(Stop(o)) if attempt < attempts && retryable(&o) => {
                         attempt += 1;
@@ -289,10 +300,16 @@ impl Runner {
         limit: Duration,
         f: impl AsyncFnOnce(&mut Self) -> Result<T, Stop>,
     ) -> Result<T, Stop> {
-        match tokio::time::timeout(limit, f(self)).await {
+        let deadline = tokio::time::Instant::now() + limit;
+        match tokio::time::timeout_at(deadline, f(self)).await {
             Ok(r) => r,
             Err(_) => {
-                let msg = format!("{name} timed out after {} s", limit.as_secs());
+                // A late wake-up can find the block's deadline passed too;
+                // the earlier deadline is the one that ran out.
+                let msg = match &self.block_deadline {
+                    Some((block, msg)) if *block <= deadline => msg.clone(),
+                    _ => format!("{name} timed out after {} s", limit.as_secs()),
+                };
                 self.event("timeout", &msg);
                 Err(infra(msg))
             }

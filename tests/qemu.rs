@@ -1,4 +1,4 @@
-//! The qemu relay and the unix console against a real QEMU running Debian's
+//! The qemu relay and the unix and pty consoles against a real QEMU running Debian's
 //! U-Boot (`hil/setup` installs both; `.ci/run` runs it before the tests).
 //! No kernel is needed: the jobs talk to U-Boot itself, with the board's
 //! device dictionary making U-Boot's `echo` the "kernel start" and its
@@ -23,14 +23,31 @@ fn have_qemu() -> bool {
     ok
 }
 
-/// A lab with one QEMU arm64 board whose "kernel" is U-Boot's echo.
+/// A lab with one QEMU arm64 board whose "kernel" is U-Boot's echo, its
+/// serial port on a `unix` socket console.
 fn qemu_lab(machine: &str) -> Lab {
+    qemu_lab_on(
+        machine,
+        r#"{ type = "unix", path = "@DIR@/qemu-01.console" }"#,
+    )
+}
+
+/// The same board on a `pty` console.
+fn qemu_pty_lab() -> Lab {
+    qemu_lab_on(
+        "virt",
+        r#"{ type = "pty", link = "@DIR@/qemu-01.console" }"#,
+    )
+}
+
+/// The same board with the console given.
+fn qemu_lab_on(machine: &str, console: &str) -> Lab {
     let board = format!(
         r#"
 [[boards]]
 name = "qemu-01"
 device_type = "qemu-aarch64-uboot"
-console = {{ type = "unix", path = "@DIR@/qemu-01.console" }}
+console = {console}
 power = {{ type = "qemu", timeout_secs = 60, argv = ["qemu-system-aarch64", "-M", "{machine}", "-cpu", "cortex-a57", "-accel", "tcg", "-m", "256", "-bios", "{UBOOT}", "-nic", "none"] }}
 [boards.parameters]
 "kernel.start_message" = "labd-says-hello"
@@ -52,7 +69,24 @@ fn a_qemu_board_runs_only_once_its_console_is_attached_and_no_byte_is_lost() {
     if !have_qemu() {
         return;
     }
-    let lab = qemu_lab("virt");
+    two_jobs_from_the_first_byte(&qemu_lab("virt"));
+}
+
+/// On a pty console the console is attached before QEMU starts and stays
+/// attached across power cycles; QEMU opens the pty through labd's link.
+#[test]
+fn a_qemu_board_on_a_pty_console_is_read_from_its_first_byte_across_power_cycles() {
+    if !have_qemu() {
+        return;
+    }
+    let lab = qemu_pty_lab();
+    two_jobs_from_the_first_byte(&lab);
+    let link = lab.dir.path().join("qemu-01.console");
+    let target = std::fs::read_link(&link).expect("the console's link");
+    assert!(target.starts_with("/dev/pts"), "{}", target.display());
+}
+
+fn two_jobs_from_the_first_byte(lab: &Lab) {
     rt().block_on(async {
         let mut c = lab.client().await;
         let id = submit(
@@ -88,7 +122,28 @@ fn a_qemu_that_dies_during_a_job_is_a_board_that_lost_power() {
     if !have_qemu() {
         return;
     }
-    let lab = qemu_lab("virt");
+    killed_mid_job(&qemu_lab("virt"));
+}
+
+/// A pty console outlives the QEMU that had it open: the board's next job
+/// boots on the same console.
+#[test]
+fn a_qemu_that_dies_on_a_pty_console_leaves_the_console_to_the_next_job() {
+    if !have_qemu() {
+        return;
+    }
+    let lab = qemu_pty_lab();
+    killed_mid_job(&lab);
+    rt().block_on(async {
+        let mut c = lab.client().await;
+        let id = submit(&mut c, &uboot_job(&["echo labd-says-hello"])).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{end}\n{log}");
+        assert!(log.trim_start().starts_with("U-Boot 20"), "{log}");
+    });
+}
+
+fn killed_mid_job(lab: &Lab) {
     rt().block_on(async {
         let mut c = lab.client().await;
         let id = submit(
@@ -96,7 +151,7 @@ fn a_qemu_that_dies_during_a_job_is_a_board_that_lost_power() {
             &uboot_job(&["echo waiting-here", "sleep 120", "echo labd-says-hello"]),
         )
         .await;
-        until_log_contains(&lab, id, "sleep 120").await;
+        until_log_contains(lab, id, "sleep 120").await;
         // The QEMU of this board is the one whose QMP socket is in its lab.
         let qmp = lab.dir.path().join("state/qemu/qemu-01.qmp");
         let pid = qemu_pid(&qmp.display().to_string()).expect("qemu is running");

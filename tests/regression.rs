@@ -86,3 +86,37 @@ fn a_refused_start_leaves_no_socket() {
     assert!(err.contains("no-such-type"), "{err}");
     assert!(!lab.socket.exists(), "a socket was left behind");
 }
+
+/// A boot's phases are bounded by the boot's own timeout too, so a daemon
+/// that wakes late (a loaded machine) found both the phase's timer and the
+/// boot's expired, and the phase's, polled first, named the error:
+/// "auto-login-action timed out after 3 s" instead of the boot's. The
+/// earlier deadline names it, however late the wake-up.
+#[test]
+fn a_late_wake_up_still_names_the_boot_timeout() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        lab.sim(labd::sim::ControlRequest::Fault {
+            board: "sim-01".into(),
+            fault: labd::sim::Fault::HangAfterKernel,
+        })
+        .await;
+        let mut c = lab.client().await;
+        let text = lab.job("late-wake-up", "medium", &["true"]).replacen(
+            "- boot:\n",
+            "- boot:\n    timeout:\n      seconds: 3\n",
+            1,
+        );
+        let id = submit(&mut c, &text).await;
+        until_log_contains(&lab, id, "Starting kernel").await;
+        // The daemon stalls past both deadlines: stopped, not synchronised.
+        let pid = nix::unistd::Pid::from_raw(lab.labd_pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{log}");
+        let j = job(&mut c, id).await;
+        assert_eq!(j["error"], "boot timed out after 3 s", "{j}");
+    });
+}

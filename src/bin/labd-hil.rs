@@ -460,9 +460,18 @@ async fn run(args: Args) -> Result<bool> {
         });
     }
     let mut logs = std::collections::HashMap::new();
+    // labd's usage once the first job has ended: what the jobs after it
+    // cost on top is the steady per-job figure, without start-up and the
+    // first downloads.
+    let labd_pid = labd.as_ref().and_then(|c| c.id());
+    let first_id = submitted.first().map(|s| s.0);
+    let mut after_first = None;
     let all = async {
         while let Some(r) = follows.join_next().await {
             let (id, log) = r??;
+            if Some(id) == first_id {
+                after_first = labd_pid.and_then(process_usage);
+            }
             logs.insert(id, log);
         }
         anyhow::Ok(())
@@ -561,6 +570,15 @@ async fn run(args: Args) -> Result<bool> {
             hwm as f64 / 1024.0,
             secs(median(own)),
         );
+        if let (Some(first), true) = (&after_first, outcomes.len() > 1) {
+            let later = n - 1.0;
+            println!(
+                "labd-hil: after the first job, {:.3} CPU-s per job ({:.3} without its TFTP server's {:.3})",
+                (cpu - first.cpu) / later,
+                (cpu - tftp_cpu - first.cpu + first.tftp_cpu) / later,
+                (tftp_cpu - first.tftp_cpu) / later,
+            );
+        }
         std::fs::write(
             run_dir.join("labd-usage.json"),
             serde_json::to_vec(
