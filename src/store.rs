@@ -95,6 +95,24 @@ enum Write {
     Prune(Retention, oneshot::Sender<Result<PruneReport, StoreError>>),
 }
 
+impl Write {
+    /// The job a write concerns, whose queued console bytes go before it.
+    fn job(&self) -> Option<JobId> {
+        match self {
+            Write::UpdateJob(id, ..)
+            | Write::UpdateJobThen(id, ..)
+            | Write::Event(id, ..)
+            | Write::Log(id, ..)
+            | Write::Results(id, ..) => Some(*id),
+            Write::InsertJob(..)
+            | Write::LogsQueued
+            | Write::Sync(_)
+            | Write::Board(..)
+            | Write::Prune(..) => None,
+        }
+    }
+}
+
 /// Which finished jobs' console logs to drop (the job records, events and
 /// results stay): those that ended before `ended_before` (ms since the
 /// epoch), then the oldest until the logs total at most `max_total_bytes`.
@@ -145,14 +163,38 @@ pub struct Store {
 /// Console bytes queued by `Store::queue_log`, waiting for the writer.
 #[derive(Default)]
 struct PendingLogs {
-    /// (job, offset, bytes); contiguous appends to one job are merged, so
-    /// a streaming board costs one record per flush, not one per read.
-    chunks: Vec<(JobId, u64, Vec<u8>)>,
-    /// Each job's last chunk in `chunks`.
-    last: std::collections::HashMap<JobId, usize>,
+    /// Each job's (offset, bytes) chunks; contiguous appends to one job are
+    /// merged, so a streaming board costs one record per flush, not one per
+    /// read.
+    jobs: std::collections::HashMap<JobId, Vec<(u64, Vec<u8>)>>,
     bytes: usize,
     /// Bytes dropped because the writer fell too far behind.
     dropped: u64,
+}
+
+impl PendingLogs {
+    /// Takes the chunks of the jobs `only` names, or all of them.
+    fn take(
+        &mut self,
+        only: Option<&std::collections::HashSet<JobId>>,
+    ) -> Vec<(JobId, u64, Vec<u8>)> {
+        let ids: Vec<JobId> = match only {
+            Some(ids) => ids
+                .iter()
+                .copied()
+                .filter(|id| self.jobs.contains_key(id))
+                .collect(),
+            None => self.jobs.keys().copied().collect(),
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            for (offset, bytes) in self.jobs.remove(&id).unwrap_or_default() {
+                self.bytes = self.bytes.saturating_sub(bytes.len());
+                out.push((id, offset, bytes));
+            }
+        }
+        out
+    }
 }
 
 /// The most console bytes waiting for the writer: a store that cannot
@@ -357,14 +399,12 @@ impl Store {
                 p.dropped += bytes.len() as u64;
                 return;
             }
-            let wake = p.chunks.is_empty();
+            let wake = p.jobs.is_empty();
             p.bytes += bytes.len();
-            match p.last.get(&id).and_then(|&i| p.chunks.get_mut(i)) {
-                Some((_, off, b)) if *off + b.len() as u64 == offset => b.extend_from_slice(&bytes),
-                _ => {
-                    p.last.insert(id, p.chunks.len());
-                    p.chunks.push((id, offset, bytes));
-                }
+            let chunks = p.jobs.entry(id).or_default();
+            match chunks.last_mut() {
+                Some((off, b)) if *off + b.len() as u64 == offset => b.extend_from_slice(&bytes),
+                _ => chunks.push((offset, bytes)),
             }
             wake
         };
@@ -732,31 +772,65 @@ fn writer(
     changes: broadcast::Sender<Change>,
     metrics: crate::metrics::Metrics,
 ) {
-    while let Ok(first) = rx.recv() {
-        let first_at = std::time::Instant::now();
-        // Queued console bytes are nobody's acknowledgement: a batch of only
-        // those waits up to LOG_GROUP for more, so that a lab of streaming
-        // consoles costs a few flushes a second, not one per append. Any
-        // other write ends the wait at once: it is flushed before its reply.
-        let mut lazy = matches!(first, Write::LogsQueued);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            let next = match rx.try_recv() {
-                Ok(w) => Some(w),
-                Err(std_mpsc::TryRecvError::Disconnected) => None,
-                Err(std_mpsc::TryRecvError::Empty) if lazy => {
-                    let left = LOG_GROUP.saturating_sub(first_at.elapsed());
-                    rx.recv_timeout(left).ok()
+    // When the oldest queued console bytes must be written: LOG_GROUP after
+    // the first of them was queued, while any are queued.
+    let mut logs_due: Option<std::time::Instant> = None;
+    loop {
+        // Queued console bytes are nobody's acknowledgement: they wait up to
+        // LOG_GROUP for more, so that a lab of streaming consoles costs a few
+        // flushes a second, not one per append. Any other write is written
+        // and flushed at once, with the queued bytes of the jobs it concerns
+        // only: a job's Finished state waits for its own last bytes, not for
+        // every streaming board's.
+        let first = match logs_due {
+            Some(due) => {
+                match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
+                    Ok(w) => Some(w),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                        // Closing: what is queued is written below, then the loop ends.
+                        logs_due = None;
+                        None
+                    }
                 }
-                Err(std_mpsc::TryRecvError::Empty) => None,
-            };
-            let Some(w) = next else { break };
-            lazy &= matches!(w, Write::LogsQueued);
-            batch.push(w);
+            }
+            None => match rx.recv() {
+                Ok(w) => Some(w),
+                Err(_) => break,
+            },
+        };
+        let closing = first.is_none() && logs_due.is_none();
+        let mut batch = Vec::new();
+        for w in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
+            if matches!(w, Write::LogsQueued) {
+                logs_due.get_or_insert_with(|| std::time::Instant::now() + LOG_GROUP);
+            } else {
+                batch.push(w);
+            }
+            if batch.len() >= MAX_BATCH {
+                break;
+            }
         }
-        // Queued console bytes go first: whatever was queued before a write
-        // in this batch is taken here, so it is durable before that write's
-        // reply (a job's last bytes before its Finished state).
+        let all_due = closing || logs_due.is_some_and(|d| std::time::Instant::now() >= d);
+        if batch.is_empty() && !all_due {
+            continue;
+        }
+        // Whose queued bytes go first: a write's own job's, taken here, so
+        // they are durable before that write's reply (a job's last bytes
+        // before its Finished state); everyone's when they are due, or for
+        // a write that answers for everything before it.
+        let only: Option<std::collections::HashSet<JobId>> = if all_due
+            || batch
+                .iter()
+                .any(|w| matches!(w, Write::Sync(_) | Write::Prune(..)))
+        {
+            None
+        } else {
+            Some(batch.iter().filter_map(Write::job).collect())
+        };
         let queued = {
             let mut p = logs.lock().unwrap_or_else(|e| e.into_inner());
             if p.dropped > 0 {
@@ -766,9 +840,11 @@ fn writer(
                 );
                 p.dropped = 0;
             }
-            p.bytes = 0;
-            p.last.clear();
-            std::mem::take(&mut p.chunks)
+            let queued = p.take(only.as_ref());
+            if p.jobs.is_empty() {
+                logs_due = None;
+            }
+            queued
         };
         // The time spent writing, not waiting for a log group to fill.
         let started = std::time::Instant::now();
@@ -797,6 +873,9 @@ fn writer(
             for c in published {
                 let _ = changes.send(c);
             }
+        }
+        if closing {
+            break;
         }
     }
 }
@@ -1030,6 +1109,44 @@ mod tests {
             "test".into(),
             String::new(),
         )
+    }
+
+    /// Queued console bytes go before any write about their job, and only
+    /// theirs: another job's stay queued for their log group (a Finished
+    /// state under a lab of streaming boards waits for its own bytes only),
+    /// and reach the store in their turn, in order, merged.
+    #[tokio::test]
+    async fn a_write_takes_its_own_jobs_queued_bytes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, Default::default()).unwrap();
+        let a = store.insert_job(record("a")).await.unwrap().id;
+        let b = store.insert_job(record("b")).await.unwrap().id;
+        let mut changes = store.subscribe();
+        store.queue_log(b, 0, b"b's boot ".to_vec());
+        store.queue_log(a, 0, b"a's last ".to_vec());
+        store.queue_log(a, 9, b"bytes".to_vec());
+        store.queue_log(b, 9, b"goes on".to_vec());
+        store
+            .update_job(a, |j| {
+                j.finish(JobOutcome::complete());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // Durable by the reply: all of a's bytes, merged into one record.
+        assert_eq!(store.log(a, 0, 1 << 20).await.unwrap().0, b"a's last bytes");
+        assert_eq!(store.logs.lock().unwrap().take(Some(&[a].into())), vec![]);
+        // b's come when their group is due, whole and in order.
+        loop {
+            match changes.recv().await.unwrap() {
+                Change::Log { id, end } if id == b && end == 16 => break,
+                _ => continue,
+            }
+        }
+        assert_eq!(
+            store.log(b, 0, 1 << 20).await.unwrap().0,
+            b"b's boot goes on"
+        );
     }
 
     /// A job's end and the retry it calls for are one write: after the
