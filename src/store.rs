@@ -167,35 +167,63 @@ struct PendingLogs {
     /// merged, so a streaming board costs one record per flush, not one per
     /// read.
     jobs: std::collections::HashMap<JobId, Vec<(u64, Vec<u8>)>>,
+    /// Jobs in the order their queued bytes began, with when, oldest
+    /// first (a job taken out of turn stays listed until its turn comes,
+    /// which at worst writes its newer bytes early).
+    order: std::collections::VecDeque<(JobId, std::time::Instant)>,
     bytes: usize,
     /// Bytes dropped because the writer fell too far behind.
     dropped: u64,
 }
 
 impl PendingLogs {
-    /// Takes the chunks of the jobs `only` names, or all of them.
+    /// Takes the queued chunks of the jobs in `own`; then, oldest first,
+    /// those of jobs due by `upto` until `more` bytes are taken; or
+    /// everything with `all`.
     fn take(
         &mut self,
-        only: Option<&std::collections::HashSet<JobId>>,
+        own: &std::collections::HashSet<JobId>,
+        more: usize,
+        all: bool,
+        upto: Option<std::time::Instant>,
     ) -> Vec<(JobId, u64, Vec<u8>)> {
-        let ids: Vec<JobId> = match only {
-            Some(ids) => ids
-                .iter()
-                .copied()
-                .filter(|id| self.jobs.contains_key(id))
-                .collect(),
-            None => self.jobs.keys().copied().collect(),
-        };
         let mut out = Vec::new();
-        for id in ids {
-            for (offset, bytes) in self.jobs.remove(&id).unwrap_or_default() {
-                self.bytes = self.bytes.saturating_sub(bytes.len());
+        let mut take_job = |p: &mut PendingLogs, id: JobId| -> usize {
+            let mut n = 0;
+            for (offset, bytes) in p.jobs.remove(&id).unwrap_or_default() {
+                n += bytes.len();
                 out.push((id, offset, bytes));
             }
+            p.bytes = p.bytes.saturating_sub(n);
+            n
+        };
+        for &id in own {
+            take_job(self, id);
+        }
+        let mut taken = 0;
+        while all || (taken < more && self.due().zip(upto).is_some_and(|(d, u)| d <= u)) {
+            let Some((id, _)) = self.order.pop_front() else {
+                break;
+            };
+            taken += take_job(self, id);
+        }
+        if self.jobs.is_empty() {
+            self.order.clear();
         }
         out
     }
+
+    /// When the oldest queued bytes must be written.
+    fn due(&self) -> Option<std::time::Instant> {
+        self.order.front().map(|&(_, at)| at + LOG_GROUP)
+    }
 }
+
+/// The most queued console bytes written in one go once their log group is
+/// due: at 1000 streaming boards a whole group is about 6 MB in 1000 sled
+/// inserts, a quarter of a second, and a job's Finished state would wait
+/// behind it. In slices, it waits for one slice at most.
+const LOG_SLICE_BYTES: usize = 256 << 10;
 
 /// The most console bytes waiting for the writer: a store that cannot
 /// keep up for this long drops console bytes (logged) instead of growing.
@@ -401,7 +429,13 @@ impl Store {
             }
             let wake = p.jobs.is_empty();
             p.bytes += bytes.len();
-            let chunks = p.jobs.entry(id).or_default();
+            let chunks = match p.jobs.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    p.order.push_back((id, std::time::Instant::now()));
+                    e.insert(Vec::new())
+                }
+            };
             match chunks.last_mut() {
                 Some((off, b)) if *off + b.len() as u64 == offset => b.extend_from_slice(&bytes),
                 _ => chunks.push((offset, bytes)),
@@ -773,23 +807,36 @@ fn writer(
     metrics: crate::metrics::Metrics,
 ) {
     // When the oldest queued console bytes must be written: LOG_GROUP after
-    // the first of them was queued, while any are queued.
+    // they were queued, while any are queued.
     let mut logs_due: Option<std::time::Instant> = None;
+    // Writing due console bytes, in slices: with them go all that are at
+    // least half a group old, so that the next are due half a group later
+    // at the soonest and a lab of streaming boards costs a few flushes a
+    // second. Only the last slice is flushed.
+    let mut draining = false;
+    // Changes written but not yet flushed (a slice of due console bytes).
+    let mut unflushed: Vec<Change> = Vec::new();
     loop {
         // Queued console bytes are nobody's acknowledgement: they wait up to
         // LOG_GROUP for more, so that a lab of streaming consoles costs a few
         // flushes a second, not one per append. Any other write is written
         // and flushed at once, with the queued bytes of the jobs it concerns
         // only: a job's Finished state waits for its own last bytes, not for
-        // every streaming board's.
-        let first = match logs_due {
+        // every streaming board's, and for one slice at most.
+        let mut closing = false;
+        let wait = if draining {
+            Some(std::time::Instant::now())
+        } else {
+            logs_due
+        };
+        let first = match wait {
             Some(due) => {
                 match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
                     Ok(w) => Some(w),
                     Err(std_mpsc::RecvTimeoutError::Timeout) => None,
                     Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                        // Closing: what is queued is written below, then the loop ends.
-                        logs_due = None;
+                        // What is queued is written below, then the loop ends.
+                        closing = true;
                         None
                     }
                 }
@@ -799,38 +846,32 @@ fn writer(
                 Err(_) => break,
             },
         };
-        let closing = first.is_none() && logs_due.is_none();
         let mut batch = Vec::new();
         for w in first
             .into_iter()
             .chain(std::iter::from_fn(|| rx.try_recv().ok()))
         {
-            if matches!(w, Write::LogsQueued) {
-                logs_due.get_or_insert_with(|| std::time::Instant::now() + LOG_GROUP);
-            } else {
+            // LogsQueued only wakes the writer: the deadline is read below.
+            if !matches!(w, Write::LogsQueued) {
                 batch.push(w);
             }
             if batch.len() >= MAX_BATCH {
                 break;
             }
         }
-        let all_due = closing || logs_due.is_some_and(|d| std::time::Instant::now() >= d);
-        if batch.is_empty() && !all_due {
-            continue;
-        }
+        let now = std::time::Instant::now();
+        draining = draining || logs_due.is_some_and(|d| d <= now);
+        let upto = draining.then(|| now + LOG_GROUP / 2);
         // Whose queued bytes go first: a write's own job's, taken here, so
         // they are durable before that write's reply (a job's last bytes
-        // before its Finished state); everyone's when they are due, or for
-        // a write that answers for everything before it.
-        let only: Option<std::collections::HashSet<JobId>> = if all_due
+        // before its Finished state); a slice of those that are due, oldest
+        // first; all of them for a write that answers for everything before
+        // it, and when closing.
+        let all = closing
             || batch
                 .iter()
-                .any(|w| matches!(w, Write::Sync(_) | Write::Prune(..)))
-        {
-            None
-        } else {
-            Some(batch.iter().filter_map(Write::job).collect())
-        };
+                .any(|w| matches!(w, Write::Sync(_) | Write::Prune(..)));
+        let own: std::collections::HashSet<JobId> = batch.iter().filter_map(Write::job).collect();
         let queued = {
             let mut p = logs.lock().unwrap_or_else(|e| e.into_inner());
             if p.dropped > 0 {
@@ -840,17 +881,19 @@ fn writer(
                 );
                 p.dropped = 0;
             }
-            let queued = p.take(only.as_ref());
-            if p.jobs.is_empty() {
-                logs_due = None;
-            }
+            let queued = p.take(&own, LOG_SLICE_BYTES, all, upto);
+            logs_due = p.due();
+            draining = logs_due.zip(upto).is_some_and(|(d, u)| d <= u);
             queued
         };
+        if batch.is_empty() && queued.is_empty() && unflushed.is_empty() && !closing {
+            continue;
+        }
         // The time spent writing, not waiting for a log group to fill.
         let started = std::time::Instant::now();
         let chunks = queued.len();
         let mut done: Vec<Reply> = Vec::new();
-        let mut published = Vec::new();
+        let mut published = std::mem::take(&mut unflushed);
         for (id, offset, bytes) in queued {
             let end = offset + bytes.len() as u64;
             match t.logs.insert(key2(id, offset), bytes) {
@@ -860,6 +903,14 @@ fn writer(
         }
         for w in batch {
             apply(&t, w, &mut done, &mut published);
+        }
+        // A slice that more slices follow, with no reply waiting on it, is
+        // not flushed on its own: the last slice (or the next write's reply)
+        // flushes it, so slicing costs no extra flushes. What it changed is
+        // published only once flushed.
+        if done.is_empty() && draining && !closing {
+            unflushed = published;
+            continue;
         }
         let flushed = t.db.flush().map(|_| ()).map_err(StoreError::from);
         metrics.store_batch(done.len() + chunks, started.elapsed());
@@ -1135,7 +1186,10 @@ mod tests {
             .unwrap();
         // Durable by the reply: all of a's bytes, merged into one record.
         assert_eq!(store.log(a, 0, 1 << 20).await.unwrap().0, b"a's last bytes");
-        assert_eq!(store.logs.lock().unwrap().take(Some(&[a].into())), vec![]);
+        assert_eq!(
+            store.logs.lock().unwrap().take(&[a].into(), 0, false, None),
+            vec![]
+        );
         // b's come when their group is due, whole and in order.
         loop {
             match changes.recv().await.unwrap() {
