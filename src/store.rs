@@ -813,7 +813,9 @@ fn writer(
     // least half a group old, so that the next are due half a group later
     // at the soonest and a lab of streaming boards costs a few flushes a
     // second. Only the last slice is flushed.
-    let mut draining = false;
+    // A drain covers what was at least half a group old when it began,
+    // and nothing queued since, so it ends even while boards keep talking.
+    let mut drain_upto: Option<std::time::Instant> = None;
     // Changes written but not yet flushed (a slice of due console bytes).
     let mut unflushed: Vec<Change> = Vec::new();
     loop {
@@ -824,10 +826,9 @@ fn writer(
         // only: a job's Finished state waits for its own last bytes, not for
         // every streaming board's, and for one slice at most.
         let mut closing = false;
-        let wait = if draining {
-            Some(std::time::Instant::now())
-        } else {
-            logs_due
+        let wait = match drain_upto {
+            Some(_) => Some(std::time::Instant::now()),
+            None => logs_due,
         };
         let first = match wait {
             Some(due) => {
@@ -860,8 +861,9 @@ fn writer(
             }
         }
         let now = std::time::Instant::now();
-        draining = draining || logs_due.is_some_and(|d| d <= now);
-        let upto = draining.then(|| now + LOG_GROUP / 2);
+        if drain_upto.is_none() && logs_due.is_some_and(|d| d <= now) {
+            drain_upto = Some(now + LOG_GROUP / 2);
+        }
         // Whose queued bytes go first: a write's own job's, taken here, so
         // they are durable before that write's reply (a job's last bytes
         // before its Finished state); a slice of those that are due, oldest
@@ -881,9 +883,11 @@ fn writer(
                 );
                 p.dropped = 0;
             }
-            let queued = p.take(&own, LOG_SLICE_BYTES, all, upto);
+            let queued = p.take(&own, LOG_SLICE_BYTES, all, drain_upto);
             logs_due = p.due();
-            draining = logs_due.zip(upto).is_some_and(|(d, u)| d <= u);
+            if !logs_due.zip(drain_upto).is_some_and(|(d, u)| d <= u) {
+                drain_upto = None;
+            }
             queued
         };
         if batch.is_empty() && queued.is_empty() && unflushed.is_empty() && !closing {
@@ -908,7 +912,7 @@ fn writer(
         // not flushed on its own: the last slice (or the next write's reply)
         // flushes it, so slicing costs no extra flushes. What it changed is
         // published only once flushed.
-        if done.is_empty() && draining && !closing {
+        if done.is_empty() && drain_upto.is_some() && !closing {
             unflushed = published;
             continue;
         }
