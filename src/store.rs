@@ -885,7 +885,7 @@ fn writer(
             }
             let queued = p.take(&own, LOG_SLICE_BYTES, all, drain_upto);
             logs_due = p.due();
-            if !logs_due.zip(drain_upto).is_some_and(|(d, u)| d <= u) {
+            if logs_due.zip(drain_upto).is_none_or(|(d, u)| d > u) {
                 drain_upto = None;
             }
             queued
