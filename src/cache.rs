@@ -43,6 +43,18 @@ pub struct ArtifactCache {
     evicting: Mutex<()>,
 }
 
+/// Whether `s` is a sha256 in hex, as blobs are named.
+fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `p` if it exists, made recent for eviction.
+fn touched(p: PathBuf) -> Option<PathBuf> {
+    let f = std::fs::File::options().append(true).open(&p).ok()?;
+    let _ = f.set_modified(SystemTime::now());
+    Some(p)
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -75,29 +87,22 @@ impl ArtifactCache {
     /// The blob with these bytes, if cached; using it makes it recent.
     pub fn blob(&self, sha256: &str) -> Option<PathBuf> {
         // Only a well-formed digest names a file here.
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_digest(sha256) {
             return None;
         }
-        let p = self.blob_path(&sha256.to_ascii_lowercase());
-        let f = std::fs::File::options().append(true).open(&p).ok()?;
-        let _ = f.set_modified(SystemTime::now());
-        Some(p)
+        touched(self.blob_path(&sha256.to_ascii_lowercase()))
     }
 
     /// The unpacked form of the blob `sha256` (undone `compression`, such
     /// as `gz`), if cached; using it makes it recent.
     pub fn unpacked(&self, sha256: &str, compression: &str) -> Option<PathBuf> {
-        let p = self.unpacked_path(sha256, compression)?;
-        let f = std::fs::File::options().append(true).open(&p).ok()?;
-        let _ = f.set_modified(SystemTime::now());
-        Some(p)
+        touched(self.unpacked_path(sha256, compression)?)
     }
 
     fn unpacked_path(&self, sha256: &str, compression: &str) -> Option<PathBuf> {
         // Only a well-formed digest and a plain word name a file here.
-        let digest = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
         let word = !compression.is_empty() && compression.bytes().all(|b| b.is_ascii_lowercase());
-        (digest && word).then(|| {
+        (is_digest(sha256) && word).then(|| {
             self.dir.join("blobs").join(format!(
                 "{}.unpacked-{compression}",
                 sha256.to_ascii_lowercase()

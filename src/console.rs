@@ -737,6 +737,27 @@ impl Console for UnixConsole {
     }
 }
 
+/// Makes a tty raw: no echo, no line editing, no translation. On a pty
+/// this sets the line both sides share.
+pub(crate) fn set_raw(fd: &std::os::fd::OwnedFd) -> nix::Result<()> {
+    use nix::sys::termios;
+    let mut t = termios::tcgetattr(fd)?;
+    termios::cfmakeraw(&mut t);
+    termios::tcsetattr(fd, termios::SetArg::TCSANOW, &t)
+}
+
+/// Opens a pty console's link as a board's driver would (QEMU), for tests.
+#[cfg(test)]
+pub(crate) fn open_driver(link: &std::path::Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOCTTY)
+        .open(link)
+        .unwrap()
+}
+
 /// A pseudo-terminal pair labd creates: labd reads and writes the master,
 /// and `link` is a symlink to the slave (`/dev/pts/N`) for the board's
 /// driver to open (QEMU's `-chardev serial,path=...`).
@@ -756,9 +777,7 @@ impl PtyConsole {
         let pty = nix::pty::openpty(None, None)?;
         // Raw on the line itself (a pty has one termios for both sides):
         // a cooked line would echo what labd writes back as console output.
-        let mut t = nix::sys::termios::tcgetattr(&pty.slave)?;
-        nix::sys::termios::cfmakeraw(&mut t);
-        nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t)?;
+        set_raw(&pty.slave)?;
         let slave_path = nix::unistd::ttyname(&pty.slave)?;
         if let Some(dir) = self.link.parent() {
             std::fs::create_dir_all(dir)?;
@@ -1102,17 +1121,6 @@ mod tests {
         // The board going away is the end of the stream.
         drop(board);
         assert_eq!(reader.read_batch(&mut buf, &mut pacer).await.unwrap(), 0);
-    }
-
-    /// Opens a pty console's link as a board's driver would (QEMU).
-    fn open_driver(link: &std::path::Path) -> std::fs::File {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::File::options()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOCTTY)
-            .open(link)
-            .unwrap()
     }
 
     async fn read_until(reader: &mut ConsoleReader, pacer: &mut ReadPacer, want: &[u8]) {

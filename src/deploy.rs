@@ -296,10 +296,10 @@ pub fn fetch(
                 if let Some(done) = linked(&unpacked) {
                     return Ok(done);
                 }
-                // No link possible: a copy of the unpacked file, below.
-                f = std::fs::File::open(&unpacked)
+                // No link possible: a copy of the unpacked file.
+                let mut u = std::fs::File::open(&unpacked)
                     .map_err(|e| fail(format!("{}: {e}", unpacked.display())))?;
-                let written = unpack(url, &mut f, Compression::None, dst, max_bytes, &|| false)?;
+                let written = unpack(url, &mut u, Compression::None, dst, max_bytes, &|| false)?;
                 return Ok(Fetched {
                     read,
                     written,

@@ -503,7 +503,6 @@ mod tests {
     #[tokio::test]
     async fn a_new_qemu_does_not_read_what_was_meant_for_the_last() {
         use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
         let dir = tempfile::tempdir().unwrap();
         let console = PtyConsole {
             link: dir.path().join("board.console"),
@@ -511,12 +510,7 @@ mod tests {
         let ConsoleIo { mut writer, .. } = console.connect().await.unwrap();
         writer.write_all(b"stale keys").await.unwrap();
         discard_pending_input(&console.link);
-        let mut qemu = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOCTTY)
-            .open(&console.link)
-            .unwrap();
+        let mut qemu = crate::console::open_driver(&console.link);
         writer.write_all(b"fresh").await.unwrap();
         let mut got = [0u8; 5];
         qemu.read_exact(&mut got).unwrap();

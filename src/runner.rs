@@ -232,24 +232,25 @@ impl Runner {
                 .map(|t| t / attempts);
             let mut attempt = 1;
             loop {
-                let limit_msg = |limit: Duration| {
-                    if attempts > 1 {
+                // The block's own deadline and the error naming it, also
+                // seen by the phase timers inside it (`bounded`).
+                self.block_deadline = per_attempt.map(|limit| {
+                    let msg = if attempts > 1 {
                         format!(
                             "{kind} attempt {attempt} of {attempts} timed out after {} s",
                             limit.as_secs()
                         )
                     } else {
                         format!("{kind} timed out after {} s", limit.as_secs())
-                    }
-                };
-                self.block_deadline =
-                    per_attempt.map(|l| (tokio::time::Instant::now() + l, limit_msg(l)));
+                    };
+                    (tokio::time::Instant::now() + limit, msg)
+                });
+                let block = self.block_deadline.clone();
                 let run = self.action(i, action);
-                let r = match per_attempt {
-                    Some(limit) => match tokio::time::timeout(limit, run).await {
+                let r = match block {
+                    Some((deadline, msg)) => match tokio::time::timeout_at(deadline, run).await {
                         Ok(r) => r,
                         Err(_) => {
-                            let msg = limit_msg(limit);
                             self.event("timeout", &msg);
                             Err(infra(msg))
                         }

@@ -809,11 +809,10 @@ fn writer(
     // When the oldest queued console bytes must be written: LOG_GROUP after
     // they were queued, while any are queued.
     let mut logs_due: Option<std::time::Instant> = None;
-    // Writing due console bytes, in slices: with them go all that are at
-    // least half a group old, so that the next are due half a group later
-    // at the soonest and a lab of streaming boards costs a few flushes a
-    // second. Only the last slice is flushed.
-    // A drain covers what was at least half a group old when it began,
+    // While due console bytes are written (in slices, only the last one
+    // flushed): the drain takes everything that was at least half a group
+    // old when it began, so the next bytes are due half a group later at
+    // the soonest (a few flushes a second for a lab of streaming boards),
     // and nothing queued since, so it ends even while boards keep talking.
     let mut drain_upto: Option<std::time::Instant> = None;
     // Changes written but not yet flushed (a slice of due console bytes).
@@ -1177,6 +1176,7 @@ mod tests {
         let a = store.insert_job(record("a")).await.unwrap().id;
         let b = store.insert_job(record("b")).await.unwrap().id;
         let mut changes = store.subscribe();
+        let queued_at = std::time::Instant::now();
         store.queue_log(b, 0, b"b's boot ".to_vec());
         store.queue_log(a, 0, b"a's last ".to_vec());
         store.queue_log(a, 9, b"bytes".to_vec());
@@ -1190,10 +1190,16 @@ mod tests {
             .unwrap();
         // Durable by the reply: all of a's bytes, merged into one record.
         assert_eq!(store.log(a, 0, 1 << 20).await.unwrap().0, b"a's last bytes");
-        assert_eq!(
-            store.logs.lock().unwrap().take(&[a].into(), 0, false, None),
-            vec![]
-        );
+        {
+            let p = store.logs.lock().unwrap();
+            assert!(!p.jobs.contains_key(&a));
+            // b's were not written with a's: still queued, unless their
+            // group came due meanwhile (a machine stalled for LOG_GROUP).
+            assert!(
+                p.jobs.contains_key(&b) || queued_at.elapsed() >= LOG_GROUP,
+                "b's bytes went with a's write"
+            );
+        }
         // b's come when their group is due, whole and in order.
         loop {
             match changes.recv().await.unwrap() {
@@ -1205,6 +1211,37 @@ mod tests {
             store.log(b, 0, 1 << 20).await.unwrap().0,
             b"b's boot goes on"
         );
+    }
+
+    /// The writer takes a write's own jobs' bytes whatever their age, then
+    /// due jobs oldest first until the slice is full, never one queued
+    /// after the drain's bound; `all` takes everything.
+    #[test]
+    fn queued_bytes_are_taken_by_job_then_oldest_first_in_slices() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        let mut p = PendingLogs::default();
+        for (id, ms) in [(1, 0), (2, 10), (3, 20), (4, 400)] {
+            p.jobs.insert(id, vec![(0, vec![b'x'; 100])]);
+            p.order.push_back((id, at(ms)));
+            p.bytes += 100;
+        }
+        let ids = |v: Vec<(JobId, u64, Vec<u8>)>| v.into_iter().map(|c| c.0).collect::<Vec<_>>();
+        // Nothing due: only the write's own job, however recent.
+        assert_eq!(ids(p.take(&[4].into(), 1000, false, None)), [4]);
+        // A drain bound that covers jobs 1 to 3, a slice of 150 bytes: the
+        // two oldest (a job is never split), then the slice is full.
+        let upto = Some(at(20) + LOG_GROUP);
+        assert_eq!(ids(p.take(&[].into(), 150, false, upto)), [1, 2]);
+        assert_eq!(p.due(), Some(at(20) + LOG_GROUP));
+        // A job queued after the bound stays for the next drain.
+        p.jobs.insert(5, vec![(0, vec![b'y'; 10])]);
+        p.order.push_back((5, at(600)));
+        p.bytes += 10;
+        assert_eq!(ids(p.take(&[].into(), 1000, false, upto)), [3]);
+        assert_eq!(p.bytes, 10);
+        assert_eq!(ids(p.take(&[].into(), 0, true, None)), [5]);
+        assert_eq!((p.bytes, p.due()), (0, None));
     }
 
     /// A job's end and the retry it calls for are one write: after the

@@ -90,7 +90,7 @@ fn a_refused_start_leaves_no_socket() {
 /// A boot's phases are bounded by the boot's own timeout too, so a daemon
 /// that wakes late (a loaded machine) found both the phase's timer and the
 /// boot's expired, and the phase's, polled first, named the error:
-/// "auto-login-action timed out after 3 s" instead of the boot's. The
+/// "bootloader-commands timed out after 3 s" instead of the boot's. The
 /// earlier deadline names it, however late the wake-up.
 #[test]
 fn a_late_wake_up_still_names_the_boot_timeout() {

@@ -205,18 +205,11 @@ async fn serve(handles: &HashMap<String, BoardHandle>, line: &str) -> ControlRes
     done()
 }
 
-fn set_raw(fd: &OwnedFd) -> nix::Result<()> {
-    use nix::sys::termios;
-    let mut t = termios::tcgetattr(fd)?;
-    termios::cfmakeraw(&mut t);
-    termios::tcsetattr(fd, termios::SetArg::TCSANOW, &t)
-}
-
 fn spawn_board(name: String, scratch: PathBuf, baud: Option<u32>) -> std::io::Result<BoardHandle> {
     let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
     // Raw from the start: a cooked PTY would echo our own output back to us
     // as input until labd opens the slave and sets it raw.
-    set_raw(&pty.slave).map_err(std::io::Error::from)?;
+    crate::console::set_raw(&pty.slave).map_err(std::io::Error::from)?;
     let pty_path = nix::unistd::ttyname(&pty.slave)
         .map_err(std::io::Error::from)?
         .display()
