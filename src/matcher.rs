@@ -110,18 +110,52 @@ impl Matcher {
         }
     }
 
+    /// [`Matcher::keep_tail`] for bytes already in the buffer.
+    fn trim_buf(&mut self) {
+        if let Some(nl) = memchr::memrchr(b'\n', &self.buf) {
+            self.buf.drain(..=nl);
+        }
+        if self.buf.len() > MAX_LINE {
+            let cut = self.buf.len() - MAX_LINE;
+            self.buf.drain(..cut);
+        }
+    }
+
     /// Feeds bytes. On a match, returns it and keeps the bytes after the
     /// match for the next wait (see [`Matcher::take_rest`]).
-    pub fn feed(&mut self, bytes: &[u8]) -> Option<Match> {
-        // Nothing carried: the new bytes are searched where they are.
-        if self.buf.is_empty() && !self.any.is_match(bytes) {
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Option<Match> {
+        if !self.buf.is_empty() {
+            // Only the carried unfinished line can join with the new bytes
+            // into a match, so only that line is finished in the buffer; the
+            // rest is searched where it lies (copying every read whole into
+            // the buffer was a tenth of the console pipeline).
+            let cut = memchr::memchr(b'\n', bytes).map_or(bytes.len(), |nl| nl + 1);
+            self.buf.extend_from_slice(&bytes[..cut]);
+            if let Some(m) = self.search_buf() {
+                self.buf.extend_from_slice(&bytes[cut..]);
+                return Some(m);
+            }
+            bytes = &bytes[cut..];
+            if bytes.is_empty() {
+                return None;
+            }
+            // The carried line ended at `cut` without a match, so
+            // `search_buf` dropped it: nothing is carried any more.
+            debug_assert!(self.buf.is_empty());
+        }
+        if !self.any.is_match(bytes) {
             self.keep_tail(bytes);
             return None;
         }
         self.buf.extend_from_slice(bytes);
+        self.search_buf()
+    }
+
+    /// Searches the buffer. On a match, drops what it ends with; otherwise
+    /// keeps only the unfinished line, bounded.
+    fn search_buf(&mut self) -> Option<Match> {
         if !self.any.is_match(&self.buf) {
-            let buf = std::mem::take(&mut self.buf);
-            self.keep_tail(&buf);
+            self.trim_buf();
             return None;
         }
         let best = self
@@ -137,13 +171,7 @@ impl Matcher {
                 Some(Match { index, text })
             }
             None => {
-                if let Some(nl) = self.buf.iter().rposition(|&b| b == b'\n') {
-                    self.buf.drain(..=nl);
-                }
-                if self.buf.len() > MAX_LINE {
-                    let cut = self.buf.len() - MAX_LINE;
-                    self.buf.drain(..cut);
-                }
+                self.trim_buf();
                 None
             }
         }
@@ -181,6 +209,30 @@ mod tests {
                 assert_eq!(got.map(|g| g.index), Some(pi), "text {pi} split at {i}");
             }
         }
+    }
+
+    /// With an unfinished line carried, a match in that line (joined with
+    /// the new bytes) or in a later line of the same read is found, and
+    /// everything after it is kept for the next wait.
+    #[test]
+    fn a_carried_line_and_the_lines_after_it_are_both_searched() {
+        let mut m = Matcher::new(&["login:", "=> "]).unwrap();
+        assert!(m.feed(b"boot\r\nsim lo").is_none());
+        let got = m.feed(b"gin: rest\r\nmore");
+        assert_eq!(got.map(|g| g.index), Some(0));
+        assert_eq!(m.take_rest(), b" rest\r\nmore");
+
+        let mut m = Matcher::new(&["login:", "=> "]).unwrap();
+        assert!(m.feed(b"U-Boot 20").is_none());
+        let got = m.feed(b"23.01\r\nHit any key\r\n=> tail");
+        assert_eq!(got.map(|g| g.text), Some("=> ".to_owned()));
+        assert_eq!(m.take_rest(), b"tail");
+
+        // No match anywhere: only the new unfinished line is carried.
+        let mut m = Matcher::new(&["login:"]).unwrap();
+        assert!(m.feed(b"log").is_none());
+        assert!(m.feed(b"out\r\nlog").is_none());
+        assert_eq!(m.feed(b"in:").map(|g| g.index), Some(0));
     }
 
     /// A cached matcher starts with nothing searched, whatever the one
