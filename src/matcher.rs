@@ -235,6 +235,63 @@ mod tests {
         assert_eq!(m.feed(b"in:").map(|g| g.index), Some(0));
     }
 
+    /// However a console stream is cut into reads, the waits find what one
+    /// search of the whole stream finds, in order (patterns within a line).
+    #[test]
+    fn any_cut_of_a_stream_matches_like_the_whole_stream() {
+        let patterns = ["login:", "root@sim:[^#\n]*# ", "=> ", "Kernel panic"];
+        let mut text = Vec::new();
+        for i in 0..200 {
+            text.extend_from_slice(
+                match i % 7 {
+                    0 => "U-Boot 2023.01\r\nHit any key\r\n=> ".to_owned(),
+                    1 => format!("[ {i}.000] some kernel line {i}\r\n"),
+                    2 => "sim login: root\r\n".to_owned(),
+                    3 => format!("root@sim:/tmp/{i}# echo {i}\r\n{i}\r\n"),
+                    4 => "a very long line without any prompt at all ".repeat(5),
+                    5 => "\r\n".to_owned(),
+                    _ => "Kernel pan".to_owned(),
+                }
+                .as_bytes(),
+            );
+        }
+        // One search of the whole text: the leftmost match, then on from its end.
+        let res: Vec<Regex> = patterns.iter().map(|p| Regex::new(p).unwrap()).collect();
+        let mut want = Vec::new();
+        let mut at = 0;
+        while let Some((s, e, i)) = res
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.find_at(&text, at).map(|m| (m.start(), m.end(), i)))
+            .min_by_key(|&(s, _, i)| (s, i))
+        {
+            want.push((i, String::from_utf8_lossy(&text[s..e]).into_owned()));
+            at = e;
+        }
+        assert!(want.len() > 80, "{}", want.len());
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200 {
+            let mut m = Matcher::new(&patterns).unwrap();
+            let mut got = Vec::new();
+            let mut rest = &text[..];
+            while !rest.is_empty() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let n = (1 + seed % 300) as usize;
+                let (read, after) = rest.split_at(n.min(rest.len()));
+                rest = after;
+                let mut pending = m.feed(read);
+                while let Some(g) = pending {
+                    got.push((g.index, g.text));
+                    let carried = m.take_rest();
+                    pending = m.feed(&carried);
+                }
+            }
+            assert_eq!(got, want);
+        }
+    }
+
     /// A cached matcher starts with nothing searched, whatever the one
     /// before it saw; a bad pattern is still an error, every time.
     #[test]

@@ -1,7 +1,9 @@
 //! The store: the only module that touches sled.
 //!
 //! It owns the on-disk state: jobs (with an index by state), job events,
-//! console log chunks, test results and board health. All writes go to one
+//! console logs, test results and board health. Console bytes are appended
+//! to log segment files beside sled, which keeps an index entry per chunk
+//! (see `segments`); everything else is in sled. All writes go to one
 //! writer thread that applies a batch of queued writes and then flushes once
 //! (group commit), so sled's blocking flush never runs on an actor thread and
 //! a write is acknowledged only once it is durable. Reads run on tokio's
@@ -17,8 +19,16 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, oneshot};
 
-/// Bumped whenever the on-disk layout changes; a store with another version is refused.
-pub const SCHEMA_VERSION: u64 = 1;
+mod segments;
+use segments::Location;
+
+/// Bumped whenever the on-disk layout changes; a store with another version is refused,
+/// except those this labd upgrades in place.
+pub const SCHEMA_VERSION: u64 = 2;
+/// Schema 1 kept console bytes inline in sled's `logs` tree. Schema 2 appends
+/// new ones to segment files; the inline chunks of a schema 1 store stay
+/// where they are and are read as before, so the upgrade rewrites nothing.
+const SCHEMA_INLINE_LOGS: u64 = 1;
 /// The most writes applied before one flush.
 const MAX_BATCH: usize = 512;
 /// How long a batch of queued console bytes waits for more before its
@@ -138,7 +148,12 @@ struct Trees {
     jobs: sled::Tree,
     by_state: sled::Tree,
     events: sled::Tree,
+    /// Console log chunks stored inline (schema 1), read but no longer written.
     logs: sled::Tree,
+    /// Where each console log chunk lies in the segments: (job, offset) → `Location`.
+    log_index: sled::Tree,
+    /// The log segments' directory.
+    seg_dir: Arc<std::path::PathBuf>,
     results: sled::Tree,
     boards: sled::Tree,
 }
@@ -220,9 +235,9 @@ impl PendingLogs {
 }
 
 /// The most queued console bytes written in one go once their log group is
-/// due: at 1000 streaming boards a whole group is about 6 MB in 1000 sled
-/// inserts, a quarter of a second, and a job's Finished state would wait
-/// behind it. In slices, it waits for one slice at most.
+/// due: at 1000 streaming boards a whole group is about 6 MB in 1000
+/// chunks, and a write arriving meanwhile (a job's Finished state) goes
+/// before the next slice instead of after the whole group.
 const LOG_SLICE_BYTES: usize = 256 << 10;
 
 /// The most console bytes waiting for the writer: a store that cannot
@@ -289,20 +304,33 @@ impl Store {
             by_state: db.open_tree("jobs_by_state")?,
             events: db.open_tree("events")?,
             logs: db.open_tree("logs")?,
+            log_index: db.open_tree("log_chunks")?,
+            seg_dir: Arc::new(dir.join("logs")),
             results: db.open_tree("results")?,
             boards: db.open_tree("boards")?,
             db,
         };
         match trees.meta.get("schema_version")? {
-            Some(v) => {
-                let found = be_u64(&v);
-                if found != SCHEMA_VERSION {
+            Some(v) => match be_u64(&v) {
+                SCHEMA_VERSION => {}
+                SCHEMA_INLINE_LOGS => {
+                    trees
+                        .meta
+                        .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                    trees.db.flush()?;
+                    tracing::info!(
+                        from = SCHEMA_INLINE_LOGS,
+                        to = SCHEMA_VERSION,
+                        "store upgraded: new console bytes go to log segments"
+                    );
+                }
+                found => {
                     return Err(StoreError::Schema {
                         found,
                         expected: SCHEMA_VERSION,
                     });
                 }
-            }
+            },
             None => {
                 trees
                     .meta
@@ -310,6 +338,8 @@ impl Store {
                 trees.db.flush()?;
             }
         }
+        let appender = segments::Appender::open(&trees.seg_dir)
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let (tx, rx) = std_mpsc::channel();
         let (changes, _) = broadcast::channel(4096);
         let writer_trees = trees.clone();
@@ -318,7 +348,16 @@ impl Store {
         let writer_logs = logs.clone();
         let handle = std::thread::Builder::new()
             .name("labd-store".into())
-            .spawn(move || writer(writer_trees, rx, writer_logs, writer_changes, metrics))
+            .spawn(move || {
+                writer(
+                    writer_trees,
+                    appender,
+                    rx,
+                    writer_logs,
+                    writer_changes,
+                    metrics,
+                )
+            })
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         Ok(Store {
             trees,
@@ -515,9 +554,9 @@ impl Store {
         Ok(n)
     }
 
-    /// The store's size on disk, in bytes.
+    /// The store's size on disk, in bytes: sled's files and the log segments.
     pub fn disk_bytes(&self) -> u64 {
-        self.trees.db.size_on_disk().unwrap_or(0)
+        self.trees.db.size_on_disk().unwrap_or(0) + segments::disk_bytes(&self.trees.seg_dir)
     }
 
     async fn read<T: Send + 'static>(
@@ -624,17 +663,18 @@ impl Store {
             let mut out = Vec::new();
             let mut pos = from;
             // The chunk holding `from` may start before it.
-            let start = t
-                .logs
-                .range(key2(id, 0)..=key2(id, from))
-                .next_back()
-                .transpose()?
-                .map(|(k, _)| be_u64(&k[8..]))
-                .unwrap_or(from);
-            for kv in t.logs.range(key2(id, start)..key2(id, u64::MAX)) {
-                let (k, v) = kv?;
-                let off = be_u64(&k[8..]);
-                let end = off + v.len() as u64;
+            let before = |tree: &sled::Tree| -> Result<Option<u64>, StoreError> {
+                Ok(tree
+                    .range(key2(id, 0)..=key2(id, from))
+                    .next_back()
+                    .transpose()?
+                    .map(|(k, _)| be_u64(&k[8..])))
+            };
+            let start = before(&t.log_index)?.max(before(&t.logs)?).unwrap_or(from);
+            let mut segs = segments::Reader::new(&t.seg_dir);
+            for c in chunks(t, key2(id, start), key2(id, u64::MAX)) {
+                let (_, off, chunk) = c?;
+                let end = off + chunk.len();
                 if end <= pos {
                     continue;
                 }
@@ -644,8 +684,16 @@ impl Store {
                 }
                 let skip = (pos - off) as usize;
                 let room = max.saturating_sub(out.len());
-                let take = (v.len() - skip).min(room);
-                out.extend_from_slice(&v[skip..skip + take]);
+                let take = (chunk.len() as usize - skip).min(room);
+                match &chunk {
+                    Chunk::Inline(v) => out.extend_from_slice(&v[skip..skip + take]),
+                    Chunk::Segment(loc) => segs.read(loc, skip, take, &mut out).map_err(|e| {
+                        StoreError::Corrupt(format!(
+                            "job {id}: log chunk at byte {off} (segment {}) unreadable: {e}",
+                            loc.seg
+                        ))
+                    })?,
+                }
                 pos += take as u64;
                 if out.len() >= max {
                     break;
@@ -743,9 +791,27 @@ impl Store {
             }
         }
         let mut log_end: Option<(JobId, u64)> = None;
-        for kv in t.logs.iter() {
-            let (k, v) = kv?;
-            let (id, off) = (be_u64(&k[..8]), be_u64(&k[8..]));
+        let mut seg_len: std::collections::HashMap<u32, Option<u64>> = Default::default();
+        for c in chunks(t, [0; 16], [0xff; 16]) {
+            let (id, off, chunk) = c?;
+            if let Chunk::Segment(loc) = &chunk {
+                let len = *seg_len.entry(loc.seg).or_insert_with(|| {
+                    std::fs::metadata(segments::path(&t.seg_dir, loc.seg))
+                        .ok()
+                        .map(|m| m.len())
+                });
+                match len {
+                    None => problems.push(format!(
+                        "log of job {id}: chunk at byte {off} in segment {}, which is missing",
+                        loc.seg
+                    )),
+                    Some(n) if loc.pos + u64::from(loc.len) > n => problems.push(format!(
+                        "log of job {id}: chunk at byte {off} ends past segment {}'s end",
+                        loc.seg
+                    )),
+                    Some(_) => {}
+                }
+            }
             let expected = match log_end {
                 Some((j, end)) if j == id => end,
                 _ => {
@@ -765,7 +831,7 @@ impl Store {
                     }
                 ));
             }
-            log_end = Some((id, off + v.len() as u64));
+            log_end = Some((id, off + chunk.len()));
         }
         // Each finished job ended exactly once (its state events say so).
         let mut ends: std::collections::BTreeMap<JobId, usize> = Default::default();
@@ -801,6 +867,7 @@ impl Store {
 
 fn writer(
     t: Trees,
+    mut segs: segments::Appender,
     rx: std_mpsc::Receiver<Write>,
     logs: Arc<Mutex<PendingLogs>>,
     changes: broadcast::Sender<Change>,
@@ -817,6 +884,10 @@ fn writer(
     let mut drain_upto: Option<std::time::Instant> = None;
     // Changes written but not yet flushed (a slice of due console bytes).
     let mut unflushed: Vec<Change> = Vec::new();
+    // Console chunks appended to the segments, to be indexed with the next flush.
+    let mut unindexed: Vec<(JobId, u64, Location)> = Vec::new();
+    // The last turn wrote a batch of writes and put a due slice off.
+    let mut slice_put_off = false;
     loop {
         // Queued console bytes are nobody's acknowledgement: they wait up to
         // LOG_GROUP for more, so that a lab of streaming consoles costs a few
@@ -882,36 +953,60 @@ fn writer(
                 );
                 p.dropped = 0;
             }
-            let queued = p.take(&own, LOG_SLICE_BYTES, all, drain_upto);
+            // A write waiting for its reply goes before the next slice of
+            // due bytes, which the next turn writes; a turn that put a slice
+            // off always writes one, so a stream of writes cannot stall the
+            // drain.
+            let slice = if batch.is_empty() || slice_put_off {
+                LOG_SLICE_BYTES
+            } else {
+                0
+            };
+            slice_put_off = slice == 0 && drain_upto.is_some();
+            let queued = p.take(&own, slice, all, drain_upto);
             logs_due = p.due();
             if logs_due.zip(drain_upto).is_none_or(|(d, u)| d > u) {
                 drain_upto = None;
             }
             queued
         };
-        if batch.is_empty() && queued.is_empty() && unflushed.is_empty() && !closing {
+        if batch.is_empty()
+            && queued.is_empty()
+            && unflushed.is_empty()
+            && unindexed.is_empty()
+            && !closing
+        {
             continue;
         }
+        // A slice that more slices follow, with no reply waiting on it, is
+        // not flushed on its own: the last slice (or the next write's reply)
+        // flushes it, so slicing costs no extra flushes. Its bytes are
+        // appended to the segment now, and indexed (after one sync of the
+        // segment) and published only with that flush.
+        let flushes = !batch.is_empty() || drain_upto.is_none() || closing;
         // The time spent writing, not waiting for a log group to fill.
         let started = std::time::Instant::now();
         let chunks = queued.len();
         let mut done: Vec<Reply> = Vec::new();
         let mut published = std::mem::take(&mut unflushed);
         for (id, offset, bytes) in queued {
-            let end = offset + bytes.len() as u64;
-            match t.logs.insert(key2(id, offset), bytes) {
-                Ok(_) => published.push(Change::Log { id, end }),
+            match segs.append(&bytes) {
+                Ok(loc) => unindexed.push((id, offset, loc)),
                 Err(e) => tracing::error!(job = id, error = %e, "storing console bytes failed"),
             }
         }
-        for w in batch {
-            apply(&t, w, &mut done, &mut published);
+        // Indexed before the batch is applied: whoever sees a job's
+        // Finished state can read its last bytes.
+        if flushes {
+            let appended = std::mem::take(&mut unindexed);
+            if let Err(e) = index_chunks(&t, &mut segs, appended, &mut published) {
+                tracing::error!(error = %e, "storing console bytes failed");
+            }
         }
-        // A slice that more slices follow, with no reply waiting on it, is
-        // not flushed on its own: the last slice (or the next write's reply)
-        // flushes it, so slicing costs no extra flushes. What it changed is
-        // published only once flushed.
-        if done.is_empty() && drain_upto.is_some() && !closing {
+        for w in batch {
+            apply(&t, &mut segs, w, &mut done, &mut published);
+        }
+        if !flushes {
             unflushed = published;
             continue;
         }
@@ -1022,8 +1117,97 @@ fn update_then(
     Ok((new, stored))
 }
 
+/// Indexes chunks appended to the segments, once their bytes are durable:
+/// an index entry never points at bytes a crash could lose.
+fn index_chunks(
+    t: &Trees,
+    segs: &mut segments::Appender,
+    appended: Vec<(JobId, u64, Location)>,
+    published: &mut Vec<Change>,
+) -> Result<(), StoreError> {
+    if appended.is_empty() {
+        return Ok(());
+    }
+    segs.sync()
+        .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+    let mut batch = sled::Batch::default();
+    for (id, offset, loc) in &appended {
+        batch.insert(&key2(*id, *offset)[..], &loc.encode()[..]);
+    }
+    t.log_index.apply_batch(batch)?;
+    published.extend(appended.into_iter().map(|(id, offset, loc)| Change::Log {
+        id,
+        end: offset + u64::from(loc.len),
+    }));
+    Ok(())
+}
+
+/// A chunk of a job's console log: in a segment, or inline in sled (a
+/// schema 1 store's).
+enum Chunk {
+    Inline(sled::IVec),
+    Segment(Location),
+}
+
+impl Chunk {
+    fn len(&self) -> u64 {
+        match self {
+            Chunk::Inline(v) => v.len() as u64,
+            Chunk::Segment(l) => u64::from(l.len),
+        }
+    }
+}
+
+/// The console log chunks keyed (job, offset) in `lo..hi`, segment and
+/// inline ones merged, in key order.
+fn chunks(
+    t: &Trees,
+    lo: [u8; 16],
+    hi: [u8; 16],
+) -> impl Iterator<Item = Result<(JobId, u64, Chunk), StoreError>> {
+    fn parse(
+        kv: sled::Result<(sled::IVec, sled::IVec)>,
+        in_segment: bool,
+    ) -> Result<(JobId, u64, Chunk), StoreError> {
+        let (k, v) = kv?;
+        let chunk = if in_segment {
+            Chunk::Segment(Location::decode(&v).ok_or_else(|| {
+                StoreError::Corrupt(format!("a log index entry of {} bytes", v.len()))
+            })?)
+        } else {
+            Chunk::Inline(v)
+        };
+        Ok((be_u64(&k[..8]), be_u64(&k[8..]), chunk))
+    }
+    let mut seg = t
+        .log_index
+        .range(lo..hi)
+        .map(|kv| parse(kv, true))
+        .peekable();
+    let mut inline = t.logs.range(lo..hi).map(|kv| parse(kv, false)).peekable();
+    std::iter::from_fn(move || {
+        let from_seg = match (seg.peek(), inline.peek()) {
+            (None, None) => return None,
+            (Some(_), None) | (Some(Err(_)), _) => true,
+            (None, Some(_)) | (_, Some(Err(_))) => false,
+            (Some(Ok(a)), Some(Ok(b))) => (a.0, a.1) <= (b.0, b.1),
+        };
+        if from_seg {
+            seg.next()
+        } else {
+            inline.next()
+        }
+    })
+}
+
 /// Applies one write; its reply waits for the batch's flush.
-fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>) {
+fn apply(
+    t: &Trees,
+    segs: &mut segments::Appender,
+    w: Write,
+    done: &mut Vec<Reply>,
+    published: &mut Vec<Change>,
+) {
     fn defer<T: Send + 'static>(
         done: &mut Vec<Reply>,
         tx: oneshot::Sender<Result<T, StoreError>>,
@@ -1069,15 +1253,10 @@ fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>
             defer(done, tx, r);
         }
         Write::Log(id, offset, bytes, tx) => {
-            let end = offset + bytes.len() as u64;
-            let r = t
-                .logs
-                .insert(key2(id, offset), bytes)
-                .map(|_| ())
-                .map_err(StoreError::from);
-            if r.is_ok() {
-                published.push(Change::Log { id, end });
-            }
+            let r = segs
+                .append(&bytes)
+                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))
+                .and_then(|loc| index_chunks(t, segs, vec![(id, offset, loc)], published));
             defer(done, tx, r);
         }
         Write::LogsQueued => {}
@@ -1102,19 +1281,18 @@ fn apply(t: &Trees, w: Write, done: &mut Vec<Reply>, published: &mut Vec<Change>
                 .map_err(StoreError::from);
             defer(done, tx, r);
         }
-        Write::Prune(r, tx) => defer(done, tx, prune(t, r)),
+        Write::Prune(r, tx) => defer(done, tx, prune(t, segs.current(), r)),
     }
 }
 
-fn prune(t: &Trees, r: Retention) -> Result<PruneReport, StoreError> {
+fn prune(t: &Trees, current: Option<u32>, r: Retention) -> Result<PruneReport, StoreError> {
     // Log sizes per job, in id order (which is submit order).
     let mut sizes: Vec<(JobId, u64)> = Vec::new();
-    for kv in t.logs.iter() {
-        let (k, v) = kv?;
-        let id = be_u64(&k[..8]);
+    for c in chunks(t, [0; 16], [0xff; 16]) {
+        let (id, _, chunk) = c?;
         match sizes.last_mut() {
-            Some((last, n)) if *last == id => *n += v.len() as u64,
-            _ => sizes.push((id, v.len() as u64)),
+            Some((last, n)) if *last == id => *n += chunk.len(),
+            _ => sizes.push((id, chunk.len())),
         }
     }
     let mut report = PruneReport {
@@ -1134,11 +1312,13 @@ fn prune(t: &Trees, r: Retention) -> Result<PruneReport, StoreError> {
         if !(old || over) {
             continue;
         }
-        let mut batch = sled::Batch::default();
-        for kv in t.logs.scan_prefix(id.to_be_bytes()) {
-            batch.remove(kv?.0);
+        for tree in [&t.log_index, &t.logs] {
+            let mut batch = sled::Batch::default();
+            for kv in tree.scan_prefix(id.to_be_bytes()) {
+                batch.remove(kv?.0);
+            }
+            tree.apply_batch(batch)?;
         }
-        t.logs.apply_batch(batch)?;
         let mut j = j;
         j.log_pruned = true;
         t.jobs.insert(id.to_be_bytes(), enc(&j))?;
@@ -1146,7 +1326,35 @@ fn prune(t: &Trees, r: Retention) -> Result<PruneReport, StoreError> {
         report.bytes += size;
         report.kept_bytes -= size;
     }
+    reclaim_segments(t, current)?;
     Ok(report)
+}
+
+/// Deletes the log segments no index entry points into (all their jobs'
+/// logs pruned, or bytes never indexed), except the one being appended to,
+/// once the removals that freed them are durable.
+fn reclaim_segments(t: &Trees, current: Option<u32>) -> Result<(), StoreError> {
+    let mut live = std::collections::BTreeSet::new();
+    for kv in t.log_index.iter() {
+        if let Some(l) = Location::decode(&kv?.1) {
+            live.insert(l.seg);
+        }
+    }
+    let dead: Vec<u32> = segments::list(&t.seg_dir)
+        .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
+        .into_iter()
+        .filter(|s| Some(*s) != current && !live.contains(s))
+        .collect();
+    if dead.is_empty() {
+        return Ok(());
+    }
+    t.db.flush()?;
+    for s in dead {
+        if let Err(e) = std::fs::remove_file(segments::path(&t.seg_dir, s)) {
+            tracing::warn!(segment = s, error = %e, "removing a log segment failed");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1341,6 +1549,138 @@ mod tests {
         assert_eq!(store.log(running.id, 0, 10).await.unwrap().0.len(), 10);
         assert!(store.job(done.id).await.unwrap().log_pruned);
         assert_eq!(store.check().unwrap(), Vec::<String>::new());
+    }
+
+    /// A schema 1 store (console bytes inline in sled) opens upgraded: its
+    /// old chunks read as before, new bytes go to a segment, and a log read
+    /// joins the two.
+    #[tokio::test]
+    async fn a_schema_1_store_is_upgraded_and_keeps_its_inline_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, Default::default()).unwrap();
+        let old = store.insert_job(record("old")).await.unwrap().id;
+        let t = &store.trees;
+        t.logs.insert(key2(old, 0), &b"U-Boot "[..]).unwrap();
+        t.logs.insert(key2(old, 7), &b"2023.01"[..]).unwrap();
+        t.meta
+            .insert("schema_version", &1u64.to_be_bytes())
+            .unwrap();
+        store.close();
+
+        let store = Store::open(dir.path(), 1 << 20, Default::default()).unwrap();
+        let v = store.trees.meta.get("schema_version").unwrap().unwrap();
+        assert_eq!(be_u64(&v), SCHEMA_VERSION);
+        store
+            .append_log(old, 14, b"\r\n=> ".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.log(old, 0, 100).await.unwrap(),
+            (b"U-Boot 2023.01\r\n=> ".to_vec(), 19)
+        );
+        assert_eq!(
+            store.log(old, 10, 6).await.unwrap(),
+            (b"3.01\r\n".to_vec(), 16)
+        );
+        assert_eq!(store.trees.logs.len(), 2, "old chunks stay where they are");
+        assert_eq!(store.trees.log_index.len(), 1, "new ones go to a segment");
+        assert_eq!(store.check().unwrap(), Vec::<String>::new());
+        store.close();
+
+        // A version this labd does not know is refused, and left alone.
+        let db = sled::open(dir.path().join("db")).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &9u64.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let e = Store::open(dir.path(), 1 << 20, Default::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::Schema {
+                    found: 9,
+                    expected: SCHEMA_VERSION
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    /// A segment goes once every log in it is pruned, and not before; the
+    /// segment being appended to stays. `check` notices a missing segment.
+    #[tokio::test]
+    async fn pruned_logs_give_their_segments_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, Default::default()).unwrap();
+        let seg_dir = dir.path().join("logs");
+        let half = vec![b'x'; (segments::SEGMENT_BYTES / 2 + 1) as usize];
+        let done = store.insert_job(record("done")).await.unwrap().id;
+        let running = store.insert_job(record("running")).await.unwrap().id;
+        // Segment 1: done's log and the start of running's; segment 2: the
+        // rest of running's.
+        store.append_log(done, 0, half.clone()).await.unwrap();
+        store
+            .append_log(running, 0, b"boot".to_vec())
+            .await
+            .unwrap();
+        store.append_log(running, 4, half.clone()).await.unwrap();
+        assert_eq!(segments::list(&seg_dir).unwrap(), vec![1, 2]);
+        store
+            .update_job(done, |j| {
+                j.finish(JobOutcome::canceled("test"));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let all = Retention {
+            ended_before: Some(u64::MAX),
+            max_total_bytes: None,
+        };
+        assert_eq!(store.prune_logs(all).await.unwrap().jobs, 1);
+        assert_eq!(
+            segments::list(&seg_dir).unwrap(),
+            vec![1, 2],
+            "running's first chunk keeps segment 1"
+        );
+        store
+            .update_job(running, |j| {
+                j.finish(JobOutcome::canceled("test"));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let before = segments::disk_bytes(&seg_dir);
+        assert!(
+            store.disk_bytes() > before,
+            "the store's size counts its segments"
+        );
+        assert_eq!(store.prune_logs(all).await.unwrap().jobs, 1);
+        assert_eq!(
+            segments::list(&seg_dir).unwrap(),
+            vec![2],
+            "segment 1 went, the one appended to stays"
+        );
+        assert_eq!(
+            segments::disk_bytes(&seg_dir),
+            before - half.len() as u64 - 4
+        );
+        assert_eq!(store.check().unwrap(), Vec::<String>::new());
+
+        let next = store.insert_job(record("next")).await.unwrap().id;
+        store.append_log(next, 0, b"=> ".to_vec()).await.unwrap();
+        std::fs::remove_file(segments::path(&seg_dir, 2)).unwrap();
+        let p = store.check().unwrap();
+        assert!(
+            p.iter()
+                .any(|l| l.contains("chunk at byte 0 in segment 2, which is missing")),
+            "{p:?}"
+        );
+        assert!(matches!(
+            store.log(next, 0, 10).await,
+            Err(StoreError::Corrupt(m)) if m.contains("unreadable")
+        ));
     }
 
     #[tokio::test]

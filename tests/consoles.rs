@@ -373,7 +373,7 @@ while True:
         )
         .await;
         let (end, log) = wait_job(&mut c, id).await;
-        assert_eq!(end["health"], "Complete", "{log}");
+        assert_eq!(end["health"], "Complete", "{}: {log}", end["error"]);
         let r = c
             .call(labd::protocol::RequestBody::Results { job: id })
             .await

@@ -7,8 +7,9 @@
 //! console bytes it took in over that window from its metrics. At the end
 //! labd is stopped and its store is read back: every streamed line of every
 //! job must be in the job's stored log, in order; and the time from each
-//! job's last signal (its ENDRUN), and from the runner's end (the board's
-//! `PoweringOff` phase) to its Finished state are reported.
+//! job's last signal (its ENDRUN), from the runner's end (the board's
+//! `PoweringOff` phase), and from the relay's answer (the `power-off` event)
+//! to its Finished state are reported.
 
 use crate::lab::{self, Labd, Sim};
 use anyhow::{bail, Context, Result};
@@ -219,6 +220,7 @@ async fn check_store(
     let store = labd::store::Store::open(&state.join("store"), 64 << 20, Default::default())?;
     let mut finish_ms = Vec::new();
     let mut end_ms = Vec::new();
+    let mut off_ms = Vec::new();
     let mut stored = 0u64;
     for &id in ids {
         let job = store.job(id).await?;
@@ -256,6 +258,13 @@ async fn check_store(
             .find(|e| e.kind == "phase" && e.message == "PoweringOff")
             .with_context(|| format!("job {id} has no PoweringOff phase"))?;
         end_ms.push(end.saturating_sub(off.time) as f64);
+        // The relay's answer: what is left is labd's own.
+        let powered_off = events
+            .iter()
+            .rev()
+            .find(|e| e.kind == "power-off")
+            .with_context(|| format!("job {id} has no power-off event"))?;
+        off_ms.push(end.saturating_sub(powered_off.time) as f64);
     }
     Ok(serde_json::json!({
         "jobs_complete": ids.len(),
@@ -265,5 +274,8 @@ async fn check_store(
         "endrun_to_finished_ms_max": finish_ms.iter().copied().fold(0.0, f64::max),
         "runner_end_to_finished_ms_p50": lab::percentile(&mut end_ms.clone(), 0.5),
         "runner_end_to_finished_ms_max": end_ms.iter().copied().fold(0.0, f64::max),
+        "powered_off_to_finished_ms_p50": lab::percentile(&mut off_ms.clone(), 0.5),
+        "powered_off_to_finished_ms_p90": lab::percentile(&mut off_ms.clone(), 0.9),
+        "powered_off_to_finished_ms_max": off_ms.iter().copied().fold(0.0, f64::max),
     }))
 }

@@ -1,0 +1,249 @@
+//! Console log segments: the store's append-only files for console bytes.
+//!
+//! Console bytes are nearly all of what a lab stores: a streaming board
+//! sends 11.5 KB a second. Kept in sled, every 5.5 KB chunk cost about a
+//! quarter of a millisecond of tree maintenance: at 1000 streaming boards a
+//! quarter of a core, and a job's Finished state waited behind it. So the
+//! bytes are appended to segment files (`NNNNNNNNNN.seg` in the store's
+//! `logs/` directory), and sled keeps one 16-byte index entry per chunk:
+//! which segment, where in it, how long.
+//!
+//! Only the store's writer thread appends. It inserts a chunk's index entry
+//! only after the chunk's bytes are on disk (`fdatasync`), so no entry ever
+//! points at bytes a crash could lose. Bytes written but never indexed (the
+//! daemon killed in between) are dead space, reclaimed with their segment,
+//! which goes once no index entry points into it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// A segment is closed once it holds this much, and the next one begun.
+/// Large enough that a lab rolls over rarely, small enough that retention
+/// gets space back soon after the jobs in a segment are pruned.
+pub(super) const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Where a chunk of console bytes lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Location {
+    pub seg: u32,
+    pub pos: u64,
+    pub len: u32,
+}
+
+impl Location {
+    pub fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&self.seg.to_be_bytes());
+        b[4..12].copy_from_slice(&self.pos.to_be_bytes());
+        b[12..].copy_from_slice(&self.len.to_be_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Location> {
+        let b: &[u8; 16] = b.try_into().ok()?;
+        Some(Location {
+            seg: u32::from_be_bytes(b[..4].try_into().ok()?),
+            pos: u64::from_be_bytes(b[4..12].try_into().ok()?),
+            len: u32::from_be_bytes(b[12..].try_into().ok()?),
+        })
+    }
+}
+
+pub(super) fn path(dir: &Path, seg: u32) -> PathBuf {
+    dir.join(format!("{seg:010}.seg"))
+}
+
+/// The segments in `dir`, in order.
+pub(super) fn list(dir: &Path) -> std::io::Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let Some(n) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
+            continue;
+        };
+        if let Ok(n) = n.parse() {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The bytes all segments in `dir` take.
+pub(super) fn disk_bytes(dir: &Path) -> u64 {
+    list(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| std::fs::metadata(path(dir, s)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The writer thread's end: appends to the newest segment.
+pub(super) struct Appender {
+    dir: PathBuf,
+    /// The segment appended to, its number and length.
+    current: Option<(u32, File, u64)>,
+    /// Earlier segments written since the last sync.
+    rolled: Vec<File>,
+    /// The current segment was written since the last sync.
+    dirty: bool,
+}
+
+impl Appender {
+    /// Opens `dir` (made if missing) to append after its newest segment's
+    /// end: whatever a killed daemon wrote there is never overwritten.
+    pub fn open(dir: &Path) -> std::io::Result<Appender> {
+        std::fs::create_dir_all(dir)?;
+        let current = match list(dir)?.last() {
+            Some(&seg) => {
+                let f = OpenOptions::new().append(true).open(path(dir, seg))?;
+                let len = f.metadata()?.len();
+                Some((seg, f, len))
+            }
+            None => None,
+        };
+        Ok(Appender {
+            dir: dir.to_owned(),
+            current,
+            rolled: Vec::new(),
+            dirty: false,
+        })
+    }
+
+    /// The segment being appended to, which is never reclaimed.
+    pub fn current(&self) -> Option<u32> {
+        self.current.as_ref().map(|(s, _, _)| *s)
+    }
+
+    /// Appends `bytes`; they are durable after the next [`Appender::sync`].
+    pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<Location> {
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| std::io::Error::other("a console chunk over 4 GiB"))?;
+        let full = self
+            .current
+            .as_ref()
+            .is_none_or(|(_, _, n)| *n > 0 && n + bytes.len() as u64 > SEGMENT_BYTES);
+        if full {
+            let next = self.current().map_or(1, |s| s + 1);
+            let f = OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .open(path(&self.dir, next))?;
+            // The new file's name must survive a crash as much as its bytes.
+            File::open(&self.dir)?.sync_all()?;
+            if let Some((_, old, _)) = self.current.replace((next, f, 0)) {
+                if self.dirty {
+                    self.rolled.push(old);
+                }
+            }
+            self.dirty = false;
+        }
+        let (seg, f, n) = self
+            .current
+            .as_mut()
+            // Invariant: a segment was opened just above when there was none.
+            .ok_or_else(|| std::io::Error::other("no segment open"))?;
+        let pos = *n;
+        if let Err(e) = f.write_all(bytes) {
+            // A short write leaves dead bytes: the next chunk goes after
+            // them, where the file now ends.
+            *n = f.metadata().map_or(*n, |m| m.len());
+            return Err(e);
+        }
+        *n += bytes.len() as u64;
+        self.dirty = true;
+        Ok(Location {
+            seg: *seg,
+            pos,
+            len,
+        })
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        for f in self.rolled.drain(..) {
+            f.sync_data()?;
+        }
+        if self.dirty {
+            if let Some((_, f, _)) = &self.current {
+                f.sync_data()?;
+            }
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+/// Reads chunks, keeping the last segment it read open.
+pub(super) struct Reader<'a> {
+    dir: &'a Path,
+    open: Option<(u32, File)>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(dir: &'a Path) -> Self {
+        Reader { dir, open: None }
+    }
+
+    /// Appends `take` bytes of the chunk at `loc`, from `skip` into it, to `out`.
+    pub fn read(
+        &mut self,
+        loc: &Location,
+        skip: usize,
+        take: usize,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        if self.open.as_ref().is_none_or(|(s, _)| *s != loc.seg) {
+            self.open = Some((loc.seg, File::open(path(self.dir, loc.seg))?));
+        }
+        let Some((_, f)) = &self.open else {
+            return Err(std::io::Error::other("no segment open"));
+        };
+        let at = out.len();
+        out.resize(at + take, 0);
+        f.read_exact_at(&mut out[at..], loc.pos + skip as u64)
+            .inspect_err(|_| out.truncate(at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Appends land where their locations say, across a roll-over and a
+    /// reopen; a reopened appender never writes over what is there.
+    #[test]
+    fn chunks_read_back_across_segments_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![7u8; (SEGMENT_BYTES / 2 + 1) as usize];
+        let mut a = Appender::open(dir.path()).unwrap();
+        let l1 = a.append(b"first").unwrap();
+        let l2 = a.append(&big).unwrap();
+        let l3 = a.append(&big).unwrap();
+        a.sync().unwrap();
+        assert_eq!((l1.seg, l1.pos), (1, 0));
+        assert_eq!((l2.seg, l2.pos), (1, 5));
+        assert_eq!((l3.seg, l3.pos), (2, 0), "a full segment rolls over");
+        drop(a);
+        let mut a = Appender::open(dir.path()).unwrap();
+        let l4 = a.append(b"after a restart").unwrap();
+        a.sync().unwrap();
+        assert_eq!((l4.seg, l4.pos), (2, big.len() as u64));
+        assert_eq!(list(dir.path()).unwrap(), vec![1, 2]);
+        let mut r = Reader::new(dir.path());
+        let mut out = Vec::new();
+        r.read(&l1, 1, 3, &mut out).unwrap();
+        r.read(&l4, 0, l4.len as usize, &mut out).unwrap();
+        r.read(&l3, 0, 2, &mut out).unwrap();
+        assert_eq!(out, b"irsafter a restart\x07\x07");
+        assert_eq!(Location::decode(&l4.encode()), Some(l4));
+        assert_eq!(Location::decode(b"short"), None);
+        // A chunk past a segment's end is an error, not zeros.
+        let past = Location { pos: 1 << 40, ..l1 };
+        assert!(r.read(&past, 0, 1, &mut out).is_err());
+        assert_eq!(out.len(), 20);
+    }
+}
