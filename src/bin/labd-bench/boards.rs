@@ -139,6 +139,19 @@ fn run(o: &Opts) -> Result<serde_json::Value> {
             if testing == o.boards {
                 break;
             }
+            // Every board got its job at its submit; one without a job has
+            // ended it, so the streams will never all run at once (a
+            // machine too busy for the setup to fit in --seconds).
+            let ended = b["boards"]
+                .as_array()
+                .map(|a| a.iter().filter(|b| b["job"].is_null()).count())
+                .unwrap_or(0);
+            if ended > 0 {
+                bail!(
+                    "{ended} boards ended their job before all {} reached their test (only {testing} in it): make --seconds longer",
+                    o.boards
+                );
+            }
             if Instant::now() > deadline {
                 bail!("only {testing} of {} boards reached their test", o.boards);
             }
