@@ -882,8 +882,6 @@ fn writer(
     // the soonest (a few flushes a second for a lab of streaming boards),
     // and nothing queued since, so it ends even while boards keep talking.
     let mut drain_upto: Option<std::time::Instant> = None;
-    // Changes written but not yet flushed (a slice of due console bytes).
-    let mut unflushed: Vec<Change> = Vec::new();
     // Console chunks appended to the segments, to be indexed with the next flush.
     let mut unindexed: Vec<(JobId, u64, Location)> = Vec::new();
     // The last turn wrote a batch of writes and put a due slice off.
@@ -970,12 +968,7 @@ fn writer(
             }
             queued
         };
-        if batch.is_empty()
-            && queued.is_empty()
-            && unflushed.is_empty()
-            && unindexed.is_empty()
-            && !closing
-        {
+        if batch.is_empty() && queued.is_empty() && unindexed.is_empty() && !closing {
             continue;
         }
         // A slice that more slices follow, with no reply waiting on it, is
@@ -988,27 +981,24 @@ fn writer(
         let started = std::time::Instant::now();
         let chunks = queued.len();
         let mut done: Vec<Reply> = Vec::new();
-        let mut published = std::mem::take(&mut unflushed);
+        let mut published = Vec::new();
         for (id, offset, bytes) in queued {
             match segs.append(&bytes) {
                 Ok(loc) => unindexed.push((id, offset, loc)),
                 Err(e) => tracing::error!(job = id, error = %e, "storing console bytes failed"),
             }
         }
+        if !flushes {
+            continue;
+        }
         // Indexed before the batch is applied: whoever sees a job's
         // Finished state can read its last bytes.
-        if flushes {
-            let appended = std::mem::take(&mut unindexed);
-            if let Err(e) = index_chunks(&t, &mut segs, appended, &mut published) {
-                tracing::error!(error = %e, "storing console bytes failed");
-            }
+        let appended = std::mem::take(&mut unindexed);
+        if let Err(e) = index_chunks(&t, &mut segs, appended, &mut published) {
+            tracing::error!(error = %e, "storing console bytes failed");
         }
         for w in batch {
             apply(&t, &mut segs, w, &mut done, &mut published);
-        }
-        if !flushes {
-            unflushed = published;
-            continue;
         }
         let flushed = t.db.flush().map(|_| ()).map_err(StoreError::from);
         metrics.store_batch(done.len() + chunks, started.elapsed());
