@@ -772,6 +772,24 @@ pub struct PtyConsole {
     pub link: PathBuf,
 }
 
+/// A pty console's slave, held open while the console is, and its link:
+/// when the console closes, the link goes with it, unless a newer console
+/// already moved it to its own pty. A driver then finds no link instead of
+/// one to a pty nobody reads.
+struct PtyLink {
+    _slave: std::os::fd::OwnedFd,
+    link: PathBuf,
+    target: PathBuf,
+}
+
+impl Drop for PtyLink {
+    fn drop(&mut self) {
+        if std::fs::read_link(&self.link).is_ok_and(|t| t == self.target) {
+            let _ = std::fs::remove_file(&self.link);
+        }
+    }
+}
+
 impl PtyConsole {
     fn open(&self) -> std::io::Result<ConsoleIo> {
         let pty = nix::pty::openpty(None, None)?;
@@ -790,7 +808,11 @@ impl PtyConsole {
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&slave_path, &tmp)?;
         std::fs::rename(&tmp, &self.link)?;
-        let slave: std::sync::Arc<dyn std::any::Any + Send + Sync> = std::sync::Arc::new(pty.slave);
+        let slave: std::sync::Arc<dyn std::any::Any + Send + Sync> = std::sync::Arc::new(PtyLink {
+            _slave: pty.slave,
+            link: self.link.clone(),
+            target: slave_path,
+        });
         let io = fd_console(pty.master, FdKind::Pty)?;
         Ok(ConsoleIo {
             reader: io.reader.holding(slave),
@@ -1170,8 +1192,15 @@ mod tests {
         driver.write_all(b"again").unwrap();
         read_until(&mut reader, &mut pacer, b"again").await;
 
-        // Opening the console anew makes a new pty and moves the link.
-        let _second = console.connect().await.unwrap();
-        assert_ne!(std::fs::read_link(&console.link).unwrap(), slave);
+        // Opening the console anew makes a new pty and moves the link; the
+        // old console closing leaves the new link alone.
+        let second = console.connect().await.unwrap();
+        let second_slave = std::fs::read_link(&console.link).unwrap();
+        assert_ne!(second_slave, slave);
+        drop((reader, writer));
+        assert_eq!(std::fs::read_link(&console.link).unwrap(), second_slave);
+        // The last console closing takes its link away.
+        drop(second);
+        assert!(std::fs::symlink_metadata(&console.link).is_err());
     }
 }

@@ -507,7 +507,11 @@ mod tests {
         let console = PtyConsole {
             link: dir.path().join("board.console"),
         };
-        let ConsoleIo { mut writer, .. } = console.connect().await.unwrap();
+        // The reader holds the pty's link: it stays, unread.
+        let ConsoleIo {
+            mut writer,
+            reader: _reader,
+        } = console.connect().await.unwrap();
         writer.write_all(b"stale keys").await.unwrap();
         discard_pending_input(&console.link);
         let mut qemu = crate::console::open_driver(&console.link);
