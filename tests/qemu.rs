@@ -73,17 +73,24 @@ fn a_qemu_board_runs_only_once_its_console_is_attached_and_no_byte_is_lost() {
 }
 
 /// On a pty console the console is attached before QEMU starts and stays
-/// attached across power cycles; QEMU opens the pty through labd's link.
+/// attached across power cycles; QEMU opens the pty through labd's link,
+/// which goes when labd stops.
 #[test]
 fn a_qemu_board_on_a_pty_console_is_read_from_its_first_byte_across_power_cycles() {
     if !have_qemu() {
         return;
     }
-    let lab = qemu_pty_lab();
+    let mut lab = qemu_pty_lab();
     two_jobs_from_the_first_byte(&lab);
     let link = lab.dir.path().join("qemu-01.console");
     let target = std::fs::read_link(&link).expect("the console's link");
     assert!(target.starts_with("/dev/pts"), "{}", target.display());
+    lab.terminate_labd();
+    assert!(lab.wait_labd());
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "the link to a pty nobody reads any more is left behind"
+    );
 }
 
 fn two_jobs_from_the_first_byte(lab: &Lab) {
