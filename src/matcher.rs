@@ -93,21 +93,12 @@ impl Matcher {
         Ok(m)
     }
 
-    /// Keeps only what a later match could still need: the unfinished line,
-    /// bounded.
+    /// Keeps only what a later match could still need from `bytes`, read
+    /// after an empty buffer: their unfinished line, bounded.
     fn keep_tail(&mut self, bytes: &[u8]) {
-        let tail = match memchr::memrchr(b'\n', bytes) {
-            Some(nl) => {
-                self.buf.clear();
-                &bytes[nl + 1..]
-            }
-            None => bytes,
-        };
-        self.buf.extend_from_slice(tail);
-        if self.buf.len() > MAX_LINE {
-            let cut = self.buf.len() - MAX_LINE;
-            self.buf.drain(..cut);
-        }
+        let start = memchr::memrchr(b'\n', bytes).map_or(0, |nl| nl + 1);
+        self.buf.extend_from_slice(&bytes[start..]);
+        self.bound();
     }
 
     /// [`Matcher::keep_tail`] for bytes already in the buffer.
@@ -115,6 +106,12 @@ impl Matcher {
         if let Some(nl) = memchr::memrchr(b'\n', &self.buf) {
             self.buf.drain(..=nl);
         }
+        self.bound();
+    }
+
+    /// A console that never sends a line break cannot grow the buffer
+    /// beyond `MAX_LINE`.
+    fn bound(&mut self) {
         if self.buf.len() > MAX_LINE {
             let cut = self.buf.len() - MAX_LINE;
             self.buf.drain(..cut);

@@ -53,6 +53,11 @@ pub enum StoreError {
     Closed,
 }
 
+/// An I/O error of the store's own files (sled's directory, log segments).
+fn io_err(e: std::io::Error) -> StoreError {
+    StoreError::Sled(sled::Error::Io(e))
+}
+
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Sled(e)
@@ -292,7 +297,7 @@ impl Store {
         cache_capacity: u64,
         metrics: crate::metrics::Metrics,
     ) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        std::fs::create_dir_all(dir).map_err(io_err)?;
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(cache_capacity)
@@ -338,8 +343,7 @@ impl Store {
                 trees.db.flush()?;
             }
         }
-        let appender = segments::Appender::open(&trees.seg_dir)
-            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let appender = segments::Appender::open(&trees.seg_dir).map_err(io_err)?;
         let (tx, rx) = std_mpsc::channel();
         let (changes, _) = broadcast::channel(4096);
         let writer_trees = trees.clone();
@@ -358,7 +362,7 @@ impl Store {
                     metrics,
                 )
             })
-            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+            .map_err(io_err)?;
         Ok(Store {
             trees,
             tx,
@@ -548,7 +552,7 @@ impl Store {
                 .scan_prefix(prefix)
                 .map(|kv| dec(&kv?.1))
                 .collect::<Result<_, _>>()?;
-            f(j, events, results).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+            f(j, events, results).map_err(io_err)?;
             n += 1;
         }
         Ok(n)
@@ -792,7 +796,7 @@ impl Store {
         }
         let mut log_end: Option<(JobId, u64)> = None;
         let mut seg_len: std::collections::HashMap<u32, Option<u64>> = Default::default();
-        for c in chunks(t, [0; 16], [0xff; 16]) {
+        for c in all_chunks(t) {
             let (id, off, chunk) = c?;
             if let Chunk::Segment(loc) = &chunk {
                 let len = *seg_len.entry(loc.seg).or_insert_with(|| {
@@ -979,7 +983,7 @@ fn writer(
         let flushes = !batch.is_empty() || drain_upto.is_none() || closing;
         // The time spent writing, not waiting for a log group to fill.
         let started = std::time::Instant::now();
-        let chunks = queued.len();
+        let queued_chunks = queued.len();
         let mut done: Vec<Reply> = Vec::new();
         let mut published = Vec::new();
         for (id, offset, bytes) in queued {
@@ -1001,7 +1005,7 @@ fn writer(
             apply(&t, &mut segs, w, &mut done, &mut published);
         }
         let flushed = t.db.flush().map(|_| ()).map_err(StoreError::from);
-        metrics.store_batch(done.len() + chunks, started.elapsed());
+        metrics.store_batch(done.len() + queued_chunks, started.elapsed());
         for reply in done {
             reply(match &flushed {
                 Ok(()) => Ok(()),
@@ -1118,8 +1122,7 @@ fn index_chunks(
     if appended.is_empty() {
         return Ok(());
     }
-    segs.sync()
-        .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+    segs.sync().map_err(io_err)?;
     let mut batch = sled::Batch::default();
     for (id, offset, loc) in &appended {
         batch.insert(&key2(*id, *offset)[..], &loc.encode()[..]);
@@ -1160,14 +1163,18 @@ fn chunks(
         in_segment: bool,
     ) -> Result<(JobId, u64, Chunk), StoreError> {
         let (k, v) = kv?;
+        let (id, off) = (be_u64(&k[..8]), be_u64(&k[8..]));
         let chunk = if in_segment {
             Chunk::Segment(Location::decode(&v).ok_or_else(|| {
-                StoreError::Corrupt(format!("a log index entry of {} bytes", v.len()))
+                StoreError::Corrupt(format!(
+                    "job {id}: the log index entry at byte {off} has {} bytes, not 16",
+                    v.len()
+                ))
             })?)
         } else {
             Chunk::Inline(v)
         };
-        Ok((be_u64(&k[..8]), be_u64(&k[8..]), chunk))
+        Ok((id, off, chunk))
     }
     let mut seg = t
         .log_index
@@ -1188,6 +1195,11 @@ fn chunks(
             inline.next()
         }
     })
+}
+
+/// Every console log chunk in the store, in (job, offset) order.
+fn all_chunks(t: &Trees) -> impl Iterator<Item = Result<(JobId, u64, Chunk), StoreError>> {
+    chunks(t, [0; 16], [0xff; 16])
 }
 
 /// Applies one write; its reply waits for the batch's flush.
@@ -1245,7 +1257,7 @@ fn apply(
         Write::Log(id, offset, bytes, tx) => {
             let r = segs
                 .append(&bytes)
-                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))
+                .map_err(io_err)
                 .and_then(|loc| index_chunks(t, segs, vec![(id, offset, loc)], published));
             defer(done, tx, r);
         }
@@ -1276,32 +1288,45 @@ fn apply(
 }
 
 fn prune(t: &Trees, current: Option<u32>, r: Retention) -> Result<PruneReport, StoreError> {
-    // Log sizes per job, in id order (which is submit order).
-    let mut sizes: Vec<(JobId, u64)> = Vec::new();
-    for c in chunks(t, [0; 16], [0xff; 16]) {
+    // Log sizes per job, in id order (which is submit order), and the
+    // segments each job's log lies in.
+    let mut sizes: Vec<(JobId, u64, Vec<u32>)> = Vec::new();
+    for c in all_chunks(t) {
         let (id, _, chunk) = c?;
-        match sizes.last_mut() {
-            Some((last, n)) if *last == id => *n += chunk.len(),
-            _ => sizes.push((id, chunk.len())),
+        if !matches!(sizes.last(), Some((last, ..)) if *last == id) {
+            sizes.push((id, 0, Vec::new()));
+        }
+        if let Some((_, n, segs)) = sizes.last_mut() {
+            *n += chunk.len();
+            if let Chunk::Segment(l) = chunk {
+                if segs.last() != Some(&l.seg) {
+                    segs.push(l.seg);
+                }
+            }
         }
     }
     let mut report = PruneReport {
-        kept_bytes: sizes.iter().map(|(_, n)| n).sum(),
+        kept_bytes: sizes.iter().map(|(_, n, _)| n).sum(),
         ..Default::default()
     };
-    for (id, size) in sizes {
+    let mut live = std::collections::BTreeSet::new();
+    for (id, size, segs) in sizes {
         let over = r.max_total_bytes.is_some_and(|m| report.kept_bytes > m);
-        let Some(v) = t.jobs.get(id.to_be_bytes())? else {
+        let prunable = match t.jobs.get(id.to_be_bytes())? {
+            Some(v) => {
+                let j: JobRecord = dec(&v)?;
+                j.end_time
+                    .filter(|_| j.state == JobState::Finished)
+                    .filter(|&end| over || r.ended_before.is_some_and(|b| end < b))
+                    .map(|_| j)
+            }
+            // A log without its job (`check` reports it) is left alone.
+            None => None,
+        };
+        let Some(mut j) = prunable else {
+            live.extend(segs);
             continue;
         };
-        let j: JobRecord = dec(&v)?;
-        let Some(end) = j.end_time.filter(|_| j.state == JobState::Finished) else {
-            continue;
-        };
-        let old = r.ended_before.is_some_and(|b| end < b);
-        if !(old || over) {
-            continue;
-        }
         for tree in [&t.log_index, &t.logs] {
             let mut batch = sled::Batch::default();
             for kv in tree.scan_prefix(id.to_be_bytes()) {
@@ -1309,29 +1334,26 @@ fn prune(t: &Trees, current: Option<u32>, r: Retention) -> Result<PruneReport, S
             }
             tree.apply_batch(batch)?;
         }
-        let mut j = j;
         j.log_pruned = true;
         t.jobs.insert(id.to_be_bytes(), enc(&j))?;
         report.jobs += 1;
         report.bytes += size;
         report.kept_bytes -= size;
     }
-    reclaim_segments(t, current)?;
+    reclaim_segments(t, current, &live)?;
     Ok(report)
 }
 
-/// Deletes the log segments no index entry points into (all their jobs'
-/// logs pruned, or bytes never indexed), except the one being appended to,
-/// once the removals that freed them are durable.
-fn reclaim_segments(t: &Trees, current: Option<u32>) -> Result<(), StoreError> {
-    let mut live = std::collections::BTreeSet::new();
-    for kv in t.log_index.iter() {
-        if let Some(l) = Location::decode(&kv?.1) {
-            live.insert(l.seg);
-        }
-    }
+/// Deletes the log segments outside `live` (those kept logs lie in): all
+/// their jobs' logs pruned, or bytes never indexed. Never the one being
+/// appended to, and only once the removals that freed them are durable.
+fn reclaim_segments(
+    t: &Trees,
+    current: Option<u32>,
+    live: &std::collections::BTreeSet<u32>,
+) -> Result<(), StoreError> {
     let dead: Vec<u32> = segments::list(&t.seg_dir)
-        .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
+        .map_err(io_err)?
         .into_iter()
         .filter(|s| Some(*s) != current && !live.contains(s))
         .collect();
@@ -1361,6 +1383,17 @@ mod tests {
             "test".into(),
             String::new(),
         )
+    }
+
+    /// Ends job `id` (canceled), as a finished job for retention.
+    async fn finish(store: &Store, id: JobId) {
+        store
+            .update_job(id, |j| {
+                j.finish(JobOutcome::canceled("test"));
+                Ok(())
+            })
+            .await
+            .unwrap();
     }
 
     /// Queued console bytes go before any write about their job, and only
@@ -1509,13 +1542,7 @@ mod tests {
         for id in [done.id, running.id] {
             store.append_log(id, 0, vec![b'x'; 1000]).await.unwrap();
         }
-        store
-            .update_job(done.id, |j| {
-                j.finish(JobOutcome::canceled("test"));
-                Ok(())
-            })
-            .await
-            .unwrap();
+        finish(&store, done.id).await;
         store
             .update_job(running.id, |j| {
                 j.state = JobState::Running;
@@ -1617,13 +1644,7 @@ mod tests {
             .unwrap();
         store.append_log(running, 4, half.clone()).await.unwrap();
         assert_eq!(segments::list(&seg_dir).unwrap(), vec![1, 2]);
-        store
-            .update_job(done, |j| {
-                j.finish(JobOutcome::canceled("test"));
-                Ok(())
-            })
-            .await
-            .unwrap();
+        finish(&store, done).await;
         let all = Retention {
             ended_before: Some(u64::MAX),
             max_total_bytes: None,
@@ -1634,13 +1655,7 @@ mod tests {
             vec![1, 2],
             "running's first chunk keeps segment 1"
         );
-        store
-            .update_job(running, |j| {
-                j.finish(JobOutcome::canceled("test"));
-                Ok(())
-            })
-            .await
-            .unwrap();
+        finish(&store, running).await;
         let before = segments::disk_bytes(&seg_dir);
         assert!(
             store.disk_bytes() > before,
@@ -1689,13 +1704,7 @@ mod tests {
             .unwrap();
         store.append_log(a.id, 0, b"U-Boot".to_vec()).await.unwrap();
         store.append_log(a.id, 6, b" 2023".to_vec()).await.unwrap();
-        store
-            .update_job(b.id, |j| {
-                j.finish(JobOutcome::canceled("test"));
-                Ok(())
-            })
-            .await
-            .unwrap();
+        finish(&store, b.id).await;
         assert_eq!(store.check().unwrap(), Vec::<String>::new());
 
         // Break it the ways a bug or a torn write could.

@@ -55,6 +55,11 @@ pub(super) fn path(dir: &Path, seg: u32) -> PathBuf {
     dir.join(format!("{seg:010}.seg"))
 }
 
+/// `e`, naming the file or directory it happened on.
+fn at(p: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+}
+
 /// The segments in `dir`, in order.
 pub(super) fn list(dir: &Path) -> std::io::Result<Vec<u32>> {
     let mut out = Vec::new();
@@ -87,7 +92,7 @@ pub(super) struct Appender {
     /// The segment appended to, its number and length.
     current: Option<(u32, File, u64)>,
     /// Earlier segments written since the last sync.
-    rolled: Vec<File>,
+    rolled: Vec<(u32, File)>,
     /// The current segment was written since the last sync.
     dirty: bool,
 }
@@ -96,11 +101,15 @@ impl Appender {
     /// Opens `dir` (made if missing) to append after its newest segment's
     /// end: whatever a killed daemon wrote there is never overwritten.
     pub fn open(dir: &Path) -> std::io::Result<Appender> {
-        std::fs::create_dir_all(dir)?;
-        let current = match list(dir)?.last() {
+        std::fs::create_dir_all(dir).map_err(|e| at(dir, e))?;
+        let current = match list(dir).map_err(|e| at(dir, e))?.last() {
             Some(&seg) => {
-                let f = OpenOptions::new().append(true).open(path(dir, seg))?;
-                let len = f.metadata()?.len();
+                let p = path(dir, seg);
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(&p)
+                    .map_err(|e| at(&p, e))?;
+                let len = f.metadata().map_err(|e| at(&p, e))?.len();
                 Some((seg, f, len))
             }
             None => None,
@@ -128,15 +137,19 @@ impl Appender {
             .is_none_or(|(_, _, n)| *n > 0 && n + bytes.len() as u64 > SEGMENT_BYTES);
         if full {
             let next = self.current().map_or(1, |s| s + 1);
+            let p = path(&self.dir, next);
             let f = OpenOptions::new()
                 .append(true)
                 .create_new(true)
-                .open(path(&self.dir, next))?;
+                .open(&p)
+                .map_err(|e| at(&p, e))?;
             // The new file's name must survive a crash as much as its bytes.
-            File::open(&self.dir)?.sync_all()?;
-            if let Some((_, old, _)) = self.current.replace((next, f, 0)) {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| at(&self.dir, e))?;
+            if let Some((old_seg, old, _)) = self.current.replace((next, f, 0)) {
                 if self.dirty {
-                    self.rolled.push(old);
+                    self.rolled.push((old_seg, old));
                 }
             }
             self.dirty = false;
@@ -151,7 +164,7 @@ impl Appender {
             // A short write leaves dead bytes: the next chunk goes after
             // them, where the file now ends.
             *n = f.metadata().map_or(*n, |m| m.len());
-            return Err(e);
+            return Err(at(&path(&self.dir, *seg), e));
         }
         *n += bytes.len() as u64;
         self.dirty = true;
@@ -162,14 +175,16 @@ impl Appender {
         })
     }
 
-    /// Makes everything appended so far durable.
+    /// Makes everything appended so far durable. A segment whose sync
+    /// failed stays to be synced again.
     pub fn sync(&mut self) -> std::io::Result<()> {
-        for f in self.rolled.drain(..) {
-            f.sync_data()?;
+        while let Some((seg, f)) = self.rolled.first() {
+            f.sync_data().map_err(|e| at(&path(&self.dir, *seg), e))?;
+            self.rolled.remove(0);
         }
         if self.dirty {
-            if let Some((_, f, _)) = &self.current {
-                f.sync_data()?;
+            if let Some((seg, f, _)) = &self.current {
+                f.sync_data().map_err(|e| at(&path(&self.dir, *seg), e))?;
             }
             self.dirty = false;
         }
@@ -196,16 +211,21 @@ impl<'a> Reader<'a> {
         take: usize,
         out: &mut Vec<u8>,
     ) -> std::io::Result<()> {
-        if self.open.as_ref().is_none_or(|(s, _)| *s != loc.seg) {
-            self.open = Some((loc.seg, File::open(path(self.dir, loc.seg))?));
-        }
-        let Some((_, f)) = &self.open else {
-            return Err(std::io::Error::other("no segment open"));
+        let named = |e| at(&path(self.dir, loc.seg), e);
+        let (_, f) = match self.open.take() {
+            Some(open) if open.0 == loc.seg => self.open.insert(open),
+            _ => {
+                let f = File::open(path(self.dir, loc.seg)).map_err(named)?;
+                self.open.insert((loc.seg, f))
+            }
         };
-        let at = out.len();
-        out.resize(at + take, 0);
-        f.read_exact_at(&mut out[at..], loc.pos + skip as u64)
-            .inspect_err(|_| out.truncate(at))
+        let from = out.len();
+        out.resize(from + take, 0);
+        f.read_exact_at(&mut out[from..], loc.pos + skip as u64)
+            .map_err(|e| {
+                out.truncate(from);
+                named(e)
+            })
     }
 }
 
@@ -243,7 +263,12 @@ mod tests {
         assert_eq!(Location::decode(b"short"), None);
         // A chunk past a segment's end is an error, not zeros.
         let past = Location { pos: 1 << 40, ..l1 };
-        assert!(r.read(&past, 0, 1, &mut out).is_err());
+        let e = r.read(&past, 0, 1, &mut out).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&path(dir.path(), 1).display().to_string()),
+            "{e}"
+        );
         assert_eq!(out.len(), 20);
     }
 }
