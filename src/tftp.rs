@@ -5,8 +5,8 @@
 //! follows symlinks out of its root, so labd has its own handler: the path
 //! must be `<digits>/<name>` made of plain components, no component may be a
 //! symlink, the file is opened with `O_NOFOLLOW`, and writes are refused.
-//! The server runs on a thread of its own (async-tftp brings its own reactor),
-//! and reads the served files in place on that thread (see [`Counted`]).
+//! The server runs on threads of its own, each driving async-tftp's reactor
+//! itself, and reads the served files in place on them (see [`Counted`]).
 
 use async_tftp::packet;
 use async_tftp::server::{Handler, TftpServerBuilder};
@@ -216,7 +216,12 @@ pub fn serve<H: Handler + Clone + 'static>(
         std::thread::Builder::new()
             .name(format!("labd-tftp-{i}"))
             .spawn(move || {
-                futures_lite::future::block_on(async move {
+                // async-io's own `block_on` drives its reactor on this
+                // thread while the server waits. Under a plain `block_on`,
+                // async-io's reactor thread saw every packet first and woke
+                // this one for it: a third more CPU per transfer, and 55
+                // instead of 70 MB/s for 32 transfers (BENCHMARKS.md).
+                async_io::block_on(async move {
                     let server = match TftpServerBuilder::with_handler(handler)
                         .std_socket(sock)
                         .map(|b| b.window_size_limit(window_size_limit))
