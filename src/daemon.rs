@@ -125,6 +125,7 @@ pub async fn start(
     // Everything that can refuse the config is checked before the socket
     // exists, so a refused start leaves no socket behind and no client waits
     // on a lab that will not come.
+    let store_handle = store.clone();
     let lab = LabActor::new(cfg, store, device_types, tftp, metrics.clone())
         .map_err(StartError::Lab)?
         .with_config_path(config_path);
@@ -163,7 +164,19 @@ pub async fn start(
     if let Some(sd) = statsd {
         actix::spawn(push_statsd(sd, lab.clone()));
     }
-    let server = crate::server::serve(listener, lab.clone(), limits, metrics);
+    // The socket server answers reads of job records from the store itself,
+    // so it starts only once the lab actor has reconciled the store with
+    // the restart (interrupted jobs ended, logs pruned): the actor handles
+    // no message before that, so the answer to this ping says it is done.
+    // A reconcile that fails stops the system, and this send with it.
+    lab.send(crate::lab::Ping).await.map_err(|_| {
+        StartError::Lab(crate::error::ApiError::new(
+            crate::error::ErrorCode::Internal,
+            "the lab stopped while reconciling the store at start",
+        ))
+    })?;
+    let server = crate::server::serve(listener, lab.clone(), store_handle, limits, metrics)
+        .map_err(socket_err)?;
     tracing::info!(socket = %socket.display(), "labd ready");
     crate::systemd::ready();
     crate::systemd::start_watchdog(lab.clone());

@@ -7,6 +7,10 @@
 //! the bootloader-commands phase). Each listed fault fires once per daemon
 //! process, so the replacement actor runs the next job normally. An unset
 //! variable costs one lookup at first use.
+//!
+//! One fault is a delay, not a panic: `reconcile-slow:lab` makes the lab's
+//! start-up reconcile of the store take a second longer, so a test can show
+//! that nothing is answered from the store before it has run.
 
 use std::sync::{Mutex, OnceLock};
 
@@ -29,8 +33,15 @@ fn armed() -> &'static Mutex<Vec<String>> {
 
 /// Panics if the fault `point` is armed for `board`, disarming it first.
 pub fn maybe_panic(point: &str, board: &str) {
-    let key = format!("{point}:{board}");
-    let hit = match armed().lock() {
+    if take(point, board) {
+        panic!("injected fault {point}:{board} ({ENV})");
+    }
+}
+
+/// Whether the fault `point` is armed for `target`, disarming it.
+pub fn take(point: &str, target: &str) -> bool {
+    let key = format!("{point}:{target}");
+    match armed().lock() {
         Ok(mut list) => match list.iter().position(|f| *f == key) {
             Some(i) => {
                 list.remove(i);
@@ -39,10 +50,7 @@ pub fn maybe_panic(point: &str, board: &str) {
             None => false,
         },
         // A poisoned lock means a panic happened while it was held, which
-        // `maybe_panic` never does; treat it as no fault armed.
+        // `take` never does; treat it as no fault armed.
         Err(_) => false,
-    };
-    if hit {
-        panic!("injected fault {key} ({ENV})");
     }
 }

@@ -950,6 +950,9 @@ impl LabActor {
         retention: Option<crate::store::Retention>,
         maxima: job::TimeoutMaxima,
     ) -> Result<(Vec<BoardRecord>, Vec<JobRecord>, Vec<JobRecord>), crate::store::StoreError> {
+        if crate::faults::take("reconcile-slow", "lab") {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
         // Jobs cut short, as now ended: their boards' state is unknown.
         let mut interrupted = Vec::new();
         for state in [JobState::Scheduled, JobState::Running, JobState::Canceling] {
@@ -1090,6 +1093,8 @@ impl Actor for LabActor {
 }
 
 /// Answered at once: proves the lab actor is alive (the systemd watchdog).
+/// Before the start-up reconcile has run, it waits for it like any message
+/// (the daemon starts its socket server on that answer).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Ping;
@@ -1254,6 +1259,54 @@ fn not_found(board: &str) -> ApiError {
     ApiError::new(ErrorCode::NoSuchBoard, format!("no such board `{board}`"))
 }
 
+impl LabRequest {
+    /// A query that only reads job records, which the store owns: the
+    /// socket server answers it with [`read_query`] on its own thread,
+    /// without a turn of the lab actor.
+    pub fn reads_records(&self) -> bool {
+        matches!(
+            self,
+            LabRequest::Jobs(_)
+                | LabRequest::Job { .. }
+                | LabRequest::Results { .. }
+                | LabRequest::LogSource { .. }
+        )
+    }
+}
+
+/// Answers a query for which [`LabRequest::reads_records`] holds, from the
+/// store alone.
+///
+/// Job records need no actor to read them: every change to one is in sled
+/// before it is acknowledged, so a read here sees every acknowledged change,
+/// exactly what the lab actor would read for the same query.
+pub async fn read_query(store: &Store, req: LabRequest) -> Result<LabReply, ApiError> {
+    Ok(match req {
+        LabRequest::Jobs(filter) => LabReply::Jobs(store.list_jobs(filter).await?),
+        LabRequest::Job { job } => {
+            let j = store.job(job).await?;
+            let ev = store.events(job).await?;
+            LabReply::Job(Box::new(j), ev)
+        }
+        LabRequest::Results { job } => {
+            let j = store.job(job).await?;
+            LabReply::Results(Box::new(j), store.results(job).await?)
+        }
+        LabRequest::LogSource { job } => {
+            store.job(job).await?;
+            // A log is read in pieces as it streams, however long it is:
+            // on the blocking pool.
+            LabReply::LogSource(store.reading_pooled())
+        }
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                "read_query was given a request that is not a read of job records",
+            ))
+        }
+    })
+}
+
 impl Handler<LabRequest> for LabActor {
     type Result = ResponseActFuture<Self, Result<LabReply, ApiError>>;
 
@@ -1340,31 +1393,12 @@ impl Handler<LabRequest> for LabActor {
                     },
                 ))
             }
-            LabRequest::Jobs(filter) => Box::pin(
-                async move { Ok(LabReply::Jobs(store.list_jobs(filter).await?)) }.into_actor(self),
-            ),
-            LabRequest::Job { job } => Box::pin(
-                async move {
-                    let j = store.job(job).await?;
-                    let ev = store.events(job).await?;
-                    Ok(LabReply::Job(Box::new(j), ev))
-                }
-                .into_actor(self),
-            ),
-            LabRequest::Results { job } => Box::pin(
-                async move {
-                    let j = store.job(job).await?;
-                    Ok(LabReply::Results(Box::new(j), store.results(job).await?))
-                }
-                .into_actor(self),
-            ),
-            LabRequest::LogSource { job } => Box::pin(
-                async move {
-                    store.job(job).await?;
-                    Ok(LabReply::LogSource(store))
-                }
-                .into_actor(self),
-            ),
+            req @ (LabRequest::Jobs(_)
+            | LabRequest::Job { .. }
+            | LabRequest::Results { .. }
+            | LabRequest::LogSource { .. }) => {
+                Box::pin(async move { read_query(&store, req).await }.into_actor(self))
+            }
             LabRequest::Reload { caller } => {
                 if let Err(e) = caller.require_admin("reload the config") {
                     return ready(Err(e));

@@ -6,7 +6,7 @@
 //! the connection; answers are serialized through one writer task.
 
 use crate::error::ErrorCode;
-use crate::lab::{Caller, LabActor, LabReply, LabRequest};
+use crate::lab::{read_query, Caller, LabActor, LabReply, LabRequest};
 use crate::model::{BoardHealth, JobId, JobState};
 use crate::power::PowerAction;
 use crate::protocol::*;
@@ -96,30 +96,83 @@ impl ServerHandle {
     }
 }
 
-/// Serves the socket in the background until the handle is closed.
+/// Serves the socket on a thread of its own until the handle is closed.
+///
+/// The socket thread runs every connection: it reads and decodes requests,
+/// answers reads of job records from the store itself ([`read_query`]),
+/// sends everything else to the lab actor, and serializes and writes the
+/// answers. So the actors' thread spends no time on the wire, and a `jobs`
+/// query never waits in the lab actor's mailbox behind a burst of submits.
 pub fn serve(
     listener: UnixListener,
     lab: Addr<LabActor>,
+    store: Store,
     limits: ServerLimits,
     metrics: crate::metrics::Metrics,
-) -> ServerHandle {
+) -> std::io::Result<ServerHandle> {
     let (closing, closing_rx) = watch::channel(false);
     let (alive_tx, alive) = mpsc::channel(1);
-    actix::spawn(accept_loop(
-        listener, lab, limits, metrics, closing_rx, alive_tx,
-    ));
-    ServerHandle { closing, alive }
+    // The listener moves to the socket thread's own reactor.
+    let listener = listener.into_std()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("labd-socket-io")
+        .build()?;
+    std::thread::Builder::new()
+        .name("labd-socket".into())
+        .spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                let listener = match UnixListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the socket server cannot start");
+                        return;
+                    }
+                };
+                let slots = Arc::new(Semaphore::new(limits.max_connections));
+                let all = limits.max_connections as u32;
+                accept_loop(
+                    listener,
+                    Server {
+                        lab,
+                        inline_store: store.reading_inline(),
+                        store,
+                        limits,
+                        metrics,
+                    },
+                    slots.clone(),
+                    closing_rx,
+                    alive_tx,
+                )
+                .await;
+                // The thread ends once every connection has: each holds a
+                // slot until it ends.
+                let _ = slots.acquire_many(all).await;
+            });
+        })?;
+    Ok(ServerHandle { closing, alive })
+}
+
+/// What every connection shares.
+#[derive(Clone)]
+struct Server {
+    lab: Addr<LabActor>,
+    store: Store,
+    /// The same store, read on the socket thread (see [`small_read`]).
+    inline_store: Store,
+    limits: ServerLimits,
+    metrics: crate::metrics::Metrics,
 }
 
 async fn accept_loop(
     listener: UnixListener,
-    lab: Addr<LabActor>,
-    limits: ServerLimits,
-    metrics: crate::metrics::Metrics,
+    server: Server,
+    slots: Arc<Semaphore>,
     mut closing: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let max = server.limits.max_connections;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -128,28 +181,44 @@ async fn accept_loop(
         match accepted {
             Ok((stream, _)) => {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(
-                        max = limits.max_connections,
-                        "too many connections; refusing one"
-                    );
-                    actix::spawn(refuse_busy(stream, limits.max_connections));
+                    tracing::warn!(max, "too many connections; refusing one");
+                    tokio::task::spawn_local(refuse_busy(stream, max));
                     continue;
                 };
                 let conn = Conn {
-                    lab: lab.clone(),
-                    metrics: metrics.clone(),
-                    limits: limits.clone(),
+                    server: server.clone(),
                     closing: closing.clone(),
                     _alive: alive.clone(),
                     slot,
                 };
-                actix::spawn(conn.run(stream));
+                tokio::task::spawn_local(conn.run(stream));
             }
             Err(e) => {
                 tracing::error!(error = %e, "accept failed");
                 tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+/// The most jobs a `jobs` page read on the socket thread may hold.
+const INLINE_PAGE: usize = 500;
+
+/// Whether a read of job records is small enough to run on the socket
+/// thread itself, saving the two thread wake-ups of a blocking-pool read
+/// (see `Store::reading_inline`): one job with its events, a check that a
+/// job exists, or a page of jobs found through the job or state index with
+/// no filter that could make it scan the whole store. A job's results have
+/// no bound on their number, nor has a filtered page: those run on the pool.
+fn small_read(lr: &LabRequest) -> bool {
+    match lr {
+        LabRequest::Job { .. } | LabRequest::LogSource { .. } => true,
+        LabRequest::Jobs(f) => {
+            f.board.is_none()
+                && f.device_type.is_none()
+                && f.limit.unwrap_or(crate::store::DEFAULT_PAGE) <= INLINE_PAGE
+        }
+        _ => false,
     }
 }
 
@@ -235,9 +304,7 @@ async fn read_line(
 
 /// One client connection and what it holds while it lives.
 struct Conn {
-    lab: Addr<LabActor>,
-    metrics: crate::metrics::Metrics,
-    limits: ServerLimits,
+    server: Server,
     closing: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
     slot: OwnedSemaphorePermit,
@@ -289,7 +356,7 @@ impl Conn {
             tracing::warn!("no peer credentials on a connection; closing it");
             return;
         };
-        let (uid, gid, admin_gid) = (cred.uid(), cred.gid(), self.limits.admin_gid);
+        let (uid, gid, admin_gid) = (cred.uid(), cred.gid(), self.server.limits.admin_gid);
         let caller = tokio::task::spawn_blocking(move || identify(uid, gid, admin_gid))
             .await
             .unwrap_or_else(|_| Caller {
@@ -299,7 +366,7 @@ impl Conn {
             });
         let (r, mut w) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Outgoing>(16);
-        let write_timeout = self.limits.write_timeout;
+        let write_timeout = self.server.limits.write_timeout;
         let slot = self.slot;
         let writer = tokio::spawn(async move {
             while let Some(out) = rx.recv().await {
@@ -321,10 +388,10 @@ impl Conn {
         let mut reader = BufReader::new(r);
         let mut hello = false;
         let mut closing = self.closing.clone();
-        let max = self.limits.max_request;
+        let max = self.server.limits.max_request;
         loop {
             let read = tokio::select! {
-                l = read_line(&mut reader, max, self.limits.request_timeout) => l,
+                l = read_line(&mut reader, max, self.server.limits.request_timeout) => l,
                 _ = closing.wait_for(|c| *c) => break,
             };
             let line = match read {
@@ -417,22 +484,21 @@ impl Conn {
                 hello = true;
                 continue;
             }
-            let lab = self.lab.clone();
+            let server = self.server.clone();
             let tx = tx.clone();
             let caller = caller.clone();
             let closing = self.closing.clone();
-            let metrics = self.metrics.clone();
-            actix::spawn(async move {
+            tokio::task::spawn_local(async move {
                 let method = req.body.method();
                 let follows = matches!(
                     req.body,
                     RequestBody::Logs { follow: true, .. } | RequestBody::ConsoleWatch { .. }
                 );
                 let started = std::time::Instant::now();
-                handle(req, lab, tx, caller, closing).await;
+                handle(req, &server, tx, caller, closing).await;
                 // A log follow lasts as long as its job: not a slow request.
                 if !follows {
-                    metrics.request(method, started.elapsed());
+                    server.metrics.request(method, started.elapsed());
                 }
             });
         }
@@ -619,7 +685,7 @@ fn identify(uid: u32, gid: u32, admin_gid: Option<u32>) -> Caller {
 
 async fn handle(
     req: Request,
-    lab: Addr<LabActor>,
+    server: &Server,
     tx: Tx,
     caller: Caller,
     closing: watch::Receiver<bool>,
@@ -635,7 +701,16 @@ async fn handle(
     };
     let answer: Outgoing = match to_lab(req.body, caller) {
         Err(e) => Response::error(id, e).into(),
-        Ok(lr) => match lab.send(lr).await {
+        Ok(lr) => match if lr.reads_records() {
+            let store = if small_read(&lr) {
+                &server.inline_store
+            } else {
+                &server.store
+            };
+            Ok(read_query(store, lr).await)
+        } else {
+            server.lab.send(lr).await
+        } {
             Ok(Ok(LabReply::ConsoleStream(ring, rx))) => {
                 stream_console(id, ring, rx, tx, closing).await;
                 return;

@@ -32,6 +32,36 @@ fn maintenance_requested_on_a_busy_board_survives_a_kill() {
     });
 }
 
+/// Reads of job records are answered by the socket thread from the store,
+/// without the lab actor. The first build of that served them before the
+/// actor had reconciled the store after a restart, so a job the kill had
+/// cut short still read Running, and a pruned log still read whole
+/// (`retention::oldest_logs_are_pruned_to_the_cap_and_records_stay` caught
+/// it). The first answer after a restart already sees the reconcile.
+#[test]
+fn the_first_read_after_a_restart_sees_the_reconcile() {
+    rt().block_on(async {
+        let mut lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let id = submit(&mut c, &lab.job("cut", "medium", &["sleep 600"])).await;
+        until_log_contains(&lab, id, "sleep 600\r\n").await;
+        assert_eq!(job(&mut c, id).await["state"], "Running");
+        drop(c);
+        lab.kill_labd();
+        // A reconcile a second slower makes the race certain to show.
+        lab.env
+            .push((labd::faults::ENV.into(), "reconcile-slow:lab".into()));
+        lab.start_labd();
+        let mut c = lab.client().await;
+        let j = job(&mut c, id).await;
+        assert_eq!(
+            (j["state"].as_str(), j["health"].as_str()),
+            (Some("Finished"), Some("Incomplete")),
+            "{j}"
+        );
+    });
+}
+
 /// A client that saw a job end could still find its board busy (or not yet
 /// Good) because the lab freed the board only after the job's record was
 /// written, or miss the job's Finished event. The board is free and the

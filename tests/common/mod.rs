@@ -18,10 +18,10 @@ pub struct Lab {
     pub config: PathBuf,
     sim: Child,
     labd: Option<Child>,
-    /// labd's log lines after "labd ready".
+    /// labd's log lines, but "labd ready".
     labd_log: Option<Receiver<String>>,
-    /// Extra environment for every labd this lab starts.
-    env: Vec<(String, String)>,
+    /// Extra environment for every labd this lab starts (faults, for one).
+    pub env: Vec<(String, String)>,
 }
 
 impl Drop for Lab {
@@ -36,14 +36,21 @@ impl Drop for Lab {
 }
 
 /// Waits for a line containing `what` on a child's pipe (an event, not a
-/// sleep); the lines after it go to the returned channel.
+/// sleep); every other line, before it and after it, goes to the returned
+/// channel in order.
 pub fn wait_line(r: impl std::io::Read + Send + 'static, what: &'static str) -> Receiver<String> {
     let mut lines = BufReader::new(r).lines();
+    let mut before = Vec::new();
     for line in lines.by_ref() {
         let line = line.expect("reading child output");
         if line.contains(what) {
-            // Keep draining so the child never blocks on a full pipe.
+            // What came before the line is read first: labd's boards start
+            // (and may attach their consoles) before it is ready to serve.
             let (tx, rx) = std::sync::mpsc::channel();
+            for l in before {
+                let _ = tx.send(l);
+            }
+            // Keep draining so the child never blocks on a full pipe.
             std::thread::spawn(move || {
                 for l in lines.map_while(Result::ok) {
                     let _ = tx.send(l);
@@ -51,6 +58,7 @@ pub fn wait_line(r: impl std::io::Read + Send + 'static, what: &'static str) -> 
             });
             return rx;
         }
+        before.push(line);
     }
     panic!("child exited before printing {what:?}");
 }
