@@ -1,6 +1,8 @@
 //! The socket server: accepts connections on the Unix socket, reads request
-//! lines, translates each into a [`LabRequest`] for the lab actor and writes
-//! the answer back. It holds no state of its own beyond a connection.
+//! lines, translates each into a [`LabRequest`] and writes the answer back.
+//! Reads of job records it answers from the store ([`read_query`]); the rest
+//! goes to the lab actor. It runs on a thread of its own (see [`serve`]) and
+//! holds no state of its own beyond a connection.
 //!
 //! Each request runs in its own task so that a log follow does not hold up
 //! the connection; answers are serialized through one writer task.
@@ -112,24 +114,21 @@ pub fn serve(
 ) -> std::io::Result<ServerHandle> {
     let (closing, closing_rx) = watch::channel(false);
     let (alive_tx, alive) = mpsc::channel(1);
-    // The listener moves to the socket thread's own reactor.
-    let listener = listener.into_std()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("labd-socket-io")
         .build()?;
+    // The listener moves to the socket thread's own reactor, here, so that
+    // a failure is the caller's error rather than a server that never runs.
+    let listener = {
+        let _in_rt = rt.enter();
+        UnixListener::from_std(listener.into_std()?)?
+    };
     std::thread::Builder::new()
         .name("labd-socket".into())
         .spawn(move || {
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, async move {
-                let listener = match UnixListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "the socket server cannot start");
-                        return;
-                    }
-                };
                 let slots = Arc::new(Semaphore::new(limits.max_connections));
                 let all = limits.max_connections as u32;
                 accept_loop(
