@@ -737,6 +737,21 @@ impl Console for UnixConsole {
     }
 }
 
+/// Opens a pty pair that no child process inherits. `openpty` leaves both
+/// ends open across `exec`: every process labd (or the simulator) starts
+/// would hold every console's pty, keeping them alive after their owner
+/// dies (found when a killed `labd-sim` left a thousand shells holding
+/// 4000 ptys, the host's limit).
+pub(crate) fn openpty_cloexec() -> nix::Result<nix::pty::OpenptyResult> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::AsRawFd;
+    let pty = nix::pty::openpty(None, None)?;
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    }
+    Ok(pty)
+}
+
 /// Makes a tty raw: no echo, no line editing, no translation. On a pty
 /// this sets the line both sides share.
 pub(crate) fn set_raw(fd: &std::os::fd::OwnedFd) -> nix::Result<()> {
@@ -792,7 +807,7 @@ impl Drop for PtyLink {
 
 impl PtyConsole {
     fn open(&self) -> std::io::Result<ConsoleIo> {
-        let pty = nix::pty::openpty(None, None)?;
+        let pty = openpty_cloexec()?;
         // Raw on the line itself (a pty has one termios for both sides):
         // a cooked line would echo what labd writes back as console output.
         set_raw(&pty.slave)?;

@@ -163,6 +163,29 @@ struct Trees {
     boards: sled::Tree,
 }
 
+impl Trees {
+    /// Opens sled in `dir/db` and the trees the store keeps there.
+    fn open(dir: &Path, cache_capacity: u64) -> Result<Trees, StoreError> {
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(cache_capacity)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        Ok(Trees {
+            meta: db.open_tree("meta")?,
+            jobs: db.open_tree("jobs")?,
+            by_state: db.open_tree("jobs_by_state")?,
+            events: db.open_tree("events")?,
+            logs: db.open_tree("logs")?,
+            log_index: db.open_tree("log_chunks")?,
+            seg_dir: Arc::new(dir.join("logs")),
+            results: db.open_tree("results")?,
+            boards: db.open_tree("boards")?,
+            db,
+        })
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Store")
@@ -248,6 +271,13 @@ impl PendingLogs {
 /// before the next slice instead of after the whole group.
 const LOG_SLICE_BYTES: usize = 256 << 10;
 
+/// The most console chunks indexed in one turn of the writer besides those
+/// of the turn's own jobs. A log group at 1000 streaming boards is about
+/// 1000 chunks, and sled indexed them at 10 to 50 µs each: 25 to 55 ms in
+/// one go, which a job's Finished state arriving meanwhile waited behind.
+/// In pieces, it waits for one piece at most.
+const INDEX_PIECE: usize = 128;
+
 /// The most console bytes waiting for the writer: a store that cannot
 /// keep up for this long drops console bytes (logged) instead of growing.
 const MAX_PENDING_LOG_BYTES: usize = 256 << 20;
@@ -306,23 +336,7 @@ impl Store {
         metrics: crate::metrics::Metrics,
     ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err)?;
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(cache_capacity)
-            .mode(sled::Mode::LowSpace)
-            .open()?;
-        let trees = Trees {
-            meta: db.open_tree("meta")?,
-            jobs: db.open_tree("jobs")?,
-            by_state: db.open_tree("jobs_by_state")?,
-            events: db.open_tree("events")?,
-            logs: db.open_tree("logs")?,
-            log_index: db.open_tree("log_chunks")?,
-            seg_dir: Arc::new(dir.join("logs")),
-            results: db.open_tree("results")?,
-            boards: db.open_tree("boards")?,
-            db,
-        };
+        let trees = Trees::open(dir, cache_capacity)?;
         match trees.meta.get("schema_version")? {
             Some(v) => match be_u64(&v) {
                 SCHEMA_VERSION => {}
@@ -922,21 +936,27 @@ fn writer(
     // the soonest (a few flushes a second for a lab of streaming boards),
     // and nothing queued since, so it ends even while boards keep talking.
     let mut drain_upto: Option<std::time::Instant> = None;
-    // Console chunks appended to the segments, to be indexed with the next flush.
-    let mut unindexed: Vec<(JobId, u64, Location)> = Vec::new();
+    // Console chunks appended to the segments and not yet indexed.
+    let mut unindexed = Unindexed::default();
     // The last turn wrote a batch of writes and put a due slice off.
     let mut slice_put_off = false;
+    // The last turn wrote a batch of writes and put a piece of indexing off.
+    let mut piece_put_off = false;
+    // What the writes and index entries since the last flush changed, to
+    // publish once they are durable.
+    let mut published: Vec<Change> = Vec::new();
     loop {
         // Queued console bytes are nobody's acknowledgement: they wait up to
         // LOG_GROUP for more, so that a lab of streaming consoles costs a few
         // flushes a second, not one per append. Any other write is written
         // and flushed at once, with the queued bytes of the jobs it concerns
         // only: a job's Finished state waits for its own last bytes, not for
-        // every streaming board's, and for one slice at most.
+        // every streaming board's, and for one slice or piece at most.
         let mut closing = false;
-        let wait = match drain_upto {
-            Some(_) => Some(std::time::Instant::now()),
-            None => logs_due,
+        let wait = if drain_upto.is_some() || unindexed.has_synced() {
+            Some(std::time::Instant::now())
+        } else {
+            logs_due
         };
         let first = match wait {
             Some(due) => {
@@ -1015,27 +1035,37 @@ fn writer(
         // not flushed on its own: the last slice (or the next write's reply)
         // flushes it, so slicing costs no extra flushes. Its bytes are
         // appended to the segment now, and indexed (after one sync of the
-        // segment) and published only with that flush.
-        let flushes = !batch.is_empty() || drain_upto.is_none() || closing;
+        // segment) and published only with a flush.
+        let slicing = batch.is_empty() && drain_upto.is_some() && !closing;
         // The time spent writing, not waiting for a log group to fill.
         let started = std::time::Instant::now();
         let queued_chunks = queued.len();
         let mut done: Vec<Reply> = Vec::new();
-        let mut published = Vec::new();
         for (id, offset, bytes) in queued {
             match segs.append(&bytes) {
-                Ok(loc) => unindexed.push((id, offset, loc)),
+                Ok(loc) => unindexed.unsynced.push((id, offset, loc)),
                 Err(e) => tracing::error!(job = id, error = %e, "storing console bytes failed"),
             }
         }
-        if !flushes {
+        if slicing {
             continue;
         }
         // Indexed before the batch is applied: whoever sees a job's
-        // Finished state can read its last bytes.
-        let appended = std::mem::take(&mut unindexed);
-        if let Err(e) = index_chunks(&t, &mut segs, appended, &mut published) {
+        // Finished state can read its last bytes. Other jobs' chunks are
+        // indexed a piece per turn, the same way as slices: a write waiting
+        // for its reply goes before the next piece, and only the last piece
+        // (or the write's reply) flushes.
+        let piece = if batch.is_empty() || piece_put_off {
+            INDEX_PIECE
+        } else {
+            0
+        };
+        if let Err(e) = unindexed.index(&t, &mut segs, &own, piece, all, &mut published) {
             tracing::error!(error = %e, "storing console bytes failed");
+        }
+        piece_put_off = piece == 0 && unindexed.has_synced();
+        if batch.is_empty() && !closing && unindexed.has_synced() {
+            continue;
         }
         for w in batch {
             apply(&t, &mut segs, w, &mut done, &mut published);
@@ -1049,13 +1079,81 @@ fn writer(
             });
         }
         if flushed.is_ok() {
-            for c in published {
+            for c in published.drain(..) {
                 let _ = changes.send(c);
             }
         }
         if closing {
             break;
         }
+    }
+}
+
+/// A console chunk appended to a segment: its job, its offset in the
+/// job's log, and where its bytes lie.
+type Appended = (JobId, u64, Location);
+
+/// Console chunks appended to the segments and not yet indexed, in the
+/// order they were appended: first those whose bytes may not be on disk
+/// yet, then, once a sync of the segments made them durable, those waiting
+/// for their piece of indexing.
+#[derive(Default)]
+struct Unindexed {
+    unsynced: Vec<Appended>,
+    synced: std::collections::VecDeque<Appended>,
+}
+
+impl Unindexed {
+    fn is_empty(&self) -> bool {
+        self.unsynced.is_empty() && self.synced.is_empty()
+    }
+
+    /// Chunks are durable and wait only for their index entries.
+    fn has_synced(&self) -> bool {
+        !self.synced.is_empty()
+    }
+
+    /// Indexes every chunk of the jobs in `own` and up to `piece` others,
+    /// oldest first; or all of them with `all`. The segments are synced
+    /// first when any chunk to index might not be on disk yet, so an index
+    /// entry never points at bytes a crash could lose. A job's chunks are
+    /// indexed in order, so a reader always sees a prefix of its log.
+    fn index(
+        &mut self,
+        t: &Trees,
+        segs: &mut segments::Appender,
+        own: &std::collections::HashSet<JobId>,
+        piece: usize,
+        all: bool,
+        published: &mut Vec<Change>,
+    ) -> Result<(), StoreError> {
+        let needs_sync = !self.unsynced.is_empty()
+            && (all
+                || piece > self.synced.len()
+                || self.unsynced.iter().any(|(id, ..)| own.contains(id)));
+        if needs_sync {
+            // A failed sync leaves them unsynced, to be synced again.
+            segs.sync().map_err(io_err)?;
+            self.synced.extend(self.unsynced.drain(..));
+        }
+        let take = if all {
+            self.synced.drain(..).collect()
+        } else {
+            let mut take = Vec::new();
+            let mut others = 0;
+            self.synced.retain(|c| {
+                let now = own.contains(&c.0) || others < piece;
+                if now {
+                    if !own.contains(&c.0) {
+                        others += 1;
+                    }
+                    take.push(*c);
+                }
+                !now
+            });
+            take
+        };
+        index_chunks(t, take, published)
     }
 }
 
@@ -1147,18 +1245,16 @@ fn update_then(
     Ok((new, stored))
 }
 
-/// Indexes chunks appended to the segments, once their bytes are durable:
-/// an index entry never points at bytes a crash could lose.
+/// Indexes chunks appended to the segments, whose bytes the caller made
+/// durable: an index entry never points at bytes a crash could lose.
 fn index_chunks(
     t: &Trees,
-    segs: &mut segments::Appender,
-    appended: Vec<(JobId, u64, Location)>,
+    appended: Vec<Appended>,
     published: &mut Vec<Change>,
 ) -> Result<(), StoreError> {
     if appended.is_empty() {
         return Ok(());
     }
-    segs.sync().map_err(io_err)?;
     let mut batch = sled::Batch::default();
     for (id, offset, loc) in &appended {
         batch.insert(&key2(*id, *offset)[..], &loc.encode()[..]);
@@ -1291,10 +1387,10 @@ fn apply(
             defer(done, tx, r);
         }
         Write::Log(id, offset, bytes, tx) => {
-            let r = segs
-                .append(&bytes)
-                .map_err(io_err)
-                .and_then(|loc| index_chunks(t, segs, vec![(id, offset, loc)], published));
+            let r = segs.append(&bytes).map_err(io_err).and_then(|loc| {
+                segs.sync().map_err(io_err)?;
+                index_chunks(t, vec![(id, offset, loc)], published)
+            });
             defer(done, tx, r);
         }
         Write::LogsQueued => {}
@@ -1478,6 +1574,68 @@ mod tests {
             store.log(b, 0, 1 << 20).await.unwrap().0,
             b"b's boot goes on"
         );
+    }
+
+    /// Appended chunks are indexed only after a sync, a write's own job's
+    /// all at once, others a piece at a time, oldest first, each job's in
+    /// order; `all` indexes everything.
+    #[test]
+    fn chunks_are_indexed_after_a_sync_own_jobs_first_then_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Trees::open(dir.path(), 1 << 20).unwrap();
+        let mut segs = segments::Appender::open(&t.seg_dir).unwrap();
+        let mut u = Unindexed::default();
+        let others = 2 * INDEX_PIECE + 10;
+        for job in 0..others as JobId {
+            let loc = segs.append(b"chunk").unwrap();
+            u.unsynced.push((100 + job, 0, loc));
+        }
+        // Job 7's two chunks, the second after every other job's.
+        let loc = segs.append(b"first").unwrap();
+        u.unsynced.insert(0, (7, 0, loc));
+        let loc = segs.append(b"second").unwrap();
+        u.unsynced.push((7, 5, loc));
+        let indexed = |t: &Trees| t.log_index.len();
+        let mut published = Vec::new();
+        let own: std::collections::HashSet<JobId> = [7].into();
+        // A write with its reply waiting and no piece: only its job's.
+        u.index(&t, &mut segs, &own, 0, false, &mut published)
+            .unwrap();
+        assert!(
+            u.unsynced.is_empty(),
+            "the own job's chunks were synced first"
+        );
+        assert_eq!(indexed(&t), 2);
+        let ends: Vec<_> = published
+            .iter()
+            .map(|c| match c {
+                Change::Log { id, end } => (*id, *end),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ends, vec![(7, 5), (7, 11)], "job 7's, in order");
+        // Then a piece per turn, oldest first.
+        u.index(
+            &t,
+            &mut segs,
+            &Default::default(),
+            INDEX_PIECE,
+            false,
+            &mut published,
+        )
+        .unwrap();
+        assert_eq!(indexed(&t), 2 + INDEX_PIECE);
+        assert_eq!(
+            u.synced.front().map(|c| c.0),
+            Some(100 + INDEX_PIECE as JobId)
+        );
+        // Chunks appended meanwhile wait for a sync; `all` takes everything.
+        let loc = segs.append(b"late").unwrap();
+        u.unsynced.push((9999, 0, loc));
+        u.index(&t, &mut segs, &Default::default(), 0, true, &mut published)
+            .unwrap();
+        assert!(u.is_empty());
+        assert_eq!(indexed(&t), 2 + others + 1);
     }
 
     /// The writer takes a write's own jobs' bytes whatever their age, then

@@ -150,3 +150,53 @@ fn a_late_wake_up_still_names_the_boot_timeout() {
         assert_eq!(j["error"], "boot timed out after 3 s", "{j}");
     });
 }
+
+/// `openpty` and `pipe` leave their descriptors open across `exec`, so the
+/// simulator's shells each held every board's pty and every earlier
+/// shell's pipe ends. A killed `labd-sim` then left its shells running
+/// forever (none ever saw its input end), holding ptys until the host had
+/// none left (found when `labd-bench boards` stopped starting). A board's
+/// shell holds no pty and none of another board's shell's pipes.
+#[test]
+fn a_board_shell_holds_no_other_consoles_descriptors() {
+    rt().block_on(async {
+        let lab = Lab::start(2, &[]);
+        let mut c = lab.client().await;
+        let fds = "ls -l /proc/$$/fd";
+        let first = submit(&mut c, &lab.job("first", "medium", &[fds, "sleep 600"])).await;
+        until_log_contains(&lab, first, "sleep 600\r\n").await;
+        let mut log = Vec::new();
+        c.logs(first, false, |d| log.extend_from_slice(d))
+            .await
+            .unwrap();
+        let log = String::from_utf8_lossy(&log).into_owned();
+        // The pipes on a shell's stdin and stdout: its own, the simulator
+        // holding their other ends (anything else came from whoever ran
+        // the tests).
+        let pipes = |log: &str, fds: &[&str]| -> Vec<String> {
+            log.lines()
+                .filter_map(|l| l.split_once(" -> pipe:["))
+                .filter(|(fd, _)| {
+                    fds.is_empty() || fds.iter().any(|n| fd.ends_with(&format!(" {n}")))
+                })
+                .filter_map(|(_, p)| p.split(']').next().map(str::to_owned))
+                .collect()
+        };
+        let held = pipes(&log, &["0", "1"]);
+        assert_eq!(held.len(), 2, "{log}");
+        let steps = [
+            fds,
+            "echo ptys=$(ls -l /proc/$$/fd | grep -c -e ptmx -e /dev/pts/)",
+        ];
+        let second = submit(&mut c, &lab.job("second", "medium", &steps)).await;
+        let (end, log) = wait_job(&mut c, second).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+        assert!(log.contains("ptys=0\r\n"), "{log}");
+        for p in pipes(&log, &[]) {
+            assert!(
+                !held.contains(&p),
+                "the second shell holds the first's pipe {p}: {log}"
+            );
+        }
+    });
+}

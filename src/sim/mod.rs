@@ -206,7 +206,7 @@ async fn serve(handles: &HashMap<String, BoardHandle>, line: &str) -> ControlRes
 }
 
 fn spawn_board(name: String, scratch: PathBuf, baud: Option<u32>) -> std::io::Result<BoardHandle> {
-    let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
+    let pty = crate::console::openpty_cloexec().map_err(std::io::Error::from)?;
     // Raw from the start: a cooked PTY would echo our own output back to us
     // as input until labd opens the slave and sets it raw.
     crate::console::set_raw(&pty.slave).map_err(std::io::Error::from)?;
@@ -808,7 +808,9 @@ impl Session<'_> {
             self.line("-sh: cannot create home directory").await;
             return;
         }
-        let Ok((rd, wr)) = nix::unistd::pipe() else {
+        // Close-on-exec, or every later board's shell would hold this
+        // pipe's ends too, and none would see its input end.
+        let Ok((rd, wr)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
             self.line("-sh: pipe failed").await;
             return;
         };
