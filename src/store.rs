@@ -1041,9 +1041,10 @@ fn writer(
         let started = std::time::Instant::now();
         let queued_chunks = queued.len();
         let mut done: Vec<Reply> = Vec::new();
-        for (id, offset, bytes) in queued {
-            match segs.append(&bytes) {
-                Ok(loc) => unindexed.unsynced.push((id, offset, loc)),
+        let bytes: Vec<&[u8]> = queued.iter().map(|(_, _, b)| &b[..]).collect();
+        for ((id, offset, _), loc) in queued.iter().zip(segs.append_all(&bytes)) {
+            match loc {
+                Ok(loc) => unindexed.unsynced.push((*id, *offset, loc)),
                 Err(e) => tracing::error!(job = id, error = %e, "storing console bytes failed"),
             }
         }
