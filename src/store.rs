@@ -1132,11 +1132,19 @@ impl Unindexed {
             && (all
                 || piece > self.synced.len()
                 || self.unsynced.iter().any(|(id, ..)| own.contains(id)));
-        if needs_sync {
-            // A failed sync leaves them unsynced, to be synced again.
-            segs.sync().map_err(io_err)?;
-            self.synced.extend(self.unsynced.drain(..));
-        }
+        // A failed sync leaves them unsynced, to be synced again; those
+        // already synced are indexed all the same (they are durable, and
+        // are a prefix of each job's chunks), so a disk that fails its
+        // syncs never leaves the writer turning on a piece it cannot take.
+        let synced = if needs_sync {
+            let r = segs.sync().map_err(io_err);
+            if r.is_ok() {
+                self.synced.extend(self.unsynced.drain(..));
+            }
+            r
+        } else {
+            Ok(())
+        };
         let take = if all {
             self.synced.drain(..).collect()
         } else {
@@ -1154,7 +1162,7 @@ impl Unindexed {
             });
             take
         };
-        index_chunks(t, take, published)
+        index_chunks(t, take, published).and(synced)
     }
 }
 
