@@ -137,11 +137,15 @@ fn retiring_a_busy_board_waits_for_its_job_and_then_takes_no_work() {
     rt().block_on(async {
         let lab = Lab::start(2, &[("sim-01", &["a"]), ("sim-02", &["b"])]);
         let mut c = lab.client().await;
+        // The job runs until the test lets it end (a `sleep 1` here was a
+        // race a loaded machine lost: the job ended before the check).
+        let go = lab.dir.path().join("go-sim-01");
+        let step = format!(
+            "echo busy; while [ ! -e {} ]; do sleep 0.1; done",
+            go.display()
+        );
         let id = c
-            .submit(
-                &tagged(lab.job("last", "medium", &["echo busy; sleep 1"]), "a"),
-                "j.yaml",
-            )
+            .submit(&tagged(lab.job("last", "medium", &[&step]), "a"), "j.yaml")
             .await
             .unwrap();
         until_log_contains(&lab, id, "busy\r\n").await;
@@ -149,6 +153,7 @@ fn retiring_a_busy_board_waits_for_its_job_and_then_takes_no_work() {
             .await
             .unwrap();
         assert_eq!(board(&mut c, "sim-01").await["health"], "Unknown");
+        std::fs::write(&go, "").unwrap();
         let (end, _) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete");
         let b = board(&mut c, "sim-01").await;
