@@ -1151,11 +1151,10 @@ impl Unindexed {
             let mut take = Vec::new();
             let mut others = 0;
             self.synced.retain(|c| {
-                let now = own.contains(&c.0) || others < piece;
+                let mine = own.contains(&c.0);
+                let now = mine || others < piece;
                 if now {
-                    if !own.contains(&c.0) {
-                        others += 1;
-                    }
+                    others += usize::from(!mine);
                     take.push(*c);
                 }
                 !now

@@ -172,21 +172,24 @@ impl Appender {
         let mut out = Vec::with_capacity(chunks.len());
         let mut rest = chunks;
         while let Some(first) = rest.first() {
-            if first.len() > u32::MAX as usize {
-                out.push(Err(std::io::Error::other("a console chunk over 4 GiB")));
-                rest = &rest[1..];
-                continue;
-            }
-            if let Err(e) = self.room_for(first.len()) {
-                out.push(Err(e));
-                rest = &rest[1..];
-                continue;
-            }
-            let Some((seg, f, n)) = self.current.as_mut() else {
-                // Invariant: `room_for` succeeded, so a segment is open.
-                out.push(Err(std::io::Error::other("no segment open")));
-                rest = &rest[1..];
-                continue;
+            let room = if first.len() > u32::MAX as usize {
+                Err(std::io::Error::other("a console chunk over 4 GiB"))
+            } else {
+                self.room_for(first.len())
+            };
+            // Invariant: once `room_for` succeeded, a segment is open.
+            let open = room.and_then(|()| {
+                self.current
+                    .as_mut()
+                    .ok_or_else(|| std::io::Error::other("no segment open"))
+            });
+            let (seg, f, n) = match open {
+                Ok(open) => open,
+                Err(e) => {
+                    out.push(Err(e));
+                    rest = &rest[1..];
+                    continue;
+                }
             };
             // The run of chunks that fit after the first, up to the segment's end.
             let mut total = first.len() as u64;
@@ -198,13 +201,11 @@ impl Appender {
                 total += c.len() as u64;
                 run += 1;
             }
-            let buf: Vec<u8> = if run == 1 {
-                Vec::new()
-            } else {
-                rest[..run].concat()
+            let bytes: std::borrow::Cow<[u8]> = match run {
+                1 => (*first).into(),
+                _ => rest[..run].concat().into(),
             };
-            let bytes: &[u8] = if run == 1 { first } else { &buf };
-            if let Err(e) = f.write_all(bytes) {
+            if let Err(e) = f.write_all(&bytes) {
                 // A short write leaves dead bytes: the next chunk goes after
                 // them, where the file now ends.
                 *n = f.metadata().map_or(*n, |m| m.len());
