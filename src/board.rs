@@ -81,13 +81,13 @@ pub struct WatchConsole;
 #[rtype(result = "Result<(), String>")]
 pub struct TypeConsole(pub Vec<u8>);
 
-#[derive(Message)]
-#[rtype(result = "()")]
-struct ConsoleBytes(u64, Vec<u8>);
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct ConsoleLost(u64, String);
+/// What a console's reads give its board actor, tagged with the
+/// connection's generation: an actor stream's item (see `BoardActor::connect`).
+enum ConsoleEvent {
+    Bytes(Vec<u8>),
+    /// End of file or a read error: the connection is gone, and the stream ends.
+    Lost(String),
+}
 
 /// The relay saw the board lose power by itself (a QEMU that exited).
 #[derive(Message)]
@@ -150,9 +150,24 @@ struct CurrentJob {
     /// How long the console may stay lost before the job ends.
     reconnect_limit: Duration,
     handle: Option<SpawnHandle>,
+    /// labd's own notes for the job's log (a lost console, a truncation),
+    /// queued in order with the console's bytes by `flush_log`.
     log_buf: Vec<u8>,
+    /// The job's log bytes queued so far (console and notes).
     log_offset: u64,
     ending: bool,
+}
+
+impl CurrentJob {
+    /// Hands the job's buffered notes to the store (see `BoardActor::flush_log`).
+    fn flush_log(&mut self, store: &Store) {
+        if self.log_buf.is_empty() {
+            return;
+        }
+        store.queue_log(self.id, self.log_offset, &self.log_buf);
+        self.log_offset += self.log_buf.len() as u64;
+        self.log_buf.clear();
+    }
 }
 
 pub struct BoardActor {
@@ -164,10 +179,15 @@ pub struct BoardActor {
     tftp: TftpInfo,
     lab: Recipient<BoardReport>,
     writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
-    /// The console's reader and writer tasks; dropping them (on reconnect,
-    /// or with a crashed actor) closes the console so that the next owner
-    /// can open it and no stale reader steals its bytes.
-    console_tasks: Vec<AbortOnDrop>,
+    /// The console's writer task and its reads (an actor stream); dropping
+    /// the task and cancelling the reads (on reconnect), or dropping both
+    /// with a crashed actor's context, closes the console so that the next
+    /// owner can open it and no stale reader steals its bytes.
+    console_writer: Option<AbortOnDrop>,
+    console_reads: Option<SpawnHandle>,
+    /// This board's console byte counter (`labd_console_bytes_total`), kept
+    /// so that a read does not look its label up.
+    console_bytes: prometheus_client::metrics::counter::Counter,
     /// Whether the console is attached, for runners waiting to power on.
     console_up: tokio::sync::watch::Sender<bool>,
     /// How many times the console was attached, for a relay that lets its
@@ -218,6 +238,7 @@ impl BoardActor {
         metrics: crate::metrics::Metrics,
     ) -> Self {
         let span = tracing::info_span!("board", board = %name);
+        let console_bytes = metrics.console_bytes(&name);
         BoardActor {
             span,
             guard: DeathGuard {
@@ -234,7 +255,9 @@ impl BoardActor {
             tftp,
             lab,
             writer: None,
-            console_tasks: Vec::new(),
+            console_writer: None,
+            console_reads: None,
+            console_bytes,
             console_up: tokio::sync::watch::channel(false).0,
             console_attached: tokio::sync::watch::channel(0).0,
             watchers: tokio::sync::broadcast::channel(256).0,
@@ -301,7 +324,6 @@ impl BoardActor {
         self.console_gen += 1;
         let gen = self.console_gen;
         let console = self.console.clone();
-        let addr = ctx.address();
         ctx.spawn(async move { console.connect().await }.into_actor(self).map(
             move |res, act, ctx| match res {
                 Ok(io) => {
@@ -325,7 +347,7 @@ impl BoardActor {
                     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
                     act.writer = Some(tx);
                     let mut writer = io.writer;
-                    let mut pacer = crate::console::ReadPacer::new(
+                    let pacer = crate::console::ReadPacer::new(
                         io.reader.pacing(act.pacing),
                         tokio::time::Instant::now(),
                     );
@@ -340,37 +362,32 @@ impl BoardActor {
                             replies.wrote();
                         }
                     });
-                    let mut reader = io.reader;
-                    let r = tokio::spawn(async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let read = reader.read_batch(&mut buf, &mut pacer);
-                            match read.await {
-                                Ok(0) => {
-                                    addr.do_send(ConsoleLost(gen, "end of file".into()));
-                                    return;
-                                }
-                                // Waiting for the actor to take each read
-                                // bounds memory under a flood: the kernel's
-                                // buffer fills and the sender slows down.
+                    // The reads are a stream of this actor's context, not a
+                    // task sending messages: a read is handled where it is
+                    // polled, with no envelope, reply channel or second
+                    // task's wake-up per read (a cost per read at 1000
+                    // boards). The stream is polled only while the actor is,
+                    // and each read is handled before the next is made, so
+                    // memory is bounded under a flood: the kernel's buffer
+                    // fills and the sender slows down.
+                    let reads = futures_lite::stream::unfold(
+                        Some((io.reader, pacer, vec![0u8; 16 * 1024])),
+                        move |state| async move {
+                            let (mut reader, mut pacer, mut buf) = state?;
+                            match reader.read_batch(&mut buf, &mut pacer).await {
+                                Ok(0) => Some(((gen, ConsoleEvent::Lost("end of file".into())), None)),
                                 Ok(n) => {
-                                    if addr
-                                        .send(ConsoleBytes(gen, buf[..n].to_vec()))
-                                        .await
-                                        .is_err()
-                                    {
-                                        return;
-                                    }
+                                    let bytes = buf[..n].to_vec();
+                                    Some(((gen, ConsoleEvent::Bytes(bytes)), Some((reader, pacer, buf))))
                                 }
-                                Err(e) => {
-                                    addr.do_send(ConsoleLost(gen, e.to_string()));
-                                    return;
-                                }
+                                Err(e) => Some(((gen, ConsoleEvent::Lost(e.to_string())), None)),
                             }
-                        }
-                    });
-                    act.console_tasks =
-                        vec![AbortOnDrop(w.abort_handle()), AbortOnDrop(r.abort_handle())];
+                        },
+                    );
+                    if let Some(old) = act.console_reads.replace(ctx.add_stream(reads)) {
+                        ctx.cancel_future(old);
+                    }
+                    act.console_writer = Some(AbortOnDrop(w.abort_handle()));
                 }
                 Err(e) => {
                     tracing::warn!(board = %act.name, error = %e, "console connect failed");
@@ -390,13 +407,7 @@ impl BoardActor {
     /// them durable within its log group time (see `Store::queue_log`).
     fn flush_log(&mut self) {
         if let Some(job) = &mut self.job {
-            if job.log_buf.is_empty() {
-                return;
-            }
-            let bytes = std::mem::take(&mut job.log_buf);
-            let offset = job.log_offset;
-            job.log_offset += bytes.len() as u64;
-            self.store.queue_log(job.id, offset, bytes);
+            job.flush_log(&self.store);
         }
     }
 
@@ -467,88 +478,106 @@ impl Actor for BoardActor {
     }
 }
 
-impl Handler<ConsoleBytes> for BoardActor {
-    type Result = ();
-    fn handle(&mut self, msg: ConsoleBytes, _ctx: &mut Context<Self>) {
-        let span = self.span.clone();
-        let _in_board = span.enter();
-        if msg.0 != self.console_gen {
+impl StreamHandler<(u64, ConsoleEvent)> for BoardActor {
+    fn handle(&mut self, (gen, event): (u64, ConsoleEvent), ctx: &mut Context<Self>) {
+        // A connection's reads are cancelled when it is replaced, so an
+        // older generation should never arrive; if one did, it is ignored.
+        if gen != self.console_gen {
             return;
         }
-        self.metrics.console_bytes(&self.name, msg.1.len() as u64);
-        if self.watchers.receiver_count() > 0 {
-            let _ = self.watchers.send(msg.1.clone());
+        match event {
+            ConsoleEvent::Bytes(bytes) => self.console_read(bytes),
+            ConsoleEvent::Lost(why) => self.console_lost(why, ctx),
         }
-        let cap = self.max_log;
-        match &mut self.job {
-            Some(job) => {
-                if let Some(input) = &job.input {
-                    if !input.send(&msg.1) {
-                        if job.unfed == 0 {
-                            tracing::warn!(board = %self.name, job = job.id, "boot sequence too far behind the console; dropping its input");
-                        }
-                        job.unfed += msg.1.len() as u64;
-                    } else if job.unfed > 0 {
-                        let note = format!("\r\n[labd: {} console bytes came faster than the job could read them and were not matched]\r\n", job.unfed);
-                        job.log_buf.extend_from_slice(note.as_bytes());
-                        job.unfed = 0;
-                    }
-                }
-                let kept = job.log_offset + job.log_buf.len() as u64;
-                if !job.truncated {
-                    let room = cap.saturating_sub(kept) as usize;
-                    if msg.1.len() <= room {
-                        if job.log_buf.is_empty() {
-                            // The usual case: the read's own buffer goes to
-                            // the store, no copy.
-                            job.log_buf = msg.1;
-                        } else {
-                            job.log_buf.extend_from_slice(&msg.1);
-                        }
-                    } else {
-                        job.log_buf.extend_from_slice(&msg.1[..room]);
-                        job.truncated = true;
-                        let note = format!("\r\n[labd: console log truncated at {cap} bytes (limits.max_job_log_bytes); the rest of this job's console is not kept]\r\n");
-                        job.log_buf.extend_from_slice(note.as_bytes());
-                        tracing::warn!(board = %self.name, job = job.id, cap, "job console log truncated");
-                    }
-                }
-                self.flush_log();
+    }
+
+    /// A connection's reads end right after reporting its loss, which is
+    /// handled there; the default (stopping the actor) must not happen.
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+impl BoardActor {
+    /// One read of the console: counted, shown to watchers, kept in the
+    /// job's log (or the idle ring) and handed to the job's runner.
+    fn console_read(&mut self, bytes: Vec<u8>) {
+        let n = bytes.len();
+        self.console_bytes.inc_by(n as u64);
+        if self.watchers.receiver_count() > 0 {
+            let _ = self.watchers.send(bytes.clone());
+        }
+        let Some(job) = &mut self.job else {
+            self.ring.extend(bytes);
+            while self.ring.len() > self.ring_cap {
+                self.ring.pop_front();
             }
-            None => {
-                self.ring.extend(msg.1);
-                while self.ring.len() > self.ring_cap {
-                    self.ring.pop_front();
+            return;
+        };
+        let fed = job.input.as_ref().map(|input| input.has_room(n));
+        match fed {
+            Some(false) => {
+                if job.unfed == 0 {
+                    let _in_board = self.span.enter();
+                    tracing::warn!(board = %self.name, job = job.id, "boot sequence too far behind the console; dropping its input");
                 }
+                job.unfed += n as u64;
+            }
+            Some(true) if job.unfed > 0 => {
+                let note = format!("\r\n[labd: {} console bytes came faster than the job could read them and were not matched]\r\n", job.unfed);
+                job.log_buf.extend_from_slice(note.as_bytes());
+                job.unfed = 0;
+            }
+            _ => {}
+        }
+        // Notes first, then this read: the log keeps the order they came in.
+        job.flush_log(&self.store);
+        if !job.truncated {
+            let cap = self.max_log;
+            let keep = n.min(cap.saturating_sub(job.log_offset) as usize);
+            if keep > 0 {
+                // The store copies the bytes into the job's queued chunk, so
+                // the read's buffer itself can go on to the runner.
+                self.store.queue_log(job.id, job.log_offset, &bytes[..keep]);
+                job.log_offset += keep as u64;
+            }
+            if keep < n {
+                job.truncated = true;
+                let note = format!("\r\n[labd: console log truncated at {cap} bytes (limits.max_job_log_bytes); the rest of this job's console is not kept]\r\n");
+                job.log_buf.extend_from_slice(note.as_bytes());
+                job.flush_log(&self.store);
+                let _in_board = self.span.enter();
+                tracing::warn!(board = %self.name, job = job.id, cap, "job console log truncated");
+            }
+        }
+        if fed == Some(true) {
+            if let Some(input) = &job.input {
+                input.send(bytes);
             }
         }
     }
-}
-
-impl Handler<ConsoleLost> for BoardActor {
-    type Result = ();
-    fn handle(&mut self, msg: ConsoleLost, ctx: &mut Context<Self>) {
+    /// The console's connection is gone (end of file or a read error):
+    /// reconnect, and give the running job as long as its connection
+    /// timeout allows.
+    fn console_lost(&mut self, why: String, ctx: &mut Context<Self>) {
         let span = self.span.clone();
         let _in_board = span.enter();
-        if msg.0 != self.console_gen {
-            return;
-        }
         self.writer = None;
-        self.console_tasks.clear();
+        // The reads end by themselves after this.
+        self.console_reads = None;
+        self.console_writer = None;
         self.console_up.send_replace(false);
         if self.console.attaches_after_power_on() {
             // A board that connects its own console (QEMU) closes it when
             // it powers off: that is no loss. A board dying during a job is
             // reported by its relay as lost power.
-            tracing::info!(board = %self.name, reason = %msg.1, "console closed by the board");
+            tracing::info!(board = %self.name, reason = %why, "console closed by the board");
             // Waiting for the next connection is an accept: no backoff.
             self.connect(ctx);
             return;
         }
-        tracing::warn!(board = %self.name, reason = %msg.1, "console lost; reconnecting");
+        tracing::warn!(board = %self.name, reason = %why, "console lost; reconnecting");
         let mut timer = None;
         if let Some(job) = &mut self.job {
-            let note = format!("\r\n[labd: console lost: {}; reconnecting]\r\n", msg.1);
+            let note = format!("\r\n[labd: console lost: {}; reconnecting]\r\n", why);
             job.log_buf.extend_from_slice(note.as_bytes());
             if !job.ending {
                 // The job waits for the console as long as its connection
@@ -569,7 +598,7 @@ impl Handler<ConsoleLost> for BoardActor {
         self.flush_log();
         // A loss comes only from an attached console, and attaching clears
         // `lost`: this is the start of the gap.
-        self.lost = Some((std::time::Instant::now(), msg.1, timer));
+        self.lost = Some((std::time::Instant::now(), why, timer));
         self.schedule_reconnect(ctx);
     }
 }

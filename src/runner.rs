@@ -53,16 +53,20 @@ pub struct FeedSender {
 }
 
 impl FeedSender {
-    /// Sends `bytes` unless the runner is too far behind; false if dropped.
-    pub fn send(&self, bytes: &[u8]) -> bool {
-        use std::sync::atomic::Ordering;
-        if self.waiting.load(Ordering::Acquire) + bytes.len() > FEED_LIMIT {
-            return false;
-        }
-        self.waiting.fetch_add(bytes.len(), Ordering::AcqRel);
+    /// Whether the runner can take `n` more bytes (it is not too far
+    /// behind). Only the runner takes bytes out, so the answer holds until
+    /// the next [`FeedSender::send`].
+    pub fn has_room(&self, n: usize) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Acquire) + n <= FEED_LIMIT
+    }
+
+    /// Hands `bytes` to the runner; call only after [`FeedSender::has_room`]
+    /// said yes. The buffer itself goes, not a copy of it.
+    pub fn send(&self, bytes: Vec<u8>) {
+        self.waiting
+            .fetch_add(bytes.len(), std::sync::atomic::Ordering::AcqRel);
         // A closed feed means the runner is done; nothing is owed to it.
-        let _ = self.tx.send(bytes.to_vec());
-        true
+        let _ = self.tx.send(bytes);
     }
 }
 

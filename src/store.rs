@@ -34,6 +34,9 @@ const MAX_BATCH: usize = 512;
 /// How long a batch of queued console bytes waits for more before its
 /// flush: a console byte is durable within this of its arrival.
 const LOG_GROUP: std::time::Duration = std::time::Duration::from_millis(500);
+/// Room a job's queued chunk starts with: a log group of a console at
+/// 115200 baud (11 520 bytes/s for 500 ms) fits without growing it.
+const LOG_CHUNK_RESERVE: usize = 8 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -503,7 +506,12 @@ impl Store {
     /// are durable within `LOG_GROUP`, and before any write queued after
     /// them is acknowledged. A lab of streaming consoles costs one writer
     /// wake-up and one flush per `LOG_GROUP`, not one per append.
-    pub fn queue_log(&self, id: JobId, offset: u64, bytes: Vec<u8>) {
+    ///
+    /// The bytes are copied into the job's queued chunk (the first read of
+    /// a group starts one with room for a group's worth at line rate), so
+    /// the caller keeps its buffer: a board hands the same read to its
+    /// runner afterwards without copying it again.
+    pub fn queue_log(&self, id: JobId, offset: u64, bytes: &[u8]) {
         let wake = {
             let mut guard = self.logs.lock().unwrap_or_else(|e| e.into_inner());
             let p = &mut *guard;
@@ -527,8 +535,12 @@ impl Store {
                 }
             };
             match chunks.last_mut() {
-                Some((off, b)) if *off + b.len() as u64 == offset => b.extend_from_slice(&bytes),
-                _ => chunks.push((offset, bytes)),
+                Some((off, b)) if *off + b.len() as u64 == offset => b.extend_from_slice(bytes),
+                _ => {
+                    let mut chunk = Vec::with_capacity(bytes.len().max(LOG_CHUNK_RESERVE));
+                    chunk.extend_from_slice(bytes);
+                    chunks.push((offset, chunk));
+                }
             }
             wake
         };
@@ -1548,10 +1560,10 @@ mod tests {
         let b = store.insert_job(record("b")).await.unwrap().id;
         let mut changes = store.subscribe();
         let queued_at = std::time::Instant::now();
-        store.queue_log(b, 0, b"b's boot ".to_vec());
-        store.queue_log(a, 0, b"a's last ".to_vec());
-        store.queue_log(a, 9, b"bytes".to_vec());
-        store.queue_log(b, 9, b"goes on".to_vec());
+        store.queue_log(b, 0, b"b's boot ");
+        store.queue_log(a, 0, b"a's last ");
+        store.queue_log(a, 9, b"bytes");
+        store.queue_log(b, 9, b"goes on");
         store
             .update_job(a, |j| {
                 j.finish(JobOutcome::complete());

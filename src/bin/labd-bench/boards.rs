@@ -147,9 +147,21 @@ fn run(o: &Opts) -> Result<serde_json::Value> {
                 .map(|a| a.iter().filter(|b| b["job"].is_null()).count())
                 .unwrap_or(0);
             if ended > 0 {
+                // Say how they ended: a failed job is not a short --seconds.
+                let mut how = Vec::new();
+                for &id in &ids {
+                    let j = c.call(R::Job { job: id }).await?;
+                    if j["state"] == "Finished" {
+                        how.push(format!(
+                            "job {id}: {} {} {}",
+                            j["health"], j["error_class"], j["error"]
+                        ));
+                    }
+                }
                 bail!(
-                    "{ended} boards ended their job before all {} reached their test (only {testing} in it): make --seconds longer",
-                    o.boards
+                    "{ended} boards ended their job before all {} reached their test (only {testing} in it): make --seconds longer; {}",
+                    o.boards,
+                    how.join("; ")
                 );
             }
             if Instant::now() > deadline {
@@ -158,6 +170,11 @@ fn run(o: &Opts) -> Result<serde_json::Value> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let all_streaming = t_submit.elapsed().as_secs_f64();
+        // On stderr, so a profiler can be started on labd for the window.
+        eprintln!(
+            "labd-bench boards: all {} boards streaming after {all_streaming:.0} s; measuring {} s (labd pid {pid})",
+            o.boards, o.window
+        );
         let bytes0 = metric(&mut c).await?;
         let cpu0 = lab::cpu_seconds(pid)?;
         let t0 = Instant::now();

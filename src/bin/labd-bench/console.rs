@@ -172,7 +172,7 @@ impl Sink {
         let mut o = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
         let off = o.entry(job).or_default();
         // Queued now; the writer thread batches and flushes it.
-        self.store.queue_log(job + 1, *off, bytes.to_vec());
+        self.store.queue_log(job + 1, *off, bytes);
         *off += bytes.len() as u64;
     }
 

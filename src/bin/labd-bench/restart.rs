@@ -117,7 +117,7 @@ pub(crate) async fn fill(state: &std::path::Path, jobs: u64, log_bytes: u64) -> 
         pending.push(store.insert_job(j));
         // Ids are given in order from 1: job i+1 is the one just queued.
         if per_job > 0 {
-            store.queue_log(i + 1, 0, log.clone());
+            store.queue_log(i + 1, 0, &log);
             queued += per_job;
         }
         // Keep the store's queues short: wait for the batch so far.
