@@ -672,20 +672,30 @@ impl Runner {
         let errors: Vec<String> = bl.error_messages.iter().map(|e| regex::escape(e)).collect();
         self.phase(Phase::Bootloader);
         let limit = self.timeout("bootloader-interrupt", None);
+        let start_message = self.ctx.dt.kernel.start_message.clone();
         self.bounded("bootloader-interrupt", limit, async |r: &mut Self| {
-            if bl.needs_interrupt {
-                r.expect(std::slice::from_ref(&bl.interrupt_prompt), &errors)
-                    .await?;
-                r.send(&bl.interrupt_char).await;
-                r.send("\n").await;
+            if !bl.needs_interrupt {
+                r.expect(std::slice::from_ref(&bl.prompt), &errors).await?;
+                return Ok(());
             }
-            r.expect(std::slice::from_ref(&bl.prompt), &errors).await?;
+            r.expect(std::slice::from_ref(&bl.interrupt_prompt), &errors)
+                .await?;
+            r.send(&bl.interrupt_char).await;
+            r.send("\n").await;
+            // A kernel starting instead of the prompt is U-Boot booting by
+            // itself: the key came too late for its countdown. Waiting on
+            // would only end in this action's timeout, long after.
+            let seen = [bl.prompt.clone(), start_message.clone()];
+            if r.expect(&seen, &errors).await? == 1 {
+                let msg = "U-Boot booted by itself: the interrupt did not reach it within its autoboot countdown (bootdelay)";
+                r.event("error", msg);
+                return Err(infra(msg));
+            }
             Ok(())
         })
         .await?;
         self.phase(Phase::BootloaderCommands);
         let limit = self.timeout("bootloader-commands", b.timeout);
-        let start_message = self.ctx.dt.kernel.start_message.clone();
         self.bounded("bootloader-commands", limit, async |r: &mut Self| {
             let n = commands.len();
             for (i, c) in commands.iter().enumerate() {

@@ -78,6 +78,29 @@ fn hung_kernel_ends_at_the_connection_timeout() {
     });
 }
 
+/// U-Boot that boots by itself although labd sent the interrupt (the key
+/// missed the countdown): the job ends at once, Incomplete (Infrastructure),
+/// saying so, instead of waiting out the bootloader-interrupt timeout.
+#[test]
+fn a_missed_autoboot_countdown_ends_the_job_at_once() {
+    rt().block_on(async {
+        let lab = faulty_lab(Fault::IgnoresInterrupt).await;
+        let mut c = lab.client().await;
+        let id = submit(&mut c, &lab.job("autoboot", "medium", &["true"])).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{log}");
+        let j = common::job(&mut c, id).await;
+        assert_eq!(j["error_class"], "Infrastructure");
+        let err = j["error"].as_str().unwrap();
+        assert!(err.contains("U-Boot booted by itself"), "{err}");
+        // It ended on the kernel's start, not on a timeout.
+        let ev = j["events"].as_array().unwrap();
+        assert!(!ev.iter().any(|e| e["kind"] == "timeout"), "{ev:?}");
+        assert!(log.contains("Starting kernel"), "{log}");
+        assert!(!powered(&lab).await.contains(&"sim-01".to_owned()));
+    });
+}
+
 /// A relay that does not answer: the job ends Incomplete (Infrastructure)
 /// naming the power failure, and the board must prove itself again.
 #[test]

@@ -41,6 +41,9 @@ pub enum Fault {
     Garbage,
     /// Every power command fails.
     RelayFails,
+    /// U-Boot's countdown takes no key (as if the key came too late, or
+    /// the board's receive line were broken): it boots on its own.
+    IgnoresInterrupt,
 }
 
 /// A request on the control socket (one JSON object per line).
@@ -537,7 +540,10 @@ impl Session<'_> {
         self.out.write(b"Hit any key to stop autoboot:  2 ").await;
         let mut interrupted = false;
         for i in (0..2).rev() {
-            if self.byte_within(Duration::from_millis(300)).await.is_some() {
+            let step = Duration::from_millis(300);
+            if self.fault == Fault::IgnoresInterrupt {
+                tokio::time::sleep(step).await;
+            } else if self.byte_within(step).await.is_some() {
                 interrupted = true;
                 break;
             }

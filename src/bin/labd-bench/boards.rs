@@ -152,8 +152,12 @@ fn run(o: &Opts) -> Result<serde_json::Value> {
                 for &id in &ids {
                     let j = c.call(R::Job { job: id }).await?;
                     if j["state"] == "Finished" {
+                        let mut log = Vec::new();
+                        c.logs(id, false, |d| log.extend_from_slice(d)).await?;
+                        let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(1500)..])
+                            .into_owned();
                         how.push(format!(
-                            "job {id}: {} {} {}",
+                            "job {id}: {} {} {}; its log ends with:\n{tail}",
                             j["health"], j["error_class"], j["error"]
                         ));
                     }
