@@ -18,7 +18,8 @@ struct Args {
     #[arg(long)]
     scratch: Option<PathBuf>,
     /// Pace every board's output like a serial line at this baud rate
-    /// (8N1, in 16 ms chunks like a USB adapter); unpaced without it.
+    /// (8N1, in 16 ms chunks like a USB adapter), and count U-Boot's
+    /// autoboot delay in real seconds; unpaced and shortened without it.
     #[arg(long)]
     baud: Option<u32>,
 }
