@@ -15,6 +15,11 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
+/// How much of a download is written to its file at once. `std::io::copy`
+/// alone writes 8 KiB at a time: about 4 000 writes for the rig's 33 MB
+/// kernel, where this takes about 130.
+const WRITE_BUFFER: usize = 256 << 10;
+
 /// Why an artifact could not be deployed, in words for the job's error.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -187,7 +192,7 @@ fn unpack(
     let file = std::fs::File::create(dst)
         .map_err(|e| fail(format!("cannot write {}: {e}", dst.display())))?;
     let mut out = Bounded {
-        inner: std::io::BufWriter::new(file),
+        inner: std::io::BufWriter::with_capacity(WRITE_BUFFER, file),
         written: 0,
         max: max_bytes,
         refused: false,
@@ -375,8 +380,11 @@ pub fn fetch(
             let mut tmp = c
                 .temp_file()
                 .map_err(|e| fail(format!("artifact cache: {e}")))?;
-            std::io::copy(&mut hashing, tmp.as_file_mut())
+            let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, tmp.as_file_mut());
+            std::io::copy(&mut hashing, &mut out)
+                .and_then(|_| out.flush())
                 .map_err(|e| fail(format!("{url}: {e}")))?;
+            drop(out);
             if hashing.read > max_bytes {
                 return Err(too_large(url, max_bytes));
             }
