@@ -424,7 +424,8 @@ pub struct Limits {
     /// `console::ReadPacing`. Read when a board starts.
     #[serde(default = "default_read_interval")]
     pub console_read_interval_ms: u64,
-    /// Console reads passed on at once before the pacing above applies.
+    /// Console reads passed on at once after a quiet line (one whose turn
+    /// found nothing to read), before the pacing above applies again.
     #[serde(default = "default_read_burst")]
     pub console_read_burst: u32,
 }

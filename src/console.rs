@@ -74,8 +74,13 @@ impl ConsoleReader {
         buf: &mut [u8],
         pacer: &mut ReadPacer,
     ) -> std::io::Result<usize> {
-        use tokio::io::AsyncReadExt;
+        let mut turn = false;
         while let Some(at) = pacer.ready_at(tokio::time::Instant::now()) {
+            if !turn {
+                // Waiting for a turn, not for bytes: out of the event loop.
+                self.park();
+                turn = true;
+            }
             // A write to the console ends the wait early (see `Replies`).
             let replies = pacer.replies();
             tokio::select! {
@@ -83,7 +88,20 @@ impl ConsoleReader {
                 _ = replies.wake.notified() => {}
             }
         }
-        let mut filled = self.read(buf).await?;
+        let mut filled = match self.read_now(buf).await? {
+            Some(n) => n,
+            None => {
+                // Nothing at its turn: the line has been quiet for at least
+                // an interval, and what comes next starts an exchange. (A
+                // read that finds nothing right after the last one, between
+                // turns, says nothing of the kind; nor does the time a read
+                // waits, which under load is mostly the actor's lateness.)
+                if turn {
+                    pacer.quiet();
+                }
+                self.read_when_ready(buf).await?
+            }
+        };
         // More may wait right behind a large read (a fast console, or a
         // pty's ring buffer wrapping around): take it now, without waiting.
         let mut last = filled;
@@ -97,10 +115,31 @@ impl ConsoleReader {
                 _ => break,
             }
         }
-        if filled > 0 && filled < BATCH_READ_BYTES {
+        // A flood goes without using a turn: the next read comes at once.
+        // Any smaller batch uses its turn, also one that gathered a few KB
+        // because its turn came late (free, the next read would find the
+        // line empty and wait on the event loop for the very next chunk: at
+        // 1000 boards, thousands of registrations a second).
+        if filled > 0 && filled < FLOOD_BATCH_BYTES {
             pacer.spend(tokio::time::Instant::now());
         }
         Ok(filled)
+    }
+
+    /// Waits for the next bytes and reads them.
+    async fn read_when_ready(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        match self {
+            ConsoleReader::Stream(r) => r.read(buf).await,
+            ConsoleReader::Fd(t) => t.read_when_ready(buf).await,
+        }
+    }
+
+    /// Takes a tty or socket out of the event loop (see [`FdReader`]).
+    fn park(&mut self) {
+        if let ConsoleReader::Fd(t) = self {
+            t.waiter = None;
+        }
     }
 
     /// Reads what is there now, without waiting: `None` if nothing is.
@@ -213,6 +252,45 @@ impl AsyncRead for FdReader {
 }
 
 impl FdReader {
+    /// Waits until the fd has bytes, and reads them. The fd stays in the
+    /// event loop afterwards, while its reads go as the bytes come (a
+    /// burst); [`ConsoleReader::read_batch`] takes it out when its reads
+    /// wait for turns again. (Registering anew for each read of a burst
+    /// cost a `dup`, two `epoll_ctl`s and a `close` per read.)
+    async fn read_when_ready(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsFd;
+        let w = match self.waiter.take() {
+            Some(w) => w,
+            None => {
+                let dup = self.fd.try_clone()?;
+                // SAFETY: the AsyncFd owns `dup` for its whole life.
+                unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        dup,
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .map_err(std::io::Error::from)?
+            }
+        };
+        let w = self.waiter.insert(w);
+        let fd = self.fd.as_fd().as_raw_fd();
+        loop {
+            let mut ready = w.readable().await?;
+            // A `WouldBlock` clears the readiness, so the next wait is for
+            // new bytes.
+            match ready.try_io(|_| loop {
+                match nix::unistd::read(fd, buf) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    r => return r.map_err(std::io::Error::from),
+                }
+            }) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
     /// Reads what the fd has now: `None` if nothing is there yet.
     fn read_now(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         use std::os::fd::AsFd;
@@ -371,19 +449,34 @@ impl Default for ReadPacing {
 
 /// A read this large is a fast console: it may have more right behind it
 /// (a pty gives at most 4 KiB per read, its line discipline's ring buffer,
-/// and less when the ring wraps), so the batch tries another read at once;
-/// and a batch this large goes without using a turn, so that a flood is
-/// never slowed down by pacing. A board at 115200 baud gathers about
-/// 1.2 KB per 100 ms turn.
+/// and less when the ring wraps), so the batch tries another read at once.
+/// A board at 115200 baud gathers about 1.2 KB per 100 ms turn.
 pub const BATCH_READ_BYTES: usize = 2048;
 
+/// A batch this large is a flood: a tty's or pty's whole line discipline
+/// ring (4 KiB, of which a read gets at most 4095 bytes) or more. It goes
+/// without using a turn, so that a flood is never slowed down by pacing.
+/// (The batch may have drained the ring, but behind it the tty's flip
+/// buffers refill it a moment later.) A board at 115200 baud gathers this
+/// much only when its turn comes 250 ms late.
+pub const FLOOD_BATCH_BYTES: usize = 4095;
+
 /// The token bucket behind [`ReadPacing`]: one token per small read
-/// delivered, refilled one per interval up to `burst`.
+/// delivered. A quiet line (a turn that found nothing to read) fills the
+/// bucket to `burst`, and each write labd makes adds
+/// a few (see [`Replies`]); time alone adds one token per interval (a
+/// turn), never more than one at a time.
+///
+/// Time does not refill the burst because a board that keeps talking is
+/// then read as each chunk arrives for as long as its reads outpace the
+/// refill: under load, when reads gather several chunks each, that was
+/// tens of seconds per board of reads that each registered with the event
+/// loop (measured at 1000 boards: two thirds of all reads).
 #[derive(Debug)]
 pub struct ReadPacer {
     pacing: ReadPacing,
     tokens: u32,
-    /// When the next token is added (while the bucket is not full).
+    /// When the next turn is due.
     next: tokio::time::Instant,
     replies: std::sync::Arc<Replies>,
 }
@@ -434,13 +527,16 @@ impl ReadPacer {
             .granted
             .swap(0, std::sync::atomic::Ordering::AcqRel);
         self.tokens = (self.tokens + granted).min(self.pacing.burst.max(READS_PER_WRITE));
-        while self.tokens < self.pacing.burst && now >= self.next {
-            self.tokens += 1;
-            self.next += self.pacing.interval;
-        }
-        if self.tokens >= self.pacing.burst {
-            // A full bucket does not save up: the refill clock starts now.
-            self.next = now + self.pacing.interval;
+        if self.next <= now {
+            // A turn is due: one read. Turns do not save up: those missed
+            // (a turn taken late) are skipped, and the next is due after
+            // now on the same clock (so a streaming board's turns stay on
+            // the grid).
+            self.tokens = self.tokens.max(1);
+            let step = self.pacing.interval.as_nanos();
+            let skipped = (now - self.next).as_nanos() / step + 1;
+            let ahead = (skipped * step).min(u64::MAX as u128) as u64;
+            self.next += std::time::Duration::from_nanos(ahead);
         }
     }
 
@@ -458,11 +554,30 @@ impl ReadPacer {
         }
         let epoch =
             tokio::time::Instant::from_std(*PACING_EPOCH.get_or_init(std::time::Instant::now));
-        let since = self.next.saturating_duration_since(epoch).as_nanos();
+        // The grid starts at the first paced read in the process. A turn
+        // due before that needs no rounding (and under a test's paused
+        // clock, another test's epoch can lie in this clock's future).
+        if self.next <= epoch {
+            return Some(self.next);
+        }
+        let since = (self.next - epoch).as_nanos();
         let step = self.pacing.interval.as_nanos();
         let steps = since.div_ceil(step);
         let offset = std::time::Duration::from_nanos((steps * step).min(u64::MAX as u128) as u64);
-        Some((epoch + offset).max(self.next))
+        // The token is due at the grid point, and the one after it a whole
+        // interval later: were the clock left at `next`, a turn taken at the
+        // grid (up to an interval late) plus the actor's own lateness would
+        // often find two tokens, and the spare one would send the next read
+        // to an empty line (see `read_batch`).
+        self.next = (epoch + offset).max(self.next);
+        Some(self.next)
+    }
+
+    /// The line was quiet for a whole interval (its turn found nothing to
+    /// read): what comes next starts an exchange, and the burst is there
+    /// for it.
+    pub fn quiet(&mut self) {
+        self.tokens = self.tokens.max(self.pacing.burst);
     }
 
     /// A small read was delivered at `now`.
@@ -999,13 +1114,55 @@ mod tests {
             "{:?}",
             at2 - at
         );
-        // A quiet time refills the bucket, but never beyond its burst.
+        // Time alone grants one turn, however long it was...
         let later = t0 + Duration::from_secs(10);
+        assert_eq!(p.ready_at(later), None);
+        p.spend(later);
+        assert!(p.ready_at(later).is_some());
+        // ...and a quiet line the whole burst, but never beyond it.
+        p.quiet();
+        p.quiet();
         for _ in 0..3 {
             assert_eq!(p.ready_at(later), None);
             p.spend(later);
         }
         assert!(p.ready_at(later).is_some());
+    }
+
+    /// A read that waited a whole interval for its first byte found a quiet
+    /// line: the reads after it go at once (an exchange starting), where a
+    /// board that kept talking waits for its turns.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_line_gets_its_burst_back() {
+        let (mut board, labd) = tokio::io::duplex(64 * 1024);
+        let mut labd = ConsoleReader::stream(labd);
+        let mut pacer = ReadPacer::new(pacing(100, 3), Instant::now());
+        let mut buf = vec![0u8; 1024];
+        // A chatty stretch uses up the burst: then it waits for turns.
+        for _ in 0..3 {
+            board.write_all(b"line\r\n").await.unwrap();
+            labd.read_batch(&mut buf, &mut pacer).await.unwrap();
+        }
+        board.write_all(b"line\r\n").await.unwrap();
+        let t = Instant::now();
+        labd.read_batch(&mut buf, &mut pacer).await.unwrap();
+        assert!(t.elapsed() > Duration::ZERO);
+        // The line goes quiet: the read after the turn waits for a whole
+        // interval (and more) before its first byte comes...
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            board.write_all(b"=> ").await.unwrap();
+            board
+        });
+        labd.read_batch(&mut buf, &mut pacer).await.unwrap();
+        let mut board = writer.await.unwrap();
+        // ...so the reads after it go at once.
+        let t = Instant::now();
+        for _ in 0..2 {
+            board.write_all(b"z").await.unwrap();
+            labd.read_batch(&mut buf, &mut pacer).await.unwrap();
+        }
+        assert_eq!(t.elapsed(), Duration::ZERO);
     }
 
     #[test]
@@ -1016,6 +1173,27 @@ mod tests {
         let at = a.ready_at(t0 + Duration::from_millis(50)).unwrap();
         let bt = b.ready_at(t0 + Duration::from_millis(50)).unwrap();
         assert_eq!(at, bt);
+    }
+
+    /// A streaming board's turn comes at the grid point, and the actor
+    /// may take it late (1000 boards are served one after another): still
+    /// one read per turn, never a spare token for a read of an empty line.
+    #[test]
+    fn a_late_turn_on_the_grid_grants_one_read() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = ReadPacer::new(pacing(100, 1), t0);
+        assert_eq!(p.ready_at(t0), None);
+        p.spend(t0);
+        let mut turn = p.ready_at(t0).unwrap();
+        for _ in 0..20 {
+            let late = turn + ms(99);
+            assert_eq!(p.ready_at(late), None, "the turn's token");
+            p.spend(late);
+            let next = p.ready_at(late).expect("no spare token");
+            assert_eq!(next - turn, ms(100), "the next turn is the next grid point");
+            turn = next;
+        }
     }
 
     #[test]
@@ -1065,6 +1243,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_flood_that_fills_the_buffer_is_not_held_back() {
+        let (mut board, labd) = tokio::io::duplex(64 * 1024);
+        let mut labd = ConsoleReader::stream(labd);
+        let mut pacer = ReadPacer::new(pacing(100, 1), Instant::now());
+        let mut buf = vec![0u8; 16 * 1024];
+        board.write_all(&[b'x'; 48 * 1024]).await.unwrap();
+        let start = Instant::now();
+        for _ in 0..3 {
+            let n = labd.read_batch(&mut buf, &mut pacer).await.unwrap();
+            assert_eq!(n, buf.len());
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // The burst's one turn is still there for what comes next.
+        board.write_all(b"login: ").await.unwrap();
+        labd.read_batch(&mut buf, &mut pacer).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn large_reads_are_not_held_back() {
         let (mut board, labd) = tokio::io::duplex(64 * 1024);
         let mut labd = ConsoleReader::stream(labd);
@@ -1072,11 +1269,31 @@ mod tests {
         let mut buf = vec![0u8; 16 * 1024];
         let start = Instant::now();
         for _ in 0..10 {
-            board.write_all(&[b'x'; BATCH_READ_BYTES]).await.unwrap();
+            board.write_all(&[b'x'; FLOOD_BATCH_BYTES]).await.unwrap();
             let n = labd.read_batch(&mut buf, &mut pacer).await.unwrap();
-            assert_eq!(n, BATCH_READ_BYTES);
+            assert_eq!(n, FLOOD_BATCH_BYTES);
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    /// A turn that comes late finds a few KB gathered at line rate; taking
+    /// them is catching up, not a flood, and uses the turn.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_turn_that_catches_up_uses_its_turn() {
+        let (mut board, labd) = tokio::io::duplex(64 * 1024);
+        let mut labd = ConsoleReader::stream(labd);
+        let mut pacer = ReadPacer::new(pacing(100, 1), Instant::now());
+        let mut buf = vec![0u8; 16 * 1024];
+        board.write_all(&[b'x'; 3000]).await.unwrap();
+        assert_eq!(labd.read_batch(&mut buf, &mut pacer).await.unwrap(), 3000);
+        board.write_all(b"more").await.unwrap();
+        let start = Instant::now();
+        let n = labd.read_batch(&mut buf, &mut pacer).await.unwrap();
+        assert_eq!(&buf[..n], b"more");
+        assert!(
+            start.elapsed() > Duration::ZERO,
+            "the next read waited for its turn"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1142,10 +1359,12 @@ mod tests {
         let t = Instant::now();
         let n = reader.read_batch(&mut buf, &mut pacer).await.unwrap();
         assert_eq!(&buf[..n], &[b'#'; 100][..]);
-        // Its turn: the next token, rounded up to the grid.
+        // Its turn: the next token (one interval on), rounded up to the
+        // grid (up to one more) and to the timer's millisecond.
         let waited = t.elapsed();
         assert!(
-            waited > Duration::ZERO && waited < 2 * SOCKET_PACING.interval,
+            waited > Duration::ZERO
+                && waited <= 2 * SOCKET_PACING.interval + Duration::from_millis(1),
             "{waited:?}"
         );
         // labd's writes reach the board.
