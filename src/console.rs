@@ -88,7 +88,16 @@ impl ConsoleReader {
                 _ = replies.wake.notified() => {}
             }
         }
-        let mut filled = match self.read_now(buf).await? {
+        // In a burst the fd is still registered, and waiting on it reads
+        // at once what is there (a read of our own first would find the
+        // line empty twice).
+        let registered = matches!(self, ConsoleReader::Fd(t) if t.waiter.is_some());
+        let first = if registered {
+            None
+        } else {
+            self.read_now(buf).await?
+        };
+        let mut filled = match first {
             Some(n) => n,
             None => {
                 // Nothing at its turn: the line has been quiet for at least
