@@ -1138,9 +1138,9 @@ mod tests {
         assert!(p.ready_at(later).is_some());
     }
 
-    /// A read that waited a whole interval for its first byte found a quiet
-    /// line: the reads after it go at once (an exchange starting), where a
-    /// board that kept talking waits for its turns.
+    /// A turn that finds nothing to read finds a quiet line: the reads
+    /// after it go at once (an exchange starting), where a board that kept
+    /// talking waits for its turns.
     #[tokio::test(start_paused = true)]
     async fn a_quiet_line_gets_its_burst_back() {
         let (mut board, labd) = tokio::io::duplex(64 * 1024);
@@ -1156,8 +1156,7 @@ mod tests {
         let t = Instant::now();
         labd.read_batch(&mut buf, &mut pacer).await.unwrap();
         assert!(t.elapsed() > Duration::ZERO);
-        // The line goes quiet: the read after the turn waits for a whole
-        // interval (and more) before its first byte comes...
+        // The line goes quiet: its next turn finds nothing to read...
         let writer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
             board.write_all(b"=> ").await.unwrap();
