@@ -585,7 +585,20 @@ pub enum ConsoleConfig {
     Pty { link: PathBuf },
     /// LAVA's `connection_command`: a program (argv, no shell) whose stdin
     /// and stdout are the console.
-    Command { command: Vec<String> },
+    Command {
+        command: Vec<String>,
+        /// A regex the program prints once it has reached the board's line,
+        /// such as telnet's `Escape character is`: the console counts as
+        /// attached (and the board may be powered on) only after it, so no
+        /// byte of the boot goes by while the program is still connecting.
+        /// What the program printed up to it is its own, not the board's.
+        #[serde(default)]
+        ready: Option<String>,
+        /// How long the program has to print `ready` before labd gives up
+        /// on this attempt, kills it and tries again.
+        #[serde(default = "default_console_ready_timeout")]
+        ready_timeout_secs: u64,
+    },
     /// A board of `labd-sim`: labd asks the simulator for its PTY and opens it as a serial device.
     Sim {
         #[serde(default)]
@@ -686,6 +699,9 @@ fn default_qemu_timeout() -> u64 {
     20
 }
 
+fn default_console_ready_timeout() -> u64 {
+    10
+}
 fn default_power_timeout() -> u64 {
     30
 }
@@ -775,13 +791,29 @@ impl LabConfig {
                     "a `sim` console or power needs `sim_control` at the top level".into(),
                 ));
             }
-            if let ConsoleConfig::Command { command } = &b.console {
+            if let ConsoleConfig::Command {
+                command,
+                ready,
+                ready_timeout_secs,
+            } = &b.console
+            {
                 if command.is_empty() {
                     return Err(bad(
                         format!("boards[{i}].console.command"),
                         "must be a non-empty argv list, such as [\"telnet\", \"host\", \"7001\"]"
                             .into(),
                     ));
+                }
+                if let Some(r) = ready {
+                    if let Err(e) = regex::bytes::Regex::new(r) {
+                        return Err(bad(format!("boards[{i}].console.ready"), e.to_string()));
+                    }
+                    if *ready_timeout_secs == 0 {
+                        return Err(bad(
+                            format!("boards[{i}].console.ready_timeout_secs"),
+                            "must be at least 1".into(),
+                        ));
+                    }
                 }
             }
             if let PowerConfig::Command { on, off, .. } = &b.power {
@@ -991,6 +1023,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("non-empty"), "{err}");
+    }
+
+    #[test]
+    fn a_command_console_s_ready_pattern_is_checked() {
+        let base = "state_dir = \"/tmp\"\n[[boards]]\nname = \"b\"\ndevice_type = \"bbb\"\npower = { type = \"command\", on = [\"r\", \"on\"], off = [\"r\", \"off\"] }\n";
+        let with =
+            |console: &str| LabConfig::parse("x.toml", &format!("{base}console = {console}\n"));
+        let cfg = with("{ type = \"command\", command = [\"telnet\", \"h\", \"7001\"], ready = \"Escape character is\" }")
+            .unwrap();
+        assert!(matches!(
+            &cfg.boards[0].console,
+            ConsoleConfig::Command { ready: Some(r), ready_timeout_secs: 10, .. } if r == "Escape character is"
+        ));
+        let err = with("{ type = \"command\", command = [\"telnet\"], ready = \"Escape (\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("boards[0].console.ready"), "{err}");
+        let err = with(
+            "{ type = \"command\", command = [\"telnet\"], ready = \"x\", ready_timeout_secs = 0 }",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("boards[0].console.ready_timeout_secs"),
+            "{err}"
+        );
     }
 
     #[test]

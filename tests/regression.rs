@@ -200,3 +200,51 @@ fn a_board_shell_holds_no_other_consoles_descriptors() {
         }
     });
 }
+
+/// A `command` console was attached as soon as its program ran, and the
+/// board powered on at once: a program slow to reach the line (in CI, a
+/// Python bridge starting on a loaded machine) saw U-Boot's prompt only
+/// after its autoboot countdown had gone by, and the job ended Incomplete
+/// (`consoles::a_job_runs_through_a_connection_command` failed so). With
+/// `ready` the board waits for the program. This bridge takes longer to
+/// connect than the whole countdown.
+#[test]
+fn a_command_console_slow_to_connect_still_catches_the_countdown() {
+    rt().block_on(async {
+        let mut lab = Lab::prepare(1, &[], &[], "");
+        let pty = lab.sim_pty("sim-01").await;
+        let bridge = r#"
+import os, sys, threading, time, tty
+time.sleep(1.5)
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)
+tty.setraw(fd)
+os.write(1, b"bridge: connected\r\n")
+def up():
+    while True:
+        d = os.read(0, 4096)
+        if not d:
+            break
+        os.write(fd, d)
+threading.Thread(target=up, daemon=True).start()
+while True:
+    d = os.read(fd, 4096)
+    if not d:
+        break
+    os.write(1, d)
+"#;
+        let argv = serde_json::to_string(&["python3", "-c", bridge, &pty]).unwrap();
+        let cfg = std::fs::read_to_string(&lab.config).unwrap().replace(
+            "console = { type = \"sim\" }",
+            &format!(
+                "console = {{ type = \"command\", command = {argv}, ready = \"connected\\r\\n\" }}"
+            ),
+        );
+        std::fs::write(&lab.config, cfg).unwrap();
+        lab.start_labd();
+        let mut c = lab.client().await;
+        let log = a_passing_job(&lab, &mut c, "slow-bridge").await;
+        let log = String::from_utf8_lossy(&log);
+        assert!(log.contains("Hit any key to stop autoboot"), "{log}");
+        assert!(!log.contains("bridge: connected"), "{log}");
+    });
+}

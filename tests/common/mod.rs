@@ -244,6 +244,16 @@ impl Lab {
         )
     }
 
+    /// The path of a simulated board's console pty, for a console in
+    /// front of it (ser2net, a bridge program).
+    pub async fn sim_pty(&self, board: &str) -> String {
+        let req = labd::sim::ControlRequest::Pty {
+            board: board.into(),
+        };
+        let r = labd::sim::control(&self.sim_control, &req).await.unwrap();
+        r.path.expect("the simulator names the pty")
+    }
+
     pub async fn sim(&self, req: labd::sim::ControlRequest) {
         let r = labd::sim::control(&self.sim_control, &req).await.unwrap();
         assert!(r.ok, "{r:?}");
@@ -296,6 +306,25 @@ pub async fn until_log_contains(lab: &Lab, id: u64, needle: &'static str) {
         end = &mut follow => panic!("job {id} ended before {needle:?} showed: {end:?}"),
         _ = seen => {}
     }
+}
+
+/// Runs a job with one test case that passes; asserts that it Completes
+/// with the case passed (showing the job's record and log if not) and
+/// returns the log's exact bytes.
+pub async fn a_passing_job(lab: &Lab, c: &mut Client, name: &str) -> Vec<u8> {
+    let id = submit(
+        c,
+        &lab.job(name, "medium", &["lava-test-case t --shell true"]),
+    )
+    .await;
+    let (end, log) = wait_job_bytes(c, id).await;
+    if end["health"] != "Complete" {
+        let j = job(c, id).await;
+        panic!("{name} ended {end}: {j}\n{}", String::from_utf8_lossy(&log));
+    }
+    let r = c.call(RequestBody::Results { job: id }).await.unwrap();
+    assert_eq!(r["results"][0]["result"], "pass", "{r}");
+    log
 }
 
 pub async fn job(c: &mut Client, id: u64) -> Value {
