@@ -27,13 +27,88 @@ pub struct Match {
     pub text: String,
 }
 
+/// One pattern, compiled the cheapest way that finds it.
+#[derive(Debug, Clone)]
+enum Pattern {
+    /// A plain string: most prompts and error messages, and every echo of
+    /// a command labd types (`regex::escape`d). Found with `memmem`, which
+    /// searches as fast as the regex engine's literal prefilter and is
+    /// built in well under a microsecond where a regex takes a tenth of a
+    /// millisecond or more. An echo names the job's own files, so each job
+    /// waits for patterns never seen before: compiling them as regexes was
+    /// a fifteenth of a rig job's time on the actors' thread.
+    Literal(Box<memchr::memmem::Finder<'static>>),
+    /// Anything else, compiled once per distinct pattern (see [`compiled`]).
+    Regex(Regex),
+}
+
+impl Pattern {
+    fn new(p: &str) -> Result<Pattern, PatternError> {
+        match literal(p) {
+            Some(bytes) => Ok(Pattern::Literal(Box::new(
+                memchr::memmem::Finder::new(&bytes).into_owned(),
+            ))),
+            None => compiled(p).map(Pattern::Regex),
+        }
+    }
+
+    fn is_match(&self, hay: &[u8]) -> bool {
+        match self {
+            Pattern::Literal(f) => f.find(hay).is_some(),
+            Pattern::Regex(r) => r.is_match(hay),
+        }
+    }
+
+    /// The leftmost match's start and end.
+    fn find(&self, hay: &[u8]) -> Option<(usize, usize)> {
+        match self {
+            Pattern::Literal(f) => f.find(hay).map(|at| (at, at + f.needle().len())),
+            Pattern::Regex(r) => r.find(hay).map(|m| (m.start(), m.end())),
+        }
+    }
+}
+
+/// The string `p` matches exactly, when it matches only that string (and
+/// matches something: the empty pattern is left to the regex engine).
+fn literal(p: &str) -> Option<Vec<u8>> {
+    let hir = regex_syntax::Parser::new().parse(p).ok()?;
+    match hir.kind() {
+        regex_syntax::hir::HirKind::Literal(l) if !l.0.is_empty() => Some(l.0.to_vec()),
+        _ => None,
+    }
+}
+
+/// `p` compiled as a regex, shared with every earlier wait for the same
+/// pattern: jobs wait for the same prompts and messages again and again.
+fn compiled(p: &str) -> Result<Regex, PatternError> {
+    /// Distinct patterns kept; beyond that the cache starts afresh (a
+    /// lab's device types and jobs use far fewer).
+    const KEPT: usize = 4096;
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Regex>>> =
+        std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    // A poisoned lock still holds whole entries: each is inserted at once.
+    if let Some(r) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(p) {
+        return Ok(r.clone());
+    }
+    let r = Regex::new(p).map_err(|source| PatternError {
+        pattern: p.to_owned(),
+        source,
+    })?;
+    let mut kept = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if kept.len() >= KEPT {
+        kept.clear();
+    }
+    kept.insert(p.to_owned(), r.clone());
+    Ok(r)
+}
+
 #[derive(Debug, Clone)]
 pub struct Matcher {
-    patterns: Vec<Regex>,
-    /// All patterns as one alternation: one pass over the bytes tells
-    /// whether any matches (the common answer is no), before the patterns
-    /// are searched one by one to say which.
-    any: Regex,
+    /// Searched one by one: with the few patterns of a wait, as fast on a
+    /// console's reads as one alternation of them all, and nothing to build
+    /// per set of patterns.
+    patterns: Vec<Pattern>,
     buf: Vec<u8>,
 }
 
@@ -41,56 +116,16 @@ impl Matcher {
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Matcher, PatternError> {
         let patterns = patterns
             .iter()
-            .map(|p| {
-                Regex::new(p.as_ref()).map_err(|source| PatternError {
-                    pattern: p.as_ref().to_owned(),
-                    source,
-                })
-            })
+            .map(|p| Pattern::new(p.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
-        let joined = patterns
-            .iter()
-            .map(|p| format!("(?:{})", p.as_str()))
-            .collect::<Vec<_>>()
-            .join("|");
-        let any = Regex::new(&joined).map_err(|source| PatternError {
-            pattern: joined.clone(),
-            source,
-        })?;
         Ok(Matcher {
             patterns,
-            any,
             buf: Vec::new(),
         })
     }
 
-    /// A matcher for `patterns` that shares its compiled regexes with every
-    /// earlier one for the same patterns. Jobs wait for the same prompts,
-    /// errors and command echoes again and again, and compiling them each
-    /// time was a twentieth of a rig job's dispatcher CPU.
-    pub fn cached(patterns: Vec<String>) -> Result<Matcher, PatternError> {
-        /// Distinct pattern sets kept; beyond that the cache starts afresh
-        /// (a lab's device types and jobs use far fewer).
-        const KEPT: usize = 4096;
-        static CACHE: std::sync::OnceLock<
-            std::sync::Mutex<std::collections::HashMap<Vec<String>, Matcher>>,
-        > = std::sync::OnceLock::new();
-        let cache = CACHE.get_or_init(Default::default);
-        // A poisoned lock still holds whole entries: each is inserted at once.
-        if let Some(m) = cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&patterns)
-        {
-            return Ok(m.clone());
-        }
-        let m = Matcher::new(&patterns)?;
-        let mut kept = cache.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() >= KEPT {
-            kept.clear();
-        }
-        kept.insert(patterns, m.clone());
-        Ok(m)
+    fn is_match(&self, hay: &[u8]) -> bool {
+        self.patterns.iter().any(|p| p.is_match(hay))
     }
 
     /// Keeps only what a later match could still need from `bytes`, read
@@ -140,7 +175,7 @@ impl Matcher {
             // `search_buf` dropped it: nothing is carried any more.
             debug_assert!(self.buf.is_empty());
         }
-        if !self.any.is_match(bytes) {
+        if !self.is_match(bytes) {
             self.keep_tail(bytes);
             return None;
         }
@@ -151,7 +186,7 @@ impl Matcher {
     /// Searches the buffer. On a match, drops what it ends with; otherwise
     /// keeps only the unfinished line, bounded.
     fn search_buf(&mut self) -> Option<Match> {
-        if !self.any.is_match(&self.buf) {
+        if !self.is_match(&self.buf) {
             self.trim_buf();
             return None;
         }
@@ -159,7 +194,7 @@ impl Matcher {
             .patterns
             .iter()
             .enumerate()
-            .filter_map(|(i, re)| re.find(&self.buf).map(|m| (m.start(), m.end(), i)))
+            .filter_map(|(i, p)| p.find(&self.buf).map(|(start, end)| (start, end, i)))
             .min_by_key(|&(start, _, i)| (start, i));
         match best {
             Some((start, end, index)) => {
@@ -289,20 +324,56 @@ mod tests {
         }
     }
 
-    /// A cached matcher starts with nothing searched, whatever the one
-    /// before it saw; a bad pattern is still an error, every time.
+    /// A matcher starts with nothing searched, whatever one built from the
+    /// same (shared) patterns before it saw; a bad pattern is still an
+    /// error, every time.
     #[test]
-    fn cached_matchers_start_afresh() {
-        let pats = vec!["=> ".to_owned(), "TFTP error".to_owned()];
-        let mut first = Matcher::cached(pats.clone()).unwrap();
+    fn matchers_of_shared_patterns_start_afresh() {
+        let pats = ["root@[a-z]+:[^#]*# ", "TFTP error"];
+        let mut first = Matcher::new(&pats).unwrap();
         assert!(first.feed(b"Loading: ###").is_none());
-        let mut second = Matcher::cached(pats).unwrap();
+        let mut second = Matcher::new(&pats).unwrap();
         assert!(second.buf.is_empty());
-        assert_eq!(second.feed(b"done\r\n=> ").map(|g| g.index), Some(0));
+        assert_eq!(
+            second.feed(b"done\r\nroot@sim:~# ").map(|g| g.index),
+            Some(0)
+        );
         for _ in 0..2 {
-            let e = Matcher::cached(vec!["(unclosed".to_owned()]).unwrap_err();
+            let e = Matcher::new(&["(unclosed"]).unwrap_err();
             assert_eq!(e.pattern, "(unclosed");
         }
+    }
+
+    /// Plain strings, however they are spelled as patterns, are found as
+    /// strings; anything a regex says more than a string stays a regex.
+    #[test]
+    fn plain_strings_are_literals_and_the_rest_regexes() {
+        let cmd = "tftp 0x40400000 1/0-kernel-Image (*.gz) $x [a]";
+        for (p, want) in [
+            (regex::escape(cmd), Some(cmd)),
+            ("login:".to_owned(), Some("login:")),
+            ("=> ".to_owned(), Some("=> ")),
+            (r"Linux\x20version".to_owned(), Some("Linux version")),
+            ("Linux version [0-9]".to_owned(), None),
+            ("(?i)login".to_owned(), None),
+            ("a|b".to_owned(), None),
+            ("".to_owned(), None),
+        ] {
+            assert_eq!(
+                literal(&p).map(|b| String::from_utf8(b).unwrap()),
+                want.map(str::to_owned),
+                "{p}"
+            );
+        }
+        // The same matches either way.
+        let mut m = Matcher::new(&[regex::escape(cmd), "Linux version [0-9]".to_owned()]).unwrap();
+        let g = m
+            .feed(format!("=> {cmd}\r\nLinux version 6").as_bytes())
+            .unwrap();
+        assert_eq!((g.index, g.text.as_str()), (0, cmd));
+        let rest = m.take_rest();
+        let g = m.feed(&rest).unwrap();
+        assert_eq!((g.index, g.text.as_str()), (1, "Linux version 6"));
     }
 
     #[test]

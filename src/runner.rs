@@ -471,7 +471,7 @@ impl Runner {
     async fn expect(&mut self, wanted: &[String], errors: &[String]) -> Result<usize, Stop> {
         let mut pats: Vec<String> = wanted.to_vec();
         pats.extend(errors.iter().cloned());
-        let mut m = Matcher::cached(pats).map_err(|e| {
+        let mut m = Matcher::new(&pats).map_err(|e| {
             Stop(JobOutcome::incomplete(
                 ErrorClass::Configuration,
                 e.to_string(),
