@@ -38,18 +38,23 @@ enum Pattern {
     /// waits for patterns never seen before: compiling them as regexes was
     /// a fifteenth of a rig job's time on the actors' thread.
     Literal(Box<memchr::memmem::Finder<'static>>),
-    /// Anything else, compiled once per distinct pattern (see [`compiled`]).
+    /// Anything else, compiled once per distinct pattern (see [`shared`]).
     Regex(Regex),
 }
 
 impl Pattern {
+    /// Plain text (the common case, and every echo) is read off the
+    /// pattern at once; anything else is parsed and compiled once and
+    /// shared (see [`shared`]).
     fn new(p: &str) -> Result<Pattern, PatternError> {
-        match literal(p) {
-            Some(bytes) => Ok(Pattern::Literal(Box::new(
-                memchr::memmem::Finder::new(&bytes).into_owned(),
-            ))),
-            None => compiled(p).map(Pattern::Regex),
+        match plain(p) {
+            Some(text) => Ok(Pattern::literal(&text)),
+            None => shared(p),
         }
+    }
+
+    fn literal(bytes: &[u8]) -> Pattern {
+        Pattern::Literal(Box::new(memchr::memmem::Finder::new(bytes).into_owned()))
     }
 
     fn is_match(&self, hay: &[u8]) -> bool {
@@ -68,8 +73,35 @@ impl Pattern {
     }
 }
 
-/// The string `p` matches exactly, when it matches only that string (and
-/// matches something: the empty pattern is left to the regex engine).
+/// The text of a pattern that is plain text: no regex syntax but
+/// backslashes before the characters `regex::escape` escapes. `None`
+/// for anything else, which the regex parser must read, and for the empty
+/// pattern (it matches everywhere, which the regex engine handles).
+fn plain(p: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(p.len());
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            // Only what `regex::escape` escapes: other escaped punctuation
+            // may mean something (`\<` is the start of a word).
+            '\\' => match chars.next() {
+                Some(e) if regex_syntax::is_meta_character(e) => out.push(e as u8),
+                _ => return None,
+            },
+            '.' | '+' | '*' | '?' | '(' | ')' | '|' | '[' | ']' | '{' | '}' | '^' | '$' => {
+                return None
+            }
+            c => {
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The string `p` matches exactly, when the regex parser says it matches
+/// only that string (such as `Linux\x20version`).
 fn literal(p: &str) -> Option<Vec<u8>> {
     let hir = regex_syntax::Parser::new().parse(p).ok()?;
     match hir.kind() {
@@ -78,29 +110,34 @@ fn literal(p: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// `p` compiled as a regex, shared with every earlier wait for the same
-/// pattern: jobs wait for the same prompts and messages again and again.
-fn compiled(p: &str) -> Result<Regex, PatternError> {
+/// A pattern that is not plain text, parsed and compiled once and shared
+/// with every later wait for it: jobs wait for the same prompts and
+/// messages again and again.
+fn shared(p: &str) -> Result<Pattern, PatternError> {
     /// Distinct patterns kept; beyond that the cache starts afresh (a
     /// lab's device types and jobs use far fewer).
     const KEPT: usize = 4096;
-    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Regex>>> =
-        std::sync::OnceLock::new();
+    static CACHE: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, Pattern>>,
+    > = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     // A poisoned lock still holds whole entries: each is inserted at once.
     if let Some(r) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(p) {
         return Ok(r.clone());
     }
-    let r = Regex::new(p).map_err(|source| PatternError {
-        pattern: p.to_owned(),
-        source,
-    })?;
+    let made = match literal(p) {
+        Some(text) => Pattern::literal(&text),
+        None => Pattern::Regex(Regex::new(p).map_err(|source| PatternError {
+            pattern: p.to_owned(),
+            source,
+        })?),
+    };
     let mut kept = cache.lock().unwrap_or_else(|e| e.into_inner());
     if kept.len() >= KEPT {
         kept.clear();
     }
-    kept.insert(p.to_owned(), r.clone());
-    Ok(r)
+    kept.insert(p.to_owned(), made.clone());
+    Ok(made)
 }
 
 #[derive(Debug, Clone)]
@@ -364,6 +401,19 @@ mod tests {
                 want.map(str::to_owned),
                 "{p}"
             );
+            // The quick reading never claims more than the parser: it
+            // leaves escapes such as `\x20` to it.
+            if let Some(text) = plain(&p) {
+                assert_eq!(Some(text), literal(&p), "{p}");
+            }
+        }
+        // Whatever text is escaped, the quick reading gives it back;
+        // other escapes it leaves to the parser.
+        for text in [cmd, "a\\b ~&#-<>@%!'\"`", "é ünïcode → ok"] {
+            assert_eq!(plain(&regex::escape(text)), Some(text.as_bytes().to_vec()));
+        }
+        for p in [r"\<word", r"word\>", r"\d", r"\x41", r"\n"] {
+            assert_eq!(plain(p), None, "{p}");
         }
         // The same matches either way.
         let mut m = Matcher::new(&[regex::escape(cmd), "Linux version [0-9]".to_owned()]).unwrap();
