@@ -197,36 +197,11 @@ async fn run(args: Args, cfg: Option<LabConfig>) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Resolves at SIGINT or SIGTERM. The signals are awaited in a task of
-/// their own: the future given to `block_on` is polled on every wake-up of
-/// the actors' thread (actix's arbiter runs inside it), and polling both
-/// signal streams there each time was 4% of that thread during rig jobs,
-/// where a channel's receiver costs next to nothing.
 async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    // Registered here, before the task first runs, so that no signal
-    // between now and then takes its default action.
-    let streams = [SignalKind::interrupt(), SignalKind::terminate()].map(|k| signal(k).ok());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let [mut int, mut term] = streams;
-        tokio::select! {
-            _ = next_signal(&mut int) => {}
-            _ = next_signal(&mut term) => {}
-        }
-        let _ = tx.send(());
-    });
-    // The sender goes only with the runtime, which ends the wait anyway.
-    let _ = rx.await;
-}
-
-/// The next delivery of a signal; never, for one that could not be registered.
-async fn next_signal(s: &mut Option<tokio::signal::unix::Signal>) {
-    match s {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match &mut term { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
 }
 
