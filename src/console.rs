@@ -507,8 +507,12 @@ impl Replies {
     }
 }
 
-/// The origin of the grid that paced reads are aligned to.
-static PACING_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+/// The origin of the grid that paced reads are aligned to: the first paced
+/// read in the process.
+fn pacing_epoch() -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    tokio::time::Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now))
+}
 
 impl ReadPacer {
     pub fn new(pacing: ReadPacing, now: tokio::time::Instant) -> Self {
@@ -556,8 +560,7 @@ impl ReadPacer {
         if self.tokens > 0 {
             return None;
         }
-        let epoch =
-            tokio::time::Instant::from_std(*PACING_EPOCH.get_or_init(std::time::Instant::now));
+        let epoch = pacing_epoch();
         // The grid starts at the first paced read in the process. A turn
         // due before that needs no rounding (and under a test's paused
         // clock, another test's epoch can lie in this clock's future).
@@ -1255,14 +1258,21 @@ mod tests {
         assert_eq!(t.elapsed(), Duration::ZERO);
     }
 
+    /// Boards whose turns fall due within one interval of the grid take
+    /// them together, at its next point. The grid is the process's (other
+    /// tests may have started it): the boards start just after a point.
     #[test]
     fn paced_boards_wake_on_one_grid() {
-        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let epoch = pacing_epoch();
+        let t0 =
+            epoch + ms(100) * (((Instant::now() - epoch).as_millis() / 100 + 1) as u32) + ms(1);
         let mut a = ReadPacer::new(pacing(100, 0), t0);
-        let mut b = ReadPacer::new(pacing(100, 0), t0 + Duration::from_millis(37));
-        let at = a.ready_at(t0 + Duration::from_millis(50)).unwrap();
-        let bt = b.ready_at(t0 + Duration::from_millis(50)).unwrap();
+        let mut b = ReadPacer::new(pacing(100, 0), t0 + ms(37));
+        let at = a.ready_at(t0 + ms(50)).unwrap();
+        let bt = b.ready_at(t0 + ms(50)).unwrap();
         assert_eq!(at, bt);
+        assert_eq!(at, t0 - ms(1) + ms(200));
     }
 
     /// A streaming board's turn comes at the grid point, and the actor
