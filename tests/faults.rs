@@ -167,3 +167,119 @@ fn console_flood_is_capped_and_memory_stays_bounded() {
         assert!(peak_kb < 150 * 1024, "labd peaked at {peak_kb} kB");
     });
 }
+
+/// A board that floods its console while the job is busy elsewhere (here
+/// in a power-on that takes as long as the test wants): past the runner's
+/// feed limit (`runner::FEED_LIMIT`) the bytes still go to the log, whole,
+/// but not to the runner, and once it has caught up the log says how many
+/// it never saw.
+#[test]
+fn a_flood_while_the_job_is_busy_is_logged_and_noted() {
+    use std::io::{Read, Write};
+    rt().block_on(async {
+        let mut lab = Lab::prepare(1, &[], &[], "");
+        let dir = lab.dir.path().to_path_buf();
+        let link = dir.join("board.console");
+        // The relay says when it is switching on, and finishes only when
+        // told: two FIFOs, so each side waits for the other's event.
+        let (powering, go) = (dir.join("powering"), dir.join("go"));
+        for f in [&powering, &go] {
+            nix::unistd::mkfifo(f, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        }
+        let on = format!(
+            "echo on > '{}'; read _ < '{}'",
+            powering.display(),
+            go.display()
+        );
+        let cfg = std::fs::read_to_string(&lab.config)
+            .unwrap()
+            .replace(
+                "console = { type = \"sim\" }",
+                &format!("console = {{ type = \"pty\", link = {:?} }}", link),
+            )
+            .replace(
+                "power = { type = \"sim\" }",
+                &format!(
+                    "power = {{ type = \"command\", on = [\"sh\", \"-c\", {on:?}], off = [\"true\"], timeout_secs = 300 }}"
+                ),
+            )
+            .replace("\"timeouts.bootloader-interrupt\" = 3", "\"timeouts.bootloader-interrupt\" = 300");
+        std::fs::write(&lab.config, cfg).unwrap();
+        lab.start_labd();
+        let mut c = lab.client().await;
+        let id = submit(&mut c, &lab.job("busy", "medium", &["true"])).await;
+        let mut follower = lab.client().await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            follower
+                .logs(id, true, |d| {
+                    let _ = tx.send(d.to_vec());
+                })
+                .await
+        });
+        let mut log = Vec::new();
+        let mut log_until = async |log: &mut Vec<u8>, done: &dyn Fn(&[u8]) -> bool| {
+            while !done(log) {
+                let chunk = rx.recv().await.expect("the job ended first");
+                log.extend_from_slice(&chunk);
+            }
+        };
+        // The runner is in the power-on: the board floods.
+        let p = powering.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(p).unwrap().read_to_end(&mut Vec::new())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        const FLOOD: usize = 9_000_000;
+        const { assert!(FLOOD > labd::runner::FEED_LIMIT) };
+        let slave = link.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut tty = std::fs::OpenOptions::new().write(true).open(slave).unwrap();
+            let line = [b"x".repeat(98), b"\r\n".to_vec()].concat();
+            for _ in 0..FLOOD / line.len() {
+                tty.write_all(&line).unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        log_until(&mut log, &|l| l.len() >= FLOOD).await;
+        // The relay is done; the runner catches up. What comes next finds
+        // room, and the note goes first.
+        let g = go.clone();
+        tokio::task::spawn_blocking(move || std::fs::write(g, "go\n"))
+            .await
+            .unwrap()
+            .unwrap();
+        let note = b"console bytes came faster than the job could read them and were not matched]";
+        let mut tty = std::fs::OpenOptions::new().write(true).open(&link).unwrap();
+        let mut k = 0;
+        while !log.windows(note.len()).any(|w| w == note) {
+            k += 1;
+            assert!(k < 50, "no note after {k} lines");
+            let probe = format!("probe {k}\r\n");
+            tty.write_all(probe.as_bytes()).unwrap();
+            let p = probe.trim_end().to_owned();
+            log_until(&mut log, &|l| {
+                l.windows(p.len()).any(|w| w == p.as_bytes())
+            })
+            .await;
+        }
+        let text = String::from_utf8_lossy(&log);
+        let at = text.find("[labd: ").expect("the note");
+        let unfed: u64 = text[at + 7..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a count in the note");
+        assert!(unfed > 0 && unfed as usize <= FLOOD, "{unfed}");
+        // Nothing was lost from the log itself.
+        assert!(log.len() >= FLOOD + unfed.min(1) as usize, "{}", log.len());
+        c.call(labd::protocol::RequestBody::Cancel { job: id })
+            .await
+            .unwrap();
+        let (end, _) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Canceled");
+    });
+}
