@@ -1555,24 +1555,22 @@ mod tests {
     /// failed attempt that names what it printed.
     #[tokio::test]
     async fn a_command_console_that_never_gets_ready_is_a_failed_connect() {
-        let ended = command(
+        let refused =
+            async |c: CommandConsole| c.connect().await.err().expect("no console").to_string();
+        let ended = refused(command(
             "echo 'telnet: Unable to connect'",
             "Escape character",
             30_000,
-        )
-        .connect()
-        .await
-        .err()
-        .expect("no console")
-        .to_string();
+        ))
+        .await;
         assert!(ended.contains("ended before printing `ready`"), "{ended}");
         assert!(ended.contains("Unable to connect"), "{ended}");
-        let silent = command("echo 'Trying...'; exec sleep 60", "Escape character", 2_000)
-            .connect()
-            .await
-            .err()
-            .expect("no console")
-            .to_string();
+        let silent = refused(command(
+            "echo 'Trying...'; exec sleep 60",
+            "Escape character",
+            2_000,
+        ))
+        .await;
         assert!(silent.contains("did not print `ready`"), "{silent}");
         assert!(silent.contains("Trying..."), "{silent}");
     }

@@ -102,7 +102,7 @@ fn plain(p: &str) -> Option<Vec<u8>> {
 
 /// The string `p` matches exactly, when the regex parser says it matches
 /// only that string (such as `Linux\x20version`).
-fn literal(p: &str) -> Option<Vec<u8>> {
+fn parsed_literal(p: &str) -> Option<Vec<u8>> {
     let hir = regex_syntax::Parser::new().parse(p).ok()?;
     match hir.kind() {
         regex_syntax::hir::HirKind::Literal(l) if !l.0.is_empty() => Some(l.0.to_vec()),
@@ -125,7 +125,7 @@ fn shared(p: &str) -> Result<Pattern, PatternError> {
     if let Some(r) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(p) {
         return Ok(r.clone());
     }
-    let made = match literal(p) {
+    let made = match parsed_literal(p) {
         Some(text) => Pattern::literal(&text),
         None => Pattern::Regex(Regex::new(p).map_err(|source| PatternError {
             pattern: p.to_owned(),
@@ -223,10 +223,8 @@ impl Matcher {
     /// Searches the buffer. On a match, drops what it ends with; otherwise
     /// keeps only the unfinished line, bounded.
     fn search_buf(&mut self) -> Option<Match> {
-        if !self.is_match(&self.buf) {
-            self.trim_buf();
-            return None;
-        }
+        // Each pattern is searched once: with no alternation of them all,
+        // a pass asking only whether any matches would search twice.
         let best = self
             .patterns
             .iter()
@@ -397,14 +395,14 @@ mod tests {
             ("".to_owned(), None),
         ] {
             assert_eq!(
-                literal(&p).map(|b| String::from_utf8(b).unwrap()),
+                parsed_literal(&p).map(|b| String::from_utf8(b).unwrap()),
                 want.map(str::to_owned),
                 "{p}"
             );
             // The quick reading never claims more than the parser: it
             // leaves escapes such as `\x20` to it.
             if let Some(text) = plain(&p) {
-                assert_eq!(Some(text), literal(&p), "{p}");
+                assert_eq!(Some(text), parsed_literal(&p), "{p}");
             }
         }
         // Whatever text is escaped, the quick reading gives it back;

@@ -469,8 +469,7 @@ impl Runner {
     /// Waits until one of `wanted` matches; a match of `errors` stops the job.
     /// Both are regexes.
     async fn expect(&mut self, wanted: &[String], errors: &[String]) -> Result<usize, Stop> {
-        let mut pats: Vec<String> = wanted.to_vec();
-        pats.extend(errors.iter().cloned());
+        let pats: Vec<&str> = wanted.iter().chain(errors).map(String::as_str).collect();
         let mut m = Matcher::new(&pats).map_err(|e| {
             Stop(JobOutcome::incomplete(
                 ErrorClass::Configuration,
