@@ -49,6 +49,8 @@ pub enum BoardReport {
 pub struct StartJob {
     pub id: JobId,
     pub def: JobDefinition,
+    /// Whose rights the job's `file://` artifacts are read with.
+    pub reader: Option<crate::model::Identity>,
 }
 
 /// Ends the running job early with the given outcome (a cancel, or the
@@ -658,6 +660,7 @@ impl Handler<StartJob> for BoardActor {
         let rc = RunCtx {
             job_id: msg.id,
             def: msg.def,
+            reader: msg.reader,
             dt: self.dt.clone(),
             input: input_rx,
             output: out_tx,

@@ -42,6 +42,9 @@ pub struct LabConfig {
     /// Downloaded artifacts shared by jobs (`[artifact_cache]`).
     #[serde(default)]
     pub artifact_cache: ArtifactCacheConfig,
+    /// Where `file://` artifacts may come from (`[deploy]`).
+    #[serde(default)]
+    pub deploy: DeployConfig,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -281,6 +284,17 @@ impl Default for StoreConfig {
 
 fn default_cache() -> u64 {
     64 * 1024 * 1024
+}
+
+/// `[deploy]`: what a job's `file://` artifacts may be.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// Directories `file://` artifacts may lie under (after symlinks are
+    /// resolved); each is still read only with its submitter's rights.
+    /// Empty (the default): no `file://` artifact is read.
+    #[serde(default)]
+    pub file_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -761,6 +775,14 @@ impl LabConfig {
             },
             message,
         };
+        for (i, r) in self.deploy.file_roots.iter().enumerate() {
+            if !r.is_absolute() {
+                return Err(bad(
+                    format!("deploy.file_roots[{i}]"),
+                    format!("`{}` is not an absolute path", r.display()),
+                ));
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, b) in self.boards.iter().enumerate() {
             if b.name.is_empty()
@@ -918,6 +940,10 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
             threads: None,
         },
         artifact_cache: ArtifactCacheConfig::default(),
+        // The demo runs as whoever started it: any file they may read.
+        deploy: DeployConfig {
+            file_roots: vec![PathBuf::from("/")],
+        },
         limits: Limits::default(),
         health_checks: HealthChecks::default(),
         auth: Auth::default(),

@@ -103,6 +103,7 @@ pub async fn start(
     let tftp = TftpInfo {
         cache,
         max_artifact_bytes: cfg.limits.max_artifact_bytes,
+        file_roots: crate::local_file::FileRoots::new(&cfg.deploy.file_roots),
         root,
         server_ip,
         port: addr.port(),
@@ -210,6 +211,8 @@ impl Daemon {
             while hup.recv().await.is_some() {
                 let caller = crate::lab::Caller {
                     uid: nix::unistd::Uid::effective().as_raw(),
+                    gid: nix::unistd::Gid::effective().as_raw(),
+                    groups: Vec::new(),
                     name: "SIGHUP".into(),
                     admin: true,
                 };

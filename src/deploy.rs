@@ -37,9 +37,22 @@ pub struct Fetched {
 /// Progress without a known size is reported this often.
 const PROGRESS_EVERY: u64 = 64 << 20;
 
-/// Reads through, hashing what passes and reporting progress.
+/// Whose rights and which directories a `file://` artifact is read with
+/// (see [`crate::local_file`]).
+#[derive(Debug, Clone, Default)]
+pub struct LocalRights {
+    /// The submitter; None for labd's own jobs (health checks).
+    pub who: Option<crate::model::Identity>,
+    pub roots: crate::local_file::FileRoots,
+}
+
+/// Reads through, hashing what passes and reporting progress, and gives up
+/// once `deadline` passed: the runner stops waiting at its deploy timeout,
+/// and the blocking-pool thread doing the reading must end too, not go on
+/// with a slow source for as long as it likes.
 struct Hashing<'a, R> {
     inner: R,
+    deadline: std::time::Instant,
     hash: sha2::Sha256,
     read: u64,
     total: Option<u64>,
@@ -58,6 +71,12 @@ impl<R: Read> Hashing<'_, R> {
 
 impl<R: Read> Read for Hashing<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if std::time::Instant::now() > self.deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the deploy's timeout passed",
+            ));
+        }
         let n = self.inner.read(buf)?;
         self.hash.update(&buf[..n]);
         self.read += n as u64;
@@ -115,14 +134,15 @@ fn open_source(
     timeout: Duration,
     max_bytes: u64,
     known: Option<&UrlEntry>,
+    local: &LocalRights,
 ) -> Result<Option<Body>, DeployError> {
     let fail = |m: String| DeployError(m);
     if let Some(path) = url.strip_prefix("file://") {
-        let f = std::fs::File::open(path).map_err(|e| fail(format!("cannot read {path}: {e}")))?;
-        let total = f.metadata().ok().map(|m| m.len());
+        let opened = crate::local_file::open(path, local.who.as_ref(), &local.roots)
+            .map_err(|e| fail(e.to_string()))?;
         return Ok(Some(Body {
-            reader: Box::new(f),
-            total,
+            reader: Box::new(opened.file),
+            total: Some(opened.len),
             etag: None,
             last_modified: None,
         }));
@@ -263,8 +283,10 @@ pub fn fetch(
     progress: &mut dyn FnMut(u64, Option<u64>),
     cache: Option<&ArtifactCache>,
     placement: Placement,
+    local: &LocalRights,
 ) -> Result<Fetched, DeployError> {
     let fail = |m: String| DeployError(m);
+    let deadline = std::time::Instant::now() + timeout;
     let cache = cache.filter(|_| !url.starts_with("file://"));
     let from_blob = |blob: &Path| -> Result<Fetched, DeployError> {
         let mut f =
@@ -326,7 +348,7 @@ pub fn fetch(
         }
     }
     let known = cache.and_then(|c| c.entry(url));
-    let mut body = open_source(url, timeout, max_bytes, known.as_ref())?;
+    let mut body = open_source(url, timeout, max_bytes, known.as_ref(), local)?;
     if let (None, Some(k)) = (&body, &known) {
         // 304: the cached blob is still what the URL gives.
         check_sha(url, sha256, &k.sha256)?;
@@ -334,7 +356,7 @@ pub fn fetch(
             return from_blob(&blob);
         }
         // Evicted in between: ask again, unconditionally.
-        body = open_source(url, timeout, max_bytes, None)?;
+        body = open_source(url, timeout, max_bytes, None, local)?;
     }
     // An unconditional request answers with a body or an error.
     let Body {
@@ -345,6 +367,7 @@ pub fn fetch(
     } = body.ok_or_else(|| fail(format!("{url}: the server answered 304 to a plain GET")))?;
     let mut hashing = Hashing {
         inner: reader.take(max_bytes + 1),
+        deadline,
         hash: sha2::Sha256::new(),
         read: 0,
         total,
@@ -472,6 +495,10 @@ mod tests {
             &mut |read, total| seen.push((read, total)),
             None,
             Placement::Copy,
+            &LocalRights {
+                who: None,
+                roots: crate::local_file::FileRoots::new(&[dir.path().to_path_buf()]),
+            },
         );
         let out = std::fs::read(&dst).unwrap_or_default();
         (r, out, seen)
@@ -518,6 +545,7 @@ mod tests {
             &mut |_, _| {},
             Some(cache),
             placement,
+            &LocalRights::default(),
         )
     }
 

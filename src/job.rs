@@ -313,6 +313,9 @@ impl fmt::Display for JobError {
 pub struct Parsed {
     pub definition: JobDefinition,
     pub warnings: Vec<Diagnostic>,
+    /// Every `file://` artifact's path and where the job names it, so the
+    /// lab can check them at submit (see [`crate::local_file`]).
+    pub files: Vec<(Location, String)>,
 }
 
 /// Top-level keys that change nothing for a single lab: accepted with a warning.
@@ -322,6 +325,7 @@ struct Ctx<'a> {
     file: &'a str,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
+    files: Vec<(Location, String)>,
 }
 
 impl Ctx<'_> {
@@ -480,6 +484,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
         file,
         errors: Vec::new(),
         warnings: Vec::new(),
+        files: Vec::new(),
     };
     let opts = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
     let root = match marked_yaml::parse_yaml_with_options(0, text, opts) {
@@ -505,6 +510,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
         Some(definition) if ctx.errors.is_empty() => Ok(Parsed {
             definition,
             warnings: ctx.warnings,
+            files: ctx.files,
         }),
         _ => {
             if ctx.errors.is_empty() {
@@ -846,6 +852,8 @@ fn artifact(
                         );
                         continue;
                     }
+                    let at = ctx.loc(&p, val.span());
+                    ctx.files.push((at, rest.to_owned()));
                     url = Some(u);
                 } else if u.starts_with("http://") || u.starts_with("https://") {
                     url = Some(u);

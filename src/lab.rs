@@ -44,6 +44,10 @@ pub struct BoardInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Caller {
     pub uid: u32,
+    /// The peer's group and supplementary groups: with the uid, the rights
+    /// its jobs' `file://` artifacts are read with.
+    pub gid: u32,
+    pub groups: Vec<u32>,
     pub name: String,
     /// Root, labd's own user, or a member of the configured admin group.
     pub admin: bool,
@@ -197,6 +201,7 @@ struct Queued {
     priority: u8,
     submit_time: u64,
     def: JobDefinition,
+    reader: Option<crate::model::Identity>,
 }
 
 impl Queued {
@@ -206,6 +211,7 @@ impl Queued {
             priority: r.priority,
             submit_time: r.submit_time,
             def,
+            reader: r.reader(),
         }
     }
 }
@@ -378,6 +384,7 @@ impl LabActor {
             ("store", old.store != cfg.store),
             ("tftp", old.tftp != cfg.tftp),
             ("artifact_cache", old.artifact_cache != cfg.artifact_cache),
+            ("deploy", old.deploy != cfg.deploy),
             ("auth", old.auth != cfg.auth),
             ("metrics_listen", old.metrics_listen != cfg.metrics_listen),
             ("slow", old.slow != cfg.slow),
@@ -757,9 +764,13 @@ impl LabActor {
                 .map_err(|e| e.to_string())?;
             // A closed mailbox means the board actor died taking the job;
             // its death report ends the job (as a Bug), not this path.
-            addr.send(StartJob { id, def: q.def })
-                .await
-                .map_err(|_| BOARD_DIED.to_owned())??;
+            addr.send(StartJob {
+                id,
+                def: q.def,
+                reader: q.reader,
+            })
+            .await
+            .map_err(|_| BOARD_DIED.to_owned())??;
             store
                 .update_job(id, |j| {
                     if j.state == JobState::Scheduled {
@@ -1230,6 +1241,8 @@ fn next_attempt(j: &JobRecord, maxima: &job::TimeoutMaxima) -> Option<JobRecord>
         retry_of: Some(j.id),
         attempt: j.attempt + 1,
         submitter_uid: j.submitter_uid,
+        submitter_gid: j.submitter_gid,
+        submitter_groups: j.submitter_groups.clone(),
         ..JobRecord::submitted(
             j.name.clone(),
             j.device_type.clone(),
@@ -1307,6 +1320,41 @@ pub async fn read_query(store: &Store, req: LabRequest) -> Result<LabReply, ApiE
     })
 }
 
+/// Refuses a job whose `file://` artifacts its submitter may not have
+/// deployed (see [`crate::local_file`]), naming the first one's key path.
+fn check_local_files(
+    files: &[(crate::error::Location, String)],
+    reader: Option<&Identity>,
+    roots: &crate::local_file::FileRoots,
+) -> Result<(), ApiError> {
+    use crate::local_file::FileRefusal;
+    for (at, path) in files {
+        if let Err(e) = crate::local_file::open(path, reader, roots) {
+            // A file not there yet may be by the time the job runs (a build
+            // still writing it): its deploy checks everything again.
+            if matches!(&e, FileRefusal::Unreadable { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+            {
+                continue;
+            }
+            let code = match e {
+                FileRefusal::NoRoots { .. }
+                | FileRefusal::OutsideRoots { .. }
+                | FileRefusal::Unreadable { .. }
+                | FileRefusal::NotPublic { .. } => ErrorCode::PermissionDenied,
+                FileRefusal::NotRegular { .. }
+                | FileRefusal::KernelFs { .. }
+                | FileRefusal::Raced { .. } => ErrorCode::InvalidJob,
+            };
+            return Err(ApiError {
+                code,
+                message: format!("{at}: {e}"),
+                location: Some(at.clone()),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Handler<LabRequest> for LabActor {
     type Result = ResponseActFuture<Self, Result<LabReply, ApiError>>;
 
@@ -1359,6 +1407,8 @@ impl Handler<LabRequest> for LabActor {
                 }
                 let rec = JobRecord {
                     submitter_uid: Some(caller.uid),
+                    submitter_gid: Some(caller.gid),
+                    submitter_groups: Some(caller.groups.clone()),
                     ..JobRecord::submitted(
                         def.job_name.clone(),
                         def.device_type.clone(),
@@ -1368,16 +1418,30 @@ impl Handler<LabRequest> for LabActor {
                         definition,
                     )
                 };
+                let files = parsed.files;
+                let reader = rec.reader();
+                let roots = crate::local_file::FileRoots::new(&self.cfg.deploy.file_roots);
                 Box::pin(
-                    async move { Ok::<_, ApiError>(store.insert_job(rec).await?) }
-                        .into_actor(self)
-                        .map(move |res, act, ctx| {
-                            let r = res?;
-                            act.metrics.job_submitted();
-                            act.enqueue(Queued::of(&r, def), ctx);
-                            act.schedule(ctx);
-                            Ok(LabReply::Submitted { id: r.id, warnings })
-                        }),
+                    async move {
+                        if !files.is_empty() {
+                            // Opening files may block (and runs with the
+                            // submitter's rights on a thread of its own).
+                            tokio::task::spawn_blocking(move || {
+                                check_local_files(&files, reader.as_ref(), &roots)
+                            })
+                            .await
+                            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
+                        }
+                        Ok::<_, ApiError>(store.insert_job(rec).await?)
+                    }
+                    .into_actor(self)
+                    .map(move |res, act, ctx| {
+                        let r = res?;
+                        act.metrics.job_submitted();
+                        act.enqueue(Queued::of(&r, def), ctx);
+                        act.schedule(ctx);
+                        Ok(LabReply::Submitted { id: r.id, warnings })
+                    }),
                 )
             }
             LabRequest::Cancel { job, caller } => {

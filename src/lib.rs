@@ -16,6 +16,7 @@ pub mod error;
 pub mod faults;
 pub mod job;
 pub mod lab;
+pub mod local_file;
 pub mod matcher;
 pub mod metrics;
 pub mod model;

@@ -188,6 +188,13 @@ pub struct JobRecord {
     /// The submitter's uid, from the socket peer's credentials.
     #[serde(default)]
     pub submitter_uid: Option<u32>,
+    /// The submitter's group and supplementary groups, from the socket
+    /// peer's credentials: with the uid, the rights its `file://`
+    /// artifacts are read with.
+    #[serde(default)]
+    pub submitter_gid: Option<u32>,
+    #[serde(default)]
+    pub submitter_groups: Option<Vec<u32>>,
     /// The console log was dropped by the retention policy.
     #[serde(default)]
     pub log_pruned: bool,
@@ -200,6 +207,29 @@ pub struct JobRecord {
     /// Where the job's time went on its board, phase by phase, in order.
     #[serde(default)]
     pub timing: Vec<PhaseTime>,
+}
+
+/// Whose rights a job's `file://` artifacts are read with: its submitter,
+/// as the kernel named them on the socket (`SO_PEERCRED`, `SO_PEERGROUPS`).
+/// A group list the record lacks (jobs from before it was kept) is looked
+/// up when a file is opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: Option<u32>,
+    pub groups: Option<Vec<u32>>,
+}
+
+impl JobRecord {
+    /// The identity the job's files are read with; None for labd's own
+    /// jobs (health checks), which come from the lab's config.
+    pub fn reader(&self) -> Option<Identity> {
+        self.submitter_uid.map(|uid| Identity {
+            uid,
+            gid: self.submitter_gid,
+            groups: self.submitter_groups.clone(),
+        })
+    }
 }
 
 /// Time spent in one board phase of a job.
@@ -241,6 +271,8 @@ impl JobRecord {
             end_time: None,
             health_check: false,
             submitter_uid: None,
+            submitter_gid: None,
+            submitter_groups: None,
             log_pruned: false,
             retry_of: None,
             attempt: 1,

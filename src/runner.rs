@@ -124,11 +124,15 @@ pub struct TftpInfo {
     pub max_artifact_bytes: u64,
     /// Downloads shared by jobs; None when the lab turned it off.
     pub cache: Option<Arc<crate::cache::ArtifactCache>>,
+    /// Where `file://` artifacts may come from (`[deploy] file_roots`).
+    pub file_roots: crate::local_file::FileRoots,
 }
 
 pub struct RunCtx {
     pub job_id: JobId,
     pub def: JobDefinition,
+    /// Whose rights the job's `file://` artifacts are read with.
+    pub reader: Option<crate::model::Identity>,
     pub dt: DeviceType,
     pub input: ConsoleFeed,
     pub output: mpsc::UnboundedSender<Vec<u8>>,
@@ -372,6 +376,10 @@ impl Runner {
                     let (u, sha, comp) = (url.clone(), art.sha256.clone(), art.compression);
                     let store = r.ctx.store.clone();
                     let cache = r.ctx.tftp.cache.clone();
+                    let local = crate::deploy::LocalRights {
+                        who: r.ctx.reader.clone(),
+                        roots: r.ctx.tftp.file_roots.clone(),
+                    };
                     let what = kind.clone();
                     let fetched = tokio::task::spawn_blocking(move || {
                         let mut progress = |read: u64, total: Option<u64>| {
@@ -397,6 +405,7 @@ impl Runner {
                             &mut progress,
                             cache.as_deref(),
                             placement,
+                            &local,
                         )
                     })
                     .await

@@ -356,10 +356,13 @@ impl Conn {
             return;
         };
         let (uid, gid, admin_gid) = (cred.uid(), cred.gid(), self.server.limits.admin_gid);
-        let caller = tokio::task::spawn_blocking(move || identify(uid, gid, admin_gid))
+        let groups = peer_groups(&stream);
+        let caller = tokio::task::spawn_blocking(move || identify(uid, gid, groups, admin_gid))
             .await
             .unwrap_or_else(|_| Caller {
                 uid,
+                gid,
+                groups: Vec::new(),
                 name: format!("uid {uid}"),
                 admin: false,
             });
@@ -662,7 +665,44 @@ async fn metrics_http(stream: tokio::net::TcpStream, lab: Addr<LabActor>) -> std
 /// Names the caller and decides whether it is an admin: root, labd's own
 /// user, or a member of the admin group (as its primary group or in the
 /// group database).
-fn identify(uid: u32, gid: u32, admin_gid: Option<u32>) -> Caller {
+/// The peer's supplementary groups as the kernel has them
+/// (`SO_PEERGROUPS`, Linux 4.13): None where the kernel cannot say.
+fn peer_groups(stream: &UnixStream) -> Option<Vec<u32>> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    for _ in 0..2 {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: the buffer and its length describe `groups`, which
+        // outlives the call; the kernel writes at most `len` bytes.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if r == 0 {
+            groups.truncate(n);
+            return Some(groups);
+        }
+        // ERANGE: the kernel said how much room it needs.
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || n <= groups.len()
+        {
+            return None;
+        }
+        groups.resize(n, 0);
+    }
+    None
+}
+
+/// Who is on the other end: name and admin rights from the user database,
+/// groups from the kernel (or, where it cannot say, the user database).
+fn identify(uid: u32, gid: u32, groups: Option<Vec<u32>>, admin_gid: Option<u32>) -> Caller {
     use nix::unistd::{getgrouplist, Gid, Uid, User};
     let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
     let name = user
@@ -679,7 +719,22 @@ fn identify(uid: u32, gid: u32, admin_gid: Option<u32>) -> Caller {
             })
     });
     let admin = uid == 0 || uid == Uid::effective().as_raw() || in_admin_group;
-    Caller { uid, name, admin }
+    let groups = groups.unwrap_or_else(|| {
+        user.as_ref()
+            .and_then(|u| {
+                let n = std::ffi::CString::new(u.name.as_str()).ok()?;
+                getgrouplist(&n, Gid::from_raw(gid)).ok()
+            })
+            .map(|g| g.iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_default()
+    });
+    Caller {
+        uid,
+        gid,
+        groups,
+        name,
+        admin,
+    }
 }
 
 async fn handle(

@@ -154,3 +154,82 @@ fn submitters_cancel_their_own_jobs_and_only_admins_touch_boards() {
         );
     });
 }
+
+/// A job's `file://` artifact was read with labd's (root's) rights: as
+/// another user, a kernel at a root-only file was staged into the job's
+/// TFTP directory for anyone to fetch. Files are opened with the
+/// submitter's uid and groups, at submit and again at deploy.
+#[test]
+fn file_artifacts_are_read_only_with_the_submitters_rights() {
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root; this one switches users"
+        );
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    rt().block_on(async {
+        let mut lab = Lab::prepare(
+            1,
+            &[],
+            &[],
+            "[auth]\nsocket_group = \"users\"\nsocket_mode = 0o660\n[deploy]\nfile_roots = [\"@DIR@\"]",
+        );
+        let dir = lab.dir.path().to_owned();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let labctl = dir.join("labctl");
+        std::fs::copy(env!("CARGO_BIN_EXE_labctl"), &labctl).unwrap();
+        let secret = dir.join("secret.img");
+        std::fs::write(&secret, b"root's secret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let later = dir.join("later.img");
+        std::fs::write(&later, b"readable at submit only").unwrap();
+        std::fs::set_permissions(&later, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let a = lab.artifacts();
+        let with_kernel = |name: &str, path: &Path| {
+            let f = dir.join(format!("{name}.yaml"));
+            let text = lab.job(name, "medium", &["true"]).replace(
+                &format!("file://{}/Image", a.display()),
+                &format!("file://{}", path.display()),
+            );
+            std::fs::write(&f, text).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+            f.display().to_string()
+        };
+        let secret_job = with_kernel("secret", &secret);
+        let later_job = with_kernel("later", &later);
+        lab.start_labd();
+        let who = As {
+            labctl,
+            socket: &lab.socket,
+        };
+        let mut c = lab.client().await;
+
+        // Refused at submit, with where; nothing stored.
+        let o = who.user(&["submit", &secret_job]);
+        assert!(denied(&o), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("actions[0].deploy.kernel.url"), "{err}");
+        assert!(err.contains("Permission denied"), "{err}");
+        assert!(all_jobs(&mut c).await.is_empty());
+        // Root may deploy its own file.
+        let id = submit(&mut c, &std::fs::read_to_string(&secret_job).unwrap()).await;
+        assert_eq!(wait_job(&mut c, id).await.0["health"], "Complete");
+
+        // Readable at submit, not any more when the job runs: the deploy
+        // opens it as the submitter again and fails without staging it.
+        set_health(&mut c, "sim-01", "maintenance", None)
+            .await
+            .unwrap();
+        let id: u64 = ok(&who.user(&["submit", &later_job])).parse().unwrap();
+        std::fs::set_permissions(&later, std::fs::Permissions::from_mode(0o600)).unwrap();
+        set_health(&mut c, "sim-01", "online", None).await.unwrap();
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{log}");
+        let j = common::job(&mut c, id).await;
+        let error = j["error"].as_str().unwrap_or_default();
+        assert!(error.contains("Permission denied"), "{j}");
+        assert!(!log.contains("readable at submit only"));
+    });
+}

@@ -199,3 +199,94 @@ fn http_artifacts_are_fetched_checked_and_decompressed() {
         assert!(e.contains("nope.gz") && e.contains("404"), "{e}");
     });
 }
+
+/// `lab.job` with its kernel at `path` instead of the lab's own Image.
+fn job_with_kernel(lab: &Lab, path: &str) -> String {
+    let a = lab.artifacts();
+    lab.job("k", "medium", &["true"]).replace(
+        &format!("file://{}/Image", a.display()),
+        &format!("file://{path}"),
+    )
+}
+
+/// Submitting a FIFO nobody writes as a kernel left a thread blocked in
+/// `open()` per job until the blocking pool was exhausted; `/dev/*` and
+/// `/proc/self/environ` (labd's own environment) were staged for TFTP.
+/// Each is refused at submit, naming the key path, and nothing is stored.
+#[test]
+fn fifos_devices_and_kernel_files_are_refused_at_submit() {
+    rt().block_on(async {
+        let lab = Lab::start_with(1, &[], &[], "[deploy]\nfile_roots = [\"/\"]");
+        let mut c = lab.client().await;
+        let fifo = lab.dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        for (path, what) in [
+            (fifo.to_str().unwrap(), "a FIFO"),
+            ("/dev/zero", "a character device"),
+            ("/proc/self/environ", "procfs"),
+            ("/sys/kernel/notes", "sysfs"),
+        ] {
+            let e = c
+                .submit(&job_with_kernel(&lab, path), "j.yaml")
+                .await
+                .unwrap_err();
+            let m = e.to_string();
+            assert_eq!(e.code(), Some(labd::error::ErrorCode::InvalidJob), "{m}");
+            assert!(m.contains(what), "{path}: {m}");
+            assert!(m.contains("actions[0].deploy.kernel.url"), "{m}");
+            assert!(m.contains("j.yaml:"), "{m}");
+        }
+        assert!(all_jobs(&mut c).await.is_empty());
+        // The lab's own artifacts still deploy.
+        let id = submit(&mut c, &lab.job("fine", "medium", &["true"])).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+    });
+}
+
+/// A configured lab reads no `file://` artifact unless `[deploy]
+/// file_roots` allows its directory (symlinks resolved).
+#[test]
+fn file_artifacts_must_lie_under_the_labs_file_roots() {
+    rt().block_on(async {
+        let lab = Lab::start_with(1, &[], &[], "[deploy]\nfile_roots = [\"@DIR@/artifacts\"]");
+        let mut c = lab.client().await;
+        let outside = lab.dir.path().join("outside.img");
+        std::fs::write(&outside, b"not for boards").unwrap();
+        let link = lab.artifacts().join("link.img");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        for path in [
+            outside.to_str().unwrap(),
+            link.to_str().unwrap(),
+            "/etc/passwd",
+        ] {
+            let e = c
+                .submit(&job_with_kernel(&lab, path), "j.yaml")
+                .await
+                .unwrap_err();
+            let m = e.to_string();
+            assert_eq!(
+                e.code(),
+                Some(labd::error::ErrorCode::PermissionDenied),
+                "{m}"
+            );
+            assert!(m.contains("file_roots"), "{m}");
+            assert!(m.contains("actions[0].deploy.kernel.url"), "{m}");
+        }
+        let id = submit(&mut c, &lab.job("inside", "medium", &["true"])).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+        drop(c);
+        drop(lab);
+
+        // No roots at all: no file:// artifact.
+        let lab = Lab::start_with(1, &[], &[], "[deploy]\n");
+        let mut c = lab.client().await;
+        let e = c
+            .submit(&lab.job("none", "medium", &["true"]), "j.yaml")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(labd::error::ErrorCode::PermissionDenied));
+        assert!(e.to_string().contains("allows no file://"), "{e}");
+    });
+}

@@ -112,6 +112,10 @@ impl Lab {
             sim_control
         );
         cfg.push_str(&extra_config.replace("@DIR@", &dir.path().display().to_string()));
+        // The tests' jobs deploy the lab's own artifacts as file:// URLs.
+        if !extra_config.contains("[deploy]") {
+            cfg.push_str(&format!("\n[deploy]\nfile_roots = [{:?}]\n", dir.path()));
+        }
         cfg.push('\n');
         for n in &names {
             let t: Vec<String> = tags

@@ -99,7 +99,7 @@ fn run(o: &Opts) -> Result<serde_json::Value> {
     let sim = Sim::start(dir.path(), &names, Some(o.baud))?;
     let socket = dir.path().join("labd.sock");
     let mut cfg = format!(
-        "socket = {socket:?}\nstate_dir = {:?}\nsim_control = {:?}\n[tftp]\nbind = \"127.0.0.1:0\"\nserver_ip = \"127.0.0.1\"\n[limits]\nmax_connections = 1024\n",
+        "socket = {socket:?}\nstate_dir = {:?}\nsim_control = {:?}\n[tftp]\nbind = \"127.0.0.1:0\"\nserver_ip = \"127.0.0.1\"\n[deploy]\nfile_roots = [\"/\"]\n[limits]\nmax_connections = 1024\n",
         dir.path().join("state"),
         sim.control,
     );

@@ -38,7 +38,7 @@ pub fn main(o: Opts) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("labd.sock");
     let cfg = format!(
-        "socket = {:?}\nstate_dir = {:?}\n[tftp]\nbind = \"127.0.0.1:0\"\n[limits]\nmax_connections = 1024\n[[boards]]\nname = \"bench-01\"\ndevice_type = \"sim-uboot\"\nconsole = {{ type = \"command\", command = [\"cat\"] }}\npower = {{ type = \"command\", on = [\"true\"], off = [\"true\"] }}\n",
+        "socket = {:?}\nstate_dir = {:?}\n[tftp]\nbind = \"127.0.0.1:0\"\n[deploy]\nfile_roots = [\"/\"]\n[limits]\nmax_connections = 1024\n[[boards]]\nname = \"bench-01\"\ndevice_type = \"sim-uboot\"\nconsole = {{ type = \"command\", command = [\"cat\"] }}\npower = {{ type = \"command\", on = [\"true\"], off = [\"true\"] }}\n",
         socket,
         dir.path().join("state")
     );
