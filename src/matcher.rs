@@ -244,6 +244,12 @@ impl Matcher {
         }
     }
 
+    /// How many bytes follow the last match (what [`Matcher::take_rest`]
+    /// would return): after a match, always a suffix of the bytes fed last.
+    pub fn rest_len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The bytes after the last match, which the next wait must search first.
     pub fn take_rest(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buf)

@@ -158,8 +158,22 @@ struct Runner {
     ctx: RunCtx,
     rest: Vec<u8>,
     signals: SignalParser,
+    /// In a test action: waits are not bounded by the connection timeout,
+    /// and a timeout is the test's (`ErrorClass::Test`), not the lab's.
     collecting: bool,
+    /// Whether the bytes a wait consumes go to the signal parser: only
+    /// the board's output between a step's start and end markers, never
+    /// the echo of what labd typed.
+    feeding: bool,
     collected: Vec<Signal>,
+    /// Marks this run's step markers apart from any earlier run's (and
+    /// from whatever a test prints), with `steps` counting them.
+    step_token: String,
+    steps: u64,
+    /// The shell line running now, for a timeout's message.
+    current_step: Option<String>,
+    /// The test definitions whose ENDRUN signal was seen.
+    ended_runs: Vec<String>,
     /// Deployed files by role (`kernel`, `ramdisk`, `dtb`, or a tmpfs
     /// image's name), relative to the TFTP root.
     deployed: BTreeMap<String, String>,
@@ -177,6 +191,29 @@ struct Runner {
     block_deadline: Option<(tokio::time::Instant, String)>,
 }
 
+/// A token no earlier run used: its step markers cannot be mistaken for
+/// another run's still on the console.
+fn step_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:08x}", h.finish() as u32)
+}
+
+/// How a test step's timeout is classed: a step that does not return is
+/// the test's doing, not the lab's, and must not cost the board its health.
+fn timed_out(in_test: bool, msg: String) -> Stop {
+    if in_test {
+        Stop(JobOutcome::incomplete(ErrorClass::Test, msg))
+    } else {
+        infra(msg)
+    }
+}
+
 /// Runs a job to its end and returns how it ended. Powering off is the
 /// caller's business, so that a cancelled run is powered off the same way.
 pub async fn run(ctx: RunCtx) -> JobOutcome {
@@ -186,7 +223,12 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         rest: Vec::new(),
         signals: SignalParser::new(),
         collecting: false,
+        feeding: false,
         collected: Vec::new(),
+        step_token: step_token(),
+        steps: 0,
+        current_step: None,
+        ended_runs: Vec::new(),
         deployed: BTreeMap::new(),
         image_args: Vec::new(),
         kernel_type: None,
@@ -254,13 +296,15 @@ impl Runner {
                     (tokio::time::Instant::now() + limit, msg)
                 });
                 let block = self.block_deadline.clone();
+                let in_test = matches!(action, Action::Test(_));
                 let run = self.action(i, action);
                 let r = match block {
                     Some((deadline, msg)) => match tokio::time::timeout_at(deadline, run).await {
                         Ok(r) => r,
                         Err(_) => {
+                            let msg = self.with_step(msg);
                             self.event("timeout", &msg);
-                            Err(infra(msg))
+                            Err(timed_out(in_test, msg))
                         }
                     },
                     None => run.await,
@@ -319,9 +363,18 @@ impl Runner {
                     Some((block, msg)) if *block <= deadline => msg.clone(),
                     _ => format!("{name} timed out after {} s", limit.as_secs()),
                 };
+                let msg = self.with_step(msg);
                 self.event("timeout", &msg);
-                Err(infra(msg))
+                Err(timed_out(self.collecting, msg))
             }
+        }
+    }
+
+    /// A timeout's message, naming the shell step that did not return.
+    fn with_step(&self, msg: String) -> String {
+        match &self.current_step {
+            Some(step) => format!("{msg}: the step `{step}` did not return"),
+            None => msg,
         }
     }
 
@@ -478,6 +531,15 @@ impl Runner {
     /// Waits until one of `wanted` matches; a match of `errors` stops the job.
     /// Both are regexes.
     async fn expect(&mut self, wanted: &[String], errors: &[String]) -> Result<usize, Stop> {
+        Ok(self.expect_hit(wanted, errors).await?.index)
+    }
+
+    /// [`Runner::expect`], returning the match itself.
+    async fn expect_hit(
+        &mut self,
+        wanted: &[String],
+        errors: &[String],
+    ) -> Result<crate::matcher::Match, Stop> {
         let pats: Vec<&str> = wanted.iter().chain(errors).map(String::as_str).collect();
         let mut m = Matcher::new(&pats).map_err(|e| {
             Stop(JobOutcome::incomplete(
@@ -497,14 +559,27 @@ impl Runner {
             .map(|c| (c, tokio::time::Instant::now() + c));
         let mut chunk = std::mem::take(&mut self.rest);
         loop {
-            if let Some(hit) = m.feed(&chunk) {
+            let hit = m.feed(&chunk);
+            if self.feeding {
+                // Up to the match's end: what follows it is the next
+                // wait's, and fed there if that wait feeds.
+                let rest = m.rest_len();
+                let upto = if hit.is_some() {
+                    chunk.len().saturating_sub(rest)
+                } else {
+                    chunk.len()
+                };
+                let sigs = self.signals.feed(&chunk[..upto]);
+                self.collected.extend(sigs);
+            }
+            if let Some(hit) = hit {
                 self.rest = m.take_rest();
                 if hit.index >= wanted.len() {
                     let msg = format!("error on the console: {}", hit.text);
                     self.event("error", &msg);
                     return Err(infra(msg));
                 }
-                return Ok(hit.index);
+                return Ok(hit);
             }
             let next = match deadline {
                 Some((limit, at)) => match tokio::time::timeout_at(at, self.ctx.input.next()).await
@@ -526,10 +601,6 @@ impl Runner {
                 Some(c) => c,
                 None => return Err(infra("console closed")),
             };
-            if self.collecting {
-                let sigs = self.signals.feed(&chunk);
-                self.collected.extend(sigs);
-            }
         }
     }
 
@@ -801,13 +872,59 @@ impl Runner {
         Ok(())
     }
 
-    /// Runs one shell line and waits for the prompt after it.
-    async fn shell_line(&mut self, line: &str) -> Result<(), Stop> {
-        let prompts = self.shell_prompt.clone();
-        self.send(line).await;
+    /// Runs one shell line and waits for it to end; returns its exit status.
+    ///
+    /// A prompt cannot say when a line ended: the echo of the line itself,
+    /// or the line's output, may hold it (`# ` is in every comment). So the
+    /// line goes to the shell as
+    /// `printf '<LABD_%s T>\n' START; eval 'LINE'; printf '<LABD_%s T %s>\n' END "$?"`
+    /// with T this run's token and the step's number: the markers are
+    /// printed by the shell, and the echo, which holds `%s` where the
+    /// printed text holds `START`/`END`, can contain neither. Signals are
+    /// taken only from the output between the two markers (and from what
+    /// the board printed before the line was typed), never from the echo.
+    /// `eval` runs the line in the shell itself (`cd`, `export` and
+    /// functions last), and a comment or a trailing `&` in it cannot
+    /// swallow the end marker.
+    async fn shell_step(&mut self, line: &str) -> Result<i32, Stop> {
+        self.steps += 1;
+        let tok = format!("{}.{}", self.step_token, self.steps);
+        if self.collecting {
+            // Printed before the line was typed: the board's own output (a
+            // background process's), not an echo.
+            let before = std::mem::take(&mut self.rest);
+            let sigs = self.signals.feed(&before);
+            self.collected.extend(sigs);
+            self.rest = before;
+        }
+        let quoted = line.replace('\'', r"'\''");
+        let typed = format!(
+            "printf '<LABD_%s {tok}>\\n' START; eval '{quoted}'; printf '<LABD_%s {tok} %s>\\n' END \"$?\""
+        );
+        self.current_step = Some(line.to_owned());
+        self.send(&typed).await;
         self.send("\n").await;
-        self.expect(&prompts, &[]).await?;
-        Ok(())
+        self.feeding = false;
+        self.expect(&[regex::escape(&format!("<LABD_START {tok}>"))], &[])
+            .await?;
+        self.feeding = self.collecting;
+        let end_marker = format!("<LABD_END {tok} ");
+        let end = self
+            .expect_hit(&[format!("{}[0-9]+>", regex::escape(&end_marker))], &[])
+            .await;
+        self.feeding = false;
+        let end = end?;
+        if self.collecting {
+            let sigs = self.signals.end();
+            self.collected.extend(sigs);
+        }
+        self.current_step = None;
+        Ok(end
+            .text
+            .strip_prefix(&end_marker)
+            .and_then(|t| t.strip_suffix('>'))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(-1))
     }
 
     async fn test(&mut self, t: &Test) -> Result<(), Stop> {
@@ -824,7 +941,7 @@ impl Runner {
             r.collecting = true;
             if !r.helpers_sent {
                 for h in signals::SHELL_HELPERS {
-                    r.shell_line(h).await?;
+                    r.shell_step(h).await?;
                 }
                 r.helpers_sent = true;
             }
@@ -832,19 +949,27 @@ impl Runner {
                 let suite = format!("{i}_{}", d.name);
                 let uuid = format!("{}_{i}", r.ctx.job_id);
                 r.event("test-definition", &suite);
-                r.shell_line(&signals::run_marker("STARTRUN", &suite, &uuid))
+                r.shell_step(&signals::run_marker("STARTRUN", &suite, &uuid))
                     .await?;
                 for (k, v) in &d.parameters {
                     let quoted = v.replace('\'', r"'\''");
-                    r.shell_line(&format!("export {k}='{quoted}'")).await?;
+                    r.shell_step(&format!("export {k}='{quoted}'")).await?;
                 }
                 for step in &d.steps {
-                    r.shell_line(step).await?;
+                    r.shell_step(step).await?;
                     r.take_results(&suite).await?;
                 }
-                r.shell_line(&signals::run_marker("ENDRUN", &suite, &uuid))
+                r.shell_step(&signals::run_marker("ENDRUN", &suite, &uuid))
                     .await?;
                 r.take_results(&suite).await?;
+                // As LAVA's test shell: a definition that did not reach
+                // its ENDRUN (a step ended the shell, the signal was
+                // garbled) did not run to its end, whatever it reported.
+                if !r.ended_runs.contains(&suite) {
+                    let msg = format!("test definition {suite} did not reach its ENDRUN");
+                    r.event("error", &msg);
+                    return Err(Stop(JobOutcome::incomplete(ErrorClass::Test, msg)));
+                }
             }
             Ok(())
         })
@@ -874,10 +999,18 @@ impl Runner {
                 Signal::TestSetStop => self.current_set = None,
                 Signal::TestRaise { reason } => raise = Some(reason),
                 Signal::StartRun { name } => self.event("startrun", &name),
-                Signal::EndRun { name } => self.event("endrun", &name),
+                Signal::EndRun { name } => {
+                    self.event("endrun", &name);
+                    self.ended_runs.push(name);
+                }
                 // Kept in the job's events, as LAVA logs the signals it
                 // does not act on.
                 Signal::Other { kind, body } => self.event("signal", &format!("{kind} {body}")),
+                // Kept in the log as printed; the event says it was not taken.
+                Signal::Malformed { text } => self.event(
+                    "signal-malformed",
+                    &format!("not a valid LAVA signal, ignored: {text}"),
+                ),
             }
         }
         if !cases.is_empty() {

@@ -34,6 +34,32 @@ pub enum Signal {
         kind: String,
         body: String,
     },
+    /// Text that starts like a signal but is not one (a `<` inside it,
+    /// no closing `>` on its line, a lower-case kind): reported, never
+    /// silently dropped. `text` is what was seen, at most [`MALFORMED_SHOWN`]
+    /// bytes of it.
+    Malformed {
+        text: String,
+    },
+}
+
+/// How much of a malformed signal's text is reported.
+pub const MALFORMED_SHOWN: usize = 200;
+
+fn malformed(text: &str) -> Signal {
+    let mut end = text.len().min(MALFORMED_SHOWN);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Signal::Malformed {
+        text: text[..end].to_owned(),
+    }
+}
+
+/// What [`signals_in`] finds.
+enum Found<'a> {
+    Signal { kind: &'a str, body: &'a str },
+    Malformed(&'a str),
 }
 
 const PREFIX: &str = "<LAVA_SIGNAL_";
@@ -75,12 +101,15 @@ fn kernel_stamp(line: &str) -> Option<usize> {
     })
 }
 
-/// Calls `each(kind, body)` for every complete signal in `text`, in order:
+/// Calls `each` for every complete signal in `text`, in order:
 /// `<LAVA_SIGNAL_KIND>` or `<LAVA_SIGNAL_KIND body>`, the body free of `<`
-/// and `>`. Returns where the last one ended (0 if none). Hand-written: this
-/// runs on every console line that holds a `<`, and a regex here was most of
-/// the pipeline's time.
-fn signals_in(text: &str, mut each: impl FnMut(&str, &str)) -> usize {
+/// and `>`; and for every malformed one whose end is in `text` (a `<`
+/// before the closing `>`, or a kind with other than capitals). Returns where the
+/// last one ended (0 if none): a signal begun but not ended by the end of
+/// `text` may still be finished by the next line. Hand-written: this runs
+/// on every console line that holds a `<`, and a regex here was most of the
+/// pipeline's time.
+fn signals_in(text: &str, mut each: impl FnMut(Found<'_>)) -> usize {
     let b = text.as_bytes();
     let mut from = 0;
     let mut last_end = 0;
@@ -92,6 +121,8 @@ fn signals_in(text: &str, mut each: impl FnMut(&str, &str)) -> usize {
             k1 += 1;
         }
         from = start + 1;
+        // `<LAVA_SIGNAL_` alone (a helper's `<LAVA_SIGNAL_%s` template) is
+        // no attempt at a signal; one still being printed may yet end.
         if k1 == k0 || k1 >= b.len() {
             continue;
         }
@@ -100,12 +131,28 @@ fn signals_in(text: &str, mut each: impl FnMut(&str, &str)) -> usize {
         } else if b[k1].is_ascii_whitespace() {
             match memchr::memchr2(b'<', b'>', &b[k1..]) {
                 Some(q) if b[k1 + q] == b'>' => (&text[k1..k1 + q], k1 + q + 1),
-                _ => continue,
+                Some(q) => {
+                    // A `<` inside: this one is broken; another may start there.
+                    each(Found::Malformed(&text[start..k1 + q]));
+                    from = k1 + q;
+                    last_end = from;
+                    continue;
+                }
+                None => continue,
             }
         } else {
+            // A kind, then something no kind is made of.
+            let stop = memchr::memchr2(b'<', b'>', &b[k1..])
+                .map_or(b.len(), |q| k1 + q + usize::from(b[k1 + q] == b'>'));
+            each(Found::Malformed(&text[start..stop]));
+            from = stop.max(start + 1);
+            last_end = stop;
             continue;
         };
-        each(&text[k0..k1], body.trim());
+        each(Found::Signal {
+            kind: &text[k0..k1],
+            body: body.trim(),
+        });
         from = end;
         last_end = end;
     }
@@ -176,11 +223,16 @@ impl SignalParser {
         } else {
             std::borrow::Cow::Owned(carried + user)
         };
-        let tail_start = signals_in(&text, |kind, body| {
-            out.push(parse_signal(kind, body).unwrap_or_else(|| Signal::Other {
-                kind: kind.to_owned(),
-                body: body.to_owned(),
-            }))
+        let tail_start = signals_in(&text, |found| {
+            out.push(match found {
+                Found::Signal { kind, body } => {
+                    parse_signal(kind, body).unwrap_or_else(|| Signal::Other {
+                        kind: kind.to_owned(),
+                        body: body.to_owned(),
+                    })
+                }
+                Found::Malformed(t) => malformed(t),
+            })
         });
         // Whatever follows the last complete signal may be a signal still
         // being printed; carry it when it looks like one (it starts at a `<`).
@@ -204,8 +256,28 @@ impl SignalParser {
                 // The cut may have split a prefix we cannot recognise yet.
                 self.carry = tail.to_owned();
             }
+            // A signal begun that can no longer end: too long to be one.
+            Some(partial) if partial.len() >= MAX_CARRY && !partial.contains('>') => {
+                out.push(malformed(partial))
+            }
             _ => {}
         }
+    }
+
+    /// Ends the stream here (a step's end marker was seen): an unfinished
+    /// line counts as finished, and a signal still begun and not ended is
+    /// malformed. Returns the signals that completes.
+    pub fn end(&mut self) -> Vec<Signal> {
+        let mut out = Vec::new();
+        if !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.line_done(&clean(&line), &mut out);
+        }
+        let carried = std::mem::take(&mut self.carry);
+        if carried.starts_with(PREFIX) {
+            out.push(malformed(&carried));
+        }
+        out
     }
 }
 
@@ -390,10 +462,46 @@ mod tests {
         let mut junk = b"<LAVA_SIGNAL_TESTCASE ".to_vec();
         junk.extend(std::iter::repeat_n(b'x', 10_000));
         junk.extend(b"\n\xff\xfe\x00<<>>\n");
-        assert!(p.feed(&junk).is_empty());
+        let s = p.feed(&junk);
+        assert!(
+            matches!(&s[..], [Signal::Malformed { text }] if text.len() == MALFORMED_SHOWN),
+            "{s:?}"
+        );
         assert_eq!(
             p.feed(b"<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=z RESULT=skip>\n"),
             vec![tc("z", "skip")]
         );
+    }
+
+    /// A signal whose id holds a `<` was dropped without a word.
+    #[test]
+    fn malformed_signals_are_reported_not_dropped() {
+        let mut p = SignalParser::new();
+        let s = p.feed(b"<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=a<b RESULT=pass>\r\n<LAVA_SIGNAL_TESTCASE:x>\r\n<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=ok RESULT=pass>\r\n");
+        assert_eq!(
+            s,
+            vec![
+                Signal::Malformed {
+                    text: "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=a".into()
+                },
+                Signal::Malformed {
+                    text: "<LAVA_SIGNAL_TESTCASE:x>".into()
+                },
+                tc("ok", "pass"),
+            ]
+        );
+        // Begun, never ended: reported when the stream ends.
+        assert!(p.feed(b"<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=cut").is_empty());
+        assert_eq!(
+            p.end(),
+            vec![Signal::Malformed {
+                text: "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=cut".into()
+            }]
+        );
+        // An unfinished line with a whole signal is finished by the end.
+        assert!(p
+            .feed(b"<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=last RESULT=fail>")
+            .is_empty());
+        assert_eq!(p.end(), vec![tc("last", "fail")]);
     }
 }

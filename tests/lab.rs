@@ -155,7 +155,7 @@ fn cancel_running_job_powers_off_and_frees_the_board() {
         let mut c = lab.client().await;
         let id = submit(&mut c, &lab.job("long", "medium", &["sleep 600"])).await;
         // Cancel once the board's shell has taken the step: its echo is in the log.
-        until_log_contains(&lab, id, "sleep 600\r\n").await;
+        until_log_contains(&lab, id, "eval 'sleep 600'").await;
         c.call(RequestBody::Cancel { job: id }).await.unwrap();
         let (end, _) = wait_job(&mut c, id).await;
         assert_eq!(
@@ -361,7 +361,7 @@ fn job_cut_by_a_killed_daemon_ends_incomplete_and_its_board_is_unknown() {
         wait_job(&mut c, first).await;
         assert_eq!(boards(&mut c).await[0]["health"], "Good");
         let id = submit(&mut c, &lab.job("long", "medium", &["sleep 600"])).await;
-        until_log_contains(&lab, id, "sleep 600\r\n").await;
+        until_log_contains(&lab, id, "eval 'sleep 600'").await;
         drop(c);
         lab.kill_labd();
         lab.start_labd();

@@ -3,6 +3,9 @@
 mod common;
 
 use common::*;
+use labd::client::Client;
+use labd::protocol::RequestBody;
+use serde_json::Value;
 
 /// Maintenance asked for on a busy board was only remembered in memory until
 /// the job ended: a daemon killed before then came back with the board in
@@ -13,7 +16,7 @@ fn maintenance_requested_on_a_busy_board_survives_a_kill() {
         let mut lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
         let id = submit(&mut c, &lab.job("long", "medium", &["sleep 600"])).await;
-        until_log_contains(&lab, id, "sleep 600\r\n").await;
+        until_log_contains(&lab, id, "eval 'sleep 600'").await;
         set_health(&mut c, "sim-01", "maintenance", Some("reflash"))
             .await
             .unwrap();
@@ -44,7 +47,7 @@ fn the_first_read_after_a_restart_sees_the_reconcile() {
         let mut lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
         let id = submit(&mut c, &lab.job("cut", "medium", &["sleep 600"])).await;
-        until_log_contains(&lab, id, "sleep 600\r\n").await;
+        until_log_contains(&lab, id, "eval 'sleep 600'").await;
         assert_eq!(job(&mut c, id).await["state"], "Running");
         drop(c);
         lab.kill_labd();
@@ -164,7 +167,7 @@ fn a_board_shell_holds_no_other_consoles_descriptors() {
         let mut c = lab.client().await;
         let fds = "ls -l /proc/$$/fd";
         let first = submit(&mut c, &lab.job("first", "medium", &[fds, "sleep 600"])).await;
-        until_log_contains(&lab, first, "sleep 600\r\n").await;
+        until_log_contains(&lab, first, "eval 'sleep 600'").await;
         let mut log = Vec::new();
         c.logs(first, false, |d| log.extend_from_slice(d))
             .await
@@ -246,5 +249,265 @@ while True:
         let log = String::from_utf8_lossy(&log);
         assert!(log.contains("Hit any key to stop autoboot"), "{log}");
         assert!(!log.contains("bridge: connected"), "{log}");
+    });
+}
+
+/// Test steps, each as a YAML single-quoted scalar.
+fn quoted(steps: &[&str]) -> Vec<String> {
+    steps
+        .iter()
+        .map(|s| format!("'{}'", s.replace('\'', "''")))
+        .collect()
+}
+
+/// `lab.job` whose shell prompt is LAVA's common `'# '`, with `test_secs`
+/// as the test action's timeout.
+fn hash_prompt_job(lab: &Lab, name: &str, steps: &[&str], test_secs: Option<u64>) -> String {
+    let steps = quoted(steps);
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    let mut text = lab
+        .job(name, "medium", &steps)
+        .replace("prompts: ['root@sim:[^#]*# ']", "prompts: ['# ']");
+    if let Some(s) = test_secs {
+        text = text.replace(
+            "- test:\n",
+            &format!("- test:\n    timeout:\n      seconds: {s}\n"),
+        );
+    }
+    text
+}
+
+async fn result_names(c: &mut Client, id: u64) -> Vec<(String, String)> {
+    let r = c.call(RequestBody::Results { job: id }).await.unwrap();
+    r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn event_kinds(j: &Value, kind: &str) -> Vec<String> {
+    j["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// With the prompt `'# '`, the echo of a typed line holding `# ` (the
+/// helpers' `$# `) passed for the prompt, so every later line was typed
+/// before the one before it had ended: a job whose last step was
+/// `sleep 2; lava-test-case late --shell true` ended Complete at once,
+/// without `late` and without its ENDRUN.
+#[test]
+fn a_step_ends_at_its_own_end_marker_not_at_a_prompt_in_its_echo() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let text = hash_prompt_job(
+            &lab,
+            "hash",
+            &[
+                "lava-test-case first --shell true # a comment",
+                "echo '# not a prompt either'",
+                "sleep 2; lava-test-case late --shell true",
+            ],
+            None,
+        );
+        let id = submit(&mut c, &text).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+        assert_eq!(
+            result_names(&mut c, id).await,
+            [
+                ("first".to_owned(), "pass".to_owned()),
+                ("late".to_owned(), "pass".to_owned())
+            ]
+        );
+        let j = job(&mut c, id).await;
+        assert_eq!(event_kinds(&j, "endrun").len(), 1, "{j}");
+    });
+}
+
+/// A step whose own text held a whole signal counted it twice (once from
+/// the echo of what labd typed); a signal whose id holds a `<` was dropped
+/// without a word. Signals come from the board's output only, and a
+/// malformed one is an event (and stays in the log).
+#[test]
+fn signals_come_from_the_output_not_the_echo_and_malformed_ones_are_reported() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let text = hash_prompt_job(
+            &lab,
+            "echoed",
+            &[
+                "echo '<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=echoed RESULT=pass>'",
+                "lava-test-case 'a<b' --result pass",
+            ],
+            None,
+        );
+        let id = submit(&mut c, &text).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+        assert_eq!(
+            result_names(&mut c, id).await,
+            [("echoed".to_owned(), "pass".to_owned())]
+        );
+        let j = job(&mut c, id).await;
+        let bad = event_kinds(&j, "signal-malformed");
+        assert_eq!(bad.len(), 1, "{j}");
+        assert!(bad[0].contains("TEST_CASE_ID=a"), "{bad:?}");
+        assert!(log.contains("<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=a<b RESULT=pass>"));
+    });
+}
+
+/// A step that never returns was an Infrastructure failure, which cost the
+/// board its health; it is the test's doing (Test), the error names the
+/// step, and the board stays as it was.
+#[test]
+fn a_step_that_never_returns_is_the_tests_fault_not_the_boards() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let ok = submit(&mut c, &lab.job("fine", "medium", &["true"])).await;
+        assert_eq!(wait_job(&mut c, ok).await.0["health"], "Complete");
+        assert_eq!(board(&mut c, "sim-01").await["health"], "Good");
+        let id = submit(
+            &mut c,
+            &hash_prompt_job(&lab, "hang", &["sleep 600"], Some(3)),
+        )
+        .await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{log}");
+        let j = job(&mut c, id).await;
+        assert_eq!(j["error_class"], "Test", "{j}");
+        let error = j["error"].as_str().unwrap_or_default();
+        assert!(error.contains("`sleep 600` did not return"), "{error}");
+        assert_eq!(board(&mut c, "sim-01").await["health"], "Good");
+    });
+}
+
+/// A definition whose ENDRUN never showed (here a step makes `printf`
+/// swallow it) ended Complete: LAVA's test shell fails it.
+#[test]
+fn a_definition_that_does_not_reach_its_endrun_is_not_complete() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let text = hash_prompt_job(
+            &lab,
+            "no-endrun",
+            &[
+                r#"printf() { case "$2" in ENDRUN) ;; *) command printf "$@";; esac; }"#,
+                "lava-test-case before --shell true",
+            ],
+            Some(30),
+        );
+        let id = submit(&mut c, &text).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{log}");
+        let j = job(&mut c, id).await;
+        assert_eq!(j["error_class"], "Test", "{j}");
+        assert!(
+            j["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("did not reach its ENDRUN"),
+            "{j}"
+        );
+        assert_eq!(
+            result_names(&mut c, id).await,
+            [("before".to_owned(), "pass".to_owned())]
+        );
+    });
+}
+
+/// `labctl jobs` and `labctl job` printed a job name's ESC, CR, LF, BEL and
+/// NUL raw to the terminal, `labctl results` a test case id the board chose,
+/// and `--format junit` wrote XML that expat refused. Human output shows
+/// control characters as escapes; `--json` keeps them exact; JUnit is well
+/// formed for any input (checked by Python's expat).
+#[test]
+fn untrusted_text_is_shown_escaped_and_junit_is_well_formed() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have python3 (its expat checks the JUnit output)"
+        );
+        eprintln!("skipped: no python3 to parse the XML");
+        return;
+    }
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let text = lab
+            .job(
+                "placeholder",
+                "medium",
+                &[r#"'lava-test-case "$(printf ''x\033[2J&"\047y\007\001'')" --result fail'"#],
+            )
+            .replace(
+                "job_name: placeholder",
+                r#"job_name: "evil\e[2J\r\n\a\0name""#,
+            );
+        let id = submit(&mut c, &text).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+        let id = id.to_string();
+        let controls = |out: &str| {
+            out.chars()
+                .filter(|c| c.is_control() && *c != '\n')
+                .collect::<Vec<_>>()
+        };
+        for args in [
+            vec!["jobs"],
+            vec!["job", &id],
+            vec!["results", &id],
+        ] {
+            let out = lab.labctl(&args);
+            assert!(controls(&out).is_empty(), "{args:?}: {out:?}");
+        }
+        let jobs = lab.labctl(&["jobs"]);
+        assert!(jobs.contains(r"evil\x1b[2J\x0d\x0a\x07\x00name"), "{jobs}");
+        let results = lab.labctl(&["results", &id]);
+        assert!(results.contains(r#"x\x1b[2J&"'y\x07\x01"#), "{results}");
+        // --json is exact.
+        let json: serde_json::Value =
+            serde_json::from_str(&lab.labctl(&["--json", "job", &id])).unwrap();
+        assert_eq!(json["name"], "evil\x1b[2J\r\n\x07\0name");
+
+        let junit = lab.labctl(&["results", &id, "--format", "junit"]);
+        let check = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys, xml.parsers.expat as e; p = e.ParserCreate(); p.StartElementHandler = lambda n, a: n == 'testcase' and print(a['name']); p.Parse(sys.stdin.buffer.read(), True)",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        check.stdin.as_ref().unwrap().write_all(junit.as_bytes()).unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(out.status.success(), "expat: {out:?}\n{junit}");
+        // The id as parsed back: what XML can hold kept, the rest replaced.
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            "x\u{fffd}[2J&\"'y\u{fffd}\u{fffd}"
+        );
     });
 }

@@ -146,7 +146,7 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(run(args)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("labctl: {e:#}");
+            eprintln!("labctl: {}", visible(&format!("{e:#}")));
             std::process::ExitCode::from(1)
         }
     }
@@ -163,7 +163,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         return match labd::job::parse(&file.display().to_string(), &text) {
             Ok(p) => {
                 for w in &p.warnings {
-                    eprintln!("warning: {w}");
+                    eprintln!("warning: {}", visible(&w.to_string()));
                 }
                 if args.json {
                     print_json(&serde_json::json!({"valid": true, "warnings": p.warnings}));
@@ -181,7 +181,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                     print_json(&serde_json::json!({"valid": false, "errors": e.errors}));
                 } else {
                     for d in &e.errors {
-                        eprintln!("error: {d}");
+                        eprintln!("error: {}", visible(&d.to_string()));
                     }
                 }
                 Ok(1)
@@ -207,7 +207,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                 })
                 .await?;
             for w in v["warnings"].as_array().into_iter().flatten() {
-                eprintln!("warning: {}", w.as_str().unwrap_or(""));
+                eprintln!("warning: {}", visible(w.as_str().unwrap_or("")));
             }
             let id = v["job"].as_u64().context("no job id in answer")?;
             if json && !(wait || follow) {
@@ -553,34 +553,89 @@ fn render_top(boards: &Value, queued: usize, now: u64) -> String {
     out
 }
 
+/// A value for a person to read: strings (job names, test case ids, error
+/// messages: anyone's text) with their control characters shown, not
+/// obeyed, by the terminal.
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => visible(s),
         other => other.to_string(),
     }
 }
 
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// `text` with every character that would steer a terminal instead of
+/// being shown (C0 and C1 controls, DEL, and the bidirectional overrides
+/// that reorder what is shown) written as an escape: `\x1b`, `\u{202e}`.
+/// `--json` prints the exact text instead.
+fn visible(text: &str) -> String {
+    let steers = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(steers) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !steers(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    out
+}
+
+/// `text` as an XML 1.0 attribute value: markup characters escaped,
+/// whitespace a parser would normalise kept as character references, and
+/// characters XML 1.0 cannot hold at all (most controls, lone surrogates'
+/// stand-ins, U+FFFE/U+FFFF) replaced by U+FFFD.
+fn xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..='\u{10ffff}' => {
+                out.push(c)
+            }
+            _ => out.push('\u{fffd}'),
+        }
+    }
+    out
+}
+
+/// A string field as sent (no terminal escaping: XML has its own).
+fn raw(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
 }
 
 fn junit(id: u64, results: &[Value]) -> String {
     let fails = results.iter().filter(|r| r["result"] == "fail").count();
     let skips = results.iter().filter(|r| r["result"] == "skip").count();
     let mut out = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"labd job {id}\" tests=\"{}\" failures=\"{fails}\" skipped=\"{skips}\">\n", results.len());
-    let mut suites: Vec<String> = results.iter().map(|r| s(&r["suite"])).collect();
+    let mut suites: Vec<String> = results.iter().map(|r| raw(&r["suite"])).collect();
     suites.dedup();
     for suite in suites {
         out.push_str(&format!("  <testsuite name=\"{}\">\n", xml(&suite)));
-        for r in results.iter().filter(|r| s(&r["suite"]) == suite) {
+        for r in results.iter().filter(|r| raw(&r["suite"]) == suite) {
             out.push_str(&format!(
                 "    <testcase classname=\"{}\" name=\"{}\">",
                 xml(&suite),
-                xml(&s(&r["name"]))
+                xml(&raw(&r["name"]))
             ));
             match r["result"].as_str() {
                 Some("fail") => out.push_str("<failure message=\"fail\"/>"),
@@ -751,6 +806,24 @@ async fn console(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(visible("plain name"), "plain name");
+        assert_eq!(
+            visible("a\x1b[2Jb\r\n\x07\0\u{7f}\u{9b}c"),
+            "a\\x1b[2Jb\\x0d\\x0a\\x07\\x00\\x7f\\x9bc"
+        );
+        assert_eq!(visible("abc\u{202e}fed"), "abc\\u{202e}fed");
+    }
+
+    #[test]
+    fn xml_attributes_hold_any_text() {
+        assert_eq!(
+            xml("<a&b\"c'\td\ne\u{1b}\u{fffe}é"),
+            "&lt;a&amp;b&quot;c&apos;&#9;d&#10;e\u{fffd}\u{fffd}é"
+        );
+    }
 
     #[test]
     fn tilde_commands_only_at_the_start_of_a_line() {
