@@ -95,14 +95,35 @@ pub fn open(path: &str, who: Option<&Identity>, roots: &FileRoots) -> Result<Ope
     if roots.0.is_empty() {
         return Err(FileRefusal::NoRoots { path: path.into() });
     }
-    let Some(who) = who else {
-        return open_checked(path, roots, "labd", false);
-    };
-    let me = nix::unistd::geteuid().as_raw();
-    if who.uid == me {
+    let opened = match who {
+        None => open_checked(path, roots, "labd", false)?,
         // The same user may do whatever labd may: nothing to switch.
-        return open_checked(path, roots, &describe(who), false);
+        Some(w) if w.uid == nix::unistd::geteuid().as_raw() => {
+            open_checked(path, roots, &describe(w), false)?
+        }
+        Some(w) => open_as(path, w, roots)?,
+    };
+    // What was opened is still under a root: a path component swapped for
+    // a symlink between the look and the open is caught here. Read as
+    // labd, since /proc/self/fd answers only the process's own users.
+    let fd = {
+        use std::os::fd::AsRawFd;
+        opened.file.as_raw_fd()
+    };
+    if let Ok(at) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+        if !roots.allows(&at) {
+            return Err(FileRefusal::OutsideRoots {
+                path: path.to_owned(),
+                roots: roots.describe(),
+            });
+        }
     }
+    Ok(opened)
+}
+
+/// [`open_checked`] on a thread of its own that has `who`'s filesystem
+/// identity.
+fn open_as(path: &str, who: &Identity, roots: &FileRoots) -> Result<Opened, FileRefusal> {
     let who = resolved(who);
     let name = describe(&who);
     std::thread::scope(|s| {
@@ -277,14 +298,6 @@ fn open_checked(
         return Err(FileRefusal::Raced {
             path: path.to_owned(),
         });
-    }
-    if let Ok(at) = std::fs::read_link(format!("/proc/self/fd/{}", {
-        use std::os::fd::AsRawFd;
-        file.as_raw_fd()
-    })) {
-        if !roots.allows(&at) {
-            return Err(outside());
-        }
     }
     if let Some(fs) = kernel_fs(&file) {
         return Err(FileRefusal::KernelFs {
