@@ -290,3 +290,30 @@ fn file_artifacts_must_lie_under_the_labs_file_roots() {
         assert!(e.to_string().contains("allows no file://"), "{e}");
     });
 }
+
+/// A file that was regular at submit and is a FIFO nobody writes when the
+/// job deploys used to hold a blocking-pool thread in `open()` until the
+/// deploy timed out (and for ever after): the deploy looks before it opens
+/// and ends the job at once, naming what it found.
+#[test]
+fn a_fifo_swapped_in_after_submit_fails_the_deploy_at_once() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let kernel = lab.artifacts().join("swapped.img");
+        std::fs::write(&kernel, b"regular for now").unwrap();
+        set_health(&mut c, "sim-01", "maintenance", None)
+            .await
+            .unwrap();
+        let id = submit(&mut c, &job_with_kernel(&lab, kernel.to_str().unwrap())).await;
+        std::fs::remove_file(&kernel).unwrap();
+        nix::unistd::mkfifo(&kernel, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        set_health(&mut c, "sim-01", "online", None).await.unwrap();
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{log}");
+        let j = job(&mut c, id).await;
+        let error = j["error"].as_str().unwrap_or_default();
+        assert!(error.contains("a FIFO"), "{j}");
+        assert!(!error.contains("timed out"), "{j}");
+    });
+}
