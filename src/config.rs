@@ -419,7 +419,27 @@ pub struct Limits {
     /// Socket connections served at once; more are refused with `busy`.
     #[serde(default = "default_connections")]
     pub max_connections: usize,
-    /// A client that starts a request line must finish it within this time.
+    /// Connections one user (uid) other than an admin may hold at once.
+    #[serde(default = "default_connections_per_user")]
+    pub max_connections_per_user: usize,
+    /// Of `max_connections`, how many only admins may take, so that they
+    /// can always reach labd. Default: a sixteenth of `max_connections`.
+    #[serde(default)]
+    pub admin_connections: Option<usize>,
+    /// A new connection that has not said hello within this time is closed.
+    #[serde(default = "default_hello_timeout")]
+    pub hello_timeout_secs: u64,
+    /// Requests of one connection answered at once (log follows count);
+    /// the connection's next request is read when one ends.
+    #[serde(default = "default_requests_in_flight")]
+    pub max_requests_in_flight: usize,
+    /// Answer bytes waiting for one client to read them, at most; a
+    /// client that reads slower is slowed down, then dropped at
+    /// `client_write_timeout_secs`.
+    #[serde(default = "default_queued_bytes")]
+    pub max_queued_bytes_per_connection: usize,
+    /// A client that starts a request line must finish it within this time
+    /// (the whole line, however slowly its bytes come).
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
     /// A client that does not read its answers for this long is dropped.
@@ -456,6 +476,14 @@ impl PowerConfig {
 }
 
 impl Limits {
+    /// The connections kept for admins (`admin_connections`, else a
+    /// sixteenth of `max_connections`).
+    pub fn admin_connections(&self) -> usize {
+        self.admin_connections
+            .unwrap_or(self.max_connections / 16)
+            .min(self.max_connections)
+    }
+
     pub fn read_pacing(&self) -> crate::console::ReadPacing {
         crate::console::ReadPacing {
             interval: std::time::Duration::from_millis(self.console_read_interval_ms),
@@ -489,6 +517,11 @@ impl Default for Limits {
             max_connection_timeout_secs: default_max_connection_timeout(),
             queue_timeout_secs: None,
             max_connections: default_connections(),
+            max_connections_per_user: default_connections_per_user(),
+            admin_connections: None,
+            hello_timeout_secs: default_hello_timeout(),
+            max_requests_in_flight: default_requests_in_flight(),
+            max_queued_bytes_per_connection: default_queued_bytes(),
             request_timeout_secs: default_request_timeout(),
             client_write_timeout_secs: default_write_timeout(),
             max_concurrent_boots: None,
@@ -523,6 +556,18 @@ fn default_max_connection_timeout() -> u64 {
 }
 fn default_connections() -> usize {
     256
+}
+fn default_connections_per_user() -> usize {
+    32
+}
+fn default_hello_timeout() -> u64 {
+    5
+}
+fn default_requests_in_flight() -> usize {
+    16
+}
+fn default_queued_bytes() -> usize {
+    4 << 20
 }
 fn default_request_timeout() -> u64 {
     30
@@ -775,6 +820,17 @@ impl LabConfig {
             },
             message,
         };
+        if let Some(a) = self.limits.admin_connections {
+            if a >= self.limits.max_connections {
+                return Err(bad(
+                    "limits.admin_connections".into(),
+                    format!(
+                        "{a} leaves no connection to anyone but admins; keep it below limits.max_connections ({})",
+                        self.limits.max_connections
+                    ),
+                ));
+            }
+        }
         for (i, r) in self.deploy.file_roots.iter().enumerate() {
             if !r.is_absolute() {
                 return Err(bad(

@@ -56,8 +56,19 @@ fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
 pub struct ServerLimits {
     pub max_request: usize,
     pub max_connections: usize,
+    /// Connections one non-admin uid may hold at once.
+    pub max_connections_per_user: usize,
+    /// Of `max_connections`, how many only admins may take.
+    pub admin_connections: usize,
+    /// A new connection must have said hello within this time.
+    pub hello_timeout: Duration,
     pub request_timeout: Duration,
     pub write_timeout: Duration,
+    /// Requests of one connection being answered at once (log follows
+    /// included); the next is not read until one ends.
+    pub max_in_flight: usize,
+    /// Answer bytes queued for one connection's writer at most.
+    pub max_queued_bytes: usize,
     /// Members of this group are admins (see `identify`).
     pub admin_gid: Option<u32>,
 }
@@ -67,6 +78,11 @@ impl ServerLimits {
         ServerLimits {
             max_request: l.max_request_bytes,
             max_connections: l.max_connections,
+            max_connections_per_user: l.max_connections_per_user,
+            admin_connections: l.admin_connections(),
+            hello_timeout: Duration::from_secs(l.hello_timeout_secs),
+            max_in_flight: l.max_requests_in_flight.max(1),
+            max_queued_bytes: l.max_queued_bytes_per_connection.max(64 << 10),
             request_timeout: Duration::from_secs(l.request_timeout_secs),
             write_timeout: Duration::from_secs(l.client_write_timeout_secs),
             admin_gid: None,
@@ -135,6 +151,7 @@ pub fn serve(
                     listener,
                     Server {
                         lab,
+                        users: Default::default(),
                         inline_store: store.reading_inline(),
                         store,
                         limits,
@@ -157,6 +174,8 @@ pub fn serve(
 #[derive(Clone)]
 struct Server {
     lab: Addr<LabActor>,
+    /// Connections held by non-admins, in all and by uid.
+    users: std::rc::Rc<std::cell::RefCell<UserSlots>>,
     store: Store,
     /// The same store, read on the socket thread (see [`small_read`]).
     inline_store: Store,
@@ -181,14 +200,35 @@ async fn accept_loop(
             Ok((stream, _)) => {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     tracing::warn!(max, "too many connections; refusing one");
-                    tokio::task::spawn_local(refuse_busy(stream, max));
+                    let msg = format!("labd serves {max} connections at most; try again later");
+                    tokio::task::spawn_local(refuse_busy(stream, msg));
                     continue;
+                };
+                let Ok(cred) = stream.peer_cred() else {
+                    tracing::warn!("no peer credentials on a connection; closing it");
+                    continue;
+                };
+                let (uid, gid) = (cred.uid(), cred.gid());
+                let groups = peer_groups(&stream);
+                let user_slot = if server.is_admin(uid, gid, groups.as_deref()) {
+                    None
+                } else {
+                    match server.user_slot(uid) {
+                        Ok(s) => Some(s),
+                        Err(msg) => {
+                            tracing::warn!(uid, "{msg}");
+                            tokio::task::spawn_local(refuse_busy(stream, msg));
+                            continue;
+                        }
+                    }
                 };
                 let conn = Conn {
                     server: server.clone(),
                     closing: closing.clone(),
                     _alive: alive.clone(),
                     slot,
+                    _user_slot: user_slot,
+                    peer: (uid, gid, groups),
                 };
                 tokio::task::spawn_local(conn.run(stream));
             }
@@ -197,6 +237,72 @@ async fn accept_loop(
                 tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+/// Connections held by users who are not admins: admins always keep
+/// `admin_connections` of the slots, and no one uid takes more than
+/// `max_connections_per_user`, so a few clients that connect and sit cannot
+/// lock everyone out.
+#[derive(Default)]
+struct UserSlots {
+    all: usize,
+    by_uid: std::collections::HashMap<u32, usize>,
+}
+
+/// A non-admin's hold on [`UserSlots`], given back when dropped.
+struct UserSlot {
+    users: std::rc::Rc<std::cell::RefCell<UserSlots>>,
+    uid: u32,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut u = self.users.borrow_mut();
+        u.all = u.all.saturating_sub(1);
+        if let Some(n) = u.by_uid.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                u.by_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+impl Server {
+    /// Takes a non-admin's slot for `uid`, or says which limit is full.
+    fn user_slot(&self, uid: u32) -> Result<UserSlot, String> {
+        let l = &self.limits;
+        let mut u = self.users.borrow_mut();
+        let room = l.max_connections.saturating_sub(l.admin_connections);
+        if u.all >= room {
+            return Err(format!(
+                "labd serves {room} connections at most to users other than admins (limits.max_connections less limits.admin_connections); try again later"
+            ));
+        }
+        let mine = u.by_uid.get(&uid).copied().unwrap_or(0);
+        if mine >= l.max_connections_per_user {
+            return Err(format!(
+                "uid {uid} already has {mine} connections open (limits.max_connections_per_user); close one first"
+            ));
+        }
+        u.all += 1;
+        *u.by_uid.entry(uid).or_default() += 1;
+        Ok(UserSlot {
+            users: self.users.clone(),
+            uid,
+        })
+    }
+
+    /// Whether the peer is an admin, from what the kernel says of it alone
+    /// (no user database: this decides a slot before anything may block).
+    fn is_admin(&self, uid: u32, gid: u32, groups: Option<&[u32]>) -> bool {
+        uid == 0
+            || uid == nix::unistd::geteuid().as_raw()
+            || self
+                .limits
+                .admin_gid
+                .is_some_and(|a| gid == a || groups.is_some_and(|g| g.contains(&a)))
     }
 }
 
@@ -222,14 +328,8 @@ fn small_read(lr: &LabRequest) -> bool {
 }
 
 /// Tells a client over the connection limit why, and closes.
-async fn refuse_busy(mut stream: UnixStream, max: usize) {
-    let r = Response::error(
-        0,
-        WireError::new(
-            ErrorCode::Busy,
-            format!("labd serves {max} connections at most; try again later"),
-        ),
-    );
+async fn refuse_busy(mut stream: UnixStream, msg: String) {
+    let r = Response::error(0, WireError::new(ErrorCode::Busy, msg));
     let mut line = serde_json::to_vec(&r).unwrap_or_default();
     line.push(b'\n');
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
@@ -251,27 +351,30 @@ fn text(buf: Vec<u8>) -> Line {
 }
 
 /// Reads one request line. A client may stay silent between requests for
-/// as long as it likes, but once it has started a line it must finish it
-/// within `timeout`.
+/// as long as it likes (unless `first_by` says by when the line must have
+/// arrived: the hello), but once it has started a line the whole line must
+/// arrive within `timeout` of its first byte: a deadline for the line, not
+/// for each read, so a byte now and then does not keep it open.
 async fn read_line(
     r: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
     max: usize,
     timeout: Duration,
+    first_by: Option<tokio::time::Instant>,
 ) -> std::io::Result<Line> {
     let mut buf = Vec::new();
     let mut too_long = false;
-    let mut started = false;
+    let mut deadline = first_by;
     loop {
-        let avail = if started {
-            tokio::time::timeout(timeout, r.fill_buf())
+        let avail = match deadline {
+            Some(at) => tokio::time::timeout_at(at, r.fill_buf())
                 .await
                 .map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "request line unfinished")
-                })??
-        } else {
-            r.fill_buf().await?
+                })??,
+            None => r.fill_buf().await?,
         };
-        started = true;
+        let line_by = tokio::time::Instant::now() + timeout;
+        deadline = Some(deadline.map_or(line_by, |d| d.min(line_by)));
         if avail.is_empty() {
             return Ok(if buf.is_empty() && !too_long {
                 Line::Eof
@@ -307,11 +410,48 @@ struct Conn {
     closing: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
     slot: OwnedSemaphorePermit,
+    /// A non-admin's share of the connections (see [`UserSlots`]).
+    _user_slot: Option<UserSlot>,
+    /// The peer's uid, gid and groups, as the kernel names them.
+    peer: (u32, u32, Option<Vec<u32>>),
 }
 
-/// Answers for one connection; bounded, so a client that does not read
-/// slows its own requests down instead of growing labd's memory.
-type Tx = mpsc::Sender<Outgoing>;
+/// Answers for one connection, bounded by the bytes they hold: each line
+/// takes its length from the connection's budget until the writer has
+/// written it, so a client that does not read slows its own requests down
+/// (and is dropped at the write timeout) instead of growing labd's memory.
+#[derive(Clone)]
+struct Tx {
+    lines: mpsc::Sender<(Vec<u8>, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
+    cap: usize,
+}
+
+/// The connection's writer is gone.
+struct Gone;
+
+impl Tx {
+    async fn send(&self, out: Outgoing) -> Result<(), Gone> {
+        let line = out.line();
+        // A line longer than the whole budget waits for all of it.
+        let n = line.len().clamp(1, self.cap) as u32;
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| Gone)?;
+        self.lines.send((line, permit)).await.map_err(|_| Gone)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lines.is_closed()
+    }
+
+    async fn closed(&self) {
+        self.lines.closed().await
+    }
+}
 
 /// What a connection's writer sends: a response, or an answer whose body
 /// is already JSON. The busiest answers (`jobs`, `job`, `boards`) are
@@ -351,12 +491,9 @@ impl Conn {
         // The caller is who the kernel says is on the other end, not what
         // the client claims. Looking names and groups up may block (NSS),
         // so it runs off the actors' thread.
-        let Ok(cred) = stream.peer_cred() else {
-            tracing::warn!("no peer credentials on a connection; closing it");
-            return;
-        };
-        let (uid, gid, admin_gid) = (cred.uid(), cred.gid(), self.server.limits.admin_gid);
-        let groups = peer_groups(&stream);
+        let (uid, gid, groups) = self.peer.clone();
+        let admin_gid = self.server.limits.admin_gid;
+        let hello_by = tokio::time::Instant::now() + self.server.limits.hello_timeout;
         let caller = tokio::task::spawn_blocking(move || identify(uid, gid, groups, admin_gid))
             .await
             .unwrap_or_else(|_| Caller {
@@ -367,12 +504,19 @@ impl Conn {
                 admin: false,
             });
         let (r, mut w) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Outgoing>(16);
+        let (lines, mut rx) = mpsc::channel::<(Vec<u8>, OwnedSemaphorePermit)>(64);
+        let cap = self.server.limits.max_queued_bytes;
+        let tx = Tx {
+            lines,
+            budget: Arc::new(Semaphore::new(cap)),
+            cap,
+        };
+        let in_flight = Arc::new(Semaphore::new(self.server.limits.max_in_flight));
         let write_timeout = self.server.limits.write_timeout;
         let slot = self.slot;
-        let writer = tokio::spawn(async move {
-            while let Some(out) = rx.recv().await {
-                let line = out.line();
+        let user_slot = self._user_slot;
+        let writer = tokio::task::spawn_local(async move {
+            while let Some((line, _budget)) = rx.recv().await {
                 match tokio::time::timeout(write_timeout, w.write_all(&line)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break,
@@ -385,6 +529,7 @@ impl Conn {
             // The connection's slot is free before the socket closes, so a
             // client that sees the close may connect again at once.
             drop(slot);
+            drop(user_slot);
             drop(w);
         });
         let mut reader = BufReader::new(r);
@@ -392,8 +537,9 @@ impl Conn {
         let mut closing = self.closing.clone();
         let max = self.server.limits.max_request;
         loop {
+            let first_by = (!hello).then_some(hello_by);
             let read = tokio::select! {
-                l = read_line(&mut reader, max, self.server.limits.request_timeout) => l,
+                l = read_line(&mut reader, max, self.server.limits.request_timeout, first_by) => l,
                 _ = closing.wait_for(|c| *c) => break,
             };
             let line = match read {
@@ -420,6 +566,9 @@ impl Conn {
                 }
                 Ok(Line::Eof) => break,
                 Err(e) => {
+                    if !hello && e.kind() == std::io::ErrorKind::TimedOut {
+                        tracing::info!(uid, "client did not say hello in time; closing it");
+                    }
                     tracing::debug!(error = %e, "client connection ends");
                     break;
                 }
@@ -486,11 +635,24 @@ impl Conn {
                 hello = true;
                 continue;
             }
+            // At most `max_in_flight` requests of this connection are
+            // answered at once: the next line is not read before one ends,
+            // so a client pipelining a thousand requests holds a few
+            // answers' memory, not a thousand.
+            let permit = tokio::select! {
+                p = in_flight.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = closing.wait_for(|c| *c) => break,
+                _ = tx.closed() => break,
+            };
             let server = self.server.clone();
             let tx = tx.clone();
             let caller = caller.clone();
             let closing = self.closing.clone();
             tokio::task::spawn_local(async move {
+                let _permit = permit;
                 let method = req.body.method();
                 let follows = matches!(
                     req.body,
@@ -662,9 +824,6 @@ async fn metrics_http(stream: tokio::net::TcpStream, lab: Addr<LabActor>) -> std
     w.shutdown().await
 }
 
-/// Names the caller and decides whether it is an admin: root, labd's own
-/// user, or a member of the admin group (as its primary group or in the
-/// group database).
 /// The peer's supplementary groups as the kernel has them
 /// (`SO_PEERGROUPS`, Linux 4.13): None where the kernel cannot say.
 fn peer_groups(stream: &UnixStream) -> Option<Vec<u32>> {
@@ -700,8 +859,10 @@ fn peer_groups(stream: &UnixStream) -> Option<Vec<u32>> {
     None
 }
 
-/// Who is on the other end: name and admin rights from the user database,
-/// groups from the kernel (or, where it cannot say, the user database).
+/// Names the caller and decides whether it is an admin: root, labd's own
+/// user, or a member of the admin group (as its primary group, in the
+/// kernel's list of the peer's groups, or in the group database). Groups
+/// come from the kernel, or where it cannot say, the user database.
 fn identify(uid: u32, gid: u32, groups: Option<Vec<u32>>, admin_gid: Option<u32>) -> Caller {
     use nix::unistd::{getgrouplist, Gid, Uid, User};
     let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();

@@ -233,3 +233,155 @@ fn file_artifacts_are_read_only_with_the_submitters_rights() {
         assert!(!log.contains("readable at submit only"));
     });
 }
+
+/// Opens `n` connections to `socket` as `uid` (saying hello when `hello`),
+/// prints what the last one was first told (`refused: <message>` or
+/// `open`), then `held`, and keeps them until stdin closes, printing
+/// `closed` once labd has closed every one of them.
+const HORDE: &str = r#"
+import json, socket, sys, threading
+path, n, hello = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "hello"
+conns = []
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    if hello:
+        try:
+            s.sendall(b'{"id":1,"method":"hello","params":{"version":1}}\n')
+        except BrokenPipeError:
+            pass  # refused and closed already: its answer is still there to read
+    conns.append(s)
+last = conns[-1]
+if hello:
+    first = last.makefile("rb").readline()
+    v = json.loads(first) if first else {}
+    if "error" in v:
+        print("refused: " + v["error"]["code"] + ": " + v["error"]["message"], flush=True)
+    else:
+        print("open", flush=True)
+else:
+    print("open", flush=True)
+print("held", flush=True)
+def wait_closed():
+    for s in conns:
+        while s.recv(4096):
+            pass
+    print("closed", flush=True)
+threading.Thread(target=wait_closed, daemon=True).start()
+sys.stdin.read()
+"#;
+
+struct Horde {
+    child: std::process::Child,
+    out: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Horde {
+    fn start(socket: &Path, uid: u32, n: usize, hello: bool) -> Horde {
+        let mut child = Command::new("setpriv")
+            .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string()])
+            // Debian's python3: the one on PATH may live where other users cannot reach.
+            .args(["--clear-groups", "--", "/usr/bin/python3", "-c", HORDE])
+            .arg(socket)
+            .arg(n.to_string())
+            .arg(if hello { "hello" } else { "silent" })
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::BufRead;
+        let out = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Horde { child, out }
+    }
+
+    /// The next line the horde prints.
+    fn next(&mut self) -> String {
+        self.out.next().expect("the horde ended").unwrap()
+    }
+}
+
+impl Drop for Horde {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A few hundred connections that never said hello locked every client
+/// out, root included, for as long as they stayed open. Now connections
+/// are capped per uid, admins keep room of their own, and a connection
+/// that does not say hello in time is closed.
+#[test]
+fn idle_hordes_cannot_lock_out_other_users_or_admins() {
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root; this one switches users"
+        );
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let mut lab = Lab::prepare(
+        1,
+        &[],
+        &[],
+        "[auth]\nsocket_mode = 0o666\n[limits]\nmax_connections = 12\nadmin_connections = 4\nmax_connections_per_user = 6\nhello_timeout_secs = 3",
+    );
+    std::fs::set_permissions(lab.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    lab.start_labd();
+    let socket = lab.socket.clone();
+
+    // One user's silent horde takes its six and no more.
+    let mut silent = Horde::start(&socket, 1, 6, false);
+    assert_eq!(silent.next(), "open");
+    assert_eq!(silent.next(), "held");
+    let mut seventh = Horde::start(&socket, 1, 1, true);
+    let told = seventh.next();
+    assert!(told.starts_with("refused: busy"), "{told}");
+    assert!(told.contains("max_connections_per_user"), "{told}");
+    // Another user still gets in, up to what admins leave to users.
+    let mut other = Horde::start(&socket, 2, 2, true);
+    assert_eq!(other.next(), "open");
+    let mut over = Horde::start(&socket, 3, 1, true);
+    let told = over.next();
+    assert!(told.starts_with("refused: busy"), "{told}");
+    assert!(told.contains("admin"), "{told}");
+    // An admin (root here) always has room.
+    let mut root = Raw::connect(&socket);
+    assert_eq!(
+        root.ask(br#"{"id":2,"method":"boards"}"#)["ok"]["boards"][0]["name"],
+        "sim-01"
+    );
+
+    // The silent ones are closed at the hello deadline, and their room is
+    // everyone's again.
+    assert_eq!(silent.next(), "closed");
+    let mut later = Horde::start(&socket, 3, 1, true);
+    assert_eq!(later.next(), "open");
+}
+
+/// A raw protocol session for the admin side of the test above.
+struct Raw {
+    w: std::os::unix::net::UnixStream,
+    r: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl Raw {
+    fn connect(path: &Path) -> Raw {
+        let w = std::os::unix::net::UnixStream::connect(path).unwrap();
+        let r = std::io::BufReader::new(w.try_clone().unwrap());
+        let mut raw = Raw { w, r };
+        let hello = raw.ask(br#"{"id":1,"method":"hello","params":{"version":1}}"#);
+        assert_eq!(hello["ok"]["version"], 1, "{hello}");
+        raw
+    }
+
+    fn ask(&mut self, line: &[u8]) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        self.w.write_all(line).unwrap();
+        self.w.write_all(b"\n").unwrap();
+        let mut answer = String::new();
+        self.r.read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap()
+    }
+}

@@ -305,3 +305,138 @@ fn stalled_clients_are_dropped_and_connections_are_bounded() {
     let a = again.ask(br#"{"id":2,"method":"boards"}"#);
     assert_eq!(a["ok"]["boards"][0]["name"], "sim-01");
 }
+
+/// A connection that never said hello held its slot for as long as it
+/// stayed open, and a request line sent a byte at a time was never cut (the
+/// timeout restarted on each byte). Now the hello has a deadline, and a
+/// line must arrive whole within the request timeout of its first byte.
+#[test]
+fn silent_clients_and_slow_lines_are_closed_at_their_deadlines() {
+    let lab = Lab::start_with(
+        1,
+        &[],
+        &[],
+        "[limits]\nhello_timeout_secs = 1\nrequest_timeout_secs = 2",
+    );
+    // Never says hello: closed by labd (EOF), well before the bound here.
+    let silent = UnixStream::connect(&lab.socket).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut line = String::new();
+    let n = BufReader::new(&silent).read_line(&mut line);
+    assert!(matches!(n, Ok(0)), "{n:?} {line:?}");
+
+    // Said hello, then sends a request a byte every 300 ms: the whole line
+    // would take 8 s; labd closes it at 2 s, without answering it.
+    let slow = Raw::connect(&lab.socket);
+    slow.r
+        .get_ref()
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut w = slow.w.try_clone().unwrap();
+    let dribble = std::thread::spawn(move || {
+        for b in br#"{"id":2,"method":"boards"}"#.iter().chain(b"\n") {
+            if w.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    });
+    let mut r = slow.r;
+    let mut answer = String::new();
+    let n = r.read_line(&mut answer);
+    assert!(
+        matches!(n, Ok(0)),
+        "answered a line that took 8 s: {n:?} {answer:?}"
+    );
+    dribble.join().unwrap();
+}
+
+/// Pipelined requests were each read and started at once: 1000 `logs`
+/// requests for a large log on one connection that read nothing grew
+/// labd by about 500 MB, which stayed after the client left. Requests in
+/// flight and answer bytes queued are bounded per connection, and the
+/// memory goes back when the client goes.
+#[test]
+fn pipelined_log_requests_are_bounded_and_their_memory_returns() {
+    let lab = Lab::start_with(1, &[], &[], "[limits]\nmax_job_log_bytes = 16000000");
+    let id = rt().block_on(async {
+        let mut c = lab.client().await;
+        let id = submit(
+            &mut c,
+            &lab.job(
+                "big",
+                "medium",
+                &["head -c 8000000 /dev/zero | tr '\\\\0' x; echo"],
+            ),
+        )
+        .await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete");
+        assert!(log.len() > 8_000_000, "{}", log.len());
+        id
+    });
+    let rss = || -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", lab.labd_pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    let before = rss();
+    let raw = Raw::connect(&lab.socket);
+    let mut w = raw.w.try_clone().unwrap();
+    // Written from a thread: labd stops reading once its bound is reached,
+    // and the socket's buffer then holds the rest of our writes.
+    let writer = std::thread::spawn(move || {
+        for i in 0..1000 {
+            let line = format!(
+                "{{\"id\":{},\"method\":\"logs\",\"params\":{{\"job\":{id}}}}}\n",
+                i + 2
+            );
+            if w.write_all(line.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    // labd's resident size while the answers are wanted and nothing is
+    // read, sampled over a few seconds (a measurement window, not a wait).
+    let mut peak = 0;
+    for _ in 0..30 {
+        peak = peak.max(rss());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let grew = peak.saturating_sub(before);
+    eprintln!(
+        "labd: {} MB before, {} MB at most",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(grew < 150 << 20, "labd grew {} MB", grew >> 20);
+    // Gone, for the writer's copy of the socket too.
+    let _ = raw.w.shutdown(std::net::Shutdown::Both);
+    drop(raw);
+    writer.join().unwrap();
+    // Once the client is gone its memory goes back (bounded wait).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = rss();
+        if now < before + (40 << 20) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "labd still {} MB above its size before the client",
+            (now - before) >> 20
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // And it still answers.
+    let mut again = Raw::connect(&lab.socket);
+    assert_eq!(
+        again.ask(br#"{"id":2,"method":"boards"}"#)["ok"]["boards"][0]["name"],
+        "sim-01"
+    );
+}
