@@ -1117,6 +1117,11 @@ fn writer(
             metrics.store_resumed();
             metrics.store_suspended(false);
             free = space.free();
+            tracing::info!(
+                path = %space.dir().display(),
+                free,
+                "store writes resumed: space is back"
+            );
         } else if !space.suspended() && space.log_budget(free) == 0 {
             let why = space.no_space(free);
             suspend(&mut space, why, &metrics);
@@ -1219,11 +1224,16 @@ fn writer(
                 continue;
             }
             if bytes.len() as u64 > budget {
-                if !space.suspended() {
-                    let why = space.no_space(free);
-                    suspend(&mut space, why, &metrics);
+                // What fits is kept, to the byte; the mark goes after it.
+                let fits = budget as usize;
+                if fits > 0 {
+                    append.push((*id, *offset, &bytes[..fits]));
                 }
-                stop.push((*id, *offset, space.why(free)));
+                let why = space.no_space(free.saturating_sub(budget));
+                if !space.suspended() {
+                    suspend(&mut space, why.clone(), &metrics);
+                }
+                stop.push((*id, *offset + fits as u64, why));
                 budget = 0;
                 continue;
             }
@@ -1232,8 +1242,10 @@ fn writer(
         }
         let bytes: Vec<&[u8]> = append.iter().map(|(_, _, b)| *b).collect();
         for ((id, offset, _), loc) in append.iter().zip(segs.append_all(&bytes)) {
-            if is_stopped(&stop, *id) {
-                // After its first failed chunk, a job's later ones are dead bytes.
+            // After a job's first failed chunk its later ones are dead
+            // bytes (the part of a chunk kept before a mark is not later).
+            let at = stop.iter().position(|s| s.0 == *id);
+            if at.is_some_and(|i| stop[i].1 <= *offset) {
                 continue;
             }
             match loc {
@@ -1243,7 +1255,10 @@ fn writer(
                     if space::is_space(&e) {
                         suspend(&mut space, e.to_string(), &metrics);
                     }
-                    stop.push((*id, *offset, e.to_string()));
+                    match at {
+                        Some(i) => stop[i] = (*id, *offset, e.to_string()),
+                        None => stop.push((*id, *offset, e.to_string())),
+                    }
                 }
             }
         }
@@ -1346,8 +1361,14 @@ fn writer(
 
 /// Suspends console appends and submits (see `space`), saying so in the metrics.
 fn suspend(space: &mut space::Space, why: String, metrics: &crate::metrics::Metrics) {
-    if space.suspend(why) {
+    if space.suspend(why.clone()) {
         metrics.store_suspended(true);
+        tracing::warn!(
+            path = %space.dir().display(),
+            free = space.free(),
+            reason = %why,
+            "store writes suspended: submits are refused and console logs stop until space returns"
+        );
     }
 }
 
@@ -2257,7 +2278,10 @@ mod tests {
         let b = store.insert_job(record("b")).await.unwrap().id;
         store.append_log(a, 0, b"U-Boot".to_vec()).await.unwrap();
         // Bytes 6..4469 were lost; the next chunks went on being stored.
-        store.append_log(a, 4469, b" login:".to_vec()).await.unwrap();
+        store
+            .append_log(a, 4469, b" login:".to_vec())
+            .await
+            .unwrap();
         store.append_log(a, 4476, b" root".to_vec()).await.unwrap();
         store.append_log(b, 0, b"sound".to_vec()).await.unwrap();
         assert!(matches!(
@@ -2268,7 +2292,9 @@ mod tests {
         let done = store.repair().unwrap();
         assert_eq!(
             done,
-            vec![format!("log of job {a}: 4463 missing bytes at byte 6 marked")]
+            vec![format!(
+                "log of job {a}: 4463 missing bytes at byte 6 marked"
+            )]
         );
         assert_eq!(store.check().unwrap(), Vec::<String>::new());
         let (log, end) = store.log(a, 0, 1 << 20).await.unwrap();

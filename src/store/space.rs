@@ -15,7 +15,7 @@
 //! results, a log's truncation mark) still have room even if something else
 //! filled the disk. Below `floor` even those wait, held in order, rather
 //! than poison sled; submits are refused meanwhile. When the space is back
-//! (enough to make the reserve again and keep twice `low` free), the store
+//! (enough to make the reserve again and keep three times `low` free), the store
 //! resumes by itself.
 
 use std::path::{Path, PathBuf};
@@ -73,7 +73,9 @@ impl Space {
         match s.make_reserve() {
             Ok(()) => s.reserved = true,
             Err(e) => {
-                s.suspend(format!("cannot reserve {low} bytes: {e}"));
+                let why = format!("cannot reserve {low} bytes: {e}");
+                tracing::warn!(reason = %why, "store writes suspended from the start: submits are refused and console logs stop until space returns");
+                s.suspend(why);
             }
         }
         s
@@ -124,7 +126,8 @@ impl Space {
     }
 
     /// Suspends console appends and submits, releasing the reserve so the
-    /// writes that must land have room. Returns whether this suspended them.
+    /// writes that must land have room. Returns whether this suspended them
+    /// (the caller says so, once its metrics do).
     pub fn suspend(&mut self, why: String) -> bool {
         if self.suspended.is_some() {
             return false;
@@ -136,20 +139,16 @@ impl Space {
                 Err(e) => tracing::error!(error = %e, "releasing the store's space reserve failed"),
             }
         }
-        tracing::warn!(
-            path = %self.dir.display(),
-            free = self.free(),
-            reason = %why,
-            "store writes suspended: submits are refused and console logs stop until space returns"
-        );
         self.suspended = Some(why);
         true
     }
 
-    /// Resumes once there is room for the reserve and twice the margin
-    /// besides; returns whether this resumed.
+    /// Resumes once there is room for the reserve and three times the
+    /// margin besides (suspended, about the reserve and the margin are
+    /// free: twice the margin must come back, so the store does not flap); returns whether this resumed (the caller says so, once its
+    /// metrics do).
     pub fn try_resume(&mut self, free: u64) -> bool {
-        if self.suspended.is_none() || free < 3 * self.low {
+        if self.suspended.is_none() || free < 4 * self.low {
             return false;
         }
         if let Err(e) = self.make_reserve() {
@@ -158,11 +157,6 @@ impl Space {
         }
         self.reserved = true;
         self.suspended = None;
-        tracing::info!(
-            path = %self.dir.display(),
-            free = self.free(),
-            "store writes resumed: space is back"
-        );
         true
     }
 
