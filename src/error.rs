@@ -83,6 +83,9 @@ pub enum ErrorCode {
     Hardware,
     /// An invariant broke inside labd.
     Internal,
+    /// The store's disk is full (or failing): submits are refused until
+    /// space returns; reads go on. The message names the path and the free space.
+    NoSpace,
 }
 
 impl ErrorCode {
@@ -104,6 +107,7 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Hardware => "hardware",
             ErrorCode::Internal => "internal",
+            ErrorCode::NoSpace => "no_space",
         }
     }
 }
@@ -171,6 +175,9 @@ impl From<crate::store::StoreError> for ApiError {
                 ApiError::new(ErrorCode::NoSuchJob, format!("no such job {id}"))
             }
             crate::store::StoreError::Rejected(m) => ApiError::new(ErrorCode::InvalidState, m),
+            e @ crate::store::StoreError::NoSpace(_) => {
+                ApiError::new(ErrorCode::NoSpace, e.to_string())
+            }
             other => ApiError::new(ErrorCode::Store, other.to_string()),
         }
     }

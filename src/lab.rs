@@ -829,6 +829,7 @@ impl LabActor {
         let store = self.store.clone();
         let o2 = outcome.clone();
         let maxima = self.cfg.limits.timeout_maxima();
+        let logs = self.store.clone();
         // Called now, so the write is queued now (see the doc above). A
         // retry the end calls for is stored in the same transaction.
         let write = store.update_job_then(
@@ -838,11 +839,22 @@ impl LabActor {
                     return Err(format!("job {id} already finished"));
                 }
                 // A job being canceled ends Canceled whatever the runner saw.
-                let o = if j.state == JobState::Canceling && o2.health != JobHealth::Canceled {
+                let mut o = if j.state == JobState::Canceling && o2.health != JobHealth::Canceled {
                     JobOutcome::canceled("canceled by request")
                 } else {
                     o2
                 };
+                // A job whose log could not be stored whole is not Complete.
+                // Asked here, on the store's writer, after the job's last
+                // bytes went: nothing about the log can change after this.
+                if o.health == JobHealth::Complete {
+                    if let Some(why) = logs.log_stopped(id) {
+                        o = JobOutcome::incomplete(
+                            ErrorClass::Infrastructure,
+                            format!("the console log could not be stored: {why}"),
+                        );
+                    }
+                }
                 j.finish(o);
                 j.timing = timing;
                 Ok(())
@@ -859,7 +871,11 @@ impl LabActor {
         });
         // Counted now, like the board is freed now: whoever sees the job
         // finished sees it counted.
-        self.metrics.job_finished(&outcome.health.to_string());
+        let counted = match self.store.log_stopped(id) {
+            Some(_) if outcome.health == JobHealth::Complete => JobHealth::Incomplete,
+            _ => outcome.health,
+        };
+        self.metrics.job_finished(&counted.to_string());
         let board = board.to_owned();
         let has_health_check = self
             .boards

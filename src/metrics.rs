@@ -97,6 +97,9 @@ struct Inner {
     pub store_batch: Histogram,
     pub store_writes: Counter,
     pub store_disk: Gauge,
+    pub store_suspended: Gauge,
+    pub store_resumes: Counter,
+    pub store_logs_stopped: Counter,
     pub requests: HistogramFamily<MethodLabel>,
     pub slow_ops: Family<KindLabel, Counter>,
     pub resident: Gauge,
@@ -133,6 +136,9 @@ impl Metrics {
             store_batch: seconds_histogram(),
             store_writes: Counter::default(),
             store_disk: Gauge::default(),
+            store_suspended: Gauge::default(),
+            store_resumes: Counter::default(),
+            store_logs_stopped: Counter::default(),
             requests: Family::new_with_constructor(h),
             slow_ops: Family::default(),
             resident: Gauge::default(),
@@ -192,6 +198,21 @@ impl Metrics {
             "store_disk_bytes",
             "The store's size on disk",
             i.store_disk.clone(),
+        );
+        r.register(
+            "store_writes_suspended",
+            "1 while the store's disk is full or failing: submits refused, console logs stopped",
+            i.store_suspended.clone(),
+        );
+        r.register(
+            "store_resumes",
+            "Times the store resumed by itself once space came back",
+            i.store_resumes.clone(),
+        );
+        r.register(
+            "store_logs_stopped",
+            "Job console logs stopped with a truncation mark (the disk full or failing)",
+            i.store_logs_stopped.clone(),
         );
         r.register(
             "request_duration_seconds",
@@ -274,6 +295,22 @@ impl Metrics {
             self.slow("store");
             tracing::warn!(writes, ms = d.as_millis() as u64, "slow store write batch");
         }
+    }
+
+    /// The store's writer suspended (true) or resumed its writes. The
+    /// writer owns this state and sets it as it changes.
+    pub fn store_suspended(&self, on: bool) {
+        self.0.store_suspended.set(i64::from(on));
+    }
+
+    /// The store resumed by itself once space came back.
+    pub fn store_resumed(&self) {
+        self.0.store_resumes.inc();
+    }
+
+    /// A job's console log stopped with a truncation mark.
+    pub fn store_log_stopped(&self) {
+        self.0.store_logs_stopped.inc();
     }
 
     pub fn request(&self, method: &str, d: Duration) {

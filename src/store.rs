@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, oneshot};
 
 mod segments;
+mod space;
 use segments::Location;
 
 /// Bumped whenever the on-disk layout changes; a store with another version is refused,
@@ -54,6 +55,13 @@ pub enum StoreError {
     Rejected(String),
     #[error("store: the writer thread is gone")]
     Closed,
+    /// The disk is full (or failing): a state the store waits out, not
+    /// corruption. The message names the path and the free space.
+    #[error("store: {0}")]
+    NoSpace(String),
+    /// A write failed for another reason than space (sled's own error).
+    #[error("store: {0}")]
+    Failed(String),
 }
 
 /// An I/O error of the store's own files (sled's directory, log segments).
@@ -223,6 +231,10 @@ struct PendingLogs {
     bytes: usize,
     /// Bytes dropped because the writer fell too far behind.
     dropped: u64,
+    /// Jobs whose console log stopped (the disk full or failing), and why:
+    /// their log ends with a truncation mark, and later bytes are dropped.
+    /// A job leaves once it is Finished.
+    stopped: std::collections::HashMap<JobId, String>,
 }
 
 impl PendingLogs {
@@ -375,12 +387,14 @@ impl Store {
         let writer_changes = changes.clone();
         let logs = Arc::new(Mutex::new(PendingLogs::default()));
         let writer_logs = logs.clone();
+        let space = space::Space::open(dir);
         let handle = std::thread::Builder::new()
             .name("labd-store".into())
             .spawn(move || {
                 writer(
                     writer_trees,
                     appender,
+                    space,
                     rx,
                     writer_logs,
                     writer_changes,
@@ -515,6 +529,10 @@ impl Store {
         let wake = {
             let mut guard = self.logs.lock().unwrap_or_else(|e| e.into_inner());
             let p = &mut *guard;
+            if p.stopped.contains_key(&id) {
+                // The log ended with its truncation mark.
+                return;
+            }
             if p.bytes + bytes.len() > MAX_PENDING_LOG_BYTES {
                 if p.dropped == 0 {
                     tracing::error!(
@@ -547,6 +565,13 @@ impl Store {
         if wake {
             let _ = self.tx.send(Write::LogsQueued);
         }
+    }
+
+    /// Why job `id`'s console log stopped before its end (the disk was
+    /// full or failing), if it did: such a job is not Complete.
+    pub fn log_stopped(&self, id: JobId) -> Option<String> {
+        let p = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        p.stopped.get(&id).cloned()
     }
 
     /// Closes the store and waits until its writer has written what was
@@ -931,9 +956,87 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Turns every gap in a console log (chunks after a lost one, left by
+    /// a labd older than the truncation marks) into a mark saying how many
+    /// bytes are missing there, and moves the chunks after it to follow the
+    /// mark: the whole log reads again and nothing stored is dropped. For
+    /// `labd fsck --repair`, on a store no daemon has open. Says what it
+    /// did, one line per gap.
+    pub fn repair(&self) -> Result<Vec<String>, StoreError> {
+        let t = &self.trees;
+        let mut done = Vec::new();
+        // Each moved chunk: its tree (segment index or inline), old and new key, value.
+        let mut moves: Vec<(bool, [u8; 16], [u8; 16], sled::IVec)> = Vec::new();
+        let mut marks: Vec<([u8; 16], Vec<u8>)> = Vec::new();
+        // The job being walked, where its next byte should be, and how far
+        // its later chunks move.
+        let mut at: Option<(JobId, u64, i128)> = None;
+        for c in all_chunks(t) {
+            let (id, off, chunk) = c?;
+            let (expected, shift) = match at {
+                Some((j, end, shift)) if j == id => (end, shift),
+                _ => (0, 0),
+            };
+            let mut shift = shift;
+            let mut new_off = (i128::from(off) + shift) as u64;
+            if new_off > expected {
+                let missing = new_off - expected;
+                let note = format!(
+                    "\r\n[labd: {missing} bytes of this console log are missing here (a gap left by an older labd, marked by labd fsck --repair)]\r\n"
+                )
+                .into_bytes();
+                done.push(format!(
+                    "log of job {id}: {missing} missing bytes at byte {expected} marked"
+                ));
+                let after = expected + note.len() as u64;
+                marks.push((key2(id, expected), note));
+                shift += i128::from(after) - i128::from(new_off);
+                new_off = after;
+            }
+            if new_off != off {
+                let (inline, v) = match &chunk {
+                    Chunk::Inline(v) => (true, v.clone()),
+                    Chunk::Segment(l) => (false, sled::IVec::from(&l.encode()[..])),
+                };
+                moves.push((inline, key2(id, off), key2(id, new_off), v));
+            }
+            at = Some((id, new_off + chunk.len(), shift));
+        }
+        if done.is_empty() {
+            return Ok(done);
+        }
+        // All at once: a crash leaves the log as it was, or repaired.
+        (&t.log_index, &t.logs)
+            .transaction(|(index, inline)| {
+                for (is_inline, old, _, _) in &moves {
+                    let tree = if *is_inline { inline } else { index };
+                    tree.remove(&old[..])?;
+                }
+                for (is_inline, _, new, v) in &moves {
+                    let tree = if *is_inline { inline } else { index };
+                    tree.insert(&new[..], v.clone())?;
+                }
+                for (k, note) in &marks {
+                    inline.insert(&k[..], &note[..])?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx_err)?;
+        t.db.flush()?;
+        Ok(done)
+    }
+}
+
+/// How often a suspended store looks at its free space again: nothing
+/// announces that space came back.
+const SPACE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[allow(clippy::too_many_arguments)]
 fn writer(
     t: Trees,
     mut segs: segments::Appender,
+    mut space: space::Space,
     rx: std_mpsc::Receiver<Write>,
     logs: Arc<Mutex<PendingLogs>>,
     changes: broadcast::Sender<Change>,
@@ -957,6 +1060,9 @@ fn writer(
     // What the writes and index entries since the last flush changed, to
     // publish once they are durable.
     let mut published: Vec<Change> = Vec::new();
+    // Writes waiting, in order, for sled to have room (see `space`).
+    let mut held: std::collections::VecDeque<Write> = Default::default();
+    metrics.store_suspended(space.suspended());
     loop {
         // Queued console bytes are nobody's acknowledgement: they wait up to
         // LOG_GROUP for more, so that a lab of streaming consoles costs a few
@@ -965,11 +1071,16 @@ fn writer(
         // only: a job's Finished state waits for its own last bytes, not for
         // every streaming board's, and for one slice or piece at most.
         let mut closing = false;
-        let wait = if drain_upto.is_some() || unindexed.has_synced() {
+        let mut wait = if drain_upto.is_some() || (unindexed.has_synced() && held.is_empty()) {
             Some(std::time::Instant::now())
         } else {
             logs_due
         };
+        if space.suspended() {
+            // Space coming back is no event: look again now and then.
+            let poll = std::time::Instant::now() + SPACE_POLL;
+            wait = Some(wait.map_or(poll, |w| w.min(poll)));
+        }
         let first = match wait {
             Some(due) => {
                 match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
@@ -1000,6 +1111,53 @@ fn writer(
                 break;
             }
         }
+        // The disk's state, once a turn: one statvfs.
+        let mut free = space.free();
+        if space.try_resume(free) {
+            metrics.store_resumed();
+            metrics.store_suspended(false);
+            free = space.free();
+            tracing::info!(
+                path = %space.dir().display(),
+                free,
+                "store writes resumed: space is back"
+            );
+        } else if !space.suspended() && space.log_budget(free) == 0 {
+            let why = space.no_space(free);
+            suspend(&mut space, why, &metrics);
+            free = space.free();
+        }
+        // While suspended a submit is refused at once (it changes nothing);
+        // every other write goes on, in order, as long as sled has room.
+        if space.suspended() {
+            batch = batch
+                .into_iter()
+                .filter_map(|w| match w {
+                    Write::InsertJob(_, tx) => {
+                        let _ = tx.send(Err(StoreError::NoSpace(format!(
+                            "{}; submits are refused until space returns",
+                            space.why(free)
+                        ))));
+                        None
+                    }
+                    w => Some(w),
+                })
+                .collect();
+        }
+        let sled_room = space.sled_room(free);
+        if !sled_room {
+            if closing {
+                // Nobody will wait for space: the held writes fail.
+                for w in held.drain(..).chain(batch.drain(..)) {
+                    fail(w, StoreError::NoSpace(space.why(free)));
+                }
+                break;
+            }
+            held.extend(batch.drain(..));
+        } else if !held.is_empty() {
+            held.extend(batch.drain(..));
+            batch = held.drain(..).collect();
+        }
         let now = std::time::Instant::now();
         if drain_upto.is_none() && logs_due.is_some_and(|d| d <= now) {
             drain_upto = Some(now + LOG_GROUP / 2);
@@ -1014,7 +1172,7 @@ fn writer(
                 .iter()
                 .any(|w| matches!(w, Write::Sync(_) | Write::Prune(..)));
         let own: std::collections::HashSet<JobId> = batch.iter().filter_map(Write::job).collect();
-        let queued = {
+        let (queued, stopped) = {
             let mut p = logs.lock().unwrap_or_else(|e| e.into_inner());
             if p.dropped > 0 {
                 tracing::error!(
@@ -1038,7 +1196,7 @@ fn writer(
             if logs_due.zip(drain_upto).is_none_or(|(d, u)| d > u) {
                 drain_upto = None;
             }
-            queued
+            (queued, p.stopped.keys().copied().collect::<Vec<_>>())
         };
         if batch.is_empty() && queued.is_empty() && unindexed.is_empty() && !closing {
             continue;
@@ -1053,14 +1211,67 @@ fn writer(
         let started = std::time::Instant::now();
         let queued_chunks = queued.len();
         let mut done: Vec<Reply> = Vec::new();
-        let bytes: Vec<&[u8]> = queued.iter().map(|(_, _, b)| &b[..]).collect();
-        for ((id, offset, _), loc) in queued.iter().zip(segs.append_all(&bytes)) {
+        // A job's log stops at its first byte the disk cannot take, with a
+        // truncation mark there: never a gap with later bytes after it.
+        let mut stop: Vec<(JobId, u64, String)> = Vec::new();
+        let is_stopped = |stop: &[(JobId, u64, String)], id: JobId| {
+            stopped.contains(&id) || stop.iter().any(|s| s.0 == id)
+        };
+        let mut budget = space.log_budget(free);
+        let mut append = Vec::with_capacity(queued.len());
+        for (id, offset, bytes) in &queued {
+            if is_stopped(&stop, *id) {
+                continue;
+            }
+            if bytes.len() as u64 > budget {
+                // What fits is kept, to the byte; the mark goes after it.
+                let fits = budget as usize;
+                if fits > 0 {
+                    append.push((*id, *offset, &bytes[..fits]));
+                }
+                let why = space.no_space(free.saturating_sub(budget));
+                if !space.suspended() {
+                    suspend(&mut space, why.clone(), &metrics);
+                }
+                stop.push((*id, *offset + fits as u64, why));
+                budget = 0;
+                continue;
+            }
+            budget -= bytes.len() as u64;
+            append.push((*id, *offset, &bytes[..]));
+        }
+        let bytes: Vec<&[u8]> = append.iter().map(|(_, _, b)| *b).collect();
+        for ((id, offset, _), loc) in append.iter().zip(segs.append_all(&bytes)) {
+            // After a job's first failed chunk its later ones are dead
+            // bytes (the part of a chunk kept before a mark is not later).
+            let at = stop.iter().position(|s| s.0 == *id);
+            if at.is_some_and(|i| stop[i].1 <= *offset) {
+                continue;
+            }
             match loc {
-                Ok(loc) => unindexed.unsynced.push((*id, *offset, loc)),
-                Err(e) => tracing::error!(job = id, error = %e, "storing console bytes failed"),
+                Ok(loc) => unindexed.unsynced.push((*id, *offset, Piece::Segment(loc))),
+                Err(e) => {
+                    tracing::error!(job = id, error = %e, "storing console bytes failed");
+                    if space::is_space(&e) {
+                        suspend(&mut space, e.to_string(), &metrics);
+                    }
+                    match at {
+                        Some(i) => stop[i] = (*id, *offset, e.to_string()),
+                        None => stop.push((*id, *offset, e.to_string())),
+                    }
+                }
             }
         }
-        if slicing {
+        if !stop.is_empty() {
+            let mut p = logs.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, offset, why) in stop {
+                tracing::warn!(job = id, byte = offset, reason = %why, "console log stopped");
+                metrics.store_log_stopped();
+                p.stopped.insert(id, why.clone());
+                unindexed.unsynced.push((id, offset, Piece::Mark(why)));
+            }
+        }
+        if slicing || !sled_room {
             continue;
         }
         // Indexed before the batch is applied: whoever sees a job's
@@ -1073,8 +1284,23 @@ fn writer(
         } else {
             0
         };
-        if let Err(e) = unindexed.index(&t, &mut segs, &own, piece, all, &mut published) {
+        let mut lost = Vec::new();
+        if let Err(e) = unindexed.index(&t, &mut segs, &own, piece, all, &mut published, &mut lost)
+        {
             tracing::error!(error = %e, "storing console bytes failed");
+            if let StoreError::Sled(sled::Error::Io(io)) = &e {
+                if space::is_space(io) {
+                    suspend(&mut space, e.to_string(), &metrics);
+                }
+            }
+        }
+        if !lost.is_empty() {
+            let mut p = logs.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, offset, why) in lost {
+                tracing::warn!(job = id, byte = offset, reason = %why, "console log stopped");
+                metrics.store_log_stopped();
+                p.stopped.insert(id, why);
+            }
         }
         piece_put_off = piece == 0 && unindexed.has_synced();
         if batch.is_empty() && !closing && unindexed.has_synced() {
@@ -1083,17 +1309,48 @@ fn writer(
         for w in batch {
             apply(&t, &mut segs, w, &mut done, &mut published);
         }
-        let flushed = t.db.flush().map(|_| ()).map_err(StoreError::from);
+        let flushed = t.db.flush().map(|_| ());
         metrics.store_batch(done.len() + queued_chunks, started.elapsed());
+        if let Err(e) = &flushed {
+            // sled keeps its first I/O error and refuses every write after
+            // it until it is reopened: only a restart recovers (the reserve
+            // and the floor exist so that this never happens).
+            tracing::error!(error = %e, "sled refused a flush; it takes no more writes until labd restarts");
+            if let sled::Error::Io(io) = e {
+                if space::is_space(io) {
+                    let why = format!("{}: {io}", space.dir().display());
+                    suspend(&mut space, why, &metrics);
+                }
+            }
+        }
         for reply in done {
             reply(match &flushed {
                 Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Corrupt(format!("flush failed: {e}"))),
+                Err(sled::Error::Io(io)) if space::is_space(io) => Err(StoreError::NoSpace(
+                    format!("flushing {} failed: {io}", space.dir().display()),
+                )),
+                Err(e) => Err(StoreError::Failed(format!("flush failed: {e}"))),
             });
         }
         if flushed.is_ok() {
+            let mut ended = Vec::new();
             for c in published.drain(..) {
+                if let Change::Job {
+                    id,
+                    state: JobState::Finished,
+                } = c
+                {
+                    ended.push(id);
+                }
                 let _ = changes.send(c);
+            }
+            if !ended.is_empty() {
+                let mut p = logs.lock().unwrap_or_else(|e| e.into_inner());
+                if !p.stopped.is_empty() {
+                    for id in ended {
+                        p.stopped.remove(&id);
+                    }
+                }
             }
         }
         if closing {
@@ -1102,9 +1359,61 @@ fn writer(
     }
 }
 
-/// A console chunk appended to a segment: its job, its offset in the
-/// job's log, and where its bytes lie.
-type Appended = (JobId, u64, Location);
+/// Suspends console appends and submits (see `space`), saying so in the metrics.
+fn suspend(space: &mut space::Space, why: String, metrics: &crate::metrics::Metrics) {
+    if space.suspend(why.clone()) {
+        metrics.store_suspended(true);
+        tracing::warn!(
+            path = %space.dir().display(),
+            free = space.free(),
+            reason = %why,
+            "store writes suspended: submits are refused and console logs stop until space returns"
+        );
+    }
+}
+
+/// Answers a write that will never be applied with `e`.
+fn fail(w: Write, e: StoreError) {
+    match w {
+        Write::InsertJob(_, tx) | Write::UpdateJob(_, _, tx) => {
+            let _ = tx.send(Err(e));
+        }
+        Write::UpdateJobThen(_, _, _, tx) => {
+            let _ = tx.send(Err(e));
+        }
+        Write::Event(_, _, tx)
+        | Write::Log(_, _, _, tx)
+        | Write::Sync(tx)
+        | Write::Results(_, _, tx)
+        | Write::Board(_, tx) => {
+            let _ = tx.send(Err(e));
+        }
+        Write::Prune(_, tx) => {
+            let _ = tx.send(Err(e));
+        }
+        Write::LogsQueued => {}
+    }
+}
+
+/// Where a piece of a job's console log is: bytes in a segment, or a
+/// truncation mark (the log stopped there, and why), stored inline.
+#[derive(Debug, Clone)]
+enum Piece {
+    Segment(Location),
+    Mark(String),
+}
+
+/// The text of a truncation mark at byte `offset` of a log.
+fn mark_text(offset: u64, why: &str) -> Vec<u8> {
+    format!(
+        "\r\n[labd: console log stopped at byte {offset}: {why}; the rest of this job's console is not kept]\r\n"
+    )
+    .into_bytes()
+}
+
+/// A console chunk appended to a segment (or a truncation mark): its job,
+/// its offset in the job's log, and where its bytes lie.
+type Appended = (JobId, u64, Piece);
 
 /// Console chunks appended to the segments and not yet indexed, in the
 /// order they were appended: first those whose bytes may not be on disk
@@ -1131,6 +1440,12 @@ impl Unindexed {
     /// first when any chunk to index might not be on disk yet, so an index
     /// entry never points at bytes a crash could lose. A job's chunks are
     /// indexed in order, so a reader always sees a prefix of its log.
+    ///
+    /// A failed sync stops the log of every job with unsynced chunks at
+    /// the first of them (a truncation mark instead, listed in `lost`):
+    /// after a failed `fsync` the kernel may have dropped the pages, and a
+    /// second one may succeed without them.
+    #[allow(clippy::too_many_arguments)]
     fn index(
         &mut self,
         t: &Trees,
@@ -1139,19 +1454,32 @@ impl Unindexed {
         piece: usize,
         all: bool,
         published: &mut Vec<Change>,
+        lost: &mut Vec<(JobId, u64, String)>,
     ) -> Result<(), StoreError> {
         let needs_sync = !self.unsynced.is_empty()
             && (all
                 || piece > self.synced.len()
                 || self.unsynced.iter().any(|(id, ..)| own.contains(id)));
-        // A failed sync leaves them unsynced, to be synced again; those
-        // already synced are indexed all the same (they are durable, and
-        // are a prefix of each job's chunks), so a disk that fails its
-        // syncs never leaves the writer turning on a piece it cannot take.
         let synced = if needs_sync {
             let r = segs.sync().map_err(io_err);
-            if r.is_ok() {
-                self.synced.extend(self.unsynced.drain(..));
+            match &r {
+                Ok(()) => self.synced.extend(self.unsynced.drain(..)),
+                Err(e) => {
+                    let why = e.to_string();
+                    let mut firsts: Vec<Appended> = Vec::new();
+                    for (id, offset, p) in self.unsynced.drain(..) {
+                        if firsts.iter().any(|f| f.0 == id) {
+                            continue;
+                        }
+                        let why = match p {
+                            Piece::Mark(w) => w,
+                            Piece::Segment(_) => why.clone(),
+                        };
+                        lost.push((id, offset, why.clone()));
+                        firsts.push((id, offset, Piece::Mark(why)));
+                    }
+                    self.synced.extend(firsts);
+                }
             }
             r
         } else {
@@ -1167,7 +1495,7 @@ impl Unindexed {
                 let now = mine || others < piece;
                 if now {
                     others += usize::from(!mine);
-                    take.push(*c);
+                    take.push(c.clone());
                 }
                 !now
             });
@@ -1275,14 +1603,33 @@ fn index_chunks(
     if appended.is_empty() {
         return Ok(());
     }
+    // A job's marks follow all its chunks: the chunks are indexed first, so
+    // a reader never sees a mark with a gap before it.
     let mut batch = sled::Batch::default();
-    for (id, offset, loc) in &appended {
-        batch.insert(&key2(*id, *offset)[..], &loc.encode()[..]);
+    let mut marks = sled::Batch::default();
+    let mut has_marks = false;
+    for (id, offset, piece) in &appended {
+        match piece {
+            Piece::Segment(loc) => batch.insert(&key2(*id, *offset)[..], &loc.encode()[..]),
+            Piece::Mark(why) => {
+                has_marks = true;
+                marks.insert(&key2(*id, *offset)[..], mark_text(*offset, why));
+            }
+        }
     }
     t.log_index.apply_batch(batch)?;
-    published.extend(appended.into_iter().map(|(id, offset, loc)| Change::Log {
+    if has_marks {
+        // Inline, like a schema 1 store's chunks: a mark takes no segment
+        // space, which is what ran out.
+        t.logs.apply_batch(marks)?;
+    }
+    published.extend(appended.into_iter().map(|(id, offset, piece)| Change::Log {
         id,
-        end: offset + u64::from(loc.len),
+        end: offset
+            + match &piece {
+                Piece::Segment(loc) => u64::from(loc.len),
+                Piece::Mark(why) => mark_text(offset, why).len() as u64,
+            },
     }));
     Ok(())
 }
@@ -1409,7 +1756,7 @@ fn apply(
         Write::Log(id, offset, bytes, tx) => {
             let r = segs.append(&bytes).map_err(io_err).and_then(|loc| {
                 segs.sync().map_err(io_err)?;
-                index_chunks(t, vec![(id, offset, loc)], published)
+                index_chunks(t, vec![(id, offset, Piece::Segment(loc))], published)
             });
             defer(done, tx, r);
         }
@@ -1608,19 +1955,27 @@ mod tests {
         let others = 2 * INDEX_PIECE + 10;
         for job in 0..others as JobId {
             let loc = segs.append(b"chunk").unwrap();
-            u.unsynced.push((100 + job, 0, loc));
+            u.unsynced.push((100 + job, 0, Piece::Segment(loc)));
         }
         // Job 7's two chunks, the second after every other job's.
         let loc = segs.append(b"first").unwrap();
-        u.unsynced.insert(0, (7, 0, loc));
+        u.unsynced.insert(0, (7, 0, Piece::Segment(loc)));
         let loc = segs.append(b"second").unwrap();
-        u.unsynced.push((7, 5, loc));
+        u.unsynced.push((7, 5, Piece::Segment(loc)));
         let indexed = |t: &Trees| t.log_index.len();
         let mut published = Vec::new();
         let own: std::collections::HashSet<JobId> = [7].into();
         // A write with its reply waiting and no piece: only its job's.
-        u.index(&t, &mut segs, &own, 0, false, &mut published)
-            .unwrap();
+        u.index(
+            &t,
+            &mut segs,
+            &own,
+            0,
+            false,
+            &mut published,
+            &mut Vec::new(),
+        )
+        .unwrap();
         assert!(
             u.unsynced.is_empty(),
             "the own job's chunks were synced first"
@@ -1642,6 +1997,7 @@ mod tests {
             INDEX_PIECE,
             false,
             &mut published,
+            &mut Vec::new(),
         )
         .unwrap();
         assert_eq!(indexed(&t), 2 + INDEX_PIECE);
@@ -1651,9 +2007,17 @@ mod tests {
         );
         // Chunks appended meanwhile wait for a sync; `all` takes everything.
         let loc = segs.append(b"late").unwrap();
-        u.unsynced.push((9999, 0, loc));
-        u.index(&t, &mut segs, &Default::default(), 0, true, &mut published)
-            .unwrap();
+        u.unsynced.push((9999, 0, Piece::Segment(loc)));
+        u.index(
+            &t,
+            &mut segs,
+            &Default::default(),
+            0,
+            true,
+            &mut published,
+            &mut Vec::new(),
+        )
+        .unwrap();
         assert!(u.is_empty());
         assert_eq!(indexed(&t), 2 + others + 1);
     }
@@ -1900,6 +2264,48 @@ mod tests {
             store.log(next, 0, 10).await,
             Err(StoreError::Corrupt(m)) if m.contains("unreadable")
         ));
+    }
+
+    /// A gap an older labd left (a chunk written after a lost one) made
+    /// the whole log unreadable; `repair` turns it into a mark saying how
+    /// many bytes are missing, the bytes after it follow the mark, and the
+    /// store checks clean.
+    #[tokio::test]
+    async fn repair_turns_a_log_gap_into_a_mark_and_keeps_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, Default::default()).unwrap();
+        let a = store.insert_job(record("a")).await.unwrap().id;
+        let b = store.insert_job(record("b")).await.unwrap().id;
+        store.append_log(a, 0, b"U-Boot".to_vec()).await.unwrap();
+        // Bytes 6..4469 were lost; the next chunks went on being stored.
+        store
+            .append_log(a, 4469, b" login:".to_vec())
+            .await
+            .unwrap();
+        store.append_log(a, 4476, b" root".to_vec()).await.unwrap();
+        store.append_log(b, 0, b"sound".to_vec()).await.unwrap();
+        assert!(matches!(
+            store.log(a, 0, 1 << 20).await,
+            Err(StoreError::Corrupt(m)) if m.contains("log gap at 6")
+        ));
+        assert_eq!(store.check().unwrap().len(), 1);
+        let done = store.repair().unwrap();
+        assert_eq!(
+            done,
+            vec![format!(
+                "log of job {a}: 4463 missing bytes at byte 6 marked"
+            )]
+        );
+        assert_eq!(store.check().unwrap(), Vec::<String>::new());
+        let (log, end) = store.log(a, 0, 1 << 20).await.unwrap();
+        let note = "\r\n[labd: 4463 bytes of this console log are missing here (a gap left by an older labd, marked by labd fsck --repair)]\r\n";
+        assert_eq!(
+            String::from_utf8(log).unwrap(),
+            format!("U-Boot{note} login: root")
+        );
+        assert_eq!(end, (6 + note.len() + 12) as u64);
+        assert_eq!(store.log(b, 0, 100).await.unwrap().0, b"sound");
+        assert!(store.repair().unwrap().is_empty(), "nothing left to repair");
     }
 
     #[tokio::test]

@@ -40,6 +40,11 @@ enum Cmd {
         /// The lab's state directory (the config's `state_dir`).
         #[arg(long)]
         state_dir: PathBuf,
+        /// First turn every gap in a console log (left by an older labd
+        /// when its disk was full) into a truncation mark, moving the bytes
+        /// after it to follow the mark.
+        #[arg(long)]
+        repair: bool,
     },
     /// Write every job with its events and results as JSON lines on stdout
     /// (labd stopped), for backup or migration.
@@ -172,8 +177,13 @@ fn init_logging(cfg: Option<&config::LogConfig>) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args, cfg: Option<LabConfig>) -> anyhow::Result<u8> {
-    if let Some(Cmd::Fsck { state_dir }) = &args.command {
+    if let Some(Cmd::Fsck { state_dir, repair }) = &args.command {
         let store = open_offline(state_dir)?;
+        if *repair {
+            for r in store.repair()? {
+                println!("repaired: {r}");
+            }
+        }
         let problems = store.check()?;
         for p in &problems {
             println!("{p}");
