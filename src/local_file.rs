@@ -127,19 +127,16 @@ fn open_as(path: &str, who: &Identity, roots: &FileRoots) -> Result<Opened, File
     let who = resolved(who);
     let name = describe(&who);
     std::thread::scope(|s| {
-        s.spawn(|| {
-            if become_fs(&who) {
-                open_checked(path, roots, &name, false)
-            } else {
-                open_checked(path, roots, &name, true)
-            }
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(FileRefusal::Raced {
-                path: path.to_owned(),
+        // A labd that may not switch reads only what anyone may read.
+        s.spawn(|| open_checked(path, roots, &name, !become_fs(&who)))
+            .join()
+            .unwrap_or_else(|_| {
+                Err(FileRefusal::Unreadable {
+                    path: path.to_owned(),
+                    who: name.clone(),
+                    source: std::io::Error::other("the thread opening it panicked"),
+                })
             })
-        })
     })
 }
 
@@ -155,7 +152,7 @@ fn describe(who: &Identity) -> String {
 /// database where the record lacks them (jobs stored before labd kept
 /// them): the rights the user has now.
 fn resolved(who: &Identity) -> Identity {
-    use nix::unistd::{getgrouplist, Gid, Uid, User};
+    use nix::unistd::{Uid, User};
     if who.gid.is_some() && who.groups.is_some() {
         return who.clone();
     }
@@ -165,18 +162,22 @@ fn resolved(who: &Identity) -> Identity {
         .or_else(|| user.as_ref().map(|u| u.gid.as_raw()))
         .unwrap_or(who.uid);
     let groups = who.groups.clone().unwrap_or_else(|| {
-        user.and_then(|u| {
-            let name = std::ffi::CString::new(u.name).ok()?;
-            getgrouplist(&name, Gid::from_raw(gid)).ok()
-        })
-        .map(|g| g.iter().map(|g| g.as_raw()).collect())
-        .unwrap_or_default()
+        user.and_then(|u| listed_groups(&u.name, gid))
+            .unwrap_or_default()
     });
     Identity {
         uid: who.uid,
         gid: Some(gid),
         groups: Some(groups),
     }
+}
+
+/// The groups the user database gives `name` (with `gid`, its primary
+/// group); may block (NSS).
+pub fn listed_groups(name: &str, gid: u32) -> Option<Vec<u32>> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let groups = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok()?;
+    Some(groups.iter().map(|g| g.as_raw()).collect())
 }
 
 /// Makes this thread's filesystem identity `who`'s. Only for a thread that

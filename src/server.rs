@@ -210,7 +210,13 @@ async fn accept_loop(
                 };
                 let (uid, gid) = (cred.uid(), cred.gid());
                 let groups = peer_groups(&stream);
-                let user_slot = if server.is_admin(uid, gid, groups.as_deref()) {
+                let admin = admin_by_credentials(
+                    uid,
+                    gid,
+                    groups.as_deref().unwrap_or(&[]),
+                    server.limits.admin_gid,
+                );
+                let user_slot = if admin {
                     None
                 } else {
                     match server.user_slot(uid) {
@@ -227,7 +233,7 @@ async fn accept_loop(
                     closing: closing.clone(),
                     _alive: alive.clone(),
                     slot,
-                    _user_slot: user_slot,
+                    user_slot,
                     peer: (uid, gid, groups),
                 };
                 tokio::task::spawn_local(conn.run(stream));
@@ -292,17 +298,6 @@ impl Server {
             users: self.users.clone(),
             uid,
         })
-    }
-
-    /// Whether the peer is an admin, from what the kernel says of it alone
-    /// (no user database: this decides a slot before anything may block).
-    fn is_admin(&self, uid: u32, gid: u32, groups: Option<&[u32]>) -> bool {
-        uid == 0
-            || uid == nix::unistd::geteuid().as_raw()
-            || self
-                .limits
-                .admin_gid
-                .is_some_and(|a| gid == a || groups.is_some_and(|g| g.contains(&a)))
     }
 }
 
@@ -411,7 +406,7 @@ struct Conn {
     _alive: mpsc::Sender<()>,
     slot: OwnedSemaphorePermit,
     /// A non-admin's share of the connections (see [`UserSlots`]).
-    _user_slot: Option<UserSlot>,
+    user_slot: Option<UserSlot>,
     /// The peer's uid, gid and groups, as the kernel names them.
     peer: (u32, u32, Option<Vec<u32>>),
 }
@@ -514,7 +509,7 @@ impl Conn {
         let in_flight = Arc::new(Semaphore::new(self.server.limits.max_in_flight));
         let write_timeout = self.server.limits.write_timeout;
         let slot = self.slot;
-        let user_slot = self._user_slot;
+        let user_slot = self.user_slot;
         let writer = tokio::task::spawn_local(async move {
             while let Some((line, _budget)) = rx.recv().await {
                 match tokio::time::timeout(write_timeout, w.write_all(&line)).await {
@@ -859,40 +854,39 @@ fn peer_groups(stream: &UnixStream) -> Option<Vec<u32>> {
     None
 }
 
-/// Names the caller and decides whether it is an admin: root, labd's own
-/// user, or a member of the admin group (as its primary group, in the
-/// kernel's list of the peer's groups, or in the group database). Groups
-/// come from the kernel, or where it cannot say, the user database.
+/// Whether the peer's credentials make it an admin: root, labd's own user,
+/// or the admin group as its group or among its groups. Decided from the
+/// kernel's word alone at accept (no user database, which may block).
+fn admin_by_credentials(uid: u32, gid: u32, groups: &[u32], admin_gid: Option<u32>) -> bool {
+    uid == 0
+        || uid == nix::unistd::geteuid().as_raw()
+        || admin_gid.is_some_and(|a| gid == a || groups.contains(&a))
+}
+
+/// Names the caller and decides whether it is an admin: by its credentials
+/// (see [`admin_by_credentials`]), or as a member of the admin group in the
+/// group database (joined since the peer logged in). Groups come from the
+/// kernel, or where it cannot say, the user database.
 fn identify(uid: u32, gid: u32, groups: Option<Vec<u32>>, admin_gid: Option<u32>) -> Caller {
-    use nix::unistd::{getgrouplist, Gid, Uid, User};
+    use nix::unistd::{Uid, User};
     let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
     let name = user
         .as_ref()
         .map(|u| u.name.clone())
         .unwrap_or_else(|| format!("uid {uid}"));
-    let in_admin_group = admin_gid.is_some_and(|admin| {
-        gid == admin
-            || user.as_ref().is_some_and(|u| {
-                std::ffi::CString::new(u.name.as_str())
-                    .ok()
-                    .and_then(|n| getgrouplist(&n, Gid::from_raw(gid)).ok())
-                    .is_some_and(|groups| groups.contains(&Gid::from_raw(admin)))
-            })
-    });
-    let admin = uid == 0 || uid == Uid::effective().as_raw() || in_admin_group;
-    let groups = groups.unwrap_or_else(|| {
-        user.as_ref()
-            .and_then(|u| {
-                let n = std::ffi::CString::new(u.name.as_str()).ok()?;
-                getgrouplist(&n, Gid::from_raw(gid)).ok()
-            })
-            .map(|g| g.iter().map(|g| g.as_raw()).collect())
-            .unwrap_or_default()
-    });
+    // The user database is asked only when its answer matters.
+    let listed = (groups.is_none() || admin_gid.is_some())
+        .then(|| {
+            user.as_ref()
+                .and_then(|u| crate::local_file::listed_groups(&u.name, gid))
+        })
+        .flatten();
+    let admin = admin_by_credentials(uid, gid, groups.as_deref().unwrap_or(&[]), admin_gid)
+        || admin_gid.is_some_and(|a| listed.as_ref().is_some_and(|l| l.contains(&a)));
     Caller {
         uid,
         gid,
-        groups,
+        groups: groups.or(listed).unwrap_or_default(),
         name,
         admin,
     }

@@ -1262,15 +1262,12 @@ fn writer(
                 }
             }
         }
-        if !stop.is_empty() {
-            let mut p = logs.lock().unwrap_or_else(|e| e.into_inner());
-            for (id, offset, why) in stop {
-                tracing::warn!(job = id, byte = offset, reason = %why, "console log stopped");
-                metrics.store_log_stopped();
-                p.stopped.insert(id, why.clone());
-                unindexed.unsynced.push((id, offset, Piece::Mark(why)));
-            }
+        for (id, offset, why) in &stop {
+            unindexed
+                .unsynced
+                .push((*id, *offset, Piece::Mark(why.clone())));
         }
+        note_stopped(&logs, stop, &metrics);
         if slicing || !sled_room {
             continue;
         }
@@ -1294,14 +1291,7 @@ fn writer(
                 }
             }
         }
-        if !lost.is_empty() {
-            let mut p = logs.lock().unwrap_or_else(|e| e.into_inner());
-            for (id, offset, why) in lost {
-                tracing::warn!(job = id, byte = offset, reason = %why, "console log stopped");
-                metrics.store_log_stopped();
-                p.stopped.insert(id, why);
-            }
-        }
+        note_stopped(&logs, lost, &metrics);
         piece_put_off = piece == 0 && unindexed.has_synced();
         if batch.is_empty() && !closing && unindexed.has_synced() {
             continue;
@@ -1369,6 +1359,24 @@ fn suspend(space: &mut space::Space, why: String, metrics: &crate::metrics::Metr
             reason = %why,
             "store writes suspended: submits are refused and console logs stop until space returns"
         );
+    }
+}
+
+/// Records jobs whose console log stopped (job, byte, why): their later
+/// bytes are dropped, and they are not Complete.
+fn note_stopped(
+    logs: &Mutex<PendingLogs>,
+    stopped: Vec<(JobId, u64, String)>,
+    metrics: &crate::metrics::Metrics,
+) {
+    if stopped.is_empty() {
+        return;
+    }
+    let mut p = logs.lock().unwrap_or_else(|e| e.into_inner());
+    for (id, offset, why) in stopped {
+        tracing::warn!(job = id, byte = offset, reason = %why, "console log stopped");
+        metrics.store_log_stopped();
+        p.stopped.insert(id, why);
     }
 }
 

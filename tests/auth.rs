@@ -66,6 +66,30 @@ impl As<'_> {
     }
 }
 
+/// Whether this test can switch users (it runs as root). Elsewhere it says
+/// it was skipped; under `CI=true` (which runs as root) it fails instead.
+fn switching_users() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI runs the tests as root; this one switches users"
+    );
+    eprintln!("skipped: switching users needs root");
+    false
+}
+
+/// Lets other users reach the lab's directory (its socket, its files) and
+/// run labctl from there; returns that labctl.
+fn open_to_others(lab: &Lab) -> PathBuf {
+    let dir = lab.dir.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let labctl = dir.join("labctl");
+    std::fs::copy(env!("CARGO_BIN_EXE_labctl"), &labctl).unwrap();
+    labctl
+}
+
 fn denied(o: &Output) -> bool {
     !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("permission_denied")
 }
@@ -77,8 +101,7 @@ fn ok(o: &Output) -> String {
 
 #[test]
 fn submitters_cancel_their_own_jobs_and_only_admins_touch_boards() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: switching users needs root");
+    if !switching_users() {
         return;
     }
     rt().block_on(async {
@@ -90,9 +113,7 @@ fn submitters_cancel_their_own_jobs_and_only_admins_touch_boards() {
         );
         // Other users must reach the socket and run labctl from here.
         let dir = lab.dir.path().to_owned();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let labctl = dir.join("labctl");
-        std::fs::copy(env!("CARGO_BIN_EXE_labctl"), &labctl).unwrap();
+        let labctl = open_to_others(&lab);
         let job_file = dir.join("job.yaml");
         std::fs::write(&job_file, lab.job("theirs", "medium", &["true"])).unwrap();
         std::fs::set_permissions(&job_file, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -161,12 +182,7 @@ fn submitters_cancel_their_own_jobs_and_only_admins_touch_boards() {
 /// submitter's uid and groups, at submit and again at deploy.
 #[test]
 fn file_artifacts_are_read_only_with_the_submitters_rights() {
-    if !nix::unistd::Uid::effective().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs the tests as root; this one switches users"
-        );
-        eprintln!("skipped: switching users needs root");
+    if !switching_users() {
         return;
     }
     rt().block_on(async {
@@ -177,9 +193,7 @@ fn file_artifacts_are_read_only_with_the_submitters_rights() {
             "[auth]\nsocket_group = \"users\"\nsocket_mode = 0o660\n[deploy]\nfile_roots = [\"@DIR@\"]",
         );
         let dir = lab.dir.path().to_owned();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let labctl = dir.join("labctl");
-        std::fs::copy(env!("CARGO_BIN_EXE_labctl"), &labctl).unwrap();
+        let labctl = open_to_others(&lab);
         let secret = dir.join("secret.img");
         std::fs::write(&secret, b"root's secret").unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -313,12 +327,7 @@ impl Drop for Horde {
 /// that does not say hello in time is closed.
 #[test]
 fn idle_hordes_cannot_lock_out_other_users_or_admins() {
-    if !nix::unistd::Uid::effective().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs the tests as root; this one switches users"
-        );
-        eprintln!("skipped: switching users needs root");
+    if !switching_users() {
         return;
     }
     let mut lab = Lab::prepare(
@@ -327,7 +336,7 @@ fn idle_hordes_cannot_lock_out_other_users_or_admins() {
         &[],
         "[auth]\nsocket_mode = 0o666\n[limits]\nmax_connections = 12\nadmin_connections = 4\nmax_connections_per_user = 6\nhello_timeout_secs = 3",
     );
-    std::fs::set_permissions(lab.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    open_to_others(&lab);
     lab.start_labd();
     let socket = lab.socket.clone();
 
@@ -358,30 +367,4 @@ fn idle_hordes_cannot_lock_out_other_users_or_admins() {
     assert_eq!(silent.next(), "closed");
     let mut later = Horde::start(&socket, 3, 1, true);
     assert_eq!(later.next(), "open");
-}
-
-/// A raw protocol session for the admin side of the test above.
-struct Raw {
-    w: std::os::unix::net::UnixStream,
-    r: std::io::BufReader<std::os::unix::net::UnixStream>,
-}
-
-impl Raw {
-    fn connect(path: &Path) -> Raw {
-        let w = std::os::unix::net::UnixStream::connect(path).unwrap();
-        let r = std::io::BufReader::new(w.try_clone().unwrap());
-        let mut raw = Raw { w, r };
-        let hello = raw.ask(br#"{"id":1,"method":"hello","params":{"version":1}}"#);
-        assert_eq!(hello["ok"]["version"], 1, "{hello}");
-        raw
-    }
-
-    fn ask(&mut self, line: &[u8]) -> serde_json::Value {
-        use std::io::{BufRead, Write};
-        self.w.write_all(line).unwrap();
-        self.w.write_all(b"\n").unwrap();
-        let mut answer = String::new();
-        self.r.read_line(&mut answer).unwrap();
-        serde_json::from_str(&answer).unwrap()
-    }
 }

@@ -29,19 +29,8 @@ fn job_runs_to_complete_with_results_and_logs() {
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete", "{log}");
         let r = c.call(RequestBody::Results { job: id }).await.unwrap();
-        let res: Vec<(String, String)> = r["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| {
-                (
-                    t["name"].as_str().unwrap().to_owned(),
-                    t["result"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
         assert_eq!(
-            res,
+            case_results(&r),
             vec![
                 ("ok".into(), "pass".into()),
                 ("bad".into(), "fail".into()),

@@ -11,31 +11,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 
-/// A raw protocol session: one request line out, one answer line back.
-struct Raw {
-    w: UnixStream,
-    r: BufReader<UnixStream>,
-}
-
-impl Raw {
-    fn connect(path: &std::path::Path) -> Raw {
-        let w = UnixStream::connect(path).unwrap();
-        let r = BufReader::new(w.try_clone().unwrap());
-        let mut raw = Raw { w, r };
-        let hello = raw.ask(br#"{"id":1,"method":"hello","params":{"version":1}}"#);
-        assert_eq!(hello["ok"]["version"], 1, "{hello}");
-        raw
-    }
-
-    fn ask(&mut self, line: &[u8]) -> Value {
-        self.w.write_all(line).unwrap();
-        self.w.write_all(b"\n").unwrap();
-        let mut answer = String::new();
-        self.r.read_line(&mut answer).unwrap();
-        serde_json::from_str(&answer).unwrap()
-    }
-}
-
 #[test]
 fn hostile_requests_get_errors_and_the_connection_stays_usable() {
     let lab = Lab::start(1, &[]);

@@ -3,8 +3,6 @@
 mod common;
 
 use common::*;
-use labd::client::Client;
-use labd::protocol::RequestBody;
 use serde_json::Value;
 
 /// Maintenance asked for on a busy board was only remembered in memory until
@@ -277,21 +275,6 @@ fn hash_prompt_job(lab: &Lab, name: &str, steps: &[&str], test_secs: Option<u64>
     text
 }
 
-async fn result_names(c: &mut Client, id: u64) -> Vec<(String, String)> {
-    let r = c.call(RequestBody::Results { job: id }).await.unwrap();
-    r["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["name"].as_str().unwrap().to_owned(),
-                t["result"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
 fn event_kinds(j: &Value, kind: &str) -> Vec<String> {
     j["events"]
         .as_array()
@@ -326,7 +309,7 @@ fn a_step_ends_at_its_own_end_marker_not_at_a_prompt_in_its_echo() {
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete", "{log}");
         assert_eq!(
-            result_names(&mut c, id).await,
+            results(&mut c, id).await,
             [
                 ("first".to_owned(), "pass".to_owned()),
                 ("late".to_owned(), "pass".to_owned())
@@ -359,7 +342,7 @@ fn signals_come_from_the_output_not_the_echo_and_malformed_ones_are_reported() {
         let (end, log) = wait_job(&mut c, id).await;
         assert_eq!(end["health"], "Complete", "{log}");
         assert_eq!(
-            result_names(&mut c, id).await,
+            results(&mut c, id).await,
             [("echoed".to_owned(), "pass".to_owned())]
         );
         let j = job(&mut c, id).await;
@@ -425,7 +408,7 @@ fn a_definition_that_does_not_reach_its_endrun_is_not_complete() {
             "{j}"
         );
         assert_eq!(
-            result_names(&mut c, id).await,
+            results(&mut c, id).await,
             [("before".to_owned(), "pass".to_owned())]
         );
     });

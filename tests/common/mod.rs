@@ -402,3 +402,51 @@ pub async fn all_jobs(c: &mut Client) -> Vec<Value> {
         .unwrap()
         .clone()
 }
+
+/// A `results` answer's test cases as (name, result), in order.
+pub fn case_results(r: &Value) -> Vec<(String, String)> {
+    r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Job `id`'s test cases as (name, result), in order.
+pub async fn results(c: &mut Client, id: u64) -> Vec<(String, String)> {
+    case_results(&c.call(RequestBody::Results { job: id }).await.unwrap())
+}
+
+/// A raw protocol session on the socket: one request line out, one answer
+/// line back.
+pub struct Raw {
+    pub w: std::os::unix::net::UnixStream,
+    pub r: BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl Raw {
+    /// Connects and says hello.
+    pub fn connect(path: &std::path::Path) -> Raw {
+        let w = std::os::unix::net::UnixStream::connect(path).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        let mut raw = Raw { w, r };
+        let hello = raw.ask(br#"{"id":1,"method":"hello","params":{"version":1}}"#);
+        assert_eq!(hello["ok"]["version"], 1, "{hello}");
+        raw
+    }
+
+    pub fn ask(&mut self, line: &[u8]) -> Value {
+        use std::io::Write;
+        self.w.write_all(line).unwrap();
+        self.w.write_all(b"\n").unwrap();
+        let mut answer = String::new();
+        self.r.read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap()
+    }
+}
