@@ -5,6 +5,7 @@
 //! This module owns parsing and validation; errors name the file, the key
 //! path and the line and column. The compiled-in demo lab is here too.
 
+use crate::error::ConfigError;
 use crate::error::Location;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -13,18 +14,6 @@ use std::path::{Path, PathBuf};
 
 /// The socket path used when neither `--socket`, `$LABD_SOCKET` nor the config names one.
 pub const DEFAULT_SOCKET: &str = "/run/labd/labd.sock";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{location}: {message}")]
-    Invalid { location: Location, message: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -147,17 +136,6 @@ fn default_slow_request() -> u64 {
 }
 fn default_slow_power() -> u64 {
     10_000
-}
-
-impl SlowConfig {
-    pub fn thresholds(&self) -> crate::metrics::SlowThresholds {
-        use std::time::Duration;
-        crate::metrics::SlowThresholds {
-            store: Duration::from_millis(self.store_ms),
-            request: Duration::from_millis(self.request_ms),
-            power: Duration::from_millis(self.power_ms),
-        }
-    }
 }
 
 /// How long finished jobs' console logs are kept. Logs are dropped oldest
@@ -484,13 +462,6 @@ impl Limits {
             .min(self.max_connections)
     }
 
-    pub fn read_pacing(&self) -> crate::console::ReadPacing {
-        crate::console::ReadPacing {
-            interval: std::time::Duration::from_millis(self.console_read_interval_ms),
-            burst: self.console_read_burst,
-        }
-    }
-
     pub fn timeout_maxima(&self) -> crate::job::TimeoutMaxima {
         use std::time::Duration;
         crate::job::TimeoutMaxima {
@@ -532,11 +503,17 @@ impl Default for Limits {
     }
 }
 
+/// A serial console's reads reach its board at most this often once it
+/// keeps talking (see `console::ReadPacing`).
+pub const DEFAULT_CONSOLE_READ_INTERVAL_MS: u64 = 100;
+/// Reads delivered at once before pacing starts (see `console::ReadPacing`).
+pub const DEFAULT_CONSOLE_READ_BURST: u32 = 50;
+
 fn default_read_interval() -> u64 {
-    crate::console::ReadPacing::default().interval.as_millis() as u64
+    DEFAULT_CONSOLE_READ_INTERVAL_MS
 }
 fn default_read_burst() -> u32 {
-    crate::console::ReadPacing::default().burst
+    DEFAULT_CONSOLE_READ_BURST
 }
 
 fn default_request() -> usize {

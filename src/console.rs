@@ -7,13 +7,12 @@
 //! console path.
 
 use crate::config::ConsoleConfig;
-use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::driver::BoxFuture;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -406,6 +405,14 @@ pub struct ReadPacing {
 }
 
 impl ReadPacing {
+    /// The pacing the lab config's `[limits]` ask for.
+    pub fn from_limits(limits: &crate::config::Limits) -> Self {
+        ReadPacing {
+            interval: std::time::Duration::from_millis(limits.console_read_interval_ms),
+            burst: limits.console_read_burst,
+        }
+    }
+
     /// Every read passed on at once.
     pub const UNPACED: ReadPacing = ReadPacing {
         interval: std::time::Duration::ZERO,
@@ -445,8 +452,10 @@ pub const PTY_PACING: ReadPacing = ReadPacing {
 impl Default for ReadPacing {
     fn default() -> Self {
         ReadPacing {
-            interval: std::time::Duration::from_millis(100),
-            burst: 50,
+            interval: std::time::Duration::from_millis(
+                crate::config::DEFAULT_CONSOLE_READ_INTERVAL_MS,
+            ),
+            burst: crate::config::DEFAULT_CONSOLE_READ_BURST,
         }
     }
 }
@@ -715,10 +724,10 @@ pub struct SimConsole {
 impl Console for SimConsole {
     fn connect(&self) -> BoxFuture<'_, Result<ConsoleIo, ConsoleError>> {
         Box::pin(async move {
-            let req = crate::sim::ControlRequest::Pty {
+            let req = crate::sim_control::ControlRequest::Pty {
                 board: self.board.clone(),
             };
-            let resp = crate::sim::control(&self.control, &req)
+            let resp = crate::sim_control::control(&self.control, &req)
                 .await
                 .map_err(|e| ConsoleError::Sim(format!("{}: {e}", self.control.display())))?;
             let path = match (resp.ok, resp.path) {
@@ -859,42 +868,6 @@ impl Console for UnixConsole {
     }
 }
 
-/// Opens a pty pair that no child process inherits. `openpty` leaves both
-/// ends open across `exec`: every process labd (or the simulator) starts
-/// would hold every console's pty, keeping them alive after their owner
-/// dies (found when a killed `labd-sim` left a thousand shells holding
-/// 4000 ptys, the host's limit).
-pub(crate) fn openpty_cloexec() -> nix::Result<nix::pty::OpenptyResult> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    use std::os::fd::AsRawFd;
-    let pty = nix::pty::openpty(None, None)?;
-    for fd in [&pty.master, &pty.slave] {
-        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    }
-    Ok(pty)
-}
-
-/// Makes a tty raw: no echo, no line editing, no translation. On a pty
-/// this sets the line both sides share.
-pub(crate) fn set_raw(fd: &std::os::fd::OwnedFd) -> nix::Result<()> {
-    use nix::sys::termios;
-    let mut t = termios::tcgetattr(fd)?;
-    termios::cfmakeraw(&mut t);
-    termios::tcsetattr(fd, termios::SetArg::TCSANOW, &t)
-}
-
-/// Opens a pty console's link as a board's driver would (QEMU), for tests.
-#[cfg(test)]
-pub(crate) fn open_driver(link: &std::path::Path) -> std::fs::File {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::File::options()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_NOCTTY)
-        .open(link)
-        .unwrap()
-}
-
 /// A pseudo-terminal pair labd creates: labd reads and writes the master,
 /// and `link` is a symlink to the slave (`/dev/pts/N`) for the board's
 /// driver to open (QEMU's `-chardev serial,path=...`).
@@ -929,10 +902,10 @@ impl Drop for PtyLink {
 
 impl PtyConsole {
     fn open(&self) -> std::io::Result<ConsoleIo> {
-        let pty = openpty_cloexec()?;
+        let pty = crate::pty::openpty_cloexec()?;
         // Raw on the line itself (a pty has one termios for both sides):
         // a cooked line would echo what labd writes back as console output.
-        set_raw(&pty.slave)?;
+        crate::pty::set_raw(&pty.slave)?;
         let slave_path = nix::unistd::ttyname(&pty.slave)?;
         if let Some(dir) = self.link.parent() {
             std::fs::create_dir_all(dir)?;
@@ -1060,7 +1033,7 @@ impl Console for CommandConsole {
                 .split_first()
                 .ok_or_else(|| open_err(std::io::Error::other("empty command")))?;
             let mut cmd = tokio::process::Command::new(prog);
-            let mut child = crate::systemd::scrub(&mut cmd)
+            let mut child = crate::child::scrub(&mut cmd)
                 .args(args)
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
@@ -1494,7 +1467,7 @@ mod tests {
         assert_eq!(reader.pacing(ReadPacing::default()), PTY_PACING);
         let mut pacer = ReadPacer::new(PTY_PACING, Instant::now());
 
-        let mut driver = open_driver(&console.link);
+        let mut driver = crate::pty::open_driver(&console.link);
         driver.write_all(b"U-Boot 2023.01\r\n=> ").unwrap();
         read_until(&mut reader, &mut pacer, b"U-Boot 2023.01\r\n=> ").await;
         // labd's writes reach the driver unchanged, and are not echoed back.
@@ -1507,7 +1480,7 @@ mod tests {
 
         // The driver goes; the next one opens the same link and is heard.
         drop(driver);
-        let mut driver = open_driver(&console.link);
+        let mut driver = crate::pty::open_driver(&console.link);
         driver.write_all(b"again").unwrap();
         read_until(&mut reader, &mut pacer, b"again").await;
 

@@ -13,7 +13,7 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    DeviceType(#[from] device_type::DeviceTypeError),
+    DeviceType(#[from] crate::error::ConfigError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -49,7 +49,7 @@ fn group_id(name: &Option<String>) -> Result<Option<u32>, StartError> {
 
 pub fn load_device_types(
     cfg: &LabConfig,
-) -> Result<BTreeMap<String, DeviceType>, device_type::DeviceTypeError> {
+) -> Result<BTreeMap<String, DeviceType>, crate::error::ConfigError> {
     match &cfg.device_types_dir {
         Some(dir) => device_type::load_dir(dir),
         None => device_type::embedded(),
@@ -65,7 +65,8 @@ pub async fn start(
 ) -> Result<Daemon, StartError> {
     let device_types = load_device_types(&cfg)?;
     raise_fd_limit(cfg.boards.len());
-    let metrics = crate::metrics::Metrics::new(cfg.slow.thresholds());
+    let metrics =
+        crate::metrics::Metrics::new(crate::metrics::SlowThresholds::from_config(&cfg.slow));
     let store = Store::open(
         &cfg.state_dir.join("store"),
         cfg.store.cache_capacity,

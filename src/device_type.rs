@@ -7,7 +7,7 @@
 //! The values mirror LAVA's jinja2 device-type templates so that LAVA users
 //! recognise them, but labd's files are plain data, not templates.
 
-use crate::error::Location;
+use crate::error::{ConfigError, Location};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,18 +25,6 @@ pub const PLACEHOLDERS: &[&str] = &[
     "{BOOTX}",
     "{TFTP_PORT}",
 ];
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceTypeError {
-    #[error("{location}: {message}")]
-    Invalid { location: Location, message: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// Load addresses for one kernel image type (LAVA's `parameters: bootz: kernel: ...`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -202,7 +190,7 @@ impl PhaseTimeouts {
 
 impl DeviceType {
     /// Parses and validates one device-type YAML document; `file` names it in errors.
-    pub fn parse(file: &str, text: &str) -> Result<DeviceType, DeviceTypeError> {
+    pub fn parse(file: &str, text: &str) -> Result<DeviceType, ConfigError> {
         let opts = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
         let node = marked_yaml::parse_yaml_with_options(0, text, opts)
             .map_err(|e| invalid(file, None, load_error_location(&e), e.to_string()))?;
@@ -215,7 +203,7 @@ impl DeviceType {
         Ok(dt)
     }
 
-    fn validate(&self, file: &str) -> Result<(), DeviceTypeError> {
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let bad = |path: &str, msg: String| invalid(file, Some(path.to_owned()), None, msg);
         if self.name.is_empty() {
             return Err(bad("name", "must not be empty".into()));
@@ -293,7 +281,7 @@ impl DeviceType {
         &self,
         board: &str,
         overrides: &BTreeMap<String, toml::Value>,
-    ) -> Result<DeviceType, DeviceTypeError> {
+    ) -> Result<DeviceType, ConfigError> {
         if overrides.is_empty() {
             return Ok(self.clone());
         }
@@ -349,8 +337,8 @@ fn invalid(
     path: Option<String>,
     mark: Option<(usize, usize)>,
     message: String,
-) -> DeviceTypeError {
-    DeviceTypeError::Invalid {
+) -> ConfigError {
+    ConfigError::Invalid {
         location: Location {
             file: Some(file.to_owned()),
             path,
@@ -401,8 +389,8 @@ pub fn placeholders_in(cmd: &str) -> Vec<String> {
 
 /// All device types in a directory, keyed by name. Files are `*.yaml`; the
 /// file stem must equal the `name` inside, so that a rename cannot go unnoticed.
-pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, DeviceType>, DeviceTypeError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| DeviceTypeError::Io {
+pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, DeviceType>, ConfigError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| ConfigError::Io {
         path: dir.display().to_string(),
         source: e,
     })?;
@@ -414,7 +402,7 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, DeviceType>, DeviceTypeEr
     files.sort();
     let mut out = BTreeMap::new();
     for path in files {
-        let text = std::fs::read_to_string(&path).map_err(|e| DeviceTypeError::Io {
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Io {
             path: path.display().to_string(),
             source: e,
         })?;
@@ -460,7 +448,7 @@ pub const EMBEDDED: &[(&str, &str)] = &[
 ];
 
 /// Parses the embedded device types.
-pub fn embedded() -> Result<BTreeMap<String, DeviceType>, DeviceTypeError> {
+pub fn embedded() -> Result<BTreeMap<String, DeviceType>, ConfigError> {
     let mut out = BTreeMap::new();
     for (name, text) in EMBEDDED {
         let dt = DeviceType::parse(&format!("device-types/{name}.yaml"), text)?;

@@ -138,33 +138,35 @@ impl ApiError {
     }
 }
 
+/// A lab config or device-type file is not valid: one type for both, since
+/// both are files a lab administrator wrote, and both are reported the same
+/// way (the message names the file, line and column, or the file and the
+/// I/O error).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{location}: {message}")]
+    Invalid { location: Location, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A config or device-type error on the wire: its message already names
 /// the file, line and column; the location is kept for the fields too.
-fn invalid_config(e: &impl std::fmt::Display, location: Option<&Location>) -> ApiError {
-    ApiError {
-        code: ErrorCode::InvalidConfig,
-        message: e.to_string(),
-        location: location.cloned(),
-    }
-}
-
-impl From<crate::config::ConfigError> for ApiError {
-    fn from(e: crate::config::ConfigError) -> Self {
+impl From<ConfigError> for ApiError {
+    fn from(e: ConfigError) -> Self {
         let location = match &e {
-            crate::config::ConfigError::Invalid { location, .. } => Some(location),
-            _ => None,
+            ConfigError::Invalid { location, .. } => Some(location.clone()),
+            ConfigError::Io { .. } => None,
         };
-        invalid_config(&e, location)
-    }
-}
-
-impl From<crate::device_type::DeviceTypeError> for ApiError {
-    fn from(e: crate::device_type::DeviceTypeError) -> Self {
-        let location = match &e {
-            crate::device_type::DeviceTypeError::Invalid { location, .. } => Some(location),
-            _ => None,
-        };
-        invalid_config(&e, location)
+        ApiError {
+            code: ErrorCode::InvalidConfig,
+            message: e.to_string(),
+            location,
+        }
     }
 }
 

@@ -521,7 +521,7 @@ impl LabActor {
             self.metrics.clone(),
         )
         .with_boot_slots(self.boot_slots.clone(), b.power.relay_device())
-        .with_read_pacing(self.cfg.limits.read_pacing())
+        .with_read_pacing(console::ReadPacing::from_limits(&self.cfg.limits))
         .start();
         (addr, power)
     }

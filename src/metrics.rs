@@ -63,6 +63,17 @@ pub struct SlowThresholds {
     pub power: Duration,
 }
 
+impl SlowThresholds {
+    /// The thresholds the lab config's `[slow]` asks for.
+    pub fn from_config(cfg: &crate::config::SlowConfig) -> Self {
+        SlowThresholds {
+            store: Duration::from_millis(cfg.store_ms),
+            request: Duration::from_millis(cfg.request_ms),
+            power: Duration::from_millis(cfg.power_ms),
+        }
+    }
+}
+
 impl Default for SlowThresholds {
     fn default() -> Self {
         SlowThresholds {

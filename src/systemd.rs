@@ -29,25 +29,6 @@ pub enum ActivationError {
     },
 }
 
-/// What systemd tells labd alone; a program labd starts (a power command,
-/// a console command, QEMU) must not inherit it and speak for labd.
-const SYSTEMD_ENV: &[&str] = &[
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-];
-
-/// Removes systemd's variables from a child's environment.
-pub fn scrub(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
-    for v in SYSTEMD_ENV {
-        cmd.env_remove(v);
-    }
-    cmd
-}
-
 fn notify(state: NotifyState<'_>) {
     if let Err(e) = sd_notify::notify(&[state]) {
         tracing::warn!(error = %e, "notifying systemd failed");

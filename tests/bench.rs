@@ -4,6 +4,11 @@
 //! counts must be right.
 
 use std::io::Write;
+
+// The simulated board's TFTP client (U-Boot's side), from the `labd-sim`
+// binary: the simulator is not part of labd's library.
+#[path = "../src/bin/labd-sim/tftp_client.rs"]
+mod tftp_client;
 use std::process::{Command, Stdio};
 
 fn bench(args: &[&str], stdin: Option<&[u8]>) -> serde_json::Value {
@@ -166,13 +171,8 @@ fn the_tftp_server_mode_serves_its_root() {
         .enable_all()
         .build()
         .unwrap();
-    let got = rt.block_on(labd::sim::tftp_client::fetch(addr, "img.bin", 1468, |_| {}));
-    let refused = rt.block_on(labd::sim::tftp_client::fetch(
-        addr,
-        "../etc/passwd",
-        1468,
-        |_| {},
-    ));
+    let got = rt.block_on(tftp_client::fetch(addr, "img.bin", 1468, |_| {}));
+    let refused = rt.block_on(tftp_client::fetch(addr, "../etc/passwd", 1468, |_| {}));
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(got.unwrap(), data);

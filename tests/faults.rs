@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use labd::sim::{ControlRequest, Fault};
+use labd::sim_control::{ControlRequest, Fault};
 
 async fn faulty_lab(fault: Fault) -> Lab {
     let lab = Lab::start(1, &[]);

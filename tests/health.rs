@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use labd::sim::{ControlRequest, Fault};
+use labd::sim_control::{ControlRequest, Fault};
 use serde_json::Value;
 
 /// The jobs labd submitted as health checks, oldest first.

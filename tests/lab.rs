@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use labd::error::ErrorCode;
 use labd::protocol::RequestBody;
-use labd::sim::{ControlRequest, Fault};
+use labd::sim_control::{ControlRequest, Fault};
 
 #[test]
 fn job_runs_to_complete_with_results_and_logs() {

@@ -127,9 +127,9 @@ fn a_refused_start_leaves_no_socket() {
 fn a_late_wake_up_still_names_the_boot_timeout() {
     rt().block_on(async {
         let lab = Lab::start(1, &[]);
-        lab.sim(labd::sim::ControlRequest::Fault {
+        lab.sim(labd::sim_control::ControlRequest::Fault {
             board: "sim-01".into(),
-            fault: labd::sim::Fault::HangAfterKernel,
+            fault: labd::sim_control::Fault::HangAfterKernel,
         })
         .await;
         let mut c = lab.client().await;

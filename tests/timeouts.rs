@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use labd::protocol::RequestBody;
-use labd::sim::{ControlRequest, Fault};
+use labd::sim_control::{ControlRequest, Fault};
 use serde_json::Value;
 
 fn events<'a>(j: &'a Value, kind: &str) -> Vec<&'a Value> {

@@ -251,15 +251,19 @@ impl Lab {
     /// The path of a simulated board's console pty, for a console in
     /// front of it (ser2net, a bridge program).
     pub async fn sim_pty(&self, board: &str) -> String {
-        let req = labd::sim::ControlRequest::Pty {
+        let req = labd::sim_control::ControlRequest::Pty {
             board: board.into(),
         };
-        let r = labd::sim::control(&self.sim_control, &req).await.unwrap();
+        let r = labd::sim_control::control(&self.sim_control, &req)
+            .await
+            .unwrap();
         r.path.expect("the simulator names the pty")
     }
 
-    pub async fn sim(&self, req: labd::sim::ControlRequest) {
-        let r = labd::sim::control(&self.sim_control, &req).await.unwrap();
+    pub async fn sim(&self, req: labd::sim_control::ControlRequest) {
+        let r = labd::sim_control::control(&self.sim_control, &req)
+            .await
+            .unwrap();
         assert!(r.ok, "{r:?}");
     }
 }
@@ -349,7 +353,7 @@ pub fn tagged(job: String, tag: &str) -> String {
 
 /// The boards the simulator has powered on.
 pub async fn powered(lab: &Lab) -> Vec<String> {
-    let r = labd::sim::control(&lab.sim_control, &labd::sim::ControlRequest::List)
+    let r = labd::sim_control::control(&lab.sim_control, &labd::sim_control::ControlRequest::List)
         .await
         .unwrap();
     r.powered.unwrap()

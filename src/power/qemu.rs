@@ -14,7 +14,7 @@
 //! This module owns the QEMU process of one board and nothing else: it never
 //! reads the console, which stays the board actor's.
 
-use crate::console::BoxFuture;
+use crate::driver::BoxFuture;
 use crate::power::{DirectBoot, Power, PowerAction, PowerError, PowerState, RelayHooks};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -174,7 +174,7 @@ impl QemuPower {
             .split_first()
             .ok_or_else(|| Self::failed(act, "empty argv"))?;
         let mut cmd = tokio::process::Command::new(prog);
-        crate::systemd::scrub(&mut cmd)
+        crate::child::scrub(&mut cmd)
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -514,7 +514,7 @@ mod tests {
         } = console.connect().await.unwrap();
         writer.write_all(b"stale keys").await.unwrap();
         discard_pending_input(&console.link);
-        let mut qemu = crate::console::open_driver(&console.link);
+        let mut qemu = crate::pty::open_driver(&console.link);
         writer.write_all(b"fresh").await.unwrap();
         let mut got = [0u8; 5];
         qemu.read_exact(&mut got).unwrap();

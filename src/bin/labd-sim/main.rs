@@ -1,5 +1,10 @@
 //! `labd-sim`: simulated U-Boot boards on real PTYs, for the demo, the tests
-//! and the benchmarks. See `labd::sim`.
+//! and the benchmarks. The simulated boards are hardware to labd: they live
+//! in this binary alone, and labd reaches them only through their PTYs and
+//! the control protocol in `labd::sim_control`.
+
+mod sim;
+mod tftp_client;
 
 use anyhow::Context;
 use clap::Parser;
@@ -45,12 +50,7 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(labd::sim::run(
-        &args.control,
-        &args.boards,
-        &scratch,
-        args.baud,
-    ))
-    .context("labd-sim")?;
+    rt.block_on(sim::run(&args.control, &args.boards, &scratch, args.baud))
+        .context("labd-sim")?;
     Ok(())
 }

@@ -9,9 +9,7 @@
 //! and fault knobs arrive on the simulator's own control socket, so labd can
 //! be killed and restarted while the boards carry on.
 
-pub mod tftp_client;
-
-use serde::{Deserialize, Serialize};
+use labd::sim_control::{ControlRequest, ControlResponse, Fault};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -21,69 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
-
-/// Faults a test can switch on per board.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Fault {
-    #[default]
-    None,
-    /// Prints the banner, then never shows the autoboot or bootloader prompt.
-    NoPrompt,
-    /// Like `NoPrompt` for the next power-on only, then boots normally (a
-    /// flaky board, for retries).
-    NoPromptOnce,
-    /// Hangs after printing "Starting kernel ...".
-    HangAfterKernel,
-    /// Mixes garbage bytes into the console output.
-    Garbage,
-    /// Every power command fails.
-    RelayFails,
-    /// U-Boot's countdown takes no key (as if the key came too late, or
-    /// the board's receive line were broken): it boots on its own.
-    IgnoresInterrupt,
-}
-
-/// A request on the control socket (one JSON object per line).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum ControlRequest {
-    On { board: String },
-    Off { board: String },
-    Reset { board: String },
-    Pty { board: String },
-    Fault { board: String, fault: Fault },
-    List,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ControlResponse {
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub boards: Option<Vec<String>>,
-    /// With `List`: the boards that are powered on.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub powered: Option<Vec<String>>,
-}
-
-/// Sends one control request and waits for its answer.
-pub async fn control(socket: &Path, req: &ControlRequest) -> std::io::Result<ControlResponse> {
-    let stream = UnixStream::connect(socket).await?;
-    let (r, mut w) = stream.into_split();
-    let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
-    line.push('\n');
-    w.write_all(line.as_bytes()).await?;
-    let mut reader = BufReader::new(r);
-    let mut resp = String::new();
-    reader.read_line(&mut resp).await?;
-    serde_json::from_str(&resp).map_err(std::io::Error::other)
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Power {
@@ -209,10 +146,10 @@ async fn serve(handles: &HashMap<String, BoardHandle>, line: &str) -> ControlRes
 }
 
 fn spawn_board(name: String, scratch: PathBuf, baud: Option<u32>) -> std::io::Result<BoardHandle> {
-    let pty = crate::console::openpty_cloexec().map_err(std::io::Error::from)?;
+    let pty = labd::pty::openpty_cloexec().map_err(std::io::Error::from)?;
     // Raw from the start: a cooked PTY would echo our own output back to us
     // as input until labd opens the slave and sets it raw.
-    crate::console::set_raw(&pty.slave).map_err(std::io::Error::from)?;
+    labd::pty::set_raw(&pty.slave).map_err(std::io::Error::from)?;
     let pty_path = nix::unistd::ttyname(&pty.slave)
         .map_err(std::io::Error::from)?
         .display()
@@ -713,7 +650,7 @@ impl Session<'_> {
         self.out.write(b"Loading: ").await;
         let mut marks = 0usize;
         let mut progress_bytes = 0usize;
-        let r = tftp_client::fetch(SocketAddr::new(ip, port), &file, 1468, |n| {
+        let r = crate::tftp_client::fetch(SocketAddr::new(ip, port), &file, 1468, |n| {
             progress_bytes = n;
         })
         .await;
@@ -737,7 +674,7 @@ impl Session<'_> {
                 self.mem.insert(addr, data);
                 Flow::Continue
             }
-            Err(tftp_client::TftpError::Remote { code, message }) => {
+            Err(crate::tftp_client::TftpError::Remote { code, message }) => {
                 self.line(&format!("TFTP error: '{message}' ({code})"))
                     .await;
                 self.line("Not retrying...").await;

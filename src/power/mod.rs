@@ -5,8 +5,10 @@
 //! never with job-supplied text) with a timeout and retries; `sim` switches
 //! a `labd-sim` board through the simulator's control socket.
 
+pub mod qemu;
+
 use crate::config::PowerConfig;
-use crate::console::BoxFuture;
+use crate::driver::BoxFuture;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -101,7 +103,7 @@ pub struct SimPower {
 impl Power for SimPower {
     fn switch(&self, action: PowerAction) -> BoxFuture<'_, Result<(), PowerError>> {
         Box::pin(async move {
-            use crate::sim::ControlRequest as R;
+            use crate::sim_control::ControlRequest as R;
             let board = self.board.clone();
             let req = match action {
                 PowerAction::On => R::On { board },
@@ -112,7 +114,7 @@ impl Power for SimPower {
                 action: action.as_str(),
                 message,
             };
-            let resp = crate::sim::control(&self.control, &req)
+            let resp = crate::sim_control::control(&self.control, &req)
                 .await
                 .map_err(|e| failed(format!("{}: {e}", self.control.display())))?;
             if resp.ok {
@@ -141,7 +143,7 @@ impl CommandPower {
             return Err(PowerError::Unsupported(action.as_str()));
         };
         let mut cmd = tokio::process::Command::new(prog);
-        crate::systemd::scrub(&mut cmd)
+        crate::child::scrub(&mut cmd)
             .args(args)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
@@ -210,19 +212,17 @@ pub fn from_config(
             argv,
             qmp,
             timeout_secs,
-        } => Box::new(crate::qemu::QemuPower::new(
+        } => Box::new(qemu::QemuPower::new(
             name.to_owned(),
             argv.clone(),
             qmp.clone()
                 .unwrap_or_else(|| state_dir.join("qemu").join(format!("{name}.qmp"))),
             match &board.console {
                 crate::config::ConsoleConfig::Unix { path } => {
-                    crate::qemu::QemuConsole::Socket(path.clone())
+                    qemu::QemuConsole::Socket(path.clone())
                 }
-                crate::config::ConsoleConfig::Pty { link } => {
-                    crate::qemu::QemuConsole::Pty(link.clone())
-                }
-                _ => crate::qemu::QemuConsole::None,
+                crate::config::ConsoleConfig::Pty { link } => qemu::QemuConsole::Pty(link.clone()),
+                _ => qemu::QemuConsole::None,
             },
             Duration::from_secs(*timeout_secs),
         )),
