@@ -31,6 +31,4 @@ pub mod signals;
 pub mod sim_control;
 pub mod store;
 pub mod systemd;
-pub mod telnet;
 pub mod tftp;
-pub mod uucp;

@@ -200,7 +200,7 @@ fn a_serial_port_is_locked_and_a_second_labd_is_refused_naming_the_holder() {
     std::fs::write(&lab.config, &cfg).unwrap();
     lab.start_labd();
     lab.wait_log("console attached");
-    let lock = locks.join(labd::uucp::lock_name(std::path::Path::new(&dev)));
+    let lock = locks.join(labd::console::uucp::lock_name(std::path::Path::new(&dev)));
     let holder: u32 = std::fs::read_to_string(&lock)
         .unwrap()
         .trim()
