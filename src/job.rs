@@ -113,55 +113,65 @@ const DRIVE_KEYS: &[&str] = &[
     "file", "format", "if", "media", "index", "snapshot", "readonly", "cache", "id", "discard",
 ];
 
+/// Why an `image_arg` is refused: it may only place the image, never
+/// set other QEMU options.
+#[derive(Debug, thiserror::Error)]
+enum ImageArgError {
+    #[error("expected QEMU options with a value each, such as `-drive format=raw,file={{{0}}}`")]
+    Shape(String),
+    #[error("`{0}` may not be set by a job; an image_arg may use {opts}", opts = IMAGE_OPTIONS.join(", "))]
+    Option(String),
+    #[error("-drive `{0}` may not be set by a job; allowed: {keys}", keys = DRIVE_KEYS.join(", "))]
+    DriveKey(String),
+    #[error("-drive file must be `{0}`, the image itself")]
+    DriveFile(String),
+    #[error("`{0}`: only `file` names the image")]
+    NotFile(String),
+    #[error("the value of `{opt}` must be `{placeholder}`, the image itself")]
+    Value { opt: String, placeholder: String },
+    #[error("must name the image once, as `{0}`")]
+    Uses(String),
+}
+
 /// Checks an `image_arg` and splits it into QEMU arguments.
-fn image_args(name: &str, arg: &str) -> Result<Vec<String>, String> {
+fn image_args(name: &str, arg: &str) -> Result<Vec<String>, ImageArgError> {
     let words: Vec<&str> = arg.split_whitespace().collect();
     if words.is_empty() || words.len() % 2 != 0 {
-        return Err(
-            "expected QEMU options with a value each, such as `-drive format=raw,file={NAME}`"
-                .replace("NAME", name),
-        );
+        return Err(ImageArgError::Shape(name.to_owned()));
     }
     let placeholder = format!("{{{name}}}");
     let mut uses = 0;
     for pair in words.chunks(2) {
         let (opt, value) = (pair[0], pair[1]);
         if !IMAGE_OPTIONS.contains(&opt) {
-            return Err(format!(
-                "`{opt}` may not be set by a job; an image_arg may use {}",
-                IMAGE_OPTIONS.join(", ")
-            ));
+            return Err(ImageArgError::Option(opt.to_owned()));
         }
         if opt == "-drive" {
             for kv in value.split(',') {
                 let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
                 if !DRIVE_KEYS.contains(&k) {
-                    return Err(format!(
-                        "-drive `{k}` may not be set by a job; allowed: {}",
-                        DRIVE_KEYS.join(", ")
-                    ));
+                    return Err(ImageArgError::DriveKey(k.to_owned()));
                 }
                 if k == "file" {
                     if v != placeholder {
-                        return Err(format!(
-                            "-drive file must be `{placeholder}`, the image itself"
-                        ));
+                        return Err(ImageArgError::DriveFile(placeholder));
                     }
                     uses += 1;
                 } else if v.contains('{') {
-                    return Err(format!("`{kv}`: only `file` names the image"));
+                    return Err(ImageArgError::NotFile(kv.to_owned()));
                 }
             }
         } else if value == placeholder {
             uses += 1;
         } else {
-            return Err(format!(
-                "the value of `{opt}` must be `{placeholder}`, the image itself"
-            ));
+            return Err(ImageArgError::Value {
+                opt: opt.to_owned(),
+                placeholder,
+            });
         }
     }
     if uses != 1 {
-        return Err(format!("must name the image once, as `{placeholder}`"));
+        return Err(ImageArgError::Uses(placeholder));
     }
     Ok(words.into_iter().map(str::to_owned).collect())
 }
@@ -971,7 +981,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                             artifact: a,
                             args,
                         }),
-                        Err(e) => ctx.err(&format!("{ip}.image_arg"), iv.span(), e),
+                        Err(e) => ctx.err(&format!("{ip}.image_arg"), iv.span(), e.to_string()),
                     }
                 }
             }

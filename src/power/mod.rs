@@ -274,7 +274,22 @@ pub struct Pdudaemon {
     pub retries: u32,
 }
 
-type PduRequest = (String, tokio::sync::oneshot::Sender<Result<(), String>>);
+/// Why one request to pdudaemon failed.
+#[derive(Debug, thiserror::Error)]
+enum PduError {
+    #[error("pdudaemon answered {0}")]
+    Status(ureq::http::StatusCode),
+    #[error("{0}")]
+    Http(#[from] ureq::Error),
+    #[error("the request's thread failed: {0}")]
+    Thread(#[from] tokio::task::JoinError),
+    #[error("the PDU's queue is gone")]
+    QueueGone,
+    #[error("the PDU's task ended")]
+    TaskEnded,
+}
+
+type PduRequest = (String, tokio::sync::oneshot::Sender<Result<(), PduError>>);
 type PduQueue = tokio::sync::mpsc::UnboundedSender<PduRequest>;
 
 /// The queue of the task that owns one PDU (by pdudaemon URL and hostname),
@@ -308,11 +323,11 @@ fn pdu_queue(
             let agent = agent.clone();
             let r = tokio::task::spawn_blocking(move || match agent.get(&request).call() {
                 Ok(resp) if resp.status().is_success() => Ok(()),
-                Ok(resp) => Err(format!("pdudaemon answered {}", resp.status())),
-                Err(e) => Err(e.to_string()),
+                Ok(resp) => Err(PduError::Status(resp.status())),
+                Err(e) => Err(PduError::Http(e)),
             })
             .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+            .unwrap_or_else(|e| Err(PduError::Thread(e)));
             let _ = reply.send(r);
         }
     });
@@ -345,11 +360,12 @@ impl Power for Pdudaemon {
             };
             let request = self.request(command);
             let queue = pdu_queue(&self.url, &self.hostname, self.timeout);
-            let mut last = String::new();
+            // The loop runs at least once and always sets `last` before it ends.
+            let mut last = PduError::TaskEnded;
             for _ in 0..=self.retries {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 if queue.send((request.clone(), tx)).is_err() {
-                    last = "the PDU's queue is gone".into();
+                    last = PduError::QueueGone;
                     break;
                 }
                 match rx.await {
@@ -358,7 +374,7 @@ impl Power for Pdudaemon {
                         tracing::warn!(pdu = %self.hostname, port = self.port, error = %e, "pdudaemon request failed");
                         last = e;
                     }
-                    Err(_) => last = "the PDU's task ended".into(),
+                    Err(_) => last = PduError::TaskEnded,
                 }
             }
             Err(PowerError::Failed {

@@ -450,46 +450,59 @@ impl Qmp {
         }
     }
 
-    async fn read(&mut self) -> Result<serde_json::Value, String> {
+    async fn read(&mut self) -> Result<serde_json::Value, QmpError> {
         let mut line = String::new();
         loop {
             line.clear();
-            let n = self
-                .reader
-                .read_line(&mut line)
-                .await
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("QMP socket closed".into());
+            if self.reader.read_line(&mut line).await? == 0 {
+                return Err(QmpError::Closed);
             }
-            let v: serde_json::Value =
-                serde_json::from_str(line.trim()).map_err(|e| format!("bad QMP line: {e}"))?;
+            let v: serde_json::Value = serde_json::from_str(line.trim())?;
             if v.get("event").is_none() {
                 return Ok(v);
             }
         }
     }
 
-    async fn handshake(&mut self) -> Result<(), String> {
+    async fn handshake(&mut self) -> Result<(), QmpError> {
         let greeting = self.read().await?;
         if greeting.get("QMP").is_none() {
-            return Err(format!("unexpected greeting {greeting}"));
+            return Err(QmpError::Greeting(greeting));
         }
         self.execute("qmp_capabilities").await
     }
 
-    async fn execute(&mut self, command: &str) -> Result<(), String> {
+    async fn execute(&mut self, command: &str) -> Result<(), QmpError> {
         let line = format!("{{\"execute\":\"{command}\"}}\n");
-        self.writer
-            .write_all(line.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        self.writer.write_all(line.as_bytes()).await?;
         let answer = self.read().await?;
         if let Some(e) = answer.get("error") {
-            return Err(format!("{command}: {e}"));
+            return Err(QmpError::Refused {
+                command: command.to_owned(),
+                error: e.clone(),
+            });
         }
         Ok(())
     }
+}
+
+/// What went wrong talking to QEMU's monitor; it becomes a power error
+/// naming the step (accept, handshake, `cont`).
+#[derive(Debug, thiserror::Error)]
+enum QmpError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("QMP socket closed")]
+    Closed,
+    #[error("bad QMP line: {0}")]
+    BadLine(#[from] serde_json::Error),
+    #[error("unexpected greeting {0}")]
+    Greeting(serde_json::Value),
+    #[error("{command}: {error}")]
+    Refused {
+        command: String,
+        error: serde_json::Value,
+    },
 }
 
 #[cfg(test)]
