@@ -47,7 +47,8 @@ impl JobFiles {
 /// It is read synchronously on the TFTP thread, in 64 KiB reads: a job's
 /// artifacts were written by its deploy moments before and are in the page
 /// cache, and a hop to a blocking thread for every 1468-byte block cost
-/// the server three times tftpd-hpa's CPU (BENCHMARKS.md).
+/// the server 2.7 times tftpd-hpa's CPU per packet in lockstep
+/// (BENCHMARKS-history.md, target 7).
 pub struct Counted {
     inner: futures_lite::io::BufReader<SyncFile>,
     metrics: crate::metrics::Metrics,
@@ -220,7 +221,7 @@ pub fn serve<H: Handler + Clone + 'static>(
                 // thread while the server waits. Under a plain `block_on`,
                 // async-io's reactor thread saw every packet first and woke
                 // this one for it: a third more CPU per transfer, and 55
-                // instead of 70 MB/s for 32 transfers (BENCHMARKS.md).
+                // instead of 70 MB/s for 32 transfers (BENCHMARKS-history.md).
                 async_io::block_on(async move {
                     let server = match TftpServerBuilder::with_handler(handler)
                         .std_socket(sock)
