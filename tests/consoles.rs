@@ -10,12 +10,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Whether ser2net is here: see `require` for what happens when it is not.
 fn have_ser2net() -> bool {
-    let ok = Command::new("ser2net").arg("-v").output().is_ok();
-    if !ok {
-        eprintln!("skipped: ser2net is not installed (.ci/run installs it)");
-    }
-    ok
+    require_tool(
+        "ser2net",
+        "install the Debian package ser2net; .ci/run does",
+    )
 }
 
 fn free_port() -> u16 {
@@ -308,7 +308,7 @@ fn a_lost_console_that_returns_is_a_gap_and_one_that_does_not_ends_the_job() {
 /// unseen.
 #[test]
 fn a_job_runs_through_a_connection_command() {
-    if !have_ser2net() {
+    if !have_ser2net() || !have_python3() {
         return;
     }
     rt().block_on(async {

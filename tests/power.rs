@@ -14,22 +14,27 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
-/// The pdudaemon of `.ci/run`'s venv, or `$LABD_PDUDAEMON`.
+/// The pdudaemon to test against: `$LABD_PDUDAEMON` (`.ci/run` sets it to
+/// the venv it builds), else that venv's place, `pdudaemon-venv` in cargo's
+/// target directory (wherever `CARGO_TARGET_DIR` put it: the directory
+/// above `CARGO_TARGET_TMPDIR`), so that a plain `cargo test` after
+/// `.ci/run` finds it too. None (after `require`) when it is missing.
 fn pdudaemon_bin() -> Option<PathBuf> {
     let p = std::env::var_os("LABD_PDUDAEMON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pdudaemon-venv/bin/pdudaemon")
+            Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .parent()
+                .expect("CARGO_TARGET_TMPDIR is inside the target directory")
+                .join("pdudaemon-venv/bin/pdudaemon")
         });
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: {} is missing (.ci/run installs pdudaemon there)",
-            p.display()
-        );
-        None
-    }
+    let what = format!("pdudaemon ({})", p.display());
+    require(
+        &what,
+        p.exists(),
+        "run .ci/run, which builds its venv there, or set LABD_PDUDAEMON to a pdudaemon 1.1.1",
+    )
+    .then_some(p)
 }
 
 struct RealPdu {

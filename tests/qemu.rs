@@ -11,16 +11,17 @@ use std::path::Path;
 
 const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 
+/// Whether QEMU and U-Boot are here: see `require` for what happens when
+/// they are not.
 fn have_qemu() -> bool {
-    let ok = std::process::Command::new("qemu-system-aarch64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-        && Path::new(UBOOT).exists();
-    if !ok {
-        eprintln!("skipped: qemu-system-aarch64 or {UBOOT} is missing (hil/setup installs them)");
-    }
-    ok
+    require_tool(
+        "qemu-system-aarch64",
+        "run hil/setup as root (Debian package qemu-system-arm); .ci/run does",
+    ) && require(
+        UBOOT,
+        Path::new(UBOOT).exists(),
+        "run hil/setup as root (Debian package u-boot-qemu); .ci/run does",
+    )
 }
 
 /// A lab with one QEMU arm64 board whose "kernel" is U-Boot's echo, its

@@ -211,6 +211,10 @@ fn a_board_shell_holds_no_other_consoles_descriptors() {
 /// connect than the whole countdown.
 #[test]
 fn a_command_console_slow_to_connect_still_catches_the_countdown() {
+    // The slow bridge is a Python program.
+    if !have_python3() {
+        return;
+    }
     rt().block_on(async {
         let mut lab = Lab::prepare(1, &[], &[], "");
         let pty = lab.sim_pty("sim-01").await;
@@ -421,16 +425,8 @@ fn a_definition_that_does_not_reach_its_endrun_is_not_complete() {
 /// formed for any input (checked by Python's expat).
 #[test]
 fn untrusted_text_is_shown_escaped_and_junit_is_well_formed() {
-    if std::process::Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have python3 (its expat checks the JUnit output)"
-        );
-        eprintln!("skipped: no python3 to parse the XML");
+    // Python's expat checks the JUnit output.
+    if !have_python3() {
         return;
     }
     rt().block_on(async {

@@ -131,12 +131,10 @@ fn an_inherited_socket_with_the_wrong_mode_is_refused() {
 
 #[test]
 fn unit_files_pass_systemd_analyze_verify() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: systemd-analyze is not installed");
+    if !require_tool(
+        "systemd-analyze",
+        "install the Debian package systemd; .ci/run does",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -2,15 +2,19 @@
 //! and atftp (RFC 7440 windowsize 16), and the confinement of its paths.
 //! atftp comes from Debian (`.ci/run` installs it).
 
+mod common;
+
+use common::require_tool;
 use std::path::Path;
 use std::process::Command;
 
+/// Whether `tool` (a Debian package of that name) is here: see `require`
+/// for what happens when it is not.
 fn have(tool: &str) -> bool {
-    let ok = Command::new(tool).arg("--version").output().is_ok();
-    if !ok {
-        eprintln!("skipped: {tool} is not installed (.ci/run installs it)");
-    }
-    ok
+    require_tool(
+        tool,
+        &format!("install the Debian package {tool}; .ci/run does"),
+    )
 }
 
 /// A TFTP root with job 7's kernel, a symlink out of the root, and a

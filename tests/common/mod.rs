@@ -11,6 +11,73 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 
+/// Whether the tests run under CI: `CI=true`, as CI services set it and
+/// `.ci/run` does for `cargo test`. CI installs every tool the tests use,
+/// so there a missing tool is a broken set-up, never a reason to skip.
+pub fn under_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Whether `tool` is an executable file in a directory of `PATH`: the
+/// program `Command::new(tool)` would run. Looking is enough, because some
+/// tools have no harmless flag to run them with.
+pub fn installed(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(tool))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// The gate of every test that needs something a machine may lack (a tool,
+/// a file, root): `what` names it, `available` says whether it is there and
+/// `how` says how to get it. When it is there, true. When it is missing
+/// under CI (`CI=true`) the test panics naming it, so that CI cannot be
+/// green with the test unrun; elsewhere the test prints one line,
+/// "skipped: <test>: <what> missing", and should return at once.
+pub fn require(what: &str, available: bool, how: &str) -> bool {
+    if available {
+        return true;
+    }
+    // The test harness names each test's thread after the test.
+    let current = std::thread::current();
+    let test = current.name().filter(|n| *n != "main").unwrap_or("a test");
+    assert!(!under_ci(), "{test}: {what} is missing (CI=true): {how}");
+    // Straight to the process's stderr, in one write so that the line stays
+    // whole beside the harness's output: the harness captures `eprintln!`
+    // of a passing test, and a skip nobody sees is a test that looks run.
+    use std::io::Write;
+    let line = format!("skipped: {test}: {what} missing\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    false
+}
+
+/// `require` for a program on `PATH`.
+pub fn require_tool(tool: &str, how: &str) -> bool {
+    require(tool, installed(tool), how)
+}
+
+/// `require` for python3, which some tests' console bridges and checkers
+/// are written in.
+pub fn have_python3() -> bool {
+    require_tool(
+        "python3",
+        "install the Debian package python3; .ci/run does (with python3-venv)",
+    )
+}
+
+/// `require` for root, which switching users and mounting need.
+pub fn require_root(why: &str) -> bool {
+    require(
+        "root",
+        nix::unistd::Uid::effective().is_root(),
+        &format!("{why} needs root; CI runs the tests as root"),
+    )
+}
+
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
