@@ -7,6 +7,19 @@
 //! takes a whole core; real labs need it for the inrush current of boards
 //! sharing a supply. The lab owns the limits (a reload changes them in
 //! place); runners only acquire and drop permits.
+//!
+//! ## Design
+//!
+//! `limits.max_concurrent_boots` is a count in `BootSlots` (a mutex and a
+//! `Notify`, not a semaphore, so that a reload can lower or raise the limit
+//! in place). The runner takes a permit before power-on (the `WaitingToBoot`
+//! phase, outside the power-on timeout, inside the job's) and drops it when
+//! the shell is reached or the run ends. Boards on one pdudaemon PDU also
+//! share its per-relay count.
+//!
+//! ## Invariants
+//!
+//! A permit is freed exactly once (on drop); counts never go below 0.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -17,6 +17,20 @@
 //! ramdisk every job boots is decompressed once, not once per job. Both
 //! kinds share the cap and the eviction order.
 //! Everything here blocks: callers run it on the blocking pool.
+//!
+//! ## Invariants
+//!
+//! Owns its directory; a blob appears only by renaming a complete,
+//! checksum-checked download into place, and its name is its content's
+//! sha256; an entry whose blob is gone is no entry. A job's own `sha256sum`
+//! is authoritative: a blob with that digest is used whatever the URL. A
+//! blob is never written after it is in place, so what only TFTP reads (a
+//! kernel, ramdisk or DTB needing no unpacking) is hard-linked into the
+//! job's directory (`deploy::Placement::Link`). One that must be unpacked is
+//! unpacked once into `<sha256>.unpacked-<format>` (complete, then renamed)
+//! and linked the same way; both kinds share the cap and the LRU order. A
+//! QEMU image, which the board may write, is always a copy. An evicted
+//! blob's disk space comes back when the last job linking it ends.
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;

@@ -1,5 +1,66 @@
 //! Starting a lab: store, device types, TFTP server, lab actor and socket,
 //! in that order, inside the current actix system.
+//!
+//! ## Threads
+//!
+//! All actors run on the actix system arbiter (one thread); handlers never
+//! block. The socket server runs on a thread of its own (`labd-socket`, a
+//! current-thread tokio runtime): it reads, decodes, answers and writes
+//! every request there and sends the lab actor only what needs it, so the
+//! actors' thread spends nothing on the wire, and reads of job records
+//! (`jobs`, `job`, `results`, `logs`) never wait in the lab actor's mailbox
+//! behind a burst of submits: `jobs` p99 under 32 clients went from 12–14 ms
+//! to 6–7 ms (BENCHMARKS.md). It starts only after the lab actor has
+//! reconciled the store at start-up, so no read sees a job the restart has
+//! not yet ended. sled's writer and the TFTP server (async-tftp brings its
+//! own reactor) have threads of their own. async-tftp runs a server and all
+//! its transfers on the one thread that drives it, so labd runs
+//! `tftp.threads` servers (the CPUs, at most 4), each on its own socket
+//! bound to the same address with `SO_REUSEPORT`: the kernel picks the
+//! server by a hash of the client's address, so a client's retried request
+//! reaches the same one, and concurrent transfers use every core (32
+//! concurrent transfers: 43 MB/s on one thread, 55 on two). Each server
+//! thread runs under `async_io::block_on`, which polls async-io's reactor on
+//! that thread while it waits; under a plain `block_on` every packet's
+//! readiness went through async-io's own reactor thread and a wake-up of the
+//! server's thread (70 against 55 MB/s, and a third less CPU). The port is
+//! first bound without `SO_REUSEPORT`, so a port anything else holds
+//! (another labd's servers included) is refused as before, never shared.
+//!
+//! ## Shutdown
+//!
+//! SIGTERM sends `Shutdown { grace }` to the lab: it stops scheduling
+//! (submits are still stored and queued), lets running jobs go on for
+//! `limits.shutdown_grace_secs`, then sends each board `StopJob` with
+//! Incomplete (Infrastructure, "dispatcher shutdown"), which powers the
+//! board off like any job end. The lab answers once no board has a job; then
+//! the server's handle closes the socket (stops reading, ends follows of
+//! unfinished jobs with `shutting_down`, waits up to 5 s for answers in
+//! flight) and the process exits 0. A second signal makes the grace zero.
+//!
+//! ## Logging
+//!
+//! tracing throughout; the binary installs one subscriber at start from
+//! `[log]` (human or JSON lines on stderr, or the journal, chosen by
+//! `JOURNAL_STREAM` when unset) with `RUST_LOG` over the config's filter.
+//! Each board actor has a `board` span, entered in its handlers; each job's
+//! runner future is instrumented with a `job` span (`id`, `board`) inside
+//! it, so whatever the boot sequence logs says which job and board it is
+//! about.
+//!
+//! ## Metrics
+//!
+//! Event counts and durations are recorded where they happen (store writer
+//! thread: batch time; TFTP handler: transfers and bytes; board actor:
+//! console bytes and each phase's duration per device type; lab: jobs
+//! submitted/finished and queue wait; server: request time by method; a
+//! `Timed` wrapper around every relay: power command time). State gauges
+//! (boards by state and health, unfinished jobs, queue depth, store size,
+//! process RSS and CPU) are filled by the lab actor at scrape time from what
+//! it owns. The same text goes out on the socket (`metrics`) and, when
+//! `metrics_listen` is set, over a minimal HTTP/1.1 `GET /metrics`
+//! responder. Anything above its `[slow]` threshold is logged as a warning
+//! with its fields and counted in `labd_slow_operations_total{kind}`.
 
 use crate::config::LabConfig;
 use crate::device_type::{self, DeviceType};

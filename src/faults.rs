@@ -11,6 +11,10 @@
 //! One fault is a delay, not a panic: `reconcile-slow:lab` makes the lab's
 //! start-up reconcile of the store take a second longer, so a test can show
 //! that nothing is answered from the store before it has run.
+//!
+//! ## Invariants
+//!
+//! Inert unless `LABD_INJECT_PANIC` names a fault; each fires once.
 
 use std::sync::{Mutex, OnceLock};
 

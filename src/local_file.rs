@@ -21,6 +21,12 @@
 //!   filesystem: FIFOs, devices and sockets are refused before they are
 //!   ever opened, and the open itself is `O_NONBLOCK` (cleared after
 //!   `fstat`), so a FIFO swapped in at the last moment cannot hold a thread.
+//!
+//! ## Invariants
+//!
+//! The only code that opens a job's `file://` path; it opens only regular
+//! files under `file_roots`, with the submitter's rights, never blocking on
+//! the open.
 
 use crate::model::Identity;
 use std::fs::File;

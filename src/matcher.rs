@@ -5,6 +5,15 @@
 //! part before the last line break is discarded once no pattern matched there.
 //! Patterns therefore match within one line (none of labd's prompts or
 //! messages spans lines), however the stream was cut into reads.
+//!
+//! ## Invariants
+//!
+//! Every byte is searched; only bytes before the last line break that
+//! matched nothing are dropped (patterns match within a line). A pattern
+//! that is a plain string (an escaped command echo, most prompts and error
+//! messages) is searched with `memmem` and never compiled as a regex; other
+//! patterns are compiled once and shared process-wide (bounded). A matcher
+//! always starts with nothing searched.
 
 use regex::bytes::Regex;
 

@@ -8,6 +8,11 @@
 //! the process's memory and CPU) are set at scrape time by whoever owns that
 //! state, then everything is encoded at once. The slow-operation thresholds
 //! live here too: whatever times an operation asks [`Metrics::observe_slow`].
+//!
+//! ## Invariants
+//!
+//! Recording never blocks or fails; state gauges are set only at scrape time
+//! by the owner of that state.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -2,11 +2,70 @@
 //! (deploy, power on, interrupt U-Boot, boot commands, kernel, login, tests).
 //!
 //! A runner is a future that the board actor spawns in its own context; it
-//! owns nothing of the board. It gets console bytes through a channel fed by
-//! the actor, writes through the actor's console writer, reports each phase
+//! owns nothing of the board. It gets console bytes through a `ConsoleFeed`
+//! (a channel bounded by the bytes waiting) fed by the actor, writes through the actor's console writer, reports each phase
 //! back to the actor, and records events and test results in the store. Each
 //! phase is bounded by its timeout; the whole run by the job timeout. When
 //! the actor cancels the run it simply drops this future.
+//!
+//! ## Console before power
+//!
+//! The board actor publishes whether its console is attached (`console_up`,
+//! a watch); the runner powers a board on only once it is, so a console
+//! server still starting or a re-plugged adapter never costs the boot's
+//! first bytes. A `command` console is attached when its program runs,
+//! unless it has a `ready` pattern: then `CommandConsole::connect` reads the
+//! program's output until the pattern (bounded by `ready_timeout_secs`)
+//! before it returns, so telnet still connecting holds the power-on too; the
+//! program's chatter up to the pattern never reaches the board actor. A
+//! telnet console is a task between the TCP socket and an in-memory pipe
+//! that answers negotiation and strips it from the data, so the board actor
+//! sees plain bytes from every console kind.
+//!
+//! ## U-Boot pacing
+//!
+//! A bootloader command counts as done at the first prompt *after its own
+//! echo*: the interrupt's newline prints one prompt more, and counting
+//! prompts alone typed each command one early, into a running `tftp` that
+//! swallows keys. After the interrupt, the kernel's start message instead of
+//! the prompt means U-Boot's countdown ran out before the key reached it (a
+//! loaded host, a slow console path): the job ends at once as an
+//! Infrastructure failure saying so, not at the action's timeout.
+//!
+//! ## How a test step ends
+//!
+//! A prompt cannot say when a shell line ended: the line's echo or its
+//! output may hold it (`'# '` is in every comment). The runner types each
+//! line inside two markers the shell prints (`printf '<LABD_%s T>\n' START;
+//! eval 'LINE'; printf '<LABD_%s T %s>\n' END "$?"`, T a token of the run
+//! and the step's number) and waits for the printed end marker, which the
+//! echo, holding `%s` where the output holds `END`, cannot contain. Nothing
+//! is typed ahead, so a step reading stdin cannot eat the marker. Signals
+//! are fed to the parser only from what a wait consumed between a step's
+//! markers (and what the board printed before the line was typed), never the
+//! echo; the parser's `end` finishes a line the marker ended. A definition
+//! without its ENDRUN, and a test timeout, end the job as the test's failure
+//! (Test), which leaves the board's health alone.
+//!
+//! ## Retries
+//!
+//! A block's `failure_retry` is the runner's loop around the block (its
+//! timeout shared among the attempts). A job's `failure_retry` is the lab's:
+//! a job that ends Incomplete (Infrastructure) gets a new job record
+//! (`retry_of`, `attempt`) queued like a submission; for jobs cut short by a
+//! crash, the new record is stored inside the start-up reconcile, before
+//! labd serves anyone. Queue timeouts are a timer per queued job
+//! (`run_later`) that cancels the job if it is still queued when it fires.
+//!
+//! ## Invariants
+//!
+//! Never ends a test step at a prompt, never types a line before the last
+//! one's end marker, never takes a signal from the echo of what it typed. A
+//! test timeout or a missing ENDRUN is a Test error. It holds no
+//! board state; everything it learns goes out as events, results, or phase
+//! messages. It never powers off (the actor does), and it never powers on
+//! before the console is attached (unless the console attaches after
+//! power-on, as QEMU's does).
 
 use crate::device_type::DeviceType;
 use crate::job::{Action, Boot, BootCommands, Deploy, JobDefinition, KernelType, Test};

@@ -6,6 +6,49 @@
 //!
 //! Each request runs in its own task so that a log follow does not hold up
 //! the connection; answers are serialized through one writer task.
+//!
+//! ## Socket clients
+//!
+//! A semaphore bounds connections; whether the peer is an admin is decided
+//! at accept from the kernel alone (`SO_PEERCRED`, `SO_PEERGROUPS`; no user
+//! database, which may block), and a non-admin takes a share of `UserSlots`
+//! (all non-admins below `max_connections` less `admin_connections`, each
+//! uid below `max_connections_per_user`), so idle clients cannot lock admins
+//! or other users out. The hello has a deadline from the connect, a request
+//! line a deadline from its first byte. A connection answers at most
+//! `max_requests_in_flight` requests at once: the reader takes a permit
+//! before it reads the next line, so pipelined requests wait in the socket.
+//! Each answer line takes its length from the connection's byte budget
+//! (`max_queued_bytes_per_connection`) until the writer has written it, and
+//! the writer has a write deadline, so a slow or stuck client only slows
+//! itself. labd sets glibc's mmap threshold at start, so large buffers (log
+//! chunks and their answers) go back to the system when freed instead of
+//! staying in the heap after a client leaves.
+//!
+//! ## Authorization
+//!
+//! The server turns the peer's SO_PEERCRED uid and gid into a `Caller`
+//! (name, admin) once per connection, off the actor thread (NSS lookups may
+//! block), and passes it with every request that needs it; the lab actor
+//! decides (cancel by submitter or admin; board health, power and console
+//! for admins) and logs refusals. Policy lives in the lab, identity in the
+//! server.
+//!
+//! ## Invariants
+//!
+//! Translates wire requests into `LabRequest`s and answers back; it keeps no
+//! state beyond a connection and never writes the store. Reads of job
+//! records it answers itself through `lab::read_query`, the same function
+//! the lab actor uses for them: the store owns those records, and every
+//! change to one is durable before it is acknowledged, so such a read needs
+//! no actor. Anything about boards, the queue or a change goes to the lab
+//! actor. The caller's identity comes only from the kernel (SO_PEERCRED). No
+//! client can hold more than its connection slot, a partial line for
+//! `request_timeout_secs`, and a bounded queue of answers. Answers are
+//! serialized from typed views of the records (`WireJob` borrows a
+//! `JobRecord`; the wire shape is the server's, not the store's): never
+//! built as `serde_json::Value` trees first, which was a third of the daemon
+//! thread under query load.
 
 use crate::error::ErrorCode;
 use crate::lab::{read_query, Caller, LabActor, LabReply, LabRequest};

@@ -3,6 +3,19 @@
 //!
 //! All of it is a no-op when labd is not started by systemd (the variables
 //! are absent), so the same binary runs by hand, in tests and under systemd.
+//!
+//! ## Design
+//!
+//! `systemd::ready` after the socket is served, `stopping` when the drain
+//! begins, and a watchdog task that pings only after the lab actor answers a
+//! `Ping` (a wedged actor system stops the pings). With `LISTEN_FDS`, the
+//! inherited socket is used instead of binding one, after checking its mode
+//! and group against `[auth]`. Units in `systemd/`.
+//!
+//! ## Invariants
+//!
+//! Every notification is a no-op without `NOTIFY_SOCKET`; an inherited
+//! socket is used only if its mode and group match `[auth]`.
 
 use crate::lab::{LabActor, Ping};
 use actix::Addr;

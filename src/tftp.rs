@@ -7,6 +7,11 @@
 //! symlink, the file is opened with `O_NOFOLLOW`, and writes are refused.
 //! The server runs on threads of its own, each driving async-tftp's reactor
 //! itself, and reads the served files in place on them (see [`Counted`]).
+//!
+//! ## Invariants
+//!
+//! Serves only regular files at `<root>/<digits>/<name>`, never a symlink,
+//! never writes.
 
 use async_tftp::packet;
 use async_tftp::server::{Handler, TftpServerBuilder};

@@ -1,5 +1,45 @@
 //! How often a board's console reads reach its actor: the pacing
 //! settings and the token bucket that applies them.
+//!
+//! ## Why reads are paced
+//!
+//! A board at 115200 baud hands the kernel ~200 bytes every few
+//! milliseconds; passing each read on would wake the actor, the runner and
+//! the store hundreds of times a second per board. `console::ReadPacer` is a
+//! token bucket per console (`limits.console_read_interval_ms` = 100,
+//! `console_read_burst` = 50): the first reads after a quiet line (a turn
+//! that found nothing to read) go at once, each spending a token, and a
+//! board that keeps talking is read once per interval, everything the kernel
+//! buffered in one piece. Time alone grants one turn, never the burst back:
+//! were the burst refilled by time, a board whose reads each gathered
+//! several chunks (under load) would drain it for tens of seconds, each read
+//! a registration with the event loop (two thirds of all reads at 1000
+//! boards). Turns stay on the grid: a turn taken late grants one read, not
+//! two. Each write labd makes to the console grants a few immediate reads
+//! (`Replies`) and wakes a waiting read, so a command's echo and prompt are
+//! never held back by a chatty boot before it. A socket console (QEMU's unix
+//! socket, ser2net's raw TCP) is paced much more finely
+//! (`console::SOCKET_PACING`, 5 ms), because its sender is held back by what
+//! the socket holds: QEMU writes a byte at a time, a unix socket takes only
+//! ~270 such writes before QEMU's vCPU waits, and at 100 ms a guest's boot
+//! took seconds longer; read as it came, the rig's socket cost a wake-up per
+//! 3 bytes. A `pty` console (a pty pair labd makes for QEMU; its link goes
+//! when the console closes, unless a newer console of the board already
+//! moved it) is paced at 25 ms (`console::PTY_PACING`): its buffers hold 68
+//! KB before QEMU waits, and at 100 ms a shell exchange's byte-at-a-time
+//! reply outlasted the reads a write grants. Other streams (telnet's
+//! filtered pipe, a command's pipe) are read as they come. Paced reads wake
+//! on a process-wide grid of the interval, so streaming boards are read
+//! together, one timer wake-up for all of them. A batch of a whole tty ring
+//! (4095 bytes) or more is a flood: it spends no token and is never slowed;
+//! a smaller one (also a late turn catching up) uses its turn. A tty (serial
+//! adapter, pty) or a socket is read directly from its non-blocking fd
+//! (`FdReader`): it is registered with the event loop (a duplicate fd) only
+//! while its reads wait for bytes (a quiet line, then a burst), and taken
+//! out as soon as they wait for turns again, because tokio's edge-triggered
+//! registration would otherwise wake the runtime for every chunk the adapter
+//! delivers (every byte QEMU writes) while the reads wait their turn; its
+//! writer is a duplicate fd registered for writability only.
 
 /// How often a board's console reads reach its actor
 /// (`limits.console_read_interval_ms` and `console_read_burst`).

@@ -6,6 +6,11 @@
 //! no to anything else), skips subnegotiations, and turns `IAC IAC` back
 //! into one 0xFF. Writing doubles 0xFF. It is a pure state machine, so a
 //! sequence split across reads at any byte is handled.
+//!
+//! ## Invariants
+//!
+//! A pure state machine; no telnet command byte reaches the data, whatever
+//! the split of the reads.
 
 pub const IAC: u8 = 255;
 const DONT: u8 = 254;

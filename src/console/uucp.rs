@@ -5,6 +5,11 @@
 //! (`/run/lock/LCK..ttyUSB0`, holding the owner's PID as ten right-aligned
 //! digits and a newline). labd takes it before opening a port and removes it
 //! when the console closes; a lock whose PID is dead is stale and removed.
+//!
+//! ## Invariants
+//!
+//! A lock file is created exclusively (O_EXCL) and removed only by its
+//! holder's drop, or as stale when its PID is dead.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

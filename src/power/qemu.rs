@@ -13,6 +13,43 @@
 //!
 //! This module owns the QEMU process of one board and nothing else: it never
 //! reads the console, which stays the board actor's.
+//!
+//! ## Design
+//!
+//! QEMU is started paused (`-S`) with its QMP socket and its first serial
+//! port as *client* sockets to listeners labd already holds, so nothing
+//! polls for a socket file: QEMU connects during its start-up. The relay is
+//! told of every console attachment through `RelayHooks` (a watch of the
+//! board's attachment count, given by the board actor when it starts) and
+//! sends QMP `cont` only once the count passed the value it read before
+//! spawning, which can only be this QEMU's connection: the U-Boot banner is
+//! the first byte of the job's log. The relay's monitor task owns the child;
+//! an exit labd did not ask for, after `cont`, goes to the board as
+//! `PowerLost` and ends the running job Incomplete (Infrastructure). An exit
+//! during start-up is the power-on's own error, with QEMU's stderr. QEMU is
+//! its own process group (a kill reaches everything it started) and gets
+//! `PR_SET_PDEATHSIG` so it never outlives labd (a QEMU at a U-Boot prompt
+//! burns a core). With a `pty` console instead, labd holds a pty pair for
+//! the board's whole life (the master to read, a slave fd so QEMU closing
+//! its side is no hang-up) and a symlink to the slave; QEMU opens the link
+//! as a `serial` chardev, the console is attached before QEMU exists, and
+//! the relay sends `cont` right after the QMP handshake. The relay drops
+//! what labd wrote to the line while no QEMU had it open before starting the
+//! next, so a new boot never reads keys meant for the last. A pty is the
+//! rig's console because it is cheaper for labd: QEMU writes a byte at a
+//! time, and a unix socket carries each byte in a socket buffer labd's
+//! thread must free (a quarter of that thread's time), where a pty hands
+//! over what accumulated in one copy. A console that the board itself
+//! connects (`attaches_after_power_on`) closing is the board powering off,
+//! not a loss: no note in the log, no reconnect timer, just the next accept.
+//!
+//! ## Invariants
+//!
+//! Owns one board's QEMU process and QMP connection; it never reads the
+//! console, never lets the guest run before the console attached, and never
+//! reports an exit it caused (or one during start-up) as a power loss. With
+//! a `pty` console it never starts a QEMU without first dropping the input
+//! queued for the last one.
 
 use crate::driver::BoxFuture;
 use crate::power::{DirectBoot, Power, PowerAction, PowerError, PowerState, RelayHooks};
