@@ -158,35 +158,7 @@ fn print_json(v: &Value) {
 
 async fn run(args: Args) -> anyhow::Result<u8> {
     if let Cmd::Validate { file } = &args.cmd {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        return match labd::job::parse(&file.display().to_string(), &text) {
-            Ok(p) => {
-                for w in &p.warnings {
-                    eprintln!("warning: {}", visible(&w.to_string()));
-                }
-                if args.json {
-                    print_json(&serde_json::json!({"valid": true, "warnings": p.warnings}));
-                } else {
-                    println!(
-                        "{}: valid ({} actions)",
-                        file.display(),
-                        p.definition.actions.len()
-                    );
-                }
-                Ok(0)
-            }
-            Err(e) => {
-                if args.json {
-                    print_json(&serde_json::json!({"valid": false, "errors": e.errors}));
-                } else {
-                    for d in &e.errors {
-                        eprintln!("error: {}", visible(&d.to_string()));
-                    }
-                }
-                Ok(1)
-            }
-        };
+        return validate(file, args.json);
     }
     let cfg = match &args.config {
         Some(p) => Some(LabConfig::load(p)?),
@@ -198,45 +170,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
     match args.cmd {
         Cmd::Validate { .. } => unreachable!("handled above"),
         Cmd::Submit { file, wait, follow } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let v = c
-                .call(RequestBody::Submit {
-                    definition: text,
-                    file: Some(file.display().to_string()),
-                })
-                .await?;
-            for w in v["warnings"].as_array().into_iter().flatten() {
-                eprintln!("warning: {}", visible(w.as_str().unwrap_or("")));
-            }
-            let id = v["job"].as_u64().context("no job id in answer")?;
-            if json && !(wait || follow) {
-                print_json(&v);
-            } else {
-                println!("{id}");
-            }
-            if wait || follow {
-                let mut out = std::io::stdout();
-                let end = c
-                    .logs(id, true, |d| {
-                        if follow {
-                            let _ = out.write_all(d);
-                            let _ = out.flush();
-                        }
-                    })
-                    .await?;
-                let j = c.call(RequestBody::Job { job: id }).await?;
-                eprintln!(
-                    "job {id}: {} {}{}",
-                    end["state"].as_str().unwrap_or(""),
-                    end["health"].as_str().unwrap_or(""),
-                    j["error"]
-                        .as_str()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                );
-                return Ok(if end["health"] == "Complete" { 0 } else { 1 });
-            }
+            return submit(&mut c, json, &file, wait, follow).await;
         }
         Cmd::Jobs {
             state,
@@ -257,33 +191,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             if json {
                 print_json(&v);
             } else {
-                let jobs: Vec<&Value> = v["jobs"].as_array().into_iter().flatten().collect();
-                // Columns as wide as their longest value, so long board and
-                // device-type names stay aligned.
-                let width = |key: &str, min: usize| {
-                    jobs.iter()
-                        .map(|j| s(&j[key]).len())
-                        .max()
-                        .unwrap_or(0)
-                        .max(min)
-                };
-                let (bw, dw) = (width("board", 10), width("device_type", 18));
-                println!(
-                    "{:>6} {:<10} {:<11} {:<bw$} {:<dw$} {:>4}  NAME",
-                    "ID", "STATE", "HEALTH", "BOARD", "DEVICE TYPE", "PRIO"
-                );
-                for j in jobs {
-                    println!(
-                        "{:>6} {:<10} {:<11} {:<bw$} {:<dw$} {:>4}  {}",
-                        j["id"].to_string(),
-                        s(&j["state"]),
-                        s(&j["health"]),
-                        s(&j["board"]),
-                        s(&j["device_type"]),
-                        j["priority"].to_string(),
-                        s(&j["name"])
-                    );
-                }
+                print_jobs(&v);
             }
         }
         Cmd::Job { id } => {
@@ -291,53 +199,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             if json {
                 print_json(&v);
             } else {
-                println!("job {id}: {}", s(&v["name"]));
-                for k in [
-                    "state",
-                    "health",
-                    "error_class",
-                    "error",
-                    "board",
-                    "device_type",
-                    "priority",
-                    "submitter",
-                ] {
-                    println!("  {k:<12} {}", s(&v[k]));
-                }
-                if let (Some(sub), Some(start)) =
-                    (v["submit_time"].as_u64(), v["start_time"].as_u64())
-                {
-                    println!(
-                        "  {:<12} {:.3}s",
-                        "queued",
-                        start.saturating_sub(sub) as f64 / 1000.0
-                    );
-                }
-                let timing = v["timing"].as_array().cloned().unwrap_or_default();
-                if !timing.is_empty() {
-                    let total: u64 = timing.iter().filter_map(|p| p["ms"].as_u64()).sum();
-                    println!("  time on the board, by phase:");
-                    for p in &timing {
-                        let ms = p["ms"].as_u64().unwrap_or(0);
-                        println!(
-                            "  {:>9.3}s {:>5.1}%  {}",
-                            ms as f64 / 1000.0,
-                            100.0 * ms as f64 / total.max(1) as f64,
-                            s(&p["phase"])
-                        );
-                    }
-                }
-                println!("  events:");
-                let t0 = v["submit_time"].as_u64().unwrap_or(0);
-                for e in v["events"].as_array().into_iter().flatten() {
-                    let t = e["time"].as_u64().unwrap_or(0).saturating_sub(t0);
-                    println!(
-                        "  {:>9.3}s {:<20} {}",
-                        t as f64 / 1000.0,
-                        s(&e["kind"]),
-                        s(&e["message"])
-                    );
-                }
+                print_job(id, &v);
             }
         }
         Cmd::Logs { id, follow } => {
@@ -391,64 +253,14 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             }
         }
         Cmd::Top { interval, once } => {
-            let every = std::time::Duration::from_secs_f64(interval.max(0.1));
-            loop {
-                // One request a frame: the boards answer says how many
-                // jobs are queued, however long the queue.
-                let boards = c.call(RequestBody::Boards).await?;
-                let queued = boards["queued"].as_u64().unwrap_or(0) as usize;
-                let frame = render_top(&boards, queued, labd::model::now_ms());
-                if once {
-                    print!("{frame}");
-                    break;
-                }
-                // Home, clear, then the frame: one write, no flicker.
-                print!("\x1b[H\x1b[2J{frame}");
-                std::io::stdout().flush()?;
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = tokio::signal::ctrl_c() => break,
-                }
-            }
+            return top(&mut c, interval, once).await;
         }
         Cmd::Boards => {
             let v = c.call(RequestBody::Boards).await?;
             if json {
                 print_json(&v);
             } else {
-                let boards: Vec<&Value> = v["boards"].as_array().into_iter().flatten().collect();
-                let width = |key: &str, min: usize| {
-                    boards
-                        .iter()
-                        .map(|b| s(&b[key]).len())
-                        .max()
-                        .unwrap_or(0)
-                        .max(min)
-                };
-                let (nw, dw) = (width("name", 12), width("device_type", 20));
-                println!(
-                    "{:<nw$} {:<dw$} {:<9} {:<12} {:<8} {:<7} {:<19} TAGS",
-                    "NAME", "DEVICE TYPE", "STATE", "HEALTH", "POWER", "JOB", "PHASE"
-                );
-                for b in boards {
-                    let tags: Vec<&str> = b["tags"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect();
-                    println!(
-                        "{:<nw$} {:<dw$} {:<9} {:<12} {:<8} {:<7} {:<19} {}",
-                        s(&b["name"]),
-                        s(&b["device_type"]),
-                        s(&b["state"]),
-                        s(&b["health"]),
-                        s(&b["power"]),
-                        s(&b["job"]),
-                        s(&b["phase"]),
-                        tags.join(",")
-                    );
-                }
+                print_boards(&v);
             }
         }
         Cmd::Board {
@@ -835,4 +647,230 @@ mod tests {
         assert_eq!(e.feed(b"~"), (vec![], None));
         assert_eq!(e.feed(b"."), (vec![], Some(Escape::Leave)));
     }
+}
+
+/// `labctl validate`: parses a job file locally, as labd would.
+fn validate(file: &std::path::Path, json: bool) -> anyhow::Result<u8> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    match labd::job::parse(&file.display().to_string(), &text) {
+        Ok(p) => {
+            for w in &p.warnings {
+                eprintln!("warning: {}", visible(&w.to_string()));
+            }
+            if json {
+                print_json(&serde_json::json!({"valid": true, "warnings": p.warnings}));
+            } else {
+                println!(
+                    "{}: valid ({} actions)",
+                    file.display(),
+                    p.definition.actions.len()
+                );
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            if json {
+                print_json(&serde_json::json!({"valid": false, "errors": e.errors}));
+            } else {
+                for d in &e.errors {
+                    eprintln!("error: {}", visible(&d.to_string()));
+                }
+            }
+            Ok(1)
+        }
+    }
+}
+
+/// The `labctl jobs` table.
+fn print_jobs(v: &Value) {
+    let jobs: Vec<&Value> = v["jobs"].as_array().into_iter().flatten().collect();
+    // Columns as wide as their longest value, so long board and
+    // device-type names stay aligned.
+    let width = |key: &str, min: usize| {
+        jobs.iter()
+            .map(|j| s(&j[key]).len())
+            .max()
+            .unwrap_or(0)
+            .max(min)
+    };
+    let (bw, dw) = (width("board", 10), width("device_type", 18));
+    println!(
+        "{:>6} {:<10} {:<11} {:<bw$} {:<dw$} {:>4}  NAME",
+        "ID", "STATE", "HEALTH", "BOARD", "DEVICE TYPE", "PRIO"
+    );
+    for j in jobs {
+        println!(
+            "{:>6} {:<10} {:<11} {:<bw$} {:<dw$} {:>4}  {}",
+            j["id"].to_string(),
+            s(&j["state"]),
+            s(&j["health"]),
+            s(&j["board"]),
+            s(&j["device_type"]),
+            j["priority"].to_string(),
+            s(&j["name"])
+        );
+    }
+}
+
+/// `labctl job`: a job, its time on the board by phase, and its events.
+fn print_job(id: u64, v: &Value) {
+    println!("job {id}: {}", s(&v["name"]));
+    for k in [
+        "state",
+        "health",
+        "error_class",
+        "error",
+        "board",
+        "device_type",
+        "priority",
+        "submitter",
+    ] {
+        println!("  {k:<12} {}", s(&v[k]));
+    }
+    if let (Some(sub), Some(start)) = (v["submit_time"].as_u64(), v["start_time"].as_u64()) {
+        println!(
+            "  {:<12} {:.3}s",
+            "queued",
+            start.saturating_sub(sub) as f64 / 1000.0
+        );
+    }
+    let timing = v["timing"].as_array().cloned().unwrap_or_default();
+    if !timing.is_empty() {
+        let total: u64 = timing.iter().filter_map(|p| p["ms"].as_u64()).sum();
+        println!("  time on the board, by phase:");
+        for p in &timing {
+            let ms = p["ms"].as_u64().unwrap_or(0);
+            println!(
+                "  {:>9.3}s {:>5.1}%  {}",
+                ms as f64 / 1000.0,
+                100.0 * ms as f64 / total.max(1) as f64,
+                s(&p["phase"])
+            );
+        }
+    }
+    println!("  events:");
+    let t0 = v["submit_time"].as_u64().unwrap_or(0);
+    for e in v["events"].as_array().into_iter().flatten() {
+        let t = e["time"].as_u64().unwrap_or(0).saturating_sub(t0);
+        println!(
+            "  {:>9.3}s {:<20} {}",
+            t as f64 / 1000.0,
+            s(&e["kind"]),
+            s(&e["message"])
+        );
+    }
+}
+
+/// The `labctl boards` table.
+fn print_boards(v: &Value) {
+    let boards: Vec<&Value> = v["boards"].as_array().into_iter().flatten().collect();
+    let width = |key: &str, min: usize| {
+        boards
+            .iter()
+            .map(|b| s(&b[key]).len())
+            .max()
+            .unwrap_or(0)
+            .max(min)
+    };
+    let (nw, dw) = (width("name", 12), width("device_type", 20));
+    println!(
+        "{:<nw$} {:<dw$} {:<9} {:<12} {:<8} {:<7} {:<19} TAGS",
+        "NAME", "DEVICE TYPE", "STATE", "HEALTH", "POWER", "JOB", "PHASE"
+    );
+    for b in boards {
+        let tags: Vec<&str> = b["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "{:<nw$} {:<dw$} {:<9} {:<12} {:<8} {:<7} {:<19} {}",
+            s(&b["name"]),
+            s(&b["device_type"]),
+            s(&b["state"]),
+            s(&b["health"]),
+            s(&b["power"]),
+            s(&b["job"]),
+            s(&b["phase"]),
+            tags.join(",")
+        );
+    }
+}
+
+/// `labctl submit`: submits a job file; with `--wait` or `--follow`, waits
+/// for its end (printing its console with `--follow`) and exits 1 unless it
+/// is Complete.
+async fn submit(
+    c: &mut Client,
+    json: bool,
+    file: &std::path::Path,
+    wait: bool,
+    follow: bool,
+) -> anyhow::Result<u8> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let v = c
+        .call(RequestBody::Submit {
+            definition: text,
+            file: Some(file.display().to_string()),
+        })
+        .await?;
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", visible(w.as_str().unwrap_or("")));
+    }
+    let id = v["job"].as_u64().context("no job id in answer")?;
+    if json && !(wait || follow) {
+        print_json(&v);
+    } else {
+        println!("{id}");
+    }
+    if wait || follow {
+        let mut out = std::io::stdout();
+        let end = c
+            .logs(id, true, |d| {
+                if follow {
+                    let _ = out.write_all(d);
+                    let _ = out.flush();
+                }
+            })
+            .await?;
+        let j = c.call(RequestBody::Job { job: id }).await?;
+        eprintln!(
+            "job {id}: {} {}{}",
+            end["state"].as_str().unwrap_or(""),
+            end["health"].as_str().unwrap_or(""),
+            j["error"]
+                .as_str()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+        return Ok(if end["health"] == "Complete" { 0 } else { 1 });
+    }
+    Ok(0)
+}
+
+/// `labctl top`: the boards and the queue, redrawn every `interval` seconds.
+async fn top(c: &mut Client, interval: f64, once: bool) -> anyhow::Result<u8> {
+    let every = std::time::Duration::from_secs_f64(interval.max(0.1));
+    loop {
+        // One request a frame: the boards answer says how many
+        // jobs are queued, however long the queue.
+        let boards = c.call(RequestBody::Boards).await?;
+        let queued = boards["queued"].as_u64().unwrap_or(0) as usize;
+        let frame = render_top(&boards, queued, labd::model::now_ms());
+        if once {
+            print!("{frame}");
+            break;
+        }
+        // Home, clear, then the frame: one write, no flicker.
+        print!("\x1b[H\x1b[2J{frame}");
+        std::io::stdout().flush()?;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    Ok(0)
 }
