@@ -1494,7 +1494,7 @@ impl Handler<LabRequest> for LabActor {
                         // Reading files may block: off the actor thread.
                         tokio::task::spawn_blocking(move || {
                             let cfg = LabConfig::load(&path)?;
-                            let dts = crate::daemon::load_device_types(&cfg)?;
+                            let dts = crate::device_type::load(cfg.device_types_dir.as_deref())?;
                             let hcs = load_health_checks(&cfg)?;
                             Ok::<_, ApiError>((cfg, dts, hcs))
                         })
