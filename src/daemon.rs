@@ -63,12 +63,11 @@
 //! with its fields and counted in `labd_slow_operations_total{kind}`.
 
 use crate::config::LabConfig;
-use crate::device_type::{self, DeviceType};
+use crate::device_type;
 use crate::lab::LabActor;
 use crate::runner::TftpInfo;
 use crate::store::Store;
 use actix::prelude::*;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -108,15 +107,6 @@ fn group_id(name: &Option<String>) -> Result<Option<u32>, StartError> {
     }
 }
 
-pub fn load_device_types(
-    cfg: &LabConfig,
-) -> Result<BTreeMap<String, DeviceType>, crate::error::ConfigError> {
-    match &cfg.device_types_dir {
-        Some(dir) => device_type::load_dir(dir),
-        None => device_type::embedded(),
-    }
-}
-
 /// Starts everything; must run inside an actix system.
 /// `config_path` is the file a reload re-reads (None for the demo lab).
 pub async fn start(
@@ -124,7 +114,7 @@ pub async fn start(
     socket: &Path,
     config_path: Option<std::path::PathBuf>,
 ) -> Result<Daemon, StartError> {
-    let device_types = load_device_types(&cfg)?;
+    let device_types = device_type::load(cfg.device_types_dir.as_deref())?;
     raise_fd_limit(cfg.boards.len());
     let metrics =
         crate::metrics::Metrics::new(crate::metrics::SlowThresholds::from_config(&cfg.slow));

@@ -447,6 +447,17 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ),
 ];
 
+/// The lab's device types: those in `dir` (the config's
+/// `device_types_dir`), else the embedded ones. The daemon loads them at
+/// start and the lab again at a reload, through this one function, so that
+/// both read the same source.
+pub fn load(dir: Option<&Path>) -> Result<BTreeMap<String, DeviceType>, ConfigError> {
+    match dir {
+        Some(dir) => load_dir(dir),
+        None => embedded(),
+    }
+}
+
 /// Parses the embedded device types.
 pub fn embedded() -> Result<BTreeMap<String, DeviceType>, ConfigError> {
     let mut out = BTreeMap::new();

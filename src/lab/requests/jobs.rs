@@ -1,0 +1,285 @@
+//! Requests about jobs: `Submit`, `Cancel`, and the reads of job records.
+//!
+//! Invariants:
+//! - A job is stored only once it is known to be runnable here: it parses,
+//!   is within the size limit, a board that is not retired could run it, its
+//!   boot methods suit its device type, and its submitter may read its
+//!   `file://` artifacts. A refused job leaves nothing in the store.
+//! - A submission is acknowledged only after the job is stored; it is
+//!   queued in the same actor turn as the acknowledgement.
+//! - Only an admin or the job's submitter may cancel it. A queued job is
+//!   out of the queue while its cancel is written, and back in it if the
+//!   write fails; a running job is marked Canceling before its board is
+//!   told to stop it.
+
+use super::{ready, Reply};
+use crate::board::StopJob;
+use crate::error::{ApiError, ErrorCode, Location};
+use crate::job::{self, BootCommands, Diagnostic, JobDefinition};
+use crate::lab::queue::Queued;
+use crate::lab::schedule::JobView;
+use crate::lab::{read_query, Caller, LabActor, LabReply, LabRequest};
+use crate::local_file::{self, FileRefusal, FileRoots};
+use crate::model::{BoardHealth, Identity, JobId, JobOutcome, JobRecord, JobState};
+use actix::prelude::*;
+
+impl LabActor {
+    /// `Submit`: checks, stores and queues a job.
+    pub(in crate::lab) fn submit(
+        &mut self,
+        definition: String,
+        file: String,
+        caller: Caller,
+    ) -> Reply {
+        if definition.len() > self.cfg.limits.max_job_bytes {
+            return ready(Err(ApiError::new(
+                ErrorCode::InvalidJob,
+                format!(
+                    "{file}: job definition is {} bytes; the limit is {}",
+                    definition.len(),
+                    self.cfg.limits.max_job_bytes
+                ),
+            )));
+        }
+        let parsed = match job::parse(&file, &definition) {
+            Ok(p) => p,
+            Err(e) => {
+                let first = e.first().clone();
+                return ready(Err(ApiError {
+                    code: e.code(),
+                    message: e.to_string(),
+                    location: Some(first.location),
+                }));
+            }
+        };
+        if let Err(e) = self.check_runnable(&parsed.definition) {
+            return ready(Err(e));
+        }
+        let mut def = parsed.definition;
+        let mut warnings = parsed.warnings;
+        for (path, message) in def.cap_timeouts(&self.cfg.limits.timeout_maxima()) {
+            warnings.push(Diagnostic {
+                code: ErrorCode::InvalidJob,
+                location: Location {
+                    file: Some(file.clone()),
+                    path: Some(path),
+                    line: None,
+                    column: None,
+                },
+                message,
+            });
+        }
+        let rec = JobRecord {
+            submitter_uid: Some(caller.uid),
+            submitter_gid: Some(caller.gid),
+            submitter_groups: Some(caller.groups.clone()),
+            ..JobRecord::submitted(
+                def.job_name.clone(),
+                def.device_type.clone(),
+                def.priority,
+                def.tags.clone(),
+                caller.name,
+                definition,
+            )
+        };
+        let files = parsed.files;
+        let reader = rec.reader();
+        let roots = FileRoots::new(&self.cfg.deploy.file_roots);
+        let store = self.store.clone();
+        Box::pin(
+            async move {
+                if !files.is_empty() {
+                    // Opening files may block (and runs with the
+                    // submitter's rights on a thread of its own).
+                    tokio::task::spawn_blocking(move || {
+                        check_local_files(&files, reader.as_ref(), &roots)
+                    })
+                    .await
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
+                }
+                Ok::<_, ApiError>(store.insert_job(rec).await?)
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let r = res?;
+                act.metrics.job_submitted();
+                act.enqueue(Queued::of(&r, def), ctx);
+                act.schedule(ctx);
+                Ok(LabReply::Submitted { id: r.id, warnings })
+            }),
+        )
+    }
+
+    /// `Cancel`: cancels a job, if the caller may.
+    pub(in crate::lab) fn cancel(&mut self, job: JobId, caller: Caller) -> Reply {
+        let store = self.store.clone();
+        Box::pin(async move { store.job(job).await }.into_actor(self).then(
+            move |r, act, _ctx| -> Reply {
+                match r {
+                    Err(e) => ready(Err(e.into())),
+                    Ok(j) if !caller.may_cancel(&j) => ready(Err(
+                        caller.denied(&format!("cancel job {job} of {}", j.submitter))
+                    )),
+                    Ok(_) => act.cancel_permitted(job),
+                }
+            },
+        ))
+    }
+
+    /// `Jobs`, `Job`, `Results` and `LogSource`, should they reach the
+    /// actor: answered from the store, as the server answers them.
+    pub(in crate::lab) fn read(&mut self, req: LabRequest) -> Reply {
+        let store = self.store.clone();
+        Box::pin(async move { read_query(&store, req).await }.into_actor(self))
+    }
+
+    /// Cancels a job the caller may cancel: a queued one ends Canceled now,
+    /// a running one is stopped by its board (which powers it off).
+    fn cancel_permitted(&mut self, job: JobId) -> Reply {
+        let store = self.store.clone();
+        if let Some(pos) = self.queue.iter().position(|q| q.id == job) {
+            let q = self.queue.remove(pos);
+            return Box::pin(
+                async move {
+                    store
+                        .update_job(job, |j| {
+                            j.finish(JobOutcome::canceled("canceled before it started"));
+                            Ok(())
+                        })
+                        .await?;
+                    Ok::<_, ApiError>(())
+                }
+                .into_actor(self)
+                .map(move |r, act, ctx| {
+                    match &r {
+                        // Nothing changed on disk: the job stays queued.
+                        Err(_) => act.enqueue(q, ctx),
+                        Ok(()) => act.metrics.job_finished("Canceled"),
+                    }
+                    r.map(|_| LabReply::Done)
+                }),
+            );
+        }
+        let running = self
+            .boards
+            .values()
+            .find(|s| s.job == Some(job))
+            .map(|s| s.addr.clone());
+        Box::pin(
+            async move {
+                let Some(addr) = running else {
+                    let j = store.job(job).await?;
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidState,
+                        format!("job {job} is {} {}; nothing to cancel", j.state, j.health),
+                    ));
+                };
+                store
+                    .update_job(job, |j| {
+                        if j.state == JobState::Finished {
+                            return Err("job already finished".into());
+                        }
+                        j.state = JobState::Canceling;
+                        Ok(())
+                    })
+                    .await?;
+                addr.do_send(StopJob {
+                    id: job,
+                    outcome: JobOutcome::canceled("canceled by request"),
+                });
+                Ok(LabReply::Done)
+            }
+            .into_actor(self),
+        )
+    }
+
+    /// Refuses a job that no board of this lab could ever run.
+    fn check_runnable(&self, def: &JobDefinition) -> Result<(), ApiError> {
+        let Some(dt) = self.device_types.get(&def.device_type) else {
+            return Err(ApiError::new(
+                ErrorCode::NoSuchDeviceType,
+                format!("unknown device type `{}`", def.device_type),
+            ));
+        };
+        let wants = JobView::of(def);
+        let any = self.boards.values().any(|s| {
+            wants.fits(&s.cfg.device_type, &s.cfg.tags) && s.health != BoardHealth::Retired
+        });
+        if !any {
+            return Err(ApiError::new(
+                ErrorCode::NoSuchDeviceType,
+                format!(
+                    "no board of device type `{}` with tags {:?} in this lab",
+                    def.device_type, def.tags
+                ),
+            ));
+        }
+        for a in &def.actions {
+            if let job::Action::Boot(b) = a {
+                let reject = |m: String| Err(ApiError::new(ErrorCode::InvalidJob, m));
+                match b.method {
+                    job::BootMethod::UBoot if dt.bootloader.is_none() => {
+                        return reject(format!(
+                            "device type `{}` has no bootloader; boot it with `method: minimal` or `qemu`",
+                            dt.name
+                        ))
+                    }
+                    job::BootMethod::Qemu if dt.direct_boot.is_none() => {
+                        return reject(format!(
+                            "device type `{}` cannot boot a kernel directly (no `direct_boot`); use `method: u-boot`",
+                            dt.name
+                        ))
+                    }
+                    _ => {}
+                }
+                if let BootCommands::Named(n) = &b.commands {
+                    if !dt
+                        .bootloader
+                        .as_ref()
+                        .is_some_and(|bl| bl.commands.contains_key(n))
+                    {
+                        return Err(ApiError::new(
+                            ErrorCode::InvalidJob,
+                            format!("device type `{}` has no boot commands named `{n}`", dt.name),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a job whose `file://` artifacts its submitter may not have
+/// deployed (see [`crate::local_file`]), naming the first one's key path.
+fn check_local_files(
+    files: &[(Location, String)],
+    reader: Option<&Identity>,
+    roots: &FileRoots,
+) -> Result<(), ApiError> {
+    for (at, path) in files {
+        if let Err(e) = local_file::open(path, reader, roots) {
+            // A file not there yet may be by the time the job runs (a build
+            // still writing it): its deploy checks everything again.
+            if matches!(&e, FileRefusal::Unreadable { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+            {
+                continue;
+            }
+            let code = match e {
+                FileRefusal::NoRoots { .. }
+                | FileRefusal::OutsideRoots { .. }
+                | FileRefusal::Unreadable { .. }
+                | FileRefusal::NotPublic { .. } => ErrorCode::PermissionDenied,
+                FileRefusal::NotRegular { .. }
+                | FileRefusal::KernelFs { .. }
+                | FileRefusal::Raced { .. } => ErrorCode::InvalidJob,
+            };
+            return Err(ApiError {
+                code,
+                message: format!("{at}: {e}"),
+                location: Some(at.clone()),
+            });
+        }
+    }
+    Ok(())
+}
