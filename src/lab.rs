@@ -17,7 +17,7 @@ use crate::job::{self, BootCommands, Diagnostic, JobDefinition};
 use crate::model::*;
 use crate::power::{self, PowerAction};
 use crate::runner::{Phase, TftpInfo};
-use crate::store::{JobFilter, Store};
+use crate::store::{JobFilter, Refused, Retention, Store, StoreReader};
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -149,7 +149,7 @@ pub enum LabReply {
     /// The boards, and how many jobs are queued for a board.
     Boards(Vec<BoardInfo>, usize),
     Bytes(Vec<u8>),
-    LogSource(Store),
+    LogSource(StoreReader),
     Text(String),
     Reloaded(Vec<String>),
     ConsoleStream(Vec<u8>, tokio::sync::broadcast::Receiver<Vec<u8>>),
@@ -583,7 +583,7 @@ impl LabActor {
         self.metrics.job_finished("Canceled");
         let fut = self.store.update_job(id, move |j| {
             if j.state != JobState::Submitted {
-                return Err(format!("job {id} is {}", j.state));
+                return Err(Refused(format!("job {id} is {}", j.state)));
             }
             j.finish(JobOutcome::canceled(msg));
             Ok(())
@@ -754,7 +754,7 @@ impl LabActor {
             store
                 .update_job(id, move |j| {
                     if j.state != JobState::Submitted {
-                        return Err(format!("job {id} is {} already", j.state));
+                        return Err(Refused(format!("job {id} is {} already", j.state)));
                     }
                     j.state = JobState::Scheduled;
                     j.board = Some(bn);
@@ -836,7 +836,7 @@ impl LabActor {
             id,
             move |j| {
                 if j.state == JobState::Finished {
-                    return Err(format!("job {id} already finished"));
+                    return Err(Refused(format!("job {id} already finished")));
                 }
                 // A job being canceled ends Canceled whatever the runner saw.
                 let mut o = if j.state == JobState::Canceling && o2.health != JobHealth::Canceled {
@@ -1048,7 +1048,9 @@ impl Actor for LabActor {
             let every =
                 std::time::Duration::from_secs(self.cfg.retention.interval_minutes.max(1) * 60);
             ctx.run_interval(every, |act, _ctx| {
-                let fut = act.store.prune_logs(act.cfg.retention.now());
+                let fut = act
+                    .store
+                    .prune_logs(Retention::from_config(&act.cfg.retention));
                 actix::spawn(async move { log_prune(fut.await) });
             });
         }
@@ -1057,7 +1059,7 @@ impl Actor for LabActor {
             .cfg
             .retention
             .enabled()
-            .then(|| self.cfg.retention.now());
+            .then(|| Retention::from_config(&self.cfg.retention));
         let maxima = self.cfg.limits.timeout_maxima();
         ctx.wait(Self::reconcile(store, retention, maxima).into_actor(self).map(|res, act, ctx| {
             match res {
@@ -1309,7 +1311,7 @@ impl LabRequest {
 /// Job records need no actor to read them: every change to one is in sled
 /// before it is acknowledged, so a read here sees every acknowledged change,
 /// exactly what the lab actor would read for the same query.
-pub async fn read_query(store: &Store, req: LabRequest) -> Result<LabReply, ApiError> {
+pub async fn read_query(store: &StoreReader, req: LabRequest) -> Result<LabReply, ApiError> {
     Ok(match req {
         LabRequest::Jobs(filter) => LabReply::Jobs(store.list_jobs(filter).await?),
         LabRequest::Job { job } => {
@@ -1477,7 +1479,7 @@ impl Handler<LabRequest> for LabActor {
             | LabRequest::Job { .. }
             | LabRequest::Results { .. }
             | LabRequest::LogSource { .. }) => {
-                Box::pin(async move { read_query(&store, req).await }.into_actor(self))
+                Box::pin(async move { read_query(&store.reader(), req).await }.into_actor(self))
             }
             LabRequest::Reload { caller } => {
                 if let Err(e) = caller.require_admin("reload the config") {
