@@ -170,16 +170,6 @@ fn default_retention_interval() -> u64 {
 }
 
 impl RetentionConfig {
-    /// The policy as of now.
-    pub fn now(&self) -> crate::store::Retention {
-        crate::store::Retention {
-            ended_before: self
-                .max_log_age_days
-                .map(|d| crate::model::now_ms().saturating_sub(d.saturating_mul(86_400_000))),
-            max_total_bytes: self.max_log_total_bytes,
-        }
-    }
-
     pub fn enabled(&self) -> bool {
         self.max_log_age_days.is_some() || self.max_log_total_bytes.is_some()
     }

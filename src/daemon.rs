@@ -178,7 +178,7 @@ pub async fn start(
     // Everything that can refuse the config is checked before the socket
     // exists, so a refused start leaves no socket behind and no client waits
     // on a lab that will not come.
-    let store_handle = store.clone();
+    let store_reader = store.reader();
     let lab = LabActor::new(cfg, store, device_types, tftp, metrics.clone())
         .map_err(StartError::Lab)?
         .with_config_path(config_path);
@@ -228,7 +228,7 @@ pub async fn start(
             "the lab stopped while reconciling the store at start",
         ))
     })?;
-    let server = crate::server::serve(listener, lab.clone(), store_handle, limits, metrics)
+    let server = crate::server::serve(listener, lab.clone(), store_reader, limits, metrics)
         .map_err(socket_err)?;
     tracing::info!(socket = %socket.display(), "labd ready");
     crate::systemd::ready();

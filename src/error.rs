@@ -169,18 +169,3 @@ impl From<ConfigError> for ApiError {
         }
     }
 }
-
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::NoSuchJob(id) => {
-                ApiError::new(ErrorCode::NoSuchJob, format!("no such job {id}"))
-            }
-            crate::store::StoreError::Rejected(m) => ApiError::new(ErrorCode::InvalidState, m),
-            e @ crate::store::StoreError::NoSpace(_) => {
-                ApiError::new(ErrorCode::NoSpace, e.to_string())
-            }
-            other => ApiError::new(ErrorCode::Store, other.to_string()),
-        }
-    }
-}

@@ -55,7 +55,7 @@ use crate::lab::{read_query, Caller, LabActor, LabReply, LabRequest};
 use crate::model::{BoardHealth, JobId, JobState};
 use crate::power::PowerAction;
 use crate::protocol::*;
-use crate::store::{Change, JobFilter, Store};
+use crate::store::{Change, JobFilter, StoreReader};
 use actix::Addr;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -167,7 +167,7 @@ impl ServerHandle {
 pub fn serve(
     listener: UnixListener,
     lab: Addr<LabActor>,
-    store: Store,
+    store: StoreReader,
     limits: ServerLimits,
     metrics: crate::metrics::Metrics,
 ) -> std::io::Result<ServerHandle> {
@@ -219,9 +219,9 @@ struct Server {
     lab: Addr<LabActor>,
     /// Connections held by non-admins, in all and by uid.
     users: std::rc::Rc<std::cell::RefCell<UserSlots>>,
-    store: Store,
+    store: StoreReader,
     /// The same store, read on the socket thread (see [`small_read`]).
-    inline_store: Store,
+    inline_store: StoreReader,
     limits: ServerLimits,
     metrics: crate::metrics::Metrics,
 }
@@ -349,7 +349,7 @@ const INLINE_PAGE: usize = 500;
 
 /// Whether a read of job records is small enough to run on the socket
 /// thread itself, saving the two thread wake-ups of a blocking-pool read
-/// (see `Store::reading_inline`): one job with its events, a check that a
+/// (see `StoreReader::reading_inline`): one job with its events, a check that a
 /// job exists, or a page of jobs found through the job or state index with
 /// no filter that could make it scan the whole store. A job's results have
 /// no bound on their number, nor has a filtered page: those run on the pool.
@@ -1094,7 +1094,7 @@ fn reply_body(reply: LabReply) -> Vec<u8> {
 /// closes, a follow of a job that has not finished ends with `shutting_down`.
 async fn stream_logs(
     id: u64,
-    store: Store,
+    store: StoreReader,
     job: JobId,
     mut offset: u64,
     follow: bool,

@@ -20,7 +20,7 @@ use crate::job::Diagnostic;
 use crate::model::{BoardHealth, BoardState, JobEvent, JobId, JobRecord, TestCase};
 use crate::power::{self, PowerAction};
 use crate::runner::Phase;
-use crate::store::{JobFilter, Store};
+use crate::store::{JobFilter, StoreReader};
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -151,7 +151,7 @@ pub enum LabReply {
     /// The boards, and how many jobs are queued for a board.
     Boards(Vec<BoardInfo>, usize),
     Bytes(Vec<u8>),
-    LogSource(Store),
+    LogSource(StoreReader),
     Text(String),
     Reloaded(Vec<String>),
     ConsoleStream(Vec<u8>, tokio::sync::broadcast::Receiver<Vec<u8>>),
@@ -182,7 +182,7 @@ impl LabRequest {
 /// Job records need no actor to read them: every change to one is in sled
 /// before it is acknowledged, so a read here sees every acknowledged change,
 /// exactly what the lab actor would read for the same query.
-pub async fn read_query(store: &Store, req: LabRequest) -> Result<LabReply, ApiError> {
+pub async fn read_query(store: &StoreReader, req: LabRequest) -> Result<LabReply, ApiError> {
     Ok(match req {
         LabRequest::Jobs(filter) => LabReply::Jobs(store.list_jobs(filter).await?),
         LabRequest::Job { job } => {

@@ -17,6 +17,7 @@ use super::health;
 use super::queue::next_attempt;
 use super::LabActor;
 use crate::model::{BoardState, ErrorClass, JobHealth, JobId, JobOutcome, JobState, PhaseTime};
+use crate::store::Refused;
 use actix::prelude::*;
 
 impl LabActor {
@@ -55,7 +56,7 @@ impl LabActor {
             id,
             move |j| {
                 if j.state == JobState::Finished {
-                    return Err(format!("job {id} already finished"));
+                    return Err(Refused(format!("job {id} already finished")));
                 }
                 // A job being canceled ends Canceled whatever the runner saw.
                 let mut o = if j.state == JobState::Canceling && o2.health != JobHealth::Canceled {

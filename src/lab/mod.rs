@@ -179,7 +179,9 @@ impl Actor for LabActor {
             let every =
                 std::time::Duration::from_secs(self.cfg.retention.interval_minutes.max(1) * 60);
             ctx.run_interval(every, |act, _ctx| {
-                let fut = act.store.prune_logs(act.cfg.retention.now());
+                let fut = act
+                    .store
+                    .prune_logs(crate::store::Retention::from_config(&act.cfg.retention));
                 actix::spawn(async move { reconcile::log_prune(fut.await) });
             });
         }

@@ -20,6 +20,7 @@ use crate::job::{self, JobDefinition};
 use crate::model::{
     now_ms, ErrorClass, Identity, JobHealth, JobId, JobOutcome, JobRecord, JobState,
 };
+use crate::store::Refused;
 use actix::prelude::*;
 
 /// A job waiting for a board.
@@ -81,7 +82,7 @@ impl LabActor {
         self.metrics.job_finished("Canceled");
         let fut = self.store.update_job(id, move |j| {
             if j.state != JobState::Submitted {
-                return Err(format!("job {id} is {}", j.state));
+                return Err(Refused(format!("job {id} is {}", j.state)));
             }
             j.finish(JobOutcome::canceled(msg));
             Ok(())

@@ -35,7 +35,7 @@ impl LabActor {
             .cfg
             .retention
             .enabled()
-            .then(|| self.cfg.retention.now());
+            .then(|| crate::store::Retention::from_config(&self.cfg.retention));
         let maxima = self.cfg.limits.timeout_maxima();
         ctx.wait(
             reconcile(store, retention, maxima)

@@ -27,6 +27,7 @@ use super::LabActor;
 use crate::board::StartJob;
 use crate::job::JobDefinition;
 use crate::model::{now_ms, BoardHealth, BoardState, ErrorClass, JobId, JobOutcome, JobState};
+use crate::store::Refused;
 use actix::prelude::*;
 use std::cmp::Reverse;
 
@@ -222,7 +223,7 @@ impl LabActor {
             store
                 .update_job(id, move |j| {
                     if j.state != JobState::Submitted {
-                        return Err(format!("job {id} is {} already", j.state));
+                        return Err(Refused(format!("job {id} is {} already", j.state)));
                     }
                     j.state = JobState::Scheduled;
                     j.board = Some(bn);

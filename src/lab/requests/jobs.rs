@@ -130,7 +130,7 @@ impl LabActor {
     /// actor: answered from the store, as the server answers them.
     pub(in crate::lab) fn read(&mut self, req: LabRequest) -> Reply {
         let store = self.store.clone();
-        Box::pin(async move { read_query(&store, req).await }.into_actor(self))
+        Box::pin(async move { read_query(&store.reader(), req).await }.into_actor(self))
     }
 
     /// Cancels a job the caller may cancel: a queued one ends Canceled now,
