@@ -1,13 +1,59 @@
 //! The board actor: the one owner of a board's console, power relay and boot
 //! state machine.
 //!
-//! Console bytes arrive as messages from a reader task, so the actor sees
-//! every byte in order: while a job runs they go to the job's log (flushed to
-//! the store in batches) and to the job's runner; while idle they go to a
-//! bounded ring buffer. A job runs as a runner future spawned in this actor's
+//! A console connection's reads are a stream of this actor's context, so
+//! the actor sees every byte in order: while a job runs they are queued for
+//! the job's log (the store writes them in groups) and passed to the job's
+//! runner through its `ConsoleFeed`; while idle they go to a bounded ring
+//! buffer. A job runs as a runner future spawned in this actor's
 //! context (see `runner`); cancelling is dropping that future, after which
 //! the actor powers the board off itself. The actor never blocks: store
 //! writes and power commands are futures.
+//!
+//! ## Console bytes as an actor stream
+//!
+//! A console connection's reads are a stream added to the board actor's
+//! context (`ctx.add_stream`), each item tagged with the connection's
+//! generation. The actor handles a read where its context polls it: no
+//! message envelope, reply channel or second task's wake-up per read (at
+//! 1000 streaming boards that machinery was about a sixth of the actors'
+//! thread). The actor counts the bytes, copies them into the job's queued
+//! log chunk (`Store::queue_log`) and hands the read's own buffer to the
+//! runner; when idle, to a bounded ring buffer. End of file or an error is
+//! the stream's last item and triggers a reconnect with backoff, noted in
+//! the job log; a new connection cancels the old one's stream, so no stale
+//! bytes arrive. Memory stays bounded under a flood: the stream is read
+//! again only after the actor handled the last read (so the kernel's buffer
+//! fills and the source slows down), the runner's feed is bounded by bytes
+//! waiting (`ConsoleFeed`; the excess is dropped for matching and noted),
+//! and a job's stored log stops at `limits.max_job_log_bytes` with a note.
+//! The reads live in the actor's context and its writer task is owned
+//! (`AbortOnDrop`) by the actor, so neither outlives it nor holds the
+//! console open for a replacement.
+//!
+//! ## Supervision
+//!
+//! actix does not restart an actor whose handler panicked: tokio catches the
+//! panic and drops the actor's context, and that `Drop` still runs
+//! `stopped`, so `stopped` cannot tell a crash from a stop. Each
+//! `BoardActor` holds a `DeathGuard` whose `Drop` always sends
+//! `BoardReport::Died` to the lab (a board actor never stops on purpose
+//! while the lab runs). The lab starts a new board actor, has it power the
+//! board off, then ends the job Incomplete (Bug) and sets the board Unknown.
+//! A start request that finds the mailbox closed is left to that report. A
+//! panic is logged through tracing by the daemon's panic hook.
+//! (Event-driven: no polling of `Addr::connected`.) Tests inject panics with
+//! `LABD_INJECT_PANIC` (module `faults`), once per listed fault.
+//!
+//! ## Invariants
+//!
+//! The only owner of its console and power relay. It never blocks; power
+//! commands and store writes are futures. It reports the end of a job only
+//! after the power-off attempt and the last log flush. It never waits on the
+//! store for console bytes (they are queued). Its console tasks never
+//! outlive it; it stops on purpose only on `Retire`, otherwise its death is
+//! reported. A job's log never exceeds `max_job_log_bytes` (plus labd's own
+//! notes).
 
 use crate::console::Console;
 use crate::device_type::DeviceType;
@@ -44,8 +90,23 @@ pub enum BoardReport {
     },
 }
 
+/// Why a board refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BoardError {
+    #[error("board {board} is busy with job {job}")]
+    Busy { board: String, job: JobId },
+    #[error("board {board} is running job {job}")]
+    Running { board: String, job: JobId },
+    #[error("board {0}: console not attached")]
+    NotAttached(String),
+    #[error("board {0}: console closed")]
+    ConsoleClosed(String),
+    #[error(transparent)]
+    Power(#[from] crate::power::PowerError),
+}
+
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), BoardError>")]
 pub struct StartJob {
     pub id: JobId,
     pub def: JobDefinition,
@@ -63,7 +124,7 @@ pub struct StopJob {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), BoardError>")]
 pub struct PowerBoard(pub PowerAction);
 
 /// The idle console: what the board printed while no job ran.
@@ -80,7 +141,7 @@ pub struct WatchConsole;
 /// Bytes typed by an admin on an idle board's console. They go into the
 /// board's idle log too, so every byte typed and shown is kept.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), BoardError>")]
 pub struct TypeConsole(pub Vec<u8>);
 
 /// What a console's reads give its board actor, tagged with the
@@ -634,12 +695,15 @@ impl Handler<PhaseChanged> for BoardActor {
 }
 
 impl Handler<StartJob> for BoardActor {
-    type Result = Result<(), String>;
+    type Result = Result<(), BoardError>;
     fn handle(&mut self, msg: StartJob, ctx: &mut Context<Self>) -> Self::Result {
         let span = self.span.clone();
         let _in_board = span.enter();
         if let Some(j) = &self.job {
-            return Err(format!("board {} is busy with job {}", self.name, j.id));
+            return Err(BoardError::Busy {
+                board: self.name.clone(),
+                job: j.id,
+            });
         }
         let reconnect_limit = msg.def.timeouts.connection.unwrap_or(self.reconnect_limit);
         let (input_tx, input_rx) = ConsoleFeed::new();
@@ -750,14 +814,17 @@ impl Handler<StopJob> for BoardActor {
 }
 
 impl Handler<PowerBoard> for BoardActor {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), BoardError>>;
     fn handle(&mut self, msg: PowerBoard, _ctx: &mut Context<Self>) -> Self::Result {
         if let Some(j) = &self.job {
-            let err = format!("board {} is running job {}", self.name, j.id);
+            let err = BoardError::Running {
+                board: self.name.clone(),
+                job: j.id,
+            };
             return Box::pin(async move { Err(err) });
         }
         let power = self.power.clone();
-        Box::pin(async move { power.switch(msg.0).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { Ok(power.switch(msg.0).await?) })
     }
 }
 
@@ -772,16 +839,19 @@ impl Handler<WatchConsole> for BoardActor {
 }
 
 impl Handler<TypeConsole> for BoardActor {
-    type Result = Result<(), String>;
+    type Result = Result<(), BoardError>;
     fn handle(&mut self, msg: TypeConsole, _ctx: &mut Context<Self>) -> Self::Result {
         if let Some(j) = &self.job {
-            return Err(format!("board {} is running job {}", self.name, j.id));
+            return Err(BoardError::Running {
+                board: self.name.clone(),
+                job: j.id,
+            });
         }
         let Some(w) = &self.writer else {
-            return Err(format!("board {}: console not attached", self.name));
+            return Err(BoardError::NotAttached(self.name.clone()));
         };
         w.send(msg.0.clone())
-            .map_err(|_| format!("board {}: console closed", self.name))?;
+            .map_err(|_| BoardError::ConsoleClosed(self.name.clone()))?;
         self.ring.extend(msg.0);
         while self.ring.len() > self.ring_cap {
             self.ring.pop_front();

@@ -266,7 +266,7 @@ async fn accept_loop(
                         Ok(s) => Some(s),
                         Err(msg) => {
                             tracing::warn!(uid, "{msg}");
-                            tokio::task::spawn_local(refuse_busy(stream, msg));
+                            tokio::task::spawn_local(refuse_busy(stream, msg.to_string()));
                             continue;
                         }
                     }
@@ -318,22 +318,27 @@ impl Drop for UserSlot {
     }
 }
 
+/// Which connection limit a non-admin's new connection hit.
+#[derive(Debug, thiserror::Error)]
+enum SlotsFull {
+    #[error("labd serves {0} connections at most to users other than admins (limits.max_connections less limits.admin_connections); try again later")]
+    Users(usize),
+    #[error("uid {uid} already has {open} connections open (limits.max_connections_per_user); close one first")]
+    User { uid: u32, open: usize },
+}
+
 impl Server {
     /// Takes a non-admin's slot for `uid`, or says which limit is full.
-    fn user_slot(&self, uid: u32) -> Result<UserSlot, String> {
+    fn user_slot(&self, uid: u32) -> Result<UserSlot, SlotsFull> {
         let l = &self.limits;
         let mut u = self.users.borrow_mut();
         let room = l.max_connections.saturating_sub(l.admin_connections);
         if u.all >= room {
-            return Err(format!(
-                "labd serves {room} connections at most to users other than admins (limits.max_connections less limits.admin_connections); try again later"
-            ));
+            return Err(SlotsFull::Users(room));
         }
         let mine = u.by_uid.get(&uid).copied().unwrap_or(0);
         if mine >= l.max_connections_per_user {
-            return Err(format!(
-                "uid {uid} already has {mine} connections open (limits.max_connections_per_user); close one first"
-            ));
+            return Err(SlotsFull::User { uid, open: mine });
         }
         u.all += 1;
         *u.by_uid.entry(uid).or_default() += 1;

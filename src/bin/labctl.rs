@@ -615,40 +615,6 @@ async fn console(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_characters_are_shown_not_obeyed() {
-        assert_eq!(visible("plain name"), "plain name");
-        assert_eq!(
-            visible("a\x1b[2Jb\r\n\x07\0\u{7f}\u{9b}c"),
-            "a\\x1b[2Jb\\x0d\\x0a\\x07\\x00\\x7f\\x9bc"
-        );
-        assert_eq!(visible("abc\u{202e}fed"), "abc\\u{202e}fed");
-    }
-
-    #[test]
-    fn xml_attributes_hold_any_text() {
-        assert_eq!(
-            xml("<a&b\"c'\td\ne\u{1b}\u{fffe}é"),
-            "&lt;a&amp;b&quot;c&apos;&#9;d&#10;e\u{fffd}\u{fffd}é"
-        );
-    }
-
-    #[test]
-    fn tilde_commands_only_at_the_start_of_a_line() {
-        let mut e = EscapeReader::new();
-        assert_eq!(e.feed(b"ls ~/x\r"), (b"ls ~/x\r".to_vec(), None));
-        assert_eq!(e.feed(b"~~ok"), (b"~ok".to_vec(), None));
-        assert_eq!(e.feed(b"\n~p"), (b"\n".to_vec(), Some(Escape::PowerCycle)));
-        let mut e = EscapeReader::new();
-        assert_eq!(e.feed(b"~"), (vec![], None));
-        assert_eq!(e.feed(b"."), (vec![], Some(Escape::Leave)));
-    }
-}
-
 /// `labctl validate`: parses a job file locally, as labd would.
 fn validate(file: &std::path::Path, json: bool) -> anyhow::Result<u8> {
     let text =
@@ -873,4 +839,38 @@ async fn top(c: &mut Client, interval: f64, once: bool) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(visible("plain name"), "plain name");
+        assert_eq!(
+            visible("a\x1b[2Jb\r\n\x07\0\u{7f}\u{9b}c"),
+            "a\\x1b[2Jb\\x0d\\x0a\\x07\\x00\\x7f\\x9bc"
+        );
+        assert_eq!(visible("abc\u{202e}fed"), "abc\\u{202e}fed");
+    }
+
+    #[test]
+    fn xml_attributes_hold_any_text() {
+        assert_eq!(
+            xml("<a&b\"c'\td\ne\u{1b}\u{fffe}é"),
+            "&lt;a&amp;b&quot;c&apos;&#9;d&#10;e\u{fffd}\u{fffd}é"
+        );
+    }
+
+    #[test]
+    fn tilde_commands_only_at_the_start_of_a_line() {
+        let mut e = EscapeReader::new();
+        assert_eq!(e.feed(b"ls ~/x\r"), (b"ls ~/x\r".to_vec(), None));
+        assert_eq!(e.feed(b"~~ok"), (b"~ok".to_vec(), None));
+        assert_eq!(e.feed(b"\n~p"), (b"\n".to_vec(), Some(Escape::PowerCycle)));
+        let mut e = EscapeReader::new();
+        assert_eq!(e.feed(b"~"), (vec![], None));
+        assert_eq!(e.feed(b"."), (vec![], Some(Escape::Leave)));
+    }
 }

@@ -32,7 +32,18 @@ use actix::prelude::*;
 use std::cmp::Reverse;
 
 /// The start error that means the board actor died while taking a job.
-const BOARD_DIED: &str = "board actor died";
+/// Why handing a job to its board failed.
+#[derive(Debug, thiserror::Error)]
+enum HandOver {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Board(#[from] crate::board::BoardError),
+    /// The board actor's mailbox closed: it died taking the job, and its
+    /// death report ends the job (as a Bug), not this path.
+    #[error("board actor died")]
+    BoardDied,
+}
 
 /// A queued job's place in line: the higher priority first, then the
 /// older, then the lower id. Greater is better.
@@ -229,17 +240,14 @@ impl LabActor {
                     j.board = Some(bn);
                     Ok(())
                 })
-                .await
-                .map_err(|e| e.to_string())?;
-            // A closed mailbox means the board actor died taking the job;
-            // its death report ends the job (as a Bug), not this path.
+                .await?;
             addr.send(StartJob {
                 id,
                 def: q.def,
                 reader: q.reader,
             })
             .await
-            .map_err(|_| BOARD_DIED.to_owned())??;
+            .map_err(|_| HandOver::BoardDied)??;
             store
                 .update_job(id, |j| {
                     if j.state == JobState::Scheduled {
@@ -248,19 +256,18 @@ impl LabActor {
                     j.start_time = Some(now_ms());
                     Ok(())
                 })
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+                .await?;
+            Ok::<(), HandOver>(())
         };
         ctx.spawn(
             fut.into_actor(self)
-                .map(move |res: Result<(), String>, act, ctx| {
+                .map(move |res: Result<(), HandOver>, act, ctx| {
                     if let Some(s) = act.boards.get_mut(&board) {
                         if s.job == Some(id) && s.state == BoardState::Reserved {
                             s.state = BoardState::Running;
                         }
                     }
-                    if let Some(e) = res.err().filter(|e| e != BOARD_DIED) {
+                    if let Some(e) = res.err().filter(|e| !matches!(e, HandOver::BoardDied)) {
                         tracing::error!(job = id, %board, error = %e, "starting job failed");
                         act.finish(
                             id,

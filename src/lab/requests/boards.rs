@@ -13,7 +13,7 @@
 //!   restart.
 
 use super::{not_found, ready, Reply};
-use crate::board::{BoardActor, IdleConsole, PowerBoard, TypeConsole, WatchConsole};
+use crate::board::{BoardActor, BoardError, IdleConsole, PowerBoard, TypeConsole, WatchConsole};
 use crate::error::{ApiError, ErrorCode};
 use crate::lab::{BoardInfo, Caller, LabActor, LabReply};
 use crate::model::{BoardHealth, BoardRecord, BoardState};
@@ -225,7 +225,7 @@ impl LabActor {
     /// hardware is a Hardware error.
     fn send_by_hand<M>(&mut self, addr: Addr<BoardActor>, msg: M) -> Reply
     where
-        M: Message<Result = Result<(), String>> + Send + 'static,
+        M: Message<Result = Result<(), BoardError>> + Send + 'static,
         BoardActor: Handler<M>,
     {
         Box::pin(
@@ -233,7 +233,7 @@ impl LabActor {
                 addr.send(msg)
                     .await
                     .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-                    .map_err(|e| ApiError::new(ErrorCode::Hardware, e))?;
+                    .map_err(|e| ApiError::new(ErrorCode::Hardware, e.to_string()))?;
                 Ok(LabReply::Done)
             }
             .into_actor(self),
