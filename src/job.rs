@@ -211,6 +211,10 @@ pub enum BootMethod {
     Minimal,
     /// The relay boots the deployed kernel itself (QEMU `-kernel`).
     Qemu,
+    /// LAVA's `bootloader`: power on, interrupt the bootloader, send the
+    /// commands, and stay at its prompt (for `interactive` tests of the
+    /// bootloader itself).
+    Bootloader,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,7 +230,76 @@ pub struct Test {
     /// LAVA's `failure_retry`: attempts in all, sharing the block's timeout.
     #[serde(default)]
     pub failure_retry: Option<u32>,
+    /// Shell test definitions; empty for an interactive or monitors test.
     pub definitions: Vec<TestDefinition>,
+    /// LAVA's `interactive` scripts: commands sent to a prompt (a
+    /// bootloader's or a shell's) and their answers matched.
+    #[serde(default)]
+    pub interactive: Vec<InteractiveScript>,
+    /// LAVA's `monitors`: results read from the console with no shell.
+    #[serde(default)]
+    pub monitors: Vec<Monitor>,
+}
+
+/// One script of an `interactive` test: its commands all wait for its prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InteractiveScript {
+    pub name: String,
+    /// Regexes, as LAVA's (pexpect's) patterns.
+    pub prompts: Vec<String>,
+    /// `echo: discard`: the line after each command (its echo) is skipped.
+    #[serde(default)]
+    pub discard_echo: bool,
+    pub steps: Vec<InteractiveStep>,
+    /// Test case names that must be reported; a missing one is a fail.
+    #[serde(default)]
+    pub expected: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InteractiveStep {
+    /// Waits this long before the next step.
+    Delay(Duration),
+    Command(InteractiveCommand),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InteractiveCommand {
+    /// What is sent, with LAVA's placeholders; `None` sends nothing and
+    /// only waits.
+    pub command: Option<String>,
+    /// The test case this command reports; an unnamed command that fails
+    /// ends the job.
+    pub name: Option<String>,
+    pub successes: Vec<String>,
+    pub failures: Vec<InteractiveFailure>,
+    pub wait_for_prompt: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InteractiveFailure {
+    pub message: String,
+    /// LAVA's `exception`: the class of the error that ends the job when
+    /// this failure is seen; without it, the test case fails and the job
+    /// goes on.
+    pub exception: Option<crate::model::ErrorClass>,
+    /// The error's message (`error`), else the text that matched.
+    pub error: Option<String>,
+}
+
+/// One `monitors` entry: between `start` and `end`, each match of
+/// `pattern` is a test case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Monitor {
+    pub name: String,
+    pub start: String,
+    pub end: String,
+    /// A regex with the named groups `test_case_id` and `result` (or
+    /// `measurement`), and optionally `units`.
+    pub pattern: String,
+    pub fixupdict: BTreeMap<String, String>,
+    #[serde(default)]
+    pub expected: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1098,11 +1171,12 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                     "u-boot" => method = Some(BootMethod::UBoot),
                     "minimal" => method = Some(BootMethod::Minimal),
                     "qemu" => method = Some(BootMethod::Qemu),
+                    "bootloader" => method = Some(BootMethod::Bootloader),
                     _ => ctx.unsupported(
                         &p,
                         val.span(),
                         format!(
-                            "boot method `{s}` is not supported; labd boots with `method: u-boot`, `minimal` or `qemu`"
+                            "boot method `{s}` is not supported; labd boots with `method: u-boot`, `minimal`, `qemu` or `bootloader`"
                         ),
                     ),
                 }
@@ -1153,6 +1227,23 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                     ctx.unsupported(&p, val.span(), "a qemu boot supports `media: tmpfs` only");
                 }
             }
+            // LAVA's `bootloader` method names which bootloader it stops
+            // in; labd's device types describe a U-Boot.
+            "bootloader"
+                if m.get_node("method")
+                    .and_then(|n| n.as_scalar())
+                    .is_some_and(|s| s.as_str() == "bootloader") =>
+            {
+                if let Some(b) = ctx.string(&p, val) {
+                    if b != "u-boot" {
+                        ctx.unsupported(
+                            &p,
+                            val.span(),
+                            format!("bootloader `{b}` is not supported; labd stops in `u-boot`"),
+                        );
+                    }
+                }
+            }
             "type"
             | "media"
             | "bootloader"
@@ -1181,6 +1272,18 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
             v.span(),
             "missing required key `commands`",
         );
+    }
+    if method == Some(BootMethod::Bootloader) {
+        if m.get_node("bootloader").is_none() {
+            ctx.err(
+                &format!("{path}.bootloader"),
+                v.span(),
+                "missing required key `bootloader` (`u-boot`)",
+            );
+        }
+        if commands.is_none() && m.get_node("commands").is_none() {
+            commands = Some(BootCommands::Inline(Vec::new()));
+        }
     }
     if method == Some(BootMethod::Minimal) || method == Some(BootMethod::Qemu) {
         if let Some(c) = m.get_node("commands") {
@@ -1249,6 +1352,9 @@ fn parse_test(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Test> {
     let m = ctx.mapping(path, v)?;
     let mut common = ActionCommon::default();
     let mut definitions = None;
+    let mut interactive = None;
+    let mut monitors = None;
+    let mut kinds = 0;
     for (k, val) in m.iter() {
         if common_action_key(ctx, path, k, val, &mut common) {
             continue;
@@ -1256,6 +1362,7 @@ fn parse_test(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Test> {
         let p = format!("{path}.{}", k.as_str());
         match k.as_str() {
             "definitions" => {
+                kinds += 1;
                 let Node::Sequence(seq) = val else {
                     ctx.err(&p, val.span(), "expected a list of test definitions");
                     continue;
@@ -1268,30 +1375,367 @@ fn parse_test(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Test> {
                 }
                 definitions = Some(defs);
             }
-            "interactive" | "monitors" | "docker" => ctx.unsupported(
+            "interactive" => {
+                kinds += 1;
+                interactive = parse_list(ctx, &p, val, parse_interactive);
+            }
+            "monitors" => {
+                kinds += 1;
+                monitors = parse_list(ctx, &p, val, parse_monitor);
+            }
+            "docker" => ctx.unsupported(
                 &p,
                 &key_span(k),
-                format!("`{}` tests are not supported yet", k.as_str()),
+                "`docker` tests are not supported; labd runs no containers",
             ),
             other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
         }
     }
-    if definitions.is_none()
-        && m.get_node("definitions").is_none()
-        && !m
-            .iter()
-            .any(|(k, _)| matches!(k.as_str(), "interactive" | "monitors" | "docker"))
-    {
+    if kinds > 1 {
+        ctx.err(
+            path,
+            v.span(),
+            "a test action has one of `definitions`, `interactive` or `monitors`, not several",
+        );
+        return None;
+    }
+    if kinds == 0 && m.get_node("docker").is_none() {
         ctx.err(
             &format!("{path}.definitions"),
             v.span(),
-            "missing required key `definitions`",
+            "missing required key `definitions` (or `interactive`, or `monitors`)",
         );
     }
+    let (definitions, interactive, monitors) = match (definitions, interactive, monitors) {
+        (Some(d), None, None) => (d, Vec::new(), Vec::new()),
+        (None, Some(i), None) => (Vec::new(), i, Vec::new()),
+        (None, None, Some(mo)) => (Vec::new(), Vec::new(), mo),
+        _ => return None,
+    };
     Some(Test {
         timeout: common.timeout,
         failure_retry: common.failure_retry,
-        definitions: definitions?,
+        definitions,
+        interactive,
+        monitors,
+    })
+}
+
+/// A non-empty list whose items `item` parses; `None` if any item is invalid.
+fn parse_list<T>(
+    ctx: &mut Ctx,
+    path: &str,
+    v: &Node,
+    item: fn(&mut Ctx, &str, &Node) -> Option<T>,
+) -> Option<Vec<T>> {
+    let Node::Sequence(seq) = v else {
+        ctx.err(path, v.span(), "expected a list");
+        return None;
+    };
+    if seq.is_empty() {
+        ctx.err(path, v.span(), "expected at least one entry");
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, n) in seq.iter().enumerate() {
+        match item(ctx, &format!("{path}[{i}]"), n) {
+            Some(x) => out.push(x),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// A regex as LAVA's patterns are (pexpect's), checked at submit.
+fn parse_regex(ctx: &mut Ctx, path: &str, v: &Node) -> Option<String> {
+    let s = ctx.string(path, v)?;
+    if let Err(e) = regex::Regex::new(&s) {
+        ctx.err(path, v.span(), format!("not a valid regex: {e}"));
+        return None;
+    }
+    Some(s)
+}
+
+/// A test name or test case name, as LAVA allows them.
+fn parse_case_name(ctx: &mut Ctx, path: &str, v: &Node) -> Option<String> {
+    let n = ctx.string(path, v)?;
+    if n.is_empty() || n.chars().any(|c| c.is_control() || c == '/') {
+        ctx.err(
+            path,
+            v.span(),
+            "a name must be non-empty, with no `/` or control characters",
+        );
+        return None;
+    }
+    Some(n)
+}
+
+fn parse_expected(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Vec<String>> {
+    let list = ctx.string_list(path, v)?;
+    Some(list)
+}
+
+fn parse_interactive(ctx: &mut Ctx, path: &str, v: &Node) -> Option<InteractiveScript> {
+    let m = ctx.mapping(path, v)?;
+    let mut name = None;
+    let mut prompts = None;
+    let mut steps = None;
+    let mut discard_echo = false;
+    let mut expected = None;
+    for (k, val) in m.iter() {
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "name" => name = parse_case_name(ctx, &p, val),
+            "prompts" => {
+                prompts = parse_list(ctx, &p, val, parse_regex);
+            }
+            "script" => steps = parse_list(ctx, &p, val, parse_interactive_step),
+            "echo" => match ctx.string(&p, val).as_deref() {
+                Some("discard") => discard_echo = true,
+                Some(other) => ctx.err(
+                    &p,
+                    val.span(),
+                    format!("`echo: {other}`: the only value is `discard`"),
+                ),
+                None => {}
+            },
+            "expected" => expected = parse_expected(ctx, &p, val),
+            other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
+        }
+    }
+    for (key, missing) in [
+        ("name", m.get_node("name").is_none()),
+        ("prompts", m.get_node("prompts").is_none()),
+        ("script", m.get_node("script").is_none()),
+    ] {
+        if missing {
+            ctx.err(
+                &format!("{path}.{key}"),
+                v.span(),
+                format!("missing required key `{key}`"),
+            );
+        }
+    }
+    Some(InteractiveScript {
+        name: name?,
+        prompts: prompts?,
+        discard_echo,
+        steps: steps?,
+        expected,
+    })
+}
+
+/// A YAML null (`~`, `null` or nothing), which LAVA reads as None.
+fn is_null(v: &Node) -> bool {
+    v.as_scalar()
+        .is_some_and(|s| matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+}
+
+fn parse_interactive_step(ctx: &mut Ctx, path: &str, v: &Node) -> Option<InteractiveStep> {
+    let m = ctx.mapping(path, v)?;
+    if let Some(d) = m.get_node("delay") {
+        let p = format!("{path}.delay");
+        let secs = d
+            .as_scalar()
+            .and_then(|s| s.as_str().trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 3600.0);
+        if m.len() > 1 {
+            ctx.err(path, v.span(), "a `delay` step has no other keys");
+            return None;
+        }
+        let Some(secs) = secs else {
+            ctx.err(&p, d.span(), "expected a number of seconds from 0 to 3600");
+            return None;
+        };
+        return Some(InteractiveStep::Delay(Duration::from_secs_f64(secs)));
+    }
+    let mut command = None;
+    let mut name = None;
+    let mut successes = Vec::new();
+    let mut failures = Vec::new();
+    let mut wait_for_prompt = true;
+    let mut ok = true;
+    for (k, val) in m.iter() {
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "command" => {
+                if !is_null(val) {
+                    command = ctx.string(&p, val);
+                    ok &= command.is_some();
+                }
+            }
+            "name" => {
+                name = parse_case_name(ctx, &p, val);
+                ok &= name.is_some();
+            }
+            "successes" => match parse_list(ctx, &p, val, parse_success) {
+                Some(l) => successes = l,
+                None => ok = false,
+            },
+            "failures" => match parse_list(ctx, &p, val, parse_failure) {
+                Some(l) => failures = l,
+                None => ok = false,
+            },
+            "wait_for_prompt" => match val.as_scalar().map(|s| s.as_str()) {
+                Some("true" | "True" | "yes") => wait_for_prompt = true,
+                Some("false" | "False" | "no") => wait_for_prompt = false,
+                _ => {
+                    ctx.err(&p, val.span(), "expected true or false");
+                    ok = false;
+                }
+            },
+            "lava-send" | "lava-wait" | "lava-wait-all" | "lava-sync" => {
+                ctx.unsupported(
+                    &p,
+                    &key_span(k),
+                    format!(
+                        "`{}` needs LAVA's multinode protocol, which labd does not run",
+                        k.as_str()
+                    ),
+                );
+                ok = false;
+            }
+            other => {
+                ctx.err(&p, &key_span(k), format!("unknown key `{other}`"));
+                ok = false;
+            }
+        }
+    }
+    if m.get_node("command").is_none() {
+        ctx.err(
+            &format!("{path}.command"),
+            v.span(),
+            "missing required key `command` (`command:` with no value sends nothing and waits)",
+        );
+        return None;
+    }
+    ok.then_some(InteractiveStep::Command(InteractiveCommand {
+        command,
+        name,
+        successes,
+        failures,
+        wait_for_prompt,
+    }))
+}
+
+fn parse_success(ctx: &mut Ctx, path: &str, v: &Node) -> Option<String> {
+    let m = ctx.mapping(path, v)?;
+    let mut message = None;
+    for (k, val) in m.iter() {
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "message" => message = parse_regex(ctx, &p, val),
+            other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
+        }
+    }
+    if m.get_node("message").is_none() {
+        ctx.err(
+            &format!("{path}.message"),
+            v.span(),
+            "missing required key `message`",
+        );
+    }
+    message
+}
+
+fn parse_failure(ctx: &mut Ctx, path: &str, v: &Node) -> Option<InteractiveFailure> {
+    use crate::model::ErrorClass;
+    let m = ctx.mapping(path, v)?;
+    let mut message = None;
+    let mut exception = None;
+    let mut error = None;
+    for (k, val) in m.iter() {
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "message" => message = parse_regex(ctx, &p, val),
+            "exception" => match ctx.string(&p, val).as_deref() {
+                Some("InfrastructureError") => exception = Some(ErrorClass::Infrastructure),
+                Some("JobError") => exception = Some(ErrorClass::Job),
+                Some("TestError") => exception = Some(ErrorClass::Test),
+                Some(other) => ctx.err(
+                    &p,
+                    val.span(),
+                    format!("unknown exception `{other}`; LAVA's are InfrastructureError, JobError and TestError"),
+                ),
+                None => {}
+            },
+            "error" => error = ctx.string(&p, val),
+            other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
+        }
+    }
+    if m.get_node("message").is_none() {
+        ctx.err(
+            &format!("{path}.message"),
+            v.span(),
+            "missing required key `message`",
+        );
+    }
+    Some(InteractiveFailure {
+        message: message?,
+        exception,
+        error,
+    })
+}
+
+fn parse_monitor(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Monitor> {
+    let m = ctx.mapping(path, v)?;
+    let mut name = None;
+    let mut start = None;
+    let mut end = None;
+    let mut pattern = None;
+    let mut fixupdict = BTreeMap::new();
+    let mut expected = None;
+    for (k, val) in m.iter() {
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "name" => name = parse_case_name(ctx, &p, val),
+            "start" => start = parse_regex(ctx, &p, val),
+            "end" => end = parse_regex(ctx, &p, val),
+            "pattern" => {
+                pattern = parse_regex(ctx, &p, val);
+                if let Some(re) = pattern.as_deref().and_then(|r| regex::Regex::new(r).ok()) {
+                    let groups: Vec<&str> = re.capture_names().flatten().collect();
+                    let has = |g: &str| groups.contains(&g);
+                    if !has("test_case_id") || !(has("result") || has("measurement")) {
+                        ctx.err(
+                            &p,
+                            val.span(),
+                            "the pattern needs the named groups `test_case_id` and `result` (or `measurement`), as `(?P<test_case_id>...)`",
+                        );
+                        pattern = None;
+                    }
+                }
+            }
+            "fixupdict" => {
+                if let Some(fm) = ctx.mapping(&p, val) {
+                    for (fk, fv) in fm.iter() {
+                        if let Some(s) = ctx.string(&format!("{p}.{}", fk.as_str()), fv) {
+                            fixupdict.insert(fk.as_str().to_owned(), s);
+                        }
+                    }
+                }
+            }
+            "expected" => expected = parse_expected(ctx, &p, val),
+            other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
+        }
+    }
+    for key in ["name", "start", "end", "pattern"] {
+        if m.get_node(key).is_none() {
+            ctx.err(
+                &format!("{path}.{key}"),
+                v.span(),
+                format!("missing required key `{key}`"),
+            );
+        }
+    }
+    Some(Monitor {
+        name: name?,
+        start: start?,
+        end: end?,
+        pattern: pattern?,
+        fixupdict,
+        expected,
     })
 }
 

@@ -67,6 +67,9 @@
 //! before the console is attached (unless the console attaches after
 //! power-on, as QEMU's does).
 
+mod interactive;
+mod monitors;
+
 use crate::device_type::DeviceType;
 use crate::job::{Action, Boot, BootCommands, Deploy, JobDefinition, KernelType, Test};
 use crate::matcher::Matcher;
@@ -240,6 +243,9 @@ struct Runner {
     image_args: Vec<String>,
     kernel_type: Option<KernelType>,
     shell_prompt: Vec<String>,
+    /// A boot action has ended where it meant to: at a shell, at the
+    /// bootloader's prompt, or (before a monitors test) as the board boots.
+    booted: bool,
     helpers_sent: bool,
     current_set: Option<String>,
     /// Held from power-on until the shell (or the run's end).
@@ -292,6 +298,7 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         image_args: Vec::new(),
         kernel_type: None,
         shell_prompt: Vec::new(),
+        booted: false,
         helpers_sent: false,
         current_set: None,
         boot_slot: None,
@@ -391,8 +398,8 @@ impl Runner {
     async fn action(&mut self, i: usize, action: &Action) -> Result<(), Stop> {
         match action {
             Action::Deploy(d) => self.deploy(i, d).await,
-            Action::Boot(b) => self.boot(b).await,
-            Action::Test(t) => self.test(t).await,
+            Action::Boot(b) => self.boot(i, b).await,
+            Action::Test(t) => self.test(i, t).await,
         }
     }
 
@@ -590,6 +597,15 @@ impl Runner {
     /// Waits until one of `wanted` matches; a match of `errors` stops the job.
     /// Both are regexes.
     async fn expect(&mut self, wanted: &[String], errors: &[String]) -> Result<usize, Stop> {
+        Ok(self.expect_match(wanted, errors).await?.0)
+    }
+
+    /// [`Runner::expect`], also giving the text that matched.
+    async fn expect_match(
+        &mut self,
+        wanted: &[String],
+        errors: &[String],
+    ) -> Result<(usize, String), Stop> {
         let pats: Vec<&str> = wanted.iter().chain(errors).map(String::as_str).collect();
         let mut m = Matcher::new(&pats).map_err(|e| {
             Stop(JobOutcome::incomplete(
@@ -629,7 +645,7 @@ impl Runner {
                     self.event("error", &msg);
                     return Err(infra(msg));
                 }
-                return Ok(hit.index);
+                return Ok((hit.index, hit.text));
             }
             let next = match deadline {
                 Some((limit, at)) => match tokio::time::timeout_at(at, self.ctx.input.next()).await
@@ -739,9 +755,35 @@ impl Runner {
         Ok(out)
     }
 
-    async fn boot(&mut self, b: &Boot) -> Result<(), Stop> {
+    /// Whether this boot ends as the board boots, with no login or shell:
+    /// a boot with no prompts before a `monitors` test, whose results the
+    /// board prints as it boots (LAVA waits for a shell only when asked).
+    fn boots_without_shell(&self, index: usize, b: &Boot) -> bool {
+        b.prompts.is_empty()
+            && b.auto_login.is_none()
+            && matches!(
+                self.ctx.def.actions.get(index + 1),
+                Some(Action::Test(t)) if !t.monitors.is_empty()
+            )
+    }
+
+    /// The end of a boot that stops short of a shell (at the bootloader's
+    /// prompt, or as the board boots): the boot slot goes, and only an
+    /// interactive or monitors test may follow.
+    fn booted_without_shell(&mut self) {
+        self.boot_slot = None;
+        self.shell_prompt.clear();
+        self.booted = true;
+    }
+
+    async fn boot(&mut self, index: usize, b: &Boot) -> Result<(), Stop> {
+        use crate::job::BootMethod;
+        self.booted = false;
+        self.shell_prompt.clear();
+        let to_bootloader = b.method == BootMethod::Bootloader;
+        let no_shell = self.boots_without_shell(index, b);
         let commands = match b.method {
-            crate::job::BootMethod::UBoot => self.boot_commands(b)?,
+            BootMethod::UBoot | BootMethod::Bootloader => self.boot_commands(b)?,
             _ => Vec::new(),
         };
         let direct = match b.method {
@@ -791,7 +833,12 @@ impl Runner {
                 .map_err(|e| infra(e.to_string()))
         })
         .await?;
-        if b.method != crate::job::BootMethod::UBoot {
+        if !matches!(b.method, BootMethod::UBoot | BootMethod::Bootloader) {
+            if no_shell {
+                self.phase(Phase::Kernel);
+                self.booted_without_shell();
+                return Ok(());
+            }
             // The board (or its relay) boots the kernel; what follows is the kernel's.
             return self.login(b).await;
         }
@@ -836,16 +883,22 @@ impl Runner {
                 // one more) would otherwise pace every later command one
                 // early, typing into a running `tftp`, which eats the keys.
                 r.expect(&[regex::escape(c)], &errors).await?;
-                if i + 1 < n {
+                if i + 1 < n || to_bootloader {
                     r.expect(std::slice::from_ref(&bl.prompt), &errors).await?;
                 }
             }
-            // The last command boots: wait for the kernel.
-            r.expect(std::slice::from_ref(&start_message), &errors)
-                .await?;
+            if !to_bootloader {
+                // The last command boots: wait for the kernel.
+                r.expect(std::slice::from_ref(&start_message), &errors)
+                    .await?;
+            }
             Ok(())
         })
         .await?;
+        if to_bootloader || no_shell {
+            self.booted_without_shell();
+            return Ok(());
+        }
         self.login(b).await
     }
 
@@ -918,6 +971,7 @@ impl Runner {
         })
         .await?;
         self.boot_slot = None;
+        self.booted = true;
         self.phase(Phase::Shell);
         Ok(())
     }
@@ -972,12 +1026,20 @@ impl Runner {
         Ok(())
     }
 
-    async fn test(&mut self, t: &Test) -> Result<(), Stop> {
+    async fn test(&mut self, index: usize, t: &Test) -> Result<(), Stop> {
+        if !t.interactive.is_empty() {
+            return self.interactive(index, t).await;
+        }
+        if !t.monitors.is_empty() {
+            return self.monitors(t).await;
+        }
         if self.shell_prompt.is_empty() {
-            return Err(Stop(JobOutcome::incomplete(
-                ErrorClass::Job,
-                "a test action needs a boot action before it",
-            )));
+            let msg = if self.booted {
+                "a test action with definitions needs a boot that reaches a shell (this one stops at the bootloader or before a login)"
+            } else {
+                "a test action needs a boot action before it"
+            };
+            return Err(Stop(JobOutcome::incomplete(ErrorClass::Job, msg)));
         }
         self.phase(Phase::Testing);
         let limit = self.timeout("lava-test-shell", t.timeout);

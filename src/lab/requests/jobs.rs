@@ -218,7 +218,9 @@ impl LabActor {
             if let job::Action::Boot(b) = a {
                 let reject = |m: String| Err(ApiError::new(ErrorCode::InvalidJob, m));
                 match b.method {
-                    job::BootMethod::UBoot if dt.bootloader.is_none() => {
+                    job::BootMethod::UBoot | job::BootMethod::Bootloader
+                        if dt.bootloader.is_none() =>
+                    {
                         return reject(format!(
                             "device type `{}` has no bootloader; boot it with `method: minimal` or `qemu`",
                             dt.name

@@ -1,0 +1,271 @@
+//! LAVA's test actions beyond shell definitions, run unchanged on the
+//! simulated boards through a real labd: `interactive` tests at U-Boot's
+//! prompt after `boot: method: bootloader`, and `monitors` reading results
+//! from a boot log with no shell.
+
+mod common;
+
+use common::*;
+use labd::protocol::RequestBody;
+use serde_json::Value;
+
+/// A job that stops in the simulated board's U-Boot and runs `test`
+/// (YAML indented for the test action's list item).
+fn at_uboot(name: &str, test: &str) -> String {
+    format!(
+        "device_type: sim-uboot\njob_name: {name}\npriority: medium\ntimeouts:\n  job:\n    minutes: 3\n  connection:\n    seconds: 30\nactions:\n- boot:\n    method: bootloader\n    bootloader: u-boot\n    commands: []\n    prompts: ['=>']\n- test:\n    timeout:\n      minutes: 2\n{test}"
+    )
+}
+
+/// Every result of a job as `suite/name result [measurement]`.
+async fn all_results(c: &mut labd::client::Client, id: u64) -> Vec<String> {
+    let r = c.call(RequestBody::Results { job: id }).await.unwrap();
+    r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let m = t["measurement"]
+                .as_str()
+                .map(|m| format!(" {m}"))
+                .unwrap_or_default();
+            format!(
+                "{}/{} {}{m}",
+                t["suite"].as_str().unwrap_or(""),
+                t["name"].as_str().unwrap_or(""),
+                t["result"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+async fn ended(c: &mut labd::client::Client, id: u64) -> (Value, String) {
+    let (end, log) = wait_job(c, id).await;
+    let j = job(c, id).await;
+    (
+        serde_json::json!({"end": end, "error": j["error"], "error_class": j["error_class"]}),
+        log,
+    )
+}
+
+#[test]
+fn an_interactive_test_talks_to_u_boot_as_lava_does() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let test = r#"    interactive:
+    - name: uboot
+      prompts: ["=> "]
+      script:
+      - command: version
+        name: version
+        successes:
+        - message: "U-Boot 20[0-9]+"
+      - command: dhcp
+        name: dhcp
+        successes:
+        - message: "DHCP client bound to address (?P<ip>[0-9.]+)"
+        failures:
+        - message: "TIMEOUT"
+          exception: InfrastructureError
+          error: "dhcp failed"
+      - command: "echo got {ip} in job {JOB_ID}"
+        name: placeholders
+        successes:
+        - message: "got 10.0.2.15 in job [0-9]+"
+      - delay: 0.1
+      - command: "printenv bootdelay"
+      - command: nosuchcommand
+        name: unknown-command
+        failures:
+        - message: "Unknown command"
+    - name: expectations
+      prompts: ["=> "]
+      expected: [first, second]
+      script:
+      - command: echo first
+        name: first
+      - command: echo extra
+        name: extra
+"#;
+        let id = submit(&mut c, &at_uboot("interactive", test)).await;
+        let (end, log) = ended(&mut c, id).await;
+        assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
+        assert_eq!(
+            all_results(&mut c, id).await,
+            [
+                "0_uboot/version pass",
+                "0_uboot/dhcp pass",
+                "0_uboot/placeholders pass",
+                "0_uboot/unknown-command fail",
+                "lava/0_uboot pass",
+                "0_expectations/first pass",
+                // Not in `expected`: forced to fail, as LAVA does.
+                "0_expectations/extra fail",
+                // Expected but never reported.
+                "0_expectations/second fail",
+                "lava/0_expectations pass",
+            ]
+        );
+        // The command went out with its placeholders filled.
+        assert!(
+            log.contains(&format!("echo got 10.0.2.15 in job {id}")),
+            "{log}"
+        );
+    });
+}
+
+#[test]
+fn an_interactive_failure_with_an_exception_ends_the_job_with_its_class() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let test = r#"    interactive:
+    - name: net
+      prompts: ["=> "]
+      script:
+      - command: nosuchcommand
+        name: broken
+        failures:
+        - message: "Unknown command '(?P<what>[a-z]+)'"
+          exception: InfrastructureError
+          error: "the board has no such command"
+      - command: version
+        name: never-sent
+"#;
+        let id = submit(&mut c, &at_uboot("interactive-raise", test)).await;
+        let (end, log) = ended(&mut c, id).await;
+        assert_eq!(end["end"]["health"], "Incomplete", "{end}\n{log}");
+        assert_eq!(end["error_class"], "Infrastructure", "{end}");
+        assert_eq!(end["error"], "the board has no such command", "{end}");
+        assert_eq!(
+            all_results(&mut c, id).await,
+            ["0_net/broken fail", "lava/0_net fail"]
+        );
+        assert!(!log.contains("\nversion"), "{log}");
+    });
+}
+
+#[test]
+fn an_unnamed_command_that_fails_is_the_tests_failure() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let test = r#"    interactive:
+    - name: s
+      prompts: ["=> "]
+      script:
+      - command: version
+        successes:
+        - message: "no such banner"
+"#;
+        let id = submit(&mut c, &at_uboot("interactive-unnamed", test)).await;
+        let (end, log) = ended(&mut c, id).await;
+        assert_eq!(end["end"]["health"], "Incomplete", "{end}\n{log}");
+        assert_eq!(end["error_class"], "Test", "{end}");
+        assert_eq!(end["error"], "failed to run command 'version'", "{end}");
+    });
+}
+
+/// A boot with no prompts before a monitors test ends as the kernel
+/// starts; the monitor then reads its results from the boot log.
+#[test]
+fn a_monitors_test_reads_results_from_the_boot_log() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let a = lab.artifacts();
+        let text = format!(
+            r#"device_type: sim-uboot
+job_name: monitors
+priority: medium
+timeouts:
+  job:
+    minutes: 3
+actions:
+- deploy:
+    to: tftp
+    kernel:
+      url: file://{a}/Image
+      type: image
+    ramdisk:
+      url: file://{a}/rootfs.cpio.gz
+    dtb:
+      url: file://{a}/board.dtb
+- boot:
+    method: u-boot
+    commands: ramdisk
+- test:
+    timeout:
+      minutes: 1
+    monitors:
+    - name: Kernel Boot
+      start: "Machine model:"
+      end: "Run /init as init process"
+      pattern: '(?P<test_case_id>smp|devtmpfs|Serial): (?P<result>Brought up|initialized|8250/16550)'
+      fixupdict:
+        Brought up: pass
+        initialized: pass
+        8250/16550: fail
+      expected: [smp, devtmpfs, serial, rtc]
+"#,
+            a = a.display()
+        );
+        let id = submit(&mut c, &text).await;
+        let (end, log) = ended(&mut c, id).await;
+        assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
+        assert_eq!(
+            all_results(&mut c, id).await,
+            [
+                "kernel-boot/smp pass",
+                "kernel-boot/devtmpfs pass",
+                "kernel-boot/serial fail",
+                "kernel-boot/rtc fail",
+            ]
+        );
+    });
+}
+
+/// A monitor whose end never comes runs out of its action's timeout,
+/// which is the test's failure, not the lab's.
+#[test]
+fn a_monitor_that_never_ends_is_the_tests_timeout() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let a = lab.artifacts();
+        let text = format!(
+            r#"device_type: sim-uboot
+job_name: monitor-timeout
+priority: medium
+timeouts:
+  job:
+    minutes: 3
+actions:
+- deploy:
+    to: tftp
+    kernel:
+      url: file://{a}/Image
+      type: image
+    ramdisk:
+      url: file://{a}/rootfs.cpio.gz
+- boot:
+    method: u-boot
+    commands: ramdisk
+- test:
+    timeout:
+      seconds: 3
+    monitors:
+    - name: silent
+      start: "Machine model:"
+      end: "never printed"
+      pattern: '(?P<test_case_id>x{{20}})(?P<result>y)'
+"#,
+            a = a.display()
+        );
+        let id = submit(&mut c, &text).await;
+        let (end, log) = ended(&mut c, id).await;
+        assert_eq!(end["end"]["health"], "Incomplete", "{end}\n{log}");
+        assert_eq!(end["error_class"], "Test", "{end}");
+    });
+}
