@@ -203,6 +203,15 @@ pub struct Boot {
     pub commands: BootCommands,
     pub prompts: Vec<String>,
     pub auto_login: Option<AutoLogin>,
+    /// LAVA's `reset` of a `minimal` boot: false connects to a board that
+    /// is already running (after an interactive test booted it by hand)
+    /// instead of power-cycling it.
+    #[serde(default = "yes")]
+    pub reset: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1157,6 +1166,7 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
     let mut commands = None;
     let mut prompts = Vec::new();
     let mut auto_login = None;
+    let mut reset = true;
     for (k, val) in m.iter() {
         if common_action_key(ctx, path, k, val, &mut common) {
             continue;
@@ -1215,6 +1225,17 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                 }
             }
             "auto_login" => auto_login = parse_auto_login(ctx, &p, val),
+            "reset"
+                if m.get_node("method")
+                    .and_then(|n| n.as_scalar())
+                    .is_some_and(|s| s.as_str() == "minimal") =>
+            {
+                match val.as_scalar().map(|s| s.as_str()) {
+                    Some("true" | "True" | "yes") => reset = true,
+                    Some("false" | "False" | "no") => reset = false,
+                    _ => ctx.err(&p, val.span(), "expected true or false"),
+                }
+            }
             // LAVA's qemu boots name where the rootfs lives; labd's relay
             // boots the deploy's files, which is `tmpfs` in LAVA's terms.
             "media"
@@ -1254,7 +1275,7 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
             | "ignore_kernel_messages" => ctx.unsupported(
                 &p,
                 &key_span(k),
-                format!("`{}` is not supported for u-boot boots yet", k.as_str()),
+                format!("`{}` is not supported in boot actions yet", k.as_str()),
             ),
             other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
         }
@@ -1304,6 +1325,7 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
         commands: commands?,
         prompts,
         auto_login,
+        reset,
     })
 }
 

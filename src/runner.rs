@@ -801,6 +801,13 @@ impl Runner {
         }
         self.helpers_sent = false;
         self.collecting = false;
+        if !b.reset {
+            // A board already running (booted by hand in an interactive
+            // test): no power cycle, no boot slot; what it prints next is
+            // its kernel's.
+            self.event("boot", "reset: false: the board is not power-cycled");
+            return self.login(b).await;
+        }
         // Waiting for a slot is not part of the power-on timeout; the job's
         // own timeout still bounds it.
         let relay = self.ctx.relay_device.clone();

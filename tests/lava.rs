@@ -269,3 +269,102 @@ actions:
         assert_eq!(end["error_class"], "Test", "{end}");
     });
 }
+
+/// LAVA's way to test booting by hand (its b2260 sample): stop in U-Boot,
+/// load and boot the kernel with interactive commands that use the
+/// deploy's placeholders, then a `minimal` boot with `reset: false` logs in
+/// to the running board, and a shell test runs there.
+#[test]
+fn a_board_booted_by_hand_is_logged_in_without_a_power_cycle() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let a = lab.artifacts();
+        let text = format!(
+            r#"device_type: sim-uboot
+job_name: boot-by-hand
+priority: medium
+timeouts:
+  job:
+    minutes: 3
+actions:
+- deploy:
+    to: tftp
+    kernel:
+      url: file://{a}/Image
+      type: image
+    ramdisk:
+      url: file://{a}/rootfs.cpio.gz
+    dtb:
+      url: file://{a}/board.dtb
+- boot:
+    method: bootloader
+    bootloader: u-boot
+    commands: []
+    prompts: ['=>']
+- test:
+    timeout:
+      minutes: 1
+    interactive:
+    - name: boot-manually
+      prompts: ["=> "]
+      script:
+      - command: "setenv serverip {{SERVER_IP}}"
+      - command: "setenv tftpdstp {{TFTP_PORT}}"
+      - command: "tftp {{KERNEL_ADDR}} {{KERNEL}}"
+        name: kernel
+        successes:
+        - message: "Bytes transferred"
+      - command: "tftp {{RAMDISK_ADDR}} {{RAMDISK}}"
+      - command: "setenv initrd_size ${{filesize}}"
+      - command: "tftp {{DTB_ADDR}} {{DTB}}"
+      - command: "{{BOOTX}}"
+        name: bootx
+        wait_for_prompt: false
+        successes:
+        - message: "Starting kernel"
+- boot:
+    method: minimal
+    reset: false
+    auto_login:
+      login_prompt: 'login:'
+      username: root
+    prompts: ['root@sim:[^#]*# ']
+- test:
+    definitions:
+    - from: inline
+      name: after
+      path: inline/after.yaml
+      repository:
+        metadata:
+          format: Lava-Test Test Definition 1.0
+          name: after
+        run:
+          steps:
+          - lava-test-case shell --shell true
+"#,
+            a = a.display()
+        );
+        let id = submit(&mut c, &text).await;
+        let (end, log) = ended(&mut c, id).await;
+        assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
+        assert_eq!(
+            all_results(&mut c, id).await,
+            [
+                "0_boot-manually/kernel pass",
+                "0_boot-manually/bootx pass",
+                "lava/0_boot-manually pass",
+                "0_after/shell pass",
+            ]
+        );
+        // One power-on only: the minimal boot did not cycle the board.
+        let j = job(&mut c, id).await;
+        let power_ons = j["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "phase" && e["message"] == "PoweringOn")
+            .count();
+        assert_eq!(power_ons, 1, "{j}");
+    });
+}
