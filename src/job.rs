@@ -2021,6 +2021,108 @@ impl JobDefinition {
 mod tests {
     use super::*;
 
+    fn uboot_job(test: &str) -> String {
+        format!(
+            "device_type: bbb\njob_name: i\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- boot:\n    method: bootloader\n    bootloader: u-boot\n    commands: []\n    prompts: ['=>']\n- test:\n{test}"
+        )
+    }
+
+    /// Each error as `key path: message`.
+    fn errors(text: &str) -> Vec<String> {
+        match parse("j.yaml", text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .errors
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{}: {}",
+                        d.location.path.clone().unwrap_or_default(),
+                        d.message
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn interactive_scripts_are_read_as_lava_writes_them() {
+        let p = parse(
+            "i.yaml",
+            &uboot_job(
+                "    interactive:\n    - name: net\n      prompts: ['=> ']\n      echo: discard\n      script:\n      - command:\n      - delay: 2\n      - command: dhcp\n        name: dhcp\n        wait_for_prompt: false\n        successes:\n        - message: 'bound to (?P<ip>[0-9.]+)'\n        failures:\n        - message: TIMEOUT\n          exception: InfrastructureError\n          error: dhcp failed\n",
+            ),
+        )
+        .unwrap();
+        let Action::Boot(b) = &p.definition.actions[0] else {
+            panic!("no boot")
+        };
+        assert_eq!(b.method, BootMethod::Bootloader);
+        let Action::Test(t) = &p.definition.actions[1] else {
+            panic!("no test")
+        };
+        let s = &t.interactive[0];
+        assert!(s.discard_echo);
+        assert_eq!(s.steps.len(), 3);
+        let InteractiveStep::Command(wait) = &s.steps[0] else {
+            panic!("{:?}", s.steps[0])
+        };
+        assert_eq!(wait.command, None);
+        assert_eq!(s.steps[1], InteractiveStep::Delay(Duration::from_secs(2)));
+        let InteractiveStep::Command(dhcp) = &s.steps[2] else {
+            panic!("{:?}", s.steps[2])
+        };
+        assert!(!dhcp.wait_for_prompt);
+        assert_eq!(
+            dhcp.failures[0].exception,
+            Some(crate::model::ErrorClass::Infrastructure)
+        );
+    }
+
+    #[test]
+    fn bad_interactive_and_monitors_tests_are_refused_with_their_key_paths() {
+        let bad_exception = errors(&uboot_job(
+            "    interactive:\n    - name: n\n      prompts: ['=> ']\n      script:\n      - command: x\n        failures:\n        - message: y\n          exception: OopsError\n",
+        ));
+        assert!(
+            bad_exception.iter().any(|e| e.starts_with(
+                "actions[1].test.interactive[0].script[0].failures[0].exception: unknown exception `OopsError`"
+            )),
+            "{bad_exception:?}"
+        );
+        let multinode = errors(&uboot_job(
+            "    interactive:\n    - name: n\n      prompts: ['=> ']\n      script:\n      - command: x\n        lava-send: ready\n",
+        ));
+        assert!(
+            multinode
+                .iter()
+                .any(|e| e.starts_with("actions[1].test.interactive[0].script[0].lava-send:")),
+            "{multinode:?}"
+        );
+        let no_groups = errors(&uboot_job(
+            "    monitors:\n    - name: m\n      start: a\n      end: b\n      pattern: '(PASS|FAIL) (\\w+)'\n",
+        ));
+        assert!(
+            no_groups.iter().any(|e| e.starts_with(
+                "actions[1].test.monitors[0].pattern: the pattern needs the named groups"
+            )),
+            "{no_groups:?}"
+        );
+        let bad_regex = errors(&uboot_job(
+            "    monitors:\n    - name: m\n      start: '('\n      end: b\n      pattern: '(?P<test_case_id>x)(?P<result>y)'\n",
+        ));
+        assert!(
+            bad_regex
+                .iter()
+                .any(|e| e.starts_with("actions[1].test.monitors[0].start: not a valid regex")),
+            "{bad_regex:?}"
+        );
+        let both = errors(&uboot_job(
+            "    monitors:\n    - name: m\n      start: a\n      end: b\n      pattern: '(?P<test_case_id>x)(?P<result>y)'\n    interactive:\n    - name: n\n      prompts: ['=> ']\n      script:\n      - command: x\n",
+        ));
+        assert!(both.iter().any(|e| e.contains("not several")), "{both:?}");
+    }
+
     fn qemu_job(image_arg: &str) -> String {
         format!(
             "device_type: qemu-aarch64\njob_name: q\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- deploy:\n    to: tmpfs\n    images:\n      rootfs:\n        image_arg: '{image_arg}'\n        url: http://files.lab/disk.img.xz\n        compression: xz\n- boot:\n    method: qemu\n    media: tmpfs\n    prompts: ['# ']\n"
