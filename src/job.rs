@@ -229,8 +229,41 @@ pub enum BootMethod {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestDefinition {
     pub name: String,
+    /// An inline definition's steps; a git definition's come from its
+    /// repository when the job runs.
     pub steps: Vec<String>,
+    /// The job's parameters, over the definition's own `params`.
     pub parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source: DefinitionSource,
+    /// LAVA's `expected`: test case names that must be reported; a
+    /// missing one is recorded as a fail.
+    #[serde(default)]
+    pub expected: Option<Vec<String>>,
+}
+
+/// Where a test definition comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum DefinitionSource {
+    /// `from: inline`: the job holds it.
+    #[default]
+    Inline,
+    /// `from: git`: a YAML file in a repository the lab host clones.
+    Git(GitDefinition),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GitDefinition {
+    /// Any URL git fetches: https, http, git, ssh (also `user@host:path`)
+    /// or file.
+    pub repository: String,
+    /// The definition's YAML file, relative to the repository's top.
+    pub path: String,
+    /// A commit, tag or branch; the default branch's head without it.
+    pub revision: Option<String>,
+    pub branch: Option<String>,
+    /// False: the board gets the files without the repository's history.
+    pub history: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -609,6 +642,140 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
                 ctx.err("", root.span(), "invalid job");
             }
             Err(JobError { errors: ctx.errors })
+        }
+    }
+}
+
+/// A test definition file (LAVA's `Lava-Test Test Definition 1.0`), as a
+/// `from: git` definition names it in its repository.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefinitionFile {
+    /// `metadata.name`.
+    pub name: String,
+    /// The definition's own `params` (or `parameters`) defaults.
+    pub params: BTreeMap<String, String>,
+    /// `run.steps`, each a shell line.
+    pub steps: Vec<String>,
+    /// The `install` section's keys (`deps`, `git-repos`, `steps`, ...),
+    /// which labd does not act on: the runner records that it skipped them.
+    pub install: Vec<String>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Parses a test definition file; errors name the file, key path, line
+/// and column, as a job's do.
+pub fn parse_definition_file(file: &str, text: &str) -> Result<DefinitionFile, JobError> {
+    let mut ctx = Ctx {
+        file,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        files: Vec::new(),
+    };
+    let opts = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+    let root = match marked_yaml::parse_yaml_with_options(0, text, opts) {
+        Ok(n) => n,
+        Err(e) => {
+            let (line, column) = load_error_position(&e);
+            return Err(JobError {
+                errors: vec![Diagnostic {
+                    code: ErrorCode::InvalidJob,
+                    location: Location {
+                        file: Some(file.to_owned()),
+                        path: None,
+                        line,
+                        column,
+                    },
+                    message: format!("not valid YAML: {}", strip_position(&e.to_string())),
+                }],
+            });
+        }
+    };
+    let Some(m) = ctx.mapping("", &root) else {
+        return Err(JobError { errors: ctx.errors });
+    };
+    let mut name = None;
+    let mut params = BTreeMap::new();
+    let mut steps = None;
+    let mut install = Vec::new();
+    for (k, val) in m.iter() {
+        let p = k.as_str().to_owned();
+        match k.as_str() {
+            "metadata" => {
+                if let Some(md) = ctx.mapping(&p, val) {
+                    if let Some(f) = md.get_scalar("format") {
+                        let f = f.as_str();
+                        if !f.eq_ignore_ascii_case("Lava-Test Test Definition 1.0") {
+                            ctx.unsupported(&format!("{p}.format"), val.span(), format!("format `{f}` is not supported; labd runs `Lava-Test Test Definition 1.0`"));
+                        }
+                    }
+                    if let Some(n) = md.get_node("name") {
+                        name = ctx.string(&format!("{p}.name"), n);
+                    }
+                }
+            }
+            "params" | "parameters" => {
+                if let Some(pm) = ctx.mapping(&p, val) {
+                    for (pk, pv) in pm.iter() {
+                        let pp = format!("{p}.{}", pk.as_str());
+                        if let Some(v) = scalar_text(&mut ctx, &pp, pv) {
+                            params.insert(pk.as_str().to_owned(), v);
+                        }
+                    }
+                }
+            }
+            "run" => {
+                let Some(rm) = ctx.mapping(&p, val) else {
+                    continue;
+                };
+                for (rk, rv) in rm.iter() {
+                    let rp = format!("{p}.{}", rk.as_str());
+                    match rk.as_str() {
+                        "steps" => steps = ctx.string_list(&rp, rv),
+                        other => ctx.warn(
+                            &rp,
+                            &key_span(rk),
+                            format!("`{other}` is not run by labd; ignored"),
+                        ),
+                    }
+                }
+            }
+            "install" => {
+                if let Some(im) = ctx.mapping(&p, val) {
+                    install = im.iter().map(|(ik, _)| ik.as_str().to_owned()).collect();
+                }
+            }
+            // LAVA's other sections describe the test; they change nothing
+            // in how it runs.
+            _ => {}
+        }
+    }
+    if m.get_node("run").is_some() && steps.is_none() && ctx.errors.is_empty() {
+        ctx.err("run.steps", root.span(), "missing required key `run.steps`");
+    }
+    if !ctx.errors.is_empty() {
+        return Err(JobError { errors: ctx.errors });
+    }
+    Ok(DefinitionFile {
+        name: name.unwrap_or_default(),
+        params,
+        steps: steps.unwrap_or_default(),
+        install,
+        warnings: ctx.warnings,
+    })
+}
+
+/// A parameter's value as LAVA writes it into the test's environment: a
+/// scalar as it stands in the YAML (`true`, `3`, `a b`).
+fn scalar_text(ctx: &mut Ctx, path: &str, v: &Node) -> Option<String> {
+    match v {
+        Node::Scalar(s) => Some(s.as_str().to_owned()),
+        _ => {
+            ctx.err(
+                path,
+                v.span(),
+                "expected a plain value (a string, number or boolean)",
+            );
+            None
         }
     }
 }
@@ -1767,6 +1934,16 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
     let mut from = None;
     let mut steps = None;
     let mut parameters = BTreeMap::new();
+    let is_git = m
+        .get_node("from")
+        .and_then(|n| n.as_scalar())
+        .is_some_and(|s| s.as_str() == "git");
+    let mut repository = None;
+    let mut def_path = None;
+    let mut revision = None;
+    let mut branch = None;
+    let mut history = true;
+    let mut expected = None;
     for (k, val) in m.iter() {
         let p = format!("{path}.{}", k.as_str());
         match k.as_str() {
@@ -1792,13 +1969,43 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
                 let Some(f) = ctx.string(&p, val) else {
                     continue;
                 };
-                if f == "inline" {
+                if f == "inline" || f == "git" {
                     from = Some(f);
                 } else {
-                    ctx.unsupported(&p, val.span(), format!("test definitions `from: {f}` are not supported yet; use `from: inline`"));
+                    ctx.unsupported(&p, val.span(), format!("test definitions `from: {f}` are not supported; use `from: git` or `from: inline`"));
                 }
             }
-            "path" => {}
+            "path" => def_path = ctx.string(&p, val),
+            "repository" if is_git => {
+                repository = ctx.string(&p, val);
+                if let Some(url) = &repository {
+                    if let Err(why) = check_git_url(url) {
+                        ctx.err(&p, val.span(), why);
+                    }
+                }
+            }
+            "revision" | "branch" if is_git => {
+                let v = ctx.string(&p, val);
+                if let Some(r) = &v {
+                    if r.is_empty()
+                        || r.starts_with('-')
+                        || r.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        ctx.err(&p, val.span(), format!("`{r}` is not a git revision"));
+                    }
+                }
+                if k.as_str() == "revision" {
+                    revision = v;
+                } else {
+                    branch = v;
+                }
+            }
+            "history" if is_git => match val.as_scalar().map(|s| s.as_str()) {
+                Some("true" | "True" | "yes") => history = true,
+                Some("false" | "False" | "no") => history = false,
+                _ => ctx.err(&p, val.span(), "expected true or false"),
+            },
+            "expected" => expected = ctx.string_list(&p, val),
             "repository" => {
                 if let Node::Mapping(rm) = val {
                     steps = parse_inline_repository(ctx, &p, rm, val.span());
@@ -1837,6 +2044,11 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
                     }
                 }
             }
+            "shallow" | "lava-signal" | "timeout" if is_git => ctx.warn(
+                &p,
+                &key_span(k),
+                format!("`{}` changes nothing in labd; ignored", k.as_str()),
+            ),
             "branch" | "revision" | "history" | "shallow" | "lava-signal" | "timeout" => ctx.warn(
                 &p,
                 &key_span(k),
@@ -1863,6 +2075,43 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
         );
     }
     from?;
+    if is_git {
+        for (key, missing) in [
+            ("repository", m.get_node("repository").is_none()),
+            ("path", m.get_node("path").is_none()),
+        ] {
+            if missing {
+                ctx.err(
+                    &format!("{path}.{key}"),
+                    v.span(),
+                    format!("missing required key `{key}`"),
+                );
+            }
+        }
+        if let Some(p) = &def_path {
+            if p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                ctx.err(
+                    &format!("{path}.path"),
+                    v.span(),
+                    format!("`{p}` must be a path inside the repository"),
+                );
+                return None;
+            }
+        }
+        return Some(TestDefinition {
+            name: name?,
+            steps: Vec::new(),
+            parameters,
+            source: DefinitionSource::Git(GitDefinition {
+                repository: repository?,
+                path: def_path?,
+                revision,
+                branch,
+                history,
+            }),
+            expected,
+        });
+    }
     if steps.is_none() && m.get_node("repository").is_none() {
         ctx.err(
             &format!("{path}.repository"),
@@ -1874,7 +2123,44 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
         name: name?,
         steps: steps?,
         parameters,
+        source: DefinitionSource::Inline,
+        expected,
     })
+}
+
+/// Whether a job may name this repository: LAVA's URL kinds only (https,
+/// http, git, ssh, `user@host:path`, file), never a git transport that runs
+/// a command (`ext::`, `fd::`) or a URL git would read as an option.
+pub fn check_git_url(url: &str) -> Result<(), String> {
+    if url.starts_with('-') {
+        return Err(format!("`{url}`: a repository URL may not start with `-`"));
+    }
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "`{url}`: a repository URL has no spaces or control characters"
+        ));
+    }
+    if let Some((scheme, rest)) = url.split_once("://") {
+        return match scheme {
+            "https" | "http" | "git" | "ssh" | "git+ssh" | "ssh+git" if !rest.is_empty() => Ok(()),
+            "file" if rest.starts_with('/') => Ok(()),
+            _ => Err(format!(
+                "`{url}`: a repository is https, http, git, ssh or file:///"
+            )),
+        };
+    }
+    if url.contains("::") {
+        return Err(format!(
+            "`{url}`: git transports (`name::`) are not allowed"
+        ));
+    }
+    // scp-like `user@host:path` (ssh), as git reads it: a colon before any slash.
+    match url.split_once(':') {
+        Some((host, path)) if !host.is_empty() && !host.contains('/') && !path.is_empty() => Ok(()),
+        _ => Err(format!(
+            "`{url}`: a repository is https, http, git, ssh (or `user@host:path`) or file:///"
+        )),
+    }
 }
 
 fn parse_inline_repository(
@@ -2020,6 +2306,101 @@ impl JobDefinition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn git_definitions_are_read_with_their_revision_history_and_expectations() {
+        let text = "device_type: bbb\njob_name: g\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- boot:\n    method: u-boot\n    commands: ramdisk\n    prompts: ['# ']\n- test:\n    definitions:\n    - repository: https://github.com/Linaro/test-definitions\n      from: git\n      path: automated/linux/smoke/smoke.yaml\n      name: smoke-tests\n      revision: 4212946b\n      history: false\n      parameters:\n        SKIP_INSTALL: true\n      expected: [pwd, uname]\n";
+        let p = parse("g.yaml", text).unwrap();
+        let Action::Test(t) = &p.definition.actions[1] else {
+            panic!("no test")
+        };
+        let d = &t.definitions[0];
+        assert_eq!(d.parameters["SKIP_INSTALL"], "true");
+        assert_eq!(
+            d.expected.as_deref(),
+            Some(&["pwd".to_owned(), "uname".to_owned()][..])
+        );
+        let DefinitionSource::Git(g) = &d.source else {
+            panic!("{:?}", d.source)
+        };
+        assert_eq!(g.path, "automated/linux/smoke/smoke.yaml");
+        assert_eq!(g.revision.as_deref(), Some("4212946b"));
+        assert!(!g.history);
+        let escaping =
+            errors(&text.replace("automated/linux/smoke/smoke.yaml", "../../etc/passwd"));
+        assert!(
+            escaping
+                .iter()
+                .any(|e| e.contains("must be a path inside the repository")),
+            "{escaping:?}"
+        );
+        let transport = errors(&text.replace(
+            "https://github.com/Linaro/test-definitions",
+            "'ext::sh -c touch% /tmp/x'",
+        ));
+        assert!(
+            transport
+                .iter()
+                .any(|e| e.starts_with("actions[1].test.definitions[0].repository:")),
+            "{transport:?}"
+        );
+    }
+
+    #[test]
+    fn only_lavas_kinds_of_repository_url_are_taken() {
+        for ok in [
+            "https://github.com/Linaro/test-definitions",
+            "http://git.lab/x.git",
+            "git://git.lab/x.git",
+            "ssh://git@git.lab/x.git",
+            "git@github.com:Linaro/test-definitions.git",
+            "file:///srv/git/defs.git",
+        ] {
+            assert_eq!(check_git_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "ext::sh -c id",
+            "fd::3",
+            "--upload-pack=touch /tmp/x",
+            "-oProxyCommand=x",
+            "file://relative",
+            "ftp://x/y",
+            "/srv/git/defs.git",
+            "defs",
+            "https://x/a b",
+        ] {
+            assert!(check_git_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_definition_file_gives_its_steps_params_and_install_keys() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/lava/test-definitions/linaro-smoke.yaml"
+        ));
+        // The Linaro file is GPL data beside the checkout; a checkout
+        // without it still checks the same shape inline.
+        let text = text.unwrap_or_else(|_| {
+            "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: smoke-tests-basic\nparams:\n  SKIP_INSTALL: \"False\"\n  TESTS: \"pwd\"\nrun:\n  steps:\n    - cd ./automated/linux/smoke/\n    - ./smoke.sh -s \"${SKIP_INSTALL}\" -t \"${TESTS}\"\n    - ../../utils/send-to-lava.sh ./output/result.txt\n".into()
+        });
+        let d = parse_definition_file("smoke.yaml", &text).unwrap();
+        assert_eq!(d.name, "smoke-tests-basic");
+        assert_eq!(d.params["SKIP_INSTALL"], "False");
+        assert_eq!(d.steps[0], "cd ./automated/linux/smoke/");
+        assert_eq!(d.steps.len(), 3);
+        let with_install =
+            "metadata:\n  name: x\ninstall:\n  deps: [curl]\nrun:\n  steps: [true]\n";
+        assert_eq!(
+            parse_definition_file("x.yaml", with_install)
+                .unwrap()
+                .install,
+            ["deps"]
+        );
+        let bad = parse_definition_file("x.yaml", "run:\n  steps:\n    a: b\n").unwrap_err();
+        assert_eq!(bad.first().location.path.as_deref(), Some("run.steps"));
+        assert_eq!(bad.first().location.line, Some(3));
+    }
 
     fn uboot_job(test: &str) -> String {
         format!(

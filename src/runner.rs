@@ -1048,6 +1048,21 @@ impl Runner {
             };
             return Err(Stop(JobOutcome::incomplete(ErrorClass::Job, msg)));
         }
+        if let Some(d) = t
+            .definitions
+            .iter()
+            .find(|d| matches!(d.source, crate::job::DefinitionSource::Git(_)))
+        {
+            // The lab refuses such jobs at submit; one stored by a newer labd
+            // is not run without its repository's files.
+            return Err(Stop(JobOutcome::incomplete(
+                ErrorClass::Configuration,
+                format!(
+                    "test definition {}: `from: git` is not run by this labd",
+                    d.name
+                ),
+            )));
+        }
         self.phase(Phase::Testing);
         let limit = self.timeout("lava-test-shell", t.timeout);
         let defs = t.definitions.clone();

@@ -215,6 +215,20 @@ impl LabActor {
             ));
         }
         for a in &def.actions {
+            // The runner does not deliver repositories to boards yet: a
+            // git definition is refused here rather than run without its
+            // files.
+            if let job::Action::Test(t) = a {
+                if t.definitions
+                    .iter()
+                    .any(|d| matches!(d.source, job::DefinitionSource::Git(_)))
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::Unsupported,
+                        "`from: git` test definitions are not run yet: labd does not yet deliver a repository's files to the board",
+                    ));
+                }
+            }
             if let job::Action::Boot(b) = a {
                 let reject = |m: String| Err(ApiError::new(ErrorCode::InvalidJob, m));
                 match b.method {
