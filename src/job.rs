@@ -281,6 +281,10 @@ pub struct Test {
     /// LAVA's `monitors`: results read from the console with no shell.
     #[serde(default)]
     pub monitors: Vec<Monitor>,
+    /// `timeout: {skip: true}`: when the action runs out of time, the job
+    /// goes on with the next action instead of ending.
+    #[serde(default)]
+    pub skip_on_timeout: bool,
 }
 
 /// One script of an `interactive` test: its commands all wait for its prompts.
@@ -547,7 +551,31 @@ impl Ctx<'_> {
         }
     }
 
+    /// An action's timeout, which may also say `skip: true`: its running
+    /// out then ends only the action, and the job goes on (LAVA's rule).
+    fn action_timeout(&mut self, path: &str, node: &Node) -> (Option<Duration>, bool) {
+        let skip = match node {
+            Node::Mapping(m) => match m.get_node("skip") {
+                None => false,
+                Some(v) => match v.as_scalar().map(|s| s.as_str()) {
+                    Some("true" | "True" | "yes") => true,
+                    Some("false" | "False" | "no") => false,
+                    _ => {
+                        self.err(&format!("{path}.skip"), v.span(), "expected true or false");
+                        false
+                    }
+                },
+            },
+            _ => false,
+        };
+        (self.timeout_of(path, node, true), skip)
+    }
+
     fn timeout(&mut self, path: &str, node: &Node) -> Option<Duration> {
+        self.timeout_of(path, node, false)
+    }
+
+    fn timeout_of(&mut self, path: &str, node: &Node, allow_skip: bool) -> Option<Duration> {
         let m = self.mapping(path, node)?;
         let mut secs: u64 = 0;
         if m.is_empty() {
@@ -559,6 +587,9 @@ impl Ctx<'_> {
             return None;
         }
         for (k, v) in m.iter() {
+            if allow_skip && k.as_str() == "skip" {
+                continue;
+            }
             let unit = match k.as_str() {
                 "days" => 86400,
                 "hours" => 3600,
@@ -1022,6 +1053,8 @@ fn parse_actions(ctx: &mut Ctx, v: &Node) -> Option<Vec<Action>> {
 struct ActionCommon {
     timeout: Option<Duration>,
     failure_retry: Option<u32>,
+    /// LAVA's `timeout: {skip: true}` on a test action.
+    skip_on_timeout: bool,
 }
 
 /// Keys every action may carry. Returns true when the key was handled.
@@ -1035,7 +1068,9 @@ fn common_action_key(
     let p = format!("{path}.{}", k.as_str());
     match k.as_str() {
         "timeout" => {
-            common.timeout = ctx.timeout(&p, v);
+            let (t, skip) = ctx.action_timeout(&p, v);
+            common.timeout = t;
+            common.skip_on_timeout = skip;
             true
         }
         "failure_retry" => {
@@ -1607,6 +1642,7 @@ fn parse_test(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Test> {
         definitions,
         interactive,
         monitors,
+        skip_on_timeout: common.skip_on_timeout,
     })
 }
 

@@ -254,6 +254,9 @@ struct Runner {
     /// the block is bounded as a whole (a boot): a phase timer inside it
     /// that expires no earlier than the block's is the block's timeout.
     block_deadline: Option<(tokio::time::Instant, String)>,
+    /// The last error ending an action was its running out of time (for
+    /// LAVA's `timeout: {skip: true}`).
+    timed_out: bool,
 }
 
 /// A token no earlier run used: its step markers cannot be mistaken for
@@ -302,6 +305,7 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         helpers_sent: false,
         current_set: None,
         boot_slot: None,
+        timed_out: false,
         block_deadline: None,
     };
     let job_id = r.ctx.job_id;
@@ -339,6 +343,7 @@ impl Runner {
                 Action::Boot(b) => ("boot", b.failure_retry, b.timeout),
                 Action::Test(t) => ("test", t.failure_retry, t.timeout),
             };
+            let skip_on_timeout = matches!(action, Action::Test(t) if t.skip_on_timeout);
             let attempts = attempts.unwrap_or(1).max(1);
             // As LAVA: with failure_retry the block's timeout is shared out
             // among the attempts. A boot's timeout bounds the whole boot
@@ -370,13 +375,23 @@ impl Runner {
                         Err(_) => {
                             let msg = self.with_step(msg);
                             self.event("timeout", &msg);
+                            self.timed_out = true;
                             Err(timed_out(in_test, msg))
                         }
                     },
                     None => run.await,
                 };
                 self.block_deadline = None;
+                let ran_out = std::mem::take(&mut self.timed_out);
                 match r {
+                    Err(Stop(o)) if skip_on_timeout && ran_out => {
+                        let why = o.error.unwrap_or_default();
+                        self.event(
+                            "timeout-skip",
+                            &format!("{why}; `skip: true`: the job goes on with the next action"),
+                        );
+                        break;
+                    }
                     Err(Stop(o)) if attempt < attempts && retryable(&o) => {
                         attempt += 1;
                         let why = o.error.unwrap_or_default();
@@ -431,6 +446,7 @@ impl Runner {
                 };
                 let msg = self.with_step(msg);
                 self.event("timeout", &msg);
+                self.timed_out = true;
                 Err(timed_out(self.collecting, msg))
             }
         }

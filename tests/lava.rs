@@ -368,3 +368,39 @@ actions:
         assert_eq!(power_ons, 1, "{j}");
     });
 }
+
+/// LAVA's `timeout: {skip: true}` (its qemu-reboot sample): a test action
+/// that runs out of time ends, and the job goes on with the next action.
+#[test]
+fn a_test_whose_timeout_may_be_skipped_lets_the_job_go_on() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let base = lab.job("skip", "medium", &["lava-test-case after --shell true"]);
+        // The job's own boot and test, preceded by a boot and a test that
+        // never ends but may be skipped.
+        let actions = base.find("- boot:").unwrap();
+        let boot_and_test = &base[actions..];
+        let skipped = boot_and_test
+            .replace(
+                "- test:\n",
+                "- test:\n    timeout:\n      seconds: 3\n      skip: true\n",
+            )
+            .replace("lava-test-case after --shell true", "sleep 600")
+            .replace("name: t\n", "name: stuck\n");
+        let text = format!("{}{skipped}{boot_and_test}", &base[..actions]);
+        let id = submit(&mut c, &text).await;
+        let (end, log) = ended(&mut c, id).await;
+        assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
+        assert_eq!(all_results(&mut c, id).await, ["0_t/after pass"]);
+        let j = job(&mut c, id).await;
+        assert!(
+            j["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "timeout-skip"),
+            "{j}"
+        );
+    });
+}
