@@ -642,7 +642,9 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
         warnings: Vec::new(),
         files: Vec::new(),
     };
-    let opts = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+    let opts = marked_yaml::LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
     let root = match marked_yaml::parse_yaml_with_options(0, text, opts) {
         Ok(n) => n,
         Err(e) => {
@@ -702,7 +704,9 @@ pub fn parse_definition_file(file: &str, text: &str) -> Result<DefinitionFile, J
         warnings: Vec::new(),
         files: Vec::new(),
     };
-    let opts = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+    let opts = marked_yaml::LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
     let root = match marked_yaml::parse_yaml_with_options(0, text, opts) {
         Ok(n) => n,
         Err(e) => {
@@ -747,10 +751,7 @@ pub fn parse_definition_file(file: &str, text: &str) -> Result<DefinitionFile, J
             "params" | "parameters" => {
                 if let Some(pm) = ctx.mapping(&p, val) {
                     for (pk, pv) in pm.iter() {
-                        let pp = format!("{p}.{}", pk.as_str());
-                        if let Some(v) = scalar_text(&mut ctx, &pp, pv) {
-                            params.insert(pk.as_str().to_owned(), v);
-                        }
+                        params.insert(pk.as_str().to_owned(), lava_text(pv));
                     }
                 }
             }
@@ -795,20 +796,154 @@ pub fn parse_definition_file(file: &str, text: &str) -> Result<DefinitionFile, J
     })
 }
 
-/// A parameter's value as LAVA writes it into the test's environment: a
-/// scalar as it stands in the YAML (`true`, `3`, `a b`).
-fn scalar_text(ctx: &mut Ctx, path: &str, v: &Node) -> Option<String> {
+/// A parameter's value as LAVA writes it into a test's environment:
+/// LAVA loads the YAML (PyYAML, YAML 1.1) and formats the value with
+/// Python's `str()`, so `true` and `yes` become `True`, `0x10` becomes
+/// `16`, `1e3` becomes `1000.0`, a null becomes empty, and a list or a
+/// mapping its Python form (`['a', 1]`). A quoted scalar stays as written.
+pub fn lava_text(v: &Node) -> String {
     match v {
-        Node::Scalar(s) => Some(s.as_str().to_owned()),
-        _ => {
-            ctx.err(
-                path,
-                v.span(),
-                "expected a plain value (a string, number or boolean)",
-            );
-            None
+        Node::Scalar(s) if !s.may_coerce() => s.as_str().to_owned(),
+        Node::Scalar(s) => plain_scalar(s.as_str()),
+        _ => python_repr(v),
+    }
+}
+
+/// What PyYAML makes of a plain scalar, formatted by `str()`.
+fn plain_scalar(t: &str) -> String {
+    match t {
+        "" | "~" | "null" | "Null" | "NULL" => return String::new(),
+        "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => {
+            return "True".into()
+        }
+        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => {
+            return "False".into()
+        }
+        _ => {}
+    }
+    let digits = t.replace('_', "");
+    let (sign, body) = match digits.strip_prefix('-') {
+        Some(b) => ("-", b.to_owned()),
+        None => ("", digits.strip_prefix('+').unwrap_or(&digits).to_owned()),
+    };
+    let int = if let Some(h) = body.strip_prefix("0x") {
+        i128::from_str_radix(h, 16).ok()
+    } else if let Some(b) = body.strip_prefix("0b") {
+        i128::from_str_radix(b, 2).ok()
+    } else if body.len() > 1 && body.starts_with('0') && body.bytes().all(|c| c.is_ascii_digit()) {
+        // YAML 1.1 reads a leading zero as octal.
+        i128::from_str_radix(&body[1..], 8).ok()
+    } else if !body.is_empty() && body.bytes().all(|c| c.is_ascii_digit()) {
+        body.parse::<i128>().ok()
+    } else {
+        None
+    };
+    if let Some(n) = int {
+        return format!("{sign}{n}");
+    }
+    let is_float = body.contains('.')
+        && body
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c == '.')
+        && body
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'));
+    if is_float {
+        if let Ok(f) = format!("{sign}{body}").parse::<f64>() {
+            return python_float(f);
         }
     }
+    match body.as_str() {
+        ".inf" | ".Inf" | ".INF" => format!("{sign}inf"),
+        ".nan" | ".NaN" | ".NAN" => "nan".into(),
+        _ => t.to_owned(),
+    }
+}
+
+/// Python's `repr()` of a float: the shortest form that reads back, with
+/// `.0` on whole numbers and an exponent from 1e16 (or under 1e-4).
+fn python_float(f: f64) -> String {
+    if f.is_infinite() {
+        return if f > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    let a = f.abs();
+    if a != 0.0 && !(1e-4..1e16).contains(&a) {
+        // Rust writes `1e16`, `1.5e-5`; Python `1e+16`, `1.5e-05`.
+        let e = format!("{f:e}");
+        if let Some((m, x)) = e.split_once('e') {
+            let (xs, xd) = match x.strip_prefix('-') {
+                Some(d) => ('-', d),
+                None => ('+', x),
+            };
+            return format!("{m}e{xs}{xd:0>2}");
+        }
+        return e;
+    }
+    if f.fract() == 0.0 {
+        format!("{f:.1}")
+    } else {
+        format!("{f}")
+    }
+}
+
+/// Python's `repr()` of what PyYAML loads for a list or a mapping.
+fn python_repr(v: &Node) -> String {
+    match v {
+        Node::Scalar(s) => {
+            let text = if s.may_coerce() {
+                plain_scalar(s.as_str())
+            } else {
+                s.as_str().to_owned()
+            };
+            let typed = s.may_coerce()
+                && (s.as_str().is_empty() || text != s.as_str() || text.parse::<f64>().is_ok());
+            if !typed {
+                python_str_repr(&text)
+            } else if text.is_empty() {
+                "None".into()
+            } else {
+                text
+            }
+        }
+        Node::Sequence(seq) => {
+            let items: Vec<String> = seq.iter().map(python_repr).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Node::Mapping(m) => {
+            let items: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{}: {}", python_str_repr(k.as_str()), python_repr(v)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+    }
+}
+
+/// Python's `repr()` of a string: single quotes unless it holds one and
+/// no double quote.
+fn python_str_repr(s: &str) -> String {
+    let q = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::from(q);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c == q => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(q);
+    out
 }
 
 fn strip_position(msg: &str) -> String {
@@ -2074,9 +2209,7 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
                             );
                             continue;
                         }
-                        if let Some(s) = ctx.string(&pp, pv) {
-                            parameters.insert(pk.as_str().to_owned(), s);
-                        }
+                        parameters.insert(pk.as_str().to_owned(), lava_text(pv));
                     }
                 }
             }
@@ -2351,7 +2484,8 @@ mod tests {
             panic!("no test")
         };
         let d = &t.definitions[0];
-        assert_eq!(d.parameters["SKIP_INSTALL"], "true");
+        // As LAVA writes it: PyYAML's True, through str().
+        assert_eq!(d.parameters["SKIP_INSTALL"], "True");
         assert_eq!(
             d.expected.as_deref(),
             Some(&["pwd".to_owned(), "uname".to_owned()][..])
@@ -2436,6 +2570,40 @@ mod tests {
         let bad = parse_definition_file("x.yaml", "run:\n  steps:\n    a: b\n").unwrap_err();
         assert_eq!(bad.first().location.path.as_deref(), Some("run.steps"));
         assert_eq!(bad.first().location.line, Some(3));
+    }
+
+    #[test]
+    fn parameters_are_written_as_lava_writes_them() {
+        let text = "a: true\nb: yes\nc: 0x10\nd: 1e3\ne: 1.5\nf: 'true'\ng: ~\nh: [x, 2, false]\ni: {k: v}\nj: 010\nk: plain text\nl: \"it's\"\nm: 12_000\nn: 3.0e-5\n";
+        let opts = marked_yaml::LoaderOptions::default().prevent_coercion(true);
+        let root = marked_yaml::parse_yaml_with_options(0, text, opts).unwrap();
+        let m = root.as_mapping().unwrap();
+        let got: Vec<(String, String)> = m
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), lava_text(v)))
+            .collect();
+        let want = [
+            ("a", "True"),
+            ("b", "True"),
+            ("c", "16"),
+            // YAML 1.1 floats have a dot: `1e3` is a string to PyYAML.
+            ("d", "1e3"),
+            ("e", "1.5"),
+            ("f", "true"),
+            ("g", ""),
+            ("h", "['x', 2, False]"),
+            ("i", "{'k': 'v'}"),
+            ("j", "8"),
+            ("k", "plain text"),
+            ("l", "it's"),
+            ("m", "12000"),
+            ("n", "3e-05"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(got, want);
     }
 
     fn uboot_job(test: &str) -> String {
