@@ -318,6 +318,9 @@ pub struct TestCase {
     pub result: String,
     pub measurement: Option<String>,
     pub units: Option<String>,
+    /// LAVA's `lava-test-reference`: a URL the result refers to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// A board as the store keeps it (its persistent part: health survives restarts).

@@ -1139,10 +1139,24 @@ impl Runner {
                     result,
                     measurement,
                     units,
+                    reference: None,
                 }),
                 Signal::TestSetStart { name } => self.current_set = Some(name),
                 Signal::TestSetStop => self.current_set = None,
                 Signal::TestRaise { reason } => raise = Some(reason),
+                Signal::TestReference {
+                    id,
+                    result,
+                    reference,
+                } => cases.push(TestCase {
+                    suite: suite.to_owned(),
+                    set: self.current_set.clone(),
+                    name: id,
+                    result,
+                    measurement: None,
+                    units: None,
+                    reference: Some(reference),
+                }),
                 Signal::StartRun { name } => self.event("startrun", &name),
                 Signal::EndRun { name } => {
                     self.event("endrun", &name);

@@ -28,6 +28,12 @@ pub enum Signal {
     TestRaise {
         reason: String,
     },
+    /// LAVA's `lava-test-reference`: a test case with a URL it refers to.
+    TestReference {
+        id: String,
+        result: String,
+        reference: String,
+    },
     /// A signal labd does not act on (STARTTC, ENDTC, a malformed TESTCASE,
     /// ...): kept so that it can be logged and counted.
     Other {
@@ -338,6 +344,19 @@ fn parse_signal(name: &str, body: &str) -> Option<Signal> {
         "TESTRAISE" => Some(Signal::TestRaise {
             reason: body.to_owned(),
         }),
+        // LAVA's form: exactly the case, its result and the URL.
+        "TESTREFERENCE" => {
+            let mut it = body.split_whitespace();
+            let (id, result, reference) = (it.next()?, it.next()?, it.next()?);
+            if it.next().is_some() {
+                return None;
+            }
+            Some(Signal::TestReference {
+                id: id.to_owned(),
+                result: result.to_ascii_lowercase(),
+                reference: reference.to_owned(),
+            })
+        }
         _ => None,
     }
 }
@@ -350,7 +369,9 @@ pub const SHELL_HELPERS: &[&str] = &[
     r#"lava_test_case() { _ltc_n="$1"; shift; _ltc_r=""; _ltc_m=""; _ltc_u=""; if [ "$1" = "--shell" ]; then shift; "$@"; if [ $? -eq 0 ]; then _ltc_r=pass; else _ltc_r=fail; fi; else while [ $# -gt 0 ]; do case "$1" in --result) _ltc_r="$2"; shift 2;; --measurement) _ltc_m="$2"; shift 2;; --units) _ltc_u="$2"; shift 2;; *) shift;; esac; done; fi; printf '<LAVA_SIGNAL_%s TEST_CASE_ID=%s RESULT=%s%s%s>\n' TESTCASE "$_ltc_n" "${_ltc_r:-unknown}" "${_ltc_m:+ MEASUREMENT=$_ltc_m}" "${_ltc_u:+ UNITS=$_ltc_u}"; }"#,
     r#"lava_test_set() { case "$1" in start) printf '<LAVA_SIGNAL_%s START %s>\n' TESTSET "$2";; stop) printf '<LAVA_SIGNAL_%s STOP>\n' TESTSET;; esac; }"#,
     r#"lava_test_raise() { printf '<LAVA_SIGNAL_%s %s>\n' TESTRAISE "$*"; }"#,
-    r#"alias lava-test-case=lava_test_case lava-test-set=lava_test_set lava-test-raise=lava_test_raise"#,
+    r#"lava_test_reference() { _ltr_n="$1"; shift; _ltr_r=""; _ltr_u=""; while [ $# -gt 0 ]; do case "$1" in --result) _ltr_r="$2"; shift 2;; --reference) _ltr_u="$2"; shift 2;; *) shift;; esac; done; printf '<LAVA_SIGNAL_%s %s %s %s>\n' TESTREFERENCE "$_ltr_n" "${_ltr_r:-unknown}" "$_ltr_u"; }"#,
+    r#"lava_test_case_attach() { echo "lava-test-case-attach: not supported by labd (LAVA's v2 dispatcher keeps no attachments); $2 is not attached to $1" >&2; return 0; }"#,
+    r#"alias lava-test-case=lava_test_case lava-test-set=lava_test_set lava-test-raise=lava_test_raise lava-test-reference=lava_test_reference lava-test-case-attach=lava_test_case_attach"#,
 ];
 
 /// The line that emits a STARTRUN or ENDRUN signal for a definition.
@@ -454,6 +475,22 @@ mod tests {
             .feed(run_marker("STARTRUN", "0_a", "1").as_bytes())
             .is_empty());
         assert!(p.feed(b"\r\n").is_empty());
+    }
+
+    #[test]
+    fn a_test_reference_has_exactly_a_case_a_result_and_a_url() {
+        let mut p = SignalParser::new();
+        let s = p.feed(b"<LAVA_SIGNAL_TESTREFERENCE docs PASS https://x.org/a?b=1>\n<LAVA_SIGNAL_TESTREFERENCE docs pass>\n");
+        assert_eq!(
+            s[0],
+            Signal::TestReference {
+                id: "docs".into(),
+                result: "pass".into(),
+                reference: "https://x.org/a?b=1".into()
+            }
+        );
+        // Missing its URL: not a reference, kept as a signal not acted on.
+        assert!(matches!(s[1], Signal::Other { .. }), "{:?}", s[1]);
     }
 
     #[test]

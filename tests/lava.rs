@@ -404,3 +404,39 @@ fn a_test_whose_timeout_may_be_skipped_lets_the_job_go_on() {
         );
     });
 }
+
+/// `lava-test-reference` records a case with its URL, as LAVA does;
+/// `lava-test-case-attach` says it is not supported and the test goes on.
+#[test]
+fn references_are_kept_and_attachments_are_refused_without_a_hang() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let text = lab.job(
+            "reference",
+            "medium",
+            &[
+                "lava-test-reference docs --result pass --reference https://docs.example.org/run/1",
+                "lava-test-case-attach docs /etc/hostname",
+                "lava-test-case after --shell true",
+            ],
+        );
+        let id = submit(&mut c, &text).await;
+        let (end, log) = ended(&mut c, id).await;
+        assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
+        let r = c.call(RequestBody::Results { job: id }).await.unwrap();
+        let cases = r["results"].as_array().unwrap();
+        assert_eq!(cases.len(), 2, "{r}");
+        assert_eq!(cases[0]["name"], "docs");
+        assert_eq!(cases[0]["result"], "pass");
+        assert_eq!(
+            cases[0]["reference"], "https://docs.example.org/run/1",
+            "{r}"
+        );
+        assert_eq!(cases[1]["name"], "after");
+        assert!(
+            log.contains("lava-test-case-attach: not supported by labd"),
+            "{log}"
+        );
+    });
+}

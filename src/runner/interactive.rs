@@ -69,6 +69,7 @@ impl Runner {
                     result: if ran.is_ok() { "pass" } else { "fail" }.into(),
                     measurement: None,
                     units: None,
+                    reference: None,
                 });
                 r.record(cases).await?;
                 ran?;
@@ -117,6 +118,7 @@ impl Runner {
                     result: result.into(),
                     measurement: None,
                     units: None,
+                    reference: None,
                 }])
                 .await?;
             } else if result == "fail" && stop.is_none() {
@@ -275,6 +277,7 @@ pub(super) fn missing_expected(
             result: "fail".into(),
             measurement: None,
             units: None,
+            reference: None,
         })
         .collect()
 }

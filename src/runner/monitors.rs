@@ -139,6 +139,7 @@ fn monitor_case(
         result,
         measurement,
         units,
+        reference: None,
     })
 }
 
