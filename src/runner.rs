@@ -257,6 +257,10 @@ struct Runner {
     /// The last error ending an action was its running out of time (for
     /// LAVA's `timeout: {skip: true}`).
     timed_out: bool,
+    /// The running definition's `expected` test cases, and the cases it
+    /// reported so far.
+    expected: Option<Vec<String>>,
+    reported: BTreeMap<String, &'static str>,
 }
 
 /// A token no earlier run used: its step markers cannot be mistaken for
@@ -306,6 +310,8 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         current_set: None,
         boot_slot: None,
         timed_out: false,
+        expected: None,
+        reported: BTreeMap::new(),
         block_deadline: None,
     };
     let job_id = r.ctx.job_id;
@@ -1094,6 +1100,8 @@ impl Runner {
                 let suite = format!("{i}_{}", d.name);
                 let uuid = format!("{}_{i}", r.ctx.job_id);
                 r.event("test-definition", &suite);
+                r.expected = d.expected.clone();
+                r.reported.clear();
                 r.shell_step(&signals::run_marker("STARTRUN", &suite, &uuid))
                     .await?;
                 for (k, v) in &d.parameters {
@@ -1107,6 +1115,11 @@ impl Runner {
                 r.shell_step(&signals::run_marker("ENDRUN", &suite, &uuid))
                     .await?;
                 r.take_results(&suite).await?;
+                // As LAVA: an expected case never reported is a fail.
+                let missing =
+                    interactive::missing_expected(&suite, r.expected.as_deref(), &r.reported);
+                r.record(missing).await?;
+                r.expected = None;
                 // As LAVA's test shell: a definition that did not reach
                 // its ENDRUN (a step ended the shell, the signal was
                 // garbled) did not run to its end, whatever it reported.
@@ -1172,13 +1185,19 @@ impl Runner {
                 ),
             }
         }
-        if !cases.is_empty() {
-            self.ctx
-                .store
-                .add_results(self.ctx.job_id, cases)
-                .await
-                .map_err(|e| infra(e.to_string()))?;
+        // As LAVA: with `expected`, a case not listed cannot pass.
+        for c in &mut cases {
+            let r = interactive::unexpected(
+                self.expected.as_deref(),
+                &c.name,
+                interactive::result_str(&c.result),
+            );
+            if r == "fail" {
+                c.result = "fail".into();
+            }
+            self.reported.insert(c.name.clone(), r);
         }
+        self.record(cases).await?;
         if let Some(reason) = raise {
             self.event("testraise", &reason);
             return Err(Stop(JobOutcome::incomplete(

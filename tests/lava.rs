@@ -440,3 +440,34 @@ fn references_are_kept_and_attachments_are_refused_without_a_hang() {
         );
     });
 }
+
+/// A definition's `expected` cases, as LAVA treats them: one not listed
+/// cannot pass, and one never reported is recorded as a fail.
+#[test]
+fn a_definitions_expected_cases_are_held_to() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let text = lab
+            .job(
+                "expected",
+                "medium",
+                &[
+                    "lava-test-case a --shell true",
+                    "lava-test-case c --shell true",
+                ],
+            )
+            .replacen(
+                "      name: t\n",
+                "      name: t\n      expected: [a, b]\n",
+                1,
+            );
+        let id = submit(&mut c, &text).await;
+        let (end, log) = ended(&mut c, id).await;
+        assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
+        assert_eq!(
+            all_results(&mut c, id).await,
+            ["0_t/a pass", "0_t/c fail", "0_t/b fail"]
+        );
+    });
+}

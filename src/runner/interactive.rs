@@ -242,6 +242,16 @@ impl Runner {
     }
 }
 
+/// A result as a static string (the four LAVA knows, else `unknown`).
+pub(super) fn result_str(r: &str) -> &'static str {
+    match r {
+        "pass" => "pass",
+        "fail" => "fail",
+        "skip" => "skip",
+        _ => "unknown",
+    }
+}
+
 /// LAVA's rule for a case not in `expected`: a result other than a fail is
 /// forced to fail.
 pub(super) fn unexpected(

@@ -67,7 +67,7 @@ impl Runner {
                     let result = super::interactive::unexpected(
                         m.expected.as_deref(),
                         &case.name,
-                        case_result(&case.result),
+                        super::interactive::result_str(&case.result),
                     );
                     reported.insert(case.name.clone(), result);
                     r.record(vec![TestCase {
@@ -83,16 +83,6 @@ impl Runner {
             Ok(())
         })
         .await
-    }
-}
-
-/// A result as one of the four LAVA accepts (already checked).
-fn case_result(r: &str) -> &'static str {
-    match r {
-        "pass" => "pass",
-        "fail" => "fail",
-        "skip" => "skip",
-        _ => "unknown",
     }
 }
 
