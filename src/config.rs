@@ -34,6 +34,9 @@ pub struct LabConfig {
     /// Where `file://` artifacts may come from (`[deploy]`).
     #[serde(default)]
     pub deploy: DeployConfig,
+    /// The git cache `from: git` test definitions are fetched into (`[git]`).
+    #[serde(default)]
+    pub git: GitConfig,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -263,6 +266,49 @@ pub struct DeployConfig {
     /// Empty (the default): no `file://` artifact is read.
     #[serde(default)]
     pub file_roots: Vec<PathBuf>,
+}
+
+/// `[git]`: the lab host's git cache, one bare mirror per repository URL,
+/// shared by the jobs whose test definitions come `from: git`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GitConfig {
+    /// Where the mirrors are kept; defaults to `<state_dir>/git-cache`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// How long one git run (a clone or fetch, or a checkout from the
+    /// mirror) may take before git and everything it started are killed.
+    #[serde(default = "default_git_timeout")]
+    pub timeout_secs: u64,
+    /// The largest a repository's mirror may grow on disk. A fetch that
+    /// takes it past this is killed and the mirror removed.
+    #[serde(default = "default_git_max_repo_bytes")]
+    pub max_repo_bytes: u64,
+    /// Directories `file://` repositories may lie under (after symlinks are
+    /// resolved). git reads them with labd's rights, not the submitter's,
+    /// so list only directories every submitter may read. Empty (the
+    /// default): no `file://` repository is fetched.
+    #[serde(default)]
+    pub file_roots: Vec<PathBuf>,
+}
+
+fn default_git_timeout() -> u64 {
+    300
+}
+
+fn default_git_max_repo_bytes() -> u64 {
+    1 << 30
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        GitConfig {
+            cache_dir: None,
+            timeout_secs: default_git_timeout(),
+            max_repo_bytes: default_git_max_repo_bytes(),
+            file_roots: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -774,6 +820,11 @@ impl LabConfig {
         if cfg.state_dir.is_relative() {
             cfg.state_dir = base.join(&cfg.state_dir);
         }
+        if let Some(d) = &cfg.git.cache_dir {
+            if d.is_relative() {
+                cfg.git.cache_dir = Some(base.join(d));
+            }
+        }
         Ok(cfg)
     }
 
@@ -805,6 +856,17 @@ impl LabConfig {
                     format!("`{}` is not an absolute path", r.display()),
                 ));
             }
+        }
+        for (i, r) in self.git.file_roots.iter().enumerate() {
+            if !r.is_absolute() {
+                return Err(bad(
+                    format!("git.file_roots[{i}]"),
+                    format!("`{}` is not an absolute path", r.display()),
+                ));
+            }
+        }
+        if self.git.timeout_secs == 0 {
+            return Err(bad("git.timeout_secs".into(), "must be at least 1".into()));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, b) in self.boards.iter().enumerate() {
@@ -905,6 +967,14 @@ impl LabConfig {
         Ok(())
     }
 
+    /// Where the git cache keeps its mirrors.
+    pub fn git_cache_dir(&self) -> PathBuf {
+        self.git
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("git-cache"))
+    }
+
     pub fn tftp_root(&self) -> PathBuf {
         self.tftp
             .root
@@ -963,6 +1033,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
             threads: None,
         },
         artifact_cache: ArtifactCacheConfig::default(),
+        git: GitConfig::default(),
         // The demo runs as whoever started it: any file they may read.
         deploy: DeployConfig {
             file_roots: vec![PathBuf::from("/")],
@@ -1098,6 +1169,36 @@ mod tests {
             err.contains("boards[0].console.ready_timeout_secs"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn git_section_has_defaults_and_is_checked() {
+        let cfg = LabConfig::parse("x.toml", "state_dir = \"/s\"\n").unwrap();
+        assert_eq!(cfg.git, GitConfig::default());
+        assert_eq!(cfg.git.timeout_secs, 300);
+        assert_eq!(cfg.git.max_repo_bytes, 1 << 30);
+        assert_eq!(cfg.git_cache_dir(), PathBuf::from("/s/git-cache"));
+
+        let cfg = LabConfig::parse(
+            "x.toml",
+            "state_dir = \"/s\"\n[git]\ncache_dir = \"/c\"\ntimeout_secs = 5\nmax_repo_bytes = 10\nfile_roots = [\"/srv/git\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.git_cache_dir(), PathBuf::from("/c"));
+        assert_eq!((cfg.git.timeout_secs, cfg.git.max_repo_bytes), (5, 10));
+
+        for (text, path) in [
+            ("[git]\nfile_roots = [\"srv\"]\n", Some("git.file_roots[0]")),
+            ("[git]\ntimeout_secs = 0\n", Some("git.timeout_secs")),
+            ("[git]\nbogus = 1\n", None),
+        ] {
+            let err =
+                LabConfig::parse("x.toml", &format!("state_dir = \"/s\"\n{text}")).unwrap_err();
+            let ConfigError::Invalid { location, .. } = &err else {
+                panic!("{err}");
+            };
+            assert_eq!(location.path.as_deref(), path, "{err}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod device_type;
 pub mod driver;
 pub mod error;
 pub mod faults;
+pub mod git;
 pub mod job;
 pub mod lab;
 pub mod local_file;
