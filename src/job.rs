@@ -2158,11 +2158,12 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
             "revision" | "branch" if is_git => {
                 let v = ctx.string(&p, val);
                 if let Some(r) = &v {
-                    if r.is_empty()
-                        || r.starts_with('-')
-                        || r.chars().any(|c| c.is_whitespace() || c.is_control())
-                    {
-                        ctx.err(&p, val.span(), format!("`{r}` is not a git revision"));
+                    if let Err(why) = crate::git_url::check_name(r) {
+                        ctx.err(
+                            &p,
+                            val.span(),
+                            format!("`{r}` is not a git revision or branch: it {why}"),
+                        );
                     }
                 }
                 if k.as_str() == "revision" {
@@ -2297,39 +2298,9 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
     })
 }
 
-/// Whether a job may name this repository: LAVA's URL kinds only (https,
-/// http, git, ssh, `user@host:path`, file), never a git transport that runs
-/// a command (`ext::`, `fd::`) or a URL git would read as an option.
+/// Whether a job may name this repository (see [`crate::git_url`]).
 pub fn check_git_url(url: &str) -> Result<(), String> {
-    if url.starts_with('-') {
-        return Err(format!("`{url}`: a repository URL may not start with `-`"));
-    }
-    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!(
-            "`{url}`: a repository URL has no spaces or control characters"
-        ));
-    }
-    if let Some((scheme, rest)) = url.split_once("://") {
-        return match scheme {
-            "https" | "http" | "git" | "ssh" | "git+ssh" | "ssh+git" if !rest.is_empty() => Ok(()),
-            "file" if rest.starts_with('/') => Ok(()),
-            _ => Err(format!(
-                "`{url}`: a repository is https, http, git, ssh or file:///"
-            )),
-        };
-    }
-    if url.contains("::") {
-        return Err(format!(
-            "`{url}`: git transports (`name::`) are not allowed"
-        ));
-    }
-    // scp-like `user@host:path` (ssh), as git reads it: a colon before any slash.
-    match url.split_once(':') {
-        Some((host, path)) if !host.is_empty() && !host.contains('/') && !path.is_empty() => Ok(()),
-        _ => Err(format!(
-            "`{url}`: a repository is https, http, git, ssh (or `user@host:path`) or file:///"
-        )),
-    }
+    crate::git_url::check_url(url).map_err(|why| format!("`{url}`: {why}"))
 }
 
 fn parse_inline_repository(
@@ -2537,7 +2508,6 @@ mod tests {
             "ftp://x/y",
             "/srv/git/defs.git",
             "defs",
-            "https://x/a b",
         ] {
             assert!(check_git_url(bad).is_err(), "{bad}");
         }

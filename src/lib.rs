@@ -17,6 +17,7 @@ pub mod driver;
 pub mod error;
 pub mod faults;
 pub mod git;
+pub mod git_url;
 pub mod job;
 pub mod lab;
 pub mod local_file;
