@@ -84,6 +84,7 @@ impl LabActor {
             ("tftp", old.tftp != cfg.tftp),
             ("artifact_cache", old.artifact_cache != cfg.artifact_cache),
             ("deploy", old.deploy != cfg.deploy),
+            ("git", old.git != cfg.git),
             ("auth", old.auth != cfg.auth),
             ("metrics_listen", old.metrics_listen != cfg.metrics_listen),
             ("slow", old.slow != cfg.slow),
