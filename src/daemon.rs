@@ -152,8 +152,15 @@ pub async fn start(
         )?;
         Some(std::sync::Arc::new(c))
     };
+    let git_dir = cfg.git_cache_dir();
+    let git = crate::git::GitCache::new(&git_dir, crate::git::GitLimits::from_config(&cfg.git))
+        .map_err(|source| StartError::Cache {
+            path: git_dir.display().to_string(),
+            source,
+        })?;
     let tftp = TftpInfo {
         cache,
+        git: Some(std::sync::Arc::new(git)),
         max_artifact_bytes: cfg.limits.max_artifact_bytes,
         file_roots: crate::local_file::FileRoots::new(&cfg.deploy.file_roots),
         root,

@@ -69,6 +69,7 @@
 
 mod interactive;
 mod monitors;
+mod overlay;
 
 use crate::device_type::DeviceType;
 use crate::job::{Action, Boot, BootCommands, Deploy, JobDefinition, KernelType, Test};
@@ -188,6 +189,8 @@ pub struct TftpInfo {
     pub cache: Option<Arc<crate::cache::ArtifactCache>>,
     /// Where `file://` artifacts may come from (`[deploy] file_roots`).
     pub file_roots: crate::local_file::FileRoots,
+    /// The repositories of `from: git` test definitions, shared by jobs.
+    pub git: Option<Arc<crate::git::GitCache>>,
 }
 
 pub struct RunCtx {
@@ -261,6 +264,15 @@ struct Runner {
     /// reported so far.
     expected: Option<Vec<String>>,
     reported: BTreeMap<String, &'static str>,
+    /// The test actions that run from the overlay (by action index), and
+    /// their stage in it.
+    overlay_stages: BTreeMap<usize, usize>,
+    /// Running `lava-test-runner`: results go to the suite of the last
+    /// STARTRUN, held to that suite's `expected`.
+    overlay_run: bool,
+    run_suite: Option<String>,
+    overlay_expected: BTreeMap<String, Option<Vec<String>>>,
+    overlay_reported: BTreeMap<(String, String), &'static str>,
 }
 
 /// A token no earlier run used: its step markers cannot be mistaken for
@@ -312,6 +324,11 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         timed_out: false,
         expected: None,
         reported: BTreeMap::new(),
+        overlay_stages: BTreeMap::new(),
+        overlay_run: false,
+        run_suite: None,
+        overlay_expected: BTreeMap::new(),
+        overlay_reported: BTreeMap::new(),
         block_deadline: None,
     };
     let job_id = r.ctx.job_id;
@@ -578,6 +595,9 @@ impl Runner {
             })
             .await?;
         self.deployed = deployed;
+        if self.deployed.contains_key("ramdisk") {
+            self.deliver_overlay().await?;
+        }
         let root = self.ctx.tftp.root.clone();
         self.image_args = d
             .images
@@ -1070,20 +1090,8 @@ impl Runner {
             };
             return Err(Stop(JobOutcome::incomplete(ErrorClass::Job, msg)));
         }
-        if let Some(d) = t
-            .definitions
-            .iter()
-            .find(|d| matches!(d.source, crate::job::DefinitionSource::Git(_)))
-        {
-            // The lab refuses such jobs at submit; one stored by a newer labd
-            // is not run without its repository's files.
-            return Err(Stop(JobOutcome::incomplete(
-                ErrorClass::Configuration,
-                format!(
-                    "test definition {}: `from: git` is not run by this labd",
-                    d.name
-                ),
-            )));
+        if overlay::uses_overlay(t) {
+            return self.test_from_overlay(index, t).await;
         }
         self.phase(Phase::Testing);
         let limit = self.timeout("lava-test-shell", t.timeout);
@@ -1134,6 +1142,15 @@ impl Runner {
         .await
     }
 
+    /// The suite a case goes to: the last STARTRUN's when running from the
+    /// overlay, else the definition's own.
+    fn suite_of(&self, suite: &str) -> String {
+        match (&self.run_suite, self.overlay_run) {
+            (Some(s), true) => s.clone(),
+            _ => suite.to_owned(),
+        }
+    }
+
     /// Stores the test cases signalled so far; a TESTRAISE ends the job.
     async fn take_results(&mut self, suite: &str) -> Result<(), Stop> {
         let mut cases = Vec::new();
@@ -1146,7 +1163,7 @@ impl Runner {
                     measurement,
                     units,
                 } => cases.push(TestCase {
-                    suite: suite.to_owned(),
+                    suite: self.suite_of(suite),
                     set: self.current_set.clone(),
                     name: id,
                     result,
@@ -1162,7 +1179,7 @@ impl Runner {
                     result,
                     reference,
                 } => cases.push(TestCase {
-                    suite: suite.to_owned(),
+                    suite: self.suite_of(suite),
                     set: self.current_set.clone(),
                     name: id,
                     result,
@@ -1170,7 +1187,12 @@ impl Runner {
                     units: None,
                     reference: Some(reference),
                 }),
-                Signal::StartRun { name } => self.event("startrun", &name),
+                Signal::StartRun { name } => {
+                    self.event("startrun", &name);
+                    if self.overlay_run {
+                        self.run_suite = Some(name);
+                    }
+                }
                 Signal::EndRun { name } => {
                     self.event("endrun", &name);
                     self.ended_runs.push(name);
@@ -1187,15 +1209,25 @@ impl Runner {
         }
         // As LAVA: with `expected`, a case not listed cannot pass.
         for c in &mut cases {
+            let expected = if self.overlay_run {
+                self.overlay_expected.get(&c.suite).cloned().flatten()
+            } else {
+                self.expected.clone()
+            };
             let r = interactive::unexpected(
-                self.expected.as_deref(),
+                expected.as_deref(),
                 &c.name,
                 interactive::result_str(&c.result),
             );
             if r == "fail" {
                 c.result = "fail".into();
             }
-            self.reported.insert(c.name.clone(), r);
+            if self.overlay_run {
+                self.overlay_reported
+                    .insert((c.suite.clone(), c.name.clone()), r);
+            } else {
+                self.reported.insert(c.name.clone(), r);
+            }
         }
         self.record(cases).await?;
         if let Some(reason) = raise {

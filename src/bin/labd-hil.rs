@@ -156,6 +156,71 @@ fn check(expect: &Expect, job: &Value, results: &[Value], log: &[u8]) -> Vec<Str
     p
 }
 
+/// LAVA's usual test-definitions repository, in small: Linaro's smoke
+/// definition (from `../shared`, LAVA reference data) with labd's own
+/// stand-ins for the scripts it calls, as a bare repository at
+/// `<run>/repos/test-definitions.git` with a tag `v1`. The rig's `from: git`
+/// jobs name it as `file://@REPOS@/test-definitions.git`.
+fn make_repos(run: &Path) -> Result<PathBuf> {
+    let repos = run.join("repos");
+    let bare = repos.join("test-definitions.git");
+    if bare.exists() {
+        return Ok(repos);
+    }
+    let work = tempfile::tempdir()?;
+    let w = work.path();
+    let smoke = w.join("automated/linux/smoke");
+    let utils = w.join("automated/utils");
+    std::fs::create_dir_all(&smoke)?;
+    std::fs::create_dir_all(&utils)?;
+    let linaro = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/lava/test-definitions/linaro-smoke.yaml");
+    let yaml = std::fs::read_to_string(&linaro).unwrap_or_else(|_| {
+        "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: smoke-tests-basic\nparams:\n  SKIP_INSTALL: \"False\"\n  TESTS: \"pwd, uname -a\"\nrun:\n  steps:\n    - cd ./automated/linux/smoke/\n    - ./smoke.sh -s \"${SKIP_INSTALL}\" -t \"${TESTS}\"\n    - ../../utils/send-to-lava.sh ./output/result.txt\n".into()
+    });
+    std::fs::write(smoke.join("smoke.yaml"), yaml)?;
+    let exec = |path: &Path, text: &str| -> Result<()> {
+        std::fs::write(path, text)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    };
+    exec(
+        &smoke.join("smoke.sh"),
+        "#!/bin/sh\n# labd's stand-in for Linaro's smoke.sh: the same options, the same output file.\nSKIP_INSTALL=false\nTESTS=pwd\nwhile getopts s:t: o; do\n    case \"$o\" in\n        s) SKIP_INSTALL=\"$OPTARG\" ;;\n        t) TESTS=\"$OPTARG\" ;;\n    esac\ndone\nmkdir -p output\n: > output/result.txt\necho \"$TESTS\" | tr ',' '\\n' | while read -r t; do\n    [ -n \"$t\" ] || continue\n    name=${t%% *}\n    if sh -c \"$t\"; then r=pass; else r=fail; fi\n    echo \"$name $r\" >> output/result.txt\ndone\necho \"skip install: $SKIP_INSTALL\"\n",
+    )?;
+    exec(
+        &utils.join("send-to-lava.sh"),
+        "#!/bin/sh\n# labd's stand-in for Linaro's send-to-lava.sh: each result line as a test case.\nwhile read -r name result measurement units; do\n    [ -n \"$name\" ] || continue\n    if [ -n \"$measurement\" ]; then\n        lava-test-case \"$name\" --result \"$result\" --measurement \"$measurement\" --units \"$units\"\n    else\n        lava-test-case \"$name\" --result \"$result\"\n    fi\ndone < \"$1\"\n",
+    )?;
+    std::fs::create_dir_all(&repos)?;
+    let git = |dir: &Path, args: &[&str]| -> Result<()> {
+        let st = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=labd-hil",
+                "-c",
+                "user.email=labd-hil@localhost",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .context("running git (install the Debian package git)")?;
+        if !st.success() {
+            bail!("git {args:?} failed in {}", dir.display());
+        }
+        Ok(())
+    };
+    git(&repos, &["init", "-q", "--bare", "test-definitions.git"])?;
+    git(w, &["init", "-q", "-b", "main"])?;
+    git(w, &["add", "."])?;
+    git(w, &["commit", "-q", "-m", "smoke"])?;
+    git(w, &["tag", "v1"])?;
+    let dest = bare.display().to_string();
+    git(w, &["push", "-q", &dest, "main", "v1"])?;
+    Ok(repos)
+}
+
 /// The lab for this run: placeholders filled in, at most `per_type` boards
 /// of each device type.
 fn prepare_lab(args: &Args, run: &Path, cache: &Path) -> Result<PathBuf> {
@@ -411,6 +476,7 @@ async fn run(args: Args) -> Result<bool> {
             .tempdir()?
             .keep(),
     };
+    let repos = make_repos(&run_dir)?;
     let (socket, mut labd) = match &args.socket {
         Some(s) => (s.clone(), None),
         None => {
@@ -438,7 +504,9 @@ async fn run(args: Args) -> Result<bool> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let definition = text.replace("@ARTIFACTS@", &artifacts);
+            let definition = text
+                .replace("@ARTIFACTS@", &artifacts)
+                .replace("@REPOS@", &repos.display().to_string());
             let id = client
                 .submit(&definition, &path.display().to_string())
                 .await

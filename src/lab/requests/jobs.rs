@@ -214,18 +214,22 @@ impl LabActor {
                 ),
             ));
         }
+        let mut ramdisk_deployed = false;
         for a in &def.actions {
-            // The runner does not deliver repositories to boards yet: a
-            // git definition is refused here rather than run without its
-            // files.
+            // A git definition's files reach the board in the overlay,
+            // appended to a ramdisk: a job without one cannot run it.
+            if let job::Action::Deploy(d) = a {
+                ramdisk_deployed |= d.ramdisk.is_some();
+            }
             if let job::Action::Test(t) = a {
-                if t.definitions
-                    .iter()
-                    .any(|d| matches!(d.source, job::DefinitionSource::Git(_)))
+                if !ramdisk_deployed
+                    && t.definitions
+                        .iter()
+                        .any(|d| matches!(d.source, job::DefinitionSource::Git(_)))
                 {
                     return Err(ApiError::new(
                         ErrorCode::Unsupported,
-                        "`from: git` test definitions are not run yet: labd does not yet deliver a repository's files to the board",
+                        "`from: git` test definitions reach the board in an overlay appended to the ramdisk; this job deploys no ramdisk before them (`transfer_overlay` and rootfs overlays are not supported yet)",
                     ));
                 }
             }
