@@ -471,3 +471,94 @@ fn a_definitions_expected_cases_are_held_to() {
         );
     });
 }
+
+/// A bare repository with one test definition, tagged `v1`, in `dir`.
+fn definitions_repo(dir: &std::path::Path) -> std::path::PathBuf {
+    let work = dir.join("work");
+    std::fs::create_dir_all(work.join("defs")).unwrap();
+    std::fs::write(
+        work.join("defs/smoke.yaml"),
+        "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: smoke\nrun:\n  steps:\n    - lava-test-case ok --shell true\n",
+    )
+    .unwrap();
+    let git = |cwd: &std::path::Path, args: &[&str]| {
+        let st = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
+            .args(args)
+            .current_dir(cwd)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    };
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "defs"]);
+    git(&work, &["tag", "v1"]);
+    git(dir, &["init", "-q", "--bare", "defs.git"]);
+    let bare = dir.join("defs.git");
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main", "v1"]);
+    bare
+}
+
+fn git_job(lab: &Lab, repo: &std::path::Path, revision: &str, ramdisk: bool) -> String {
+    let a = lab.artifacts();
+    let rd = if ramdisk {
+        format!(
+            "    ramdisk:\n      url: file://{}/rootfs.cpio.gz\n",
+            a.display()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "device_type: sim-uboot\njob_name: git\npriority: medium\ntimeouts:\n  job:\n    minutes: 3\nactions:\n- deploy:\n    to: tftp\n    kernel:\n      url: file://{a}/Image\n      type: image\n{rd}- boot:\n    method: u-boot\n    commands: ramdisk\n    auto_login:\n      login_prompt: 'login:'\n      username: root\n    prompts: ['root@sim:[^#]*# ']\n- test:\n    definitions:\n    - repository: file://{r}\n      from: git\n      path: defs/smoke.yaml\n      name: smoke\n      revision: {revision}\n      history: false\n",
+        a = a.display(),
+        r = repo.display()
+    )
+}
+
+/// A revision the repository does not have ends the job at its deploy,
+/// before the board is powered, naming the repository and git's words.
+#[test]
+fn a_git_definition_that_cannot_be_fetched_ends_the_job_naming_its_repository() {
+    if !require_tool("git", "install the Debian package git; .ci/run does") {
+        return;
+    }
+    rt().block_on(async {
+        let lab = Lab::start_with(1, &[], &[], "[git]\nfile_roots = [\"@DIR@/repos\"]\n");
+        let repos = lab.dir.path().join("repos");
+        std::fs::create_dir_all(&repos).unwrap();
+        let repo = definitions_repo(&repos);
+        let mut c = lab.client().await;
+        let id = submit(&mut c, &git_job(&lab, &repo, "no-such-tag", true)).await;
+        let (end, log) = ended(&mut c, id).await;
+        assert_eq!(end["end"]["health"], "Incomplete", "{end}\n{log}");
+        assert_eq!(end["error_class"], "Job", "{end}");
+        let error = end["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("file://{}", repo.display())),
+            "{error}"
+        );
+        assert!(error.contains("no-such-tag"), "{error}");
+        assert!(powered(&lab).await.is_empty());
+    });
+}
+
+/// Without a ramdisk there is nothing to carry the overlay: the job is
+/// refused at submit, saying why.
+#[test]
+fn a_git_definition_without_a_ramdisk_is_refused_at_submit() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let e = c
+            .submit(
+                &git_job(&lab, std::path::Path::new("/srv/defs.git"), "v1", false),
+                "j.yaml",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(labd::error::ErrorCode::Unsupported), "{e}");
+        assert!(e.to_string().contains("appended to the ramdisk"), "{e}");
+    });
+}
