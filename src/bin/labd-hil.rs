@@ -571,6 +571,20 @@ async fn run(args: Args) -> Result<bool> {
         });
     }
     print_table(&outcomes);
+    // What labd did for a job's `from: git` definitions: the checkouts
+    // (fetched, or from the git cache) and the overlay it built.
+    for o in &outcomes {
+        for e in o.job["events"].as_array().into_iter().flatten() {
+            if matches!(e["kind"].as_str(), Some("git" | "overlay")) {
+                println!(
+                    "labd-hil: job {} {}: {}",
+                    o.id,
+                    e["kind"].as_str().unwrap_or(""),
+                    e["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
     let mut ok = true;
     for o in &outcomes {
         if o.problems.is_empty() {

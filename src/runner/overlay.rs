@@ -129,6 +129,7 @@ impl Runner {
                 .await
                 .map_err(|e| infra(format!("creating {}: {e}", parent.display())))?;
         }
+        let started = std::time::Instant::now();
         let got = cache
             .checkout(
                 &g.repository,
@@ -146,14 +147,15 @@ impl Runner {
         self.event(
             "git",
             &format!(
-                "{suite}: {} at {}{}",
+                "{suite}: {} at {}{} in {} ms",
                 got.url,
                 got.commit,
                 if got.fetched {
                     ""
                 } else {
                     " (from the git cache)"
-                }
+                },
+                started.elapsed().as_millis()
             ),
         );
         let file = dest.join(&g.path);
