@@ -642,27 +642,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
         warnings: Vec::new(),
         files: Vec::new(),
     };
-    let opts = marked_yaml::LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .prevent_coercion(true);
-    let root = match marked_yaml::parse_yaml_with_options(0, text, opts) {
-        Ok(n) => n,
-        Err(e) => {
-            let (line, column) = load_error_position(&e);
-            return Err(JobError {
-                errors: vec![Diagnostic {
-                    code: ErrorCode::InvalidJob,
-                    location: Location {
-                        file: Some(file.to_owned()),
-                        path: None,
-                        line,
-                        column,
-                    },
-                    message: format!("not valid YAML: {}", strip_position(&e.to_string())),
-                }],
-            });
-        }
-    };
+    let root = load_yaml(file, text)?;
     let def = parse_root(&mut ctx, &root);
     match def {
         Some(definition) if ctx.errors.is_empty() => Ok(Parsed {
@@ -704,27 +684,7 @@ pub fn parse_definition_file(file: &str, text: &str) -> Result<DefinitionFile, J
         warnings: Vec::new(),
         files: Vec::new(),
     };
-    let opts = marked_yaml::LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .prevent_coercion(true);
-    let root = match marked_yaml::parse_yaml_with_options(0, text, opts) {
-        Ok(n) => n,
-        Err(e) => {
-            let (line, column) = load_error_position(&e);
-            return Err(JobError {
-                errors: vec![Diagnostic {
-                    code: ErrorCode::InvalidJob,
-                    location: Location {
-                        file: Some(file.to_owned()),
-                        path: None,
-                        line,
-                        column,
-                    },
-                    message: format!("not valid YAML: {}", strip_position(&e.to_string())),
-                }],
-            });
-        }
-    };
+    let root = load_yaml(file, text)?;
     let Some(m) = ctx.mapping("", &root) else {
         return Err(JobError { errors: ctx.errors });
     };
@@ -944,6 +904,30 @@ fn python_str_repr(s: &str) -> String {
     }
     out.push(q);
     out
+}
+
+/// Loads YAML as labd reads jobs and test definitions: duplicate keys
+/// refused, every scalar kept as written with its quoting (see
+/// [`lava_text`]), and an error naming the file, line and column.
+fn load_yaml(file: &str, text: &str) -> Result<Node, JobError> {
+    let opts = marked_yaml::LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
+    marked_yaml::parse_yaml_with_options(0, text, opts).map_err(|e| {
+        let (line, column) = load_error_position(&e);
+        JobError {
+            errors: vec![Diagnostic {
+                code: ErrorCode::InvalidJob,
+                location: Location {
+                    file: Some(file.to_owned()),
+                    path: None,
+                    line,
+                    column,
+                },
+                message: format!("not valid YAML: {}", strip_position(&e.to_string())),
+            }],
+        }
+    })
 }
 
 fn strip_position(msg: &str) -> String {

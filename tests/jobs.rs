@@ -275,7 +275,8 @@ fn the_rig_jobs_parse_and_carry_expectations() {
             let path = e.unwrap().path();
             let text = std::fs::read_to_string(&path)
                 .unwrap()
-                .replace("@ARTIFACTS@", "http://files.lab/hil");
+                .replace("@ARTIFACTS@", "http://files.lab/hil")
+                .replace("@REPOS@", "/srv/hil/repos");
             let name = path.display().to_string();
             let parsed = job::parse(&name, &text).unwrap_or_else(|e| panic!("{e}"));
             assert!(parsed.warnings.is_empty(), "{name}: {:?}", parsed.warnings);

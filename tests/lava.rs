@@ -17,6 +17,15 @@ fn at_uboot(name: &str, test: &str) -> String {
     )
 }
 
+/// A sim job's start, through its TFTP deploy of kernel, ramdisk and DTB.
+fn tftp_head(lab: &Lab, name: &str) -> String {
+    let a = lab.artifacts();
+    format!(
+        "device_type: sim-uboot\njob_name: {name}\npriority: medium\ntimeouts:\n  job:\n    minutes: 3\nactions:\n- deploy:\n    to: tftp\n    kernel:\n      url: file://{a}/Image\n      type: image\n    ramdisk:\n      url: file://{a}/rootfs.cpio.gz\n    dtb:\n      url: file://{a}/board.dtb\n",
+        a = a.display()
+    )
+}
+
 /// Every result of a job as `suite/name result [measurement]`.
 async fn all_results(c: &mut labd::client::Client, id: u64) -> Vec<String> {
     let r = c.call(RequestBody::Results { job: id }).await.unwrap();
@@ -174,25 +183,8 @@ fn a_monitors_test_reads_results_from_the_boot_log() {
     rt().block_on(async {
         let lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let a = lab.artifacts();
         let text = format!(
-            r#"device_type: sim-uboot
-job_name: monitors
-priority: medium
-timeouts:
-  job:
-    minutes: 3
-actions:
-- deploy:
-    to: tftp
-    kernel:
-      url: file://{a}/Image
-      type: image
-    ramdisk:
-      url: file://{a}/rootfs.cpio.gz
-    dtb:
-      url: file://{a}/board.dtb
-- boot:
+            r#"{head}- boot:
     method: u-boot
     commands: ramdisk
 - test:
@@ -209,7 +201,7 @@ actions:
         8250/16550: fail
       expected: [smp, devtmpfs, serial, rtc]
 "#,
-            a = a.display()
+            head = tftp_head(&lab, "monitors")
         );
         let id = submit(&mut c, &text).await;
         let (end, log) = ended(&mut c, id).await;
@@ -233,23 +225,8 @@ fn a_monitor_that_never_ends_is_the_tests_timeout() {
     rt().block_on(async {
         let lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let a = lab.artifacts();
         let text = format!(
-            r#"device_type: sim-uboot
-job_name: monitor-timeout
-priority: medium
-timeouts:
-  job:
-    minutes: 3
-actions:
-- deploy:
-    to: tftp
-    kernel:
-      url: file://{a}/Image
-      type: image
-    ramdisk:
-      url: file://{a}/rootfs.cpio.gz
-- boot:
+            r#"{head}- boot:
     method: u-boot
     commands: ramdisk
 - test:
@@ -261,7 +238,7 @@ actions:
       end: "never printed"
       pattern: '(?P<test_case_id>x{{20}})(?P<result>y)'
 "#,
-            a = a.display()
+            head = tftp_head(&lab, "monitor-timeout")
         );
         let id = submit(&mut c, &text).await;
         let (end, log) = ended(&mut c, id).await;
@@ -279,25 +256,8 @@ fn a_board_booted_by_hand_is_logged_in_without_a_power_cycle() {
     rt().block_on(async {
         let lab = Lab::start(1, &[]);
         let mut c = lab.client().await;
-        let a = lab.artifacts();
         let text = format!(
-            r#"device_type: sim-uboot
-job_name: boot-by-hand
-priority: medium
-timeouts:
-  job:
-    minutes: 3
-actions:
-- deploy:
-    to: tftp
-    kernel:
-      url: file://{a}/Image
-      type: image
-    ramdisk:
-      url: file://{a}/rootfs.cpio.gz
-    dtb:
-      url: file://{a}/board.dtb
-- boot:
+            r#"{head}- boot:
     method: bootloader
     bootloader: u-boot
     commands: []
@@ -343,7 +303,7 @@ actions:
           steps:
           - lava-test-case shell --shell true
 "#,
-            a = a.display()
+            head = tftp_head(&lab, "boot-by-hand")
         );
         let id = submit(&mut c, &text).await;
         let (end, log) = ended(&mut c, id).await;
