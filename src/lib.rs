@@ -22,6 +22,7 @@ pub mod local_file;
 pub mod matcher;
 pub mod metrics;
 pub mod model;
+pub mod overlay;
 pub mod power;
 pub mod protocol;
 pub mod pty;
