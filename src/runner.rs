@@ -264,9 +264,9 @@ struct Runner {
     /// reported so far.
     expected: Option<Vec<String>>,
     reported: BTreeMap<String, &'static str>,
-    /// The test actions that run from the overlay (by action index), and
-    /// their stage in it.
-    overlay_stages: BTreeMap<usize, usize>,
+    /// The test actions that run from the overlay (by action index): the
+    /// line that runs them on the board, and their definitions' names.
+    overlay_runs: BTreeMap<usize, (String, Vec<String>)>,
     /// Running `lava-test-runner`: results go to the suite of the last
     /// STARTRUN, held to that suite's `expected`.
     overlay_run: bool,
@@ -324,7 +324,7 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         timed_out: false,
         expected: None,
         reported: BTreeMap::new(),
-        overlay_stages: BTreeMap::new(),
+        overlay_runs: BTreeMap::new(),
         overlay_run: false,
         run_suite: None,
         overlay_expected: BTreeMap::new(),

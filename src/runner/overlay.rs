@@ -37,6 +37,7 @@ impl Runner {
     /// After a deploy with a ramdisk: builds the overlay for every test
     /// action that needs it and appends it to the ramdisk.
     pub(super) async fn deliver_overlay(&mut self) -> Result<(), Stop> {
+        use crate::overlay::{OverlayDefinition, OverlayJob, SourceDir, Testdef};
         let actions = self.ctx.def.actions.clone();
         let wanted: Vec<(usize, &Test)> = actions
             .iter()
@@ -46,7 +47,7 @@ impl Runner {
                 _ => None,
             })
             .collect();
-        if wanted.is_empty() || !self.overlay_stages.is_empty() {
+        if wanted.is_empty() || !self.overlay_runs.is_empty() {
             return Ok(());
         }
         let Some(ramdisk) = self.deployed.get("ramdisk").cloned() else {
@@ -58,66 +59,110 @@ impl Runner {
         let started = std::time::Instant::now();
         let job = self.ctx.job_id;
         let job_dir = self.ctx.tftp.root.join(job.to_string());
+        let job_error = |msg: String| Stop(JobOutcome::incomplete(ErrorClass::Job, msg));
         let mut stages = Vec::new();
-        for (stage, (index, t)) in wanted.iter().enumerate() {
+        for (stage, (_, t)) in wanted.iter().enumerate() {
             let mut defs = Vec::new();
             for (i, d) in t.definitions.iter().enumerate() {
-                let suite = format!("{i}_{}", d.name);
-                let uuid = format!("{job}_{stage}.{i}");
-                let mut params: Vec<(String, String)> = Vec::new();
-                let (files, steps) = match &d.source {
-                    DefinitionSource::Inline => (None, d.steps.clone()),
+                let parameters: Vec<(String, String)> = d
+                    .parameters
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let def = match &d.source {
+                    DefinitionSource::Inline => OverlayDefinition {
+                        name: d.name.clone(),
+                        source: None,
+                        yaml: None,
+                        testdef: Testdef {
+                            name: Some(d.name.clone()),
+                            steps: d.steps.clone(),
+                            ..Testdef::default()
+                        },
+                        parameters,
+                        skip_install: Vec::new(),
+                        repos: Vec::new(),
+                    },
                     DefinitionSource::Git(g) => {
                         let dest = job_dir.join("defs").join(format!("{stage}_{i}"));
-                        let (steps, defaults) = self.checkout(&suite, g, &dest).await?;
-                        params.extend(defaults);
-                        (Some(dest), steps)
+                        let yaml = self.checkout(&d.name, g, &dest).await?;
+                        let source = SourceDir {
+                            path: dest,
+                            include_git: g.history,
+                        };
+                        OverlayDefinition::from_yaml(&d.name, Some(source), &yaml, parameters)
+                            .map_err(|e| job_error(format!("test definition {}: {e}", d.name)))?
                     }
                 };
-                // The job's parameters go after the definition's defaults,
-                // so that they win, as LAVA's do.
-                params.extend(d.parameters.iter().map(|(k, v)| (k.clone(), v.clone())));
-                defs.push(crate::overlay::Definition {
-                    suite,
-                    files,
-                    steps,
-                    params,
-                    uuid,
-                });
+                defs.push(def);
             }
-            self.overlay_stages.insert(*index, stage);
             stages.push(defs);
         }
         let rd = self.ctx.tftp.root.join(&ramdisk);
+        let overlay_job = OverlayJob::new(job, stages);
         let built = tokio::task::spawn_blocking(move || {
-            let tree = crate::overlay::build(job, &stages)?;
-            let files = tree.len();
-            let gz = crate::overlay::cpio_gz(&tree)?;
-            let size = gz.len();
-            crate::overlay::append_to_ramdisk(&rd, &gz, &rd)?;
-            Ok::<_, crate::overlay::OverlayError>((files, size))
+            let overlay = crate::overlay::Overlay::build(&overlay_job)?;
+            let gz = overlay.cpio_gz()?;
+            let io = |path: &std::path::Path| {
+                let path = path.to_path_buf();
+                move |source| crate::overlay::OverlayError::Io { path, source }
+            };
+            let user = std::fs::read(&rd).map_err(io(&rd))?;
+            let both = crate::overlay::append_to_ramdisk(&user, &gz)?;
+            // A new file renamed over the old name: a deployed ramdisk
+            // linked to the artifact cache's blob keeps the blob whole.
+            let tmp = rd.with_extension("overlay-tmp");
+            std::fs::write(&tmp, &both.bytes).map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &rd).map_err(io(&rd))?;
+            Ok::<_, crate::overlay::OverlayError>((
+                overlay,
+                gz.len(),
+                both.format,
+                both.uboot_header,
+            ))
         })
         .await
         .map_err(|e| infra(format!("overlay: {e}")))?;
-        let (files, size) = built.map_err(|e| infra(e.to_string()))?;
+        let (overlay, size, format, uboot) = built.map_err(|e| infra(e.to_string()))?;
+        for w in overlay.warnings() {
+            self.event("overlay-warning", w);
+        }
+        for (stage, (index, _)) in wanted.iter().enumerate() {
+            let Some(command) = overlay.runner_command(stage) else {
+                continue;
+            };
+            let runs: Vec<String> = overlay
+                .definitions()
+                .iter()
+                .filter(|b| b.stage == stage)
+                .map(|b| b.testrun_id.clone())
+                .collect();
+            self.overlay_runs.insert(*index, (command, runs));
+        }
         self.event(
             "overlay",
             &format!(
-                "/lava-{job}: {files} entries, {size} bytes gzip'd, appended to the ramdisk in {} ms",
+                "{}: {} bytes gzip'd, appended to the {format:?} ramdisk{} in {} ms",
+                overlay.root(),
+                size,
+                if uboot {
+                    " inside its U-Boot header"
+                } else {
+                    ""
+                },
                 started.elapsed().as_millis()
             ),
         );
         Ok(())
     }
 
-    /// Checks a git definition out and reads its definition file: its
-    /// steps and its parameters' defaults.
+    /// Checks a git definition out and reads its definition file's text.
     async fn checkout(
         &mut self,
         suite: &str,
         g: &crate::job::GitDefinition,
         dest: &Path,
-    ) -> Result<(Vec<String>, Vec<(String, String)>), Stop> {
+    ) -> Result<String, Stop> {
         let Some(cache) = self.ctx.tftp.git.clone() else {
             return Err(Stop(JobOutcome::incomplete(
                 ErrorClass::Configuration,
@@ -176,6 +221,8 @@ impl Runner {
         let text = tokio::fs::read_to_string(&file)
             .await
             .map_err(|e| job_error(format!("test definition {suite}: {}: {e}", g.path)))?;
+        // Checked here, with the file's line and column in the error;
+        // the overlay reads the same text for what it builds.
         let parsed = crate::job::parse_definition_file(&g.path, &text)
             .map_err(|e| job_error(format!("test definition {suite}: {}", e.first())))?;
         if !parsed.install.is_empty() {
@@ -187,13 +234,13 @@ impl Runner {
                 ),
             );
         }
-        Ok((parsed.steps, parsed.params.into_iter().collect()))
+        Ok(text)
     }
 
     /// Runs a test action's definitions from the overlay: one line, whose
     /// signals give the results.
     pub(super) async fn test_from_overlay(&mut self, index: usize, t: &Test) -> Result<(), Stop> {
-        let Some(stage) = self.overlay_stages.get(&index).copied() else {
+        let Some((command, runs)) = self.overlay_runs.get(&index).cloned() else {
             return Err(Stop(JobOutcome::incomplete(
                 ErrorClass::Job,
                 "`from: git` test definitions need a deploy with a ramdisk before them",
@@ -201,33 +248,30 @@ impl Runner {
         };
         self.phase(super::Phase::Testing);
         let limit = self.timeout("lava-test-shell", t.timeout);
-        let job = self.ctx.job_id;
         let defs = t.definitions.clone();
         self.bounded("lava-test-shell", limit, async |r: &mut Self| {
             r.collecting = true;
             r.overlay_run = true;
             r.run_suite = None;
-            r.overlay_expected = defs
+            // The overlay's names for the definitions, in order.
+            r.overlay_expected = runs
                 .iter()
-                .enumerate()
-                .map(|(i, d)| (format!("{i}_{}", d.name), d.expected.clone()))
+                .zip(&defs)
+                .map(|(run, d)| (run.clone(), d.expected.clone()))
                 .collect();
-            let ran = r
-                .shell_step(&format!(
-                    "/lava-{job}/bin/lava-test-runner /lava-{job}/{stage}"
-                ))
-                .await;
+            let ran = r.shell_step(&command).await;
             let taken = r.take_results("").await;
             r.overlay_run = false;
             ran?;
             taken?;
             let by_suite = std::mem::take(&mut r.overlay_expected);
-            for (suite, expected) in &by_suite {
+            for suite in &runs {
                 if !r.ended_runs.contains(suite) {
                     let msg = format!("test definition {suite} did not reach its ENDRUN");
                     r.event("error", &msg);
                     return Err(Stop(JobOutcome::incomplete(ErrorClass::Test, msg)));
                 }
+                let expected = by_suite.get(suite).cloned().flatten();
                 let reported: BTreeMap<String, &'static str> = r
                     .overlay_reported
                     .iter()
