@@ -187,7 +187,7 @@ fn make_repos(run: &Path) -> Result<PathBuf> {
     };
     exec(
         &smoke.join("smoke.sh"),
-        "#!/bin/sh\n# labd's stand-in for Linaro's smoke.sh: the same options, the same output file.\nSKIP_INSTALL=false\nTESTS=pwd\nwhile getopts s:t: o; do\n    case \"$o\" in\n        s) SKIP_INSTALL=\"$OPTARG\" ;;\n        t) TESTS=\"$OPTARG\" ;;\n    esac\ndone\nmkdir -p output\n: > output/result.txt\necho \"$TESTS\" | tr ',' '\\n' | while read -r t; do\n    [ -n \"$t\" ] || continue\n    name=${t%% *}\n    if sh -c \"$t\"; then r=pass; else r=fail; fi\n    echo \"$name $r\" >> output/result.txt\ndone\necho \"skip install: $SKIP_INSTALL\"\n",
+        "#!/bin/sh\n# labd's stand-in for Linaro's smoke.sh: the same options, the same output file.\nSKIP_INSTALL=false\nTESTS=pwd\nwhile getopts s:t: o; do\n    case \"$o\" in\n        s) SKIP_INSTALL=\"$OPTARG\" ;;\n        t) TESTS=\"$OPTARG\" ;;\n    esac\ndone\nmkdir -p output\n: > output/result.txt\necho \"$TESTS\" | tr ',' '\\n' | while read -r t; do\n    [ -n \"$t\" ] || continue\n    name=${t%% *}\n    if sh -c \"$t\"; then r=pass; else r=fail; fi\n    echo \"$name $r\" >> output/result.txt\ndone\necho \"tests-run pass $(wc -l < output/result.txt) tests\" >> output/result.txt\necho \"skip install: $SKIP_INSTALL\"\n",
     )?;
     exec(
         &utils.join("send-to-lava.sh"),
