@@ -659,103 +659,6 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
     }
 }
 
-/// A test definition file (LAVA's `Lava-Test Test Definition 1.0`), as a
-/// `from: git` definition names it in its repository.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DefinitionFile {
-    /// `metadata.name`.
-    pub name: String,
-    /// The definition's own `params` (or `parameters`) defaults.
-    pub params: BTreeMap<String, String>,
-    /// `run.steps`, each a shell line.
-    pub steps: Vec<String>,
-    /// The `install` section's keys (`deps`, `git-repos`, `steps`, ...),
-    /// which labd does not act on: the runner records that it skipped them.
-    pub install: Vec<String>,
-    pub warnings: Vec<Diagnostic>,
-}
-
-/// Parses a test definition file; errors name the file, key path, line
-/// and column, as a job's do.
-pub fn parse_definition_file(file: &str, text: &str) -> Result<DefinitionFile, JobError> {
-    let mut ctx = Ctx {
-        file,
-        errors: Vec::new(),
-        warnings: Vec::new(),
-        files: Vec::new(),
-    };
-    let root = load_yaml(file, text)?;
-    let Some(m) = ctx.mapping("", &root) else {
-        return Err(JobError { errors: ctx.errors });
-    };
-    let mut name = None;
-    let mut params = BTreeMap::new();
-    let mut steps = None;
-    let mut install = Vec::new();
-    for (k, val) in m.iter() {
-        let p = k.as_str().to_owned();
-        match k.as_str() {
-            "metadata" => {
-                if let Some(md) = ctx.mapping(&p, val) {
-                    if let Some(f) = md.get_scalar("format") {
-                        let f = f.as_str();
-                        if !f.eq_ignore_ascii_case("Lava-Test Test Definition 1.0") {
-                            ctx.unsupported(&format!("{p}.format"), val.span(), format!("format `{f}` is not supported; labd runs `Lava-Test Test Definition 1.0`"));
-                        }
-                    }
-                    if let Some(n) = md.get_node("name") {
-                        name = ctx.string(&format!("{p}.name"), n);
-                    }
-                }
-            }
-            "params" | "parameters" => {
-                if let Some(pm) = ctx.mapping(&p, val) {
-                    for (pk, pv) in pm.iter() {
-                        params.insert(pk.as_str().to_owned(), lava_text(pv));
-                    }
-                }
-            }
-            "run" => {
-                let Some(rm) = ctx.mapping(&p, val) else {
-                    continue;
-                };
-                for (rk, rv) in rm.iter() {
-                    let rp = format!("{p}.{}", rk.as_str());
-                    match rk.as_str() {
-                        "steps" => steps = ctx.string_list(&rp, rv),
-                        other => ctx.warn(
-                            &rp,
-                            &key_span(rk),
-                            format!("`{other}` is not run by labd; ignored"),
-                        ),
-                    }
-                }
-            }
-            "install" => {
-                if let Some(im) = ctx.mapping(&p, val) {
-                    install = im.iter().map(|(ik, _)| ik.as_str().to_owned()).collect();
-                }
-            }
-            // LAVA's other sections describe the test; they change nothing
-            // in how it runs.
-            _ => {}
-        }
-    }
-    if m.get_node("run").is_some() && steps.is_none() && ctx.errors.is_empty() {
-        ctx.err("run.steps", root.span(), "missing required key `run.steps`");
-    }
-    if !ctx.errors.is_empty() {
-        return Err(JobError { errors: ctx.errors });
-    }
-    Ok(DefinitionFile {
-        name: name.unwrap_or_default(),
-        params,
-        steps: steps.unwrap_or_default(),
-        install,
-        warnings: ctx.warnings,
-    })
-}
-
 /// A parameter's value as LAVA writes it into a test's environment:
 /// LAVA loads the YAML (PyYAML, YAML 1.1) and formats the value with
 /// Python's `str()`, so `true` and `yes` become `True`, `0x10` becomes
@@ -2495,35 +2398,6 @@ mod tests {
         ] {
             assert!(check_git_url(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn a_definition_file_gives_its_steps_params_and_install_keys() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/lava/test-definitions/linaro-smoke.yaml"
-        ));
-        // The Linaro file is GPL data beside the checkout; a checkout
-        // without it still checks the same shape inline.
-        let text = text.unwrap_or_else(|_| {
-            "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: smoke-tests-basic\nparams:\n  SKIP_INSTALL: \"False\"\n  TESTS: \"pwd\"\nrun:\n  steps:\n    - cd ./automated/linux/smoke/\n    - ./smoke.sh -s \"${SKIP_INSTALL}\" -t \"${TESTS}\"\n    - ../../utils/send-to-lava.sh ./output/result.txt\n".into()
-        });
-        let d = parse_definition_file("smoke.yaml", &text).unwrap();
-        assert_eq!(d.name, "smoke-tests-basic");
-        assert_eq!(d.params["SKIP_INSTALL"], "False");
-        assert_eq!(d.steps[0], "cd ./automated/linux/smoke/");
-        assert_eq!(d.steps.len(), 3);
-        let with_install =
-            "metadata:\n  name: x\ninstall:\n  deps: [curl]\nrun:\n  steps: [true]\n";
-        assert_eq!(
-            parse_definition_file("x.yaml", with_install)
-                .unwrap()
-                .install,
-            ["deps"]
-        );
-        let bad = parse_definition_file("x.yaml", "run:\n  steps:\n    a: b\n").unwrap_err();
-        assert_eq!(bad.first().location.path.as_deref(), Some("run.steps"));
-        assert_eq!(bad.first().location.line, Some(3));
     }
 
     #[test]

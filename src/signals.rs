@@ -370,7 +370,7 @@ pub const SHELL_HELPERS: &[&str] = &[
     r#"lava_test_set() { case "$1" in start) printf '<LAVA_SIGNAL_%s START %s>\n' TESTSET "$2";; stop) printf '<LAVA_SIGNAL_%s STOP>\n' TESTSET;; esac; }"#,
     r#"lava_test_raise() { printf '<LAVA_SIGNAL_%s %s>\n' TESTRAISE "$*"; }"#,
     r#"lava_test_reference() { _ltr_n="$1"; shift; _ltr_r=""; _ltr_u=""; while [ $# -gt 0 ]; do case "$1" in --result) _ltr_r="$2"; shift 2;; --reference) _ltr_u="$2"; shift 2;; *) shift;; esac; done; printf '<LAVA_SIGNAL_%s %s %s %s>\n' TESTREFERENCE "$_ltr_n" "${_ltr_r:-unknown}" "$_ltr_u"; }"#,
-    r#"lava_test_case_attach() { echo "lava-test-case-attach: not supported by labd (LAVA's v2 dispatcher keeps no attachments); $2 is not attached to $1" >&2; return 0; }"#,
+    r#"lava_test_case_attach() { echo "lava-test-case-attach: not supported by labd (LAVA's v2 dispatcher keeps no attachments); $2 is not attached to $1" >&2; return 1; }"#,
     r#"alias lava-test-case=lava_test_case lava-test-set=lava_test_set lava-test-raise=lava_test_raise lava-test-reference=lava_test_reference lava-test-case-attach=lava_test_case_attach"#,
 ];
 

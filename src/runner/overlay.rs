@@ -7,9 +7,10 @@
 //! would run them without their files. At the deploy, each repository is
 //! checked out through the lab's git cache into the job's directory, the
 //! definition file at `path` is read there (only a regular file inside the
-//! checkout), its `params` defaults are taken, then the job's `parameters`
-//! over them, and the overlay ([`crate::overlay`]) is appended to the
-//! deployed ramdisk. At the test, one shell line runs the stage's
+//! checkout), and the overlay ([`crate::overlay`]), which writes its
+//! `params` defaults and then the job's `parameters` over them, is appended
+//! to the deployed ramdisk; what it leaves out (an `install` section's
+//! packages) is an `overlay-warning` event. At the test, one shell line runs the stage's
 //! definitions; the results come from the signals their scripts print, each
 //! case to the suite of the STARTRUN before it.
 //!
@@ -91,7 +92,9 @@ impl Runner {
                             include_git: g.history,
                         };
                         OverlayDefinition::from_yaml(&d.name, Some(source), &yaml, parameters)
-                            .map_err(|e| job_error(format!("test definition {}: {e}", d.name)))?
+                            .map_err(|e| {
+                                job_error(format!("test definition {} ({}): {e}", d.name, g.path))
+                            })?
                     }
                 };
                 defs.push(def);
@@ -221,19 +224,6 @@ impl Runner {
         let text = tokio::fs::read_to_string(&file)
             .await
             .map_err(|e| job_error(format!("test definition {suite}: {}: {e}", g.path)))?;
-        // Checked here, with the file's line and column in the error;
-        // the overlay reads the same text for what it builds.
-        let parsed = crate::job::parse_definition_file(&g.path, &text)
-            .map_err(|e| job_error(format!("test definition {suite}: {}", e.first())))?;
-        if !parsed.install.is_empty() {
-            self.event(
-                "install-skipped",
-                &format!(
-                    "{suite}: `install: {}` is not run: labd installs no packages on the board",
-                    parsed.install.join(", ")
-                ),
-            );
-        }
         Ok(text)
     }
 
