@@ -1096,6 +1096,7 @@ impl Runner {
         self.phase(Phase::Testing);
         let limit = self.timeout("lava-test-shell", t.timeout);
         let defs = t.definitions.clone();
+        let first = overlay::definitions_before(&self.ctx.def.actions, index);
         self.bounded("lava-test-shell", limit, async |r: &mut Self| {
             r.collecting = true;
             if !r.helpers_sent {
@@ -1105,8 +1106,10 @@ impl Runner {
                 r.helpers_sent = true;
             }
             for (i, d) in defs.iter().enumerate() {
-                let suite = format!("{i}_{}", d.name);
-                let uuid = format!("{}_{i}", r.ctx.job_id);
+                // As LAVA's, definitions are numbered across the job.
+                let n = first + i;
+                let suite = format!("{n}_{}", d.name);
+                let uuid = format!("{}_{n}", r.ctx.job_id);
                 r.event("test-definition", &suite);
                 r.expected = d.expected.clone();
                 r.reported.clear();

@@ -27,6 +27,18 @@ use crate::model::{ErrorClass, JobOutcome};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// How many test definitions the job's test actions before `index` hold:
+/// LAVA numbers definitions (`<n>_<name>`) across the whole job.
+pub(super) fn definitions_before(actions: &[Action], index: usize) -> usize {
+    actions[..index]
+        .iter()
+        .map(|a| match a {
+            Action::Test(t) => t.definitions.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Whether a test action runs from the overlay.
 pub(super) fn uses_overlay(t: &Test) -> bool {
     t.definitions
@@ -40,15 +52,18 @@ impl Runner {
     pub(super) async fn deliver_overlay(&mut self) -> Result<(), Stop> {
         use crate::overlay::{OverlayDefinition, OverlayJob, SourceDir, Testdef};
         let actions = self.ctx.def.actions.clone();
+        // Every test action with definitions is a stage, as in LAVA, so
+        // that stages and definitions are numbered as LAVA numbers them;
+        // only those with a `from: git` definition run from the overlay.
         let wanted: Vec<(usize, &Test)> = actions
             .iter()
             .enumerate()
             .filter_map(|(i, a)| match a {
-                Action::Test(t) if uses_overlay(t) => Some((i, t)),
+                Action::Test(t) if !t.definitions.is_empty() => Some((i, t)),
                 _ => None,
             })
             .collect();
-        if wanted.is_empty() || !self.overlay_runs.is_empty() {
+        if !wanted.iter().any(|(_, t)| uses_overlay(t)) || !self.overlay_runs.is_empty() {
             return Ok(());
         }
         let Some(ramdisk) = self.deployed.get("ramdisk").cloned() else {
@@ -130,7 +145,10 @@ impl Runner {
         for w in overlay.warnings() {
             self.event("overlay-warning", w);
         }
-        for (stage, (index, _)) in wanted.iter().enumerate() {
+        for (stage, (index, t)) in wanted.iter().enumerate() {
+            if !uses_overlay(t) {
+                continue;
+            }
             let Some(command) = overlay.runner_command(stage) else {
                 continue;
             };
