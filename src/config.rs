@@ -266,6 +266,11 @@ pub struct DeployConfig {
     /// Empty (the default): no `file://` artifact is read.
     #[serde(default)]
     pub file_roots: Vec<PathBuf>,
+    /// Where labd serves job overlays over HTTP for LAVA's
+    /// `transfer_overlay` (`"0.0.0.0:8090"`); unset (the default), no
+    /// port is opened and such jobs are refused at submit.
+    #[serde(default)]
+    pub overlay_http: Option<SocketAddr>,
 }
 
 /// `[git]`: the lab host's git cache, one bare mirror per repository URL,
@@ -1037,6 +1042,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
         // The demo runs as whoever started it: any file they may read.
         deploy: DeployConfig {
             file_roots: vec![PathBuf::from("/")],
+            overlay_http: None,
         },
         limits: Limits::default(),
         health_checks: HealthChecks::default(),

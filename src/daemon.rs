@@ -158,7 +158,19 @@ pub async fn start(
             path: git_dir.display().to_string(),
             source,
         })?;
+    let overlay_http = match cfg.deploy.overlay_http {
+        Some(addr) => Some(
+            crate::overlay_http::OverlayHttp::start(addr)
+                .await
+                .map_err(|source| StartError::Socket {
+                    path: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let tftp = TftpInfo {
+        overlay_http,
         cache,
         git: Some(std::sync::Arc::new(git)),
         max_artifact_bytes: cfg.limits.max_artifact_bytes,

@@ -208,6 +208,18 @@ pub struct Boot {
     /// instead of power-cycling it.
     #[serde(default = "yes")]
     pub reset: bool,
+    /// LAVA's `transfer_overlay`: after the login, the board downloads the
+    /// job's overlay over HTTP and unpacks it.
+    #[serde(default)]
+    pub transfer_overlay: Option<TransferOverlay>,
+}
+
+/// How a booted board fetches and unpacks its overlay (LAVA's http method):
+/// `<download_command> <url>`, then `<unpack_command> overlay.tar.gz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferOverlay {
+    pub download_command: String,
+    pub unpack_command: String,
 }
 
 fn yes() -> bool {
@@ -1391,6 +1403,7 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
     let mut prompts = Vec::new();
     let mut auto_login = None;
     let mut reset = true;
+    let mut transfer_overlay = None;
     for (k, val) in m.iter() {
         if common_action_key(ctx, path, k, val, &mut common) {
             continue;
@@ -1489,10 +1502,10 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                     }
                 }
             }
+            "transfer_overlay" => transfer_overlay = parse_transfer_overlay(ctx, &p, val),
             "type"
             | "media"
             | "bootloader"
-            | "transfer_overlay"
             | "soft_reboot"
             | "expect_shell"
             | "parameters"
@@ -1550,6 +1563,45 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
         prompts,
         auto_login,
         reset,
+        transfer_overlay,
+    })
+}
+
+fn parse_transfer_overlay(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TransferOverlay> {
+    let m = ctx.mapping(path, v)?;
+    let mut download = None;
+    let mut unpack = None;
+    for (k, val) in m.iter() {
+        let p = format!("{path}.{}", k.as_str());
+        match k.as_str() {
+            "download_command" => download = ctx.string(&p, val),
+            "unpack_command" => unpack = ctx.string(&p, val),
+            "transfer_method" => match ctx.string(&p, val).as_deref() {
+                Some("http") | None => {}
+                Some(other) => ctx.unsupported(
+                    &p,
+                    val.span(),
+                    format!("transfer method `{other}` is not supported; labd serves overlays over http"),
+                ),
+            },
+            other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
+        }
+    }
+    for (key, missing) in [
+        ("download_command", download.is_none()),
+        ("unpack_command", unpack.is_none()),
+    ] {
+        if missing && m.get_node(key).is_none() {
+            ctx.err(
+                &format!("{path}.{key}"),
+                v.span(),
+                format!("missing required key `{key}`"),
+            );
+        }
+    }
+    Some(TransferOverlay {
+        download_command: download?,
+        unpack_command: unpack?,
     })
 }
 

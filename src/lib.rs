@@ -25,6 +25,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod model;
 pub mod overlay;
+pub mod overlay_http;
 pub mod power;
 pub mod protocol;
 pub mod pty;

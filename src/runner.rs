@@ -191,6 +191,9 @@ pub struct TftpInfo {
     pub file_roots: crate::local_file::FileRoots,
     /// The repositories of `from: git` test definitions, shared by jobs.
     pub git: Option<Arc<crate::git::GitCache>>,
+    /// Where boards fetch overlays for `transfer_overlay`, if the lab
+    /// serves them.
+    pub overlay_http: Option<Arc<crate::overlay_http::OverlayHttp>>,
 }
 
 pub struct RunCtx {
@@ -273,6 +276,10 @@ struct Runner {
     run_suite: Option<String>,
     overlay_expected: BTreeMap<String, Option<Vec<String>>>,
     overlay_reported: BTreeMap<(String, String), &'static str>,
+    /// The overlay as a tarball, for a boot with `transfer_overlay`, and
+    /// its place on the lab's HTTP listener while the job runs.
+    overlay_tar: Option<Vec<u8>>,
+    overlay_served: Option<crate::overlay_http::Served>,
 }
 
 /// A token no earlier run used: its step markers cannot be mistaken for
@@ -329,6 +336,8 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         run_suite: None,
         overlay_expected: BTreeMap::new(),
         overlay_reported: BTreeMap::new(),
+        overlay_tar: None,
+        overlay_served: None,
         block_deadline: None,
     };
     let job_id = r.ctx.job_id;
@@ -595,9 +604,7 @@ impl Runner {
             })
             .await?;
         self.deployed = deployed;
-        if self.deployed.contains_key("ramdisk") {
-            self.deliver_overlay().await?;
-        }
+        self.deliver_overlay().await?;
         let root = self.ctx.tftp.root.clone();
         self.image_args = d
             .images
@@ -1022,6 +1029,9 @@ impl Runner {
         self.boot_slot = None;
         self.booted = true;
         self.phase(Phase::Shell);
+        if let Some(t) = &b.transfer_overlay {
+            self.transfer_overlay(t).await?;
+        }
         Ok(())
     }
 

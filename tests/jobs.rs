@@ -294,6 +294,7 @@ fn the_rig_jobs_parse_and_carry_expectations() {
 /// same list). Every other sample needs something a small lab does not
 /// have, or labd does not do yet, and must be refused saying so.
 const ACCEPTED_SAMPLES: &[&str] = &[
+    "b2260-interactive.yaml",
     "bbb-uboot-interactive.yaml",
     "inline-test-definition-example.yaml",
     "kvm-inline.yaml",

@@ -523,3 +523,40 @@ fn a_git_definition_without_a_ramdisk_is_refused_at_submit() {
         assert!(e.to_string().contains("appended to the ramdisk"), "{e}");
     });
 }
+
+/// LAVA's `transfer_overlay` (its b2260 sample's way): after the login the
+/// board fetches the overlay from labd's HTTP listener and unpacks it at
+/// `/`, then the `from: git` definition runs from it. The simulated board's
+/// shell runs on this host, so the overlay really lands in `/lava-<id>`
+/// (removed after) and runs with the host's `sh`.
+#[test]
+fn a_git_definition_runs_from_an_overlay_the_board_fetched_over_http() {
+    if !require_tool("git", "install the Debian package git; .ci/run does")
+        || !require_tool("curl", "install the Debian package curl; .ci/run does")
+        || !require_root("the board unpacks its overlay at / (tar -C /)")
+    {
+        return;
+    }
+    rt().block_on(async {
+        let lab = Lab::start_with(
+            1,
+            &[],
+            &[],
+            "[git]\nfile_roots = [\"@DIR@/repos\"]\n[deploy]\nfile_roots = [\"@DIR@\"]\noverlay_http = \"127.0.0.1:0\"\n",
+        );
+        let repos = lab.dir.path().join("repos");
+        std::fs::create_dir_all(&repos).unwrap();
+        let repo = definitions_repo(&repos);
+        let mut c = lab.client().await;
+        let text = git_job(&lab, &repo, "v1", true).replace(
+            "    prompts: ['root@sim:[^#]*# ']\n",
+            "    prompts: ['root@sim:[^#]*# ']\n    transfer_overlay:\n      download_command: curl -sSfO\n      unpack_command: tar -C / -xzf\n",
+        );
+        let id = submit(&mut c, &text).await;
+        let (end, log) = ended(&mut c, id).await;
+        let _ = std::fs::remove_dir_all(format!("/lava-{id}"));
+        assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
+        assert_eq!(all_results(&mut c, id).await, ["0_smoke/ok pass"]);
+        assert!(log.contains("overlay.tar.gz"), "{log}");
+    });
+}

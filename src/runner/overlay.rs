@@ -66,12 +66,18 @@ impl Runner {
         if !wanted.iter().any(|(_, t)| uses_overlay(t)) || !self.overlay_runs.is_empty() {
             return Ok(());
         }
-        let Some(ramdisk) = self.deployed.get("ramdisk").cloned() else {
+        // A boot with `transfer_overlay` fetches the overlay itself;
+        // otherwise it rides on the ramdisk.
+        let transfer = actions
+            .iter()
+            .any(|a| matches!(a, Action::Boot(b) if b.transfer_overlay.is_some()));
+        let ramdisk = self.deployed.get("ramdisk").cloned();
+        if ramdisk.is_none() && !transfer {
             return Err(Stop(JobOutcome::incomplete(
                 ErrorClass::Job,
-                "`from: git` test definitions reach the board in an overlay appended to the ramdisk; this job's deploy has no ramdisk",
+                "`from: git` test definitions reach the board in an overlay appended to the ramdisk, or with `transfer_overlay`; this job has neither",
             )));
-        };
+        }
         let started = std::time::Instant::now();
         let job = self.ctx.job_id;
         let job_dir = self.ctx.tftp.root.join(job.to_string());
@@ -116,10 +122,16 @@ impl Runner {
             }
             stages.push(defs);
         }
-        let rd = self.ctx.tftp.root.join(&ramdisk);
+        let rd = ramdisk
+            .filter(|_| !transfer)
+            .map(|r| self.ctx.tftp.root.join(r));
         let overlay_job = OverlayJob::new(job, stages);
         let built = tokio::task::spawn_blocking(move || {
             let overlay = crate::overlay::Overlay::build(&overlay_job)?;
+            let Some(rd) = rd else {
+                let tar = overlay.tar_gz()?;
+                return Ok::<_, crate::overlay::OverlayError>((overlay, tar, None, false));
+            };
             let gz = overlay.cpio_gz()?;
             let io = |path: &std::path::Path| {
                 let path = path.to_path_buf();
@@ -132,16 +144,12 @@ impl Runner {
             let tmp = rd.with_extension("overlay-tmp");
             std::fs::write(&tmp, &both.bytes).map_err(io(&tmp))?;
             std::fs::rename(&tmp, &rd).map_err(io(&rd))?;
-            Ok::<_, crate::overlay::OverlayError>((
-                overlay,
-                gz.len(),
-                both.format,
-                both.uboot_header,
-            ))
+            Ok((overlay, gz, Some(both.format), both.uboot_header))
         })
         .await
         .map_err(|e| infra(format!("overlay: {e}")))?;
-        let (overlay, size, format, uboot) = built.map_err(|e| infra(e.to_string()))?;
+        let (overlay, packed, format, uboot) = built.map_err(|e| infra(e.to_string()))?;
+        let size = packed.len();
         for w in overlay.warnings() {
             self.event("overlay-warning", w);
         }
@@ -160,21 +168,72 @@ impl Runner {
                 .collect();
             self.overlay_runs.insert(*index, (command, runs));
         }
-        self.event(
-            "overlay",
-            &format!(
-                "{}: {} bytes gzip'd, appended to the {format:?} ramdisk{} in {} ms",
-                overlay.root(),
-                size,
+        let whereto = match format {
+            Some(f) => format!(
+                "appended to the {f:?} ramdisk{}",
                 if uboot {
                     " inside its U-Boot header"
                 } else {
                     ""
-                },
+                }
+            ),
+            None => {
+                self.overlay_tar = Some(packed);
+                "kept as a tarball for transfer_overlay".into()
+            }
+        };
+        self.event(
+            "overlay",
+            &format!(
+                "{}: {size} bytes gzip'd, {whereto} in {} ms",
+                overlay.root(),
                 started.elapsed().as_millis()
             ),
         );
         Ok(())
+    }
+
+    /// LAVA's `transfer_overlay` after a boot's login: the board fetches
+    /// the overlay tarball from the lab's HTTP listener and unpacks it.
+    pub(super) async fn transfer_overlay(
+        &mut self,
+        t: &crate::job::TransferOverlay,
+    ) -> Result<(), Stop> {
+        let Some(tar) = self.overlay_tar.clone() else {
+            self.event(
+                "overlay",
+                "transfer_overlay: this job has no overlay to transfer",
+            );
+            return Ok(());
+        };
+        let Some(http) = self.ctx.tftp.overlay_http.clone() else {
+            return Err(Stop(JobOutcome::incomplete(
+                ErrorClass::Configuration,
+                "transfer_overlay: this lab serves no overlays over HTTP ([deploy] overlay_http)",
+            )));
+        };
+        let served = http.serve(tar);
+        let url = format!(
+            "http://{}:{}{}",
+            self.ctx.tftp.server_ip,
+            http.port(),
+            served.path
+        );
+        self.overlay_served = Some(served);
+        self.event(
+            "overlay",
+            &format!("transfer_overlay: the board fetches {url}"),
+        );
+        let limit = self.timeout("overlay-unpack", None);
+        let (download, unpack) = (t.download_command.clone(), t.unpack_command.clone());
+        self.bounded("overlay-unpack", limit, async move |r: &mut Self| {
+            r.collecting = false;
+            r.shell_step("rm -f overlay.tar.gz").await?;
+            r.shell_step(&format!("{download} {url}")).await?;
+            r.shell_step(&format!("{unpack} overlay.tar.gz")).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Checks a git definition out and reads its definition file's text.

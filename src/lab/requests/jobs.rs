@@ -215,21 +215,35 @@ impl LabActor {
             ));
         }
         let mut ramdisk_deployed = false;
+        let mut transferred = false;
         for a in &def.actions {
-            // A git definition's files reach the board in the overlay,
-            // appended to a ramdisk: a job without one cannot run it.
+            // A git definition's files reach the board in the overlay:
+            // appended to a ramdisk, or fetched by the booted board
+            // (`transfer_overlay`). A job with neither cannot run it.
             if let job::Action::Deploy(d) = a {
                 ramdisk_deployed |= d.ramdisk.is_some();
             }
+            if let job::Action::Boot(b) = a {
+                if b.transfer_overlay.is_some() {
+                    if self.cfg.deploy.overlay_http.is_none() {
+                        return Err(ApiError::new(
+                            ErrorCode::Unsupported,
+                            "`transfer_overlay` needs the lab to serve overlays over HTTP ([deploy] overlay_http)",
+                        ));
+                    }
+                    transferred = true;
+                }
+            }
             if let job::Action::Test(t) = a {
                 if !ramdisk_deployed
+                    && !transferred
                     && t.definitions
                         .iter()
                         .any(|d| matches!(d.source, job::DefinitionSource::Git(_)))
                 {
                     return Err(ApiError::new(
                         ErrorCode::Unsupported,
-                        "`from: git` test definitions reach the board in an overlay appended to the ramdisk; this job deploys no ramdisk before them (`transfer_overlay` and rootfs overlays are not supported yet)",
+                        "`from: git` test definitions reach the board in the overlay: appended to a ramdisk, or fetched after a boot with `transfer_overlay`; this job has neither before them (rootfs overlays are not supported yet)",
                     ));
                 }
             }
