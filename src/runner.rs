@@ -1085,6 +1085,14 @@ impl Runner {
         Ok(())
     }
 
+    /// Runs one shell line, as [`Runner::shell_step`], and gives its exit
+    /// status: the number the end marker carries after its token.
+    async fn shell_step_status(&mut self, line: &str) -> Result<i32, Stop> {
+        self.shell_step(line).await?;
+        let (_, text) = self.expect_match(&["[0-9]+>".to_owned()], &[]).await?;
+        Ok(text.trim_end_matches('>').parse().unwrap_or(-1))
+    }
+
     async fn test(&mut self, index: usize, t: &Test) -> Result<(), Stop> {
         if !t.interactive.is_empty() {
             return self.interactive(index, t).await;

@@ -560,3 +560,35 @@ fn a_git_definition_runs_from_an_overlay_the_board_fetched_over_http() {
         assert!(log.contains("overlay.tar.gz"), "{log}");
     });
 }
+
+/// A board that cannot fetch its overlay ends the job as the lab's
+/// failure, naming the command and its status.
+#[test]
+fn an_overlay_the_board_cannot_fetch_is_an_infrastructure_error() {
+    if !require_tool("git", "install the Debian package git; .ci/run does") {
+        return;
+    }
+    rt().block_on(async {
+        let lab = Lab::start_with(
+            1,
+            &[],
+            &[],
+            "[git]\nfile_roots = [\"@DIR@/repos\"]\n[deploy]\nfile_roots = [\"@DIR@\"]\noverlay_http = \"127.0.0.1:0\"\n",
+        );
+        let repos = lab.dir.path().join("repos");
+        std::fs::create_dir_all(&repos).unwrap();
+        let repo = definitions_repo(&repos);
+        let mut c = lab.client().await;
+        let text = git_job(&lab, &repo, "v1", true).replace(
+            "    prompts: ['root@sim:[^#]*# ']\n",
+            "    prompts: ['root@sim:[^#]*# ']\n    transfer_overlay:\n      download_command: false\n      unpack_command: tar -xzf\n",
+        );
+        let id = submit(&mut c, &text).await;
+        let (end, log) = ended(&mut c, id).await;
+        assert_eq!(end["end"]["health"], "Incomplete", "{end}\n{log}");
+        assert_eq!(end["error_class"], "Infrastructure", "{end}");
+        let error = end["error"].as_str().unwrap();
+        assert!(error.starts_with("transfer_overlay: `false http://"), "{error}");
+        assert!(error.ends_with("exited with status 1"), "{error}");
+    });
+}

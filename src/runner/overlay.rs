@@ -229,8 +229,19 @@ impl Runner {
         self.bounded("overlay-unpack", limit, async move |r: &mut Self| {
             r.collecting = false;
             r.shell_step("rm -f overlay.tar.gz").await?;
-            r.shell_step(&format!("{download} {url}")).await?;
-            r.shell_step(&format!("{unpack} overlay.tar.gz")).await?;
+            // A board that could not fetch or unpack its overlay is the
+            // lab's failure (its network, its HTTP listener), not the test's.
+            for line in [
+                format!("{download} {url}"),
+                format!("{unpack} overlay.tar.gz"),
+            ] {
+                let status = r.shell_step_status(&line).await?;
+                if status != 0 {
+                    let msg = format!("transfer_overlay: `{line}` exited with status {status}");
+                    r.event("error", &msg);
+                    return Err(infra(msg));
+                }
+            }
             Ok(())
         })
         .await
