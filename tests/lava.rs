@@ -520,7 +520,7 @@ fn a_git_definition_without_a_ramdisk_is_refused_at_submit() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Some(labd::error::ErrorCode::Unsupported), "{e}");
-        assert!(e.to_string().contains("appended to the ramdisk"), "{e}");
+        assert!(e.to_string().contains("appended to a ramdisk"), "{e}");
     });
 }
 

@@ -1,6 +1,7 @@
 //! Test definitions that run from files on the board: a job's `from: git`
-//! definitions, delivered in LAVA's overlay appended to its ramdisk, and
-//! run there by `lava-test-runner`.
+//! definitions, delivered in LAVA's overlay (appended to its ramdisk, or
+//! fetched by the booted board over HTTP with `transfer_overlay`), and run
+//! there by `lava-test-runner`.
 //!
 //! It exists because such definitions call their repository's scripts:
 //! typing their steps on the shell, as labd does for inline definitions,
