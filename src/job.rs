@@ -2546,46 +2546,33 @@ mod tests {
 
     #[test]
     fn bad_interactive_and_monitors_tests_are_refused_with_their_key_paths() {
-        let bad_exception = errors(&uboot_job(
-            "    interactive:\n    - name: n\n      prompts: ['=> ']\n      script:\n      - command: x\n        failures:\n        - message: y\n          exception: OopsError\n",
-        ));
-        assert!(
-            bad_exception.iter().any(|e| e.starts_with(
-                "actions[1].test.interactive[0].script[0].failures[0].exception: unknown exception `OopsError`"
-            )),
-            "{bad_exception:?}"
-        );
-        let multinode = errors(&uboot_job(
-            "    interactive:\n    - name: n\n      prompts: ['=> ']\n      script:\n      - command: x\n        lava-send: ready\n",
-        ));
-        assert!(
-            multinode
-                .iter()
-                .any(|e| e.starts_with("actions[1].test.interactive[0].script[0].lava-send:")),
-            "{multinode:?}"
-        );
-        let no_groups = errors(&uboot_job(
-            "    monitors:\n    - name: m\n      start: a\n      end: b\n      pattern: '(PASS|FAIL) (\\w+)'\n",
-        ));
-        assert!(
-            no_groups.iter().any(|e| e.starts_with(
-                "actions[1].test.monitors[0].pattern: the pattern needs the named groups"
-            )),
-            "{no_groups:?}"
-        );
-        let bad_regex = errors(&uboot_job(
-            "    monitors:\n    - name: m\n      start: '('\n      end: b\n      pattern: '(?P<test_case_id>x)(?P<result>y)'\n",
-        ));
-        assert!(
-            bad_regex
-                .iter()
-                .any(|e| e.starts_with("actions[1].test.monitors[0].start: not a valid regex")),
-            "{bad_regex:?}"
-        );
-        let both = errors(&uboot_job(
-            "    monitors:\n    - name: m\n      start: a\n      end: b\n      pattern: '(?P<test_case_id>x)(?P<result>y)'\n    interactive:\n    - name: n\n      prompts: ['=> ']\n      script:\n      - command: x\n",
-        ));
-        assert!(both.iter().any(|e| e.contains("not several")), "{both:?}");
+        // (the test action, the start of the error it must give)
+        let cases = [
+            (
+                "    interactive:\n    - name: n\n      prompts: ['=> ']\n      script:\n      - command: x\n        failures:\n        - message: y\n          exception: OopsError\n",
+                "actions[1].test.interactive[0].script[0].failures[0].exception: unknown exception `OopsError`",
+            ),
+            (
+                "    interactive:\n    - name: n\n      prompts: ['=> ']\n      script:\n      - command: x\n        lava-send: ready\n",
+                "actions[1].test.interactive[0].script[0].lava-send:",
+            ),
+            (
+                "    monitors:\n    - name: m\n      start: a\n      end: b\n      pattern: '(PASS|FAIL) (\\w+)'\n",
+                "actions[1].test.monitors[0].pattern: the pattern needs the named groups",
+            ),
+            (
+                "    monitors:\n    - name: m\n      start: '('\n      end: b\n      pattern: '(?P<test_case_id>x)(?P<result>y)'\n",
+                "actions[1].test.monitors[0].start: not a valid regex",
+            ),
+            (
+                "    monitors:\n    - name: m\n      start: a\n      end: b\n      pattern: '(?P<test_case_id>x)(?P<result>y)'\n    interactive:\n    - name: n\n      prompts: ['=> ']\n      script:\n      - command: x\n",
+                "actions[1].test: a test action has one of `definitions`, `interactive` or `monitors`, not several",
+            ),
+        ];
+        for (test, want) in cases {
+            let got = errors(&uboot_job(test));
+            assert!(got.iter().any(|e| e.starts_with(want)), "{want}: {got:?}");
+        }
     }
 
     fn qemu_job(image_arg: &str) -> String {

@@ -263,10 +263,11 @@ struct Runner {
     /// The last error ending an action was its running out of time (for
     /// LAVA's `timeout: {skip: true}`).
     timed_out: bool,
-    /// The running definition's `expected` test cases, and the cases it
-    /// reported so far.
-    expected: Option<Vec<String>>,
-    reported: BTreeMap<String, &'static str>,
+    /// Each definition's `expected` test cases, by suite, and the cases
+    /// reported so far, by suite and case: for the typed path and the
+    /// overlay alike.
+    expected: BTreeMap<String, Option<Vec<String>>>,
+    reported: BTreeMap<(String, String), &'static str>,
     /// The test actions that run from the overlay (by action index): the
     /// line that runs them on the board, and their definitions' names.
     overlay_runs: BTreeMap<usize, (String, Vec<String>)>,
@@ -274,8 +275,6 @@ struct Runner {
     /// STARTRUN, held to that suite's `expected`.
     overlay_run: bool,
     run_suite: Option<String>,
-    overlay_expected: BTreeMap<String, Option<Vec<String>>>,
-    overlay_reported: BTreeMap<(String, String), &'static str>,
     /// The overlay as a tarball, for a boot with `transfer_overlay`, and
     /// its place on the lab's HTTP listener while the job runs.
     overlay_tar: Option<Vec<u8>>,
@@ -329,13 +328,11 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         current_set: None,
         boot_slot: None,
         timed_out: false,
-        expected: None,
+        expected: BTreeMap::new(),
         reported: BTreeMap::new(),
         overlay_runs: BTreeMap::new(),
         overlay_run: false,
         run_suite: None,
-        overlay_expected: BTreeMap::new(),
-        overlay_reported: BTreeMap::new(),
         overlay_tar: None,
         overlay_served: None,
         block_deadline: None,
@@ -1129,8 +1126,7 @@ impl Runner {
                 let suite = format!("{n}_{}", d.name);
                 let uuid = format!("{}_{n}", r.ctx.job_id);
                 r.event("test-definition", &suite);
-                r.expected = d.expected.clone();
-                r.reported.clear();
+                r.expected.insert(suite.clone(), d.expected.clone());
                 r.shell_step(&signals::run_marker("STARTRUN", &suite, &uuid))
                     .await?;
                 for (k, v) in &d.parameters {
@@ -1145,10 +1141,8 @@ impl Runner {
                     .await?;
                 r.take_results(&suite).await?;
                 // As LAVA: an expected case never reported is a fail.
-                let missing =
-                    interactive::missing_expected(&suite, r.expected.as_deref(), &r.reported);
+                let missing = r.missing_expected(&suite);
                 r.record(missing).await?;
-                r.expected = None;
                 // As LAVA's test shell: a definition that did not reach
                 // its ENDRUN (a step ended the shell, the signal was
                 // garbled) did not run to its end, whatever it reported.
@@ -1161,6 +1155,18 @@ impl Runner {
             Ok(())
         })
         .await
+    }
+
+    /// A definition's `expected` cases it never reported, as fails.
+    fn missing_expected(&self, suite: &str) -> Vec<TestCase> {
+        let reported: BTreeMap<String, &'static str> = self
+            .reported
+            .iter()
+            .filter(|((s, _), _)| s == suite)
+            .map(|((_, c), v)| (c.clone(), *v))
+            .collect();
+        let expected = self.expected.get(suite).cloned().flatten();
+        interactive::missing_expected(suite, expected.as_deref(), &reported)
     }
 
     /// The suite a case goes to: the last STARTRUN's when running from the
@@ -1230,11 +1236,7 @@ impl Runner {
         }
         // As LAVA: with `expected`, a case not listed cannot pass.
         for c in &mut cases {
-            let expected = if self.overlay_run {
-                self.overlay_expected.get(&c.suite).cloned().flatten()
-            } else {
-                self.expected.clone()
-            };
+            let expected = self.expected.get(&c.suite).cloned().flatten();
             let r = interactive::unexpected(
                 expected.as_deref(),
                 &c.name,
@@ -1243,12 +1245,7 @@ impl Runner {
             if r == "fail" {
                 c.result = "fail".into();
             }
-            if self.overlay_run {
-                self.overlay_reported
-                    .insert((c.suite.clone(), c.name.clone()), r);
-            } else {
-                self.reported.insert(c.name.clone(), r);
-            }
+            self.reported.insert((c.suite.clone(), c.name.clone()), r);
         }
         self.record(cases).await?;
         if let Some(reason) = raise {

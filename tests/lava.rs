@@ -461,6 +461,29 @@ fn definitions_repo(dir: &std::path::Path) -> std::path::PathBuf {
     bare
 }
 
+/// A lab whose git cache may read `<lab dir>/repos`, where a definitions
+/// repository is made; `extra` is more config.
+fn git_lab(extra: &str) -> (Lab, std::path::PathBuf) {
+    let lab = Lab::start_with(
+        1,
+        &[],
+        &[],
+        &format!("[git]\nfile_roots = [\"@DIR@/repos\"]\n{extra}"),
+    );
+    let repos = lab.dir.path().join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    let repo = definitions_repo(&repos);
+    (lab, repo)
+}
+
+/// A git job whose boot fetches its overlay with these commands.
+fn with_transfer(job: String, download: &str, unpack: &str) -> String {
+    job.replace(
+        "    prompts: ['root@sim:[^#]*# ']\n",
+        &format!("    prompts: ['root@sim:[^#]*# ']\n    transfer_overlay:\n      download_command: {download}\n      unpack_command: {unpack}\n"),
+    )
+}
+
 fn git_job(lab: &Lab, repo: &std::path::Path, revision: &str, ramdisk: bool) -> String {
     let a = lab.artifacts();
     let rd = if ramdisk {
@@ -486,10 +509,7 @@ fn a_git_definition_that_cannot_be_fetched_ends_the_job_naming_its_repository() 
         return;
     }
     rt().block_on(async {
-        let lab = Lab::start_with(1, &[], &[], "[git]\nfile_roots = [\"@DIR@/repos\"]\n");
-        let repos = lab.dir.path().join("repos");
-        std::fs::create_dir_all(&repos).unwrap();
-        let repo = definitions_repo(&repos);
+        let (lab, repo) = git_lab("");
         let mut c = lab.client().await;
         let id = submit(&mut c, &git_job(&lab, &repo, "no-such-tag", true)).await;
         let (end, log) = ended(&mut c, id).await;
@@ -538,19 +558,13 @@ fn a_git_definition_runs_from_an_overlay_the_board_fetched_over_http() {
         return;
     }
     rt().block_on(async {
-        let lab = Lab::start_with(
-            1,
-            &[],
-            &[],
-            "[git]\nfile_roots = [\"@DIR@/repos\"]\n[deploy]\nfile_roots = [\"@DIR@\"]\noverlay_http = \"127.0.0.1:0\"\n",
-        );
-        let repos = lab.dir.path().join("repos");
-        std::fs::create_dir_all(&repos).unwrap();
-        let repo = definitions_repo(&repos);
+        let (lab, repo) =
+            git_lab("[deploy]\nfile_roots = [\"@DIR@\"]\noverlay_http = \"127.0.0.1:0\"\n");
         let mut c = lab.client().await;
-        let text = git_job(&lab, &repo, "v1", true).replace(
-            "    prompts: ['root@sim:[^#]*# ']\n",
-            "    prompts: ['root@sim:[^#]*# ']\n    transfer_overlay:\n      download_command: curl -sSfO\n      unpack_command: tar -C / -xzf\n",
+        let text = with_transfer(
+            git_job(&lab, &repo, "v1", true),
+            "curl -sSfO",
+            "tar -C / -xzf",
         );
         let id = submit(&mut c, &text).await;
         let (end, log) = ended(&mut c, id).await;
@@ -569,26 +583,19 @@ fn an_overlay_the_board_cannot_fetch_is_an_infrastructure_error() {
         return;
     }
     rt().block_on(async {
-        let lab = Lab::start_with(
-            1,
-            &[],
-            &[],
-            "[git]\nfile_roots = [\"@DIR@/repos\"]\n[deploy]\nfile_roots = [\"@DIR@\"]\noverlay_http = \"127.0.0.1:0\"\n",
-        );
-        let repos = lab.dir.path().join("repos");
-        std::fs::create_dir_all(&repos).unwrap();
-        let repo = definitions_repo(&repos);
+        let (lab, repo) =
+            git_lab("[deploy]\nfile_roots = [\"@DIR@\"]\noverlay_http = \"127.0.0.1:0\"\n");
         let mut c = lab.client().await;
-        let text = git_job(&lab, &repo, "v1", true).replace(
-            "    prompts: ['root@sim:[^#]*# ']\n",
-            "    prompts: ['root@sim:[^#]*# ']\n    transfer_overlay:\n      download_command: false\n      unpack_command: tar -xzf\n",
-        );
+        let text = with_transfer(git_job(&lab, &repo, "v1", true), "false", "tar -xzf");
         let id = submit(&mut c, &text).await;
         let (end, log) = ended(&mut c, id).await;
         assert_eq!(end["end"]["health"], "Incomplete", "{end}\n{log}");
         assert_eq!(end["error_class"], "Infrastructure", "{end}");
         let error = end["error"].as_str().unwrap();
-        assert!(error.starts_with("transfer_overlay: `false http://"), "{error}");
+        assert!(
+            error.starts_with("transfer_overlay: `false http://"),
+            "{error}"
+        );
         assert!(error.ends_with("exited with status 1"), "{error}");
     });
 }

@@ -112,14 +112,7 @@ impl<'a> Params<'a> {
             kept.push(p);
         }
         for (k, v) in job {
-            if !is_name(k) {
-                return Err(OverlayError::Invalid {
-                    what: "parameter name",
-                    value: k.clone(),
-                    why: "is not a shell variable name",
-                });
-            }
-            no_nul("parameter value", v)?;
+            check_var(["parameter name", "parameter value"], k, v)?;
         }
         Ok(Self {
             defaults: kept,
@@ -229,6 +222,19 @@ pub(super) fn install_sh(
 }
 
 /// The `environment` file lava-test-runner sources.
+/// Refuses a variable labd would export whose name is not a shell name,
+/// or whose value holds a NUL; `kind` names them in the error.
+fn check_var(kind: [&'static str; 2], name: &str, value: &str) -> Result<(), OverlayError> {
+    if !is_name(name) {
+        return Err(OverlayError::Invalid {
+            what: kind[0],
+            value: name.to_owned(),
+            why: "is not a shell variable name",
+        });
+    }
+    no_nul(kind[1], value)
+}
+
 pub(super) fn environment(
     job_id: crate::model::JobId,
     vars: &[(String, String)],
@@ -237,14 +243,7 @@ pub(super) fn environment(
         String::from("# The job's environment, written by labd; lava-test-runner sources it.\n");
     s.push_str(&export("LAVA_JOB_ID", &job_id.to_string()));
     for (k, v) in vars {
-        if !is_name(k) {
-            return Err(OverlayError::Invalid {
-                what: "environment variable",
-                value: k.clone(),
-                why: "is not a shell variable name",
-            });
-        }
-        no_nul("environment value", v)?;
+        check_var(["environment variable", "environment value"], k, v)?;
         s.push_str(&export(k, v));
     }
     Ok(s)

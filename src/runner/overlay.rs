@@ -25,7 +25,6 @@
 use super::{infra, Runner, Stop};
 use crate::job::{Action, DefinitionSource, Test};
 use crate::model::{ErrorClass, JobOutcome};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// How many test definitions the job's test actions before `index` hold:
@@ -333,32 +332,23 @@ impl Runner {
             r.overlay_run = true;
             r.run_suite = None;
             // The overlay's names for the definitions, in order.
-            r.overlay_expected = runs
-                .iter()
-                .zip(&defs)
-                .map(|(run, d)| (run.clone(), d.expected.clone()))
-                .collect();
+            r.expected.extend(
+                runs.iter()
+                    .zip(&defs)
+                    .map(|(run, d)| (run.clone(), d.expected.clone())),
+            );
             let ran = r.shell_step(&command).await;
             let taken = r.take_results("").await;
             r.overlay_run = false;
             ran?;
             taken?;
-            let by_suite = std::mem::take(&mut r.overlay_expected);
             for suite in &runs {
                 if !r.ended_runs.contains(suite) {
                     let msg = format!("test definition {suite} did not reach its ENDRUN");
                     r.event("error", &msg);
                     return Err(Stop(JobOutcome::incomplete(ErrorClass::Test, msg)));
                 }
-                let expected = by_suite.get(suite).cloned().flatten();
-                let reported: BTreeMap<String, &'static str> = r
-                    .overlay_reported
-                    .iter()
-                    .filter(|((s, _), _)| s == suite)
-                    .map(|((_, c), v)| (c.clone(), *v))
-                    .collect();
-                let missing =
-                    super::interactive::missing_expected(suite, expected.as_deref(), &reported);
+                let missing = r.missing_expected(suite);
                 r.record(missing).await?;
             }
             Ok(())

@@ -250,6 +250,13 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
 fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
+/// Every entry a tree keeps under a job's id (its events, its results), in
+/// key order.
+fn of_job<T: DeserializeOwned>(tree: &sled::Tree, id: JobId) -> Result<Vec<T>, StoreError> {
+    tree.scan_prefix(id.to_be_bytes())
+        .map(|kv| dec(&kv?.1))
+        .collect()
+}
 
 fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
@@ -753,13 +760,7 @@ impl StoreReader {
     }
 
     pub async fn events(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
-        self.read(move |t| {
-            t.events
-                .scan_prefix(id.to_be_bytes())
-                .map(|kv| dec(&kv?.1))
-                .collect()
-        })
-        .await
+        self.read(move |t| of_job(&t.events, id)).await
     }
 
     /// The job's console log from `from` on, at most `max` bytes, and the offset after it.
@@ -815,13 +816,7 @@ impl StoreReader {
     }
 
     pub async fn results(&self, id: JobId) -> Result<Vec<TestCase>, StoreError> {
-        self.read(move |t| {
-            t.results
-                .scan_prefix(id.to_be_bytes())
-                .map(|kv| dec(&kv?.1))
-                .collect()
-        })
-        .await
+        self.read(move |t| of_job(&t.results, id)).await
     }
 }
 
