@@ -889,7 +889,14 @@ mod tests {
         store.close();
 
         // A version this labd does not know is refused, and left alone.
-        let db = sled::open(dir.path().join("db")).unwrap();
+        // No background flusher: its thread could still hold sled's lock
+        // file for a moment after `drop(db)` (seen under load in CI), and
+        // the open below would find it taken.
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
         db.open_tree("meta")
             .unwrap()
             .insert("schema_version", &9u64.to_be_bytes())
