@@ -86,12 +86,55 @@ pub struct Deploy {
     pub failure_retry: Option<u32>,
     /// Required for `to: tftp`; a `to: tmpfs` deploy names its files in `images`.
     pub kernel: Option<Artifact>,
-    pub kernel_type: KernelType,
+    /// LAVA's `kernel: type`, which picks the load addresses and the boot
+    /// command (`{BOOTX}`); optional, as in LAVA, for boots that use neither.
+    #[serde(default)]
+    pub kernel_type: Option<KernelType>,
     pub ramdisk: Option<Artifact>,
+    /// How the ramdisk is shaped and what labd may add to it.
+    #[serde(default)]
+    pub ramdisk_options: RamdiskOptions,
     pub dtb: Option<Artifact>,
+    /// LAVA's `modules`: a tar of `lib/modules`, added to the ramdisk.
+    #[serde(default)]
+    pub modules: Option<Artifact>,
     /// LAVA's `to: tmpfs` images for a qemu boot, in the job's order.
     #[serde(default)]
     pub images: Vec<Image>,
+    /// LAVA's `to: downloads`: the images are fetched into the job's
+    /// downloads directory and nothing else; later deploys use them with
+    /// `downloads://<file>` URLs.
+    #[serde(default)]
+    pub downloads: Vec<Download>,
+}
+
+/// LAVA's keys on a deploy's `ramdisk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RamdiskOptions {
+    /// `header: u-boot`: the file is a U-Boot legacy image (`mkimage -T
+    /// ramdisk`), checked at the deploy and passed to U-Boot by its header.
+    pub uboot_header: bool,
+    /// `install_modules: false` keeps the deploy's `modules` out of it.
+    pub install_modules: bool,
+    /// `install_overlay: false` keeps the test overlay out of it.
+    pub install_overlay: bool,
+}
+
+impl Default for RamdiskOptions {
+    fn default() -> Self {
+        RamdiskOptions {
+            uboot_header: false,
+            install_modules: true,
+            install_overlay: true,
+        }
+    }
+}
+
+/// One of a `to: downloads` deploy's images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Download {
+    pub name: String,
+    pub artifact: Artifact,
 }
 
 /// One of a `to: tmpfs` deploy's `images`: a file and the QEMU arguments
@@ -377,6 +420,9 @@ pub struct Timeouts {
     pub queue: Option<Duration>,
     /// Per named action, using LAVA's action names (`bootloader-commands`, ...).
     pub actions: BTreeMap<String, Duration>,
+    /// LAVA's `connections`: the connection timeout per named action.
+    #[serde(default)]
+    pub connections: BTreeMap<String, Duration>,
 }
 
 /// The longest timeouts a lab allows (see the config's `[limits]`).
@@ -1000,21 +1046,21 @@ fn parse_timeouts(ctx: &mut Ctx, v: &Node) -> Option<Timeouts> {
             "action" => t.action = ctx.timeout(&path, v),
             "connection" => t.connection = ctx.timeout(&path, v),
             "queue" => t.queue = ctx.timeout(&path, v),
-            "actions" => {
+            "actions" | "connections" => {
                 if let Some(am) = ctx.mapping(&path, v) {
                     for (name, tv) in am.iter() {
                         let p = format!("{path}.{}", name.as_str());
                         if let Some(d) = ctx.timeout(&p, tv) {
-                            t.actions.insert(name.as_str().to_owned(), d);
+                            let map = if k.as_str() == "actions" {
+                                &mut t.actions
+                            } else {
+                                &mut t.connections
+                            };
+                            map.insert(name.as_str().to_owned(), d);
                         }
                     }
                 }
             }
-            "connections" => ctx.warn(
-                &path,
-                &key_span(k),
-                "per-action connection timeouts are not used by labd; `connection` applies",
-            ),
             other => ctx.err(&path, &key_span(k), format!("unknown timeout `{other}`")),
         }
     }
@@ -1131,6 +1177,22 @@ fn common_action_key(
     }
 }
 
+/// A `downloads://` path names a file an earlier `to: downloads` deploy
+/// fetched: relative, and never out of the job's downloads directory.
+fn check_downloads_path(rest: &str) -> Result<(), &'static str> {
+    let rest = rest.trim_start_matches('/');
+    if rest.is_empty() {
+        return Err("a downloads:// URL names a file");
+    }
+    if rest
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("a downloads:// path may not use `.`, `..` or empty parts");
+    }
+    Ok(())
+}
+
 fn artifact(
     ctx: &mut Ctx,
     path: &str,
@@ -1185,11 +1247,17 @@ fn artifact(
                     url = Some(u);
                 } else if u.starts_with("http://") || u.starts_with("https://") {
                     url = Some(u);
+                } else if let Some(rest) = u.strip_prefix("downloads://") {
+                    if let Err(e) = check_downloads_path(rest) {
+                        ctx.err(&p, val.span(), format!("`{u}`: {e}"));
+                        continue;
+                    }
+                    url = Some(u);
                 } else {
                     ctx.err(
                         &p,
                         val.span(),
-                        format!("`{u}`: not a supported URL; use http(s):// or file:///path"),
+                        format!("`{u}`: not a supported URL; use http(s)://, file:///path or downloads://<file>"),
                     );
                 }
             }
@@ -1240,8 +1308,17 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
     let mut kernel = None;
     let mut kernel_type = None;
     let mut ramdisk = None;
+    let mut ramdisk_options = RamdiskOptions::default();
     let mut dtb = None;
+    let mut modules = None;
     let mut images = Vec::new();
+    let mut downloads = Vec::new();
+    // Known before the keys are read, in whatever order they come: the
+    // images of a `to: downloads` deploy carry no `image_arg`.
+    let to_downloads = m
+        .get_node("to")
+        .and_then(|n| n.as_scalar())
+        .is_some_and(|t| t.as_str() == "downloads");
     for (k, val) in m.iter() {
         if common_action_key(ctx, path, k, val, &mut common) {
             continue;
@@ -1252,13 +1329,13 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                 let Some(t) = ctx.string(&p, val) else {
                     continue;
                 };
-                if t == "tftp" || t == "tmpfs" {
+                if t == "tftp" || t == "tmpfs" || t == "downloads" {
                     to = Some(t);
                 } else {
                     ctx.unsupported(
                         &p,
                         val.span(),
-                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp` (and `tmpfs` for qemu boots)"),
+                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp`, `downloads` (and `tmpfs` for qemu boots)"),
                     );
                 }
             }
@@ -1280,6 +1357,15 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                             &key_span(name),
                             "an image name may only use letters, digits, `_` and `-`",
                         );
+                        continue;
+                    }
+                    if to_downloads {
+                        if let Some((a, _)) = artifact(ctx, &ip, iv, &[]) {
+                            downloads.push(Download {
+                                name: name.as_str().to_owned(),
+                                artifact: a,
+                            });
+                        }
                         continue;
                     }
                     let Some((a, extra)) = artifact(ctx, &ip, iv, &["image_arg"]) else {
@@ -1319,20 +1405,30 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                             None
                         }
                     };
-                    if !extra.contains_key("type") {
-                        ctx.err(
-                            &format!("{p}.type"),
-                            val.span(),
-                            "missing required key `type` (image, zimage or uimage)",
-                        );
-                    }
                     kernel = Some(a);
                 }
             }
-            "ramdisk" => ramdisk = artifact(ctx, &p, val, &[]).map(|a| a.0),
+            "ramdisk" => {
+                let extras = &["header", "install_modules", "install_overlay"];
+                if let Some((a, extra)) = artifact(ctx, &p, val, extras) {
+                    ramdisk_options = ramdisk_options_of(ctx, &p, val, &extra);
+                    ramdisk = Some(a);
+                }
+            }
             "dtb" => dtb = artifact(ctx, &p, val, &[]).map(|a| a.0),
+            "modules" => modules = artifact(ctx, &p, val, &[]).map(|a| a.0),
             "os" => ctx.warn(&p, &key_span(k), "`os` is not used by labd; ignored"),
-            "modules" | "nfsrootfs" | "rootfs" | "dtbo" | "overlays" | "tee" | "preseed"
+            "postprocess" => ctx.unsupported(
+                &p,
+                &key_span(k),
+                "`postprocess` runs its steps in a docker container, which labd does not run",
+            ),
+            "dtbo" => ctx.unsupported(
+                &p,
+                &key_span(k),
+                "`dtbo`: labd does not apply device-tree overlays; merge them into the `dtb` (`fdtoverlay -i base.dtb -o merged.dtb overlay.dtbo`)",
+            ),
+            "nfsrootfs" | "rootfs" | "overlays" | "tee" | "preseed"
             | "persistent_nfs" | "uboot" => ctx.unsupported(
                 &p,
                 &key_span(k),
@@ -1345,7 +1441,56 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         ctx.err(&format!("{path}.to"), v.span(), "missing required key `to`");
     }
     let tmpfs = to.as_deref() == Some("tmpfs");
-    if to.is_some() && !tmpfs && kernel.is_none() && m.get_node("kernel").is_none() {
+    if to_downloads {
+        for key in ["kernel", "ramdisk", "dtb", "modules"] {
+            if let Some(n) = m.get_node(key) {
+                ctx.err(
+                    &format!("{path}.{key}"),
+                    n.span(),
+                    "a `to: downloads` deploy names its files under `images`",
+                );
+            }
+        }
+        if m.get_node("images").is_none() {
+            ctx.err(
+                &format!("{path}.images"),
+                v.span(),
+                "missing required key `images`",
+            );
+        }
+        let mut seen = BTreeMap::new();
+        for d in &downloads {
+            let file = download_file_name(&d.artifact);
+            if let Some(other) = seen.insert(file.clone(), d.name.clone()) {
+                ctx.err(
+                    &format!("{path}.images.{}", d.name),
+                    v.span(),
+                    format!(
+                        "images `{other}` and `{}` would both be downloads://{file}",
+                        d.name
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(n) = m.get_node("modules") {
+        if ramdisk.is_none() && m.get_node("ramdisk").is_none() && m.get_node("nfsrootfs").is_none()
+        {
+            ctx.err(
+                &format!("{path}.modules"),
+                n.span(),
+                "`modules` are added to the ramdisk (or an NFS root filesystem); this deploy has neither",
+            );
+        } else if !ramdisk_options.install_modules && m.get_node("nfsrootfs").is_none() {
+            ctx.warn(
+                &format!("{path}.modules"),
+                n.span(),
+                "`install_modules: false` keeps these modules out of the ramdisk, and there is nowhere else to put them",
+            );
+        }
+    }
+    if to.is_some() && !tmpfs && !to_downloads && kernel.is_none() && m.get_node("kernel").is_none()
+    {
         ctx.err(
             &format!("{path}.kernel"),
             v.span(),
@@ -1369,7 +1514,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                 "missing required key `images`",
             );
         }
-    } else if let Some(n) = m.get_node("images") {
+    } else if let Some(n) = m.get_node("images").filter(|_| !to_downloads) {
         ctx.err(
             &format!("{path}.images"),
             n.span(),
@@ -1377,11 +1522,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         );
     }
     to?;
-    let kernel_type = match (&kernel, kernel_type) {
-        (Some(_), t) => t?,
-        (None, _) => KernelType::Image,
-    };
-    if !tmpfs {
+    if !tmpfs && !to_downloads {
         kernel.as_ref()?;
     }
     Some(Deploy {
@@ -1390,9 +1531,60 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         kernel,
         kernel_type,
         ramdisk,
+        ramdisk_options,
         dtb,
+        modules,
         images,
+        downloads,
     })
+}
+
+/// The file name a `to: downloads` image is kept under (and named by in
+/// `downloads://` URLs): its URL's last part, without its compression's
+/// suffix, as the deploy writes it.
+pub fn download_file_name(a: &Artifact) -> String {
+    let path = a.url.split(['?', '#']).next().unwrap_or(&a.url);
+    let base = path.rsplit('/').next().unwrap_or(path);
+    a.compression
+        .suffix()
+        .and_then(|x| base.strip_suffix(x))
+        .unwrap_or(base)
+        .to_owned()
+}
+
+/// A ramdisk's `header`, `install_modules` and `install_overlay`.
+fn ramdisk_options_of(
+    ctx: &mut Ctx,
+    path: &str,
+    v: &Node,
+    extra: &BTreeMap<String, String>,
+) -> RamdiskOptions {
+    let mut o = RamdiskOptions::default();
+    match extra.get("header").map(String::as_str) {
+        None => {}
+        Some("u-boot") => o.uboot_header = true,
+        Some(other) => ctx.err(
+            &format!("{path}.header"),
+            v.span(),
+            format!("ramdisk header `{other}`: the one header LAVA knows is `u-boot`"),
+        ),
+    }
+    for (key, slot) in [
+        ("install_modules", &mut o.install_modules),
+        ("install_overlay", &mut o.install_overlay),
+    ] {
+        match extra.get(key).map(String::as_str) {
+            None => {}
+            Some("true" | "True" | "yes") => *slot = true,
+            Some("false" | "False" | "no") => *slot = false,
+            Some(other) => ctx.err(
+                &format!("{path}.{key}"),
+                v.span(),
+                format!("`{other}`: expected true or false"),
+            ),
+        }
+    }
+    o
 }
 
 fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
@@ -2350,6 +2542,16 @@ impl JobDefinition {
             );
             *d = o.unwrap_or(*d);
         }
+        for (name, d) in t.connections.iter_mut() {
+            let mut o = Some(*d);
+            cap(
+                &mut out,
+                format!("timeouts.connections.{name}"),
+                &mut o,
+                max.connection,
+            );
+            *d = o.unwrap_or(*d);
+        }
         for (i, a) in self.actions.iter_mut().enumerate() {
             let (kind, timeout) = match a {
                 Action::Deploy(d) => ("deploy", &mut d.timeout),
@@ -2647,5 +2849,115 @@ mod tests {
             .replace("{rootfs}", "{../x}");
         let e = parse("q.yaml", &text).unwrap_err();
         assert!(e.to_string().contains("an image name may only use"), "{e}");
+    }
+
+    fn tftp_job(deploy_extra: &str, ramdisk_extra: &str) -> String {
+        format!(
+            "device_type: bbb\njob_name: d\ntimeouts:\n  job:\n    minutes: 5\n  connections:\n    lava-test-shell:\n      seconds: 30\nactions:\n- deploy:\n    to: tftp\n    kernel:\n      url: http://f/zImage\n    ramdisk:\n      url: http://f/rd.gz\n{ramdisk_extra}{deploy_extra}- boot:\n    method: u-boot\n    commands: ramdisk\n    prompts: ['# ']\n"
+        )
+    }
+
+    #[test]
+    fn deploy_shapes_of_lava_jobs_are_read() {
+        let p = parse(
+            "d.yaml",
+            &tftp_job(
+                "    modules:\n      url: http://f/modules.tar.xz\n      compression: xz\n",
+                "      header: u-boot\n      install_overlay: false\n",
+            ),
+        )
+        .unwrap();
+        let Action::Deploy(d) = &p.definition.actions[0] else {
+            panic!("no deploy")
+        };
+        // LAVA does not require a kernel's type.
+        assert_eq!(d.kernel_type, None);
+        assert!(d.ramdisk_options.uboot_header);
+        assert!(d.ramdisk_options.install_modules);
+        assert!(!d.ramdisk_options.install_overlay);
+        let m = d.modules.as_ref().unwrap();
+        assert_eq!(m.compression, Compression::Xz);
+        assert_eq!(
+            p.definition.timeouts.connections["lava-test-shell"],
+            Duration::from_secs(30)
+        );
+        // Capped like every other timeout.
+        let mut def = p.definition.clone();
+        let capped = def.cap_timeouts(&TimeoutMaxima {
+            job: Duration::from_secs(600),
+            action: Duration::from_secs(600),
+            connection: Duration::from_secs(10),
+        });
+        assert!(capped
+            .iter()
+            .any(|(k, _)| k == "timeouts.connections.lava-test-shell"));
+    }
+
+    #[test]
+    fn deploy_shapes_labd_cannot_run_are_refused_by_key() {
+        for (deploy, ramdisk, path, why) in [
+            (
+                "",
+                "      header: fit\n",
+                "actions[0].deploy.ramdisk.header",
+                "`u-boot`",
+            ),
+            (
+                "",
+                "      install_modules: maybe\n",
+                "actions[0].deploy.ramdisk.install_modules",
+                "true or false",
+            ),
+            (
+                "    dtbo:\n    - url: http://f/x.dtbo\n",
+                "",
+                "actions[0].deploy.dtbo",
+                "fdtoverlay",
+            ),
+            (
+                "    postprocess:\n      docker:\n        image: debian\n",
+                "",
+                "actions[0].deploy.postprocess",
+                "docker",
+            ),
+            (
+                "    modules:\n      url: downloads://a/../b\n",
+                "",
+                "actions[0].deploy.modules.url",
+                "`..`",
+            ),
+        ] {
+            let e = parse("d.yaml", &tftp_job(deploy, ramdisk)).unwrap_err();
+            let d = e
+                .errors
+                .iter()
+                .find(|d| d.location.path.as_deref() == Some(path))
+                .unwrap_or_else(|| panic!("{path}: {e}"));
+            assert!(d.message.contains(why), "{path}: {}", d.message);
+        }
+        // Modules go into a ramdisk (or an NFS root): not into nothing.
+        let no_ramdisk = tftp_job("    modules:\n      url: http://f/m.tgz\n", "")
+            .replace("    ramdisk:\n      url: http://f/rd.gz\n", "");
+        let e = parse("d.yaml", &no_ramdisk).unwrap_err();
+        assert!(e.to_string().contains("this deploy has neither"), "{e}");
+    }
+
+    #[test]
+    fn a_downloads_deploy_takes_images_without_qemu_arguments() {
+        let text = "device_type: qemu\njob_name: d\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- deploy:\n    to: downloads\n    images:\n      rootfs:\n        url: http://f/stretch.img.xz\n        compression: xz\n      other:\n        url: http://g/stretch.img\n";
+        let e = parse("d.yaml", text).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("would both be downloads://stretch.img"),
+            "{e}"
+        );
+        let text = text.replace("http://g/stretch.img", "http://g/other.img");
+        let p = parse("d.yaml", &text).unwrap();
+        let Action::Deploy(d) = &p.definition.actions[0] else {
+            panic!("no deploy")
+        };
+        assert_eq!(d.downloads.len(), 2);
+        assert_eq!(download_file_name(&d.downloads[0].artifact), "stretch.img");
+        assert!(d.images.is_empty() && d.kernel.is_none());
     }
 }

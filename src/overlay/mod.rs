@@ -74,11 +74,15 @@
 //! parents before children and nothing outside `lava-<job>/`.
 
 mod archive;
+mod modules;
 mod ramdisk;
 mod scripts;
 mod testdef;
 
-pub use ramdisk::{append_to_ramdisk, AppendedRamdisk, RamdiskFormat};
+pub use modules::{modules_cpio_gz, ModulesArchive};
+pub use ramdisk::{
+    append_to_ramdisk, check_uimage_ramdisk, wrap_in_uimage, AppendedRamdisk, RamdiskFormat,
+};
 pub use testdef::{parse_testdef, GitRepo, Install, Testdef};
 
 use crate::model::JobId;
@@ -120,6 +124,8 @@ pub enum OverlayError {
     },
     #[error("ramdisk: {0}")]
     Ramdisk(String),
+    #[error("modules: {0}")]
+    Modules(String),
     #[error("compressing the overlay: {0}")]
     Compress(#[source] std::io::Error),
 }

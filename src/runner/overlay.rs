@@ -71,11 +71,20 @@ impl Runner {
         let transfer = actions
             .iter()
             .any(|a| matches!(a, Action::Boot(b) if b.transfer_overlay.is_some()));
-        let ramdisk = self.deployed.get("ramdisk").cloned();
+        let ramdisk = self
+            .deployed
+            .get("ramdisk")
+            .cloned()
+            .filter(|_| self.ramdisk_options.install_overlay);
         if ramdisk.is_none() && !transfer {
+            let why = if self.deployed.contains_key("ramdisk") {
+                "its ramdisk says `install_overlay: false`"
+            } else {
+                "this job has neither"
+            };
             return Err(Stop(JobOutcome::incomplete(
                 ErrorClass::Job,
-                "`from: git` test definitions reach the board in an overlay appended to the ramdisk, or with `transfer_overlay`; this job has neither",
+                format!("`from: git` test definitions reach the board in an overlay appended to the ramdisk, or with `transfer_overlay`; {why}"),
             )));
         }
         let started = std::time::Instant::now();

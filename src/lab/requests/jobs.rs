@@ -216,12 +216,18 @@ impl LabActor {
         }
         let mut ramdisk_deployed = false;
         let mut transferred = false;
+        // The last deploy's kernel and whether it said its type: a u-boot
+        // boot's `{BOOTX}` and load addresses come from that type.
+        let mut untyped_kernel = false;
         for a in &def.actions {
+            if let job::Action::Deploy(d) = a {
+                untyped_kernel = d.kernel.is_some() && d.kernel_type.is_none();
+            }
             // A git definition's files reach the board in the overlay:
             // appended to a ramdisk, or fetched by the booted board
             // (`transfer_overlay`). A job with neither cannot run it.
             if let job::Action::Deploy(d) = a {
-                ramdisk_deployed |= d.ramdisk.is_some();
+                ramdisk_deployed |= d.ramdisk.is_some() && d.ramdisk_options.install_overlay;
             }
             if let job::Action::Boot(b) = a {
                 if b.transfer_overlay.is_some() {
@@ -266,15 +272,31 @@ impl LabActor {
                     }
                     _ => {}
                 }
-                if let BootCommands::Named(n) = &b.commands {
-                    if !dt
-                        .bootloader
-                        .as_ref()
-                        .is_some_and(|bl| bl.commands.contains_key(n))
+                let commands = match &b.commands {
+                    BootCommands::Named(n) => {
+                        match dt.bootloader.as_ref().and_then(|bl| bl.commands.get(n)) {
+                            Some(c) => c.as_slice(),
+                            None => {
+                                return Err(ApiError::new(
+                                    ErrorCode::InvalidJob,
+                                    format!(
+                                        "device type `{}` has no boot commands named `{n}`",
+                                        dt.name
+                                    ),
+                                ))
+                            }
+                        }
+                    }
+                    BootCommands::Inline(c) => c.as_slice(),
+                };
+                if untyped_kernel && b.method == job::BootMethod::UBoot {
+                    let by_type = ["{BOOTX}", "{KERNEL_ADDR}", "{RAMDISK_ADDR}", "{DTB_ADDR}"];
+                    if let Some(p) = by_type
+                        .iter()
+                        .find(|p| commands.iter().any(|c| c.contains(**p)))
                     {
-                        return Err(ApiError::new(
-                            ErrorCode::InvalidJob,
-                            format!("device type `{}` has no boot commands named `{n}`", dt.name),
+                        return reject(format!(
+                            "the boot commands use {p}, which comes from the deploy's `kernel: type` (image, zimage or uimage); the job gives none"
                         ));
                     }
                 }
