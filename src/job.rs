@@ -446,7 +446,14 @@ pub struct JobDefinition {
     /// with an Infrastructure error (a dead board, a restarted dispatcher).
     #[serde(default)]
     pub failure_retry: Option<u32>,
+    /// LAVA's `secrets`, by name. In the stored job's text each value is
+    /// [`SECRET_MASK`]; the lab fills them in from their sealed copy.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
 }
+
+/// What a secret's value is replaced by wherever the job can be read.
+pub const SECRET_MASK: &str = "[MASKED]";
 
 /// One problem (or warning) in a job, with where it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -503,6 +510,9 @@ pub struct Parsed {
     /// Every `file://` artifact's path and where the job names it, so the
     /// lab can check them at submit (see [`crate::local_file`]).
     pub files: Vec<(Location, String)>,
+    /// Where each `secrets` value starts (a character index) and its key
+    /// path, for [`mask_secrets`].
+    pub secret_values: Vec<(usize, String)>,
 }
 
 /// Top-level keys that change nothing for a single lab: accepted with a warning.
@@ -513,6 +523,9 @@ struct Ctx<'a> {
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
     files: Vec<(Location, String)>,
+    /// Where each `secrets` value starts in the text (a character index),
+    /// with its key path: for [`mask_secrets`].
+    secret_values: Vec<(usize, String)>,
 }
 
 impl Ctx<'_> {
@@ -699,6 +712,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
         errors: Vec::new(),
         warnings: Vec::new(),
         files: Vec::new(),
+        secret_values: Vec::new(),
     };
     let root = load_yaml(file, text)?;
     let def = parse_root(&mut ctx, &root);
@@ -707,6 +721,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
             definition,
             warnings: ctx.warnings,
             files: ctx.files,
+            secret_values: ctx.secret_values,
         }),
         _ => {
             if ctx.errors.is_empty() {
@@ -927,9 +942,11 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
     let mut timeouts = Timeouts::default();
     let mut actions = None;
     let mut failure_retry = None;
+    let mut secrets = BTreeMap::new();
     for (k, v) in m.iter() {
         let key = k.as_str();
         match key {
+            "secrets" => secrets = parse_secrets(ctx, v),
             "failure_retry" => failure_retry = ctx.attempts(key, v),
             "device_type" => device_type = ctx.string(key, v),
             "job_name" => job_name = ctx.string(key, v),
@@ -951,7 +968,7 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
                 &key_span(k),
                 "protocols (multinode, lava-lxc, ...) are not supported by labd",
             ),
-            "secrets" | "reboot_to_fastboot" | "job_timeout" | "action_timeout" => ctx.unsupported(
+            "reboot_to_fastboot" | "job_timeout" | "action_timeout" => ctx.unsupported(
                 key,
                 &key_span(k),
                 format!("`{key}` is not supported by labd"),
@@ -1013,7 +1030,161 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
         timeouts,
         actions,
         failure_retry,
+        secrets,
     })
+}
+
+/// LAVA's `secrets`: names a shell can export, each with a one-line value.
+fn parse_secrets(ctx: &mut Ctx, v: &Node) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(m) = ctx.mapping("secrets", v) else {
+        return out;
+    };
+    for (k, val) in m.iter() {
+        let name = k.as_str();
+        let p = format!("secrets.{name}");
+        let shell_name = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !shell_name {
+            ctx.err(
+                &p,
+                &key_span(k),
+                "a secret's name is a shell variable's: letters, digits and `_`, not starting with a digit",
+            );
+            continue;
+        }
+        let Node::Scalar(s) = val else {
+            ctx.err(&p, val.span(), "a secret's value is a string");
+            continue;
+        };
+        if s.as_str().contains('\n') {
+            ctx.err(&p, val.span(), "a secret's value is one line");
+            continue;
+        }
+        if let Some(at) = val.span().start() {
+            ctx.secret_values.push((at.character(), p));
+        }
+        out.insert(name.to_owned(), s.as_str().to_owned());
+    }
+    out
+}
+
+/// Where a one-line scalar that starts at byte `start` ends: after its
+/// closing quote, or (plain) before a comment or the line's end, or, in a
+/// flow mapping, before a `,` or `}`.
+fn scalar_end(text: &str, start: usize, flow: bool) -> Option<usize> {
+    let rest = text.get(start..)?;
+    let line = rest.split('\n').next()?;
+    match line.chars().next()? {
+        '\'' => {
+            let mut i = 1;
+            let b = line.as_bytes();
+            while i < b.len() {
+                if b[i] == b'\'' {
+                    if b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    return Some(start + i + 1);
+                }
+                i += 1;
+            }
+            None
+        }
+        '"' => {
+            let b = line.as_bytes();
+            let mut i = 1;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' => i += 2,
+                    b'"' => return Some(start + i + 1),
+                    _ => i += 1,
+                }
+            }
+            None
+        }
+        _ => {
+            let mut end = line.len();
+            if let Some(c) = line.find(" #") {
+                end = end.min(c);
+            }
+            if flow {
+                if let Some(c) = line.find([',', '}']) {
+                    end = end.min(c);
+                }
+            }
+            Some(start + line[..end].trim_end().len())
+        }
+    }
+}
+
+/// The job's text with each `secrets` value replaced by `'[MASKED]'`, for
+/// the store: the values themselves are kept only sealed (see
+/// [`crate::secrets`]). The masked text is parsed again and must give the
+/// same job but for the values, or the job is refused: a value this cannot
+/// find exactly (a multi-line scalar) would otherwise be stored in clear.
+pub fn mask_secrets(file: &str, text: &str, parsed: &Parsed) -> Result<String, JobError> {
+    if parsed.secret_values.is_empty() {
+        return Ok(text.to_owned());
+    }
+    let refuse = |path: &str| {
+        JobError {
+        errors: vec![Diagnostic {
+            code: ErrorCode::InvalidJob,
+            location: Location {
+                file: Some(file.to_owned()),
+                path: Some(path.to_owned()),
+                line: None,
+                column: None,
+            },
+            message: "labd could not mask this secret's value in the stored job; write it as a one-line scalar in block style (`NAME: value`)".into(),
+        }],
+    }
+    };
+    let want = {
+        let mut d = parsed.definition.clone();
+        for v in d.secrets.values_mut() {
+            *v = SECRET_MASK.to_owned();
+        }
+        d
+    };
+    let mut last_path = String::new();
+    'style: for flow in [false, true] {
+        let mut ranges = Vec::new();
+        for (ch, path) in &parsed.secret_values {
+            last_path.clone_from(path);
+            let Some(start) = text.char_indices().nth(*ch).map(|(b, _)| b) else {
+                return Err(refuse(path));
+            };
+            let Some(end) = scalar_end(text, start, flow) else {
+                return Err(refuse(path));
+            };
+            ranges.push((start, end));
+        }
+        ranges.sort();
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (start, end) in ranges {
+            if start < at {
+                // A plain value read to its line's end runs into the next
+                // one: the values are in a flow mapping.
+                continue 'style;
+            }
+            out.push_str(&text[at..start]);
+            out.push('\'');
+            out.push_str(SECRET_MASK);
+            out.push('\'');
+            at = end;
+        }
+        out.push_str(&text[at..]);
+        if parse(file, &out).is_ok_and(|p| p.definition == want) {
+            return Ok(out);
+        }
+    }
+    Err(refuse(&last_path))
 }
 
 fn parse_priority(ctx: &mut Ctx, v: &Node) -> Option<u8> {
@@ -2959,5 +3130,29 @@ mod tests {
         assert_eq!(d.downloads.len(), 2);
         assert_eq!(download_file_name(&d.downloads[0].artifact), "stretch.img");
         assert!(d.images.is_empty() && d.kernel.is_none());
+    }
+
+    #[test]
+    fn secrets_are_masked_in_the_stored_text_whatever_their_style() {
+        let head = "device_type: bbb\njob_name: s\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- boot:\n    method: minimal\n    prompts: ['# ']\n";
+        for secrets in [
+            "secrets:\n  A: plain-value # a comment\n  B: 'it''s quoted'\n  C: \"dq \\\" x\"\n",
+            "secrets: {A: plain-value, B: 'it''s quoted', C: \"dq \\\" x\"}\n",
+        ] {
+            let text = format!("{head}{secrets}");
+            let p = parse("s.yaml", &text).unwrap();
+            assert_eq!(p.definition.secrets["A"], "plain-value");
+            assert_eq!(p.definition.secrets["B"], "it's quoted");
+            assert_eq!(p.definition.secrets["C"], "dq \" x");
+            let masked = mask_secrets("s.yaml", &text, &p).unwrap();
+            for v in ["plain-value", "it''s quoted", "dq"] {
+                assert!(!masked.contains(v), "{masked}");
+            }
+            let again = parse("s.yaml", &masked).unwrap();
+            assert!(again.definition.secrets.values().all(|v| v == SECRET_MASK));
+        }
+        // A job without secrets is stored as it came.
+        let p = parse("s.yaml", head).unwrap();
+        assert_eq!(mask_secrets("s.yaml", head, &p).unwrap(), head);
     }
 }

@@ -243,6 +243,8 @@ struct Runner {
     current_step: Option<String>,
     /// The bounded action running now (`bootloader-commands`, ...).
     current_action: Option<String>,
+    /// The job's `secrets` values, masked in events, results and errors.
+    mask: Option<crate::secrets::Masker>,
     /// The test definitions whose ENDRUN signal was seen.
     ended_runs: Vec<String>,
     /// Deployed files by role (`kernel`, `ramdisk`, `dtb`, or a tmpfs
@@ -315,7 +317,9 @@ fn timed_out(in_test: bool, msg: String) -> Stop {
 /// caller's business, so that a cancelled run is powered off the same way.
 pub async fn run(ctx: RunCtx) -> JobOutcome {
     let job_timeout = ctx.def.timeouts.job.unwrap_or(Duration::from_secs(3600));
+    let mask = crate::secrets::Masker::new(ctx.def.secrets.values().map(String::as_str));
     let mut r = Runner {
+        mask,
         ctx,
         rest: Vec::new(),
         signals: SignalParser::new(),
@@ -351,7 +355,13 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
     let store = r.ctx.store.clone();
     match tokio::time::timeout(job_timeout, r.all()).await {
         Ok(Ok(())) => JobOutcome::complete(),
-        Ok(Err(Stop(o))) => o,
+        Ok(Err(Stop(mut o))) => {
+            // An error may quote the console, where a secret can be.
+            if let (Some(m), Some(e)) = (&r.mask, o.error.as_mut()) {
+                *e = m.mask_str(e);
+            }
+            o
+        }
         Err(_) => {
             let msg = format!("job timed out after {} s", job_timeout.as_secs());
             store.record_event(job_id, JobEvent::now("timeout", &msg));
@@ -363,9 +373,13 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
 impl Runner {
     fn event(&self, kind: &str, message: &str) {
         // Queued now, in order; the store makes it durable with the next batch.
+        let message = match &self.mask {
+            Some(m) => std::borrow::Cow::Owned(m.mask_str(message)),
+            None => std::borrow::Cow::Borrowed(message),
+        };
         self.ctx
             .store
-            .record_event(self.ctx.job_id, JobEvent::now(kind, message));
+            .record_event(self.ctx.job_id, JobEvent::now(kind, message.as_ref()));
     }
 
     fn phase(&self, p: Phase) {
@@ -1186,6 +1200,7 @@ impl Runner {
                 for h in signals::SHELL_HELPERS {
                     r.shell_step(h).await?;
                 }
+                r.write_secrets().await?;
                 r.helpers_sent = true;
             }
             for (i, d) in defs.iter().enumerate() {
@@ -1223,6 +1238,36 @@ impl Runner {
             Ok(())
         })
         .await
+    }
+
+    /// LAVA's `/lava-<job>/secrets` on the typed path, where no overlay
+    /// brings it: written by the shell (mode 0600), so that a definition
+    /// can source it as under LAVA. The echo of the lines is masked in the
+    /// log like every other appearance of the values.
+    async fn write_secrets(&mut self) -> Result<(), Stop> {
+        if self.ctx.def.secrets.is_empty() {
+            return Ok(());
+        }
+        let secrets: Vec<(String, String)> = self
+            .ctx
+            .def
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let text = crate::overlay::secrets_file(&secrets)
+            .map_err(|e| Stop(JobOutcome::incomplete(ErrorClass::Job, e.to_string())))?;
+        let dir = format!("/lava-{}", self.ctx.job_id);
+        self.shell_step(&format!(
+            "mkdir -p {dir} && (umask 077 && : > {dir}/secrets)"
+        ))
+        .await?;
+        for line in text.lines() {
+            let quoted = line.replace('\'', r"'\''");
+            self.shell_step(&format!("printf '%s\\n' '{quoted}' >> {dir}/secrets"))
+                .await?;
+        }
+        Ok(())
     }
 
     /// A definition's `expected` cases it never reported, as fails.

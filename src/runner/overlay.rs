@@ -134,7 +134,14 @@ impl Runner {
         let rd = ramdisk
             .filter(|_| !transfer)
             .map(|r| self.ctx.tftp.root.join(r));
-        let overlay_job = OverlayJob::new(job, stages);
+        let mut overlay_job = OverlayJob::new(job, stages);
+        overlay_job.secrets = self
+            .ctx
+            .def
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let built = tokio::task::spawn_blocking(move || {
             let overlay = crate::overlay::Overlay::build(&overlay_job)?;
             let Some(rd) = rd else {

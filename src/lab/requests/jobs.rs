@@ -55,6 +55,23 @@ impl LabActor {
         if let Err(e) = self.check_runnable(&parsed.definition) {
             return ready(Err(e));
         }
+        // The text to store: with the secrets' values masked (checked
+        // against the job as parsed, before its timeouts are capped).
+        let masked = if parsed.definition.secrets.is_empty() {
+            None
+        } else {
+            match job::mask_secrets(&file, &definition, &parsed) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    let first = e.first().clone();
+                    return ready(Err(ApiError {
+                        code: e.code(),
+                        message: e.to_string(),
+                        location: Some(first.location),
+                    }));
+                }
+            }
+        };
         let mut def = parsed.definition;
         let mut warnings = parsed.warnings;
         for (path, message) in def.cap_timeouts(&self.cfg.limits.timeout_maxima()) {
@@ -69,10 +86,31 @@ impl LabActor {
                 message,
             });
         }
+        // The stored text never holds a secret's value: they are masked
+        // there and kept sealed beside it.
+        let (definition, sealed_secrets) = match masked {
+            None => (definition, None),
+            Some(masked) => {
+                let key = match &self.secrets_key {
+                    Ok(k) => k,
+                    Err(e) => {
+                        return ready(Err(ApiError::new(
+                            ErrorCode::Unsupported,
+                            format!("this lab cannot keep a job's secrets: {e}"),
+                        )))
+                    }
+                };
+                match key.seal(&def.secrets) {
+                    Ok(sealed) => (masked, Some(sealed)),
+                    Err(e) => return ready(Err(ApiError::new(ErrorCode::Internal, e.to_string()))),
+                }
+            }
+        };
         let rec = JobRecord {
             submitter_uid: Some(caller.uid),
             submitter_gid: Some(caller.gid),
             submitter_groups: Some(caller.groups.clone()),
+            sealed_secrets,
             ..JobRecord::submitted(
                 def.job_name.clone(),
                 def.device_type.clone(),
