@@ -30,6 +30,7 @@ pub mod power;
 pub mod protocol;
 pub mod pty;
 pub mod runner;
+pub mod secrets;
 pub mod server;
 pub mod signals;
 pub mod sim_control;

@@ -29,15 +29,11 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("qemu-simple-snippet.yaml", &[]),
     (
         "standard-armmp-nfs-bbb.yaml",
-        &[
-            "actions[0].deploy.modules",
-            "actions[0].deploy.nfsrootfs",
-            "actions[1].boot.commands",
-        ],
+        &["actions[0].deploy.nfsrootfs", "actions[1].boot.commands"],
     ),
     (
         "standard-armmp-ramdisk-bbb.yaml",
-        &["actions[0].deploy.modules", "actions[0].deploy.dtbo"],
+        &["actions[0].deploy.dtbo"],
     ),
 ];
 
@@ -299,6 +295,8 @@ const ACCEPTED_SAMPLES: &[&str] = &[
     "inline-test-definition-example.yaml",
     "kvm-inline.yaml",
     "kvm-params.yaml",
+    "namespace-connections-example1.yaml",
+    "panda-ramdisk.yaml",
     "qemu-aarch64.yaml",
     "qemu-foo-nonexisting.yaml",
     "qemu-monitor.yaml",
@@ -306,6 +304,7 @@ const ACCEPTED_SAMPLES: &[&str] = &[
     "qemu-reboot.yaml",
     "qemu.yaml",
     "rk3399-puma-haikou.yaml",
+    "zcu102-ramdisk.yaml",
     "zephyr-qemu-test-task.yaml",
 ];
 

@@ -71,11 +71,20 @@ impl Runner {
         let transfer = actions
             .iter()
             .any(|a| matches!(a, Action::Boot(b) if b.transfer_overlay.is_some()));
-        let ramdisk = self.deployed.get("ramdisk").cloned();
+        let ramdisk = self
+            .deployed
+            .get("ramdisk")
+            .cloned()
+            .filter(|_| self.ramdisk_options.install_overlay);
         if ramdisk.is_none() && !transfer {
+            let why = if self.deployed.contains_key("ramdisk") {
+                "its ramdisk says `install_overlay: false`"
+            } else {
+                "this job has neither"
+            };
             return Err(Stop(JobOutcome::incomplete(
                 ErrorClass::Job,
-                "`from: git` test definitions reach the board in an overlay appended to the ramdisk, or with `transfer_overlay`; this job has neither",
+                format!("`from: git` test definitions reach the board in an overlay appended to the ramdisk, or with `transfer_overlay`; {why}"),
             )));
         }
         let started = std::time::Instant::now();
@@ -125,7 +134,14 @@ impl Runner {
         let rd = ramdisk
             .filter(|_| !transfer)
             .map(|r| self.ctx.tftp.root.join(r));
-        let overlay_job = OverlayJob::new(job, stages);
+        let mut overlay_job = OverlayJob::new(job, stages);
+        overlay_job.secrets = self
+            .ctx
+            .def
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let built = tokio::task::spawn_blocking(move || {
             let overlay = crate::overlay::Overlay::build(&overlay_job)?;
             let Some(rd) = rd else {
