@@ -92,6 +92,10 @@ pub struct Deploy {
     /// LAVA's `to: tmpfs` images for a qemu boot, in the job's order.
     #[serde(default)]
     pub images: Vec<Image>,
+    /// LAVA's `nfsrootfs`: a root filesystem the lab's NFS server exports
+    /// for the job (`{NFSROOTFS}` on `{NFS_SERVER_IP}`).
+    #[serde(default)]
+    pub nfsrootfs: Option<NfsRootfs>,
 }
 
 /// One of a `to: tmpfs` deploy's `images`: a file and the QEMU arguments
@@ -1242,6 +1246,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
     let mut ramdisk = None;
     let mut dtb = None;
     let mut images = Vec::new();
+    let mut nfsrootfs = None;
     for (k, val) in m.iter() {
         if common_action_key(ctx, path, k, val, &mut common) {
             continue;
@@ -1332,8 +1337,9 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
             "ramdisk" => ramdisk = artifact(ctx, &p, val, &[]).map(|a| a.0),
             "dtb" => dtb = artifact(ctx, &p, val, &[]).map(|a| a.0),
             "os" => ctx.warn(&p, &key_span(k), "`os` is not used by labd; ignored"),
-            "modules" | "nfsrootfs" | "rootfs" | "dtbo" | "overlays" | "tee" | "preseed"
-            | "persistent_nfs" | "uboot" => ctx.unsupported(
+            "nfsrootfs" => nfsrootfs = parse_nfsrootfs(ctx, &p, val),
+            "modules" | "rootfs" | "dtbo" | "overlays" | "tee" | "preseed" | "persistent_nfs"
+            | "uboot" => ctx.unsupported(
                 &p,
                 &key_span(k),
                 format!("deploying `{}` is not supported yet", k.as_str()),
@@ -1392,7 +1398,39 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         ramdisk,
         dtb,
         images,
+        nfsrootfs,
     })
+}
+
+/// A deploy's `nfsrootfs`: a tarball, and LAVA's `prefix`, the directory
+/// inside it that is the root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NfsRootfs {
+    pub artifact: Artifact,
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+/// Reads a deploy's `nfsrootfs` (`url`, `compression`, `sha256sum`,
+/// `prefix`); a prefix is a relative directory without `..`, as in LAVA.
+fn parse_nfsrootfs(ctx: &mut Ctx, path: &str, v: &Node) -> Option<NfsRootfs> {
+    let (artifact, extra) = artifact(ctx, path, v, &["prefix"])?;
+    let prefix = extra.get("prefix").cloned();
+    if let Some(p) = &prefix {
+        if p.starts_with('/') || p.split('/').any(|c| c == "..") {
+            let span = ctx
+                .mapping(path, v)
+                .and_then(|m| m.get_node("prefix").map(|n| *n.span()))
+                .unwrap_or(*v.span());
+            ctx.err(
+                &format!("{path}.prefix"),
+                &span,
+                "a prefix is a directory inside the tarball: relative, without `..`",
+            );
+            return None;
+        }
+    }
+    Some(NfsRootfs { artifact, prefix })
 }
 
 fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
@@ -1428,25 +1466,19 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                     ),
                 }
             }
-            "commands" => {
-                match val {
-                    Node::Scalar(s) => {
-                        if s.as_str() == "nfs" {
-                            ctx.unsupported(&p, val.span(), "`commands: nfs` needs an NFS server, which labd does not provide yet");
-                        } else {
-                            commands = Some(BootCommands::Named(s.as_str().to_owned()));
-                        }
-                    }
-                    Node::Sequence(_) => {
-                        commands = ctx.string_list(&p, val).map(BootCommands::Inline);
-                    }
-                    Node::Mapping(_) => ctx.err(
-                        &p,
-                        val.span(),
-                        "expected a command set name or a list of commands",
-                    ),
+            "commands" => match val {
+                Node::Scalar(s) => {
+                    commands = Some(BootCommands::Named(s.as_str().to_owned()));
                 }
-            }
+                Node::Sequence(_) => {
+                    commands = ctx.string_list(&p, val).map(BootCommands::Inline);
+                }
+                Node::Mapping(_) => ctx.err(
+                    &p,
+                    val.span(),
+                    "expected a command set name or a list of commands",
+                ),
+            },
             "prompts" => {
                 if let Some(list) = ctx.string_list(&p, val) {
                     for (i, re) in list.iter().enumerate() {

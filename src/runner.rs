@@ -69,6 +69,7 @@
 
 mod interactive;
 mod monitors;
+mod nfsroot;
 mod overlay;
 
 use crate::device_type::DeviceType;
@@ -194,6 +195,8 @@ pub struct TftpInfo {
     /// Where boards fetch overlays for `transfer_overlay`, if the lab
     /// serves them.
     pub overlay_http: Option<Arc<crate::overlay_http::OverlayHttp>>,
+    /// The NFS server for jobs' `nfsrootfs`, if the lab runs one.
+    pub nfs: Option<Arc<crate::nfs::NfsServer>>,
 }
 
 pub struct RunCtx {
@@ -279,6 +282,11 @@ struct Runner {
     /// its place on the lab's HTTP listener while the job runs.
     overlay_tar: Option<Vec<u8>>,
     overlay_served: Option<crate::overlay_http::Served>,
+    /// The job's unpacked `nfsrootfs` (the directory served, after any
+    /// `prefix`) and the bytes unpacked into its tree so far.
+    nfs_root: Option<(std::path::PathBuf, u64)>,
+    /// `{NFSROOTFS}`, once the root is exported.
+    nfs_export: Option<String>,
 }
 
 /// A token no earlier run used: its step markers cannot be mistaken for
@@ -335,6 +343,8 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         run_suite: None,
         overlay_tar: None,
         overlay_served: None,
+        nfs_root: None,
+        nfs_export: None,
         block_deadline: None,
     };
     let job_id = r.ctx.job_id;
@@ -601,7 +611,13 @@ impl Runner {
             })
             .await?;
         self.deployed = deployed;
+        if let Some(n) = &d.nfsrootfs {
+            self.unpack_nfsroot(n, limit).await?;
+        }
         self.deliver_overlay().await?;
+        if d.nfsrootfs.is_some() {
+            self.export_nfsroot().await?;
+        }
         let root = self.ctx.tftp.root.clone();
         self.image_args = d
             .images
@@ -760,6 +776,7 @@ impl Runner {
             bootx.push_str(&addrs.dtb);
         }
         let get = |k: &str| self.deployed.get(k).cloned().unwrap_or_default();
+        let cmd = self.substitute_nfs(cmd)?;
         Ok(cmd
             .replace("{BOOTX}", &bootx)
             .replace("{SERVER_IP}", &self.ctx.tftp.server_ip)

@@ -72,10 +72,12 @@ impl Runner {
             .iter()
             .any(|a| matches!(a, Action::Boot(b) if b.transfer_overlay.is_some()));
         let ramdisk = self.deployed.get("ramdisk").cloned();
-        if ramdisk.is_none() && !transfer {
+        // An NFS root takes the overlay into its tree, as LAVA's does.
+        let nfsroot = self.nfs_root.is_some() && !transfer;
+        if ramdisk.is_none() && !transfer && !nfsroot {
             return Err(Stop(JobOutcome::incomplete(
                 ErrorClass::Job,
-                "`from: git` test definitions reach the board in an overlay appended to the ramdisk, or with `transfer_overlay`; this job has neither",
+                "`from: git` test definitions reach the board in an overlay appended to the ramdisk, in its NFS root, or with `transfer_overlay`; this job has none of them",
             )));
         }
         let started = std::time::Instant::now();
@@ -123,7 +125,7 @@ impl Runner {
             stages.push(defs);
         }
         let rd = ramdisk
-            .filter(|_| !transfer)
+            .filter(|_| !transfer && !nfsroot)
             .map(|r| self.ctx.tftp.root.join(r));
         let overlay_job = OverlayJob::new(job, stages);
         let built = tokio::task::spawn_blocking(move || {
@@ -177,6 +179,10 @@ impl Runner {
                     ""
                 }
             ),
+            None if nfsroot => {
+                self.overlay_into_nfsroot(packed).await?;
+                "unpacked into the NFS root".into()
+            }
             None => {
                 self.overlay_tar = Some(packed);
                 "kept as a tarball for transfer_overlay".into()
