@@ -20,8 +20,11 @@ fn have_nfs() -> bool {
         "apt-get install nfs-ganesha nfs-ganesha-vfs",
     ) && require(
         "nfs-ganesha-vfs",
-        Path::new("/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so").exists()
-            || Path::new("/usr/lib/aarch64-linux-gnu/ganesha/libfsalvfs.so").exists(),
+        std::fs::read_dir("/usr/lib")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("ganesha/libfsalvfs.so").exists()),
         "apt-get install nfs-ganesha-vfs",
     ) && require_tool("nfs-cat", "apt-get install libnfs-utils")
         && require_root("Ganesha's VFS backend (open_by_handle_at)")
