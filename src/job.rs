@@ -1257,13 +1257,13 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                 let Some(t) = ctx.string(&p, val) else {
                     continue;
                 };
-                if t == "tftp" || t == "tmpfs" {
+                if t == "tftp" || t == "tmpfs" || t == "nfs" {
                     to = Some(t);
                 } else {
                     ctx.unsupported(
                         &p,
                         val.span(),
-                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp` (and `tmpfs` for qemu boots)"),
+                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp` (and `tmpfs` or `nfs` for qemu boots)"),
                     );
                 }
             }
@@ -1285,6 +1285,10 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                             &key_span(name),
                             "an image name may only use letters, digits, `_` and `-`",
                         );
+                        continue;
+                    }
+                    if name.as_str() == "nfsrootfs" && deploys_to_nfs(m) {
+                        nfsrootfs = parse_nfsroot_image(ctx, &ip, iv);
                         continue;
                     }
                     let Some((a, extra)) = artifact(ctx, &ip, iv, &["image_arg"]) else {
@@ -1350,7 +1354,25 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
     if to.is_none() && m.get_node("to").is_none() {
         ctx.err(&format!("{path}.to"), v.span(), "missing required key `to`");
     }
-    let tmpfs = to.as_deref() == Some("tmpfs");
+    // LAVA's `to: nfs` (for a `qemu-nfs` boot) names its files as a
+    // tmpfs deploy does, its root as the `nfsrootfs` image.
+    let to_nfs = to.as_deref() == Some("nfs");
+    let tmpfs = to.as_deref() == Some("tmpfs") || to_nfs;
+    if to_nfs
+        && nfsrootfs.is_none()
+        && !ctx.errors.iter().any(|e| {
+            e.location
+                .path
+                .as_deref()
+                .is_some_and(|p| p.starts_with(path))
+        })
+    {
+        ctx.err(
+            &format!("{path}.images.nfsrootfs"),
+            v.span(),
+            "a `to: nfs` deploy needs its root filesystem, `nfsrootfs`",
+        );
+    }
     if to.is_some() && !tmpfs && kernel.is_none() && m.get_node("kernel").is_none() {
         ctx.err(
             &format!("{path}.kernel"),
@@ -1368,7 +1390,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                 );
             }
         }
-        if m.get_node("images").is_none() {
+        if m.get_node("images").is_none() && !(to_nfs && m.get_node("nfsrootfs").is_some()) {
             ctx.err(
                 &format!("{path}.images"),
                 v.span(),
@@ -1409,6 +1431,78 @@ pub struct NfsRootfs {
     pub artifact: Artifact,
     #[serde(default)]
     pub prefix: Option<String>,
+    /// A `to: nfs` deploy's `image_arg`, a kernel argument for a
+    /// `qemu-nfs` boot (`nfsroot={NFS_SERVER_IP}:{NFSROOTFS},tcp,hard`).
+    #[serde(default)]
+    pub kernel_arg: Option<String>,
+}
+
+/// Whether a deploy mapping says `to: nfs`.
+fn deploys_to_nfs(m: &MarkedMappingNode) -> bool {
+    m.get_node("to")
+        .and_then(|n| n.as_scalar())
+        .is_some_and(|s| s.as_str() == "nfs")
+}
+
+/// Reads the `nfsrootfs` image of a `to: nfs` deploy: an artifact whose
+/// `image_arg` is a kernel argument, not QEMU options.
+fn parse_nfsroot_image(ctx: &mut Ctx, path: &str, v: &Node) -> Option<NfsRootfs> {
+    let (artifact, extra) = artifact(ctx, path, v, &["image_arg", "prefix"])?;
+    let mut root = NfsRootfs {
+        artifact,
+        prefix: extra.get("prefix").cloned(),
+        kernel_arg: None,
+    };
+    let Some(arg) = extra.get("image_arg") else {
+        ctx.err(
+            &format!("{path}.image_arg"),
+            v.span(),
+            "missing required key `image_arg` (the kernel's `nfsroot={NFS_SERVER_IP}:{nfsrootfs},tcp,hard`)",
+        );
+        return None;
+    };
+    match nfsroot_image_arg(arg) {
+        Ok(a) => root.kernel_arg = Some(a),
+        Err(e) => {
+            ctx.err(&format!("{path}.image_arg"), v.span(), e);
+            return None;
+        }
+    }
+    if root
+        .prefix
+        .as_deref()
+        .is_some_and(|p| p.starts_with('/') || p.split('/').any(|c| c == ".."))
+    {
+        ctx.err(
+            &format!("{path}.prefix"),
+            v.span(),
+            "a prefix is a directory inside the tarball: relative, without `..`",
+        );
+        return None;
+    }
+    Some(root)
+}
+
+/// Checks the kernel argument a `to: nfs` deploy gives its root: one
+/// `nfsroot={NFS_SERVER_IP}:{nfsrootfs}` with plain NFS options after it
+/// (it goes on the kernel's command line, nowhere else); returns it with
+/// `{NFSROOTFS}` for the root.
+fn nfsroot_image_arg(arg: &str) -> Result<String, String> {
+    const HEAD: &str = "nfsroot={NFS_SERVER_IP}:{nfsrootfs}";
+    let rest = arg.trim().strip_prefix(HEAD).ok_or_else(|| {
+        format!("`{arg}`: the root's image_arg is the kernel argument `{HEAD}`, with NFS options after a comma")
+    })?;
+    if !rest.is_empty()
+        && (!rest.starts_with(',')
+            || !rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ",=._-".contains(c)))
+    {
+        return Err(format!(
+            "`{arg}`: after `{HEAD}` only NFS options (`,tcp,hard`, `,vers=4`) may follow"
+        ));
+    }
+    Ok(format!("nfsroot={{NFS_SERVER_IP}}:{{NFSROOTFS}}{rest}"))
 }
 
 /// Reads a deploy's `nfsrootfs` (`url`, `compression`, `sha256sum`,
@@ -1430,7 +1524,11 @@ fn parse_nfsrootfs(ctx: &mut Ctx, path: &str, v: &Node) -> Option<NfsRootfs> {
             return None;
         }
     }
-    Some(NfsRootfs { artifact, prefix })
+    Some(NfsRootfs {
+        artifact,
+        prefix,
+        kernel_arg: None,
+    })
 }
 
 fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
@@ -1454,6 +1552,9 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                 };
                 match s.as_str() {
                     "u-boot" => method = Some(BootMethod::UBoot),
+                    // LAVA's QEMU boot with the deploy's NFS root: the relay
+                    // boots the kernel with `nfsroot=` on its command line.
+                    "qemu-nfs" => method = Some(BootMethod::Qemu),
                     "minimal" => method = Some(BootMethod::Minimal),
                     "qemu" => method = Some(BootMethod::Qemu),
                     "bootloader" => method = Some(BootMethod::Bootloader),

@@ -287,6 +287,8 @@ struct Runner {
     nfs_root: Option<(std::path::PathBuf, u64)>,
     /// `{NFSROOTFS}`, once the root is exported.
     nfs_export: Option<String>,
+    /// A `to: nfs` deploy's kernel argument for a `qemu-nfs` boot.
+    nfs_kernel_arg: Option<String>,
 }
 
 /// A token no earlier run used: its step markers cannot be mistaken for
@@ -345,6 +347,7 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         overlay_served: None,
         nfs_root: None,
         nfs_export: None,
+        nfs_kernel_arg: None,
         block_deadline: None,
     };
     let job_id = r.ctx.job_id;
@@ -999,7 +1002,7 @@ impl Runner {
             kernel,
             initrd: file("ramdisk"),
             dtb: file("dtb"),
-            append: spec.append.clone(),
+            append: self.nfs_append(&spec.append)?,
             extra: self.image_args.clone(),
         })
     }

@@ -39,6 +39,7 @@ impl Runner {
         // A second deploy with a root replaces the first: its export goes
         // before its tree is emptied.
         self.nfs_root = None;
+        self.nfs_kernel_arg = None;
         if self.nfs_export.take().is_some() {
             nfs.remove(job)
                 .await
@@ -121,7 +122,20 @@ impl Runner {
         // Hook: a deploy's `modules` (LAVA unpacks them into the NFS root
         // too) go here, through `crate::nfs::unpack` with the same `used`.
         self.nfs_root = Some((served, used));
+        self.nfs_kernel_arg = n.kernel_arg.clone();
         Ok(())
+    }
+
+    /// The kernel command line of a `qemu-nfs` boot: the device type's,
+    /// then the root on NFS as LAVA's QEMU device types give it.
+    pub(super) fn nfs_append(&self, base: &str) -> Result<String, Stop> {
+        let Some(arg) = &self.nfs_kernel_arg else {
+            return Ok(base.to_owned());
+        };
+        Ok(format!(
+            "{base} root=/dev/nfs rw {} ip=dhcp",
+            self.substitute_nfs(arg)?
+        ))
     }
 
     /// Unpacks the job's overlay (a tar.gz) into its NFS root, confined to
