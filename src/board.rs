@@ -501,41 +501,54 @@ impl BoardActor {
             .timeouts
             .get("power-off")
             .unwrap_or(Duration::from_secs(30));
+        let nfs = self.tftp.nfs.clone();
         ctx.spawn(
-            async move { tokio::time::timeout(limit, power.switch(PowerAction::Off)).await }
-                .into_actor(self)
-                .map(move |res, act, _ctx| {
-                    let msg = match res {
-                        Ok(Ok(())) => "board powered off".to_owned(),
-                        Ok(Err(e)) => format!("power off failed: {e}"),
-                        Err(_) => format!("power off timed out after {} s", limit.as_secs()),
-                    };
-                    act.event(id, "power-off", msg);
-                    // The end of a read that might have begun a secret's
-                    // value: no more bytes will tell, so it is kept as it is.
-                    if let Some(j) = act.job.as_mut() {
-                        if let Some(rest) = j.mask.as_mut().map(|m| m.finish()) {
-                            if !j.truncated {
-                                j.log_buf.extend_from_slice(&rest);
-                            }
+            async move {
+                let res = tokio::time::timeout(limit, power.switch(PowerAction::Off)).await;
+                // The board is off: its NFS root goes (export, then tree)
+                // before the job is reported ended.
+                let unexported = match nfs {
+                    Some(n) => n.remove(id).await.err(),
+                    None => None,
+                };
+                (res, unexported)
+            }
+            .into_actor(self)
+            .map(move |(res, unexported), act, _ctx| {
+                if let Some(e) = unexported {
+                    act.event(id, "nfs", format!("removing the job's NFS export: {e}"));
+                }
+                let msg = match res {
+                    Ok(Ok(())) => "board powered off".to_owned(),
+                    Ok(Err(e)) => format!("power off failed: {e}"),
+                    Err(_) => format!("power off timed out after {} s", limit.as_secs()),
+                };
+                act.event(id, "power-off", msg);
+                // The end of a read that might have begun a secret's
+                // value: no more bytes will tell, so it is kept as it is.
+                if let Some(j) = act.job.as_mut() {
+                    if let Some(rest) = j.mask.as_mut().map(|m| m.finish()) {
+                        if !j.truncated {
+                            j.log_buf.extend_from_slice(&rest);
                         }
                     }
-                    act.flush_log();
-                    // Removing a job's files can take a while (freeing the
-                    // pages of a copied image): not on the actor's thread.
-                    let dir = act.tftp.root.join(id.to_string());
-                    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
-                    // Off ends the PoweringOff phase, which counts too.
-                    act.set_phase(Phase::Off);
-                    let timing = act.job.take().map(|j| j.timing).unwrap_or_default();
-                    act.guard.job = None;
-                    act.lab.do_send(BoardReport::JobEnded {
-                        board: act.name.clone(),
-                        job: id,
-                        outcome,
-                        timing,
-                    });
-                }),
+                }
+                act.flush_log();
+                // Removing a job's files can take a while (freeing the
+                // pages of a copied image): not on the actor's thread.
+                let dir = act.tftp.root.join(id.to_string());
+                tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
+                // Off ends the PoweringOff phase, which counts too.
+                act.set_phase(Phase::Off);
+                let timing = act.job.take().map(|j| j.timing).unwrap_or_default();
+                act.guard.job = None;
+                act.lab.do_send(BoardReport::JobEnded {
+                    board: act.name.clone(),
+                    job: id,
+                    outcome,
+                    timing,
+                });
+            }),
         );
     }
 }

@@ -24,6 +24,10 @@ pub const PLACEHOLDERS: &[&str] = &[
     "{DTB_ADDR}",
     "{BOOTX}",
     "{TFTP_PORT}",
+    // A job's NFS root (`nfsrootfs`): the server boards reach, and the
+    // exported directory on it.
+    "{NFS_SERVER_IP}",
+    "{NFSROOTFS}",
 ];
 
 /// Load addresses for one kernel image type (LAVA's `parameters: bootz: kernel: ...`).

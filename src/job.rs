@@ -101,6 +101,10 @@ pub struct Deploy {
     /// LAVA's `to: tmpfs` images for a qemu boot, in the job's order.
     #[serde(default)]
     pub images: Vec<Image>,
+    /// LAVA's `nfsrootfs`: a root filesystem the lab's NFS server exports
+    /// for the job (`{NFSROOTFS}` on `{NFS_SERVER_IP}`).
+    #[serde(default)]
+    pub nfsrootfs: Option<NfsRootfs>,
     /// LAVA's `to: downloads`: the images are fetched into the job's
     /// downloads directory and nothing else; later deploys use them with
     /// `downloads://<file>` URLs.
@@ -1490,6 +1494,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         .get_node("to")
         .and_then(|n| n.as_scalar())
         .is_some_and(|t| t.as_str() == "downloads");
+    let mut nfsrootfs = None;
     for (k, val) in m.iter() {
         if common_action_key(ctx, path, k, val, &mut common) {
             continue;
@@ -1500,13 +1505,13 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                 let Some(t) = ctx.string(&p, val) else {
                     continue;
                 };
-                if t == "tftp" || t == "tmpfs" || t == "downloads" {
+                if t == "tftp" || t == "tmpfs" || t == "downloads" || t == "nfs" {
                     to = Some(t);
                 } else {
                     ctx.unsupported(
                         &p,
                         val.span(),
-                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp`, `downloads` (and `tmpfs` for qemu boots)"),
+                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp`, `downloads` (and `tmpfs` or `nfs` for qemu boots)"),
                     );
                 }
             }
@@ -1537,6 +1542,10 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                                 artifact: a,
                             });
                         }
+                        continue;
+                    }
+                    if name.as_str() == "nfsrootfs" && deploys_to_nfs(m) {
+                        nfsrootfs = parse_nfsroot_image(ctx, &ip, iv);
                         continue;
                     }
                     let Some((a, extra)) = artifact(ctx, &ip, iv, &["image_arg"]) else {
@@ -1599,8 +1608,8 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                 &key_span(k),
                 "`dtbo`: labd does not apply device-tree overlays; merge them into the `dtb` (`fdtoverlay -i base.dtb -o merged.dtb overlay.dtbo`)",
             ),
-            "nfsrootfs" | "rootfs" | "overlays" | "tee" | "preseed"
-            | "persistent_nfs" | "uboot" => ctx.unsupported(
+            "nfsrootfs" => nfsrootfs = parse_nfsrootfs(ctx, &p, val),
+            "rootfs" | "overlays" | "tee" | "preseed" | "persistent_nfs" | "uboot" => ctx.unsupported(
                 &p,
                 &key_span(k),
                 format!("deploying `{}` is not supported yet", k.as_str()),
@@ -1611,7 +1620,25 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
     if to.is_none() && m.get_node("to").is_none() {
         ctx.err(&format!("{path}.to"), v.span(), "missing required key `to`");
     }
-    let tmpfs = to.as_deref() == Some("tmpfs");
+    // LAVA's `to: nfs` (for a `qemu-nfs` boot) names its files as a
+    // tmpfs deploy does, its root as the `nfsrootfs` image.
+    let to_nfs = to.as_deref() == Some("nfs");
+    let tmpfs = to.as_deref() == Some("tmpfs") || to_nfs;
+    if to_nfs
+        && nfsrootfs.is_none()
+        && !ctx.errors.iter().any(|e| {
+            e.location
+                .path
+                .as_deref()
+                .is_some_and(|p| p.starts_with(path))
+        })
+    {
+        ctx.err(
+            &format!("{path}.images.nfsrootfs"),
+            v.span(),
+            "a `to: nfs` deploy needs its root filesystem, `nfsrootfs`",
+        );
+    }
     if to_downloads {
         for key in ["kernel", "ramdisk", "dtb", "modules"] {
             if let Some(n) = m.get_node(key) {
@@ -1678,7 +1705,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                 );
             }
         }
-        if m.get_node("images").is_none() {
+        if m.get_node("images").is_none() && !(to_nfs && m.get_node("nfsrootfs").is_some()) {
             ctx.err(
                 &format!("{path}.images"),
                 v.span(),
@@ -1707,6 +1734,114 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         modules,
         images,
         downloads,
+        nfsrootfs,
+    })
+}
+
+/// A deploy's `nfsrootfs`: a tarball, and LAVA's `prefix`, the directory
+/// inside it that is the root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NfsRootfs {
+    pub artifact: Artifact,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// A `to: nfs` deploy's `image_arg`, a kernel argument for a
+    /// `qemu-nfs` boot (`nfsroot={NFS_SERVER_IP}:{NFSROOTFS},tcp,hard`).
+    #[serde(default)]
+    pub kernel_arg: Option<String>,
+}
+
+/// Whether a deploy mapping says `to: nfs`.
+fn deploys_to_nfs(m: &MarkedMappingNode) -> bool {
+    m.get_node("to")
+        .and_then(|n| n.as_scalar())
+        .is_some_and(|s| s.as_str() == "nfs")
+}
+
+/// Reads the `nfsrootfs` image of a `to: nfs` deploy: an artifact whose
+/// `image_arg` is a kernel argument, not QEMU options.
+fn parse_nfsroot_image(ctx: &mut Ctx, path: &str, v: &Node) -> Option<NfsRootfs> {
+    let (artifact, extra) = artifact(ctx, path, v, &["image_arg", "prefix"])?;
+    let mut root = NfsRootfs {
+        artifact,
+        prefix: extra.get("prefix").cloned(),
+        kernel_arg: None,
+    };
+    let Some(arg) = extra.get("image_arg") else {
+        ctx.err(
+            &format!("{path}.image_arg"),
+            v.span(),
+            "missing required key `image_arg` (the kernel's `nfsroot={NFS_SERVER_IP}:{nfsrootfs},tcp,hard`)",
+        );
+        return None;
+    };
+    match nfsroot_image_arg(arg) {
+        Ok(a) => root.kernel_arg = Some(a),
+        Err(e) => {
+            ctx.err(&format!("{path}.image_arg"), v.span(), e);
+            return None;
+        }
+    }
+    if root
+        .prefix
+        .as_deref()
+        .is_some_and(|p| p.starts_with('/') || p.split('/').any(|c| c == ".."))
+    {
+        ctx.err(
+            &format!("{path}.prefix"),
+            v.span(),
+            "a prefix is a directory inside the tarball: relative, without `..`",
+        );
+        return None;
+    }
+    Some(root)
+}
+
+/// Checks the kernel argument a `to: nfs` deploy gives its root: one
+/// `nfsroot={NFS_SERVER_IP}:{nfsrootfs}` with plain NFS options after it
+/// (it goes on the kernel's command line, nowhere else); returns it with
+/// `{NFSROOTFS}` for the root.
+fn nfsroot_image_arg(arg: &str) -> Result<String, String> {
+    const HEAD: &str = "nfsroot={NFS_SERVER_IP}:{nfsrootfs}";
+    let rest = arg.trim().strip_prefix(HEAD).ok_or_else(|| {
+        format!("`{arg}`: the root's image_arg is the kernel argument `{HEAD}`, with NFS options after a comma")
+    })?;
+    if !rest.is_empty()
+        && (!rest.starts_with(',')
+            || !rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ",=._-".contains(c)))
+    {
+        return Err(format!(
+            "`{arg}`: after `{HEAD}` only NFS options (`,tcp,hard`, `,vers=4`) may follow"
+        ));
+    }
+    Ok(format!("nfsroot={{NFS_SERVER_IP}}:{{NFSROOTFS}}{rest}"))
+}
+
+/// Reads a deploy's `nfsrootfs` (`url`, `compression`, `sha256sum`,
+/// `prefix`); a prefix is a relative directory without `..`, as in LAVA.
+fn parse_nfsrootfs(ctx: &mut Ctx, path: &str, v: &Node) -> Option<NfsRootfs> {
+    let (artifact, extra) = artifact(ctx, path, v, &["prefix"])?;
+    let prefix = extra.get("prefix").cloned();
+    if let Some(p) = &prefix {
+        if p.starts_with('/') || p.split('/').any(|c| c == "..") {
+            let span = ctx
+                .mapping(path, v)
+                .and_then(|m| m.get_node("prefix").map(|n| *n.span()))
+                .unwrap_or(*v.span());
+            ctx.err(
+                &format!("{path}.prefix"),
+                &span,
+                "a prefix is a directory inside the tarball: relative, without `..`",
+            );
+            return None;
+        }
+    }
+    Some(NfsRootfs {
+        artifact,
+        prefix,
+        kernel_arg: None,
     })
 }
 
@@ -1779,6 +1914,9 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                 };
                 match s.as_str() {
                     "u-boot" => method = Some(BootMethod::UBoot),
+                    // LAVA's QEMU boot with the deploy's NFS root: the relay
+                    // boots the kernel with `nfsroot=` on its command line.
+                    "qemu-nfs" => method = Some(BootMethod::Qemu),
                     "minimal" => method = Some(BootMethod::Minimal),
                     "qemu" => method = Some(BootMethod::Qemu),
                     "bootloader" => method = Some(BootMethod::Bootloader),
@@ -1791,25 +1929,19 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                     ),
                 }
             }
-            "commands" => {
-                match val {
-                    Node::Scalar(s) => {
-                        if s.as_str() == "nfs" {
-                            ctx.unsupported(&p, val.span(), "`commands: nfs` needs an NFS server, which labd does not provide yet");
-                        } else {
-                            commands = Some(BootCommands::Named(s.as_str().to_owned()));
-                        }
-                    }
-                    Node::Sequence(_) => {
-                        commands = ctx.string_list(&p, val).map(BootCommands::Inline);
-                    }
-                    Node::Mapping(_) => ctx.err(
-                        &p,
-                        val.span(),
-                        "expected a command set name or a list of commands",
-                    ),
+            "commands" => match val {
+                Node::Scalar(s) => {
+                    commands = Some(BootCommands::Named(s.as_str().to_owned()));
                 }
-            }
+                Node::Sequence(_) => {
+                    commands = ctx.string_list(&p, val).map(BootCommands::Inline);
+                }
+                Node::Mapping(_) => ctx.err(
+                    &p,
+                    val.span(),
+                    "expected a command set name or a list of commands",
+                ),
+            },
             "prompts" => {
                 if let Some(list) = ctx.string_list(&p, val) {
                     for (i, re) in list.iter().enumerate() {

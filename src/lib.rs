@@ -24,6 +24,7 @@ pub mod local_file;
 pub mod matcher;
 pub mod metrics;
 pub mod model;
+pub mod nfs;
 pub mod overlay;
 pub mod overlay_http;
 pub mod power;

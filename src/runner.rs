@@ -69,6 +69,7 @@
 
 mod interactive;
 mod monitors;
+mod nfsroot;
 mod overlay;
 mod ramdisk;
 
@@ -195,6 +196,8 @@ pub struct TftpInfo {
     /// Where boards fetch overlays for `transfer_overlay`, if the lab
     /// serves them.
     pub overlay_http: Option<Arc<crate::overlay_http::OverlayHttp>>,
+    /// The NFS server for jobs' `nfsrootfs`, if the lab runs one.
+    pub nfs: Option<Arc<crate::nfs::NfsServer>>,
 }
 
 pub struct RunCtx {
@@ -288,6 +291,13 @@ struct Runner {
     /// its place on the lab's HTTP listener while the job runs.
     overlay_tar: Option<Vec<u8>>,
     overlay_served: Option<crate::overlay_http::Served>,
+    /// The job's unpacked `nfsrootfs` (the directory served, after any
+    /// `prefix`) and the bytes unpacked into its tree so far.
+    nfs_root: Option<(std::path::PathBuf, u64)>,
+    /// `{NFSROOTFS}`, once the root is exported.
+    nfs_export: Option<String>,
+    /// A `to: nfs` deploy's kernel argument for a `qemu-nfs` boot.
+    nfs_kernel_arg: Option<String>,
 }
 
 /// A token no earlier run used: its step markers cannot be mistaken for
@@ -349,6 +359,9 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         run_suite: None,
         overlay_tar: None,
         overlay_served: None,
+        nfs_root: None,
+        nfs_export: None,
+        nfs_kernel_arg: None,
         block_deadline: None,
     };
     let job_id = r.ctx.job_id;
@@ -659,9 +672,15 @@ impl Runner {
             })
             .await?;
         self.deployed = deployed;
+        if let Some(n) = &d.nfsrootfs {
+            self.unpack_nfsroot(n, limit).await?;
+        }
         self.prepare_ramdisk(d).await?;
         self.deliver_overlay().await?;
         self.finish_ramdisk().await?;
+        if d.nfsrootfs.is_some() {
+            self.export_nfsroot().await?;
+        }
         let root = self.ctx.tftp.root.clone();
         self.image_args = d
             .images
@@ -794,6 +813,7 @@ impl Runner {
     }
 
     fn substitute(&self, cmd: &str) -> Result<String, Stop> {
+        let cmd = &self.substitute_nfs(cmd)?;
         let get = |k: &str| self.deployed.get(k).cloned().unwrap_or_default();
         let plain = |c: &str| {
             c.replace("{SERVER_IP}", &self.ctx.tftp.server_ip)
@@ -1064,7 +1084,7 @@ impl Runner {
             kernel,
             initrd: file("ramdisk"),
             dtb: file("dtb"),
-            append: spec.append.clone(),
+            append: self.nfs_append(&spec.append)?,
             extra: self.image_args.clone(),
         })
     }

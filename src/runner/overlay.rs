@@ -76,15 +76,17 @@ impl Runner {
             .get("ramdisk")
             .cloned()
             .filter(|_| self.ramdisk_options.install_overlay);
-        if ramdisk.is_none() && !transfer {
+        // An NFS root takes the overlay into its tree, as LAVA's does.
+        let nfsroot = self.nfs_root.is_some() && !transfer;
+        if ramdisk.is_none() && !transfer && !nfsroot {
             let why = if self.deployed.contains_key("ramdisk") {
                 "its ramdisk says `install_overlay: false`"
             } else {
-                "this job has neither"
+                "this job has none of them"
             };
             return Err(Stop(JobOutcome::incomplete(
                 ErrorClass::Job,
-                format!("`from: git` test definitions reach the board in an overlay appended to the ramdisk, or with `transfer_overlay`; {why}"),
+                format!("`from: git` test definitions reach the board in an overlay appended to the ramdisk, in its NFS root, or with `transfer_overlay`; {why}"),
             )));
         }
         let started = std::time::Instant::now();
@@ -132,7 +134,7 @@ impl Runner {
             stages.push(defs);
         }
         let rd = ramdisk
-            .filter(|_| !transfer)
+            .filter(|_| !transfer && !nfsroot)
             .map(|r| self.ctx.tftp.root.join(r));
         let mut overlay_job = OverlayJob::new(job, stages);
         overlay_job.secrets = self
@@ -193,6 +195,10 @@ impl Runner {
                     ""
                 }
             ),
+            None if nfsroot => {
+                self.overlay_into_nfsroot(packed).await?;
+                "unpacked into the NFS root".into()
+            }
             None => {
                 self.overlay_tar = Some(packed);
                 "kept as a tarball for transfer_overlay".into()

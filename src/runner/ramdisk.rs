@@ -94,7 +94,10 @@ impl Runner {
         let install = d.ramdisk_options.install_modules;
         let Some(rd) = rd else {
             // The parser lets `modules` through without a ramdisk only for
-            // an NFS root, which takes them itself.
+            // an NFS root, which has taken them already.
+            if let Some(m) = &modules {
+                let _ = tokio::fs::remove_file(m).await;
+            }
             return Ok(());
         };
         if header {

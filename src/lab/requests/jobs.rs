@@ -265,7 +265,16 @@ impl LabActor {
             // appended to a ramdisk, or fetched by the booted board
             // (`transfer_overlay`). A job with neither cannot run it.
             if let job::Action::Deploy(d) = a {
-                ramdisk_deployed |= d.ramdisk.is_some() && d.ramdisk_options.install_overlay;
+                ramdisk_deployed |= (d.ramdisk.is_some() && d.ramdisk_options.install_overlay)
+                    || d.nfsrootfs.is_some();
+            }
+            if let Some(why) = needs_nfs(a) {
+                if self.cfg.nfs.server.is_none() {
+                    return Err(ApiError::new(
+                        ErrorCode::Unsupported,
+                        format!("{why} needs the lab's NFS server, which this lab does not run ([nfs] server)"),
+                    ));
+                }
             }
             if let job::Action::Boot(b) = a {
                 if b.transfer_overlay.is_some() {
@@ -376,4 +385,15 @@ fn check_local_files(
         }
     }
     Ok(())
+}
+
+/// What in an action needs the lab's NFS server, if anything.
+fn needs_nfs(a: &job::Action) -> Option<&'static str> {
+    match a {
+        job::Action::Deploy(d) if d.nfsrootfs.is_some() => Some("`nfsrootfs`"),
+        job::Action::Boot(b) if b.commands == job::BootCommands::Named("nfs".into()) => {
+            Some("`commands: nfs`")
+        }
+        _ => None,
+    }
 }
