@@ -206,6 +206,13 @@ pub struct DeviceType {
     /// A job file (relative to the device-types dir) run as this type's health check.
     #[serde(default)]
     pub health_check: Option<String>,
+    /// Whether the board's kernel runs on the ramdisk or NFS root labd
+    /// deploys (every real board's does). Then, as in LAVA, every test
+    /// definition runs from the overlay labd puts there; a board that
+    /// does not (the simulator, whose shell is the lab host's) has its
+    /// inline definitions typed on its shell instead.
+    #[serde(default = "default_true")]
+    pub uses_deployed_root: bool,
 }
 
 impl PhaseTimeouts {

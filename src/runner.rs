@@ -287,6 +287,9 @@ struct Runner {
     /// STARTRUN, held to that suite's `expected`.
     overlay_run: bool,
     run_suite: Option<String>,
+    /// The overlay reaches the board, so inline test actions run from it
+    /// too (set at the deploy).
+    inline_from_overlay: bool,
     /// The overlay as a tarball, for a boot with `transfer_overlay`, and
     /// its place on the lab's HTTP listener while the job runs.
     overlay_tar: Option<Vec<u8>>,
@@ -357,6 +360,7 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         overlay_runs: BTreeMap::new(),
         overlay_run: false,
         run_suite: None,
+        inline_from_overlay: false,
         overlay_tar: None,
         overlay_served: None,
         nfs_root: None,
@@ -1207,7 +1211,7 @@ impl Runner {
             };
             return Err(Stop(JobOutcome::incomplete(ErrorClass::Job, msg)));
         }
-        if overlay::uses_overlay(t) {
+        if self.overlay_runs.contains_key(&index) || overlay::uses_overlay(t) {
             return self.test_from_overlay(index, t).await;
         }
         self.phase(Phase::Testing);

@@ -47,14 +47,20 @@ pub(super) fn uses_overlay(t: &Test) -> bool {
 }
 
 impl Runner {
+    /// Whether a test action runs from the overlay: one that needs its
+    /// repository's files always, any other when the overlay reaches the
+    /// board (see [`Runner::deliver_overlay`]).
+    pub(super) fn runs_from_overlay(&self, t: &Test) -> bool {
+        uses_overlay(t) || (self.inline_from_overlay && !t.definitions.is_empty())
+    }
+
     /// After a deploy with a ramdisk: builds the overlay for every test
     /// action that needs it and appends it to the ramdisk.
     pub(super) async fn deliver_overlay(&mut self) -> Result<(), Stop> {
         use crate::overlay::{OverlayDefinition, OverlayJob, SourceDir, Testdef};
         let actions = self.ctx.def.actions.clone();
         // Every test action with definitions is a stage, as in LAVA, so
-        // that stages and definitions are numbered as LAVA numbers them;
-        // only those with a `from: git` definition run from the overlay.
+        // that stages and definitions are numbered as LAVA numbers them.
         let wanted: Vec<(usize, &Test)> = actions
             .iter()
             .enumerate()
@@ -63,14 +69,23 @@ impl Runner {
                 _ => None,
             })
             .collect();
-        if !wanted.iter().any(|(_, t)| uses_overlay(t)) || !self.overlay_runs.is_empty() {
-            return Ok(());
-        }
         // A boot with `transfer_overlay` fetches the overlay itself;
-        // otherwise it rides on the ramdisk.
+        // otherwise it rides on the ramdisk, or in the NFS root.
         let transfer = actions
             .iter()
             .any(|a| matches!(a, Action::Boot(b) if b.transfer_overlay.is_some()));
+        // As LAVA: whenever the overlay reaches a board that runs on what
+        // labd deployed, every test action runs from it, inline ones too;
+        // otherwise only those that need their repository's files.
+        let reaches = transfer
+            || (self.ctx.dt.uses_deployed_root
+                && ((self.deployed.contains_key("ramdisk")
+                    && self.ramdisk_options.install_overlay)
+                    || self.nfs_root.is_some()));
+        self.inline_from_overlay = reaches;
+        if !wanted.iter().any(|(_, t)| self.runs_from_overlay(t)) || !self.overlay_runs.is_empty() {
+            return Ok(());
+        }
         let ramdisk = self
             .deployed
             .get("ramdisk")
@@ -172,7 +187,7 @@ impl Runner {
             self.event("overlay-warning", w);
         }
         for (stage, (index, t)) in wanted.iter().enumerate() {
-            if !uses_overlay(t) {
+            if !self.runs_from_overlay(t) {
                 continue;
             }
             let Some(command) = overlay.runner_command(stage) else {
