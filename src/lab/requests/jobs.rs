@@ -195,17 +195,29 @@ impl LabActor {
 
     /// Refuses a job that no board of this lab could ever run.
     fn check_runnable(&self, def: &JobDefinition) -> Result<(), ApiError> {
-        let Some(dt) = self.device_types.get(&def.device_type) else {
+        // A board's LAVA device configuration makes a device type of its
+        // own, which `device_types` does not hold.
+        let known = self.device_types.contains_key(&def.device_type)
+            || self
+                .boards
+                .values()
+                .any(|s| s.cfg.device_type == def.device_type);
+        if !known {
             return Err(ApiError::new(
                 ErrorCode::NoSuchDeviceType,
                 format!("unknown device type `{}`", def.device_type),
             ));
-        };
+        }
         let wants = JobView::of(def);
-        let any = self.boards.values().any(|s| {
-            wants.fits(&s.cfg.device_type, &s.cfg.tags) && s.health != BoardHealth::Retired
-        });
-        if !any {
+        let fitting: Vec<&crate::device_type::DeviceType> = self
+            .boards
+            .values()
+            .filter(|s| {
+                wants.fits(&s.cfg.device_type, &s.cfg.tags) && s.health != BoardHealth::Retired
+            })
+            .map(|s| &s.dt)
+            .collect();
+        if fitting.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::NoSuchDeviceType,
                 format!(
@@ -214,6 +226,28 @@ impl LabActor {
                 ),
             ));
         }
+        // Boards of one type may differ (each LAVA dictionary is its own):
+        // the job is runnable if one of them can run it.
+        let mut refused = None;
+        for dt in fitting {
+            match self.check_runnable_on(def, dt) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+        Err(refused.unwrap_or_else(|| {
+            ApiError::new(ErrorCode::Internal, "no board was checked for this job")
+        }))
+    }
+
+    /// Whether a board of device type `dt` can run the job.
+    fn check_runnable_on(
+        &self,
+        def: &JobDefinition,
+        dt: &crate::device_type::DeviceType,
+    ) -> Result<(), ApiError> {
         let mut ramdisk_deployed = false;
         let mut transferred = false;
         for a in &def.actions {
@@ -266,17 +300,36 @@ impl LabActor {
                     }
                     _ => {}
                 }
-                if let BootCommands::Named(n) = &b.commands {
-                    if !dt
-                        .bootloader
-                        .as_ref()
-                        .is_some_and(|bl| bl.commands.contains_key(n))
-                    {
-                        return Err(ApiError::new(
-                            ErrorCode::InvalidJob,
-                            format!("device type `{}` has no boot commands named `{n}`", dt.name),
-                        ));
+                let (cmds, what) = match &b.commands {
+                    BootCommands::Named(n) => {
+                        let Some(cmds) = dt.bootloader.as_ref().and_then(|bl| bl.commands.get(n))
+                        else {
+                            return Err(ApiError::new(
+                                ErrorCode::InvalidJob,
+                                format!(
+                                    "device type `{}` has no boot commands named `{n}`",
+                                    dt.name
+                                ),
+                            ));
+                        };
+                        (
+                            cmds,
+                            format!("device type `{}`'s boot commands `{n}`", dt.name),
+                        )
                     }
+                    BootCommands::Inline(c) => (c, "the job's boot commands".to_owned()),
+                };
+                // LAVA's templates keep command sets for deploys labd does
+                // not have (`nfs`'s {NFSROOTFS}, `usb`'s {ROOT_PART}).
+                if let Some((i, ph)) = crate::device_type::unfillable(cmds) {
+                    return Err(ApiError::new(
+                        ErrorCode::Unsupported,
+                        format!(
+                            "{what} use {ph} (command {}: `{}`), which labd cannot fill",
+                            i + 1,
+                            cmds[i]
+                        ),
+                    ));
                 }
             }
         }
