@@ -1505,9 +1505,9 @@ mod tests {
         assert!(e.contains("/etc/labd/no-such.yaml"), "{e}");
 
         // Power commands: one argv, or a list of them run in order.
-        let cfg = board(&format!(
-            "device_type = \"t\"\nconsole = {{ type = \"sim\" }}\npower = {{ type = \"command\", on = [[\"hub\", \"on\"], [\"relay\", \"on\"]], off = [\"relay\", \"off\"] }}\n"
-        ))
+        let cfg = board(
+            "device_type = \"t\"\nconsole = { type = \"sim\" }\npower = { type = \"command\", on = [[\"hub\", \"on\"], [\"relay\", \"on\"]], off = [\"relay\", \"off\"] }\n"
+        )
         .unwrap();
         let PowerConfig::Command { on, off, .. } = &cfg.boards[0].power else {
             panic!("{:?}", cfg.boards[0].power);

@@ -36,8 +36,6 @@ pub struct LavaDevice {
     /// The device type: the template the dictionary extends, without
     /// `.jinja2`, or the rendered YAML's `devicetype`.
     pub device_type: String,
-    /// The rendered YAML, for `labd` to show what it read.
-    pub rendered: String,
     /// What the board's jobs run with.
     pub dt: DeviceType,
     /// `commands.connect` (or the primary of `commands.connections`), as argv.
@@ -317,7 +315,6 @@ pub fn from_yaml(
     Ok(LavaDevice {
         source: file.to_owned(),
         device_type: name,
-        rendered: text.to_owned(),
         dt,
         connect: s.connect,
         power_on: s.power_on,
