@@ -219,6 +219,9 @@ struct CurrentJob {
     /// The job's log bytes queued so far (console and notes).
     log_offset: u64,
     ending: bool,
+    /// The job's `secrets` values, masked in what is kept and shown of
+    /// the console (the runner sees the bytes as they are).
+    mask: Option<crate::secrets::Masker>,
 }
 
 impl CurrentJob {
@@ -498,32 +501,54 @@ impl BoardActor {
             .timeouts
             .get("power-off")
             .unwrap_or(Duration::from_secs(30));
+        let nfs = self.tftp.nfs.clone();
         ctx.spawn(
-            async move { tokio::time::timeout(limit, power.switch(PowerAction::Off)).await }
-                .into_actor(self)
-                .map(move |res, act, _ctx| {
-                    let msg = match res {
-                        Ok(Ok(())) => "board powered off".to_owned(),
-                        Ok(Err(e)) => format!("power off failed: {e}"),
-                        Err(_) => format!("power off timed out after {} s", limit.as_secs()),
-                    };
-                    act.event(id, "power-off", msg);
-                    act.flush_log();
-                    // Removing a job's files can take a while (freeing the
-                    // pages of a copied image): not on the actor's thread.
-                    let dir = act.tftp.root.join(id.to_string());
-                    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
-                    // Off ends the PoweringOff phase, which counts too.
-                    act.set_phase(Phase::Off);
-                    let timing = act.job.take().map(|j| j.timing).unwrap_or_default();
-                    act.guard.job = None;
-                    act.lab.do_send(BoardReport::JobEnded {
-                        board: act.name.clone(),
-                        job: id,
-                        outcome,
-                        timing,
-                    });
-                }),
+            async move {
+                let res = tokio::time::timeout(limit, power.switch(PowerAction::Off)).await;
+                // The board is off: its NFS root goes (export, then tree)
+                // before the job is reported ended.
+                let unexported = match nfs {
+                    Some(n) => n.remove(id).await.err(),
+                    None => None,
+                };
+                (res, unexported)
+            }
+            .into_actor(self)
+            .map(move |(res, unexported), act, _ctx| {
+                if let Some(e) = unexported {
+                    act.event(id, "nfs", format!("removing the job's NFS export: {e}"));
+                }
+                let msg = match res {
+                    Ok(Ok(())) => "board powered off".to_owned(),
+                    Ok(Err(e)) => format!("power off failed: {e}"),
+                    Err(_) => format!("power off timed out after {} s", limit.as_secs()),
+                };
+                act.event(id, "power-off", msg);
+                // The end of a read that might have begun a secret's
+                // value: no more bytes will tell, so it is kept as it is.
+                if let Some(j) = act.job.as_mut() {
+                    if let Some(rest) = j.mask.as_mut().map(|m| m.finish()) {
+                        if !j.truncated {
+                            j.log_buf.extend_from_slice(&rest);
+                        }
+                    }
+                }
+                act.flush_log();
+                // Removing a job's files can take a while (freeing the
+                // pages of a copied image): not on the actor's thread.
+                let dir = act.tftp.root.join(id.to_string());
+                tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
+                // Off ends the PoweringOff phase, which counts too.
+                act.set_phase(Phase::Off);
+                let timing = act.job.take().map(|j| j.timing).unwrap_or_default();
+                act.guard.job = None;
+                act.lab.do_send(BoardReport::JobEnded {
+                    board: act.name.clone(),
+                    job: id,
+                    outcome,
+                    timing,
+                });
+            }),
         );
     }
 }
@@ -565,8 +590,13 @@ impl BoardActor {
     fn console_read(&mut self, bytes: Vec<u8>) {
         let n = bytes.len();
         self.console_bytes.inc_by(n as u64);
-        if self.watchers.receiver_count() > 0 {
-            let _ = self.watchers.send(bytes.clone());
+        // What may be kept and shown: with a job's secrets masked.
+        let shown = match self.job.as_mut().and_then(|j| j.mask.as_mut()) {
+            Some(m) => std::borrow::Cow::Owned(m.feed(&bytes)),
+            None => std::borrow::Cow::Borrowed(&bytes[..]),
+        };
+        if self.watchers.receiver_count() > 0 && !shown.is_empty() {
+            let _ = self.watchers.send(shown.to_vec());
         }
         let Some(job) = &mut self.job else {
             self.ring.extend(bytes);
@@ -595,14 +625,15 @@ impl BoardActor {
         job.flush_log(&self.store);
         if !job.truncated {
             let cap = self.max_log;
-            let keep = n.min(cap.saturating_sub(job.log_offset) as usize);
+            let shown_n = shown.len();
+            let keep = shown_n.min(cap.saturating_sub(job.log_offset) as usize);
             if keep > 0 {
                 // The store copies the bytes into the job's queued chunk, so
                 // the read's buffer itself can go on to the runner.
-                self.store.queue_log(job.id, job.log_offset, &bytes[..keep]);
+                self.store.queue_log(job.id, job.log_offset, &shown[..keep]);
                 job.log_offset += keep as u64;
             }
-            if keep < n {
+            if keep < shown_n {
                 job.truncated = true;
                 let note = format!("\r\n[labd: console log truncated at {cap} bytes (limits.max_job_log_bytes); the rest of this job's console is not kept]\r\n");
                 job.log_buf.extend_from_slice(note.as_bytes());
@@ -721,6 +752,7 @@ impl Handler<StartJob> for BoardActor {
         });
         let phase_addr = addr.clone();
         let board = self.name.clone();
+        let mask = crate::secrets::Masker::new(msg.def.secrets.values().map(String::as_str));
         let rc = RunCtx {
             job_id: msg.id,
             def: msg.def,
@@ -750,6 +782,7 @@ impl Handler<StartJob> for BoardActor {
         // What the board printed before the job is not the job's.
         self.ring.clear();
         self.job = Some(CurrentJob {
+            mask,
             id: msg.id,
             input: Some(input_tx),
             truncated: false,

@@ -37,6 +37,9 @@ pub struct LabConfig {
     /// The git cache `from: git` test definitions are fetched into (`[git]`).
     #[serde(default)]
     pub git: GitConfig,
+    /// The NFS server for jobs' `nfsrootfs` (`[nfs]`); off by default.
+    #[serde(default)]
+    pub nfs: NfsConfig,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -317,6 +320,78 @@ impl Default for GitConfig {
             timeout_secs: default_git_timeout(),
             max_repo_bytes: default_git_max_repo_bytes(),
             file_roots: Vec::new(),
+        }
+    }
+}
+
+/// `[nfs]`: the NFS server labd starts for jobs with an `nfsrootfs`
+/// (nfs-ganesha, see `crate::nfs`). Without `server` there is none, and
+/// such jobs are refused at submit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NfsConfig {
+    /// Which server `server` is; only `ganesha` (nfs-ganesha) is known.
+    #[serde(default)]
+    pub kind: NfsServerKind,
+    /// The server program (`/usr/bin/ganesha.nfsd`); unset (the default),
+    /// labd serves no NFS.
+    #[serde(default)]
+    pub server: Option<PathBuf>,
+    /// Where the server listens for NFS (its MOUNT program too, for NFSv3).
+    #[serde(default = "default_nfs_listen")]
+    pub listen: SocketAddr,
+    /// The address boards use to reach it (`{NFS_SERVER_IP}`); defaults to
+    /// `[tftp] server_ip`.
+    #[serde(default)]
+    pub server_ip: Option<String>,
+    /// Where jobs' root filesystems are unpacked and the server's files
+    /// kept; defaults to `<state_dir>/nfs`. labd owns everything in it.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// The NFS versions served: 3 needs the host's rpcbind, 4 does not.
+    #[serde(default = "default_nfs_protocols")]
+    pub protocols: Vec<u8>,
+    /// Who may mount a job's root (Ganesha's `Clients`: addresses, CIDR
+    /// networks, host names); empty (the default): anyone reaching `listen`.
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// The most one job's root filesystem (and its overlay and modules)
+    /// may unpack to.
+    #[serde(default = "default_nfs_max_unpacked")]
+    pub max_unpacked_bytes: u64,
+}
+
+/// The NFS servers labd knows how to run.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NfsServerKind {
+    #[default]
+    Ganesha,
+}
+
+fn default_nfs_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 2049))
+}
+
+fn default_nfs_protocols() -> Vec<u8> {
+    vec![3, 4]
+}
+
+fn default_nfs_max_unpacked() -> u64 {
+    16 << 30
+}
+
+impl Default for NfsConfig {
+    fn default() -> Self {
+        NfsConfig {
+            kind: NfsServerKind::default(),
+            server: None,
+            listen: default_nfs_listen(),
+            server_ip: None,
+            dir: None,
+            protocols: default_nfs_protocols(),
+            clients: Vec::new(),
+            max_unpacked_bytes: default_nfs_max_unpacked(),
         }
     }
 }
@@ -1130,6 +1205,30 @@ impl LabConfig {
                 ));
             }
         }
+        if self.nfs.protocols.is_empty() || self.nfs.protocols.iter().any(|v| *v != 3 && *v != 4) {
+            return Err(bad(
+                "nfs.protocols".into(),
+                format!("{:?}: NFS versions are 3 and 4", self.nfs.protocols),
+            ));
+        }
+        if let Some(d) = self.nfs.dir.as_ref().filter(|d| !d.is_absolute()) {
+            return Err(bad(
+                "nfs.dir".into(),
+                format!("`{}` is not an absolute path", d.display()),
+            ));
+        }
+        for (i, c) in self.nfs.clients.iter().enumerate() {
+            if c.is_empty()
+                || !c
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ".:-/*_".contains(ch))
+            {
+                return Err(bad(
+                    format!("nfs.clients[{i}]"),
+                    format!("`{c}` is not an address, a network or a host name"),
+                ));
+            }
+        }
         for (i, r) in self.git.file_roots.iter().enumerate() {
             if !r.is_absolute() {
                 return Err(bad(
@@ -1248,6 +1347,14 @@ impl LabConfig {
             .unwrap_or_else(|| self.state_dir.join("git-cache"))
     }
 
+    /// Where jobs' NFS roots and the NFS server's files are kept.
+    pub fn nfs_dir(&self) -> PathBuf {
+        self.nfs
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("nfs"))
+    }
+
     pub fn tftp_root(&self) -> PathBuf {
         self.tftp
             .root
@@ -1308,6 +1415,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
         },
         artifact_cache: ArtifactCacheConfig::default(),
         git: GitConfig::default(),
+        nfs: NfsConfig::default(),
         // The demo runs as whoever started it: any file they may read.
         deploy: DeployConfig {
             file_roots: vec![PathBuf::from("/")],

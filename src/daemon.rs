@@ -90,6 +90,8 @@ pub enum StartError {
     NoSuchGroup(String),
     #[error(transparent)]
     Activation(#[from] crate::systemd::ActivationError),
+    #[error("[nfs]: {0}")]
+    Nfs(#[from] crate::nfs::NfsError),
     #[error("artifact cache {path}: {source}")]
     Cache {
         path: String,
@@ -169,7 +171,19 @@ pub async fn start(
         ),
         None => None,
     };
+    let nfs = match &cfg.nfs.server {
+        Some(_) => {
+            let ip = cfg
+                .nfs
+                .server_ip
+                .clone()
+                .unwrap_or_else(|| server_ip.clone());
+            Some(crate::nfs::NfsServer::start(&cfg.nfs, &cfg.nfs_dir(), ip).await?)
+        }
+        None => None,
+    };
     let tftp = TftpInfo {
+        nfs: nfs.clone(),
         overlay_http,
         cache,
         git: Some(std::sync::Arc::new(git)),
@@ -256,6 +270,7 @@ pub async fn start(
         lab,
         server,
         owned_socket,
+        nfs,
     })
 }
 
@@ -266,6 +281,8 @@ pub struct Daemon {
     /// The socket file labd created (not one systemd passed), removed at a
     /// clean exit.
     owned_socket: Option<std::path::PathBuf>,
+    /// The NFS server labd started, stopped at the end.
+    nfs: Option<std::sync::Arc<crate::nfs::NfsServer>>,
 }
 
 impl Daemon {
@@ -320,6 +337,9 @@ impl Daemon {
         }
         tracing::info!("all boards idle; closing the socket");
         self.server.close(std::time::Duration::from_secs(5)).await;
+        if let Some(nfs) = &self.nfs {
+            nfs.stop_and_wait().await;
+        }
         if let Some(path) = &self.owned_socket {
             if let Err(e) = std::fs::remove_file(path) {
                 tracing::warn!(socket = %path.display(), error = %e, "could not remove the socket file");

@@ -24,6 +24,10 @@ pub const PLACEHOLDERS: &[&str] = &[
     "{DTB_ADDR}",
     "{BOOTX}",
     "{TFTP_PORT}",
+    // A job's NFS root (`nfsrootfs`): the server boards reach, and the
+    // exported directory on it.
+    "{NFS_SERVER_IP}",
+    "{NFSROOTFS}",
 ];
 
 /// Placeholders of artifacts labd never deploys (a job asking for a `tee`,
@@ -43,7 +47,7 @@ pub const DROPPED: &[&str] = &[
 ];
 
 /// The first placeholder of a command set that labd can neither fill nor
-/// leave out (LAVA's `{NFSROOTFS}`, `{ROOT}`, ...), with its command's
+/// leave out (LAVA's `{ROOT}`, `{NBDSERVERIP}`, ...), with its command's
 /// index. A device type may keep such a set (LAVA's templates have them);
 /// a job that boots with it is refused.
 pub fn unfillable(commands: &[String]) -> Option<(usize, String)> {
@@ -117,6 +121,38 @@ pub struct Bootloader {
     pub bootx: BTreeMap<String, String>,
     /// Named command sets (`ramdisk`, `nfs`), with LAVA's placeholders.
     pub commands: BTreeMap<String, Vec<String>>,
+    /// LAVA's `add_header: u-boot`: this U-Boot takes a ramdisk only in a
+    /// legacy image, so labd puts a bare one in a header (as `mkimage -T
+    /// ramdisk` does), and `{BOOTX}` passes it without a size.
+    #[serde(default)]
+    pub add_header: Option<AddHeader>,
+    /// LAVA's `mkimage_arch`: the architecture a header labd makes names
+    /// (`arm`, `arm64`, `x86_64`, `riscv`...); U-Boot refuses another.
+    #[serde(default)]
+    pub mkimage_arch: Option<String>,
+}
+
+/// The code a U-Boot legacy header gives an architecture named as
+/// `mkimage -A` names it (LAVA's `mkimage_arch`).
+pub fn uimage_arch(name: &str) -> Option<u8> {
+    Some(match name {
+        "arm" => 2,
+        "x86" | "i386" => 3,
+        "mips" => 5,
+        "mips64" => 6,
+        "powerpc" | "ppc" => 7,
+        "arm64" => 22,
+        "x86_64" => 24,
+        "riscv" => 26,
+        _ => return None,
+    })
+}
+
+/// The header a board's U-Boot wants on a ramdisk.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum AddHeader {
+    #[serde(rename = "u-boot")]
+    UBoot,
 }
 
 /// A kernel started by the board's relay (`method: qemu`): QEMU's
@@ -326,6 +362,20 @@ impl DeviceType {
             })?;
         }
         if let Some(bl) = &self.bootloader {
+            if let Some(arch) = &bl.mkimage_arch {
+                if uimage_arch(arch).is_none() {
+                    return Err(bad(
+                        "bootloader.mkimage_arch",
+                        format!("`{arch}`: labd knows arm, arm64, x86, x86_64, mips, mips64, powerpc and riscv"),
+                    ));
+                }
+            }
+            if bl.add_header.is_some() && bl.mkimage_arch.is_none() {
+                return Err(bad(
+                    "bootloader.add_header",
+                    "a header names its architecture: set `bootloader.mkimage_arch` too".into(),
+                ));
+            }
             // An empty interrupt_char with a newline sends the newline
             // alone, as LAVA does (its templates' default).
             if bl.needs_interrupt

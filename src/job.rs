@@ -86,12 +86,59 @@ pub struct Deploy {
     pub failure_retry: Option<u32>,
     /// Required for `to: tftp`; a `to: tmpfs` deploy names its files in `images`.
     pub kernel: Option<Artifact>,
-    pub kernel_type: KernelType,
+    /// LAVA's `kernel: type`, which picks the load addresses and the boot
+    /// command (`{BOOTX}`); optional, as in LAVA, for boots that use neither.
+    #[serde(default)]
+    pub kernel_type: Option<KernelType>,
     pub ramdisk: Option<Artifact>,
+    /// How the ramdisk is shaped and what labd may add to it.
+    #[serde(default)]
+    pub ramdisk_options: RamdiskOptions,
     pub dtb: Option<Artifact>,
+    /// LAVA's `modules`: a tar of `lib/modules`, added to the ramdisk.
+    #[serde(default)]
+    pub modules: Option<Artifact>,
     /// LAVA's `to: tmpfs` images for a qemu boot, in the job's order.
     #[serde(default)]
     pub images: Vec<Image>,
+    /// LAVA's `nfsrootfs`: a root filesystem the lab's NFS server exports
+    /// for the job (`{NFSROOTFS}` on `{NFS_SERVER_IP}`).
+    #[serde(default)]
+    pub nfsrootfs: Option<NfsRootfs>,
+    /// LAVA's `to: downloads`: the images are fetched into the job's
+    /// downloads directory and nothing else; later deploys use them with
+    /// `downloads://<file>` URLs.
+    #[serde(default)]
+    pub downloads: Vec<Download>,
+}
+
+/// LAVA's keys on a deploy's `ramdisk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RamdiskOptions {
+    /// `header: u-boot`: the file is a U-Boot legacy image (`mkimage -T
+    /// ramdisk`), checked at the deploy and passed to U-Boot by its header.
+    pub uboot_header: bool,
+    /// `install_modules: false` keeps the deploy's `modules` out of it.
+    pub install_modules: bool,
+    /// `install_overlay: false` keeps the test overlay out of it.
+    pub install_overlay: bool,
+}
+
+impl Default for RamdiskOptions {
+    fn default() -> Self {
+        RamdiskOptions {
+            uboot_header: false,
+            install_modules: true,
+            install_overlay: true,
+        }
+    }
+}
+
+/// One of a `to: downloads` deploy's images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Download {
+    pub name: String,
+    pub artifact: Artifact,
 }
 
 /// One of a `to: tmpfs` deploy's `images`: a file and the QEMU arguments
@@ -377,6 +424,9 @@ pub struct Timeouts {
     pub queue: Option<Duration>,
     /// Per named action, using LAVA's action names (`bootloader-commands`, ...).
     pub actions: BTreeMap<String, Duration>,
+    /// LAVA's `connections`: the connection timeout per named action.
+    #[serde(default)]
+    pub connections: BTreeMap<String, Duration>,
 }
 
 /// The longest timeouts a lab allows (see the config's `[limits]`).
@@ -400,7 +450,14 @@ pub struct JobDefinition {
     /// with an Infrastructure error (a dead board, a restarted dispatcher).
     #[serde(default)]
     pub failure_retry: Option<u32>,
+    /// LAVA's `secrets`, by name. In the stored job's text each value is
+    /// [`SECRET_MASK`]; the lab fills them in from their sealed copy.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
 }
+
+/// What a secret's value is replaced by wherever the job can be read.
+pub const SECRET_MASK: &str = "[MASKED]";
 
 /// One problem (or warning) in a job, with where it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -457,6 +514,9 @@ pub struct Parsed {
     /// Every `file://` artifact's path and where the job names it, so the
     /// lab can check them at submit (see [`crate::local_file`]).
     pub files: Vec<(Location, String)>,
+    /// Where each `secrets` value starts (a character index) and its key
+    /// path, for [`mask_secrets`].
+    pub secret_values: Vec<(usize, String)>,
 }
 
 /// Top-level keys that change nothing for a single lab: accepted with a warning.
@@ -467,6 +527,9 @@ struct Ctx<'a> {
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
     files: Vec<(Location, String)>,
+    /// Where each `secrets` value starts in the text (a character index),
+    /// with its key path: for [`mask_secrets`].
+    secret_values: Vec<(usize, String)>,
 }
 
 impl Ctx<'_> {
@@ -653,6 +716,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
         errors: Vec::new(),
         warnings: Vec::new(),
         files: Vec::new(),
+        secret_values: Vec::new(),
     };
     let root = load_yaml(file, text)?;
     let def = parse_root(&mut ctx, &root);
@@ -661,6 +725,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
             definition,
             warnings: ctx.warnings,
             files: ctx.files,
+            secret_values: ctx.secret_values,
         }),
         _ => {
             if ctx.errors.is_empty() {
@@ -881,9 +946,11 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
     let mut timeouts = Timeouts::default();
     let mut actions = None;
     let mut failure_retry = None;
+    let mut secrets = BTreeMap::new();
     for (k, v) in m.iter() {
         let key = k.as_str();
         match key {
+            "secrets" => secrets = parse_secrets(ctx, v),
             "failure_retry" => failure_retry = ctx.attempts(key, v),
             "device_type" => device_type = ctx.string(key, v),
             "job_name" => job_name = ctx.string(key, v),
@@ -905,7 +972,7 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
                 &key_span(k),
                 "protocols (multinode, lava-lxc, ...) are not supported by labd",
             ),
-            "secrets" | "reboot_to_fastboot" | "job_timeout" | "action_timeout" => ctx.unsupported(
+            "reboot_to_fastboot" | "job_timeout" | "action_timeout" => ctx.unsupported(
                 key,
                 &key_span(k),
                 format!("`{key}` is not supported by labd"),
@@ -967,7 +1034,161 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
         timeouts,
         actions,
         failure_retry,
+        secrets,
     })
+}
+
+/// LAVA's `secrets`: names a shell can export, each with a one-line value.
+fn parse_secrets(ctx: &mut Ctx, v: &Node) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(m) = ctx.mapping("secrets", v) else {
+        return out;
+    };
+    for (k, val) in m.iter() {
+        let name = k.as_str();
+        let p = format!("secrets.{name}");
+        let shell_name = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !shell_name {
+            ctx.err(
+                &p,
+                &key_span(k),
+                "a secret's name is a shell variable's: letters, digits and `_`, not starting with a digit",
+            );
+            continue;
+        }
+        let Node::Scalar(s) = val else {
+            ctx.err(&p, val.span(), "a secret's value is a string");
+            continue;
+        };
+        if s.as_str().contains('\n') {
+            ctx.err(&p, val.span(), "a secret's value is one line");
+            continue;
+        }
+        if let Some(at) = val.span().start() {
+            ctx.secret_values.push((at.character(), p));
+        }
+        out.insert(name.to_owned(), s.as_str().to_owned());
+    }
+    out
+}
+
+/// Where a one-line scalar that starts at byte `start` ends: after its
+/// closing quote, or (plain) before a comment or the line's end, or, in a
+/// flow mapping, before a `,` or `}`.
+fn scalar_end(text: &str, start: usize, flow: bool) -> Option<usize> {
+    let rest = text.get(start..)?;
+    let line = rest.split('\n').next()?;
+    match line.chars().next()? {
+        '\'' => {
+            let mut i = 1;
+            let b = line.as_bytes();
+            while i < b.len() {
+                if b[i] == b'\'' {
+                    if b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    return Some(start + i + 1);
+                }
+                i += 1;
+            }
+            None
+        }
+        '"' => {
+            let b = line.as_bytes();
+            let mut i = 1;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' => i += 2,
+                    b'"' => return Some(start + i + 1),
+                    _ => i += 1,
+                }
+            }
+            None
+        }
+        _ => {
+            let mut end = line.len();
+            if let Some(c) = line.find(" #") {
+                end = end.min(c);
+            }
+            if flow {
+                if let Some(c) = line.find([',', '}']) {
+                    end = end.min(c);
+                }
+            }
+            Some(start + line[..end].trim_end().len())
+        }
+    }
+}
+
+/// The job's text with each `secrets` value replaced by `'[MASKED]'`, for
+/// the store: the values themselves are kept only sealed (see
+/// [`crate::secrets`]). The masked text is parsed again and must give the
+/// same job but for the values, or the job is refused: a value this cannot
+/// find exactly (a multi-line scalar) would otherwise be stored in clear.
+pub fn mask_secrets(file: &str, text: &str, parsed: &Parsed) -> Result<String, JobError> {
+    if parsed.secret_values.is_empty() {
+        return Ok(text.to_owned());
+    }
+    let refuse = |path: &str| {
+        JobError {
+        errors: vec![Diagnostic {
+            code: ErrorCode::InvalidJob,
+            location: Location {
+                file: Some(file.to_owned()),
+                path: Some(path.to_owned()),
+                line: None,
+                column: None,
+            },
+            message: "labd could not mask this secret's value in the stored job; write it as a one-line scalar in block style (`NAME: value`)".into(),
+        }],
+    }
+    };
+    let want = {
+        let mut d = parsed.definition.clone();
+        for v in d.secrets.values_mut() {
+            *v = SECRET_MASK.to_owned();
+        }
+        d
+    };
+    let mut last_path = String::new();
+    'style: for flow in [false, true] {
+        let mut ranges = Vec::new();
+        for (ch, path) in &parsed.secret_values {
+            last_path.clone_from(path);
+            let Some(start) = text.char_indices().nth(*ch).map(|(b, _)| b) else {
+                return Err(refuse(path));
+            };
+            let Some(end) = scalar_end(text, start, flow) else {
+                return Err(refuse(path));
+            };
+            ranges.push((start, end));
+        }
+        ranges.sort();
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (start, end) in ranges {
+            if start < at {
+                // A plain value read to its line's end runs into the next
+                // one: the values are in a flow mapping.
+                continue 'style;
+            }
+            out.push_str(&text[at..start]);
+            out.push('\'');
+            out.push_str(SECRET_MASK);
+            out.push('\'');
+            at = end;
+        }
+        out.push_str(&text[at..]);
+        if parse(file, &out).is_ok_and(|p| p.definition == want) {
+            return Ok(out);
+        }
+    }
+    Err(refuse(&last_path))
 }
 
 fn parse_priority(ctx: &mut Ctx, v: &Node) -> Option<u8> {
@@ -1000,21 +1221,21 @@ fn parse_timeouts(ctx: &mut Ctx, v: &Node) -> Option<Timeouts> {
             "action" => t.action = ctx.timeout(&path, v),
             "connection" => t.connection = ctx.timeout(&path, v),
             "queue" => t.queue = ctx.timeout(&path, v),
-            "actions" => {
+            "actions" | "connections" => {
                 if let Some(am) = ctx.mapping(&path, v) {
                     for (name, tv) in am.iter() {
                         let p = format!("{path}.{}", name.as_str());
                         if let Some(d) = ctx.timeout(&p, tv) {
-                            t.actions.insert(name.as_str().to_owned(), d);
+                            let map = if k.as_str() == "actions" {
+                                &mut t.actions
+                            } else {
+                                &mut t.connections
+                            };
+                            map.insert(name.as_str().to_owned(), d);
                         }
                     }
                 }
             }
-            "connections" => ctx.warn(
-                &path,
-                &key_span(k),
-                "per-action connection timeouts are not used by labd; `connection` applies",
-            ),
             other => ctx.err(&path, &key_span(k), format!("unknown timeout `{other}`")),
         }
     }
@@ -1131,6 +1352,22 @@ fn common_action_key(
     }
 }
 
+/// A `downloads://` path names a file an earlier `to: downloads` deploy
+/// fetched: relative, and never out of the job's downloads directory.
+fn check_downloads_path(rest: &str) -> Result<(), &'static str> {
+    let rest = rest.trim_start_matches('/');
+    if rest.is_empty() {
+        return Err("a downloads:// URL names a file");
+    }
+    if rest
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("a downloads:// path may not use `.`, `..` or empty parts");
+    }
+    Ok(())
+}
+
 fn artifact(
     ctx: &mut Ctx,
     path: &str,
@@ -1185,11 +1422,17 @@ fn artifact(
                     url = Some(u);
                 } else if u.starts_with("http://") || u.starts_with("https://") {
                     url = Some(u);
+                } else if let Some(rest) = u.strip_prefix("downloads://") {
+                    if let Err(e) = check_downloads_path(rest) {
+                        ctx.err(&p, val.span(), format!("`{u}`: {e}"));
+                        continue;
+                    }
+                    url = Some(u);
                 } else {
                     ctx.err(
                         &p,
                         val.span(),
-                        format!("`{u}`: not a supported URL; use http(s):// or file:///path"),
+                        format!("`{u}`: not a supported URL; use http(s)://, file:///path or downloads://<file>"),
                     );
                 }
             }
@@ -1240,8 +1483,18 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
     let mut kernel = None;
     let mut kernel_type = None;
     let mut ramdisk = None;
+    let mut ramdisk_options = RamdiskOptions::default();
     let mut dtb = None;
+    let mut modules = None;
     let mut images = Vec::new();
+    let mut downloads = Vec::new();
+    // Known before the keys are read, in whatever order they come: the
+    // images of a `to: downloads` deploy carry no `image_arg`.
+    let to_downloads = m
+        .get_node("to")
+        .and_then(|n| n.as_scalar())
+        .is_some_and(|t| t.as_str() == "downloads");
+    let mut nfsrootfs = None;
     for (k, val) in m.iter() {
         if common_action_key(ctx, path, k, val, &mut common) {
             continue;
@@ -1252,13 +1505,13 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                 let Some(t) = ctx.string(&p, val) else {
                     continue;
                 };
-                if t == "tftp" || t == "tmpfs" {
+                if t == "tftp" || t == "tmpfs" || t == "downloads" || t == "nfs" {
                     to = Some(t);
                 } else {
                     ctx.unsupported(
                         &p,
                         val.span(),
-                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp` (and `tmpfs` for qemu boots)"),
+                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp`, `downloads` (and `tmpfs` or `nfs` for qemu boots)"),
                     );
                 }
             }
@@ -1280,6 +1533,19 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                             &key_span(name),
                             "an image name may only use letters, digits, `_` and `-`",
                         );
+                        continue;
+                    }
+                    if to_downloads {
+                        if let Some((a, _)) = artifact(ctx, &ip, iv, &[]) {
+                            downloads.push(Download {
+                                name: name.as_str().to_owned(),
+                                artifact: a,
+                            });
+                        }
+                        continue;
+                    }
+                    if name.as_str() == "nfsrootfs" && deploys_to_nfs(m) {
+                        nfsrootfs = parse_nfsroot_image(ctx, &ip, iv);
                         continue;
                     }
                     let Some((a, extra)) = artifact(ctx, &ip, iv, &["image_arg"]) else {
@@ -1319,21 +1585,31 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                             None
                         }
                     };
-                    if !extra.contains_key("type") {
-                        ctx.err(
-                            &format!("{p}.type"),
-                            val.span(),
-                            "missing required key `type` (image, zimage or uimage)",
-                        );
-                    }
                     kernel = Some(a);
                 }
             }
-            "ramdisk" => ramdisk = artifact(ctx, &p, val, &[]).map(|a| a.0),
+            "ramdisk" => {
+                let extras = &["header", "install_modules", "install_overlay"];
+                if let Some((a, extra)) = artifact(ctx, &p, val, extras) {
+                    ramdisk_options = ramdisk_options_of(ctx, &p, val, &extra);
+                    ramdisk = Some(a);
+                }
+            }
             "dtb" => dtb = artifact(ctx, &p, val, &[]).map(|a| a.0),
+            "modules" => modules = artifact(ctx, &p, val, &[]).map(|a| a.0),
             "os" => ctx.warn(&p, &key_span(k), "`os` is not used by labd; ignored"),
-            "modules" | "nfsrootfs" | "rootfs" | "dtbo" | "overlays" | "tee" | "preseed"
-            | "persistent_nfs" | "uboot" => ctx.unsupported(
+            "postprocess" => ctx.unsupported(
+                &p,
+                &key_span(k),
+                "`postprocess` runs its steps in a docker container, which labd does not run",
+            ),
+            "dtbo" => ctx.unsupported(
+                &p,
+                &key_span(k),
+                "`dtbo`: labd does not apply device-tree overlays; merge them into the `dtb` (`fdtoverlay -i base.dtb -o merged.dtb overlay.dtbo`)",
+            ),
+            "nfsrootfs" => nfsrootfs = parse_nfsrootfs(ctx, &p, val),
+            "rootfs" | "overlays" | "tee" | "preseed" | "persistent_nfs" | "uboot" => ctx.unsupported(
                 &p,
                 &key_span(k),
                 format!("deploying `{}` is not supported yet", k.as_str()),
@@ -1344,8 +1620,75 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
     if to.is_none() && m.get_node("to").is_none() {
         ctx.err(&format!("{path}.to"), v.span(), "missing required key `to`");
     }
-    let tmpfs = to.as_deref() == Some("tmpfs");
-    if to.is_some() && !tmpfs && kernel.is_none() && m.get_node("kernel").is_none() {
+    // LAVA's `to: nfs` (for a `qemu-nfs` boot) names its files as a
+    // tmpfs deploy does, its root as the `nfsrootfs` image.
+    let to_nfs = to.as_deref() == Some("nfs");
+    let tmpfs = to.as_deref() == Some("tmpfs") || to_nfs;
+    if to_nfs
+        && nfsrootfs.is_none()
+        && !ctx.errors.iter().any(|e| {
+            e.location
+                .path
+                .as_deref()
+                .is_some_and(|p| p.starts_with(path))
+        })
+    {
+        ctx.err(
+            &format!("{path}.images.nfsrootfs"),
+            v.span(),
+            "a `to: nfs` deploy needs its root filesystem, `nfsrootfs`",
+        );
+    }
+    if to_downloads {
+        for key in ["kernel", "ramdisk", "dtb", "modules"] {
+            if let Some(n) = m.get_node(key) {
+                ctx.err(
+                    &format!("{path}.{key}"),
+                    n.span(),
+                    "a `to: downloads` deploy names its files under `images`",
+                );
+            }
+        }
+        if m.get_node("images").is_none() {
+            ctx.err(
+                &format!("{path}.images"),
+                v.span(),
+                "missing required key `images`",
+            );
+        }
+        let mut seen = BTreeMap::new();
+        for d in &downloads {
+            let file = download_file_name(&d.artifact);
+            if let Some(other) = seen.insert(file.clone(), d.name.clone()) {
+                ctx.err(
+                    &format!("{path}.images.{}", d.name),
+                    v.span(),
+                    format!(
+                        "images `{other}` and `{}` would both be downloads://{file}",
+                        d.name
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(n) = m.get_node("modules") {
+        if ramdisk.is_none() && m.get_node("ramdisk").is_none() && m.get_node("nfsrootfs").is_none()
+        {
+            ctx.err(
+                &format!("{path}.modules"),
+                n.span(),
+                "`modules` are added to the ramdisk (or an NFS root filesystem); this deploy has neither",
+            );
+        } else if !ramdisk_options.install_modules && m.get_node("nfsrootfs").is_none() {
+            ctx.warn(
+                &format!("{path}.modules"),
+                n.span(),
+                "`install_modules: false` keeps these modules out of the ramdisk, and there is nowhere else to put them",
+            );
+        }
+    }
+    if to.is_some() && !tmpfs && !to_downloads && kernel.is_none() && m.get_node("kernel").is_none()
+    {
         ctx.err(
             &format!("{path}.kernel"),
             v.span(),
@@ -1362,14 +1705,14 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                 );
             }
         }
-        if m.get_node("images").is_none() {
+        if m.get_node("images").is_none() && !(to_nfs && m.get_node("nfsrootfs").is_some()) {
             ctx.err(
                 &format!("{path}.images"),
                 v.span(),
                 "missing required key `images`",
             );
         }
-    } else if let Some(n) = m.get_node("images") {
+    } else if let Some(n) = m.get_node("images").filter(|_| !to_downloads) {
         ctx.err(
             &format!("{path}.images"),
             n.span(),
@@ -1377,11 +1720,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         );
     }
     to?;
-    let kernel_type = match (&kernel, kernel_type) {
-        (Some(_), t) => t?,
-        (None, _) => KernelType::Image,
-    };
-    if !tmpfs {
+    if !tmpfs && !to_downloads {
         kernel.as_ref()?;
     }
     Some(Deploy {
@@ -1390,9 +1729,168 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         kernel,
         kernel_type,
         ramdisk,
+        ramdisk_options,
         dtb,
+        modules,
         images,
+        downloads,
+        nfsrootfs,
     })
+}
+
+/// A deploy's `nfsrootfs`: a tarball, and LAVA's `prefix`, the directory
+/// inside it that is the root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NfsRootfs {
+    pub artifact: Artifact,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// A `to: nfs` deploy's `image_arg`, a kernel argument for a
+    /// `qemu-nfs` boot (`nfsroot={NFS_SERVER_IP}:{NFSROOTFS},tcp,hard`).
+    #[serde(default)]
+    pub kernel_arg: Option<String>,
+}
+
+/// Whether a deploy mapping says `to: nfs`.
+fn deploys_to_nfs(m: &MarkedMappingNode) -> bool {
+    m.get_node("to")
+        .and_then(|n| n.as_scalar())
+        .is_some_and(|s| s.as_str() == "nfs")
+}
+
+/// Reads the `nfsrootfs` image of a `to: nfs` deploy: an artifact whose
+/// `image_arg` is a kernel argument, not QEMU options.
+fn parse_nfsroot_image(ctx: &mut Ctx, path: &str, v: &Node) -> Option<NfsRootfs> {
+    let (artifact, extra) = artifact(ctx, path, v, &["image_arg", "prefix"])?;
+    let mut root = NfsRootfs {
+        artifact,
+        prefix: extra.get("prefix").cloned(),
+        kernel_arg: None,
+    };
+    let Some(arg) = extra.get("image_arg") else {
+        ctx.err(
+            &format!("{path}.image_arg"),
+            v.span(),
+            "missing required key `image_arg` (the kernel's `nfsroot={NFS_SERVER_IP}:{nfsrootfs},tcp,hard`)",
+        );
+        return None;
+    };
+    match nfsroot_image_arg(arg) {
+        Ok(a) => root.kernel_arg = Some(a),
+        Err(e) => {
+            ctx.err(&format!("{path}.image_arg"), v.span(), e);
+            return None;
+        }
+    }
+    if root
+        .prefix
+        .as_deref()
+        .is_some_and(|p| p.starts_with('/') || p.split('/').any(|c| c == ".."))
+    {
+        ctx.err(
+            &format!("{path}.prefix"),
+            v.span(),
+            "a prefix is a directory inside the tarball: relative, without `..`",
+        );
+        return None;
+    }
+    Some(root)
+}
+
+/// Checks the kernel argument a `to: nfs` deploy gives its root: one
+/// `nfsroot={NFS_SERVER_IP}:{nfsrootfs}` with plain NFS options after it
+/// (it goes on the kernel's command line, nowhere else); returns it with
+/// `{NFSROOTFS}` for the root.
+fn nfsroot_image_arg(arg: &str) -> Result<String, String> {
+    const HEAD: &str = "nfsroot={NFS_SERVER_IP}:{nfsrootfs}";
+    let rest = arg.trim().strip_prefix(HEAD).ok_or_else(|| {
+        format!("`{arg}`: the root's image_arg is the kernel argument `{HEAD}`, with NFS options after a comma")
+    })?;
+    if !rest.is_empty()
+        && (!rest.starts_with(',')
+            || !rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ",=._-".contains(c)))
+    {
+        return Err(format!(
+            "`{arg}`: after `{HEAD}` only NFS options (`,tcp,hard`, `,vers=4`) may follow"
+        ));
+    }
+    Ok(format!("nfsroot={{NFS_SERVER_IP}}:{{NFSROOTFS}}{rest}"))
+}
+
+/// Reads a deploy's `nfsrootfs` (`url`, `compression`, `sha256sum`,
+/// `prefix`); a prefix is a relative directory without `..`, as in LAVA.
+fn parse_nfsrootfs(ctx: &mut Ctx, path: &str, v: &Node) -> Option<NfsRootfs> {
+    let (artifact, extra) = artifact(ctx, path, v, &["prefix"])?;
+    let prefix = extra.get("prefix").cloned();
+    if let Some(p) = &prefix {
+        if p.starts_with('/') || p.split('/').any(|c| c == "..") {
+            let span = ctx
+                .mapping(path, v)
+                .and_then(|m| m.get_node("prefix").map(|n| *n.span()))
+                .unwrap_or(*v.span());
+            ctx.err(
+                &format!("{path}.prefix"),
+                &span,
+                "a prefix is a directory inside the tarball: relative, without `..`",
+            );
+            return None;
+        }
+    }
+    Some(NfsRootfs {
+        artifact,
+        prefix,
+        kernel_arg: None,
+    })
+}
+
+/// The file name a `to: downloads` image is kept under (and named by in
+/// `downloads://` URLs): its URL's last part, without its compression's
+/// suffix, as the deploy writes it.
+pub fn download_file_name(a: &Artifact) -> String {
+    let path = a.url.split(['?', '#']).next().unwrap_or(&a.url);
+    let base = path.rsplit('/').next().unwrap_or(path);
+    a.compression
+        .suffix()
+        .and_then(|x| base.strip_suffix(x))
+        .unwrap_or(base)
+        .to_owned()
+}
+
+/// A ramdisk's `header`, `install_modules` and `install_overlay`.
+fn ramdisk_options_of(
+    ctx: &mut Ctx,
+    path: &str,
+    v: &Node,
+    extra: &BTreeMap<String, String>,
+) -> RamdiskOptions {
+    let mut o = RamdiskOptions::default();
+    match extra.get("header").map(String::as_str) {
+        None => {}
+        Some("u-boot") => o.uboot_header = true,
+        Some(other) => ctx.err(
+            &format!("{path}.header"),
+            v.span(),
+            format!("ramdisk header `{other}`: the one header LAVA knows is `u-boot`"),
+        ),
+    }
+    for (key, slot) in [
+        ("install_modules", &mut o.install_modules),
+        ("install_overlay", &mut o.install_overlay),
+    ] {
+        match extra.get(key).map(String::as_str) {
+            None => {}
+            Some("true" | "True" | "yes") => *slot = true,
+            Some("false" | "False" | "no") => *slot = false,
+            Some(other) => ctx.err(
+                &format!("{path}.{key}"),
+                v.span(),
+                format!("`{other}`: expected true or false"),
+            ),
+        }
+    }
+    o
 }
 
 fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
@@ -1416,6 +1914,9 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                 };
                 match s.as_str() {
                     "u-boot" => method = Some(BootMethod::UBoot),
+                    // LAVA's QEMU boot with the deploy's NFS root: the relay
+                    // boots the kernel with `nfsroot=` on its command line.
+                    "qemu-nfs" => method = Some(BootMethod::Qemu),
                     "minimal" => method = Some(BootMethod::Minimal),
                     "qemu" => method = Some(BootMethod::Qemu),
                     "bootloader" => method = Some(BootMethod::Bootloader),
@@ -1428,25 +1929,19 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                     ),
                 }
             }
-            "commands" => {
-                match val {
-                    Node::Scalar(s) => {
-                        if s.as_str() == "nfs" {
-                            ctx.unsupported(&p, val.span(), "`commands: nfs` needs an NFS server, which labd does not provide yet");
-                        } else {
-                            commands = Some(BootCommands::Named(s.as_str().to_owned()));
-                        }
-                    }
-                    Node::Sequence(_) => {
-                        commands = ctx.string_list(&p, val).map(BootCommands::Inline);
-                    }
-                    Node::Mapping(_) => ctx.err(
-                        &p,
-                        val.span(),
-                        "expected a command set name or a list of commands",
-                    ),
+            "commands" => match val {
+                Node::Scalar(s) => {
+                    commands = Some(BootCommands::Named(s.as_str().to_owned()));
                 }
-            }
+                Node::Sequence(_) => {
+                    commands = ctx.string_list(&p, val).map(BootCommands::Inline);
+                }
+                Node::Mapping(_) => ctx.err(
+                    &p,
+                    val.span(),
+                    "expected a command set name or a list of commands",
+                ),
+            },
             "prompts" => {
                 if let Some(list) = ctx.string_list(&p, val) {
                     for (i, re) in list.iter().enumerate() {
@@ -2350,6 +2845,16 @@ impl JobDefinition {
             );
             *d = o.unwrap_or(*d);
         }
+        for (name, d) in t.connections.iter_mut() {
+            let mut o = Some(*d);
+            cap(
+                &mut out,
+                format!("timeouts.connections.{name}"),
+                &mut o,
+                max.connection,
+            );
+            *d = o.unwrap_or(*d);
+        }
         for (i, a) in self.actions.iter_mut().enumerate() {
             let (kind, timeout) = match a {
                 Action::Deploy(d) => ("deploy", &mut d.timeout),
@@ -2647,5 +3152,139 @@ mod tests {
             .replace("{rootfs}", "{../x}");
         let e = parse("q.yaml", &text).unwrap_err();
         assert!(e.to_string().contains("an image name may only use"), "{e}");
+    }
+
+    fn tftp_job(deploy_extra: &str, ramdisk_extra: &str) -> String {
+        format!(
+            "device_type: bbb\njob_name: d\ntimeouts:\n  job:\n    minutes: 5\n  connections:\n    lava-test-shell:\n      seconds: 30\nactions:\n- deploy:\n    to: tftp\n    kernel:\n      url: http://f/zImage\n    ramdisk:\n      url: http://f/rd.gz\n{ramdisk_extra}{deploy_extra}- boot:\n    method: u-boot\n    commands: ramdisk\n    prompts: ['# ']\n"
+        )
+    }
+
+    #[test]
+    fn deploy_shapes_of_lava_jobs_are_read() {
+        let p = parse(
+            "d.yaml",
+            &tftp_job(
+                "    modules:\n      url: http://f/modules.tar.xz\n      compression: xz\n",
+                "      header: u-boot\n      install_overlay: false\n",
+            ),
+        )
+        .unwrap();
+        let Action::Deploy(d) = &p.definition.actions[0] else {
+            panic!("no deploy")
+        };
+        // LAVA does not require a kernel's type.
+        assert_eq!(d.kernel_type, None);
+        assert!(d.ramdisk_options.uboot_header);
+        assert!(d.ramdisk_options.install_modules);
+        assert!(!d.ramdisk_options.install_overlay);
+        let m = d.modules.as_ref().unwrap();
+        assert_eq!(m.compression, Compression::Xz);
+        assert_eq!(
+            p.definition.timeouts.connections["lava-test-shell"],
+            Duration::from_secs(30)
+        );
+        // Capped like every other timeout.
+        let mut def = p.definition.clone();
+        let capped = def.cap_timeouts(&TimeoutMaxima {
+            job: Duration::from_secs(600),
+            action: Duration::from_secs(600),
+            connection: Duration::from_secs(10),
+        });
+        assert!(capped
+            .iter()
+            .any(|(k, _)| k == "timeouts.connections.lava-test-shell"));
+    }
+
+    #[test]
+    fn deploy_shapes_labd_cannot_run_are_refused_by_key() {
+        for (deploy, ramdisk, path, why) in [
+            (
+                "",
+                "      header: fit\n",
+                "actions[0].deploy.ramdisk.header",
+                "`u-boot`",
+            ),
+            (
+                "",
+                "      install_modules: maybe\n",
+                "actions[0].deploy.ramdisk.install_modules",
+                "true or false",
+            ),
+            (
+                "    dtbo:\n    - url: http://f/x.dtbo\n",
+                "",
+                "actions[0].deploy.dtbo",
+                "fdtoverlay",
+            ),
+            (
+                "    postprocess:\n      docker:\n        image: debian\n",
+                "",
+                "actions[0].deploy.postprocess",
+                "docker",
+            ),
+            (
+                "    modules:\n      url: downloads://a/../b\n",
+                "",
+                "actions[0].deploy.modules.url",
+                "`..`",
+            ),
+        ] {
+            let e = parse("d.yaml", &tftp_job(deploy, ramdisk)).unwrap_err();
+            let d = e
+                .errors
+                .iter()
+                .find(|d| d.location.path.as_deref() == Some(path))
+                .unwrap_or_else(|| panic!("{path}: {e}"));
+            assert!(d.message.contains(why), "{path}: {}", d.message);
+        }
+        // Modules go into a ramdisk (or an NFS root): not into nothing.
+        let no_ramdisk = tftp_job("    modules:\n      url: http://f/m.tgz\n", "")
+            .replace("    ramdisk:\n      url: http://f/rd.gz\n", "");
+        let e = parse("d.yaml", &no_ramdisk).unwrap_err();
+        assert!(e.to_string().contains("this deploy has neither"), "{e}");
+    }
+
+    #[test]
+    fn a_downloads_deploy_takes_images_without_qemu_arguments() {
+        let text = "device_type: qemu\njob_name: d\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- deploy:\n    to: downloads\n    images:\n      rootfs:\n        url: http://f/stretch.img.xz\n        compression: xz\n      other:\n        url: http://g/stretch.img\n";
+        let e = parse("d.yaml", text).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("would both be downloads://stretch.img"),
+            "{e}"
+        );
+        let text = text.replace("http://g/stretch.img", "http://g/other.img");
+        let p = parse("d.yaml", &text).unwrap();
+        let Action::Deploy(d) = &p.definition.actions[0] else {
+            panic!("no deploy")
+        };
+        assert_eq!(d.downloads.len(), 2);
+        assert_eq!(download_file_name(&d.downloads[0].artifact), "stretch.img");
+        assert!(d.images.is_empty() && d.kernel.is_none());
+    }
+
+    #[test]
+    fn secrets_are_masked_in_the_stored_text_whatever_their_style() {
+        let head = "device_type: bbb\njob_name: s\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- boot:\n    method: minimal\n    prompts: ['# ']\n";
+        for secrets in [
+            "secrets:\n  A: plain-value # a comment\n  B: 'it''s quoted'\n  C: \"dq \\\" x\"\n",
+            "secrets: {A: plain-value, B: 'it''s quoted', C: \"dq \\\" x\"}\n",
+        ] {
+            let text = format!("{head}{secrets}");
+            let p = parse("s.yaml", &text).unwrap();
+            assert_eq!(p.definition.secrets["A"], "plain-value");
+            assert_eq!(p.definition.secrets["B"], "it's quoted");
+            assert_eq!(p.definition.secrets["C"], "dq \" x");
+            let masked = mask_secrets("s.yaml", &text, &p).unwrap();
+            for v in ["plain-value", "it''s quoted", "dq"] {
+                assert!(!masked.contains(v), "{masked}");
+            }
+            let again = parse("s.yaml", &masked).unwrap();
+            assert!(again.definition.secrets.values().all(|v| v == SECRET_MASK));
+        }
+        // A job without secrets is stored as it came.
+        let p = parse("s.yaml", head).unwrap();
+        assert_eq!(mask_secrets("s.yaml", head, &p).unwrap(), head);
     }
 }

@@ -286,6 +286,8 @@ pub fn from_yaml(
                 load_addresses,
                 bootx,
                 commands: u.commands,
+                add_header: s.add_header.then_some(crate::device_type::AddHeader::UBoot),
+                mkimage_arch: s.mkimage_arch,
             })
         }
     };
@@ -342,6 +344,8 @@ struct Settings {
     bootx: BTreeMap<String, String>,
     uboot: Option<Uboot>,
     timeouts: PhaseTimeouts,
+    add_header: bool,
+    mkimage_arch: Option<String>,
 }
 
 #[derive(Default)]
@@ -757,8 +761,41 @@ impl Mapper<'_> {
                                     ));
                                 }
                             }
+                            // U-Boot wants ramdisks in a legacy image:
+                            // labd wraps a bare one, as LAVA's deploy does.
+                            "add_header" => match self.string(&pp, pv)?.as_str() {
+                                "u-boot" => self.s.add_header = true,
+                                "raw" | "" => {}
+                                other => {
+                                    return Err(self.refuse(
+                                        &pp,
+                                        pv,
+                                        format!(
+                                            "labd adds a `u-boot` header or none, not `{other}`"
+                                        ),
+                                    ))
+                                }
+                            },
+                            "mkimage_arch" => {
+                                let arch = self.string(&pp, pv)?;
+                                if crate::device_type::uimage_arch(&arch).is_none() {
+                                    return Err(self.refuse(
+                                        &pp,
+                                        pv,
+                                        format!("labd knows no U-Boot architecture `{arch}`"),
+                                    ));
+                                }
+                                self.s.mkimage_arch = Some(arch);
+                            }
                             _ => self.ignore(&pp, pv),
                         }
+                    }
+                    if self.s.add_header && self.s.mkimage_arch.is_none() {
+                        return Err(self.refuse(
+                            &format!("{path}.add_header"),
+                            d,
+                            "`add_header: u-boot` needs `mkimage_arch`, the architecture the header names",
+                        ));
                     }
                 }
                 // Which deploys the device allows: a job's deploy is
@@ -1186,6 +1223,11 @@ parameters:
   zimage: {kernel: '0x82000000', ramdisk: '0x83000000', dtb: '0x88000000'}
   media: {usb: {}}
 actions:
+  deploy:
+    parameters:
+      add_header: u-boot
+      mkimage_arch: arm
+      append_dtb: False
   boot:
     methods:
       minimal:
@@ -1226,6 +1268,8 @@ timeouts:
         assert_eq!(bl.bootx["zimage"], "bootz");
         assert!(!bl.load_addresses.contains_key("image"));
         assert_eq!(bl.commands["ramdisk"].len(), 3);
+        assert_eq!(bl.add_header, Some(crate::device_type::AddHeader::UBoot));
+        assert_eq!(bl.mkimage_arch.as_deref(), Some("arm"));
         assert!(bl.commands.contains_key("nfs"));
         assert_eq!(d.dt.kernel.start_message, "Booting Linux");
         assert_eq!(d.dt.shell_prompt, "lava\\-test: \\# ");
@@ -1287,6 +1331,10 @@ timeouts:
             (
                 "actions:\n  boot:\n    methods:\n      u-boot:\n        parameters:\n          uboot_altbank: true\n        ramdisk:\n          commands: ['{BOOTX}']\n",
                 "actions.boot.methods.u-boot.parameters.uboot_altbank",
+            ),
+            (
+                "actions:\n  deploy:\n    parameters:\n      add_header: u-boot\n      mkimage_arch: vax\n",
+                "actions.deploy.parameters.mkimage_arch",
             ),
             (
                 "constants:\n  posix:\n    lava_test_results_dir: /results-%s\n",

@@ -163,6 +163,14 @@ impl JobOutcome {
     }
 }
 
+/// A job's `secrets`, sealed with the lab's key (see [`crate::secrets`]):
+/// base64 of the nonce and of the ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecrets {
+    pub nonce: String,
+    pub data: String,
+}
+
 /// A job as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -172,8 +180,12 @@ pub struct JobRecord {
     pub priority: u8,
     pub tags: Vec<String>,
     pub submitter: String,
-    /// The YAML exactly as submitted, so the job can be re-parsed after a restart.
+    /// The YAML as submitted, so the job can be re-parsed after a restart;
+    /// the values of its `secrets` replaced by `[MASKED]`.
     pub definition: String,
+    /// The `secrets` values, sealed: the only place they are kept.
+    #[serde(default)]
+    pub sealed_secrets: Option<SealedSecrets>,
     pub state: JobState,
     pub health: JobHealth,
     pub error_class: Option<ErrorClass>,
@@ -261,6 +273,7 @@ impl JobRecord {
             tags,
             submitter,
             definition,
+            sealed_secrets: None,
             state: JobState::Submitted,
             health: JobHealth::Unknown,
             error_class: None,

@@ -69,7 +69,9 @@
 
 mod interactive;
 mod monitors;
+mod nfsroot;
 mod overlay;
+mod ramdisk;
 
 use crate::device_type::DeviceType;
 use crate::job::{Action, Boot, BootCommands, Deploy, JobDefinition, KernelType, Test};
@@ -194,6 +196,8 @@ pub struct TftpInfo {
     /// Where boards fetch overlays for `transfer_overlay`, if the lab
     /// serves them.
     pub overlay_http: Option<Arc<crate::overlay_http::OverlayHttp>>,
+    /// The NFS server for jobs' `nfsrootfs`, if the lab runs one.
+    pub nfs: Option<Arc<crate::nfs::NfsServer>>,
 }
 
 pub struct RunCtx {
@@ -240,6 +244,10 @@ struct Runner {
     steps: u64,
     /// The shell line running now, for a timeout's message.
     current_step: Option<String>,
+    /// The bounded action running now (`bootloader-commands`, ...).
+    current_action: Option<String>,
+    /// The job's `secrets` values, masked in events, results and errors.
+    mask: Option<crate::secrets::Masker>,
     /// The test definitions whose ENDRUN signal was seen.
     ended_runs: Vec<String>,
     /// Deployed files by role (`kernel`, `ramdisk`, `dtb`, or a tmpfs
@@ -248,6 +256,10 @@ struct Runner {
     /// A tmpfs deploy's QEMU arguments, with the images' paths filled in.
     image_args: Vec<String>,
     kernel_type: Option<KernelType>,
+    ramdisk_options: crate::job::RamdiskOptions,
+    /// The deployed ramdisk is in a U-Boot legacy image, so `{BOOTX}`
+    /// passes it by its address alone: U-Boot reads its size in the header.
+    ramdisk_in_uimage: bool,
     shell_prompt: Vec<String>,
     /// A boot action has ended where it meant to: at a shell, at the
     /// bootloader's prompt, or (before a monitors test) as the board boots.
@@ -279,6 +291,13 @@ struct Runner {
     /// its place on the lab's HTTP listener while the job runs.
     overlay_tar: Option<Vec<u8>>,
     overlay_served: Option<crate::overlay_http::Served>,
+    /// The job's unpacked `nfsrootfs` (the directory served, after any
+    /// `prefix`) and the bytes unpacked into its tree so far.
+    nfs_root: Option<(std::path::PathBuf, u64)>,
+    /// `{NFSROOTFS}`, once the root is exported.
+    nfs_export: Option<String>,
+    /// A `to: nfs` deploy's kernel argument for a `qemu-nfs` boot.
+    nfs_kernel_arg: Option<String>,
 }
 
 /// A token no earlier run used: its step markers cannot be mistaken for
@@ -308,7 +327,9 @@ fn timed_out(in_test: bool, msg: String) -> Stop {
 /// caller's business, so that a cancelled run is powered off the same way.
 pub async fn run(ctx: RunCtx) -> JobOutcome {
     let job_timeout = ctx.def.timeouts.job.unwrap_or(Duration::from_secs(3600));
+    let mask = crate::secrets::Masker::new(ctx.def.secrets.values().map(String::as_str));
     let mut r = Runner {
+        mask,
         ctx,
         rest: Vec::new(),
         signals: SignalParser::new(),
@@ -318,10 +339,13 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         step_token: step_token(),
         steps: 0,
         current_step: None,
+        current_action: None,
         ended_runs: Vec::new(),
         deployed: BTreeMap::new(),
         image_args: Vec::new(),
         kernel_type: None,
+        ramdisk_options: crate::job::RamdiskOptions::default(),
+        ramdisk_in_uimage: false,
         shell_prompt: Vec::new(),
         booted: false,
         helpers_sent: false,
@@ -335,13 +359,22 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
         run_suite: None,
         overlay_tar: None,
         overlay_served: None,
+        nfs_root: None,
+        nfs_export: None,
+        nfs_kernel_arg: None,
         block_deadline: None,
     };
     let job_id = r.ctx.job_id;
     let store = r.ctx.store.clone();
     match tokio::time::timeout(job_timeout, r.all()).await {
         Ok(Ok(())) => JobOutcome::complete(),
-        Ok(Err(Stop(o))) => o,
+        Ok(Err(Stop(mut o))) => {
+            // An error may quote the console, where a secret can be.
+            if let (Some(m), Some(e)) = (&r.mask, o.error.as_mut()) {
+                *e = m.mask_str(e);
+            }
+            o
+        }
         Err(_) => {
             let msg = format!("job timed out after {} s", job_timeout.as_secs());
             store.record_event(job_id, JobEvent::now("timeout", &msg));
@@ -353,9 +386,13 @@ pub async fn run(ctx: RunCtx) -> JobOutcome {
 impl Runner {
     fn event(&self, kind: &str, message: &str) {
         // Queued now, in order; the store makes it durable with the next batch.
+        let message = match &self.mask {
+            Some(m) => std::borrow::Cow::Owned(m.mask_str(message)),
+            None => std::borrow::Cow::Borrowed(message),
+        };
         self.ctx
             .store
-            .record_event(self.ctx.job_id, JobEvent::now(kind, message));
+            .record_event(self.ctx.job_id, JobEvent::now(kind, message.as_ref()));
     }
 
     fn phase(&self, p: Phase) {
@@ -464,7 +501,11 @@ impl Runner {
         f: impl AsyncFnOnce(&mut Self) -> Result<T, Stop>,
     ) -> Result<T, Stop> {
         let deadline = tokio::time::Instant::now() + limit;
-        match tokio::time::timeout_at(deadline, f(self)).await {
+        // The action's name picks its `timeouts.connections` entry.
+        let outer = self.current_action.replace(name.to_owned());
+        let result = tokio::time::timeout_at(deadline, f(self)).await;
+        self.current_action = outer;
+        match result {
             Ok(r) => r,
             Err(_) => {
                 // A late wake-up can find the block's deadline passed too;
@@ -495,30 +536,44 @@ impl Runner {
         let dir = self.ctx.tftp.root.join(self.ctx.job_id.to_string());
         let job = self.ctx.job_id;
         use crate::deploy::Placement;
-        let mut items: Vec<(String, crate::job::Artifact, Placement)> = Vec::new();
+        // Each artifact, where it goes and under which name (relative to
+        // the job's directory; by default a name of the deploy's own).
+        let mut items: Vec<(String, crate::job::Artifact, Placement, Option<String>)> = Vec::new();
         // What the TFTP server serves is only read: it may share the cache's
-        // blob. A QEMU image may be written by the board: it is a copy.
+        // blob. A QEMU image may be written by the board: it is a copy, and
+        // so is a ramdisk that labd adds modules to (a new file, renamed).
         for (kind, a) in [
             ("kernel", &d.kernel),
             ("ramdisk", &d.ramdisk),
             ("dtb", &d.dtb),
+            ("modules", &d.modules),
         ] {
             if let Some(a) = a {
-                items.push((kind.to_owned(), a.clone(), Placement::Link));
+                items.push((kind.to_owned(), a.clone(), Placement::Link, None));
             }
         }
         for im in &d.images {
-            items.push((im.name.clone(), im.artifact.clone(), Placement::Copy));
+            items.push((im.name.clone(), im.artifact.clone(), Placement::Copy, None));
+        }
+        for dl in &d.downloads {
+            let file = crate::job::download_file_name(&dl.artifact);
+            items.push((
+                dl.name.clone(),
+                dl.artifact.clone(),
+                Placement::Link,
+                Some(format!("downloads/{file}")),
+            ));
         }
         let max = self.ctx.tftp.max_artifact_bytes;
-        self.kernel_type = Some(d.kernel_type);
+        self.kernel_type = d.kernel_type;
+        self.ramdisk_options = d.ramdisk_options;
         let deployed = self
             .bounded("tftp-deploy", limit, async move |r: &mut Self| {
                 tokio::fs::create_dir_all(&dir)
                     .await
                     .map_err(|e| infra(format!("creating {}: {e}", dir.display())))?;
                 let mut out = BTreeMap::new();
-                for (kind, art, placement) in items {
+                for (kind, art, placement, named) in items {
                     let url = art.url.clone();
                     let path = url.split(['?', '#']).next().unwrap_or(&url);
                     let base = path
@@ -534,8 +589,24 @@ impl Runner {
                         .unwrap_or(&kind)
                         .to_owned();
                     // Keep names distinct even if two artifacts share a file name.
-                    let name = format!("{index}-{kind}-{base}");
+                    let name = named.unwrap_or_else(|| format!("{index}-{kind}-{base}"));
                     let dst = dir.join(&name);
+                    if let Some(parent) = dst.parent() {
+                        tokio::fs::create_dir_all(parent)
+                            .await
+                            .map_err(|e| infra(format!("creating {}: {e}", parent.display())))?;
+                    }
+                    if let Some(file) = url.strip_prefix("downloads://") {
+                        let f = r.take_download(&dir, file, &dst, placement).await?;
+                        r.event(
+                            "deploy",
+                            &format!(
+                                "{kind}: {url} ({f} bytes, an earlier download) as {job}/{name}"
+                            ),
+                        );
+                        out.insert(kind, format!("{job}/{name}"));
+                        continue;
+                    }
                     r.event("deploy", &format!("{kind}: fetching {url}"));
                     let (u, sha, comp) = (url.clone(), art.sha256.clone(), art.compression);
                     let store = r.ctx.store.clone();
@@ -601,7 +672,15 @@ impl Runner {
             })
             .await?;
         self.deployed = deployed;
+        if let Some(n) = &d.nfsrootfs {
+            self.unpack_nfsroot(n, limit).await?;
+        }
+        self.prepare_ramdisk(d).await?;
         self.deliver_overlay().await?;
+        self.finish_ramdisk().await?;
+        if d.nfsrootfs.is_some() {
+            self.export_nfsroot().await?;
+        }
         let root = self.ctx.tftp.root.clone();
         self.image_args = d
             .images
@@ -660,14 +739,18 @@ impl Runner {
             ))
         })?;
         // LAVA's connection timeout bounds each wait for a pattern, inside
-        // the action's own timeout. A test run may rightly stay silent for
-        // long, so it is bounded by its action timeout only.
-        let deadline = self
-            .ctx
-            .def
-            .timeouts
-            .connection
-            .filter(|_| !self.collecting)
+        // the action's own timeout; `timeouts.connections` sets it per
+        // action. A test run may rightly stay silent for long, so it is
+        // bounded by its action timeout only, unless the job gives its
+        // action (`lava-test-shell`) a connection timeout of its own.
+        let timeouts = &self.ctx.def.timeouts;
+        let own = self
+            .current_action
+            .as_ref()
+            .and_then(|a| timeouts.connections.get(a))
+            .copied();
+        let deadline = own
+            .or(timeouts.connection.filter(|_| !self.collecting))
             .map(|c| (c, tokio::time::Instant::now() + c));
         let mut chunk = std::mem::take(&mut self.rest);
         loop {
@@ -730,7 +813,29 @@ impl Runner {
     }
 
     fn substitute(&self, cmd: &str) -> Result<String, Stop> {
-        let kt = self.kernel_type.unwrap_or(KernelType::Image);
+        let cmd = &self.substitute_nfs(cmd)?;
+        let get = |k: &str| self.deployed.get(k).cloned().unwrap_or_default();
+        let plain = |c: &str| {
+            c.replace("{SERVER_IP}", &self.ctx.tftp.server_ip)
+                .replace("{TFTP_PORT}", &self.ctx.tftp.port.to_string())
+                .replace("{KERNEL}", &get("kernel"))
+                .replace("{RAMDISK}", &get("ramdisk"))
+                .replace("{DTB}", &get("dtb"))
+        };
+        let by_type = ["{BOOTX}", "{KERNEL_ADDR}", "{RAMDISK_ADDR}", "{DTB_ADDR}"];
+        let Some(kt) = self.kernel_type else {
+            // As LAVA: with no `kernel: type`, there are no load addresses
+            // and no boot command to fill in.
+            if let Some(p) = by_type.iter().find(|p| cmd.contains(**p)) {
+                return Err(Stop(JobOutcome::incomplete(
+                    ErrorClass::Job,
+                    format!(
+                        "the boot command `{cmd}` uses {p}, which comes from the deploy's `kernel: type` (image, zimage or uimage); the job gives none"
+                    ),
+                )));
+            }
+            return Ok(plain(cmd));
+        };
         let bl = self.bootloader()?;
         let addrs = bl.load_addresses.get(kt.as_str()).ok_or_else(|| {
             Stop(JobOutcome::incomplete(
@@ -749,7 +854,9 @@ impl Runner {
             .unwrap_or_else(|| "booti".into());
         let has_rd = self.deployed.contains_key("ramdisk");
         let has_dtb = self.deployed.contains_key("dtb");
-        let rd = if has_rd {
+        let rd = if has_rd && self.ramdisk_in_uimage {
+            addrs.ramdisk.clone()
+        } else if has_rd {
             format!("{}:${{initrd_size}}", addrs.ramdisk)
         } else {
             "-".into()
@@ -759,17 +866,12 @@ impl Runner {
             bootx.push(' ');
             bootx.push_str(&addrs.dtb);
         }
-        let get = |k: &str| self.deployed.get(k).cloned().unwrap_or_default();
-        Ok(cmd
-            .replace("{BOOTX}", &bootx)
-            .replace("{SERVER_IP}", &self.ctx.tftp.server_ip)
-            .replace("{TFTP_PORT}", &self.ctx.tftp.port.to_string())
-            .replace("{KERNEL_ADDR}", &addrs.kernel)
-            .replace("{RAMDISK_ADDR}", &addrs.ramdisk)
-            .replace("{DTB_ADDR}", &addrs.dtb)
-            .replace("{KERNEL}", &get("kernel"))
-            .replace("{RAMDISK}", &get("ramdisk"))
-            .replace("{DTB}", &get("dtb")))
+        Ok(plain(
+            &cmd.replace("{BOOTX}", &bootx)
+                .replace("{KERNEL_ADDR}", &addrs.kernel)
+                .replace("{RAMDISK_ADDR}", &addrs.ramdisk)
+                .replace("{DTB_ADDR}", &addrs.dtb),
+        ))
     }
 
     fn boot_commands(&self, b: &Boot) -> Result<Vec<String>, Stop> {
@@ -1009,7 +1111,7 @@ impl Runner {
             kernel,
             initrd: file("ramdisk"),
             dtb: file("dtb"),
-            append: spec.append.clone(),
+            append: self.nfs_append(&spec.append)?,
             extra: self.image_args.clone(),
         })
     }
@@ -1145,6 +1247,7 @@ impl Runner {
                 for h in signals::SHELL_HELPERS {
                     r.shell_step(h).await?;
                 }
+                r.write_secrets().await?;
                 r.helpers_sent = true;
             }
             for (i, d) in defs.iter().enumerate() {
@@ -1182,6 +1285,36 @@ impl Runner {
             Ok(())
         })
         .await
+    }
+
+    /// LAVA's `/lava-<job>/secrets` on the typed path, where no overlay
+    /// brings it: written by the shell (mode 0600), so that a definition
+    /// can source it as under LAVA. The echo of the lines is masked in the
+    /// log like every other appearance of the values.
+    async fn write_secrets(&mut self) -> Result<(), Stop> {
+        if self.ctx.def.secrets.is_empty() {
+            return Ok(());
+        }
+        let secrets: Vec<(String, String)> = self
+            .ctx
+            .def
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let text = crate::overlay::secrets_file(&secrets)
+            .map_err(|e| Stop(JobOutcome::incomplete(ErrorClass::Job, e.to_string())))?;
+        let dir = format!("/lava-{}", self.ctx.job_id);
+        self.shell_step(&format!(
+            "mkdir -p {dir} && (umask 077 && : > {dir}/secrets)"
+        ))
+        .await?;
+        for line in text.lines() {
+            let quoted = line.replace('\'', r"'\''");
+            self.shell_step(&format!("printf '%s\\n' '{quoted}' >> {dir}/secrets"))
+                .await?;
+        }
+        Ok(())
     }
 
     /// A definition's `expected` cases it never reported, as fails.

@@ -317,3 +317,250 @@ fn a_fifo_swapped_in_after_submit_fails_the_deploy_at_once() {
         assert!(!error.contains("timed out"), "{j}");
     });
 }
+
+/// Runs `cmd` with `args` in `dir`, which must succeed.
+fn run_in(dir: &std::path::Path, cmd: &str, args: &[&str]) {
+    let o = std::process::Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{cmd} {args:?}: {o:?}");
+}
+
+/// A real initramfs (gzip'd newc, made by `cpio` and `gzip`) at
+/// `<artifacts>/rd.cpio.gz`, holding `init`.
+fn real_ramdisk(lab: &Lab) -> std::path::PathBuf {
+    let a = lab.artifacts();
+    let root = a.join("rd-root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("init"), "#!/bin/sh\n").unwrap();
+    run_in(
+        &root,
+        "sh",
+        &[
+            "-c",
+            "find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -9 > ../rd.cpio.gz",
+        ],
+    );
+    a.join("rd.cpio.gz")
+}
+
+fn have_ramdisk_tools() -> bool {
+    ["cpio", "gzip", "tar", "mkimage"]
+        .iter()
+        .all(|t| require_tool(t, "apt-get install cpio gzip tar u-boot-tools"))
+}
+
+/// LAVA's `header: u-boot` ramdisk and `modules`: the modules tar (made by
+/// GNU tar) is appended to the legacy image's data as one more gzip'd cpio,
+/// the header's size and CRCs rewritten (read back by `mkimage -l` and the
+/// CRC checked here), and `{BOOTX}` passes the ramdisk by its address
+/// alone, so U-Boot loads it by its header. A bare ramdisk said to have a
+/// header fails the deploy as the job's error.
+#[test]
+fn a_uboot_ramdisk_gets_the_modules_and_is_booted_by_its_header() {
+    if !have_ramdisk_tools() {
+        return;
+    }
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let a = lab.artifacts();
+        let rd = real_ramdisk(&lab);
+        run_in(
+            &a,
+            "mkimage",
+            &["-A", "arm64", "-O", "linux", "-T", "ramdisk", "-C", "none", "-n", "test-initrd", "-d", rd.to_str().unwrap(), "uInitrd"],
+        );
+        let m = a.join("m/lib/modules/6.1.0-sim/kernel/drivers");
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("a.ko"), "MODULE-A").unwrap();
+        run_in(&a, "tar", &["-czf", "modules.tar.gz", "-C", "m", "lib"]);
+        let seen = lab.dir.path().join("seen");
+        let tftp = lab.dir.path().join("state/tftp");
+        let job = lab
+            .job(
+                "uinitrd",
+                "medium",
+                &[&format!(
+                    "lava-test-case seen --shell cp {}/*/0-ramdisk-uInitrd {}",
+                    tftp.display(),
+                    seen.display()
+                )],
+            )
+            .replace(
+                &format!("      url: file://{}/rootfs.cpio.gz\n", a.display()),
+                &format!(
+                    "      url: file://{}/uInitrd\n      header: u-boot\n    modules:\n      url: file://{}/modules.tar.gz\n      compression: gz\n",
+                    a.display(),
+                    a.display()
+                ),
+            );
+        let id = submit(&mut c, &job).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+        assert!(
+            log.contains("## Loading init Ramdisk from Legacy Image at 0x44000000"),
+            "{log}"
+        );
+        assert!(log.contains("Image Name:   test-initrd"), "{log}");
+        assert!(log.contains("booti 0x40400000 0x44000000 0x43000000"), "{log}");
+        let j = common::job(&mut c, id).await;
+        let ev = j["events"].to_string();
+        assert!(ev.contains("modules: 1 files (8 bytes) appended to the ramdisk"), "{ev}");
+        // What the board loaded: a sound legacy image, by mkimage and by
+        // its data CRC, with the user's archive and then the modules.
+        let o = std::process::Command::new("mkimage")
+            .arg("-l")
+            .arg(&seen)
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&o.stdout);
+        assert!(listed.contains("RAMDisk Image"), "{listed}");
+        assert!(listed.contains("test-initrd"), "{listed}");
+        let image = std::fs::read(&seen).unwrap();
+        let size = u32::from_be_bytes(image[12..16].try_into().unwrap()) as usize;
+        let data = &image[64..];
+        assert_eq!(data.len(), size);
+        let mut crc = flate2::Crc::new();
+        crc.update(data);
+        assert_eq!(crc.sum(), u32::from_be_bytes(image[24..28].try_into().unwrap()));
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(data), &mut all).unwrap();
+        let text = String::from_utf8_lossy(&all);
+        let init = text.find("init").unwrap();
+        let module = text.find("lib/modules/6.1.0-sim/kernel/drivers/a.ko").unwrap();
+        assert!(init < module, "the user's archive comes first");
+        assert!(text.contains("MODULE-A"));
+        // `header: u-boot` on a bare ramdisk is the job's mistake.
+        let bare = lab.job("bare", "medium", &["true"]).replace(
+            &format!("      url: file://{}/rootfs.cpio.gz\n", a.display()),
+            &format!("      url: file://{}\n      header: u-boot\n", rd.display()),
+        );
+        let id = submit(&mut c, &bare).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{log}");
+        let j = common::job(&mut c, id).await;
+        assert_eq!(j["error_class"], "Job", "{j}");
+        let err = j["error"].as_str().unwrap();
+        assert!(err.contains("not a U-Boot legacy image"), "{err}");
+    });
+}
+
+/// A device type that says `add_header: u-boot` (LAVA's device
+/// parameter): a bare ramdisk is put in a legacy image for the arch it
+/// names, and U-Boot loads it by its header.
+#[test]
+fn a_board_that_wants_a_header_gets_its_ramdisk_in_one() {
+    if !have_ramdisk_tools() {
+        return;
+    }
+    rt().block_on(async {
+        let mut lab = Lab::prepare(1, &[], &[], "");
+        let cfg = std::fs::read_to_string(&lab.config).unwrap().replace(
+            "\"timeouts.bootloader-interrupt\" = 3\n",
+            "\"timeouts.bootloader-interrupt\" = 3\n\"bootloader.add_header\" = \"u-boot\"\n\"bootloader.mkimage_arch\" = \"arm64\"\n",
+        );
+        std::fs::write(&lab.config, cfg).unwrap();
+        lab.start_labd();
+        let mut c = lab.client().await;
+        let rd = real_ramdisk(&lab);
+        let a = lab.artifacts();
+        let job = lab.job("wrapped", "medium", &["true"]).replace(
+            &format!("file://{}/rootfs.cpio.gz", a.display()),
+            &format!("file://{}", rd.display()),
+        );
+        let id = submit(&mut c, &job).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+        assert!(log.contains("Loading init Ramdisk from Legacy Image"), "{log}");
+        assert!(log.contains("Image Name:   labd ramdisk"), "{log}");
+        let ev = common::job(&mut c, id).await["events"].to_string();
+        assert!(ev.contains("put in a U-Boot legacy image"), "{ev}");
+        // A header needs its architecture: refused at start, naming the key.
+        lab.terminate_labd();
+        assert!(lab.wait_labd());
+        let cfg = std::fs::read_to_string(&lab.config)
+            .unwrap()
+            .replace("\"bootloader.mkimage_arch\" = \"arm64\"\n", "");
+        std::fs::write(&lab.config, cfg).unwrap();
+        let said = lab.labd_refuses();
+        assert!(said.contains("bootloader.add_header"), "{said}");
+        assert!(said.contains("mkimage_arch"), "{said}");
+    });
+}
+
+/// LAVA's `to: downloads`: the images are fetched into the job's
+/// downloads directory, and a later deploy takes them by `downloads://`
+/// URLs; a name that was not downloaded fails that deploy, listing what was.
+#[test]
+fn downloads_are_fetched_and_taken_by_a_later_deploy() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let a = lab.artifacts().display().to_string();
+        let downloads = format!(
+            "- deploy:\n    to: downloads\n    images:\n      kernel:\n        url: file://{a}/Image\n      rootfs:\n        url: file://{a}/rootfs.cpio.gz\n"
+        );
+        let job = lab
+            .job("dl", "medium", &["true"])
+            .replace("actions:\n", &format!("actions:\n{downloads}"))
+            .replace(&format!("file://{a}/Image"), "downloads://Image")
+            .replace(
+                &format!("file://{a}/rootfs.cpio.gz"),
+                "downloads://rootfs.cpio.gz",
+            );
+        // The downloads deploy keeps its own file:// URLs.
+        let job = job.replacen(
+            "        url: downloads://Image\n      rootfs:\n        url: downloads://rootfs.cpio.gz\n",
+            &format!("        url: file://{a}/Image\n      rootfs:\n        url: file://{a}/rootfs.cpio.gz\n"),
+            1,
+        );
+        let id = submit(&mut c, &job).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}\n{job}");
+        let ev = common::job(&mut c, id).await["events"].to_string();
+        assert!(ev.contains("as ") && ev.contains("/downloads/Image"), "{ev}");
+        assert!(ev.contains("downloads://Image (300000 bytes, an earlier download)"), "{ev}");
+        let missing = job.replace("downloads://rootfs.cpio.gz", "downloads://nope.img");
+        let id = submit(&mut c, &missing).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{log}");
+        let j = common::job(&mut c, id).await;
+        assert_eq!(j["error_class"], "Job", "{j}");
+        let err = j["error"].as_str().unwrap();
+        assert!(err.contains("downloads://nope.img: no such download"), "{err}");
+        assert!(err.contains("available: Image, rootfs.cpio.gz"), "{err}");
+        // A path out of the downloads directory is refused at submit.
+        let e = c
+            .submit(&job.replace("downloads://Image", "downloads://../Image"), "j.yaml")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("may not use `.`, `..`"), "{e}");
+    });
+}
+
+/// A kernel without `type` is LAVA's, where nothing needs it; a u-boot
+/// boot whose commands use `{BOOTX}` is refused at submit, saying why.
+#[test]
+fn a_kernel_type_is_needed_only_by_commands_that_use_it() {
+    rt().block_on(async {
+        let lab = Lab::start(1, &[]);
+        let mut c = lab.client().await;
+        let untyped = lab
+            .job("untyped", "medium", &["true"])
+            .replace("      type: image\n", "");
+        let e = c.submit(&untyped, "j.yaml").await.unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("{BOOTX}") && m.contains("`kernel: type`"), "{m}");
+        // Commands of the job's own that name no address need no type.
+        let inline = untyped.replace(
+            "    commands: ramdisk\n",
+            "    commands:\n    - setenv tftpdstp {TFTP_PORT}\n    - setenv serverip {SERVER_IP}\n    - tftp 0x40400000 {KERNEL}\n    - tftp 0x44000000 {RAMDISK}\n    - setenv initrd_size ${filesize}\n    - tftp 0x43000000 {DTB}\n    - booti 0x40400000 0x44000000:${initrd_size} 0x43000000\n",
+        );
+        let id = submit(&mut c, &inline).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{log}");
+    });
+}

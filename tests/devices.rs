@@ -132,6 +132,9 @@ fn lava_s_bbb_01_dictionary_renders_as_lava_server_renders_it() {
         ("", true)
     );
     assert_eq!(bl.boot_character_delay_ms, 10);
+    // Its U-Boot takes ramdisks in a legacy image for 32-bit ARM.
+    assert_eq!(bl.add_header, Some(labd::device_type::AddHeader::UBoot));
+    assert_eq!(bl.mkimage_arch.as_deref(), Some("arm"));
     assert_eq!(bl.bootx["zimage"], "bootz");
     assert_eq!(bl.bootx["uimage"], "bootm");
     assert_eq!(bl.load_addresses["zimage"].dtb, "0x88000000");
@@ -156,7 +159,7 @@ fn lava_s_bbb_01_dictionary_renders_as_lava_server_renders_it() {
     ] {
         assert!(d.ignored.iter().any(|i| i == k), "{k}: {:?}", d.ignored);
     }
-    // The nfs set keeps its {NFSROOTFS}; only a job that boots with a set
+    // The usb set keeps its {ROOT_PART}; only a job that boots with a set
     // labd cannot fill is refused.
     assert!(labd::device_type::unfillable(&bl.commands["usb"]).is_some());
     assert!(labd::device_type::unfillable(&bl.commands["ramdisk"]).is_none());

@@ -78,6 +78,29 @@ fn hung_kernel_ends_at_the_connection_timeout() {
     });
 }
 
+/// LAVA's `timeouts.connections`: a connection timeout for one action
+/// (here the boot commands, which wait for the kernel) takes the place of
+/// the job's `connection` there.
+#[test]
+fn a_per_action_connection_timeout_bounds_that_actions_waits() {
+    rt().block_on(async {
+        let lab = faulty_lab(Fault::HangAfterKernel).await;
+        let mut c = lab.client().await;
+        let job = lab.job("hang", "medium", &["true"]).replacen(
+            "timeouts:\n",
+            "timeouts:\n  connection:\n    minutes: 2\n  connections:\n    bootloader-commands:\n      seconds: 2\n",
+            1,
+        );
+        let id = submit(&mut c, &job).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{log}");
+        let j = common::job(&mut c, id).await;
+        let err = j["error"].as_str().unwrap();
+        assert!(err.contains("connection timed out after 2 s"), "{err}");
+        assert!(err.contains("Linux version"), "{err}");
+    });
+}
+
 /// U-Boot that boots by itself although labd sent the interrupt (the key
 /// missed the countdown): the job ends at once, Incomplete (Infrastructure),
 /// saying so, instead of waiting out the bootloader-interrupt timeout.

@@ -15,7 +15,7 @@ fn shared() -> PathBuf {
 const EXPECTED: &[(&str, &[&str])] = &[
     (
         "bbb-ramdisk-nfs.sample-job.yaml",
-        &["actions[0].deploy.nfsrootfs"],
+        &["actions[1].boot.parameters"],
     ),
     // LAVA's interactive U-Boot test (boot method bootloader): accepted.
     ("bbb-uboot-interactive.yaml", &[]),
@@ -27,17 +27,10 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("qemu-pipeline-first-job.yaml", &[]),
     // A qemu job (deploy to tmpfs with images, boot method qemu): accepted.
     ("qemu-simple-snippet.yaml", &[]),
-    (
-        "standard-armmp-nfs-bbb.yaml",
-        &[
-            "actions[0].deploy.modules",
-            "actions[0].deploy.nfsrootfs",
-            "actions[1].boot.commands",
-        ],
-    ),
+    ("standard-armmp-nfs-bbb.yaml", &[]),
     (
         "standard-armmp-ramdisk-bbb.yaml",
-        &["actions[0].deploy.modules", "actions[0].deploy.dtbo"],
+        &["actions[0].deploy.dtbo"],
     ),
 ];
 
@@ -139,7 +132,7 @@ fn bad_yaml_has_line_and_column() {
 
 #[test]
 fn unknown_and_unsupported_keys_name_their_path_and_position() {
-    let text = "device_type: sim-uboot\njob_name: t\ntimeouts:\n  job:\n    minutes: 1\nactions:\n- deploy:\n    to: tftp\n    kernel:\n      url: file:///k\n      type: image\n    frobnicate: 1\n- boot:\n    method: u-boot\n    commands: nfs\n";
+    let text = "device_type: sim-uboot\njob_name: t\ntimeouts:\n  job:\n    minutes: 1\nactions:\n- deploy:\n    to: tftp\n    kernel:\n      url: file:///k\n      type: image\n    frobnicate: 1\n- boot:\n    method: u-boot\n    expect_shell: false\n";
     let e = job::parse("j.yaml", text).unwrap_err();
     let f = e
         .errors
@@ -153,13 +146,13 @@ fn unknown_and_unsupported_keys_name_their_path_and_position() {
     let n = e
         .errors
         .iter()
-        .find(|d| d.location.path.as_deref() == Some("actions[1].boot.commands"))
-        .expect("nfs");
+        .find(|d| d.location.path.as_deref() == Some("actions[1].boot.expect_shell"))
+        .expect("expect_shell");
     assert_eq!(
         (n.location.line, n.code),
         (Some(15), ErrorCode::Unsupported)
     );
-    assert!(n.message.contains("NFS"), "{n}");
+    assert!(n.message.contains("not supported"), "{n}");
 }
 
 #[test]
@@ -299,13 +292,19 @@ const ACCEPTED_SAMPLES: &[&str] = &[
     "inline-test-definition-example.yaml",
     "kvm-inline.yaml",
     "kvm-params.yaml",
+    "namespace-connections-example1.yaml",
+    "panda-ramdisk.yaml",
     "qemu-aarch64.yaml",
     "qemu-foo-nonexisting.yaml",
     "qemu-monitor.yaml",
+    "qemu-nfs.yaml",
     "qemu-pipeline-first-job.yaml",
     "qemu-reboot.yaml",
     "qemu.yaml",
     "rk3399-puma-haikou.yaml",
+    "uboot-multiple.yaml",
+    "uboot-nfs.yaml",
+    "zcu102-ramdisk.yaml",
     "zephyr-qemu-test-task.yaml",
 ];
 
@@ -341,4 +340,84 @@ fn lavas_samples_are_accepted_or_refused_naming_what_they_need() {
         }
     }
     assert_eq!(accepted, ACCEPTED_SAMPLES);
+}
+
+/// LAVA's two NFS shapes parse into the deploy's root: `nfsrootfs` beside
+/// a tftp deploy's kernel (with `prefix`), and a `to: nfs` deploy's
+/// `nfsrootfs` image, whose `image_arg` is a kernel argument; what would
+/// put anything else on the kernel's command line, or lead out of the
+/// tarball, is refused naming the key.
+#[test]
+fn nfs_roots_parse_and_their_hostile_forms_are_refused() {
+    let tftp = |root: &str| {
+        format!("device_type: sim-uboot\njob_name: t\ntimeouts:\n  job:\n    minutes: 1\nactions:\n- deploy:\n    to: tftp\n    kernel:\n      url: file:///k\n      type: image\n    nfsrootfs:\n{root}- boot:\n    method: u-boot\n    commands: nfs\n")
+    };
+    let p = job::parse(
+        "t.yaml",
+        &tftp("      url: http://x/root.tar.xz\n      compression: xz\n      prefix: rootfs/\n"),
+    )
+    .unwrap();
+    let job::Action::Deploy(d) = &p.definition.actions[0] else {
+        panic!("a deploy")
+    };
+    let root = d.nfsrootfs.as_ref().expect("the root");
+    assert_eq!(root.prefix.as_deref(), Some("rootfs/"));
+    assert_eq!(root.artifact.compression, job::Compression::Xz);
+    assert!(
+        matches!(&p.definition.actions[1], job::Action::Boot(b) if b.commands == job::BootCommands::Named("nfs".into())),
+        "commands: nfs is accepted"
+    );
+    for bad in ["../up/", "/abs/"] {
+        let e = job::parse(
+            "t.yaml",
+            &tftp(&format!(
+                "      url: http://x/root.tar\n      prefix: {bad}\n"
+            )),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.first().location.path.as_deref(),
+            Some("actions[0].deploy.nfsrootfs.prefix"),
+            "{e}"
+        );
+    }
+    let qemu = |arg: &str| {
+        format!("device_type: qemu-aarch64\njob_name: t\ntimeouts:\n  job:\n    minutes: 1\nactions:\n- deploy:\n    to: nfs\n    images:\n      nfsrootfs:\n        url: http://x/root.tar.gz\n        compression: gz\n        image_arg: '{arg}'\n      kernel:\n        url: http://x/Image\n        image_arg: -kernel {{kernel}}\n- boot:\n    method: qemu-nfs\n")
+    };
+    let p = job::parse(
+        "q.yaml",
+        &qemu("nfsroot={NFS_SERVER_IP}:{nfsrootfs},tcp,hard"),
+    )
+    .unwrap();
+    let job::Action::Deploy(d) = &p.definition.actions[0] else {
+        panic!("a deploy")
+    };
+    assert_eq!(
+        d.nfsrootfs.as_ref().and_then(|r| r.kernel_arg.as_deref()),
+        Some("nfsroot={NFS_SERVER_IP}:{NFSROOTFS},tcp,hard")
+    );
+    assert_eq!(d.images.len(), 1, "the kernel alone is a QEMU image");
+    for bad in [
+        "nfsroot={NFS_SERVER_IP}:{nfsrootfs} init=/bin/sh",
+        "-append nfsroot={NFS_SERVER_IP}:{nfsrootfs}",
+        "nfsroot=10.0.0.1:/srv/other",
+    ] {
+        let e = job::parse("q.yaml", &qemu(bad)).unwrap_err();
+        assert_eq!(
+            e.first().location.path.as_deref(),
+            Some("actions[0].deploy.images.nfsrootfs.image_arg"),
+            "{bad}: {e}"
+        );
+    }
+    let without = qemu("x").replace(
+        "      nfsrootfs:\n        url: http://x/root.tar.gz\n        compression: gz\n        image_arg: 'x'\n",
+        "",
+    );
+    let e = job::parse("q.yaml", &without).unwrap_err();
+    assert!(
+        e.errors
+            .iter()
+            .any(|d| d.location.path.as_deref() == Some("actions[0].deploy.images.nfsrootfs")),
+        "{e}"
+    );
 }

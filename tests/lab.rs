@@ -180,7 +180,7 @@ fn invalid_jobs_are_refused_and_nothing_is_stored() {
             ),
             (
                 &lab.job("x", "medium", &["true"])
-                    .replace("to: tftp", "to: nfs") as &str,
+                    .replace("to: tftp", "to: fastboot") as &str,
                 ErrorCode::Unsupported,
             ),
         ];

@@ -456,6 +456,8 @@ async fn run(args: Args) -> Result<bool> {
             "bzImage-amd64",
             "initramfs-arm64.cpio.gz",
             "initramfs-amd64.cpio.gz",
+            "initramfs-nfs-arm64.cpio.gz",
+            "rootfs-nfs-arm64.tar.gz",
         ] {
             if !cache.join(f).exists() {
                 bail!(

@@ -62,6 +62,14 @@ pub(super) fn load_health_checks(
             message: format!("health check: {e}"),
             location: Some(e.first().location.clone()),
         })?;
+        // Its record keeps the text with the secrets' values masked; a
+        // health check is never queued again after a restart, so the
+        // values need no sealed copy.
+        let text = job::mask_secrets(&file, &text, &parsed).map_err(|e| ApiError {
+            code: e.code(),
+            message: format!("health check: {e}"),
+            location: Some(e.first().location.clone()),
+        })?;
         if parsed.definition.device_type != *dt {
             return Err(ApiError::new(
                 ErrorCode::InvalidJob,

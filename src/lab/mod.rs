@@ -98,6 +98,9 @@ pub struct LabActor {
     boot_slots: crate::boots::BootSlots,
     /// The config file, for reloads; None for the demo lab.
     config_path: Option<std::path::PathBuf>,
+    /// The key that seals jobs' `secrets` (see [`crate::secrets`]), or why
+    /// there is none: then jobs with secrets are refused, others run.
+    secrets_key: Result<std::sync::Arc<crate::secrets::LabKey>, String>,
 }
 
 impl LabActor {
@@ -114,7 +117,15 @@ impl LabActor {
         }
         warn_lava_ignored(&cfg);
         let health_checks = health::load_health_checks(&cfg)?;
+        let secrets_key =
+            crate::secrets::LabKey::load_or_create(&cfg.state_dir.join("secrets.key"))
+                .map(std::sync::Arc::new)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "jobs with secrets will be refused");
+                    e.to_string()
+                });
         Ok(LabActor {
+            secrets_key,
             boot_slots: crate::boots::BootSlots::new(
                 cfg.limits.max_concurrent_boots,
                 cfg.limits.max_concurrent_boots_per_relay,

@@ -102,6 +102,19 @@ impl LabActor {
         let Ok(def) = stored_definition(retry, &self.cfg.limits.timeout_maxima()) else {
             return;
         };
+        let def = match with_secrets(def, retry, &self.secrets_key) {
+            Ok(d) => d,
+            Err(msg) => {
+                let fut = self.store.update_job(retry.id, move |r| {
+                    r.finish(JobOutcome::incomplete(ErrorClass::Configuration, msg));
+                    Ok(())
+                });
+                actix::spawn(async move {
+                    let _ = fut.await;
+                });
+                return;
+            }
+        };
         tracing::info!(
             job = old,
             retry = retry.id,
@@ -123,6 +136,25 @@ pub(super) fn stored_definition(
     Ok(def)
 }
 
+/// A stored job's definition with its `secrets` opened from their sealed
+/// copy (the stored text holds only their masks).
+pub(super) fn with_secrets(
+    mut def: JobDefinition,
+    j: &JobRecord,
+    key: &Result<std::sync::Arc<crate::secrets::LabKey>, String>,
+) -> Result<JobDefinition, String> {
+    let Some(sealed) = &j.sealed_secrets else {
+        return Ok(def);
+    };
+    let key = key
+        .as_ref()
+        .map_err(|e| format!("its secrets cannot be opened: {e}"))?;
+    def.secrets = key
+        .open(sealed)
+        .map_err(|e| format!("its secrets cannot be opened: {e}"))?;
+    Ok(def)
+}
+
 /// The next attempt of a job that ended with an Infrastructure error, if
 /// its `failure_retry` allows one more: the record to store.
 pub(super) fn next_attempt(j: &JobRecord, maxima: &job::TimeoutMaxima) -> Option<JobRecord> {
@@ -137,6 +169,7 @@ pub(super) fn next_attempt(j: &JobRecord, maxima: &job::TimeoutMaxima) -> Option
         return None;
     }
     let rec = JobRecord {
+        sealed_secrets: j.sealed_secrets.clone(),
         retry_of: Some(j.id),
         attempt: j.attempt + 1,
         submitter_uid: j.submitter_uid,

@@ -16,7 +16,7 @@
 //! - The lab schedules only once this is done (`ready`); if the store
 //!   cannot be read, the daemon stops.
 
-use super::queue::{next_attempt, stored_definition, Queued};
+use super::queue::{next_attempt, stored_definition, with_secrets, Queued};
 use super::LabActor;
 use crate::job;
 use crate::model::{BoardHealth, BoardRecord, ErrorClass, JobOutcome, JobRecord, JobState};
@@ -87,11 +87,13 @@ impl LabActor {
                 });
                 continue;
             }
-            match stored_definition(&j, &self.cfg.limits.timeout_maxima()) {
+            let def = stored_definition(&j, &self.cfg.limits.timeout_maxima())
+                .map_err(|e| format!("definition no longer valid: {e}"))
+                .and_then(|def| with_secrets(def, &j, &self.secrets_key));
+            match def {
                 Ok(def) => self.enqueue(Queued::of(&j, def), ctx),
-                Err(e) => {
-                    tracing::error!(job = j.id, error = %e, "stored job no longer parses");
-                    let msg = format!("definition no longer valid: {e}");
+                Err(msg) => {
+                    tracing::error!(job = j.id, error = %msg, "stored job cannot run");
                     let fut = self.store.update_job(j.id, move |r| {
                         r.finish(JobOutcome::incomplete(ErrorClass::Configuration, msg));
                         Ok(())

@@ -85,6 +85,7 @@ impl LabActor {
             ("artifact_cache", old.artifact_cache != cfg.artifact_cache),
             ("deploy", old.deploy != cfg.deploy),
             ("git", old.git != cfg.git),
+            ("nfs", old.nfs != cfg.nfs),
             ("auth", old.auth != cfg.auth),
             ("metrics_listen", old.metrics_listen != cfg.metrics_listen),
             ("slow", old.slow != cfg.slow),

@@ -91,6 +91,70 @@ pub(super) fn newc<'a>(
     Ok(out)
 }
 
+/// A newc archive written entry by entry into `out`, for trees too large
+/// to hold as [`Entry`]s first (a kernel's modules).
+pub(super) struct NewcWriter<W: Write> {
+    out: W,
+    ino: u32,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> NewcWriter<W> {
+    pub(super) fn new(out: W) -> Self {
+        NewcWriter {
+            out,
+            ino: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    fn entry(
+        &mut self,
+        path: &str,
+        mode: u32,
+        nlink: u32,
+        mtime: u64,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        self.ino = self.ino.wrapping_add(1);
+        let size = u32::try_from(data.len())
+            .map_err(|_| std::io::Error::other(format!("{path}: a file over 4 GiB")))?;
+        let mtime = u32::try_from(mtime).unwrap_or(u32::MAX);
+        self.buf.clear();
+        newc_header(&mut self.buf, self.ino, mode, nlink, mtime, size, path);
+        self.out.write_all(&self.buf)?;
+        self.out.write_all(data)?;
+        let pad = (4 - data.len() % 4) % 4;
+        self.out.write_all(&[0u8; 3][..pad])
+    }
+
+    pub(super) fn dir(&mut self, path: &str, mode: u32, mtime: u64) -> std::io::Result<()> {
+        self.entry(path, S_IFDIR | (mode & 0o7777), 2, mtime, &[])
+    }
+
+    pub(super) fn file(
+        &mut self,
+        path: &str,
+        mode: u32,
+        mtime: u64,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        self.entry(path, S_IFREG | (mode & 0o7777), 1, mtime, data)
+    }
+
+    pub(super) fn symlink(&mut self, path: &str, mtime: u64, target: &str) -> std::io::Result<()> {
+        self.entry(path, S_IFLNK | 0o777, 1, mtime, target.as_bytes())
+    }
+
+    /// Writes the trailer and gives the writer back.
+    pub(super) fn finish(mut self) -> std::io::Result<W> {
+        self.buf.clear();
+        newc_header(&mut self.buf, 0, 0, 1, 0, 0, "TRAILER!!!");
+        self.out.write_all(&self.buf)?;
+        Ok(self.out)
+    }
+}
+
 /// A ustar header block. `name` and `linkname` must fit (the caller puts
 /// longer ones in a pax record first).
 fn ustar_header(

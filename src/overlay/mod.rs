@@ -74,11 +74,16 @@
 //! parents before children and nothing outside `lava-<job>/`.
 
 mod archive;
+mod modules;
 mod ramdisk;
 mod scripts;
 mod testdef;
 
-pub use ramdisk::{append_to_ramdisk, AppendedRamdisk, RamdiskFormat};
+pub use modules::{modules_cpio_gz, ModulesArchive};
+pub use ramdisk::{
+    append_to_ramdisk, check_uimage_ramdisk, wrap_in_uimage, AppendedRamdisk, RamdiskFormat,
+};
+pub use scripts::secrets_file;
 pub use testdef::{parse_testdef, GitRepo, Install, Testdef};
 
 use crate::model::JobId;
@@ -120,6 +125,8 @@ pub enum OverlayError {
     },
     #[error("ramdisk: {0}")]
     Ramdisk(String),
+    #[error("modules: {0}")]
+    Modules(String),
     #[error("compressing the overlay: {0}")]
     Compress(#[source] std::io::Error),
 }
@@ -198,6 +205,8 @@ pub struct OverlayJob {
     /// The definitions of each test action, in job order: stage `i` is the
     /// `i`-th test action.
     pub stages: Vec<Vec<OverlayDefinition>>,
+    /// The job's `secrets`, written to `secrets` (mode 0600) as LAVA does.
+    pub secrets: Vec<(String, String)>,
 }
 
 impl OverlayJob {
@@ -208,6 +217,7 @@ impl OverlayJob {
             shell: "/bin/sh".to_owned(),
             environment: Vec::new(),
             stages,
+            secrets: Vec::new(),
         }
     }
 }
@@ -283,6 +293,10 @@ impl Overlay {
                 mtime,
                 text.into_bytes(),
             )?;
+        }
+        if !job.secrets.is_empty() {
+            let text = scripts::secrets_file(&job.secrets)?;
+            o.put_file(&format!("{root}/secrets"), 0o600, mtime, text.into_bytes())?;
         }
         let env = scripts::environment(job.job_id, &job.environment)?;
         o.put_file(

@@ -49,6 +49,7 @@ pub struct AppendedRamdisk {
 const UIMAGE_MAGIC: u32 = 0x2705_1956;
 const UIMAGE_HEADER: usize = 64;
 const IH_TYPE_RAMDISK: u8 = 3;
+const IH_OS_LINUX: u8 = 5;
 
 fn ramdisk_err(msg: impl Into<String>) -> OverlayError {
     OverlayError::Ramdisk(msg.into())
@@ -126,7 +127,16 @@ fn join(data: &[u8], overlay: &[u8]) -> Result<(Vec<u8>, RamdiskFormat), Overlay
     Ok((out, format))
 }
 
-fn append_in_uimage(image: &[u8], overlay: &[u8]) -> Result<AppendedRamdisk, OverlayError> {
+/// Checks a U-Boot legacy ramdisk image (magic, both CRCs, the ramdisk
+/// type) and returns its header and data. `Ok(None)` when `image` does not
+/// start with the legacy magic at all.
+/// A legacy image's header and its data.
+type Split<'a> = ([u8; UIMAGE_HEADER], &'a [u8]);
+
+fn split_uimage(image: &[u8]) -> Result<Option<Split<'_>>, OverlayError> {
+    if image.len() < 4 || be32(image, 0) != UIMAGE_MAGIC {
+        return Ok(None);
+    }
     if image.len() < UIMAGE_HEADER {
         return Err(ramdisk_err("a U-Boot image shorter than its header"));
     }
@@ -137,6 +147,7 @@ fn append_in_uimage(image: &[u8], overlay: &[u8]) -> Result<AppendedRamdisk, Ove
     if crc32(&header) != stored_hcrc {
         return Err(ramdisk_err("the U-Boot image's header CRC is wrong"));
     }
+    header[4..8].copy_from_slice(&stored_hcrc.to_be_bytes());
     if header[30] != IH_TYPE_RAMDISK {
         return Err(ramdisk_err(format!(
             "the U-Boot image is of type {}, not a ramdisk (3)",
@@ -150,6 +161,49 @@ fn append_in_uimage(image: &[u8], overlay: &[u8]) -> Result<AppendedRamdisk, Ove
     if crc32(data) != be32(&header, 24) {
         return Err(ramdisk_err("the U-Boot image's data CRC is wrong"));
     }
+    Ok(Some((header, data)))
+}
+
+/// Whether `image` is a sound U-Boot legacy ramdisk image: `Ok(true)` if
+/// it is, `Ok(false)` if it has no legacy header, an error naming what is
+/// wrong with a damaged one.
+pub fn check_uimage_ramdisk(image: &[u8]) -> Result<bool, OverlayError> {
+    Ok(split_uimage(image)?.is_some())
+}
+
+/// `data` in a U-Boot legacy ramdisk image, as `mkimage -A <arch> -O linux
+/// -T ramdisk -C none -n <name> -d data` makes it: U-Boot then finds the
+/// ramdisk's size in the header rather than on the boot command.
+pub fn wrap_in_uimage(data: &[u8], arch: u8, name: &str) -> Result<Vec<u8>, OverlayError> {
+    let size = u32::try_from(data.len())
+        .map_err(|_| ramdisk_err("a ramdisk over 4 GiB is too large for a U-Boot image"))?;
+    let mut h = [0u8; UIMAGE_HEADER];
+    h[0..4].copy_from_slice(&UIMAGE_MAGIC.to_be_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0);
+    h[8..12].copy_from_slice(&now.to_be_bytes());
+    h[12..16].copy_from_slice(&size.to_be_bytes());
+    h[24..28].copy_from_slice(&crc32(data).to_be_bytes());
+    h[28] = IH_OS_LINUX;
+    h[29] = arch;
+    h[30] = IH_TYPE_RAMDISK;
+    h[31] = 0; // IH_COMP_NONE: U-Boot hands the data on as it is.
+    let n = name.as_bytes();
+    let n = &n[..n.len().min(31)];
+    h[32..32 + n.len()].copy_from_slice(n);
+    let hcrc = crc32(&h);
+    h[4..8].copy_from_slice(&hcrc.to_be_bytes());
+    let mut out = Vec::with_capacity(UIMAGE_HEADER + data.len());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+fn append_in_uimage(image: &[u8], overlay: &[u8]) -> Result<AppendedRamdisk, OverlayError> {
+    let (mut header, data) =
+        split_uimage(image)?.ok_or_else(|| ramdisk_err("not a U-Boot legacy image"))?;
     let (joined, format) = join(data, overlay)?;
     let new_size = u32::try_from(joined.len()).map_err(|_| {
         ramdisk_err("the ramdisk would be over 4 GiB, too large for a U-Boot image")
@@ -231,6 +285,24 @@ mod tests {
         // Everything else is the user's header.
         assert_eq!(h[28..64], rd[28..64]);
         assert_eq!(h[8..12], rd[8..12]);
+    }
+
+    #[test]
+    fn a_wrapped_ramdisk_is_what_mkimage_makes_and_passes_the_checks() {
+        let w = wrap_in_uimage(GZ, 22, "initrd").unwrap();
+        assert!(check_uimage_ramdisk(&w).unwrap());
+        assert!(!check_uimage_ramdisk(GZ).unwrap());
+        // Everything but the time is mkimage's: the same bytes as the
+        // tests' own header, once the times agree.
+        let mut want = uimage(GZ);
+        want[8..12].copy_from_slice(&w[8..12]);
+        want[4..8].fill(0);
+        let hcrc = crc32(&want[..UIMAGE_HEADER]);
+        want[4..8].copy_from_slice(&hcrc.to_be_bytes());
+        assert_eq!(w, want);
+        let mut bad = w.clone();
+        bad[70] ^= 1;
+        assert!(check_uimage_ramdisk(&bad).is_err());
     }
 
     #[test]

@@ -234,6 +234,21 @@ impl Runner {
         if cases.is_empty() {
             return Ok(());
         }
+        let cases = match &self.mask {
+            Some(m) => cases
+                .into_iter()
+                .map(|c| TestCase {
+                    suite: m.mask_str(&c.suite),
+                    set: c.set.map(|s| m.mask_str(&s)),
+                    name: m.mask_str(&c.name),
+                    result: c.result,
+                    measurement: c.measurement.map(|s| m.mask_str(&s)),
+                    units: c.units.map(|s| m.mask_str(&s)),
+                    reference: c.reference.map(|s| m.mask_str(&s)),
+                })
+                .collect(),
+            None => cases,
+        };
         self.ctx
             .store
             .add_results(self.ctx.job_id, cases)

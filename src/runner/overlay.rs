@@ -71,11 +71,22 @@ impl Runner {
         let transfer = actions
             .iter()
             .any(|a| matches!(a, Action::Boot(b) if b.transfer_overlay.is_some()));
-        let ramdisk = self.deployed.get("ramdisk").cloned();
-        if ramdisk.is_none() && !transfer {
+        let ramdisk = self
+            .deployed
+            .get("ramdisk")
+            .cloned()
+            .filter(|_| self.ramdisk_options.install_overlay);
+        // An NFS root takes the overlay into its tree, as LAVA's does.
+        let nfsroot = self.nfs_root.is_some() && !transfer;
+        if ramdisk.is_none() && !transfer && !nfsroot {
+            let why = if self.deployed.contains_key("ramdisk") {
+                "its ramdisk says `install_overlay: false`"
+            } else {
+                "this job has none of them"
+            };
             return Err(Stop(JobOutcome::incomplete(
                 ErrorClass::Job,
-                "`from: git` test definitions reach the board in an overlay appended to the ramdisk, or with `transfer_overlay`; this job has neither",
+                format!("`from: git` test definitions reach the board in an overlay appended to the ramdisk, in its NFS root, or with `transfer_overlay`; {why}"),
             )));
         }
         let started = std::time::Instant::now();
@@ -123,9 +134,16 @@ impl Runner {
             stages.push(defs);
         }
         let rd = ramdisk
-            .filter(|_| !transfer)
+            .filter(|_| !transfer && !nfsroot)
             .map(|r| self.ctx.tftp.root.join(r));
-        let overlay_job = OverlayJob::new(job, stages);
+        let mut overlay_job = OverlayJob::new(job, stages);
+        overlay_job.secrets = self
+            .ctx
+            .def
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let built = tokio::task::spawn_blocking(move || {
             let overlay = crate::overlay::Overlay::build(&overlay_job)?;
             let Some(rd) = rd else {
@@ -177,6 +195,10 @@ impl Runner {
                     ""
                 }
             ),
+            None if nfsroot => {
+                self.overlay_into_nfsroot(packed).await?;
+                "unpacked into the NFS root".into()
+            }
             None => {
                 self.overlay_tar = Some(packed);
                 "kept as a tarball for transfer_overlay".into()

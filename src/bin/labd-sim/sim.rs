@@ -702,11 +702,30 @@ impl Session<'_> {
             return Flow::Stop;
         }
         if let Some(rd) = args.get(2) {
-            let rd = rd.split(':').next().unwrap_or("");
-            if rd != "-" && !self.mem.contains_key(rd) {
+            // As U-Boot: `addr:size` is a bare ramdisk; an address alone
+            // must hold a legacy image (`mkimage -T ramdisk`), whose
+            // header gives the size.
+            let (addr, sized) = match rd.split_once(':') {
+                Some((a, _)) => (a, true),
+                None => (rd.as_str(), false),
+            };
+            let legacy = self.mem.get(addr).and_then(|d| legacy_ramdisk(d));
+            let ok = addr == "-" || (self.mem.contains_key(addr) && (sized || legacy.is_some()));
+            if !ok {
                 self.line("Wrong Ramdisk Image Format").await;
                 self.line("Ramdisk image is corrupt or invalid").await;
                 return Flow::Stop;
+            }
+            if let (false, Some((name, size))) = (sized, legacy) {
+                self.line(&format!(
+                    "## Loading init Ramdisk from Legacy Image at {addr} ..."
+                ))
+                .await;
+                self.line(&format!("   Image Name:   {name}")).await;
+                self.line("   Image Type:   AArch64 Linux RAMDisk Image (uncompressed)")
+                    .await;
+                self.line(&format!("   Data Size:    {size} Bytes")).await;
+                self.line("   Verifying Checksum ... OK").await;
             }
         }
         self.line(&format!(
@@ -928,6 +947,27 @@ fn split_args(cmd: &str) -> Vec<String> {
         out.push(cur);
     }
     out
+}
+
+/// A U-Boot legacy ramdisk image's name and data size, if `data` is one:
+/// the magic, the ramdisk type (3) and a data part as long as the header
+/// says. (The CRCs are labd's to get right; U-Boot checks them, and so do
+/// labd's own tests of the header it writes.)
+fn legacy_ramdisk(data: &[u8]) -> Option<(String, u32)> {
+    let be32 = |at: usize| {
+        data.get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if be32(0)? != 0x2705_1956 || *data.get(30)? != 3 {
+        return None;
+    }
+    let size = be32(12)?;
+    if data.len() < 64 + size as usize {
+        return None;
+    }
+    let name = data.get(32..64)?;
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some((String::from_utf8_lossy(&name[..end]).into_owned(), size))
 }
 
 #[cfg(test)]

@@ -55,6 +55,23 @@ impl LabActor {
         if let Err(e) = self.check_runnable(&parsed.definition) {
             return ready(Err(e));
         }
+        // The text to store: with the secrets' values masked (checked
+        // against the job as parsed, before its timeouts are capped).
+        let masked = if parsed.definition.secrets.is_empty() {
+            None
+        } else {
+            match job::mask_secrets(&file, &definition, &parsed) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    let first = e.first().clone();
+                    return ready(Err(ApiError {
+                        code: e.code(),
+                        message: e.to_string(),
+                        location: Some(first.location),
+                    }));
+                }
+            }
+        };
         let mut def = parsed.definition;
         let mut warnings = parsed.warnings;
         for (path, message) in def.cap_timeouts(&self.cfg.limits.timeout_maxima()) {
@@ -69,10 +86,31 @@ impl LabActor {
                 message,
             });
         }
+        // The stored text never holds a secret's value: they are masked
+        // there and kept sealed beside it.
+        let (definition, sealed_secrets) = match masked {
+            None => (definition, None),
+            Some(masked) => {
+                let key = match &self.secrets_key {
+                    Ok(k) => k,
+                    Err(e) => {
+                        return ready(Err(ApiError::new(
+                            ErrorCode::Unsupported,
+                            format!("this lab cannot keep a job's secrets: {e}"),
+                        )))
+                    }
+                };
+                match key.seal(&def.secrets) {
+                    Ok(sealed) => (masked, Some(sealed)),
+                    Err(e) => return ready(Err(ApiError::new(ErrorCode::Internal, e.to_string()))),
+                }
+            }
+        };
         let rec = JobRecord {
             submitter_uid: Some(caller.uid),
             submitter_gid: Some(caller.gid),
             submitter_groups: Some(caller.groups.clone()),
+            sealed_secrets,
             ..JobRecord::submitted(
                 def.job_name.clone(),
                 def.device_type.clone(),
@@ -250,12 +288,27 @@ impl LabActor {
     ) -> Result<(), ApiError> {
         let mut ramdisk_deployed = false;
         let mut transferred = false;
+        // The last deploy's kernel and whether it said its type: a u-boot
+        // boot's `{BOOTX}` and load addresses come from that type.
+        let mut untyped_kernel = false;
         for a in &def.actions {
+            if let job::Action::Deploy(d) = a {
+                untyped_kernel = d.kernel.is_some() && d.kernel_type.is_none();
+            }
             // A git definition's files reach the board in the overlay:
             // appended to a ramdisk, or fetched by the booted board
             // (`transfer_overlay`). A job with neither cannot run it.
             if let job::Action::Deploy(d) = a {
-                ramdisk_deployed |= d.ramdisk.is_some();
+                ramdisk_deployed |= (d.ramdisk.is_some() && d.ramdisk_options.install_overlay)
+                    || d.nfsrootfs.is_some();
+            }
+            if let Some(why) = needs_nfs(a) {
+                if self.cfg.nfs.server.is_none() {
+                    return Err(ApiError::new(
+                        ErrorCode::Unsupported,
+                        format!("{why} needs the lab's NFS server, which this lab does not run ([nfs] server)"),
+                    ));
+                }
             }
             if let job::Action::Boot(b) = a {
                 if b.transfer_overlay.is_some() {
@@ -300,34 +353,46 @@ impl LabActor {
                     }
                     _ => {}
                 }
-                let (cmds, what) = match &b.commands {
+                let (commands, what) = match &b.commands {
                     BootCommands::Named(n) => {
-                        let Some(cmds) = dt.bootloader.as_ref().and_then(|bl| bl.commands.get(n))
-                        else {
-                            return Err(ApiError::new(
-                                ErrorCode::InvalidJob,
-                                format!(
-                                    "device type `{}` has no boot commands named `{n}`",
-                                    dt.name
-                                ),
-                            ));
-                        };
-                        (
-                            cmds,
-                            format!("device type `{}`'s boot commands `{n}`", dt.name),
-                        )
+                        match dt.bootloader.as_ref().and_then(|bl| bl.commands.get(n)) {
+                            Some(c) => (
+                                c.as_slice(),
+                                format!("device type `{}`'s boot commands `{n}`", dt.name),
+                            ),
+                            None => {
+                                return Err(ApiError::new(
+                                    ErrorCode::InvalidJob,
+                                    format!(
+                                        "device type `{}` has no boot commands named `{n}`",
+                                        dt.name
+                                    ),
+                                ))
+                            }
+                        }
                     }
-                    BootCommands::Inline(c) => (c, "the job's boot commands".to_owned()),
+                    BootCommands::Inline(c) => (c.as_slice(), "the job's boot commands".to_owned()),
                 };
+                if untyped_kernel && b.method == job::BootMethod::UBoot {
+                    let by_type = ["{BOOTX}", "{KERNEL_ADDR}", "{RAMDISK_ADDR}", "{DTB_ADDR}"];
+                    if let Some(p) = by_type
+                        .iter()
+                        .find(|p| commands.iter().any(|c| c.contains(**p)))
+                    {
+                        return reject(format!(
+                            "the boot commands use {p}, which comes from the deploy's `kernel: type` (image, zimage or uimage); the job gives none"
+                        ));
+                    }
+                }
                 // LAVA's templates keep command sets for deploys labd does
-                // not have (`nfs`'s {NFSROOTFS}, `usb`'s {ROOT_PART}).
-                if let Some((i, ph)) = crate::device_type::unfillable(cmds) {
+                // not have (`usb`'s {ROOT_PART}, `nbd`'s {NBDSERVERIP}).
+                if let Some((i, ph)) = crate::device_type::unfillable(commands) {
                     return Err(ApiError::new(
                         ErrorCode::Unsupported,
                         format!(
                             "{what} use {ph} (command {}: `{}`), which labd cannot fill",
                             i + 1,
-                            cmds[i]
+                            commands[i]
                         ),
                     ));
                 }
@@ -369,4 +434,15 @@ fn check_local_files(
         }
     }
     Ok(())
+}
+
+/// What in an action needs the lab's NFS server, if anything.
+fn needs_nfs(a: &job::Action) -> Option<&'static str> {
+    match a {
+        job::Action::Deploy(d) if d.nfsrootfs.is_some() => Some("`nfsrootfs`"),
+        job::Action::Boot(b) if b.commands == job::BootCommands::Named("nfs".into()) => {
+            Some("`commands: nfs`")
+        }
+        _ => None,
+    }
 }
