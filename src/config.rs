@@ -65,7 +65,12 @@ pub struct LabConfig {
     /// Where UUCP lock files for serial ports live.
     #[serde(default = "default_lock_dir")]
     pub lock_dir: PathBuf,
-    #[serde(default)]
+    /// The boards as written (`[[boards]]`); [`LabConfig::parse`] resolves
+    /// them into `boards`, reading each one's LAVA device configuration.
+    #[serde(default, rename = "boards")]
+    board_entries: Vec<BoardEntry>,
+    /// The boards, resolved: device type, console and power known.
+    #[serde(skip)]
     pub boards: Vec<BoardConfig>,
 }
 
@@ -687,6 +692,7 @@ fn default_ring() -> usize {
     64 * 1024
 }
 
+/// A board as the lab runs it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BoardConfig {
@@ -699,6 +705,71 @@ pub struct BoardConfig {
     /// The device dictionary: dotted device-type keys this board overrides.
     #[serde(default)]
     pub parameters: BTreeMap<String, toml::Value>,
+    /// The board's LAVA device configuration, when it has one: its device
+    /// type is the board's own, not one of `device_types_dir`.
+    #[serde(skip)]
+    pub lava: Option<Box<crate::lava_device::LavaDevice>>,
+}
+
+/// A `[[boards]]` table as written. With a LAVA device configuration
+/// (`lava_device` and `lava_templates`, or `lava_device_yaml`) the device
+/// type, console and power may come from it instead.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct BoardEntry {
+    name: String,
+    #[serde(default)]
+    device_type: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    console: Option<ConsoleConfig>,
+    #[serde(default)]
+    power: Option<PowerConfig>,
+    #[serde(default)]
+    parameters: BTreeMap<String, toml::Value>,
+    /// A LAVA device dictionary (`bbb-01.jinja2`), rendered with the
+    /// templates of `lava_templates`.
+    #[serde(default)]
+    lava_device: Option<PathBuf>,
+    /// LAVA's device-type templates (a lava-server's
+    /// `/etc/lava-server/dispatcher-config/device-types`).
+    #[serde(default)]
+    lava_templates: Option<PathBuf>,
+    /// A device configuration lava-server already rendered.
+    #[serde(default)]
+    lava_device_yaml: Option<PathBuf>,
+}
+
+/// One command as argv, or several run in order (LAVA's lists of power
+/// commands): `["relay", "2", "on"]` or `[["hub", "on"], ["relay", "2", "on"]]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Commands {
+    One(Vec<String>),
+    Several(Vec<Vec<String>>),
+}
+
+impl Commands {
+    /// The commands, each as argv.
+    pub fn list(&self) -> Vec<Vec<String>> {
+        match self {
+            Commands::One(argv) => vec![argv.clone()],
+            Commands::Several(l) => l.clone(),
+        }
+    }
+
+    /// No command, or one with an empty argv.
+    pub fn is_empty(&self) -> bool {
+        let l = self.list();
+        l.is_empty() || l.iter().any(|a| a.is_empty())
+    }
+}
+
+impl From<Vec<String>> for Commands {
+    fn from(argv: Vec<String>) -> Self {
+        Commands::One(argv)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -803,12 +874,13 @@ pub enum PowerConfig {
         #[serde(default)]
         board: Option<String>,
     },
-    /// LAVA's power commands, run as argv without a shell.
+    /// LAVA's power commands, run as argv without a shell; each may be a
+    /// list of commands run in order.
     Command {
-        on: Vec<String>,
-        off: Vec<String>,
+        on: Commands,
+        off: Commands,
         #[serde(default)]
-        reset: Option<Vec<String>>,
+        reset: Option<Commands>,
         #[serde(default = "default_power_timeout")]
         timeout_secs: u64,
         #[serde(default = "default_power_retries")]
@@ -861,10 +933,186 @@ fn default_power_retries() -> u32 {
     3
 }
 
+impl BoardEntry {
+    /// The board as the lab runs it: its LAVA device configuration read,
+    /// the device type, console and power taken from it where the table
+    /// gives none.
+    fn resolve(&self, i: usize, file: &str, base: &Path) -> Result<BoardConfig, ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            location: Location {
+                file: Some(file.to_owned()),
+                path: Some(format!("boards[{i}].{key}")),
+                line: None,
+                column: None,
+            },
+            message,
+        };
+        let rel = |p: &PathBuf| {
+            if p.is_relative() {
+                base.join(p)
+            } else {
+                p.clone()
+            }
+        };
+        // The dictionary's own errors name its file, line and key path;
+        // the board's name says where in the config it was asked for.
+        let from_board = |key: &'static str| {
+            let name = self.name.clone();
+            move |e: ConfigError| match e {
+                ConfigError::Invalid { location, message } => ConfigError::Invalid {
+                    location,
+                    message: format!("board {name} (boards[{i}].{key}): {message}"),
+                },
+                other => other,
+            }
+        };
+        let lava = match (&self.lava_device, &self.lava_templates, &self.lava_device_yaml) {
+            (Some(_), _, Some(_)) => {
+                return Err(bad(
+                    "lava_device_yaml",
+                    "give `lava_device` (a dictionary) or `lava_device_yaml` (rendered), not both"
+                        .into(),
+                ))
+            }
+            (Some(d), Some(t), None) => Some(
+                crate::lava_device::load_dictionary(&rel(d), &rel(t))
+                    .map_err(from_board("lava_device"))?,
+            ),
+            (Some(_), None, None) => {
+                return Err(bad(
+                    "lava_templates",
+                    "`lava_device` needs `lava_templates`, the directory of LAVA's device-type templates".into(),
+                ))
+            }
+            (None, Some(_), _) => {
+                return Err(bad(
+                    "lava_templates",
+                    "only used with `lava_device`".into(),
+                ))
+            }
+            (None, None, Some(y)) => Some(
+                crate::lava_device::load_rendered(&rel(y), self.device_type.as_deref())
+                    .map_err(from_board("lava_device_yaml"))?,
+            ),
+            (None, None, None) => None,
+        };
+        let Some(mut lava) = lava else {
+            let missing = |key: &str| bad(key, format!("missing required key `{key}`"));
+            return Ok(BoardConfig {
+                name: self.name.clone(),
+                device_type: self
+                    .device_type
+                    .clone()
+                    .ok_or_else(|| missing("device_type"))?,
+                tags: self.tags.clone(),
+                console: self.console.clone().ok_or_else(|| missing("console"))?,
+                power: self.power.clone().ok_or_else(|| missing("power"))?,
+                parameters: self.parameters.clone(),
+                lava: None,
+            });
+        };
+        if let Some(d) = self
+            .device_type
+            .as_ref()
+            .filter(|d| **d != lava.device_type)
+        {
+            return Err(bad(
+                "device_type",
+                format!(
+                    "`{d}`, but the LAVA device configuration {} is a `{}`",
+                    lava.source, lava.device_type
+                ),
+            ));
+        }
+        // The table's console and power win over the dictionary's commands
+        // (a sim board, a pdudaemon relay), which are then read past.
+        let console = match (&self.console, &lava.connect) {
+            (Some(c), connect) => {
+                if connect.is_some() {
+                    lava.ignored.push("commands.connect (the board's `console` is used)".into());
+                }
+                c.clone()
+            }
+            (None, Some(argv)) => ConsoleConfig::Command {
+                command: argv.clone(),
+                ready: None,
+                ready_timeout_secs: default_console_ready_timeout(),
+            },
+            (None, None) => {
+                return Err(bad(
+                    "console",
+                    format!(
+                        "no console: {} has no `connection_command` (commands.connect) and the board no `console`",
+                        lava.source
+                    ),
+                ))
+            }
+        };
+        let has_power =
+            !(lava.power_on.is_empty() && lava.power_off.is_empty() && lava.hard_reset.is_empty());
+        let power = match &self.power {
+            Some(p) => {
+                if has_power {
+                    lava.ignored.push(
+                        "commands.power_on/power_off/hard_reset (the board's `power` is used)"
+                            .into(),
+                    );
+                }
+                p.clone()
+            }
+            None => {
+                // LAVA switches a board with only a hard reset command by
+                // that command; labd powers every board off after its job.
+                if lava.power_off.is_empty() {
+                    return Err(bad(
+                        "power",
+                        format!(
+                            "no power off: {} has no `power_off_command` (commands.power_off) and the board no `power`; labd powers a board off after every job",
+                            lava.source
+                        ),
+                    ));
+                }
+                let on = if lava.power_on.is_empty() {
+                    lava.hard_reset.clone()
+                } else {
+                    lava.power_on.clone()
+                };
+                if on.is_empty() {
+                    return Err(bad(
+                        "power",
+                        format!(
+                            "no power on: {} has neither `power_on_command` nor `hard_reset_command`, and the board no `power`",
+                            lava.source
+                        ),
+                    ));
+                }
+                PowerConfig::Command {
+                    on: Commands::Several(on),
+                    off: Commands::Several(lava.power_off.clone()),
+                    reset: (!lava.hard_reset.is_empty())
+                        .then(|| Commands::Several(lava.hard_reset.clone())),
+                    timeout_secs: default_power_timeout(),
+                    retries: default_power_retries(),
+                }
+            }
+        };
+        Ok(BoardConfig {
+            name: self.name.clone(),
+            device_type: lava.device_type.clone(),
+            tags: self.tags.clone(),
+            console,
+            power,
+            parameters: self.parameters.clone(),
+            lava: Some(Box::new(lava)),
+        })
+    }
+}
+
 impl LabConfig {
-    /// Parses a config; `file` names it in errors.
+    /// Parses a config; `file` names it in errors, and relative paths of
+    /// LAVA device configurations are relative to its directory.
     pub fn parse(file: &str, text: &str) -> Result<LabConfig, ConfigError> {
-        let cfg: LabConfig = toml::from_str(text).map_err(|e| {
+        let mut cfg: LabConfig = toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()
                 .map(|s| line_col(text, s.start))
@@ -879,8 +1127,28 @@ impl LabConfig {
                 message: e.message().to_owned(),
             }
         })?;
+        let base = Path::new(file).parent().unwrap_or(Path::new("."));
+        cfg.boards = cfg
+            .board_entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| e.resolve(i, file, base))
+            .collect::<Result<_, _>>()?;
         cfg.validate(file)?;
         Ok(cfg)
+    }
+
+    /// Every key of the boards' LAVA device configurations that labd reads
+    /// past, one line per board, for the one warning at start and reload.
+    pub fn lava_ignored(&self) -> Vec<String> {
+        self.boards
+            .iter()
+            .filter_map(|b| {
+                let l = b.lava.as_ref()?;
+                (!l.ignored.is_empty())
+                    .then(|| format!("board {} ({}): {}", b.name, l.source, l.ignored.join(", ")))
+            })
+            .collect()
     }
 
     pub fn load(path: &Path) -> Result<LabConfig, ConfigError> {
@@ -1027,11 +1295,11 @@ impl LabConfig {
                     }
                 }
             }
-            if let PowerConfig::Command { on, off, .. } = &b.power {
-                if on.is_empty() || off.is_empty() {
+            if let PowerConfig::Command { on, off, reset, .. } = &b.power {
+                if on.is_empty() || off.is_empty() || reset.as_ref().is_some_and(|r| r.is_empty()) {
                     return Err(bad(
                         format!("boards[{i}].power"),
-                        "`on` and `off` must each be a non-empty argv list".into(),
+                        "`on`, `off` and `reset` must each be a non-empty argv list (or a list of them)".into(),
                     ));
                 }
             }
@@ -1128,6 +1396,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
             console: ConsoleConfig::Sim { board: None },
             power: PowerConfig::Sim { board: None },
             parameters: BTreeMap::new(),
+            lava: None,
         })
         .collect();
     LabConfig {
@@ -1162,6 +1431,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
         statsd: None,
         lock_dir: default_lock_dir(),
         sim_control: Some(sim_control.to_path_buf()),
+        board_entries: Vec::new(),
         boards,
     }
 }
@@ -1313,6 +1583,47 @@ mod tests {
             };
             assert_eq!(location.path.as_deref(), path, "{err}");
         }
+    }
+
+    /// Without a LAVA device configuration a board names its device type,
+    /// console and power; with one, its LAVA keys go together.
+    #[test]
+    fn a_board_s_keys_and_its_lava_keys_are_checked() {
+        let board = |keys: &str| {
+            LabConfig::parse(
+                "/etc/labd/x.toml",
+                &format!("state_dir = \"/s\"\nsim_control = \"/s/sim\"\n[[boards]]\nname = \"b\"\n{keys}"),
+            )
+        };
+        let sim = "console = { type = \"sim\" }\npower = { type = \"sim\" }\n";
+        let err = |keys: &str| board(keys).unwrap_err().to_string();
+        assert!(err(sim).contains("(boards[0].device_type)"));
+        assert!(err(
+            "device_type = \"t\"\npower = { type = \"command\", on = [\"r\"], off = [\"r\"] }\n"
+        )
+        .contains("(boards[0].console)"));
+        assert!(err("lava_device = \"d.jinja2\"\n").contains("(boards[0].lava_templates)"));
+        assert!(err("lava_templates = \"t\"\n").contains("(boards[0].lava_templates)"));
+        assert!(
+            err("lava_device = \"d\"\nlava_templates = \"t\"\nlava_device_yaml = \"y\"\n")
+                .contains("(boards[0].lava_device_yaml)")
+        );
+        // Relative to the config file's directory.
+        let e = err("lava_device_yaml = \"no-such.yaml\"\n");
+        assert!(e.contains("/etc/labd/no-such.yaml"), "{e}");
+
+        // Power commands: one argv, or a list of them run in order.
+        let cfg = board(
+            "device_type = \"t\"\nconsole = { type = \"sim\" }\npower = { type = \"command\", on = [[\"hub\", \"on\"], [\"relay\", \"on\"]], off = [\"relay\", \"off\"] }\n"
+        )
+        .unwrap();
+        let PowerConfig::Command { on, off, .. } = &cfg.boards[0].power else {
+            panic!("{:?}", cfg.boards[0].power);
+        };
+        assert_eq!(on.list().len(), 2);
+        assert_eq!(off.list(), [["relay", "off"]]);
+        assert!(err("device_type = \"t\"\nconsole = { type = \"sim\" }\npower = { type = \"command\", on = [[\"hub\"], []], off = [\"r\"] }\n")
+            .contains("(boards[0].power)"));
     }
 
     #[test]

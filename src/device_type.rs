@@ -30,6 +30,58 @@ pub const PLACEHOLDERS: &[&str] = &[
     "{NFSROOTFS}",
 ];
 
+/// Placeholders of artifacts labd never deploys (a job asking for a `tee`,
+/// `dtbo` or `preseed` is refused at submit): a boot command naming one is
+/// left out, as lava-dispatcher leaves out a command whose artifact the job
+/// did not deploy. LAVA's templates name them in their usual command sets.
+pub const DROPPED: &[&str] = &[
+    "{TEE}",
+    "{TEE_ADDR}",
+    "{DTBO}",
+    "{DTBO_ADDR}",
+    "{DTB_BASE_ADDR}",
+    "{DTB_BASE_RESIZE}",
+    "{APPLY_DTBO_COMMANDS}",
+    "{PRESEED_CONFIG}",
+    "{PRESEED_LOCAL}",
+];
+
+/// The first placeholder of a command set that labd can neither fill nor
+/// leave out (LAVA's `{ROOT}`, `{NBDSERVERIP}`, ...), with its command's
+/// index. A device type may keep such a set (LAVA's templates have them);
+/// a job that boots with it is refused.
+pub fn unfillable(commands: &[String]) -> Option<(usize, String)> {
+    commands.iter().enumerate().find_map(|(i, c)| {
+        if DROPPED.iter().any(|d| c.contains(d)) {
+            return None;
+        }
+        placeholders_in(c)
+            .into_iter()
+            .find(|p| !PLACEHOLDERS.contains(&p.as_str()))
+            .map(|p| (i, p))
+    })
+}
+
+/// The byte pexpect's `sendcontrol` sends for a LAVA `interrupt_ctrl_list`
+/// entry: `c` is Ctrl-C (0x03), `[` escape, `?` delete.
+pub fn control_byte(c: &str) -> Option<u8> {
+    let mut chars = c.chars();
+    let (Some(ch), None) = (chars.next(), chars.next()) else {
+        return None;
+    };
+    match ch.to_ascii_lowercase() {
+        c @ 'a'..='z' => Some(c as u8 - b'a' + 1),
+        '@' | '`' => Some(0),
+        '[' => Some(27),
+        '\\' => Some(28),
+        ']' => Some(29),
+        '^' => Some(30),
+        '_' => Some(31),
+        '?' => Some(127),
+        _ => None,
+    }
+}
+
 /// Load addresses for one kernel image type (LAVA's `parameters: bootz: kernel: ...`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +100,13 @@ pub struct Bootloader {
     pub interrupt_prompt: String,
     /// What labd sends to stop the countdown.
     pub interrupt_char: String,
+    /// Control characters sent instead of `interrupt_char` (LAVA's
+    /// `interrupt_ctrl_list`: `[c]` is Ctrl-C), for vendor U-Boots.
+    #[serde(default)]
+    pub interrupt_ctrl_list: Vec<String>,
+    /// Whether a newline follows `interrupt_char` (LAVA's `interrupt-newline`).
+    #[serde(default = "default_true")]
+    pub interrupt_newline: bool,
     #[serde(default = "default_true")]
     pub needs_interrupt: bool,
     /// Messages that mean a bootloader command failed (LAVA's error strings).
@@ -243,10 +302,45 @@ impl DeviceType {
             invalid(file, path, mark, e.into_inner().to_string())
         })?;
         dt.validate(file)?;
+        dt.check_placeholders(file, "")?;
         Ok(dt)
     }
 
-    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+    /// Refuses a placeholder labd does not know in the command set `only`
+    /// (every set for ""): a typo in labd's own
+    /// device types. LAVA's device configurations keep theirs, refused only
+    /// for a job that boots with them ([`unfillable`]).
+    fn check_placeholders(&self, file: &str, only: &str) -> Result<(), ConfigError> {
+        let Some(bl) = &self.bootloader else {
+            return Ok(());
+        };
+        for (set, cmds) in &bl.commands {
+            if !only.is_empty() && set != only {
+                continue;
+            }
+            for (i, cmd) in cmds.iter().enumerate() {
+                for ph in placeholders_in(cmd) {
+                    if !PLACEHOLDERS.contains(&ph.as_str()) {
+                        return Err(invalid(
+                            file,
+                            Some(format!("bootloader.commands.{set}[{i}]")),
+                            None,
+                            format!(
+                                "unknown placeholder {ph}; known: {}",
+                                PLACEHOLDERS.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what parsing cannot: regexes compile, a bootloader can be
+    /// interrupted and has a `ramdisk` command set, every boot command has
+    /// load addresses.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let bad = |path: &str, msg: String| invalid(file, Some(path.to_owned()), None, msg);
         if self.name.is_empty() {
             return Err(bad("name", "must not be empty".into()));
@@ -289,32 +383,34 @@ impl DeviceType {
                     "a header names its architecture: set `bootloader.mkimage_arch` too".into(),
                 ));
             }
-            if bl.needs_interrupt && bl.interrupt_char.is_empty() {
+            // An empty interrupt_char with a newline sends the newline
+            // alone, as LAVA does (its templates' default).
+            if bl.needs_interrupt
+                && bl.interrupt_char.is_empty()
+                && !bl.interrupt_newline
+                && bl.interrupt_ctrl_list.is_empty()
+            {
                 return Err(bad(
                     "bootloader.interrupt_char",
-                    "must not be empty when needs_interrupt is true".into(),
+                    "must not be empty when needs_interrupt is true and interrupt_newline false"
+                        .into(),
                 ));
+            }
+            for (i, c) in bl.interrupt_ctrl_list.iter().enumerate() {
+                if control_byte(c).is_none() {
+                    return Err(bad(
+                        &format!("bootloader.interrupt_ctrl_list[{i}]"),
+                        format!(
+                            "`{c}` is not a control character's letter (such as `c` for Ctrl-C)"
+                        ),
+                    ));
+                }
             }
             if !bl.commands.contains_key("ramdisk") {
                 return Err(bad(
                     "bootloader.commands",
                     "must define the `ramdisk` command set".into(),
                 ));
-            }
-            for (set, cmds) in &bl.commands {
-                for (i, cmd) in cmds.iter().enumerate() {
-                    for ph in placeholders_in(cmd) {
-                        if !PLACEHOLDERS.contains(&ph.as_str()) {
-                            return Err(bad(
-                                &format!("bootloader.commands.{set}[{i}]"),
-                                format!(
-                                    "unknown placeholder {ph}; known: {}",
-                                    PLACEHOLDERS.join(", ")
-                                ),
-                            ));
-                        }
-                    }
-                }
             }
             for kt in bl.bootx.keys() {
                 if !bl.load_addresses.contains_key(kt) {
@@ -385,6 +481,13 @@ impl DeviceType {
             )
         })?;
         dt.validate(board)?;
+        // Only the command sets the board itself sets: a LAVA device
+        // type keeps sets with placeholders labd cannot fill.
+        for key in overrides.keys() {
+            if let Some(set) = key.strip_prefix("bootloader.commands") {
+                dt.check_placeholders(board, set.trim_start_matches('.'))?;
+            }
+        }
         Ok(dt)
     }
 }
@@ -420,18 +523,21 @@ fn load_error_location(e: &marked_yaml::LoadError) -> Option<(usize, usize)> {
     Some((m.line(), m.column()))
 }
 
-/// Every `{NAME}` placeholder in a command, in order.
+/// Every `{NAME}` placeholder in a command, in order; a U-Boot variable
+/// (`${NAME}`) is not one.
 pub fn placeholders_in(cmd: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = cmd;
     while let Some(start) = rest.find('{') {
+        let variable = rest[..start].ends_with('$');
         let after = &rest[start..];
         match after.find('}') {
             Some(end) => {
                 let ph = &after[..=end];
-                if ph[1..ph.len() - 1]
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c == '_')
+                if !variable
+                    && ph[1..ph.len() - 1]
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c == '_')
                     && ph.len() > 2
                 {
                     out.push(ph.to_owned());

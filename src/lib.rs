@@ -20,6 +20,7 @@ pub mod git;
 pub mod git_url;
 pub mod job;
 pub mod lab;
+pub mod lava_device;
 pub mod local_file;
 pub mod matcher;
 pub mod metrics;

@@ -893,12 +893,26 @@ impl Runner {
                 })?
             }
         };
+        // Refused at submit too; a device type changed by a reload since
+        // may still hold one.
+        if let Some((i, ph)) = crate::device_type::unfillable(&raw) {
+            return Err(Stop(JobOutcome::incomplete(
+                ErrorClass::Job,
+                format!(
+                    "boot command {} (`{}`) uses {ph}, which labd cannot fill",
+                    i + 1,
+                    raw[i]
+                ),
+            )));
+        }
         let mut out = Vec::new();
         for c in raw {
-            // As LAVA does, a command about an artifact the job did not deploy is left out.
+            // As LAVA does, a command about an artifact the job did not
+            // deploy is left out; labd never deploys those of `DROPPED`.
             if (c.contains("{RAMDISK}") && !self.deployed.contains_key("ramdisk"))
                 || (c.contains("{DTB}") && !self.deployed.contains_key("dtb"))
                 || (c.contains("{KERNEL}") && !self.deployed.contains_key("kernel"))
+                || crate::device_type::DROPPED.iter().any(|d| c.contains(d))
             {
                 continue;
             }
@@ -1015,8 +1029,21 @@ impl Runner {
             }
             r.expect(std::slice::from_ref(&bl.interrupt_prompt), &errors)
                 .await?;
-            r.send(&bl.interrupt_char).await;
-            r.send("\n").await;
+            // As lava-dispatcher interrupts: the control characters if the
+            // device has any, else the character and (by default) a newline.
+            if bl.interrupt_ctrl_list.is_empty() {
+                r.send(&bl.interrupt_char).await;
+                if bl.interrupt_newline {
+                    r.send("\n").await;
+                }
+            } else {
+                for c in &bl.interrupt_ctrl_list {
+                    // Invariant: the device type's validation checked each entry.
+                    if let Some(b) = crate::device_type::control_byte(c) {
+                        r.send(&char::from(b).to_string()).await;
+                    }
+                }
+            }
             // A kernel starting instead of the prompt is U-Boot booting by
             // itself: the key came too late for its countdown. Waiting on
             // would only end in this action's timeout, long after.

@@ -113,15 +113,9 @@ impl LabActor {
     ) -> Result<Self, ApiError> {
         // Resolve every board's device type now, so a bad config fails at start.
         for b in &cfg.boards {
-            let dt = device_types.get(&b.device_type).ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NoSuchDeviceType,
-                    format!("board {}: unknown device type `{}`", b.name, b.device_type),
-                )
-            })?;
-            dt.with_overrides(&b.name, &b.parameters)
-                .map_err(|e| ApiError::new(ErrorCode::InvalidState, e.to_string()))?;
+            board_device_type(b, &device_types)?;
         }
+        warn_lava_ignored(&cfg);
         let health_checks = health::load_health_checks(&cfg)?;
         let secrets_key =
             crate::secrets::LabKey::load_or_create(&cfg.state_dir.join("secrets.key"))
@@ -166,17 +160,45 @@ impl LabActor {
     }
 }
 
+/// A board's device type with its overrides applied: its LAVA device
+/// configuration's when it has one, else the lab's of its name.
+pub(crate) fn board_device_type(
+    b: &crate::config::BoardConfig,
+    device_types: &BTreeMap<String, DeviceType>,
+) -> Result<DeviceType, ApiError> {
+    let base = match &b.lava {
+        Some(l) => &l.dt,
+        None => device_types.get(&b.device_type).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NoSuchDeviceType,
+                format!("board {}: unknown device type `{}`", b.name, b.device_type),
+            )
+        })?,
+    };
+    base.with_overrides(&b.name, &b.parameters)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidState, e.to_string()))
+}
+
+/// The one warning about what the boards' LAVA device configurations say
+/// that labd reads past.
+pub(crate) fn warn_lava_ignored(cfg: &LabConfig) {
+    let ignored = cfg.lava_ignored();
+    if !ignored.is_empty() {
+        tracing::warn!(
+            ignored = %ignored.join("; "),
+            "LAVA device configuration: keys labd ignores (they only matter to features labd does not have)"
+        );
+    }
+}
+
 impl Actor for LabActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let cfgs = self.cfg.boards.clone();
         for b in &cfgs {
-            let Some(base) = self.device_types.get(&b.device_type) else {
-                continue;
-            };
-            // Invariant: LabActor::new checked every board's overrides.
-            let Ok(dt) = base.with_overrides(&b.name, &b.parameters) else {
+            // Invariant: LabActor::new resolved every board's device type.
+            let Ok(dt) = board_device_type(b, &self.device_types) else {
                 continue;
             };
             let slot = self.new_slot(b, dt, ctx);

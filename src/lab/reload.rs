@@ -105,20 +105,15 @@ impl LabActor {
         }
         let mut wanted = BTreeMap::new();
         for b in &cfg.boards {
-            let base = device_types.get(&b.device_type).ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NoSuchDeviceType,
-                    format!(
-                        "reload: board {}: unknown device type `{}`",
-                        b.name, b.device_type
-                    ),
-                )
+            // A board's LAVA device configuration was rendered again with
+            // the config: a changed dictionary or template restarts it.
+            let dt = super::board_device_type(b, &device_types).map_err(|e| ApiError {
+                message: format!("reload: {}", e.message),
+                ..e
             })?;
-            let dt = base
-                .with_overrides(&b.name, &b.parameters)
-                .map_err(|e| ApiError::new(ErrorCode::InvalidState, format!("reload: {e}")))?;
             wanted.insert(b.name.clone(), (b.clone(), dt));
         }
+        super::warn_lava_ignored(&cfg);
         let mut report = Vec::new();
         let names: Vec<String> = self.boards.keys().cloned().collect();
         for name in names {

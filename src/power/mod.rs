@@ -130,9 +130,11 @@ impl Power for SimPower {
 }
 
 pub struct CommandPower {
-    pub on: Vec<String>,
-    pub off: Vec<String>,
-    pub reset: Option<Vec<String>>,
+    /// Each action's commands, each as argv, run in order (LAVA allows a
+    /// list: a USB hub, then the relay).
+    pub on: Vec<Vec<String>>,
+    pub off: Vec<Vec<String>>,
+    pub reset: Option<Vec<Vec<String>>>,
     pub timeout: Duration,
     pub retries: u32,
 }
@@ -167,25 +169,36 @@ impl CommandPower {
             }),
         }
     }
+
+    /// Runs an action's commands in order; the first failure ends it.
+    async fn run_all(&self, action: PowerAction, cmds: &[Vec<String>]) -> Result<(), PowerError> {
+        if cmds.is_empty() {
+            return Err(PowerError::Unsupported(action.as_str()));
+        }
+        for argv in cmds {
+            self.run_once(action, argv).await?;
+        }
+        Ok(())
+    }
 }
 
 impl Power for CommandPower {
     fn switch(&self, action: PowerAction) -> BoxFuture<'_, Result<(), PowerError>> {
         Box::pin(async move {
-            let argv = match action {
+            let cmds = match action {
                 PowerAction::On => self.on.clone(),
                 PowerAction::Off => self.off.clone(),
                 PowerAction::Reset => match &self.reset {
                     Some(r) => r.clone(),
                     None => {
-                        self.run_once(PowerAction::Off, &self.off).await?;
-                        return self.run_once(PowerAction::On, &self.on).await;
+                        self.run_all(PowerAction::Off, &self.off).await?;
+                        return self.run_all(PowerAction::On, &self.on).await;
                     }
                 },
             };
             let mut last = None;
             for _ in 0..=self.retries {
-                match self.run_once(action, &argv).await {
+                match self.run_all(action, &cmds).await {
                     Ok(()) => return Ok(()),
                     Err(e) => {
                         tracing::warn!(error = %e, "power command failed");
@@ -238,9 +251,9 @@ pub fn from_config(
             timeout_secs,
             retries,
         } => Box::new(CommandPower {
-            on: on.clone(),
-            off: off.clone(),
-            reset: reset.clone(),
+            on: on.list(),
+            off: off.list(),
+            reset: reset.as_ref().map(|r| r.list()),
             timeout: Duration::from_secs(*timeout_secs),
             retries: *retries,
         }),
@@ -456,8 +469,8 @@ mod tests {
 
     fn relay(on: Vec<String>, timeout_ms: u64, retries: u32) -> CommandPower {
         CommandPower {
-            on: on.clone(),
-            off: on,
+            on: vec![on.clone()],
+            off: vec![on],
             reset: None,
             timeout: Duration::from_millis(timeout_ms),
             retries,
@@ -573,6 +586,34 @@ mod tests {
         p.switch(PowerAction::On).await.unwrap();
         let runs = std::fs::read_to_string(&count).unwrap().lines().count();
         assert_eq!(runs, 3);
+    }
+
+    /// LAVA's list of power commands: run in order, and a failing one
+    /// stops the rest (the whole list is tried again).
+    #[tokio::test]
+    async fn a_list_of_power_commands_runs_in_order_and_stops_at_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let step = |s: &str| {
+            vec![
+                "sh".to_string(),
+                "-c".into(),
+                format!("echo {s} >> {}", log.display()),
+            ]
+        };
+        let p = CommandPower {
+            on: vec![step("hub"), step("relay")],
+            off: vec![step("off"), vec!["false".into()], step("never")],
+            reset: None,
+            timeout: Duration::from_secs(5),
+            retries: 1,
+        };
+        p.switch(PowerAction::On).await.unwrap();
+        p.switch(PowerAction::Off).await.unwrap_err();
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "hub\nrelay\noff\noff\n"
+        );
     }
 
     #[tokio::test]

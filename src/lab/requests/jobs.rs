@@ -233,17 +233,29 @@ impl LabActor {
 
     /// Refuses a job that no board of this lab could ever run.
     fn check_runnable(&self, def: &JobDefinition) -> Result<(), ApiError> {
-        let Some(dt) = self.device_types.get(&def.device_type) else {
+        // A board's LAVA device configuration makes a device type of its
+        // own, which `device_types` does not hold.
+        let known = self.device_types.contains_key(&def.device_type)
+            || self
+                .boards
+                .values()
+                .any(|s| s.cfg.device_type == def.device_type);
+        if !known {
             return Err(ApiError::new(
                 ErrorCode::NoSuchDeviceType,
                 format!("unknown device type `{}`", def.device_type),
             ));
-        };
+        }
         let wants = JobView::of(def);
-        let any = self.boards.values().any(|s| {
-            wants.fits(&s.cfg.device_type, &s.cfg.tags) && s.health != BoardHealth::Retired
-        });
-        if !any {
+        let fitting: Vec<&crate::device_type::DeviceType> = self
+            .boards
+            .values()
+            .filter(|s| {
+                wants.fits(&s.cfg.device_type, &s.cfg.tags) && s.health != BoardHealth::Retired
+            })
+            .map(|s| &s.dt)
+            .collect();
+        if fitting.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::NoSuchDeviceType,
                 format!(
@@ -252,6 +264,28 @@ impl LabActor {
                 ),
             ));
         }
+        // Boards of one type may differ (each LAVA dictionary is its own):
+        // the job is runnable if one of them can run it.
+        let mut refused = None;
+        for dt in fitting {
+            match self.check_runnable_on(def, dt) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+        Err(refused.unwrap_or_else(|| {
+            ApiError::new(ErrorCode::Internal, "no board was checked for this job")
+        }))
+    }
+
+    /// Whether a board of device type `dt` can run the job.
+    fn check_runnable_on(
+        &self,
+        def: &JobDefinition,
+        dt: &crate::device_type::DeviceType,
+    ) -> Result<(), ApiError> {
         let mut ramdisk_deployed = false;
         let mut transferred = false;
         // The last deploy's kernel and whether it said its type: a u-boot
@@ -319,10 +353,13 @@ impl LabActor {
                     }
                     _ => {}
                 }
-                let commands = match &b.commands {
+                let (commands, what) = match &b.commands {
                     BootCommands::Named(n) => {
                         match dt.bootloader.as_ref().and_then(|bl| bl.commands.get(n)) {
-                            Some(c) => c.as_slice(),
+                            Some(c) => (
+                                c.as_slice(),
+                                format!("device type `{}`'s boot commands `{n}`", dt.name),
+                            ),
                             None => {
                                 return Err(ApiError::new(
                                     ErrorCode::InvalidJob,
@@ -334,7 +371,7 @@ impl LabActor {
                             }
                         }
                     }
-                    BootCommands::Inline(c) => c.as_slice(),
+                    BootCommands::Inline(c) => (c.as_slice(), "the job's boot commands".to_owned()),
                 };
                 if untyped_kernel && b.method == job::BootMethod::UBoot {
                     let by_type = ["{BOOTX}", "{KERNEL_ADDR}", "{RAMDISK_ADDR}", "{DTB_ADDR}"];
@@ -346,6 +383,18 @@ impl LabActor {
                             "the boot commands use {p}, which comes from the deploy's `kernel: type` (image, zimage or uimage); the job gives none"
                         ));
                     }
+                }
+                // LAVA's templates keep command sets for deploys labd does
+                // not have (`usb`'s {ROOT_PART}, `nbd`'s {NBDSERVERIP}).
+                if let Some((i, ph)) = crate::device_type::unfillable(commands) {
+                    return Err(ApiError::new(
+                        ErrorCode::Unsupported,
+                        format!(
+                            "{what} use {ph} (command {}: `{}`), which labd cannot fill",
+                            i + 1,
+                            commands[i]
+                        ),
+                    ));
                 }
             }
         }
