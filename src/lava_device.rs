@@ -312,6 +312,10 @@ pub fn from_yaml(
         shell_prompt: regex::escape(s.default_shell_prompt.as_deref().unwrap_or("lava-test: # ")),
         timeouts: s.timeouts,
         health_check: None,
+        // A LAVA device is a real board, whose kernel runs on what labd
+        // deploys; a simulated one says otherwise in its board's
+        // `parameters` (see tests/devices.rs).
+        uses_deployed_root: true,
     };
     dt.validate(file)?;
     Ok(LavaDevice {

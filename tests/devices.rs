@@ -223,7 +223,10 @@ fn with_board(lab: &Lab, board: &str) {
     std::fs::write(&lab.config, format!("{}{board}", &cfg[..start])).unwrap();
 }
 
-const LAVA_BOARD: &str = "[[boards]]\nname = \"sim-01\"\nlava_device = \"devices/sim-01.jinja2\"\nlava_templates = \"device-types\"\n";
+/// The simulated board by its dictionary alone, but for what no LAVA
+/// device says: that its "kernel" does not run on the ramdisk labd
+/// deploys (so inline definitions are typed on its shell).
+const LAVA_BOARD: &str = "[[boards]]\nname = \"sim-01\"\nlava_device = \"devices/sim-01.jinja2\"\nlava_templates = \"device-types\"\n[boards.parameters]\nuses_deployed_root = false\n";
 
 /// A board whose config is a name and a LAVA device dictionary: its device
 /// type (`labd-sim`, the template it extends), console
