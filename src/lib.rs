@@ -29,6 +29,7 @@ pub mod overlay_http;
 pub mod power;
 pub mod protocol;
 pub mod pty;
+pub mod qemu_args;
 pub mod runner;
 pub mod server;
 pub mod signals;
