@@ -40,6 +40,9 @@ pub struct LabConfig {
     /// The NFS server for jobs' `nfsrootfs` (`[nfs]`); off by default.
     #[serde(default)]
     pub nfs: NfsConfig,
+    /// What jobs may add to a QEMU board's command line (`[qemu]`).
+    #[serde(default)]
+    pub qemu: QemuConfig,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -279,6 +282,29 @@ pub struct DeployConfig {
     /// port is opened and such jobs are refused at submit.
     #[serde(default)]
     pub overlay_http: Option<SocketAddr>,
+}
+
+/// `[qemu]`: the lab's policy for the QEMU options a job gives (LAVA's
+/// `image_arg`s and `context.extra_options`, see `crate::qemu_args`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QemuConfig {
+    /// Options jobs may use beyond labd's default allow-list, such as
+    /// `"-device-foo"`. Their values are still checked (no host path but
+    /// an image's placeholder), and the options that reach the host
+    /// (`-chardev`, `-monitor`, `-plugin`, ...) cannot be allowed.
+    #[serde(default)]
+    pub extra_allowed_options: Vec<String>,
+}
+
+impl QemuConfig {
+    /// Whether jobs may use `opt` (an option labd does not list itself).
+    pub fn allows(&self, opt: &str) -> bool {
+        let opt = crate::qemu_args::canonical(opt);
+        self.extra_allowed_options
+            .iter()
+            .any(|o| crate::qemu_args::canonical(o) == opt)
+    }
 }
 
 /// `[git]`: the lab host's git cache, one bare mirror per repository URL,
@@ -1186,6 +1212,14 @@ impl LabConfig {
             },
             message,
         };
+        for (i, o) in self.qemu.extra_allowed_options.iter().enumerate() {
+            if !crate::qemu_args::allowable(o) {
+                return Err(bad(
+                    format!("qemu.extra_allowed_options[{i}]"),
+                    format!("`{o}` cannot be allowed: it is not a QEMU option, or it reaches the host outside a job's files (labd refuses it whatever the configuration)"),
+                ));
+            }
+        }
         if let Some(a) = self.limits.admin_connections {
             if a >= self.limits.max_connections {
                 return Err(bad(
@@ -1416,6 +1450,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
         artifact_cache: ArtifactCacheConfig::default(),
         git: GitConfig::default(),
         nfs: NfsConfig::default(),
+        qemu: QemuConfig::default(),
         // The demo runs as whoever started it: any file they may read.
         deploy: DeployConfig {
             file_roots: vec![PathBuf::from("/")],
@@ -1488,6 +1523,30 @@ mod tests {
             .iter()
             .any(|p| matches!(p, PowerConfig::Command { .. })));
         assert!(kinds.iter().any(|p| matches!(p, PowerConfig::Qemu { .. })));
+    }
+
+    #[test]
+    fn a_lab_may_allow_more_qemu_options_but_never_those_that_reach_the_host() {
+        let base = "state_dir = \"/tmp\"\n[qemu]\n";
+        let c = LabConfig::parse(
+            "x.toml",
+            &format!("{base}extra_allowed_options = [\"-foo\", \"--bar\"]\n"),
+        )
+        .unwrap();
+        assert!(c.qemu.allows("-foo") && c.qemu.allows("-bar") && c.qemu.allows("--foo"));
+        assert!(!c.qemu.allows("-baz"));
+        for denied in ["-chardev", "--monitor", "-plugin", "-virtfs", "foo"] {
+            let err = LabConfig::parse(
+                "x.toml",
+                &format!("{base}extra_allowed_options = [\"-smp\", \"{denied}\"]\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("qemu.extra_allowed_options[1]") && err.contains(denied),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -150,79 +150,6 @@ pub struct Image {
     pub args: Vec<String>,
 }
 
-/// The QEMU options a job's `image_arg` may use, and for `-drive` the
-/// sub-options: enough to hand the board its files, nothing that reaches
-/// anything else on the host (chardevs, netdevs, monitors, plugins).
-const IMAGE_OPTIONS: &[&str] = &[
-    "-drive", "-kernel", "-initrd", "-dtb", "-cdrom", "-hda", "-hdb", "-hdc", "-hdd",
-];
-const DRIVE_KEYS: &[&str] = &[
-    "file", "format", "if", "media", "index", "snapshot", "readonly", "cache", "id", "discard",
-];
-
-/// Why an `image_arg` is refused: it may only place the image, never
-/// set other QEMU options.
-#[derive(Debug, thiserror::Error)]
-enum ImageArgError {
-    #[error("expected QEMU options with a value each, such as `-drive format=raw,file={{{0}}}`")]
-    Shape(String),
-    #[error("`{0}` may not be set by a job; an image_arg may use {opts}", opts = IMAGE_OPTIONS.join(", "))]
-    Option(String),
-    #[error("-drive `{0}` may not be set by a job; allowed: {keys}", keys = DRIVE_KEYS.join(", "))]
-    DriveKey(String),
-    #[error("-drive file must be `{0}`, the image itself")]
-    DriveFile(String),
-    #[error("`{0}`: only `file` names the image")]
-    NotFile(String),
-    #[error("the value of `{opt}` must be `{placeholder}`, the image itself")]
-    Value { opt: String, placeholder: String },
-    #[error("must name the image once, as `{0}`")]
-    Uses(String),
-}
-
-/// Checks an `image_arg` and splits it into QEMU arguments.
-fn image_args(name: &str, arg: &str) -> Result<Vec<String>, ImageArgError> {
-    let words: Vec<&str> = arg.split_whitespace().collect();
-    if words.is_empty() || words.len() % 2 != 0 {
-        return Err(ImageArgError::Shape(name.to_owned()));
-    }
-    let placeholder = format!("{{{name}}}");
-    let mut uses = 0;
-    for pair in words.chunks(2) {
-        let (opt, value) = (pair[0], pair[1]);
-        if !IMAGE_OPTIONS.contains(&opt) {
-            return Err(ImageArgError::Option(opt.to_owned()));
-        }
-        if opt == "-drive" {
-            for kv in value.split(',') {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                if !DRIVE_KEYS.contains(&k) {
-                    return Err(ImageArgError::DriveKey(k.to_owned()));
-                }
-                if k == "file" {
-                    if v != placeholder {
-                        return Err(ImageArgError::DriveFile(placeholder));
-                    }
-                    uses += 1;
-                } else if v.contains('{') {
-                    return Err(ImageArgError::NotFile(kv.to_owned()));
-                }
-            }
-        } else if value == placeholder {
-            uses += 1;
-        } else {
-            return Err(ImageArgError::Value {
-                opt: opt.to_owned(),
-                placeholder,
-            });
-        }
-    }
-    if uses != 1 {
-        return Err(ImageArgError::Uses(placeholder));
-    }
-    Ok(words.into_iter().map(str::to_owned).collect())
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum BootCommands {
     /// A command set of the device type, e.g. `ramdisk`.
@@ -454,6 +381,77 @@ pub struct JobDefinition {
     /// [`SECRET_MASK`]; the lab fills them in from their sealed copy.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// LAVA's `context`: the keys labd honours.
+    #[serde(default)]
+    pub context: JobContext,
+}
+
+/// The keys of LAVA's job `context` that labd honours: for a QEMU board
+/// booted with `method: qemu`, the QEMU options LAVA's qemu device type
+/// builds from them; for any boot, the kernel arguments LAVA's templates
+/// add. Every other key is warned.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobContext {
+    /// LAVA's architecture name (`arm64`, `amd64`, ...): the board's QEMU
+    /// must be the binary LAVA would run for it.
+    pub arch: Option<String>,
+    pub cpu: Option<String>,
+    pub machine: Option<String>,
+    pub memory: Option<String>,
+    /// `extra_options`, split into words and checked as `image_arg`s are.
+    pub extra_options: Vec<String>,
+    pub extra_kernel_args: Option<String>,
+    pub console_device: Option<String>,
+}
+
+impl JobContext {
+    /// The QEMU options the context adds, after the board's own, as LAVA's
+    /// qemu device type writes them: `-cpu`, `-machine`, `-m`, then the
+    /// extra options.
+    pub fn qemu_options(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        for (opt, v) in [
+            ("-cpu", &self.cpu),
+            ("-machine", &self.machine),
+            ("-m", &self.memory),
+        ] {
+            if let Some(v) = v {
+                a.extend([opt.to_owned(), v.clone()]);
+            }
+        }
+        a.extend(self.extra_options.iter().cloned());
+        a
+    }
+
+    /// The kernel arguments the context adds (as LAVA's base-uboot template
+    /// does): `console=<console_device>,<baud>n8`, then `extra_kernel_args`.
+    pub fn kernel_args(&self, baud: Option<u32>) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.console_device {
+            parts.push(match baud {
+                Some(b) if !c.contains(',') => format!("console={c},{b}n8"),
+                _ => format!("console={c}"),
+            });
+        }
+        if let Some(e) = &self.extra_kernel_args {
+            parts.push(e.clone());
+        }
+        parts.join(" ")
+    }
+}
+
+/// Adds kernel arguments to a bootloader command that sets the kernel's
+/// command line (`setenv bootargs '...'` or `setenv bootargs "..."` or
+/// unquoted), inside its quotes; any other command is left as it is.
+pub fn with_bootargs(cmd: &str, args: &str) -> String {
+    let t = cmd.trim_end();
+    if args.is_empty() || !t.trim_start().starts_with("setenv bootargs") {
+        return cmd.to_owned();
+    }
+    match t.chars().last() {
+        Some(q @ ('\'' | '"')) => format!("{} {args}{q}", &t[..t.len() - 1]),
+        _ => format!("{t} {args}"),
+    }
 }
 
 /// What a secret's value is replaced by wherever the job can be read.
@@ -517,10 +515,13 @@ pub struct Parsed {
     /// Where each `secrets` value starts (a character index) and its key
     /// path, for [`mask_secrets`].
     pub secret_values: Vec<(usize, String)>,
+    /// QEMU options outside labd's default allow-list, and where the job
+    /// gives each: the lab must allow them (`[qemu] extra_allowed_options`).
+    pub qemu_options: Vec<(Location, String)>,
 }
 
 /// Top-level keys that change nothing for a single lab: accepted with a warning.
-pub const WARNED_TOP: &[&str] = &["visibility", "metadata", "notify", "context", "description"];
+pub const WARNED_TOP: &[&str] = &["visibility", "metadata", "notify", "description"];
 
 struct Ctx<'a> {
     file: &'a str,
@@ -530,6 +531,7 @@ struct Ctx<'a> {
     /// Where each `secrets` value starts in the text (a character index),
     /// with its key path: for [`mask_secrets`].
     secret_values: Vec<(usize, String)>,
+    qemu_options: Vec<(Location, String)>,
 }
 
 impl Ctx<'_> {
@@ -717,6 +719,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
         warnings: Vec::new(),
         files: Vec::new(),
         secret_values: Vec::new(),
+        qemu_options: Vec::new(),
     };
     let root = load_yaml(file, text)?;
     let def = parse_root(&mut ctx, &root);
@@ -726,6 +729,7 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
             warnings: ctx.warnings,
             files: ctx.files,
             secret_values: ctx.secret_values,
+            qemu_options: ctx.qemu_options,
         }),
         _ => {
             if ctx.errors.is_empty() {
@@ -947,10 +951,12 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
     let mut actions = None;
     let mut failure_retry = None;
     let mut secrets = BTreeMap::new();
+    let mut context = JobContext::default();
     for (k, v) in m.iter() {
         let key = k.as_str();
         match key {
             "secrets" => secrets = parse_secrets(ctx, v),
+            "context" => context = parse_context(ctx, v).unwrap_or_default(),
             "failure_retry" => failure_retry = ctx.attempts(key, v),
             "device_type" => device_type = ctx.string(key, v),
             "job_name" => job_name = ctx.string(key, v),
@@ -1026,6 +1032,20 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
         }
         (None, Some(_)) => return None,
     };
+    let qemu_context = context.arch.is_some() || !context.qemu_options().is_empty();
+    if qemu_context
+        && !actions
+            .iter()
+            .any(|a| matches!(a, Action::Boot(b) if b.method == BootMethod::Qemu))
+    {
+        if let Some(c) = m.get_node("context") {
+            ctx.warn(
+                "context",
+                c.span(),
+                "`arch`, `cpu`, `machine`, `memory` and `extra_options` shape the QEMU of a `method: qemu` boot; this job has none, so they change nothing",
+            );
+        }
+    }
     Some(JobDefinition {
         device_type: device_type?,
         job_name: job_name?,
@@ -1035,6 +1055,7 @@ fn parse_root(ctx: &mut Ctx, root: &Node) -> Option<JobDefinition> {
         actions,
         failure_retry,
         secrets,
+        context,
     })
 }
 
@@ -1189,6 +1210,170 @@ pub fn mask_secrets(file: &str, text: &str, parsed: &Parsed) -> Result<String, J
         }
     }
     Err(refuse(&last_path))
+}
+
+/// Splits and checks a job's QEMU option string (an `image_arg`, a
+/// context's QEMU keys) under the lab's policy (see [`crate::qemu_args`]),
+/// noting the options only the lab's configuration can allow. `None` after
+/// an error at `path`.
+fn qemu_options(
+    ctx: &mut Ctx,
+    path: &str,
+    span: &Span,
+    words: Result<Vec<String>, crate::qemu_args::SplitError>,
+    placeholders: &[String],
+    own: Option<&str>,
+) -> Option<Vec<String>> {
+    use crate::qemu_args::{check, QemuArgError};
+    let checked = words
+        .map_err(QemuArgError::from)
+        .and_then(|words| check(&words, placeholders, own));
+    match checked {
+        Ok(c) => {
+            for opt in c.unlisted {
+                let location = ctx.loc(path, span);
+                ctx.warn(
+                    path,
+                    span,
+                    format!("`{opt}` is not among labd's default QEMU options: the lab must allow it (`[qemu] extra_allowed_options`)"),
+                );
+                ctx.qemu_options.push((location, opt));
+            }
+            Some(c.args)
+        }
+        // A feature of QEMU labd keeps from jobs.
+        Err(
+            e @ (QemuArgError::Denied(_)
+            | QemuArgError::DeniedDevice(_)
+            | QemuArgError::DeniedProperty { .. }
+            | QemuArgError::Net(_)),
+        ) => {
+            ctx.unsupported(path, span, e.to_string());
+            None
+        }
+        Err(e) => {
+            ctx.err(path, span, e.to_string());
+            None
+        }
+    }
+}
+
+/// LAVA's `context`: the keys labd honours, checked; guestfs refused;
+/// every other key warned (LAVA's device templates read many labd has no
+/// use for).
+fn parse_context(ctx: &mut Ctx, v: &Node) -> Option<JobContext> {
+    let m = ctx.mapping("context", v)?;
+    let mut c = JobContext::default();
+    for (k, val) in m.iter() {
+        let key = k.as_str();
+        let p = format!("context.{key}");
+        let text = |ctx: &mut Ctx| match val {
+            Node::Scalar(_) => Some(lava_text(val)),
+            _ => {
+                ctx.err(&p, val.span(), "expected a single value");
+                None
+            }
+        };
+        match key {
+            "arch" => {
+                c.arch = text(ctx).filter(|a| {
+                    let ok = !a.is_empty()
+                        && a.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+                    if !ok {
+                        ctx.err(
+                            &p,
+                            val.span(),
+                            format!("`{a}` is not an architecture name (such as arm64, amd64)"),
+                        );
+                    }
+                    ok
+                })
+            }
+            "cpu" | "machine" | "memory" => {
+                let Some(t) = text(ctx) else { continue };
+                let opt = match key {
+                    "cpu" => "-cpu",
+                    "machine" => "-machine",
+                    _ => "-m",
+                };
+                // One word, checked as the option it becomes.
+                if t.is_empty() || t.contains(char::is_whitespace) {
+                    ctx.err(
+                        &p,
+                        val.span(),
+                        format!("`{t}` must be one word, the value of QEMU's `{opt}`"),
+                    );
+                    continue;
+                }
+                let words = Ok(vec![opt.to_owned(), t.clone()]);
+                if qemu_options(ctx, &p, val.span(), words, &[], None).is_none() {
+                    continue;
+                }
+                let slot = match key {
+                    "cpu" => &mut c.cpu,
+                    "machine" => &mut c.machine,
+                    _ => &mut c.memory,
+                };
+                *slot = Some(t);
+            }
+            "extra_options" => {
+                let items: Vec<String> = match val {
+                    Node::Sequence(items) => items.iter().map(lava_text).collect(),
+                    Node::Scalar(_) => vec![lava_text(val)],
+                    Node::Mapping(_) => {
+                        ctx.err(&p, val.span(), "expected a list of QEMU options");
+                        continue;
+                    }
+                };
+                // LAVA joins the items into one command line: `-smp` and
+                // `2` may be two items.
+                let joined = items.join(" ");
+                if let Some(args) = qemu_options(
+                    ctx,
+                    &p,
+                    val.span(),
+                    crate::qemu_args::split(&joined),
+                    &[],
+                    None,
+                ) {
+                    c.extra_options = args;
+                }
+            }
+            "extra_kernel_args" | "console_device" => {
+                let Some(t) = text(ctx) else { continue };
+                // It goes inside a quoted `setenv bootargs '...'`.
+                if t.contains(['\'', '"', '\n', '\r', ';']) {
+                    ctx.err(
+                        &p,
+                        val.span(),
+                        "kernel arguments may not hold quotes, `;` or line breaks",
+                    );
+                    continue;
+                }
+                if key == "console_device" {
+                    c.console_device = Some(t);
+                } else {
+                    c.extra_kernel_args = Some(t);
+                }
+            }
+            g if g.starts_with("guestfs_") => ctx.unsupported(
+                &p,
+                &key_span(k),
+                format!("`{key}`: labd does not build a guestfs image for the test overlay"),
+            ),
+            "netdevice" => ctx.warn(
+                &p,
+                val.span(),
+                "the board's network is the lab's (its QEMU argv); `netdevice` ignored",
+            ),
+            _ => ctx.warn(
+                &p,
+                val.span(),
+                format!("`{key}` is read by LAVA's device templates, not by labd; ignored"),
+            ),
+        }
+    }
+    Some(c)
 }
 
 fn parse_priority(ctx: &mut Ctx, v: &Node) -> Option<u8> {
@@ -1551,22 +1736,40 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                     let Some((a, extra)) = artifact(ctx, &ip, iv, &["image_arg"]) else {
                         continue;
                     };
-                    let Some(arg) = extra.get("image_arg") else {
-                        ctx.err(
-                            &format!("{ip}.image_arg"),
-                            iv.span(),
-                            "missing required key `image_arg` (how QEMU gets the image, e.g. `-drive format=raw,file={rootfs}`)",
-                        );
-                        continue;
+                    let args = match extra.get("image_arg") {
+                        // LAVA passes nothing to QEMU for such an image: it
+                        // is only downloaded.
+                        None => {
+                            ctx.warn(
+                                &ip,
+                                &key_span(name),
+                                "no `image_arg`: the image is downloaded but QEMU is not given it",
+                            );
+                            Vec::new()
+                        }
+                        Some(arg) => {
+                            let placeholders: Vec<String> = im
+                                .iter()
+                                .map(|(n, _)| format!("{{{}}}", n.as_str()))
+                                .collect();
+                            let own = format!("{{{}}}", name.as_str());
+                            let span = iv
+                                .as_mapping()
+                                .and_then(|m| m.get_node("image_arg"))
+                                .map_or(*iv.span(), |n| *n.span());
+                            let at = format!("{ip}.image_arg");
+                            let words = crate::qemu_args::split(arg);
+                            match qemu_options(ctx, &at, &span, words, &placeholders, Some(&own)) {
+                                Some(args) => args,
+                                None => continue,
+                            }
+                        }
                     };
-                    match image_args(name.as_str(), arg) {
-                        Ok(args) => images.push(Image {
-                            name: name.as_str().to_owned(),
-                            artifact: a,
-                            args,
-                        }),
-                        Err(e) => ctx.err(&format!("{ip}.image_arg"), iv.span(), e.to_string()),
-                    }
+                    images.push(Image {
+                        name: name.as_str().to_owned(),
+                        artifact: a,
+                        args,
+                    });
                 }
             }
             "kernel" => {
@@ -3108,19 +3311,88 @@ mod tests {
 
     #[test]
     fn an_image_arg_cannot_reach_beyond_its_image() {
-        for (arg, why) in [
+        for (arg, why, code) in [
             (
                 "-chardev file,id=x,path=/etc/passwd",
                 "`-chardev` may not be set",
+                ErrorCode::Unsupported,
             ),
-            ("-drive file=/etc/shadow", "-drive file must be `{rootfs}`"),
             (
-                "-drive format=raw,file={rootfs},werror=stop",
-                "-drive `werror`",
+                "-drive file=/etc/shadow",
+                "must be the placeholder",
+                ErrorCode::InvalidJob,
             ),
-            ("-kernel /boot/vmlinuz", "must be `{rootfs}`"),
-            ("-drive file={rootfs} -hda {rootfs}", "once"),
-            ("-drive", "a value each"),
+            (
+                "-drive format=raw,file={rootfs},file.filename=/etc/shadow",
+                "`file.filename` may not be set",
+                ErrorCode::InvalidJob,
+            ),
+            (
+                "-kernel /boot/vmlinuz -drive file={rootfs}",
+                "must be the placeholder",
+                ErrorCode::InvalidJob,
+            ),
+            (
+                "-drive file={rootfs} -monitor stdio",
+                "`-monitor` may not be set",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "-drive file={rootfs} -serial file:/tmp/x",
+                "`-serial` may not be set",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "-drive file={rootfs} -plugin /x.so",
+                "`-plugin`",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "-drive file={rootfs} -object memory-backend-file,mem-path=/x",
+                "`-object`",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "-drive file={rootfs} -virtfs local,path=/",
+                "`-virtfs`",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "-drive file={rootfs} -net user,smb=/",
+                "-net `user,smb=/`",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "-drive file={rootfs} -netdev tap,script=/x",
+                "`-netdev`",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "-drive file={rootfs} -device loader,file=/etc/shadow",
+                "must be the placeholder",
+                ErrorCode::InvalidJob,
+            ),
+            (
+                "-drive file={rootfs} -L /usr/share",
+                "`-L`",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "-kernel {kernel}",
+                "must be the placeholder",
+                ErrorCode::InvalidJob,
+            ),
+            (
+                "-smp 2",
+                "must name its own image as `{rootfs}`",
+                ErrorCode::InvalidJob,
+            ),
+            ("-drive", "`-drive` needs a value", ErrorCode::InvalidJob),
+            (
+                "-append \"console=ttyAMA0 -drive file={rootfs}",
+                "no closing quotation",
+                ErrorCode::InvalidJob,
+            ),
         ] {
             let e = parse("q.yaml", &qemu_job(arg)).unwrap_err();
             let d = e.first();
@@ -3130,8 +3402,189 @@ mod tests {
                 "{arg}: {e}"
             );
             assert!(d.message.contains(why), "{arg}: {}", d.message);
-            assert!(d.location.line.is_some());
+            assert_eq!(d.code, code, "{arg}: {}", d.message);
+            // The image_arg's own line and column (line 11 of qemu_job).
+            assert_eq!(d.location.line, Some(11), "{arg}");
+            assert_eq!(d.location.column, Some(20), "{arg}");
         }
+    }
+
+    /// tuxlava's form: the kernel with its command line, a rootfs on a
+    /// virtio disk naming the device the drive is for, and a context
+    /// shaping the board's QEMU.
+    #[test]
+    fn tuxlava_jobs_are_accepted_with_their_context() {
+        let text = "device_type: qemu-aarch64\njob_name: t\ntimeouts:\n  job:\n    minutes: 5\ncontext:\n  arch: arm64\n  cpu: max\n  machine: virt\n  memory: 4G\n  extra_options: ['--smp 2', '-smp 2']\n  guest_foo: 1\n  netdevice: tap\n  extra_kernel_args: 'debug'\n  console_device: ttyAMA0\nactions:\n- deploy:\n    to: tmpfs\n    images:\n      kernel:\n        image_arg: '-kernel {kernel} -append \"console=ttyAMA0,115200 root=/dev/vda debug verbose console_msg_format=syslog\"'\n        url: http://files.lab/Image\n      rootfs:\n        image_arg: '-drive file={rootfs},if=none,format=raw,id=hd0 -device virtio-blk-device,drive=hd0'\n        url: http://files.lab/rootfs.ext4.xz\n        compression: xz\n      modules:\n        url: http://files.lab/modules.tar.xz\n- boot:\n    method: qemu\n    media: tmpfs\n    prompts: ['# ']\n";
+        let p = parse("t.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+        let Action::Deploy(d) = &p.definition.actions[0] else {
+            panic!("no deploy")
+        };
+        assert_eq!(
+            d.images[0].args,
+            [
+                "-kernel",
+                "{kernel}",
+                "-append",
+                "console=ttyAMA0,115200 root=/dev/vda debug verbose console_msg_format=syslog"
+            ]
+        );
+        assert_eq!(d.images[1].args.len(), 4);
+        // An image without image_arg is only downloaded, as in LAVA.
+        assert!(d.images[2].args.is_empty());
+        let warned = |path: &str| {
+            p.warnings
+                .iter()
+                .any(|w| w.location.path.as_deref() == Some(path))
+        };
+        assert!(
+            warned("actions[0].deploy.images.modules"),
+            "{:?}",
+            p.warnings
+        );
+        assert!(warned("context.guest_foo") && warned("context.netdevice"));
+        assert!(!warned("context") && !warned("context.cpu"));
+        let c = &p.definition.context;
+        assert_eq!(c.arch.as_deref(), Some("arm64"));
+        assert_eq!(
+            c.qemu_options(),
+            ["-cpu", "max", "-machine", "virt", "-m", "4G", "--smp", "2", "-smp", "2"]
+        );
+        assert_eq!(
+            c.kernel_args(Some(115200)),
+            "console=ttyAMA0,115200n8 debug"
+        );
+        assert_eq!(c.kernel_args(None), "console=ttyAMA0 debug");
+        assert!(p.qemu_options.is_empty());
+    }
+
+    fn context_job(context: &str) -> String {
+        format!("device_type: qemu-aarch64\njob_name: c\ntimeouts:\n  job:\n    minutes: 5\ncontext:\n{context}actions:\n- deploy:\n    to: tmpfs\n    images:\n      kernel:\n        image_arg: -kernel {{kernel}}\n        url: http://files.lab/Image\n- boot:\n    method: qemu\n    prompts: ['# ']\n")
+    }
+
+    #[test]
+    fn context_keys_that_reach_the_host_are_refused_with_their_key_path() {
+        for (context, path, why, code) in [
+            (
+                "  guestfs_interface: virtio\n",
+                "context.guestfs_interface",
+                "guestfs",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "  guestfs_size: 1024\n",
+                "context.guestfs_size",
+                "guestfs",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "  extra_options: ['-monitor stdio']\n",
+                "context.extra_options",
+                "`-monitor`",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "  extra_options:\n  - -chardev\n  - file,id=x,path=/tmp/x\n",
+                "context.extra_options",
+                "`-chardev`",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "  extra_options: ['-kernel /boot/vmlinuz']\n",
+                "context.extra_options",
+                "placeholder",
+                ErrorCode::InvalidJob,
+            ),
+            (
+                "  extra_options: ['-append \"x']\n",
+                "context.extra_options",
+                "no closing quotation",
+                ErrorCode::InvalidJob,
+            ),
+            (
+                "  machine: virt,dumpdtb=/tmp/x\n",
+                "context.machine",
+                "`dumpdtb`",
+                ErrorCode::Unsupported,
+            ),
+            (
+                "  cpu: max -monitor stdio\n",
+                "context.cpu",
+                "one word",
+                ErrorCode::InvalidJob,
+            ),
+            (
+                "  memory: /dev/shm\n",
+                "context.memory",
+                "host path",
+                ErrorCode::InvalidJob,
+            ),
+            (
+                "  arch: ../x\n",
+                "context.arch",
+                "architecture",
+                ErrorCode::InvalidJob,
+            ),
+            (
+                "  extra_kernel_args: \"a' ; reset\"\n",
+                "context.extra_kernel_args",
+                "quotes",
+                ErrorCode::InvalidJob,
+            ),
+        ] {
+            let e = parse("c.yaml", &context_job(context)).unwrap_err();
+            let d = e.first();
+            assert_eq!(d.location.path.as_deref(), Some(path), "{context}: {e}");
+            assert!(d.message.contains(why), "{context}: {}", d.message);
+            assert_eq!(d.code, code, "{context}: {}", d.message);
+            // The value's line: the key's, or the list's below it.
+            assert!(matches!(d.location.line, Some(7 | 8)), "{context}: {e}");
+        }
+    }
+
+    #[test]
+    fn options_outside_the_default_list_are_left_to_the_lab() {
+        let p = parse("c.yaml", &context_job("  extra_options: ['-foo', 'bar']\n")).unwrap();
+        assert_eq!(p.definition.context.extra_options, ["-foo", "bar"]);
+        assert_eq!(p.qemu_options.len(), 1);
+        assert_eq!(p.qemu_options[0].1, "-foo");
+        assert_eq!(
+            p.qemu_options[0].0.path.as_deref(),
+            Some("context.extra_options")
+        );
+        // A u-boot job's QEMU context changes nothing: said so.
+        let text = context_job("  cpu: max\n").replace("method: qemu", "method: minimal");
+        let p = parse("c.yaml", &text).unwrap();
+        assert!(p
+            .warnings
+            .iter()
+            .any(|w| w.location.path.as_deref() == Some("context")));
+    }
+
+    #[test]
+    fn kernel_args_go_into_a_bootargs_command() {
+        assert_eq!(
+            with_bootargs(
+                "setenv bootargs 'console=ttyAMA0 rdinit=/init'",
+                "debug x=1"
+            ),
+            "setenv bootargs 'console=ttyAMA0 rdinit=/init debug x=1'"
+        );
+        assert_eq!(
+            with_bootargs("setenv bootargs \"root=/dev/ram0\"", "quiet"),
+            "setenv bootargs \"root=/dev/ram0 quiet\""
+        );
+        assert_eq!(
+            with_bootargs("setenv bootargs root=/dev/ram0", "quiet"),
+            "setenv bootargs root=/dev/ram0 quiet"
+        );
+        assert_eq!(
+            with_bootargs("tftp {KERNEL_ADDR} {KERNEL}", "quiet"),
+            "tftp {KERNEL_ADDR} {KERNEL}"
+        );
+        assert_eq!(
+            with_bootargs("setenv bootargs 'a'", ""),
+            "setenv bootargs 'a'"
+        );
     }
 
     #[test]

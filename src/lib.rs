@@ -31,6 +31,7 @@ pub mod overlay_http;
 pub mod power;
 pub mod protocol;
 pub mod pty;
+pub mod qemu_args;
 pub mod runner;
 pub mod secrets;
 pub mod server;

@@ -686,20 +686,39 @@ impl Runner {
             self.export_nfsroot().await?;
         }
         let root = self.ctx.tftp.root.clone();
+        // Every image's placeholder, with the file it became: an image_arg
+        // may name another image of the deploy (a drive and its device).
+        let files: Vec<(String, std::path::PathBuf)> = d
+            .images
+            .iter()
+            .filter_map(|im| {
+                let p = self.deployed.get(&im.name)?;
+                Some((format!("{{{}}}", im.name), root.join(p)))
+            })
+            .collect();
+        for im in d.images.iter().filter(|im| !im.args.is_empty()) {
+            let Some((_, path)) = files.iter().find(|(p, _)| *p == format!("{{{}}}", im.name))
+            else {
+                continue;
+            };
+            if let Some(why) = image_refers_outside(path).await {
+                return Err(Stop(JobOutcome::incomplete(
+                    ErrorClass::Job,
+                    format!(
+                        "deploy {}: {why}: it would give QEMU other files of the host",
+                        im.name
+                    ),
+                )));
+            }
+        }
         self.image_args = d
             .images
             .iter()
-            .flat_map(|im| {
-                let path = self
-                    .deployed
-                    .get(&im.name)
-                    .map(|p| root.join(p).display().to_string())
-                    .unwrap_or_default();
-                let placeholder = format!("{{{}}}", im.name);
-                im.args
-                    .iter()
-                    .map(move |a| a.replace(&placeholder, &path))
-                    .collect::<Vec<_>>()
+            .flat_map(|im| im.args.iter())
+            .map(|a| {
+                files.iter().fold(a.clone(), |a, (p, f)| {
+                    a.replace(p, &f.display().to_string())
+                })
             })
             .collect();
         Ok(())
@@ -905,8 +924,20 @@ impl Runner {
                 ),
             )));
         }
+        // The context's kernel arguments go into a command set's bootargs,
+        // as LAVA's base-uboot template puts them; the job's own commands
+        // are its own.
+        let kernel_args = match &b.commands {
+            BootCommands::Named(_) => self
+                .ctx
+                .def
+                .context
+                .kernel_args(Some(self.ctx.dt.console_baud)),
+            BootCommands::Inline(_) => String::new(),
+        };
         let mut out = Vec::new();
         for c in raw {
+            let c = crate::job::with_bootargs(&c, &kernel_args);
             // As LAVA does, a command about an artifact the job did not
             // deploy is left out; labd never deploys those of `DROPPED`.
             if (c.contains("{RAMDISK}") && !self.deployed.contains_key("ramdisk"))
@@ -958,6 +989,14 @@ impl Runner {
         };
         let uses_relay_boot = direct.is_some();
         if let Err(e) = self.ctx.power.set_direct_boot(direct) {
+            if let (true, crate::power::PowerError::Failed { message, .. }) = (uses_relay_boot, &e)
+            {
+                // The relay refused the job's QEMU (its `context.arch`).
+                return Err(Stop(JobOutcome::incomplete(
+                    ErrorClass::Job,
+                    format!("boot method qemu: {message}"),
+                )));
+            }
             if uses_relay_boot {
                 return Err(Stop(JobOutcome::incomplete(
                     ErrorClass::Configuration,
@@ -1111,12 +1150,20 @@ impl Runner {
                 "boot method qemu needs a deploy action with a kernel or images before it",
             )));
         }
+        let context = &self.ctx.def.context;
+        let append = [spec.append.clone(), context.kernel_args(None)]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
         Ok(crate::power::DirectBoot {
             kernel,
             initrd: file("ramdisk"),
             dtb: file("dtb"),
-            append: self.nfs_append(&spec.append)?,
+            append: self.nfs_append(&append)?,
             extra: self.image_args.clone(),
+            options: context.qemu_options(),
+            arch: context.arch.clone(),
         })
     }
 
@@ -1421,4 +1468,14 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// What a downloaded image's header says of other host files (a qcow2
+/// backing file, a vmdk's extents), if anything: QEMU would open them.
+async fn image_refers_outside(path: &std::path::Path) -> Option<&'static str> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path).await.ok()?;
+    let mut head = Vec::with_capacity(512);
+    (&mut f).take(512).read_to_end(&mut head).await.ok()?;
+    crate::qemu_args::image_header_refers_outside(&head)
 }

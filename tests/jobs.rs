@@ -421,3 +421,65 @@ fn nfs_roots_parse_and_their_hostile_forms_are_refused() {
         "{e}"
     );
 }
+
+/// The QEMU samples' `context` and `image_arg`s are read as LAVA's qemu
+/// device type reads them: the options they add reach the job's
+/// definition, split as the shell would, and none needs the lab's
+/// allowance; an image without `image_arg` is only downloaded.
+#[test]
+fn lavas_qemu_samples_keep_their_context_and_image_args() {
+    let dir = shared().join("lava/job-definitions/lava-samples");
+    let read = |name: &str| {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        job::parse(name, &text).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let p = read("qemu-aarch64.yaml");
+    let c = &p.definition.context;
+    assert_eq!(c.arch.as_deref(), Some("aarch64"));
+    assert_eq!(
+        c.qemu_options(),
+        [
+            "-cpu",
+            "cortex-a57",
+            "-machine",
+            "virt",
+            "-smp",
+            "1",
+            "-global",
+            "virtio-blk-device.scsi=off",
+            "-device",
+            "virtio-scsi-device,id=scsi",
+            "--append",
+            "console=ttyAMA0 root=/dev/vda rw",
+        ]
+    );
+    assert!(p.qemu_options.is_empty(), "{:?}", p.qemu_options);
+    // `netdevice: tap` is the lab's business: warned, not refused.
+    assert!(p
+        .warnings
+        .iter()
+        .any(|w| w.location.path.as_deref() == Some("context.netdevice")));
+
+    let p = read("zephyr-qemu-test-task.yaml");
+    let job::Action::Deploy(d) = &p.definition.actions[0] else {
+        panic!("zephyr: no deploy first")
+    };
+    assert_eq!(d.images[0].args, ["-kernel", "{zephyr}"]);
+
+    // compression_bad.yaml stays refused for bz2 and md5sum, but no longer
+    // for its images without image_arg (LAVA downloads them only).
+    let text = std::fs::read_to_string(dir.join("compression_bad.yaml")).unwrap();
+    let e = job::parse("compression_bad.yaml", &text).unwrap_err();
+    assert!(
+        !e.errors.iter().any(|d| d
+            .location
+            .path
+            .as_deref()
+            .is_some_and(|p| p.ends_with("image_arg"))),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("bz2") && e.to_string().contains("md5sum"),
+        "{e}"
+    );
+}

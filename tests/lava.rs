@@ -599,3 +599,27 @@ fn an_overlay_the_board_cannot_fetch_is_an_infrastructure_error() {
         assert!(error.ends_with("exited with status 1"), "{error}");
     });
 }
+
+/// LAVA's `context.extra_kernel_args` and `console_device` reach the
+/// kernel's command line of a device type's boot commands, as LAVA's
+/// base-uboot template puts them into `setenv bootargs`.
+#[test]
+fn context_kernel_arguments_reach_a_command_sets_bootargs() {
+    let lab = Lab::start(1, &[]);
+    let job = lab.job("ctx", "medium", &["true"]).replace(
+        "actions:\n",
+        "context:\n  extra_kernel_args: labd.extra=1 quiet\n  console_device: ttyS1\nactions:\n",
+    );
+    rt().block_on(async {
+        let mut c = lab.client().await;
+        let id = submit(&mut c, &job).await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{end}\n{log}");
+        assert!(
+            log.contains(
+                "setenv bootargs 'console=ttyS0,115200n8 root=/dev/ram0 console=ttyS1,115200n8 labd.extra=1 quiet'"
+            ),
+            "{log}"
+        );
+    });
+}

@@ -204,6 +204,131 @@ fn a_qemu_that_cannot_start_fails_the_job_with_its_own_words() {
     });
 }
 
+/// hil/setup's artifacts: a Debian arm64 kernel and a busybox initramfs.
+fn hil_cache() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("HIL_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/labd-hil")))?;
+    let ok = dir.join("Image-arm64").exists() && dir.join("initramfs-arm64.cpio.gz").exists();
+    require(
+        "hil/setup's Image-arm64 and initramfs-arm64.cpio.gz",
+        ok,
+        "run hil/setup (it builds them in $HIL_CACHE, default ~/.cache/labd-hil); .ci/run does",
+    )
+    .then_some(dir)
+}
+
+/// LAVA's qemu job as tuxlava writes it: `-kernel {kernel} -append "..."`
+/// in the kernel's `image_arg`, the board's QEMU shaped by the job's
+/// `context`. The kernel boots with the job's command line (not the
+/// device type's), the context's memory, and an option the lab allows
+/// beyond labd's defaults; an option it does not allow is refused at
+/// submit, and a job for another architecture is refused by the board.
+#[test]
+fn a_tuxlava_style_job_boots_with_its_kernel_command_line_and_context() {
+    if !have_qemu() {
+        return;
+    }
+    let Some(cache) = hil_cache() else {
+        return;
+    };
+    let board = format!(
+        r#"
+[deploy]
+file_roots = ["{cache}"]
+[qemu]
+extra_allowed_options = ["-msg"]
+
+[[boards]]
+name = "qemu-01"
+device_type = "qemu-aarch64"
+console = {{ type = "pty", link = "@DIR@/qemu-01.console" }}
+power = {{ type = "qemu", timeout_secs = 60, argv = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-accel", "tcg", "-m", "256", "-nic", "none"] }}
+"#,
+        cache = cache.display()
+    );
+    let lab = Lab::start_with(1, &[], &[], &board);
+    let job = |context: &str| {
+        format!(
+            r#"device_type: qemu-aarch64
+job_name: tuxlava style
+timeouts:
+  job: {{ minutes: 10 }}
+context:
+{context}
+actions:
+- deploy:
+    to: tmpfs
+    images:
+      kernel:
+        image_arg: '-kernel {{kernel}} -append "console=ttyAMA0 rdinit=/init panic=-1 labd.tux=1"'
+        url: file://{cache}/Image-arm64
+      initrd:
+        image_arg: -initrd {{initrd}}
+        url: file://{cache}/initramfs-arm64.cpio.gz
+- boot:
+    method: qemu
+    media: tmpfs
+    prompts: ["virtboard:[^#]*# "]
+    timeout: {{ minutes: 8 }}
+- test:
+    timeout: {{ minutes: 2 }}
+    definitions:
+    - from: inline
+      name: tux
+      path: inline/tux.yaml
+      repository:
+        metadata: {{ format: Lava-Test Test Definition 1.0, name: tux }}
+        run:
+          steps:
+          - lava-test-case cmdline --shell grep -q labd.tux=1 /proc/cmdline
+          - lava-test-case job-append-only --shell test -z "$(grep -o labd.extra /proc/cmdline)"
+          - lava-test-case memory --shell test "$(awk '/MemTotal/{{print int($2/1024)}}' /proc/meminfo)" -gt 400
+"#,
+            cache = cache.display()
+        )
+    };
+    rt().block_on(async {
+        let mut c = lab.client().await;
+        // Not among labd's defaults, and not allowed by this lab.
+        let refused = c
+            .submit(&job("  arch: arm64\n  extra_options: ['-no-fd-bootchk']"), "j.yaml")
+            .await
+            .expect_err("an option the lab does not allow");
+        let msg = refused.to_string();
+        assert!(
+            msg.contains("context.extra_options") && msg.contains("-no-fd-bootchk"),
+            "{msg}"
+        );
+
+        // Another architecture than the board's QEMU.
+        let id = submit(&mut c, &job("  arch: amd64")).await;
+        let (end, _) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Incomplete", "{end}");
+        let j = common::job(&mut c, id).await;
+        let err = j["error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains("context.arch `amd64` needs qemu-system-x86_64"),
+            "{j}"
+        );
+
+        let id = submit(
+            &mut c,
+            &job("  arch: arm64\n  memory: 600\n  extra_options: ['-msg timestamp=on', '-smp', 1]\n  extra_kernel_args: labd.extra=1"),
+        )
+        .await;
+        let (end, log) = wait_job(&mut c, id).await;
+        assert_eq!(end["health"], "Complete", "{end}\n{log}");
+        let r = results(&mut c, id).await;
+        for case in ["cmdline", "job-append-only", "memory"] {
+            assert!(
+                r.contains(&(case.to_owned(), "pass".to_owned())),
+                "{case}: {r:?}\n{log}"
+            );
+        }
+    });
+}
+
 /// The pid of the process whose command line mentions `needle`.
 fn qemu_pid(needle: &str) -> Option<i32> {
     for e in std::fs::read_dir("/proc").ok()? {

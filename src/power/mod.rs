@@ -84,6 +84,12 @@ pub struct DirectBoot {
     pub append: String,
     /// A tmpfs deploy's `image_arg`s, checked at submit, paths filled in.
     pub extra: Vec<String>,
+    /// The QEMU options of the job's `context` (`-cpu`, `-machine`, `-m`,
+    /// `extra_options`), checked at submit.
+    pub options: Vec<String>,
+    /// The job's `context.arch`: the relay refuses a job whose architecture
+    /// its QEMU does not run.
+    pub arch: Option<String>,
 }
 
 /// What labd last told a relay, and whether it worked: after a failed

@@ -128,10 +128,36 @@ impl QemuPower {
         }
     }
 
-    /// The full command line: the board's machine, then what labd owns.
+    /// The full command line: the board's machine, then the job's options
+    /// (its context's, then its images'), then what labd owns. QEMU takes
+    /// the last of a repeated option, so a job may change the board's
+    /// `-cpu` or `-m` but never labd's console, QMP or `-no-reboot`; what a
+    /// job may give at all is checked at submit (`crate::qemu_args`).
     pub fn command_line(&self) -> Vec<String> {
         let mut a = self.argv.clone();
         let s = |x: &str| x.to_owned();
+        if let Ok(d) = self.direct.lock() {
+            if let Some(d) = d.as_ref() {
+                a.extend(d.options.iter().cloned());
+                for (opt, path) in [
+                    ("-kernel", &d.kernel),
+                    ("-initrd", &d.initrd),
+                    ("-dtb", &d.dtb),
+                ] {
+                    if let Some(p) = path {
+                        a.extend([s(opt), p.display().to_string()]);
+                    }
+                }
+                a.extend(d.extra.iter().cloned());
+                // QEMU refuses a command line without a kernel to take it;
+                // a job that gives its own `-append` (LAVA's image_arg) has
+                // the whole command line, as in LAVA.
+                let has = |o: &str| a.iter().any(|x| crate::qemu_args::canonical(x) == o);
+                if !d.append.is_empty() && has("-kernel") && !has("-append") {
+                    a.extend([s("-append"), d.append.clone()]);
+                }
+            }
+        }
         a.extend([
             s("-S"),
             s("-qmp"),
@@ -152,24 +178,6 @@ impl QemuPower {
         };
         if let Some(c) = chardev {
             a.extend([s("-chardev"), c, s("-serial"), s("chardev:labd-console")]);
-        }
-        if let Ok(d) = self.direct.lock() {
-            if let Some(d) = d.as_ref() {
-                for (opt, path) in [
-                    ("-kernel", &d.kernel),
-                    ("-initrd", &d.initrd),
-                    ("-dtb", &d.dtb),
-                ] {
-                    if let Some(p) = path {
-                        a.extend([s(opt), p.display().to_string()]);
-                    }
-                }
-                a.extend(d.extra.iter().cloned());
-                // QEMU refuses a command line without a kernel to take it.
-                if !d.append.is_empty() && a.iter().any(|x| x == "-kernel") {
-                    a.extend([s("-append"), d.append.clone()]);
-                }
-            }
         }
         a
     }
@@ -457,6 +465,26 @@ impl Power for QemuPower {
         }
     }
     fn set_direct_boot(&self, boot: Option<DirectBoot>) -> Result<(), PowerError> {
+        // LAVA's qemu device type picks the binary from `context.arch`;
+        // here the board's argv names it, and a job for another
+        // architecture cannot run on it.
+        if let Some(arch) = boot.as_ref().and_then(|b| b.arch.as_deref()) {
+            let want = crate::qemu_args::binary_for_arch(arch);
+            let have = self.argv.first().map_or("", String::as_str);
+            let have_name = std::path::Path::new(have)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(have);
+            if !crate::qemu_args::runs_arch(have_name, arch) {
+                return Err(PowerError::Failed {
+                    action: "on",
+                    message: format!(
+                        "context.arch `{arch}` needs {want}; board {} runs {have_name}",
+                        self.board
+                    ),
+                });
+            }
+        }
         if let Ok(mut d) = self.direct.lock() {
             *d = boot;
         }

@@ -55,6 +55,9 @@ impl LabActor {
         if let Err(e) = self.check_runnable(&parsed.definition) {
             return ready(Err(e));
         }
+        if let Err(e) = check_qemu_options(&parsed.qemu_options, &self.cfg.qemu) {
+            return ready(Err(e));
+        }
         // The text to store: with the secrets' values masked (checked
         // against the job as parsed, before its timeouts are capped).
         let masked = if parsed.definition.secrets.is_empty() {
@@ -399,6 +402,26 @@ impl LabActor {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses a job that gives QEMU an option outside labd's default
+/// allow-list the lab has not allowed (`[qemu] extra_allowed_options`),
+/// naming where the job gives it. The parser already refused every option
+/// that reaches the host.
+fn check_qemu_options(
+    options: &[(Location, String)],
+    policy: &crate::config::QemuConfig,
+) -> Result<(), ApiError> {
+    match options.iter().find(|(_, o)| !policy.allows(o)) {
+        None => Ok(()),
+        Some((at, o)) => Err(ApiError {
+            code: ErrorCode::Unsupported,
+            message: format!(
+                "{at}: `{o}` is not a QEMU option this lab lets jobs use (labd's defaults, and `[qemu] extra_allowed_options`)"
+            ),
+            location: Some(at.clone()),
+        }),
     }
 }
 
