@@ -226,6 +226,12 @@ pub struct TestDefinition {
     /// missing one is recorded as a fail.
     #[serde(default)]
     pub expected: Option<Vec<String>>,
+    /// LAVA's `lava-signal: kmsg`: the definition's signals go to the
+    /// kernel's log (`/dev/kmsg`, which the kernel prints on the console)
+    /// rather than the shell's output, for boards whose console the shell
+    /// does not own.
+    #[serde(default)]
+    pub signal_kmsg: bool,
 }
 
 /// Where a test definition comes from.
@@ -2752,6 +2758,7 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
     let mut branch = None;
     let mut history = true;
     let mut expected = None;
+    let mut signal_kmsg = false;
     for (k, val) in m.iter() {
         let p = format!("{path}.{}", k.as_str());
         match k.as_str() {
@@ -2851,12 +2858,21 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
                     }
                 }
             }
-            "shallow" | "lava-signal" | "timeout" if is_git => ctx.warn(
+            "lava-signal" => match ctx.string(&p, val).as_deref() {
+                Some("kmsg") => signal_kmsg = true,
+                Some("stdout") | None => {}
+                Some(other) => ctx.err(
+                    &p,
+                    val.span(),
+                    format!("`lava-signal: {other}`: LAVA's are `stdout` and `kmsg`"),
+                ),
+            },
+            "shallow" | "timeout" if is_git => ctx.warn(
                 &p,
                 &key_span(k),
                 format!("`{}` changes nothing in labd; ignored", k.as_str()),
             ),
-            "branch" | "revision" | "history" | "shallow" | "lava-signal" | "timeout" => ctx.warn(
+            "branch" | "revision" | "history" | "shallow" | "timeout" => ctx.warn(
                 &p,
                 &key_span(k),
                 format!(
@@ -2917,6 +2933,7 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
                 history,
             }),
             expected,
+            signal_kmsg,
         });
     }
     if steps.is_none() && m.get_node("repository").is_none() {
@@ -2932,6 +2949,7 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
         parameters,
         source: DefinitionSource::Inline,
         expected,
+        signal_kmsg,
     })
 }
 

@@ -1307,6 +1307,12 @@ impl Runner {
                 let suite = format!("{n}_{}", d.name);
                 let uuid = format!("{}_{n}", r.ctx.job_id);
                 r.event("test-definition", &suite);
+                if d.signal_kmsg {
+                    r.event(
+                        "test-warning",
+                        &format!("{suite}: `lava-signal: kmsg` applies to definitions run from the overlay; on the shell, signals are read from its output"),
+                    );
+                }
                 r.expected.insert(suite.clone(), d.expected.clone());
                 r.shell_step(&signals::run_marker("STARTRUN", &suite, &uuid))
                     .await?;

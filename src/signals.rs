@@ -268,6 +268,19 @@ impl SignalParser {
             }
             _ => {}
         }
+        // LAVA's `lava-signal: kmsg`: a definition's signal printed by the
+        // kernel, whole, after its timestamp. The kernel prints a message
+        // in one piece, so nothing of it is carried to the next line.
+        if let (true, Some(at)) = (cut, kernel_stamp(raw)) {
+            signals_in(&raw[at..], |found| {
+                if let Found::Signal { kind, body } = found {
+                    out.push(parse_signal(kind, body).unwrap_or_else(|| Signal::Other {
+                        kind: kind.to_owned(),
+                        body: body.to_owned(),
+                    }));
+                }
+            });
+        }
     }
 
     /// Ends the stream here (a step's end marker was seen): an unfinished
@@ -430,6 +443,17 @@ mod tests {
             s.extend(p.feed(&text[i..]));
             assert_eq!(s, vec![tc("x", "fail")], "split at {i}");
         }
+    }
+
+    /// LAVA's `lava-signal: kmsg`: the kernel prints the signal on the
+    /// console after its timestamp.
+    #[test]
+    fn a_signal_the_kernel_prints_is_read() {
+        let mut p = SignalParser::new();
+        assert_eq!(
+            p.feed(b"[   12.345678] <LAVA_SIGNAL_TESTCASE TEST_CASE_ID=k RESULT=pass>\r\n"),
+            vec![tc("k", "pass")]
+        );
     }
 
     #[test]

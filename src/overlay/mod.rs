@@ -169,6 +169,8 @@ pub struct OverlayDefinition {
     /// The `install: git-repos` the caller fetched, by destination (see
     /// [`GitRepo::destination`]); each is copied to `<dir>/<destination>`.
     pub repos: Vec<(String, SourceDir)>,
+    /// LAVA's `lava-signal: kmsg`: its signals go to `/dev/kmsg`.
+    pub signal_kmsg: bool,
 }
 
 impl OverlayDefinition {
@@ -188,6 +190,7 @@ impl OverlayDefinition {
             parameters,
             skip_install: Vec::new(),
             repos: Vec::new(),
+            signal_kmsg: false,
         })
     }
 }
@@ -357,7 +360,13 @@ impl Overlay {
             Some(y) => y.clone().into_bytes(),
             None => def.testdef.to_json().into_bytes(),
         };
-        let run_sh = scripts::run_sh(&job.shell, &testrun_id, &params, &def.testdef.steps)?;
+        let run_sh = scripts::run_sh(
+            &job.shell,
+            &testrun_id,
+            &params,
+            &def.testdef.steps,
+            def.signal_kmsg,
+        )?;
         let mut generated = vec![
             ("uuid", 0o644, uuid.clone().into_bytes()),
             ("testdef.yaml", 0o644, testdef_yaml),
@@ -706,6 +715,7 @@ mod tests {
             parameters: vec![],
             skip_install: vec![],
             repos: vec![],
+            signal_kmsg: false,
         }
     }
 

@@ -39,6 +39,12 @@ const HELPERS: &[(&str, &str)] = &[
     ),
 ];
 
+/// How every helper prints a signal (`@LAVA_SIGNAL_FN@` in its text): on
+/// its output, or, under LAVA's `lava-signal: kmsg` (run.sh exports
+/// `KMSG`), into the kernel's log at the emergency level, which the kernel
+/// prints on the console whatever its log level, as LAVA's helpers do.
+const SIGNAL_FN: &str = "lava_signal() {\n    if [ -n \"${KMSG:-}\" ]; then\n        printf '<0>%s\\n' \"$1\" > /dev/kmsg\n    else\n        printf '%s\\n' \"$1\"\n    fi\n}\n";
+
 /// The helpers as they go into `bin/`, for a board whose shell is `shell`.
 pub(super) fn helpers(shell: &str) -> Vec<(&'static str, String)> {
     let quoted = sh_quote(shell);
@@ -47,7 +53,11 @@ pub(super) fn helpers(shell: &str) -> Vec<(&'static str, String)> {
         .map(|(name, body)| {
             (
                 *name,
-                format!("#!{shell}\n{}", body.replace("@LAVA_SH@", &quoted)),
+                format!(
+                    "#!{shell}\n{}",
+                    body.replace("@LAVA_SH@", &quoted)
+                        .replace("@LAVA_SIGNAL_FN@\n", SIGNAL_FN)
+                ),
             )
         })
         .collect()
@@ -178,6 +188,7 @@ pub(super) fn run_sh(
     testrun_id: &str,
     params: &Params<'_>,
     steps: &[String],
+    kmsg: bool,
 ) -> Result<String, OverlayError> {
     let mut s = format!(
         "#!{shell}\n# The run.sh of {testrun_id}, written by labd: its parameters, then its\n\
@@ -189,13 +200,25 @@ pub(super) fn run_sh(
     s.push_str(&format!("export TESTRUN_ID={testrun_id}\n"));
     s.push_str(CD_HERE);
     s.push_str("UUID=$(cat uuid)\n");
-    s.push_str("printf '<LAVA_SIGNAL_STARTRUN %s %s>\\n' \"$TESTRUN_ID\" \"$UUID\"\n");
+    // LAVA's `lava-signal: kmsg`: the helpers, and STARTRUN and ENDRUN
+    // here, write to the kernel's log.
+    let (to, level) = if kmsg {
+        s.push_str("export KMSG=true\n");
+        (" > /dev/kmsg", "<0>")
+    } else {
+        ("", "")
+    };
+    s.push_str(&format!(
+        "printf '{level}<LAVA_SIGNAL_STARTRUN %s %s>\\n' \"$TESTRUN_ID\" \"$UUID\"{to}\n"
+    ));
     for step in steps {
         no_nul("step", step)?;
         s.push_str(&escape_positional(step));
         s.push('\n');
     }
-    s.push_str("printf '<LAVA_SIGNAL_ENDRUN %s %s>\\n' \"$TESTRUN_ID\" \"$UUID\"\n");
+    s.push_str(&format!(
+        "printf '{level}<LAVA_SIGNAL_ENDRUN %s %s>\\n' \"$TESTRUN_ID\" \"$UUID\"{to}\n"
+    ));
     Ok(s)
 }
 
@@ -331,9 +354,33 @@ mod tests {
         let defaults = [("A".to_owned(), "default".to_owned())];
         let job = [("A".to_owned(), "job's".to_owned())];
         let p = Params::new(&defaults, &job, |_| {}).unwrap();
-        let s = run_sh("/bin/sh", "0_x", &p, &["echo \"$A\"".into()]).unwrap();
+        let s = run_sh("/bin/sh", "0_x", &p, &["echo \"$A\"".into()], false).unwrap();
         let d = s.find("export A='default'").unwrap();
         let j = s.find("export A='job'\\''s'").unwrap();
         assert!(d < j, "{s}");
+    }
+
+    /// LAVA's `lava-signal: kmsg`: run.sh exports KMSG for the helpers and
+    /// writes its own STARTRUN and ENDRUN to the kernel's log.
+    #[test]
+    fn kmsg_definitions_signal_through_the_kernel() {
+        let p = Params::new(&[], &[], |_| {}).unwrap();
+        let s = run_sh("/bin/sh", "0_x", &p, &["true".into()], true).unwrap();
+        assert!(s.contains("export KMSG=true\n"), "{s}");
+        assert!(
+            s.contains(
+                "printf '<0><LAVA_SIGNAL_STARTRUN %s %s>\\n' \"$TESTRUN_ID\" \"$UUID\" > /dev/kmsg"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("<0><LAVA_SIGNAL_ENDRUN"), "{s}");
+        let plain = run_sh("/bin/sh", "0_x", &p, &["true".into()], false).unwrap();
+        assert!(
+            !plain.contains("kmsg") && !plain.contains("KMSG"),
+            "{plain}"
+        );
+        for (name, text) in helpers("/bin/sh") {
+            assert!(!text.contains("@LAVA_SIGNAL_FN@"), "{name}");
+        }
     }
 }

@@ -130,6 +130,7 @@ impl Runner {
                         parameters,
                         skip_install: Vec::new(),
                         repos: Vec::new(),
+                        signal_kmsg: d.signal_kmsg,
                     },
                     DefinitionSource::Git(g) => {
                         let dest = job_dir.join("defs").join(format!("{stage}_{i}"));
@@ -138,10 +139,16 @@ impl Runner {
                             path: dest,
                             include_git: g.history,
                         };
-                        OverlayDefinition::from_yaml(&d.name, Some(source), &yaml, parameters)
-                            .map_err(|e| {
-                                job_error(format!("test definition {} ({}): {e}", d.name, g.path))
-                            })?
+                        let mut def =
+                            OverlayDefinition::from_yaml(&d.name, Some(source), &yaml, parameters)
+                                .map_err(|e| {
+                                    job_error(format!(
+                                        "test definition {} ({}): {e}",
+                                        d.name, g.path
+                                    ))
+                                })?;
+                        def.signal_kmsg = d.signal_kmsg;
+                        def
                     }
                 };
                 defs.push(def);
