@@ -433,10 +433,20 @@ fn a_definitions_expected_cases_are_held_to() {
     });
 }
 
-/// A bare repository with one test definition, tagged `v1`, in `dir`.
+/// A bare repository with test definitions, tagged `v1`, in `dir`:
+/// `smoke.yaml`, and `with-repo.yaml`, whose `install: git-repos` is this
+/// same repository.
 fn definitions_repo(dir: &std::path::Path) -> std::path::PathBuf {
     let work = dir.join("work");
     std::fs::create_dir_all(work.join("defs")).unwrap();
+    std::fs::write(
+        work.join("defs/with-repo.yaml"),
+        format!(
+            "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: with-repo\ninstall:\n  git-repos:\n    - url: file://{}\n      destination: helpers\n      branch: main\nrun:\n  steps:\n    - lava-test-case repo-there --shell test -f helpers/defs/smoke.yaml\n",
+            dir.join("defs.git").display()
+        ),
+    )
+    .unwrap();
     std::fs::write(
         work.join("defs/smoke.yaml"),
         "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: smoke\nrun:\n  steps:\n    - lava-test-case ok --shell true\n",
@@ -572,6 +582,41 @@ fn a_git_definition_runs_from_an_overlay_the_board_fetched_over_http() {
         assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
         assert_eq!(all_results(&mut c, id).await, ["0_smoke/ok pass"]);
         assert!(log.contains("overlay.tar.gz"), "{log}");
+    });
+}
+
+/// LAVA's `install: git-repos`: the lab clones the repository a
+/// definition names (through its git cache) into the definition's
+/// directory in the overlay, where the definition's steps find it.
+#[test]
+fn a_definitions_install_git_repos_are_cloned_into_the_overlay() {
+    if !require_tool("git", "install the Debian package git; .ci/run does")
+        || !require_tool("curl", "install the Debian package curl; .ci/run does")
+        || !require_root("the board unpacks its overlay at / (tar -C /)")
+    {
+        return;
+    }
+    rt().block_on(async {
+        let (lab, repo) =
+            git_lab("[deploy]\nfile_roots = [\"@DIR@\"]\noverlay_http = \"127.0.0.1:0\"\n");
+        let mut c = lab.client().await;
+        let text = with_transfer(
+            git_job(&lab, &repo, "v1", true)
+                .replace("path: defs/smoke.yaml", "path: defs/with-repo.yaml")
+                .replace("name: smoke", "name: with-repo"),
+            "curl -sSfO",
+            "tar -C / -xzf",
+        );
+        let id = submit(&mut c, &text).await;
+        let (end, log) = ended(&mut c, id).await;
+        let _ = std::fs::remove_dir_all(format!("/lava-{id}"));
+        assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
+        assert_eq!(
+            all_results(&mut c, id).await,
+            ["0_with-repo/repo-there pass"]
+        );
+        let events = common::job(&mut c, id).await["events"].to_string();
+        assert!(events.contains("install git-repos"), "{events}");
     });
 }
 

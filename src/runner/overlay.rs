@@ -148,6 +148,21 @@ impl Runner {
                                     ))
                                 })?;
                         def.signal_kmsg = d.signal_kmsg;
+                        // LAVA clones a definition's `install: git-repos`
+                        // on the dispatcher, into the overlay: through the
+                        // lab's git cache here, as the definition's own.
+                        let repos_dir = job_dir.join("defs").join(format!("{stage}_{i}_repos"));
+                        for repo in def.testdef.install.git_repos.clone() {
+                            let dest = repos_dir.join(&repo.destination);
+                            self.fetch_install_repo(&d.name, &repo, &dest).await?;
+                            def.repos.push((
+                                repo.destination.clone(),
+                                SourceDir {
+                                    path: dest,
+                                    include_git: true,
+                                },
+                            ));
+                        }
                         def
                     }
                 };
@@ -292,6 +307,59 @@ impl Runner {
     }
 
     /// Checks a git definition out and reads its definition file's text.
+    /// One of a definition's `install: git-repos`, checked out through the
+    /// lab's git cache (with its history, as LAVA clones it) into `dest`.
+    async fn fetch_install_repo(
+        &mut self,
+        suite: &str,
+        repo: &crate::overlay::GitRepo,
+        dest: &Path,
+    ) -> Result<(), Stop> {
+        let job_error = |msg: String| Stop(JobOutcome::incomplete(ErrorClass::Job, msg));
+        crate::git_url::check_url(&repo.url).map_err(|why| {
+            job_error(format!(
+                "test definition {suite}: install git-repos `{}`: {why}",
+                repo.url
+            ))
+        })?;
+        let Some(cache) = self.ctx.tftp.git.clone() else {
+            return Err(Stop(JobOutcome::incomplete(
+                ErrorClass::Configuration,
+                "this lab has no git cache for a definition's `install: git-repos`",
+            )));
+        };
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| infra(format!("creating {}: {e}", parent.display())))?;
+        }
+        let started = std::time::Instant::now();
+        let got = cache
+            .checkout(&repo.url, None, repo.branch.as_deref(), true, dest)
+            .await
+            .map_err(|e| {
+                let msg = format!("test definition {suite}: install git-repos: {e}");
+                self.event("error", &msg);
+                Stop(JobOutcome::incomplete(e.class(), msg))
+            })?;
+        self.event(
+            "git",
+            &format!(
+                "{suite}: install git-repos {} at {} as `{}`{} in {} ms",
+                got.url,
+                got.commit,
+                repo.destination,
+                if got.fetched {
+                    ""
+                } else {
+                    " (from the git cache)"
+                },
+                started.elapsed().as_millis()
+            ),
+        );
+        Ok(())
+    }
+
     async fn checkout(
         &mut self,
         suite: &str,
