@@ -92,6 +92,10 @@ pub struct Deploy {
     /// LAVA's `to: tmpfs` images for a qemu boot, in the job's order.
     #[serde(default)]
     pub images: Vec<Image>,
+    /// LAVA's `to: ssh`: nothing is fetched; the device is already
+    /// running, and the overlay reaches it over ssh after the ssh boot.
+    #[serde(default)]
+    pub to_ssh: bool,
 }
 
 /// One of a `to: tmpfs` deploy's `images`: a file and the QEMU arguments
@@ -236,6 +240,22 @@ pub enum BootMethod {
     /// commands, and stay at its prompt (for `interactive` tests of the
     /// bootloader itself).
     Bootloader,
+    /// LAVA's `ssh`: the device is running; the boot opens the board's ssh
+    /// connection and waits for the prompt.
+    Ssh,
+}
+
+impl BootMethod {
+    /// The method's name in a job, as LAVA spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootMethod::UBoot => "u-boot",
+            BootMethod::Minimal => "minimal",
+            BootMethod::Qemu => "qemu",
+            BootMethod::Bootloader => "bootloader",
+            BootMethod::Ssh => "ssh",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1252,13 +1272,13 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                 let Some(t) = ctx.string(&p, val) else {
                     continue;
                 };
-                if t == "tftp" || t == "tmpfs" {
+                if t == "tftp" || t == "tmpfs" || t == "ssh" {
                     to = Some(t);
                 } else {
                     ctx.unsupported(
                         &p,
                         val.span(),
-                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp` (and `tmpfs` for qemu boots)"),
+                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp` (and `tmpfs` for qemu boots, `ssh` for ssh devices)"),
                     );
                 }
             }
@@ -1345,7 +1365,11 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         ctx.err(&format!("{path}.to"), v.span(), "missing required key `to`");
     }
     let tmpfs = to.as_deref() == Some("tmpfs");
-    if to.is_some() && !tmpfs && kernel.is_none() && m.get_node("kernel").is_none() {
+    let to_ssh = to.as_deref() == Some("ssh");
+    if to_ssh {
+        check_ssh_deploy(ctx, path, m);
+    }
+    if to.is_some() && !tmpfs && !to_ssh && kernel.is_none() && m.get_node("kernel").is_none() {
         ctx.err(
             &format!("{path}.kernel"),
             v.span(),
@@ -1381,7 +1405,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         (Some(_), t) => t?,
         (None, _) => KernelType::Image,
     };
-    if !tmpfs {
+    if !tmpfs && !to_ssh {
         kernel.as_ref()?;
     }
     Some(Deploy {
@@ -1392,7 +1416,23 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         ramdisk,
         dtb,
         images,
+        to_ssh,
     })
+}
+
+/// A `to: ssh` deploy fetches nothing: the device runs its own system,
+/// and labd copies only the overlay to it (LAVA's scp of kernels, rootfs
+/// and modules to the device is not supported).
+fn check_ssh_deploy(ctx: &mut Ctx, path: &str, m: &MarkedMappingNode) {
+    for key in ["kernel", "ramdisk", "dtb"] {
+        if let Some(n) = m.get_node(key) {
+            ctx.unsupported(
+                &format!("{path}.{key}"),
+                n.span(),
+                "copying files to a device over ssh is not supported; a `to: ssh` deploy delivers only the overlay",
+            );
+        }
+    }
 }
 
 fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
@@ -1419,11 +1459,12 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                     "minimal" => method = Some(BootMethod::Minimal),
                     "qemu" => method = Some(BootMethod::Qemu),
                     "bootloader" => method = Some(BootMethod::Bootloader),
+                    "ssh" => method = Some(BootMethod::Ssh),
                     _ => ctx.unsupported(
                         &p,
                         val.span(),
                         format!(
-                            "boot method `{s}` is not supported; labd boots with `method: u-boot`, `minimal`, `qemu` or `bootloader`"
+                            "boot method `{s}` is not supported; labd boots with `method: u-boot`, `minimal`, `qemu`, `bootloader` or `ssh`"
                         ),
                     ),
                 }
@@ -1503,6 +1544,7 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                 }
             }
             "transfer_overlay" => transfer_overlay = parse_transfer_overlay(ctx, &p, val),
+            "connection" => parse_boot_connection(ctx, &p, val, m.get_node("method")),
             "type"
             | "media"
             | "bootloader"
@@ -1554,6 +1596,17 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
         }
         commands = Some(BootCommands::Inline(Vec::new()));
     }
+    if method == Some(BootMethod::Ssh) {
+        if let Some(c) = m.get_node("commands") {
+            ctx.err(
+                &format!("{path}.commands"),
+                c.span(),
+                "an `ssh` boot sends no bootloader commands; the device is already running",
+            );
+            return None;
+        }
+        commands = Some(BootCommands::Inline(Vec::new()));
+    }
     let method = method?;
     Some(Boot {
         method,
@@ -1565,6 +1618,38 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
         reset,
         transfer_overlay,
     })
+}
+
+/// LAVA's boot `connection`: how labd reaches the booted board's shell.
+/// `ssh` is an ssh boot's own (and the only one it takes); `serial` is
+/// every other boot's.
+fn parse_boot_connection(ctx: &mut Ctx, path: &str, v: &Node, method: Option<&Node>) {
+    let Some(c) = ctx.string(path, v) else {
+        return;
+    };
+    let ssh_boot = method
+        .and_then(|n| n.as_scalar())
+        .is_some_and(|s| s.as_str() == "ssh");
+    match (c.as_str(), ssh_boot) {
+        ("ssh", true) | ("serial", false) => {}
+        ("ssh", false) => ctx.unsupported(
+            path,
+            v.span(),
+            "`connection: ssh` goes with `method: ssh` (a board reached over ssh); this boot uses the board's serial console",
+        ),
+        (other, _) => ctx.unsupported(
+            path,
+            v.span(),
+            format!(
+                "connection `{other}` is not supported; {}",
+                if ssh_boot {
+                    "an ssh boot's connection is `ssh`"
+                } else {
+                    "labd reaches this boot's shell on the `serial` console"
+                }
+            ),
+        ),
+    }
 }
 
 fn parse_transfer_overlay(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TransferOverlay> {
