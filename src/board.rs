@@ -392,75 +392,101 @@ impl BoardActor {
         let console = self.console.clone();
         ctx.spawn(async move { console.connect().await }.into_actor(self).map(
             move |res, act, ctx| match res {
-                Ok(io) => {
-                    tracing::info!(board = %act.name, console = %act.console.describe(), "console attached");
-                    act.reconnect_delay = Duration::from_millis(100);
-                    act.console_up.send_replace(true);
-                    act.console_attached.send_modify(|n| *n += 1);
-                    if let Some((since, _, timer)) = act.lost.take() {
-                        if let Some(t) = timer {
-                            ctx.cancel_future(t);
-                        }
-                        if let Some(job) = &mut act.job {
-                            let note = format!(
-                                "\r\n[labd: console back after {:.1} s]\r\n",
-                                since.elapsed().as_secs_f64()
-                            );
-                            job.log_buf.extend_from_slice(note.as_bytes());
-                        }
-                        act.flush_log();
-                    }
-                    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-                    act.writer = Some(tx);
-                    let mut writer = io.writer;
-                    let pacer = crate::console::ReadPacer::new(
-                        io.reader.pacing(act.pacing),
-                        tokio::time::Instant::now(),
-                    );
-                    // What labd writes is answered: its replies are read at once.
-                    let replies = pacer.replies();
-                    let w = tokio::spawn(async move {
-                        while let Some(b) = rx.recv().await {
-                            if writer.write_all(&b).await.is_err() {
-                                break;
-                            }
-                            let _ = writer.flush().await;
-                            replies.wrote();
-                        }
-                    });
-                    // The reads are a stream of this actor's context, not a
-                    // task sending messages: a read is handled where it is
-                    // polled, with no envelope, reply channel or second
-                    // task's wake-up per read (a cost per read at 1000
-                    // boards). The stream is polled only while the actor is,
-                    // and each read is handled before the next is made, so
-                    // memory is bounded under a flood: the kernel's buffer
-                    // fills and the sender slows down.
-                    let reads = futures_lite::stream::unfold(
-                        Some((io.reader, pacer, vec![0u8; 16 * 1024])),
-                        move |state| async move {
-                            let (mut reader, mut pacer, mut buf) = state?;
-                            match reader.read_batch(&mut buf, &mut pacer).await {
-                                Ok(0) => Some(((gen, ConsoleEvent::Lost("end of file".into())), None)),
-                                Ok(n) => {
-                                    let bytes = buf[..n].to_vec();
-                                    Some(((gen, ConsoleEvent::Bytes(bytes)), Some((reader, pacer, buf))))
-                                }
-                                Err(e) => Some(((gen, ConsoleEvent::Lost(e.to_string())), None)),
-                            }
-                        },
-                    );
-                    if let Some(old) = act.console_reads.replace(ctx.add_stream(reads)) {
-                        ctx.cancel_future(old);
-                    }
-                    act.console_writer = Some(AbortOnDrop(w.abort_handle()));
-                }
+                Ok(io) => act.attach(io, gen, ctx),
                 Err(e) => {
                     tracing::warn!(board = %act.name, error = %e, "console connect failed");
                     act.schedule_reconnect(ctx);
                 }
             },
         ));
+    }
+
+    /// Makes `io` the board's console connection `gen`: its reads become
+    /// this actor's stream and its writer the console's.
+    fn attach(&mut self, io: crate::console::ConsoleIo, gen: u64, ctx: &mut Context<Self>) {
+        let span = self.span.clone();
+        let _in_board = span.enter();
+        tracing::info!(board = %self.name, console = %self.console.describe(), "console attached");
+        self.reconnect_delay = Duration::from_millis(100);
+        self.console_up.send_replace(true);
+        self.console_attached.send_modify(|n| *n += 1);
+        if let Some((since, _, timer)) = self.lost.take() {
+            if let Some(t) = timer {
+                ctx.cancel_future(t);
+            }
+            if let Some(job) = &mut self.job {
+                let note = format!(
+                    "\r\n[labd: console back after {:.1} s]\r\n",
+                    since.elapsed().as_secs_f64()
+                );
+                job.log_buf.extend_from_slice(note.as_bytes());
+            }
+            self.flush_log();
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        self.writer = Some(tx);
+        let mut writer = io.writer;
+        let pacer = crate::console::ReadPacer::new(
+            io.reader.pacing(self.pacing),
+            tokio::time::Instant::now(),
+        );
+        // What labd writes is answered: its replies are read at once.
+        let replies = pacer.replies();
+        let w = tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if writer.write_all(&b).await.is_err() {
+                    break;
+                }
+                let _ = writer.flush().await;
+                replies.wrote();
+            }
+        });
+        // The reads are a stream of this actor's context, not a
+        // task sending messages: a read is handled where it is
+        // polled, with no envelope, reply channel or second
+        // task's wake-up per read (a cost per read at 1000
+        // boards). The stream is polled only while the actor is,
+        // and each read is handled before the next is made, so
+        // memory is bounded under a flood: the kernel's buffer
+        // fills and the sender slows down.
+        let reads = futures_lite::stream::unfold(
+            Some((io.reader, pacer, vec![0u8; 16 * 1024])),
+            move |state| async move {
+                let (mut reader, mut pacer, mut buf) = state?;
+                match reader.read_batch(&mut buf, &mut pacer).await {
+                    Ok(0) => Some(((gen, ConsoleEvent::Lost("end of file".into())), None)),
+                    Ok(n) => {
+                        let bytes = buf[..n].to_vec();
+                        Some((
+                            (gen, ConsoleEvent::Bytes(bytes)),
+                            Some((reader, pacer, buf)),
+                        ))
+                    }
+                    Err(e) => Some(((gen, ConsoleEvent::Lost(e.to_string())), None)),
+                }
+            },
+        );
+        if let Some(old) = self.console_reads.replace(ctx.add_stream(reads)) {
+            ctx.cancel_future(old);
+        }
+        self.console_writer = Some(AbortOnDrop(w.abort_handle()));
+    }
+
+    /// Closes an ssh console at a job's end: it is opened per job, so the
+    /// next job gets a fresh login and no session stays open while idle.
+    /// Its reads are cancelled, so no loss is reported for it.
+    fn close_ssh_console(&mut self, ctx: &mut Context<Self>) {
+        if self.console.ssh().is_none() {
+            return;
+        }
+        self.console_gen += 1;
+        self.writer = None;
+        if let Some(reads) = self.console_reads.take() {
+            ctx.cancel_future(reads);
+        }
+        // Dropping the writer task drops ssh's last handle: it is killed.
+        self.console_writer = None;
+        self.console_up.send_replace(false);
     }
 
     fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
@@ -493,9 +519,11 @@ impl BoardActor {
         }
         job.input = None;
         let id = job.id;
+        self.close_ssh_console(ctx);
         self.set_phase(Phase::PoweringOff);
         self.event(id, "phase", Phase::PoweringOff.to_string());
         let power = self.power.clone();
+        let relay = power.has_relay();
         let limit = self
             .dt
             .timeouts
@@ -519,6 +547,7 @@ impl BoardActor {
                     act.event(id, "nfs", format!("removing the job's NFS export: {e}"));
                 }
                 let msg = match res {
+                    Ok(Ok(())) if !relay => "no relay: the board stays on".to_owned(),
                     Ok(Ok(())) => "board powered off".to_owned(),
                     Ok(Err(e)) => format!("power off failed: {e}"),
                     Err(_) => format!("power off timed out after {} s", limit.as_secs()),
@@ -562,7 +591,10 @@ impl Actor for BoardActor {
             console_attached: self.console_attached.subscribe(),
             lost: Box::new(move |why| addr.do_send(PowerLost(why))),
         });
-        self.connect(ctx);
+        // An ssh console is opened by a job's boot, not held while idle.
+        if self.console.ssh().is_none() {
+            self.connect(ctx);
+        }
     }
 }
 
@@ -659,6 +691,10 @@ impl BoardActor {
         self.console_reads = None;
         self.console_writer = None;
         self.console_up.send_replace(false);
+        if self.console.ssh().is_some() {
+            self.ssh_lost(why, ctx);
+            return;
+        }
         if self.console.attaches_after_power_on() {
             // A board that connects its own console (QEMU) closes it when
             // it powers off: that is no loss. A board dying during a job is
@@ -694,6 +730,53 @@ impl BoardActor {
         // `lost`: this is the start of the gap.
         self.lost = Some((std::time::Instant::now(), why, timer));
         self.schedule_reconnect(ctx);
+    }
+}
+
+impl BoardActor {
+    /// An ssh session ended by itself (the board went away, its shell
+    /// exited, the network dropped it). It is not reopened: a job's boot
+    /// opens it, and a job that loses it mid-way ends as the lab's failure,
+    /// naming what ssh said.
+    fn ssh_lost(&mut self, why: String, ctx: &mut Context<Self>) {
+        tracing::warn!(board = %self.name, reason = %why, "ssh session ended");
+        let Some(job) = &mut self.job else { return };
+        if job.ending {
+            return;
+        }
+        let note = format!("\r\n[labd: {why}]\r\n");
+        job.log_buf.extend_from_slice(note.as_bytes());
+        let id = job.id;
+        self.flush_log();
+        self.event(id, "console", why.clone());
+        self.end_job(JobOutcome::incomplete(ErrorClass::Infrastructure, why), ctx);
+    }
+}
+
+/// A console connection the job's runner opened (an ssh boot's), for the
+/// board to read and write from now on, as long as that job runs.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AttachConsole {
+    job: JobId,
+    io: crate::console::ConsoleIo,
+}
+
+impl Handler<AttachConsole> for BoardActor {
+    type Result = ();
+    fn handle(&mut self, msg: AttachConsole, ctx: &mut Context<Self>) {
+        // A connection opened for a job that has ended is dropped (which
+        // closes it); a new one replaces the job's last (a boot's retry).
+        if !self
+            .job
+            .as_ref()
+            .is_some_and(|j| j.id == msg.job && !j.ending)
+        {
+            return;
+        }
+        self.console_gen += 1;
+        let gen = self.console_gen;
+        self.attach(msg.io, gen, ctx);
     }
 }
 
@@ -751,6 +834,8 @@ impl Handler<StartJob> for BoardActor {
             }
         });
         let phase_addr = addr.clone();
+        let attach_addr = addr.clone();
+        let job_id = msg.id;
         let board = self.name.clone();
         let mask = crate::secrets::Masker::new(msg.def.secrets.values().map(String::as_str));
         let rc = RunCtx {
@@ -772,6 +857,8 @@ impl Handler<StartJob> for BoardActor {
             } else {
                 self.console_up.subscribe()
             },
+            ssh: self.console.ssh().cloned(),
+            attach: Box::new(move |io| attach_addr.do_send(AttachConsole { job: job_id, io })),
             phase: Box::new(move |p| {
                 if p == Phase::BootloaderCommands {
                     crate::faults::maybe_panic("board-boot", &board);

@@ -727,6 +727,9 @@ pub struct BoardConfig {
     #[serde(default)]
     pub tags: Vec<String>,
     pub console: ConsoleConfig,
+    /// Left out (or `type = "none"`) only for a board reached over ssh,
+    /// which is always on (LAVA's ssh device type has no power commands).
+    #[serde(default)]
     pub power: PowerConfig,
     /// The device dictionary: dotted device-type keys this board overrides.
     #[serde(default)]
@@ -848,11 +851,49 @@ pub enum ConsoleConfig {
         #[serde(default = "default_console_ready_timeout")]
         ready_timeout_secs: u64,
     },
+    /// LAVA's ssh device: the board's shell over OpenSSH's `ssh`, opened
+    /// by a job's `boot: method: ssh` and closed at the job's end. labd
+    /// builds the whole command line itself (`-tt`, `BatchMode=yes`,
+    /// `StrictHostKeyChecking=yes` against `known_hosts`, this key only, no
+    /// agent, no forwarding); nothing of it comes from a job.
+    Ssh {
+        host: String,
+        #[serde(default = "default_ssh_port")]
+        port: u16,
+        #[serde(default = "default_ssh_user")]
+        user: String,
+        /// The private key labd logs in with (absolute path, readable by
+        /// labd's user only, as ssh insists).
+        #[serde(default)]
+        identity_file: Option<PathBuf>,
+        /// A `known_hosts` file holding the board's host key (absolute
+        /// path): a board whose key is not the one listed is refused.
+        #[serde(default)]
+        known_hosts: Option<PathBuf>,
+        /// ssh's `ConnectTimeout`: how long the TCP connection may take.
+        #[serde(default = "default_ssh_connect_timeout")]
+        connect_timeout_secs: u64,
+    },
     /// A board of `labd-sim`: labd asks the simulator for its PTY and opens it as a serial device.
     Sim {
         #[serde(default)]
         board: Option<String>,
     },
+}
+
+impl ConsoleConfig {
+    /// The console's `type`, as the config writes it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConsoleConfig::Serial { .. } => "serial",
+            ConsoleConfig::Tcp { .. } => "tcp",
+            ConsoleConfig::Unix { .. } => "unix",
+            ConsoleConfig::Pty { .. } => "pty",
+            ConsoleConfig::Command { .. } => "command",
+            ConsoleConfig::Ssh { .. } => "ssh",
+            ConsoleConfig::Sim { .. } => "sim",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -892,9 +933,13 @@ pub enum TcpProtocol {
     Telnet,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum PowerConfig {
+    /// No relay: a board that is always on (an ssh device). Power on
+    /// and reset are refused; off has nothing to do.
+    #[default]
+    None,
     /// A `labd-sim` board's relay, through the simulator's control socket.
     Sim {
         #[serde(default)]
@@ -943,6 +988,16 @@ pub enum PowerConfig {
         #[serde(default = "default_qemu_timeout")]
         timeout_secs: u64,
     },
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_ssh_user() -> String {
+    "root".into()
+}
+fn default_ssh_connect_timeout() -> u64 {
+    10
 }
 
 fn default_qemu_timeout() -> u64 {
@@ -1032,7 +1087,9 @@ impl BoardEntry {
                     .ok_or_else(|| missing("device_type"))?,
                 tags: self.tags.clone(),
                 console: self.console.clone().ok_or_else(|| missing("console"))?,
-                power: self.power.clone().ok_or_else(|| missing("power"))?,
+                // No relay is the default of a board reached over ssh (an
+                // always-on device); any other board is checked for one.
+                power: self.power.clone().unwrap_or_default(),
                 parameters: self.parameters.clone(),
                 lava: None,
             });
@@ -1329,6 +1386,16 @@ impl LabConfig {
                     }
                 }
             }
+            if let ConsoleConfig::Ssh { .. } = &b.console {
+                check_ssh_console(&format!("boards[{i}].console"), &b.console)
+                    .map_err(|(key, why)| bad(key, why))?;
+            } else if b.power == PowerConfig::None {
+                return Err(bad(
+                    format!("boards[{i}].power"),
+                    "missing: only a board reached over ssh (console `ssh`) may have no relay"
+                        .into(),
+                ));
+            }
             if let PowerConfig::Command { on, off, reset, .. } = &b.power {
                 if on.is_empty() || off.is_empty() || reset.as_ref().is_some_and(|r| r.is_empty()) {
                     return Err(bad(
@@ -1395,6 +1462,94 @@ impl LabConfig {
             .clone()
             .unwrap_or_else(|| self.state_dir.join("tftp"))
     }
+}
+
+/// Checks an ssh console's settings: a host and user ssh cannot take for
+/// an option, and a key and a `known_hosts` file that are there. On error,
+/// the key path (under `at`) and why.
+fn check_ssh_console(at: &str, console: &ConsoleConfig) -> Result<(), (String, String)> {
+    let ConsoleConfig::Ssh {
+        host,
+        port,
+        user,
+        identity_file,
+        known_hosts,
+        connect_timeout_secs,
+    } = console
+    else {
+        return Ok(());
+    };
+    let key = |k: &str| format!("{at}.{k}");
+    // Only what a host name or address is made of: nothing ssh could
+    // read as an option, a user or a second argument.
+    let host_ok = !host.is_empty()
+        && !host.starts_with('-')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c));
+    if !host_ok {
+        return Err((
+            key("host"),
+            format!("`{host}` is not a host name or address"),
+        ));
+    }
+    let user_ok = !user.is_empty()
+        && !user.starts_with('-')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !user_ok {
+        return Err((key("user"), format!("`{user}` is not a user name")));
+    }
+    if *port == 0 {
+        return Err((key("port"), "must be a port number, 1 to 65535".into()));
+    }
+    if *connect_timeout_secs == 0 {
+        return Err((key("connect_timeout_secs"), "must be at least 1".into()));
+    }
+    let file = |name: &str, path: &Option<PathBuf>, what: &str| -> Result<(), (String, String)> {
+        let Some(p) = path else {
+            return Err((key(name), format!("missing: {what}")));
+        };
+        if !p.is_absolute() {
+            return Err((
+                key(name),
+                format!("`{}` is not an absolute path", p.display()),
+            ));
+        }
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_file() => Ok(()),
+            Ok(_) => Err((key(name), format!("`{}` is not a file", p.display()))),
+            Err(e) => Err((key(name), format!("`{}`: {e}", p.display()))),
+        }
+    };
+    file(
+        "identity_file",
+        identity_file,
+        "the private key labd logs in to the board with",
+    )?;
+    file(
+        "known_hosts",
+        known_hosts,
+        "a known_hosts file with the board's host key: labd connects only to the host that key proves",
+    )?;
+    // ssh ignores a private key others may read, and would then fail as if
+    // the board refused it: say so here instead.
+    if let Some(p) = identity_file {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(p).map_or(0, |m| m.permissions().mode());
+        if mode & 0o077 != 0 {
+            return Err((
+                key("identity_file"),
+                format!(
+                    "`{}` may be read by others (mode {:o}); ssh refuses such a key: chmod 600 it",
+                    p.display(),
+                    mode & 0o777
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// 1-based line and column of a byte offset.
@@ -1610,6 +1765,74 @@ mod tests {
         .to_string();
         assert!(
             err.contains("boards[0].console.ready_timeout_secs"),
+            "{err}"
+        );
+    }
+
+    /// An ssh board needs its key and known_hosts, both there; the key
+    /// readable by labd alone; a host and user ssh cannot take for
+    /// options. It may leave out `power`; no other board may.
+    #[test]
+    fn an_ssh_console_is_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (key, kh) = (dir.path().join("key"), dir.path().join("known_hosts"));
+        std::fs::write(&key, "k").unwrap();
+        std::fs::write(&kh, "h").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let with = |console: &str| {
+            LabConfig::parse(
+                "x.toml",
+                &format!("state_dir = \"/tmp\"\n[[boards]]\nname = \"s\"\ndevice_type = \"ssh\"\nconsole = {console}\n"),
+            )
+        };
+        let good = format!(
+            "{{ type = \"ssh\", host = \"10.0.0.5\", identity_file = {key:?}, known_hosts = {kh:?} }}"
+        );
+        let cfg = with(&good).unwrap();
+        assert_eq!(cfg.boards[0].power, PowerConfig::None);
+        assert!(matches!(
+            &cfg.boards[0].console,
+            ConsoleConfig::Ssh { port: 22, user, connect_timeout_secs: 10, .. } if user == "root"
+        ));
+        let refused = |console: String, path: &str, words: &str| {
+            let err = with(&console).unwrap_err();
+            let ConfigError::Invalid { location, message } = &err else {
+                panic!("{err}");
+            };
+            assert_eq!(location.path.as_deref(), Some(path), "{err}");
+            assert!(message.contains(words), "{err}");
+        };
+        refused(
+            good.replace(&format!(", known_hosts = {kh:?}"), ""),
+            "boards[0].console.known_hosts",
+            "missing: a known_hosts file",
+        );
+        refused(
+            good.replace(&format!("{key:?}"), "\"/nonexistent/key\""),
+            "boards[0].console.identity_file",
+            "/nonexistent/key",
+        );
+        refused(
+            good.replace("10.0.0.5", "-oProxyCommand=x"),
+            "boards[0].console.host",
+            "not a host name",
+        );
+        refused(
+            good.replace("host = ", "user = \"a@b\", host = "),
+            "boards[0].console.user",
+            "not a user name",
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        refused(good.clone(), "boards[0].console.identity_file", "chmod 600");
+        let err = LabConfig::parse(
+            "x.toml",
+            "state_dir = \"/tmp\"\n[[boards]]\nname = \"b\"\ndevice_type = \"bbb\"\nconsole = { type = \"serial\", device = \"/dev/ttyUSB0\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("boards[0].power") && err.contains("only a board reached over ssh"),
             "{err}"
         );
     }

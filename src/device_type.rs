@@ -608,6 +608,7 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "qemu-aarch64",
         include_str!("../device-types/qemu-aarch64.yaml"),
     ),
+    ("ssh", include_str!("../device-types/ssh.yaml")),
 ];
 
 /// The lab's device types: those in `dir` (the config's

@@ -101,6 +101,10 @@ pub struct Deploy {
     /// LAVA's `to: tmpfs` images for a qemu boot, in the job's order.
     #[serde(default)]
     pub images: Vec<Image>,
+    /// LAVA's `to: ssh`: nothing is fetched; the device is already
+    /// running, and the overlay reaches it over ssh after the ssh boot.
+    #[serde(default)]
+    pub to_ssh: bool,
     /// LAVA's `nfsrootfs`: a root filesystem the lab's NFS server exports
     /// for the job (`{NFSROOTFS}` on `{NFS_SERVER_IP}`).
     #[serde(default)]
@@ -210,6 +214,22 @@ pub enum BootMethod {
     /// commands, and stay at its prompt (for `interactive` tests of the
     /// bootloader itself).
     Bootloader,
+    /// LAVA's `ssh`: the device is running; the boot opens the board's ssh
+    /// connection and waits for the prompt.
+    Ssh,
+}
+
+impl BootMethod {
+    /// The method's name in a job, as LAVA spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootMethod::UBoot => "u-boot",
+            BootMethod::Minimal => "minimal",
+            BootMethod::Qemu => "qemu",
+            BootMethod::Bootloader => "bootloader",
+            BootMethod::Ssh => "ssh",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1696,13 +1716,13 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
                 let Some(t) = ctx.string(&p, val) else {
                     continue;
                 };
-                if t == "tftp" || t == "tmpfs" || t == "downloads" || t == "nfs" {
+                if t == "tftp" || t == "tmpfs" || t == "downloads" || t == "nfs" || t == "ssh" {
                     to = Some(t);
                 } else {
                     ctx.unsupported(
                         &p,
                         val.span(),
-                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp`, `downloads` (and `tmpfs` or `nfs` for qemu boots)"),
+                        format!("deploy to `{t}` is not supported; labd deploys `to: tftp`, `downloads` (and `tmpfs` or `nfs` for qemu boots, `ssh` for ssh devices)"),
                     );
                 }
             }
@@ -1833,6 +1853,10 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
     // tmpfs deploy does, its root as the `nfsrootfs` image.
     let to_nfs = to.as_deref() == Some("nfs");
     let tmpfs = to.as_deref() == Some("tmpfs") || to_nfs;
+    let to_ssh = to.as_deref() == Some("ssh");
+    if to_ssh {
+        check_ssh_deploy(ctx, path, m);
+    }
     if to_nfs
         && nfsrootfs.is_none()
         && !ctx.errors.iter().any(|e| {
@@ -1896,7 +1920,12 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
             );
         }
     }
-    if to.is_some() && !tmpfs && !to_downloads && kernel.is_none() && m.get_node("kernel").is_none()
+    if to.is_some()
+        && !tmpfs
+        && !to_downloads
+        && !to_ssh
+        && kernel.is_none()
+        && m.get_node("kernel").is_none()
     {
         ctx.err(
             &format!("{path}.kernel"),
@@ -1929,7 +1958,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         );
     }
     to?;
-    if !tmpfs && !to_downloads {
+    if !tmpfs && !to_downloads && !to_ssh {
         kernel.as_ref()?;
     }
     Some(Deploy {
@@ -1944,6 +1973,7 @@ fn parse_deploy(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Deploy> {
         images,
         downloads,
         nfsrootfs,
+        to_ssh,
     })
 }
 
@@ -2102,6 +2132,21 @@ fn ramdisk_options_of(
     o
 }
 
+/// A `to: ssh` deploy fetches nothing: the device runs its own system,
+/// and labd copies only the overlay to it (LAVA's scp of kernels, rootfs
+/// and modules to the device is not supported).
+fn check_ssh_deploy(ctx: &mut Ctx, path: &str, m: &MarkedMappingNode) {
+    for key in ["kernel", "ramdisk", "dtb"] {
+        if let Some(n) = m.get_node(key) {
+            ctx.unsupported(
+                &format!("{path}.{key}"),
+                n.span(),
+                "copying files to a device over ssh is not supported; a `to: ssh` deploy delivers only the overlay",
+            );
+        }
+    }
+}
+
 fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
     let m = ctx.mapping(path, v)?;
     let mut common = ActionCommon::default();
@@ -2129,11 +2174,12 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                     "minimal" => method = Some(BootMethod::Minimal),
                     "qemu" => method = Some(BootMethod::Qemu),
                     "bootloader" => method = Some(BootMethod::Bootloader),
+                    "ssh" => method = Some(BootMethod::Ssh),
                     _ => ctx.unsupported(
                         &p,
                         val.span(),
                         format!(
-                            "boot method `{s}` is not supported; labd boots with `method: u-boot`, `minimal`, `qemu` or `bootloader`"
+                            "boot method `{s}` is not supported; labd boots with `method: u-boot`, `minimal`, `qemu`, `bootloader` or `ssh`"
                         ),
                     ),
                 }
@@ -2207,6 +2253,7 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
                 }
             }
             "transfer_overlay" => transfer_overlay = parse_transfer_overlay(ctx, &p, val),
+            "connection" => parse_boot_connection(ctx, &p, val, m.get_node("method")),
             "type"
             | "media"
             | "bootloader"
@@ -2258,6 +2305,17 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
         }
         commands = Some(BootCommands::Inline(Vec::new()));
     }
+    if method == Some(BootMethod::Ssh) {
+        if let Some(c) = m.get_node("commands") {
+            ctx.err(
+                &format!("{path}.commands"),
+                c.span(),
+                "an `ssh` boot sends no bootloader commands; the device is already running",
+            );
+            return None;
+        }
+        commands = Some(BootCommands::Inline(Vec::new()));
+    }
     let method = method?;
     Some(Boot {
         method,
@@ -2269,6 +2327,38 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
         reset,
         transfer_overlay,
     })
+}
+
+/// LAVA's boot `connection`: how labd reaches the booted board's shell.
+/// `ssh` is an ssh boot's own (and the only one it takes); `serial` is
+/// every other boot's.
+fn parse_boot_connection(ctx: &mut Ctx, path: &str, v: &Node, method: Option<&Node>) {
+    let Some(c) = ctx.string(path, v) else {
+        return;
+    };
+    let ssh_boot = method
+        .and_then(|n| n.as_scalar())
+        .is_some_and(|s| s.as_str() == "ssh");
+    match (c.as_str(), ssh_boot) {
+        ("ssh", true) | ("serial", false) => {}
+        ("ssh", false) => ctx.unsupported(
+            path,
+            v.span(),
+            "`connection: ssh` goes with `method: ssh` (a board reached over ssh); this boot uses the board's serial console",
+        ),
+        (other, _) => ctx.unsupported(
+            path,
+            v.span(),
+            format!(
+                "connection `{other}` is not supported; {}",
+                if ssh_boot {
+                    "an ssh boot's connection is `ssh`"
+                } else {
+                    "labd reaches this boot's shell on the `serial` console"
+                }
+            ),
+        ),
+    }
 }
 
 fn parse_transfer_overlay(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TransferOverlay> {

@@ -72,6 +72,7 @@ mod monitors;
 mod nfsroot;
 mod overlay;
 mod ramdisk;
+mod ssh;
 
 use crate::device_type::DeviceType;
 use crate::job::{Action, Boot, BootCommands, Deploy, JobDefinition, KernelType, Test};
@@ -168,6 +169,8 @@ pub enum Phase {
     BootloaderCommands,
     Kernel,
     Login,
+    /// Opening an ssh board's connection (`method: ssh`).
+    Connecting,
     Shell,
     Testing,
     PoweringOff,
@@ -217,6 +220,12 @@ pub struct RunCtx {
     pub phase: Box<dyn Fn(Phase) + Send>,
     /// Whether the board's console is attached now.
     pub console_up: tokio::sync::watch::Receiver<bool>,
+    /// The board's ssh settings, when its console is an ssh session: a
+    /// `method: ssh` boot opens it and hands it to the board (`attach`).
+    pub ssh: Option<crate::console::SshConsole>,
+    /// Gives the board a console connection this job opened; the board
+    /// reads and writes it from then on, and closes it at the job's end.
+    pub attach: Box<dyn Fn(crate::console::ConsoleIo) + Send>,
 }
 
 /// Why a run stopped early.
@@ -1006,6 +1015,9 @@ impl Runner {
         }
         self.helpers_sent = false;
         self.collecting = false;
+        if b.method == BootMethod::Ssh {
+            return self.ssh_boot(b).await;
+        }
         if !b.reset {
             // A board already running (booted by hand in an interactive
             // test): no power cycle, no boot slot; what it prints next is

@@ -155,6 +155,58 @@ fn unknown_and_unsupported_keys_name_their_path_and_position() {
     assert!(n.message.contains("not supported"), "{n}");
 }
 
+/// LAVA's ssh deploy and boot: `to: ssh` with `os`, `method: ssh` with
+/// `connection: ssh`; what an ssh deploy or boot cannot do is refused
+/// naming its key.
+#[test]
+fn ssh_deploys_and_boots_are_parsed_as_lava_writes_them() {
+    let job = |deploy: &str, boot: &str| {
+        format!("device_type: ssh\njob_name: t\ntimeouts:\n  job:\n    minutes: 1\nactions:\n- deploy:\n    to: ssh\n    os: debian\n{deploy}- boot:\n    method: ssh\n    failure_retry: 2\n    prompts: ['# ']\n{boot}")
+    };
+    let p = job::parse("j.yaml", &job("", "    connection: ssh\n")).unwrap();
+    let (job::Action::Deploy(d), job::Action::Boot(b)) =
+        (&p.definition.actions[0], &p.definition.actions[1])
+    else {
+        panic!("{:?}", p.definition.actions)
+    };
+    assert!(d.to_ssh && d.kernel.is_none());
+    assert_eq!(
+        (b.method, b.failure_retry, b.prompts.as_slice()),
+        (job::BootMethod::Ssh, Some(2), ["# ".to_owned()].as_slice())
+    );
+    for (text, path, code) in [
+        (
+            job("    kernel:\n      url: file:///k\n      type: image\n", ""),
+            "actions[0].deploy.kernel",
+            ErrorCode::Unsupported,
+        ),
+        (
+            job("", "    connection: serial\n"),
+            "actions[1].boot.connection",
+            ErrorCode::Unsupported,
+        ),
+        (
+            job("", "    commands: ['boot']\n"),
+            "actions[1].boot.commands",
+            ErrorCode::InvalidJob,
+        ),
+        (
+            job("", "").replace("method: ssh", "method: minimal\n    connection: ssh"),
+            "actions[1].boot.connection",
+            ErrorCode::Unsupported,
+        ),
+    ] {
+        let e = job::parse("j.yaml", &text).unwrap_err();
+        let d = e
+            .errors
+            .iter()
+            .find(|d| d.location.path.as_deref() == Some(path))
+            .unwrap_or_else(|| panic!("{path}: {e}"));
+        assert_eq!(d.code, code, "{d}");
+        assert!(d.location.line.is_some(), "{d}");
+    }
+}
+
 #[test]
 fn timeouts_and_priorities() {
     let text = "device_type: d\njob_name: t\npriority: 7\ntimeouts:\n  job:\n    hours: 1\n    minutes: 2\n  actions:\n    bootloader-commands:\n      seconds: 9\nactions:\n- boot:\n    method: u-boot\n    commands: [\"echo hi\"]\n";
@@ -294,6 +346,7 @@ const ACCEPTED_SAMPLES: &[&str] = &[
     "kvm-params.yaml",
     "namespace-connections-example1.yaml",
     "panda-ramdisk.yaml",
+    "primary-ssh.yaml",
     "qemu-aarch64.yaml",
     "qemu-foo-nonexisting.yaml",
     "qemu-monitor.yaml",
@@ -302,6 +355,7 @@ const ACCEPTED_SAMPLES: &[&str] = &[
     "qemu-reboot.yaml",
     "qemu.yaml",
     "rk3399-puma-haikou.yaml",
+    "ssh-boot.yaml",
     "uboot-multiple.yaml",
     "uboot-nfs.yaml",
     "zcu102-ramdisk.yaml",

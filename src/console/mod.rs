@@ -9,9 +9,11 @@
 //! The parts: [`fdio`] reads and writes a console's fd, [`pacing`] decides
 //! how often reads reach the board actor, and one file per driver (serial
 //! devices and simulated boards, TCP with its telnet filter, QEMU's Unix
-//! socket, labd's own pty, a connection command). A driver only opens its
-//! console; what happens to the bytes is the board's. No driver imports
-//! another, and none knows about boards, jobs or the store.
+//! socket, labd's own pty, a connection command, an ssh session). A driver
+//! only opens its console; what happens to the bytes is the board's. No
+//! driver imports another, and none knows about boards, jobs or the store.
+//! An ssh console is the one a board does not hold open: a job's boot
+//! opens it and the job's end closes it ([`Console::ssh`]).
 
 use crate::config::ConsoleConfig;
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ pub mod fdio;
 pub mod pacing;
 mod pty;
 mod serial;
+mod ssh;
 mod tcp;
 pub mod telnet;
 mod unix;
@@ -37,6 +40,7 @@ pub use pacing::{
 };
 pub use pty::PtyConsole;
 pub use serial::{Serial, SerialSettings, SimConsole};
+pub use ssh::{SshConsole, SshError};
 pub use tcp::Tcp;
 pub use unix::UnixConsole;
 
@@ -52,6 +56,8 @@ pub enum ConsoleError {
     Sim(String),
     #[error("console: {0}")]
     Locked(#[from] uucp::LockError),
+    #[error("console: {0}")]
+    Ssh(#[from] ssh::SshError),
 }
 
 /// An open console: a byte stream each way.
@@ -70,6 +76,12 @@ pub trait Console: Send + Sync {
     /// console.
     fn attaches_after_power_on(&self) -> bool {
         false
+    }
+    /// The ssh session this console is, if it is one. Such a console is
+    /// never held open by the board: a job's `boot: method: ssh` opens it
+    /// and the job's end closes it.
+    fn ssh(&self) -> Option<&SshConsole> {
+        None
     }
 }
 
@@ -178,6 +190,22 @@ pub fn from_config(
                 .as_deref()
                 .and_then(|r| regex::bytes::Regex::new(r).ok()),
             ready_timeout: std::time::Duration::from_secs(*ready_timeout_secs),
+        }),
+        ConsoleConfig::Ssh {
+            host,
+            port,
+            user,
+            identity_file,
+            known_hosts,
+            connect_timeout_secs,
+        } => Box::new(SshConsole {
+            host: host.clone(),
+            port: *port,
+            user: user.clone(),
+            // Invariant: config validation refuses an ssh console without both.
+            identity_file: identity_file.clone().unwrap_or_default(),
+            known_hosts: known_hosts.clone().unwrap_or_default(),
+            connect_timeout: std::time::Duration::from_secs(*connect_timeout_secs),
         }),
         ConsoleConfig::Sim { board: b } => Box::new(SimConsole {
             // Invariant: config validation refuses a sim console without sim_control.

@@ -3,7 +3,8 @@
 //! Every relay kind implements [`Power`]; a board actor only sees the trait.
 //! `command` runs LAVA-style power commands as argv (never through a shell,
 //! never with job-supplied text) with a timeout and retries; `sim` switches
-//! a `labd-sim` board through the simulator's control socket.
+//! a `labd-sim` board through the simulator's control socket; `NoPower` is
+//! a board without a relay (an ssh device that is always on).
 
 pub mod qemu;
 
@@ -23,6 +24,8 @@ pub enum PowerError {
     Timeout { action: &'static str, secs: u64 },
     #[error("power {0}: not supported by this relay")]
     Unsupported(&'static str),
+    #[error("power {0}: this board has no relay (no `power` in its config)")]
+    NoRelay(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,10 @@ pub trait Power: Send + Sync {
     /// process that is gone is Off whatever was commanded).
     fn observed(&self) -> Option<PowerState> {
         None
+    }
+    /// False for a board with no relay ([`NoPower`]).
+    fn has_relay(&self) -> bool {
+        true
     }
     /// Called once by the board that owns the relay.
     fn bind(&self, _hooks: RelayHooks) {}
@@ -99,6 +106,33 @@ pub enum PowerState {
     On,
     Off,
     Unknown,
+}
+
+/// A board with no relay (an ssh device, always on): off has nothing to
+/// do, and on and reset are refused, so no one is told a board was
+/// switched that was not.
+pub struct NoPower;
+
+impl Power for NoPower {
+    fn switch(&self, action: PowerAction) -> BoxFuture<'_, Result<(), PowerError>> {
+        Box::pin(async move {
+            match action {
+                PowerAction::Off => Ok(()),
+                other => Err(PowerError::NoRelay(other.as_str())),
+            }
+        })
+    }
+    fn describe(&self) -> String {
+        "no relay".into()
+    }
+    /// Nothing was switched, whatever was asked: the board's power is not
+    /// known (a successful `off` must not show it Off).
+    fn observed(&self) -> Option<PowerState> {
+        Some(PowerState::Unknown)
+    }
+    fn has_relay(&self) -> bool {
+        false
+    }
 }
 
 pub struct SimPower {
@@ -227,6 +261,7 @@ pub fn from_config(
 ) -> Box<dyn Power> {
     let name = board.name.as_str();
     match &board.power {
+        PowerConfig::None => Box::new(NoPower),
         PowerConfig::Qemu {
             argv,
             qmp,
@@ -466,6 +501,9 @@ impl Power for Timed {
     }
     fn set_direct_boot(&self, boot: Option<DirectBoot>) -> Result<(), PowerError> {
         self.inner.set_direct_boot(boot)
+    }
+    fn has_relay(&self) -> bool {
+        self.inner.has_relay()
     }
 }
 

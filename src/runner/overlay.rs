@@ -1,7 +1,8 @@
 //! Test definitions that run from files on the board: a job's `from: git`
 //! definitions, delivered in LAVA's overlay (appended to its ramdisk, or
-//! fetched by the booted board over HTTP with `transfer_overlay`), and run
-//! there by `lava-test-runner`.
+//! fetched by the booted board over HTTP with `transfer_overlay`, or
+//! unpacked over ssh after a `to: ssh` deploy's ssh boot), and run there by
+//! `lava-test-runner`.
 //!
 //! It exists because such definitions call their repository's scripts:
 //! typing their steps on the shell, as labd does for inline definitions,
@@ -74,6 +75,11 @@ impl Runner {
         let transfer = actions
             .iter()
             .any(|a| matches!(a, Action::Boot(b) if b.transfer_overlay.is_some()));
+        // A `to: ssh` deploy's overlay is unpacked over ssh after the boot.
+        let ssh = actions
+            .iter()
+            .any(|a| matches!(a, Action::Deploy(d) if d.to_ssh));
+        let transfer = transfer || ssh;
         // As LAVA: whenever the overlay reaches a board that runs on what
         // labd deployed, every test action runs from it, inline ones too;
         // otherwise only those that need their repository's files.
@@ -238,7 +244,11 @@ impl Runner {
             }
             None => {
                 self.overlay_tar = Some(packed);
-                "kept as a tarball for transfer_overlay".into()
+                if ssh {
+                    "kept as a tarball to unpack over ssh".into()
+                } else {
+                    "kept as a tarball for transfer_overlay".into()
+                }
             }
         };
         self.event(

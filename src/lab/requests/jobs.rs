@@ -267,6 +267,7 @@ impl LabActor {
                 ),
             ));
         }
+        self.check_ssh(def)?;
         // Boards of one type may differ (each LAVA dictionary is its own):
         // the job is runnable if one of them can run it.
         let mut refused = None;
@@ -304,6 +305,8 @@ impl LabActor {
             if let job::Action::Deploy(d) = a {
                 ramdisk_deployed |= (d.ramdisk.is_some() && d.ramdisk_options.install_overlay)
                     || d.nfsrootfs.is_some();
+                // An ssh device gets its overlay over ssh after the boot.
+                transferred |= d.to_ssh;
             }
             if let Some(why) = needs_nfs(a) {
                 if self.cfg.nfs.server.is_none() {
@@ -333,7 +336,7 @@ impl LabActor {
                 {
                     return Err(ApiError::new(
                         ErrorCode::Unsupported,
-                        "`from: git` test definitions reach the board in the overlay: appended to a ramdisk, or fetched after a boot with `transfer_overlay`; this job has neither before them (rootfs overlays are not supported yet)",
+                        "`from: git` test definitions reach the board in the overlay: appended to a ramdisk, or fetched after a boot with `transfer_overlay`; this job has neither before them, nor a `to: ssh` deploy (rootfs overlays are not supported yet)",
                     ));
                 }
             }
@@ -399,6 +402,56 @@ impl LabActor {
                         ),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a job whose boards and boots do not go together: an ssh
+    /// deploy or boot needs a board reached over ssh, and such a board
+    /// boots with `method: ssh` only. Every board the job could be given
+    /// must suit it, so the scheduler cannot place it wrong; the error
+    /// names the first that does not.
+    fn check_ssh(&self, def: &JobDefinition) -> Result<(), ApiError> {
+        let wants = JobView::of(def);
+        let boots: Vec<&job::Boot> = def
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                job::Action::Boot(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        let ssh_job = boots.iter().any(|b| b.method == job::BootMethod::Ssh)
+            || def
+                .actions
+                .iter()
+                .any(|a| matches!(a, job::Action::Deploy(d) if d.to_ssh));
+        let other_boot = boots
+            .iter()
+            .find(|b| b.method != job::BootMethod::Ssh)
+            .map(|b| b.method);
+        let refuse = |m: String| Err(ApiError::new(ErrorCode::InvalidJob, m));
+        for s in self.boards.values() {
+            if !wants.fits(&s.cfg.device_type, &s.cfg.tags) || s.health == BoardHealth::Retired {
+                continue;
+            }
+            let over_ssh = matches!(s.cfg.console, crate::config::ConsoleConfig::Ssh { .. });
+            if ssh_job && !over_ssh {
+                return refuse(format!(
+                    "`deploy: to: ssh` and `boot: method: ssh` need a board reached over ssh (console `ssh`); board `{}` (device type `{}`) has a `{}` console",
+                    s.cfg.name,
+                    s.cfg.device_type,
+                    s.cfg.console.kind()
+                ));
+            }
+            if let (Some(method), true) = (other_boot, over_ssh) {
+                return refuse(format!(
+                    "board `{}` (device type `{}`) is reached over ssh: it boots with `method: ssh` only, not `{}`",
+                    s.cfg.name,
+                    s.cfg.device_type,
+                    method.as_str()
+                ));
             }
         }
         Ok(())
