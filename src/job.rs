@@ -2254,17 +2254,39 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
             }
             "transfer_overlay" => transfer_overlay = parse_transfer_overlay(ctx, &p, val),
             "connection" => parse_boot_connection(ctx, &p, val, m.get_node("method")),
-            "type"
-            | "media"
-            | "bootloader"
-            | "soft_reboot"
-            | "expect_shell"
-            | "parameters"
-            | "ignore_kernel_messages" => ctx.unsupported(
+            // LAVA reboots a board already running Linux with these
+            // instead of its relay; labd always power-cycles a board with
+            // a relay (and one without has nothing to reboot into).
+            "soft_reboot" => ctx.warn(
                 &p,
                 &key_span(k),
-                format!("`{}` is not supported in boot actions yet", k.as_str()),
+                "labd power-cycles the board for each boot; `soft_reboot` is not used",
             ),
+            "parameters" => {
+                if let Some(pm) = ctx.mapping(&p, val) {
+                    for (pk, _) in pm.iter() {
+                        let pp = format!("{p}.{}", pk.as_str());
+                        match pk.as_str() {
+                            "shutdown-message" => ctx.warn(
+                                &pp,
+                                &key_span(pk),
+                                "labd power-cycles the board for each boot and waits for no shutdown; ignored",
+                            ),
+                            other => ctx.unsupported(
+                                &pp,
+                                &key_span(pk),
+                                format!("boot parameter `{other}` is not supported"),
+                            ),
+                        }
+                    }
+                }
+            }
+            "type" | "media" | "bootloader" | "expect_shell" | "ignore_kernel_messages" => ctx
+                .unsupported(
+                    &p,
+                    &key_span(k),
+                    format!("`{}` is not supported in boot actions yet", k.as_str()),
+                ),
             other => ctx.err(&p, &key_span(k), format!("unknown key `{other}`")),
         }
     }
@@ -3847,5 +3869,40 @@ mod tests {
         // A job without secrets is stored as it came.
         let p = parse("s.yaml", head).unwrap();
         assert_eq!(mask_secrets("s.yaml", head, &p).unwrap(), head);
+    }
+
+    #[test]
+    fn soft_reboot_and_the_shutdown_message_are_warned_other_boot_parameters_refused() {
+        let job = |extra: &str| {
+            format!("device_type: bbb\njob_name: s\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- boot:\n    method: minimal\n    prompts: ['# ']\n{extra}")
+        };
+        let p = parse(
+            "s.yaml",
+            &job("    soft_reboot: reboot -nf\n    parameters:\n      shutdown-message: 'reboot: Restarting system'\n"),
+        )
+        .unwrap();
+        let warned: Vec<_> = p
+            .warnings
+            .iter()
+            .filter_map(|w| w.location.path.clone())
+            .collect();
+        assert!(
+            warned.contains(&"actions[0].boot.soft_reboot".to_owned()),
+            "{warned:?}"
+        );
+        assert!(
+            warned.contains(&"actions[0].boot.parameters.shutdown-message".to_owned()),
+            "{warned:?}"
+        );
+        let e = parse(
+            "s.yaml",
+            &job("    parameters:\n      kernel-start-message: x\n"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.first().location.path.as_deref(),
+            Some("actions[0].boot.parameters.kernel-start-message")
+        );
+        assert_eq!(e.code(), ErrorCode::Unsupported);
     }
 }

@@ -13,10 +13,7 @@ fn shared() -> PathBuf {
 /// What labd must say about each real LAVA job: accepted, or rejected
 /// naming the exact unsupported key paths.
 const EXPECTED: &[(&str, &[&str])] = &[
-    (
-        "bbb-ramdisk-nfs.sample-job.yaml",
-        &["actions[1].boot.parameters"],
-    ),
+    ("bbb-ramdisk-nfs.sample-job.yaml", &[]),
     // LAVA's interactive U-Boot test (boot method bootloader): accepted.
     ("bbb-uboot-interactive.yaml", &[]),
     // A qemu job (deploy to tmpfs with images, boot method qemu): accepted.
@@ -358,6 +355,8 @@ const ACCEPTED_SAMPLES: &[&str] = &[
     "ssh-boot.yaml",
     "uboot-multiple.yaml",
     "uboot-nfs.yaml",
+    "uboot-ramdisk-inline-commands.yaml",
+    "uboot-ramdisk.yaml",
     "zcu102-ramdisk.yaml",
     "zephyr-qemu-test-task.yaml",
 ];
