@@ -486,6 +486,11 @@ fn git_lab(extra: &str) -> (Lab, std::path::PathBuf) {
     (lab, repo)
 }
 
+/// Held by the tests whose simulated board unpacks its overlay at `/`:
+/// each lab numbers its jobs from 1, so two such tests at once would share
+/// `/lava-1` on this host.
+static HOST_ROOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A git job whose boot fetches its overlay with these commands.
 fn with_transfer(job: String, download: &str, unpack: &str) -> String {
     job.replace(
@@ -567,6 +572,7 @@ fn a_git_definition_runs_from_an_overlay_the_board_fetched_over_http() {
     {
         return;
     }
+    let _root = HOST_ROOT.lock().unwrap_or_else(|e| e.into_inner());
     rt().block_on(async {
         let (lab, repo) =
             git_lab("[deploy]\nfile_roots = [\"@DIR@\"]\noverlay_http = \"127.0.0.1:0\"\n");
@@ -596,6 +602,7 @@ fn a_definitions_install_git_repos_are_cloned_into_the_overlay() {
     {
         return;
     }
+    let _root = HOST_ROOT.lock().unwrap_or_else(|e| e.into_inner());
     rt().block_on(async {
         let (lab, repo) =
             git_lab("[deploy]\nfile_roots = [\"@DIR@\"]\noverlay_http = \"127.0.0.1:0\"\n");

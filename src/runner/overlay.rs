@@ -317,65 +317,18 @@ impl Runner {
     }
 
     /// Checks a git definition out and reads its definition file's text.
-    /// One of a definition's `install: git-repos`, checked out through the
-    /// lab's git cache (with its history, as LAVA clones it) into `dest`.
-    async fn fetch_install_repo(
+    /// A checkout through the lab's git cache into `dest`, recorded as a
+    /// `git` event; `what` names it in the event and in an error (`<suite>`
+    /// or `<suite>: install git-repos`).
+    async fn git_checkout(
         &mut self,
-        suite: &str,
-        repo: &crate::overlay::GitRepo,
+        what: &str,
+        url: &str,
+        revision: Option<&str>,
+        branch: Option<&str>,
+        history: bool,
         dest: &Path,
-    ) -> Result<(), Stop> {
-        let job_error = |msg: String| Stop(JobOutcome::incomplete(ErrorClass::Job, msg));
-        crate::git_url::check_url(&repo.url).map_err(|why| {
-            job_error(format!(
-                "test definition {suite}: install git-repos `{}`: {why}",
-                repo.url
-            ))
-        })?;
-        let Some(cache) = self.ctx.tftp.git.clone() else {
-            return Err(Stop(JobOutcome::incomplete(
-                ErrorClass::Configuration,
-                "this lab has no git cache for a definition's `install: git-repos`",
-            )));
-        };
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| infra(format!("creating {}: {e}", parent.display())))?;
-        }
-        let started = std::time::Instant::now();
-        let got = cache
-            .checkout(&repo.url, None, repo.branch.as_deref(), true, dest)
-            .await
-            .map_err(|e| {
-                let msg = format!("test definition {suite}: install git-repos: {e}");
-                self.event("error", &msg);
-                Stop(JobOutcome::incomplete(e.class(), msg))
-            })?;
-        self.event(
-            "git",
-            &format!(
-                "{suite}: install git-repos {} at {} as `{}`{} in {} ms",
-                got.url,
-                got.commit,
-                repo.destination,
-                if got.fetched {
-                    ""
-                } else {
-                    " (from the git cache)"
-                },
-                started.elapsed().as_millis()
-            ),
-        );
-        Ok(())
-    }
-
-    async fn checkout(
-        &mut self,
-        suite: &str,
-        g: &crate::job::GitDefinition,
-        dest: &Path,
-    ) -> Result<String, Stop> {
+    ) -> Result<crate::git::Checkout, Stop> {
         let Some(cache) = self.ctx.tftp.git.clone() else {
             return Err(Stop(JobOutcome::incomplete(
                 ErrorClass::Configuration,
@@ -389,23 +342,17 @@ impl Runner {
         }
         let started = std::time::Instant::now();
         let got = cache
-            .checkout(
-                &g.repository,
-                g.revision.as_deref(),
-                g.branch.as_deref(),
-                g.history,
-                dest,
-            )
+            .checkout(url, revision, branch, history, dest)
             .await
             .map_err(|e| {
-                let msg = format!("test definition {suite}: {e}");
+                let msg = format!("test definition {what}: {e}");
                 self.event("error", &msg);
                 Stop(JobOutcome::incomplete(e.class(), msg))
             })?;
         self.event(
             "git",
             &format!(
-                "{suite}: {} at {}{} in {} ms",
+                "{what}: {} at {}{} in {} ms",
                 got.url,
                 got.commit,
                 if got.fetched {
@@ -416,6 +363,48 @@ impl Runner {
                 started.elapsed().as_millis()
             ),
         );
+        Ok(got)
+    }
+
+    /// One of a definition's `install: git-repos`, checked out (with its
+    /// history, as LAVA clones it) into `dest`.
+    async fn fetch_install_repo(
+        &mut self,
+        suite: &str,
+        repo: &crate::overlay::GitRepo,
+        dest: &Path,
+    ) -> Result<(), Stop> {
+        crate::git_url::check_url(&repo.url).map_err(|why| {
+            Stop(JobOutcome::incomplete(
+                ErrorClass::Job,
+                format!(
+                    "test definition {suite}: install git-repos `{}`: {why}",
+                    repo.url
+                ),
+            ))
+        })?;
+        let what = format!("{suite}: install git-repos `{}`", repo.destination);
+        self.git_checkout(&what, &repo.url, None, repo.branch.as_deref(), true, dest)
+            .await?;
+        Ok(())
+    }
+
+    async fn checkout(
+        &mut self,
+        suite: &str,
+        g: &crate::job::GitDefinition,
+        dest: &Path,
+    ) -> Result<String, Stop> {
+        let got = self
+            .git_checkout(
+                suite,
+                &g.repository,
+                g.revision.as_deref(),
+                g.branch.as_deref(),
+                g.history,
+                dest,
+            )
+            .await?;
         let file = dest.join(&g.path);
         let job_error = |msg: String| Stop(JobOutcome::incomplete(ErrorClass::Job, msg));
         // Only a regular file inside the checkout: a symlink in the
