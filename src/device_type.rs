@@ -509,7 +509,8 @@ fn invalid(
     }
 }
 
-fn load_error_location(e: &marked_yaml::LoadError) -> Option<(usize, usize)> {
+/// Where a YAML load error is, as (line, column).
+pub(crate) fn load_error_location(e: &marked_yaml::LoadError) -> Option<(usize, usize)> {
     use marked_yaml::LoadError::*;
     let m = match e {
         TopLevelMustBeMapping(m)

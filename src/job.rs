@@ -892,7 +892,7 @@ fn python_repr(v: &Node) -> String {
 
 /// Python's `repr()` of a string: single quotes unless it holds one and
 /// no double quote.
-fn python_str_repr(s: &str) -> String {
+pub(crate) fn python_str_repr(s: &str) -> String {
     let q = if s.contains('\'') && !s.contains('"') {
         '"'
     } else {

@@ -220,7 +220,7 @@ pub fn from_yaml(
     device_type: Option<&str>,
 ) -> Result<LavaDevice, ConfigError> {
     let node = marked_yaml::parse_yaml(0, pyyaml_compatible(text)).map_err(|e| {
-        let at = load_error_mark(&e);
+        let at = crate::device_type::load_error_location(&e);
         invalid(file, None, at, e.to_string())
     })?;
     let Some(root) = node.as_mapping() else {
@@ -1046,20 +1046,6 @@ fn mark(n: &Node) -> Option<(usize, usize)> {
     n.span().start().map(|m| (m.line(), m.column()))
 }
 
-fn load_error_mark(e: &marked_yaml::LoadError) -> Option<(usize, usize)> {
-    use marked_yaml::LoadError::*;
-    let m = match e {
-        TopLevelMustBeMapping(m)
-        | TopLevelMustBeSequence(m)
-        | UnexpectedAnchor(m)
-        | MappingKeyMustBeScalar(m)
-        | UnexpectedTag(m) => *m,
-        DuplicateKey(d) => *d.key.span().start()?,
-        ScanError(m, _) => *m,
-    };
-    Some((m.line(), m.column()))
-}
-
 fn invalid(
     file: &str,
     path: Option<String>,
@@ -1108,27 +1094,7 @@ fn python_repr(value: &minijinja::Value, top: bool) -> String {
             if top {
                 return s.to_owned();
             }
-            let q = if s.contains('\'') && !s.contains('"') {
-                '"'
-            } else {
-                '\''
-            };
-            let mut out = String::from(q);
-            for c in s.chars() {
-                match c {
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    '\t' => out.push_str("\\t"),
-                    c if c == q => {
-                        out.push('\\');
-                        out.push(c);
-                    }
-                    c => out.push(c),
-                }
-            }
-            out.push(q);
-            out
+            crate::job::python_str_repr(s)
         }
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<String> = value
