@@ -747,8 +747,19 @@ pub fn parse(file: &str, text: &str) -> Result<Parsed, JobError> {
         secret_values: Vec::new(),
         qemu_options: Vec::new(),
     };
-    let root = load_yaml(file, text)?;
+    let (root, duplicate) = load_yaml(file, text)?;
+    let repeated = duplicate.is_some();
+    ctx.warnings.extend(duplicate);
     let def = parse_root(&mut ctx, &root);
+    // The value a repeated key loses is still in the job's text, where
+    // masking would not find it: a job with secrets repeats no key.
+    if repeated && def.as_ref().is_some_and(|d| !d.secrets.is_empty()) {
+        ctx.err(
+            "secrets",
+            root.span(),
+            "a job with `secrets` may not give a key twice: the value not used would be kept in clear",
+        );
+    }
     match def {
         Some(definition) if ctx.errors.is_empty() => Ok(Parsed {
             definition,
@@ -916,28 +927,49 @@ pub(crate) fn python_str_repr(s: &str) -> String {
     out
 }
 
-/// Loads YAML as labd reads jobs and test definitions: duplicate keys
-/// refused, every scalar kept as written with its quoting (see
-/// [`lava_text`]), and an error naming the file, line and column.
-fn load_yaml(file: &str, text: &str) -> Result<Node, JobError> {
-    let opts = marked_yaml::LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .prevent_coercion(true);
-    marked_yaml::parse_yaml_with_options(0, text, opts).map_err(|e| {
-        let (line, column) = load_error_position(&e);
-        JobError {
-            errors: vec![Diagnostic {
-                code: ErrorCode::InvalidJob,
-                location: Location {
-                    file: Some(file.to_owned()),
-                    path: None,
-                    line,
-                    column,
-                },
-                message: format!("not valid YAML: {}", strip_position(&e.to_string())),
-            }],
+/// Loads YAML as labd reads jobs: every scalar kept as written with its
+/// quoting (see [`lava_text`]), and an error naming the file, line and
+/// column. A key given twice in a mapping keeps its last value, as LAVA's
+/// PyYAML loader does (real jobs have them), with a warning naming the
+/// first such key.
+fn load_yaml(file: &str, text: &str) -> Result<(Node, Option<Diagnostic>), JobError> {
+    let load = |dups: bool| {
+        let opts = marked_yaml::LoaderOptions::default()
+            .error_on_duplicate_keys(dups)
+            .prevent_coercion(true);
+        marked_yaml::parse_yaml_with_options(0, text, opts)
+    };
+    let at = |e: &marked_yaml::LoadError| {
+        let (line, column) = load_error_position(e);
+        Location {
+            file: Some(file.to_owned()),
+            path: None,
+            line,
+            column,
         }
-    })
+    };
+    let invalid = |e: marked_yaml::LoadError| JobError {
+        errors: vec![Diagnostic {
+            code: ErrorCode::InvalidJob,
+            location: at(&e),
+            message: format!("not valid YAML: {}", strip_position(&e.to_string())),
+        }],
+    };
+    match load(true) {
+        Ok(n) => Ok((n, None)),
+        Err(e @ marked_yaml::LoadError::DuplicateKey(_)) => {
+            let warning = Diagnostic {
+                code: ErrorCode::InvalidJob,
+                location: at(&e),
+                message: format!(
+                    "{}; the last value is used, as LAVA's YAML loader uses it",
+                    strip_position(&e.to_string())
+                ),
+            };
+            load(false).map(|n| (n, Some(warning))).map_err(invalid)
+        }
+        Err(e) => Err(invalid(e)),
+    }
 }
 
 fn strip_position(msg: &str) -> String {
@@ -3904,5 +3936,13 @@ mod tests {
             Some("actions[0].boot.parameters.kernel-start-message")
         );
         assert_eq!(e.code(), ErrorCode::Unsupported);
+    }
+
+    #[test]
+    fn a_job_with_secrets_repeats_no_key() {
+        let text = "device_type: bbb\njob_name: s\nsecrets:\n  K: first-value\nsecrets:\n  K: second\ntimeouts:\n  job:\n    minutes: 5\nactions:\n- boot:\n    method: minimal\n";
+        let e = parse("s.yaml", text).unwrap_err();
+        assert_eq!(e.first().location.path.as_deref(), Some("secrets"), "{e}");
+        assert!(e.to_string().contains("kept in clear"), "{e}");
     }
 }

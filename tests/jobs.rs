@@ -123,8 +123,17 @@ fn bad_yaml_has_line_and_column() {
         d.location.line.is_some() && d.location.column.is_some(),
         "{d}"
     );
-    let e = job::parse("dup.yaml", "device_type: a\ndevice_type: b\n").unwrap_err();
-    assert_eq!(e.first().location.line, Some(2), "{e}");
+    // A key given twice keeps its last value, as LAVA's PyYAML loader
+    // does, with a warning at the second.
+    let p = job::parse(
+        "dup.yaml",
+        "device_type: a\ndevice_type: b\njob_name: j\ntimeouts:\n  job:\n    minutes: 1\nactions:\n- boot:\n    method: minimal\n",
+    )
+    .unwrap();
+    assert_eq!(p.definition.device_type, "b");
+    let w = &p.warnings[0];
+    assert_eq!(w.location.line, Some(2), "{w}");
+    assert!(w.message.contains("last value is used"), "{w}");
 }
 
 #[test]
