@@ -262,6 +262,23 @@ pub enum DefinitionSource {
     Inline,
     /// `from: git`: a YAML file in a repository the lab host clones.
     Git(GitDefinition),
+    /// `from: url`: a tarball of definitions the lab host downloads and
+    /// unpacks, the definition file at `path` inside it.
+    Url(UrlDefinition),
+}
+
+/// LAVA's `from: url` definitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UrlDefinition {
+    /// The tarball, as any artifact: http(s) or `file://` under the lab's
+    /// file roots, with LAVA's `compression`.
+    pub artifact: Artifact,
+    /// The definition's YAML file inside the unpacked tree.
+    pub path: String,
+    /// LAVA's `strip-components`: leading directories dropped from each
+    /// path in the tarball.
+    #[serde(default)]
+    pub strip_components: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -2896,6 +2913,12 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
         .get_node("from")
         .and_then(|n| n.as_scalar())
         .is_some_and(|s| s.as_str() == "git");
+    let is_url = m
+        .get_node("from")
+        .and_then(|n| n.as_scalar())
+        .is_some_and(|s| s.as_str() == "url");
+    let mut url_compression = Compression::None;
+    let mut strip_components = 0u32;
     let mut repository = None;
     let mut def_path = None;
     let mut revision = None;
@@ -2928,13 +2951,61 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
                 let Some(f) = ctx.string(&p, val) else {
                     continue;
                 };
-                if f == "inline" || f == "git" {
+                if f == "inline" || f == "git" || f == "url" {
                     from = Some(f);
                 } else {
-                    ctx.unsupported(&p, val.span(), format!("test definitions `from: {f}` are not supported; use `from: git` or `from: inline`"));
+                    ctx.unsupported(&p, val.span(), format!("test definitions `from: {f}` are not supported; use `from: git`, `from: url` or `from: inline`"));
                 }
             }
             "path" => def_path = ctx.string(&p, val),
+            "repository" if is_url => {
+                repository = ctx.string(&p, val);
+                if let Some(u) = &repository {
+                    if let Some(rest) = u.strip_prefix("file://") {
+                        if rest.starts_with('/') {
+                            let at = ctx.loc(&p, val.span());
+                            ctx.files.push((at, rest.to_owned()));
+                        } else {
+                            ctx.err(
+                                &p,
+                                val.span(),
+                                format!("`{u}`: a file:// URL needs an absolute path"),
+                            );
+                        }
+                    } else if !(u.starts_with("http://") || u.starts_with("https://")) {
+                        ctx.err(
+                            &p,
+                            val.span(),
+                            format!(
+                                "`{u}`: a `from: url` repository is an http(s):// or file:/// URL"
+                            ),
+                        );
+                    }
+                }
+            }
+            "compression" if is_url => match ctx.string(&p, val).as_deref() {
+                Some("gz") => url_compression = Compression::Gz,
+                Some("xz") => url_compression = Compression::Xz,
+                Some("zstd") => url_compression = Compression::Zstd,
+                Some("none") | None => {}
+                Some(other) => ctx.unsupported(
+                    &p,
+                    val.span(),
+                    format!(
+                        "compression `{other}` is not supported; labd undoes `gz`, `xz` and `zstd`"
+                    ),
+                ),
+            },
+            "strip-components" if is_url => {
+                match ctx.string(&p, val).and_then(|n| n.parse::<u32>().ok()) {
+                    Some(n) if n <= 16 => strip_components = n,
+                    _ => ctx.err(
+                        &p,
+                        val.span(),
+                        "expected a number of leading directories (0 to 16)",
+                    ),
+                }
+            }
             "repository" if is_git => {
                 repository = ctx.string(&p, val);
                 if let Some(url) = &repository {
@@ -3042,7 +3113,7 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
         );
     }
     from?;
-    if is_git {
+    if is_git || is_url {
         for (key, missing) in [
             ("repository", m.get_node("repository").is_none()),
             ("path", m.get_node("path").is_none()),
@@ -3065,17 +3136,30 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
                 return None;
             }
         }
-        return Some(TestDefinition {
-            name: name?,
-            steps: Vec::new(),
-            parameters,
-            source: DefinitionSource::Git(GitDefinition {
+        let source = if is_url {
+            DefinitionSource::Url(UrlDefinition {
+                artifact: Artifact {
+                    url: repository?,
+                    sha256: None,
+                    compression: url_compression,
+                },
+                path: def_path?,
+                strip_components,
+            })
+        } else {
+            DefinitionSource::Git(GitDefinition {
                 repository: repository?,
                 path: def_path?,
                 revision,
                 branch,
                 history,
-            }),
+            })
+        };
+        return Some(TestDefinition {
+            name: name?,
+            steps: Vec::new(),
+            parameters,
+            source,
             expected,
             signal_kmsg,
         });

@@ -627,6 +627,76 @@ fn a_definitions_install_git_repos_are_cloned_into_the_overlay() {
     });
 }
 
+/// LAVA's `from: url`: a tarball of definitions (here a `file://` one
+/// under the lab's roots, made by GNU tar) is unpacked on the lab host and
+/// the definition at `path` runs from the overlay; `strip-components`
+/// drops a leading directory, as LAVA's untar does.
+#[test]
+fn url_definitions_are_unpacked_from_their_tarball() {
+    if !require_tool("tar", "install the Debian package tar; .ci/run does")
+        || !require_tool("curl", "install the Debian package curl; .ci/run does")
+        || !require_root("the board unpacks its overlay at / (tar -C /)")
+    {
+        return;
+    }
+    let _root = HOST_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+    rt().block_on(async {
+        let lab = Lab::start_with(
+            1,
+            &[],
+            &[],
+            "[deploy]\nfile_roots = [\"@DIR@\"]\noverlay_http = \"127.0.0.1:0\"\n",
+        );
+        let mut c = lab.client().await;
+        let a = lab.artifacts();
+        let tree = a.join("tree/test-definitions-1.0/automated");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(
+            tree.join("smoke.yaml"),
+            "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: smoke\nrun:\n  steps:\n    - lava-test-case from-url --shell test -f automated/smoke.yaml\n",
+        )
+        .unwrap();
+        let st = std::process::Command::new("tar")
+            .args(["-czf", "defs.tar.gz", "-C", "tree", "."])
+            .current_dir(&a)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let job = with_transfer(
+            lab.job("url", "medium", &["true"]),
+            "curl -sSfO",
+            "tar -C / -xzf",
+        );
+        let i = job.find("    definitions:\n").unwrap();
+        let job = format!(
+            "{}    definitions:\n    - repository: file://{}/defs.tar.gz\n      from: url\n      compression: gz\n      strip-components: 1\n      path: automated/smoke.yaml\n      name: smoke\n",
+            &job[..i],
+            a.display()
+        );
+        let id = submit(&mut c, &job).await;
+        let (end, log) = ended(&mut c, id).await;
+        let _ = std::fs::remove_dir_all(format!("/lava-{id}"));
+        assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
+        assert_eq!(all_results(&mut c, id).await, ["0_smoke/from-url pass"]);
+        // Two directories at the top cannot be stripped as one.
+        std::fs::create_dir_all(a.join("tree/second")).unwrap();
+        let st = std::process::Command::new("tar")
+            .args(["-czf", "defs.tar.gz", "-C", "tree", "."])
+            .current_dir(&a)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let id = submit(&mut c, &job).await;
+        let (end, log) = ended(&mut c, id).await;
+        assert_eq!(end["end"]["health"], "Incomplete", "{end}\n{log}");
+        assert_eq!(end["error_class"], "Job", "{end}");
+        assert!(
+            end["error"].as_str().unwrap().contains("strip-components 1"),
+            "{end}"
+        );
+    });
+}
+
 /// A board that cannot fetch its overlay ends the job as the lab's
 /// failure, naming the command and its status.
 #[test]

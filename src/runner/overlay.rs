@@ -40,11 +40,36 @@ pub(super) fn definitions_before(actions: &[Action], index: usize) -> usize {
         .sum()
 }
 
+/// A definition's YAML file at `path` inside `dest` (a checkout or an
+/// unpacked tarball, named `from` in an error): only a regular file
+/// inside it, so that a symlink in the repository cannot make labd read
+/// the lab host's files.
+async fn read_definition(suite: &str, dest: &Path, path: &str, from: &str) -> Result<String, Stop> {
+    let job_error = |msg: String| Stop(JobOutcome::incomplete(ErrorClass::Job, msg));
+    let file = dest.join(path);
+    let inside = std::fs::canonicalize(&file)
+        .ok()
+        .zip(std::fs::canonicalize(dest).ok())
+        .is_some_and(|(f, d)| f.starts_with(d));
+    let regular = std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_file());
+    if !inside || !regular {
+        return Err(job_error(format!(
+            "test definition {suite}: `{path}` is not a file in {from}"
+        )));
+    }
+    tokio::fs::read_to_string(&file)
+        .await
+        .map_err(|e| job_error(format!("test definition {suite}: {path}: {e}")))
+}
+
 /// Whether a test action runs from the overlay.
 pub(super) fn uses_overlay(t: &Test) -> bool {
-    t.definitions
-        .iter()
-        .any(|d| matches!(d.source, DefinitionSource::Git(_)))
+    t.definitions.iter().any(|d| {
+        matches!(
+            d.source,
+            DefinitionSource::Git(_) | DefinitionSource::Url(_)
+        )
+    })
 }
 
 impl Runner {
@@ -138,6 +163,24 @@ impl Runner {
                         repos: Vec::new(),
                         signal_kmsg: d.signal_kmsg,
                     },
+                    DefinitionSource::Url(u) => {
+                        let dest = job_dir.join("defs").join(format!("{stage}_{i}"));
+                        let yaml = self.fetch_url_definitions(&d.name, u, &dest).await?;
+                        let source = SourceDir {
+                            path: dest,
+                            include_git: false,
+                        };
+                        let mut def =
+                            OverlayDefinition::from_yaml(&d.name, Some(source), &yaml, parameters)
+                                .map_err(|e| {
+                                    job_error(format!(
+                                        "test definition {} ({}): {e}",
+                                        d.name, u.path
+                                    ))
+                                })?;
+                        def.signal_kmsg = d.signal_kmsg;
+                        def
+                    }
                     DefinitionSource::Git(g) => {
                         let dest = job_dir.join("defs").join(format!("{stage}_{i}"));
                         let yaml = self.checkout(&d.name, g, &dest).await?;
@@ -405,25 +448,103 @@ impl Runner {
                 dest,
             )
             .await?;
-        let file = dest.join(&g.path);
+        read_definition(
+            suite,
+            dest,
+            &g.path,
+            &format!("{} at {}", got.url, got.commit),
+        )
+        .await
+    }
+
+    /// LAVA's `from: url`: the tarball fetched as any artifact (checked
+    /// against the lab's file roots, bounded in size and time), unpacked
+    /// confined into `dest` (nothing lands outside it; see
+    /// [`crate::nfs::unpack`]) with `strip-components` leading directories
+    /// dropped, and the definition file read there.
+    async fn fetch_url_definitions(
+        &mut self,
+        suite: &str,
+        u: &crate::job::UrlDefinition,
+        dest: &Path,
+    ) -> Result<String, Stop> {
         let job_error = |msg: String| Stop(JobOutcome::incomplete(ErrorClass::Job, msg));
-        // Only a regular file inside the checkout: a symlink in the
-        // repository must not make labd read the lab host's files.
-        let inside = std::fs::canonicalize(&file)
-            .ok()
-            .zip(std::fs::canonicalize(dest).ok())
-            .is_some_and(|(f, d)| f.starts_with(d));
-        let regular = std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_file());
-        if !inside || !regular {
-            return Err(job_error(format!(
-                "test definition {suite}: `{}` is not a file in {} at {}",
-                g.path, got.url, got.commit
-            )));
-        }
-        let text = tokio::fs::read_to_string(&file)
-            .await
-            .map_err(|e| job_error(format!("test definition {suite}: {}: {e}", g.path)))?;
-        Ok(text)
+        let started = std::time::Instant::now();
+        let url = u.artifact.url.clone();
+        let tarball = dest.with_extension("tar");
+        let unpacked = dest.with_extension("unpacked");
+        let (dst, tmp, target) = (tarball.clone(), unpacked.clone(), dest.to_path_buf());
+        let compression = u.artifact.compression;
+        let strip = u.strip_components;
+        let max = self.ctx.tftp.max_artifact_bytes;
+        let limit = self.timeout("tftp-deploy", None);
+        let cache = self.ctx.tftp.cache.clone();
+        let local = crate::deploy::LocalRights {
+            who: self.ctx.reader.clone(),
+            roots: self.ctx.tftp.file_roots.clone(),
+        };
+        let u2 = url.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            }
+            let mut progress = |_: u64, _: Option<u64>| {};
+            crate::deploy::fetch(
+                &u2,
+                None,
+                compression,
+                &dst,
+                max,
+                limit,
+                &mut progress,
+                cache.as_deref(),
+                crate::deploy::Placement::Link,
+                &local,
+            )
+            .map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+            let file = std::fs::File::open(&dst).map_err(|e| e.to_string())?;
+            let mut used = 0;
+            let r = crate::nfs::unpack(std::io::BufReader::new(file), &tmp, max, &mut used)
+                .map_err(|e| e.to_string());
+            let _ = std::fs::remove_file(&dst);
+            r?;
+            // LAVA's strip-components: each level must be one directory.
+            let mut top = tmp.clone();
+            for _ in 0..strip {
+                let mut entries: Vec<_> = std::fs::read_dir(&top)
+                    .map_err(|e| e.to_string())?
+                    .filter_map(Result::ok)
+                    .collect();
+                match (entries.pop(), entries.is_empty()) {
+                    (Some(only), true)
+                        if only.file_type().is_ok_and(|t| t.is_dir()) =>
+                    {
+                        top = only.path()
+                    }
+                    _ => {
+                        return Err(format!(
+                            "strip-components {strip}: the tarball does not hold one directory at each level it strips"
+                        ))
+                    }
+                }
+            }
+            std::fs::rename(&top, &target).map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok::<_, String>(())
+        })
+        .await
+        .map_err(|e| infra(format!("test definition {suite}: {e}")))?;
+        done.map_err(|e| job_error(format!("test definition {suite}: {url}: {e}")))?;
+        self.event(
+            "deploy",
+            &format!(
+                "{suite}: definitions from {url} unpacked in {} ms",
+                started.elapsed().as_millis()
+            ),
+        );
+        read_definition(suite, dest, &u.path, &url).await
     }
 
     /// Runs a test action's definitions from the overlay: one line, whose

@@ -330,9 +330,12 @@ impl LabActor {
             if let job::Action::Test(t) = a {
                 if !ramdisk_deployed
                     && !transferred
-                    && t.definitions
-                        .iter()
-                        .any(|d| matches!(d.source, job::DefinitionSource::Git(_)))
+                    && t.definitions.iter().any(|d| {
+                        matches!(
+                            d.source,
+                            job::DefinitionSource::Git(_) | job::DefinitionSource::Url(_)
+                        )
+                    })
                 {
                     return Err(ApiError::new(
                         ErrorCode::Unsupported,
