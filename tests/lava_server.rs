@@ -210,6 +210,11 @@ impl LavaLab {
     /// `register`, labd registers the worker itself; else the test adds it
     /// and gives labd the token in a file.
     fn start(test: &str, boards: usize, register: bool) -> LavaLab {
+        Self::start_with(test, boards, register, "ping_interval_secs = 2\n")
+    }
+
+    /// `start`, with `lava` the `[lava]` keys but `url` and `worker`.
+    fn start_with(test: &str, boards: usize, register: bool, lava: &str) -> LavaLab {
         let token = admin_token();
         let name = format!("labd-{}-{test}", std::process::id());
         let mut lab = Lab::prepare(
@@ -217,7 +222,7 @@ impl LavaLab {
             &[],
             &[],
             &format!(
-                "[lava]\nurl = \"http://127.0.0.1:8000/\"\nworker = {name:?}\nping_interval_secs = 2\n[deploy]\nfile_roots = []\n"
+                "[lava]\nurl = \"http://127.0.0.1:8000/\"\nworker = {name:?}\n{lava}[deploy]\nfile_roots = []\n"
             ),
         );
         let cfg = std::fs::read_to_string(&lab.config).unwrap();
@@ -243,9 +248,9 @@ impl LavaLab {
                 .expect("the worker's token");
             std::fs::write(lab.dir.path().join("state-token"), t).unwrap();
             cfg = cfg.replace(
-                "ping_interval_secs",
+                "[lava]\n",
                 &format!(
-                    "token_file = {:?}\nping_interval_secs",
+                    "[lava]\ntoken_file = {:?}\n",
                     lab.dir.path().join("state-token")
                 ),
             );
@@ -361,7 +366,9 @@ fn a_lava_job_runs_on_a_labd_board_and_the_server_records_its_results() {
     if !have_server() {
         return;
     }
-    let ll = LavaLab::start("complete", 1, true);
+    // A long ping interval: the end must reach the server well before the
+    // next ping.
+    let ll = LavaLab::start_with("complete", 1, true, "ping_interval_secs = 10\n");
     rt().block_on(async {
         let mut c = ll.lab.client().await;
         // Local jobs do not get the server's board.
@@ -501,4 +508,26 @@ fn a_job_cut_short_by_a_labd_kill_ends_incomplete_on_the_server() {
         assert_eq!(ours["health"], "Incomplete", "{ours}");
         assert_eq!(ours["error_class"], "Infrastructure", "{ours}");
     });
+}
+
+/// A worker of another version than the server's: the server answers 409
+/// and shows the worker Offline, and labd's log says so as an error.
+#[test]
+fn a_version_mismatch_is_reported_and_the_server_shows_the_worker_offline() {
+    if !have_server() {
+        return;
+    }
+    let ll = LavaLab::start_with(
+        "version",
+        1,
+        false,
+        "version = \"2022.11\"\nping_interval_secs = 1\n",
+    );
+    let line = ll.lab.wait_log("LAVA worker is Offline on the server");
+    assert!(
+        line.contains("ERROR") && line.contains("2022.11") && line.contains("[lava] version"),
+        "{line}"
+    );
+    let w = rest(&ll.token, "GET", &format!("/workers/{}/", ll.name), None);
+    assert_eq!(w["state"], "Offline", "{w}");
 }
