@@ -43,6 +43,10 @@ pub struct LabConfig {
     /// What jobs may add to a QEMU board's command line (`[qemu]`).
     #[serde(default)]
     pub qemu: QemuConfig,
+    /// The lava-server this lab works for as a LAVA worker (`[lava]`); off
+    /// when absent.
+    #[serde(default)]
+    pub lava: Option<LavaWorkerConfig>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -75,6 +79,47 @@ pub struct LabConfig {
     /// The boards, resolved: device type, console and power known.
     #[serde(skip)]
     pub boards: Vec<BoardConfig>,
+}
+
+/// `[lava]`: labd as a worker of a lava-server (see `lava_worker`). The
+/// boards the server may use say which of its devices they are
+/// (`lava_worker_device`); only the server gives them jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LavaWorkerConfig {
+    /// The server's base URL, e.g. `http://lava.example.com/`.
+    pub url: String,
+    /// This worker's name on the server (`lava-server manage workers add`).
+    pub worker: String,
+    /// The file holding the worker's token. Read at start and again when it
+    /// changes; never logged. When it does not exist, labd registers the
+    /// worker (lava-server allows that from 127.0.0.0/8 only) and writes
+    /// the token it gets there, mode 0600. Default `<state_dir>/lava-token`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The LAVA version labd says it is: lava-server refuses (HTTP 409,
+    /// and sets the worker Offline) a worker of another version.
+    #[serde(default = "default_lava_version")]
+    pub version: String,
+    /// How often labd asks the server for work and cancels.
+    #[serde(default = "default_lava_ping")]
+    pub ping_interval_secs: u64,
+}
+
+fn default_lava_version() -> String {
+    "2023.01".into()
+}
+fn default_lava_ping() -> u64 {
+    5
+}
+
+impl LavaWorkerConfig {
+    /// The token file, `<state_dir>/lava-token` unless the config names one.
+    pub fn token_path(&self, state_dir: &Path) -> PathBuf {
+        self.token_file
+            .clone()
+            .unwrap_or_else(|| state_dir.join("lava-token"))
+    }
 }
 
 /// A statsd to push every metric to, as gauges, every `interval_secs`.
@@ -738,6 +783,10 @@ pub struct BoardConfig {
     /// type is the board's own, not one of `device_types_dir`.
     #[serde(skip)]
     pub lava: Option<Box<crate::lava_device::LavaDevice>>,
+    /// The device of the `[lava]` server this board is: only that server
+    /// gives it jobs, and local submits are refused.
+    #[serde(default)]
+    pub lava_worker_device: Option<String>,
 }
 
 /// A `[[boards]]` table as written. With a LAVA device configuration
@@ -768,6 +817,9 @@ struct BoardEntry {
     /// A device configuration lava-server already rendered.
     #[serde(default)]
     lava_device_yaml: Option<PathBuf>,
+    /// The `[lava]` server's device this board is.
+    #[serde(default)]
+    lava_worker_device: Option<String>,
 }
 
 /// One command as argv, or several run in order (LAVA's lists of power
@@ -1092,6 +1144,7 @@ impl BoardEntry {
                 power: self.power.clone().unwrap_or_default(),
                 parameters: self.parameters.clone(),
                 lava: None,
+                lava_worker_device: self.lava_worker_device.clone(),
             });
         };
         if let Some(d) = self
@@ -1187,6 +1240,7 @@ impl BoardEntry {
             power,
             parameters: self.parameters.clone(),
             lava: Some(Box::new(lava)),
+            lava_worker_device: self.lava_worker_device.clone(),
         })
     }
 }
@@ -1256,7 +1310,70 @@ impl LabConfig {
                 cfg.git.cache_dir = Some(base.join(d));
             }
         }
+        if let Some(l) = &mut cfg.lava {
+            if let Some(t) = l.token_file.as_ref().filter(|t| t.is_relative()) {
+                l.token_file = Some(base.join(t));
+            }
+        }
         Ok(cfg)
+    }
+
+    /// `[lava]` and the boards' `lava_worker_device`: a server URL labd can
+    /// reach, and each device named once, only with a server to name it.
+    fn validate_lava(
+        &self,
+        bad: &dyn Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if let Some(l) = &self.lava {
+            if !(l.url.starts_with("http://") || l.url.starts_with("https://")) {
+                return Err(bad(
+                    "lava.url".into(),
+                    format!("`{}` is not an http:// or https:// URL", l.url),
+                ));
+            }
+            let name_ok = |n: &str| {
+                !n.is_empty()
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            };
+            if !name_ok(&l.worker) {
+                return Err(bad(
+                    "lava.worker".into(),
+                    format!(
+                        "`{}` is not a worker name (letters, digits, `.`, `_`, `-`)",
+                        l.worker
+                    ),
+                ));
+            }
+            if l.ping_interval_secs == 0 {
+                return Err(bad(
+                    "lava.ping_interval_secs".into(),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeMap::new();
+        for (i, b) in self.boards.iter().enumerate() {
+            let Some(d) = &b.lava_worker_device else {
+                continue;
+            };
+            if self.lava.is_none() {
+                return Err(bad(
+                    format!("boards[{i}].lava_worker_device"),
+                    format!(
+                        "board {} names LAVA device `{d}`, but there is no [lava] server",
+                        b.name
+                    ),
+                ));
+            }
+            if let Some(other) = seen.insert(d.clone(), b.name.clone()) {
+                return Err(bad(
+                    format!("boards[{i}].lava_worker_device"),
+                    format!("LAVA device `{d}` is board {other} already"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
@@ -1269,6 +1386,7 @@ impl LabConfig {
             },
             message,
         };
+        self.validate_lava(&bad)?;
         for (i, o) in self.qemu.extra_allowed_options.iter().enumerate() {
             if !crate::qemu_args::allowable(o) {
                 return Err(bad(
@@ -1586,6 +1704,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
             power: PowerConfig::Sim { board: None },
             parameters: BTreeMap::new(),
             lava: None,
+            lava_worker_device: None,
         })
         .collect();
     LabConfig {
@@ -1606,6 +1725,7 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
         git: GitConfig::default(),
         nfs: NfsConfig::default(),
         qemu: QemuConfig::default(),
+        lava: None,
         // The demo runs as whoever started it: any file they may read.
         deploy: DeployConfig {
             file_roots: vec![PathBuf::from("/")],

@@ -38,6 +38,11 @@
 //! unfinished jobs with `shutting_down`, waits up to 5 s for answers in
 //! flight) and the process exits 0. A second signal makes the grace zero.
 //!
+//! With `[lava]`, the LAVA worker (`lava_worker`) starts with the socket
+//! server, on the actix system; its HTTP calls run on tokio's blocking
+//! pool. At shutdown it reports the jobs the drain ended before the socket
+//! closes.
+//!
 //! ## Logging
 //!
 //! tracing throughout; the binary installs one subscriber at start from
@@ -207,6 +212,8 @@ pub async fn start(
         ..crate::server::ServerLimits::from_config(&cfg.limits)
     };
     let metrics_listen = cfg.metrics_listen;
+    let lava = cfg.lava.clone();
+    let state_dir = cfg.state_dir.clone();
     let statsd = cfg.statsd.clone();
     // Everything that can refuse the config is checked before the socket
     // exists, so a refused start leaves no socket behind and no client waits
@@ -261,6 +268,10 @@ pub async fn start(
             "the lab stopped while reconciling the store at start",
         ))
     })?;
+    // The worker, like the socket, starts once the restart is reconciled:
+    // it finds the server's jobs a killed labd took already ended.
+    let lava =
+        lava.map(|l| crate::lava_worker::start(&l, &state_dir, lab.clone(), store_reader.clone()));
     let server = crate::server::serve(listener, lab.clone(), store_reader, limits, metrics)
         .map_err(socket_err)?;
     tracing::info!(socket = %socket.display(), "labd ready");
@@ -271,6 +282,7 @@ pub async fn start(
         server,
         owned_socket,
         nfs,
+        lava,
     })
 }
 
@@ -283,6 +295,8 @@ pub struct Daemon {
     owned_socket: Option<std::path::PathBuf>,
     /// The NFS server labd started, stopped at the end.
     nfs: Option<std::sync::Arc<crate::nfs::NfsServer>>,
+    /// The LAVA worker (`[lava]`), closed once the jobs have ended.
+    lava: Option<crate::lava_worker::WorkerHandle>,
 }
 
 impl Daemon {
@@ -334,6 +348,10 @@ impl Daemon {
                     .await?;
                 let _ = tokio::join!(drained, now);
             }
+        }
+        if let Some(w) = self.lava {
+            // The lab ended every job: their ends go to the server first.
+            w.close(std::time::Duration::from_secs(10)).await;
         }
         tracing::info!("all boards idle; closing the socket");
         self.server.close(std::time::Duration::from_secs(5)).await;

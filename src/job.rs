@@ -564,7 +564,14 @@ pub struct Parsed {
 }
 
 /// Top-level keys that change nothing for a single lab: accepted with a warning.
-pub const WARNED_TOP: &[&str] = &["visibility", "metadata", "notify", "description"];
+pub const WARNED_TOP: &[&str] = &[
+    "visibility",
+    "metadata",
+    "notify",
+    "description",
+    // lava-server adds it to the definition it gives a worker.
+    "compatibility",
+];
 
 struct Ctx<'a> {
     file: &'a str,

@@ -21,6 +21,7 @@ pub mod git_url;
 pub mod job;
 pub mod lab;
 pub mod lava_device;
+pub mod lava_worker;
 pub mod local_file;
 pub mod matcher;
 pub mod metrics;

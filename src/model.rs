@@ -219,6 +219,20 @@ pub struct JobRecord {
     /// Where the job's time went on its board, phase by phase, in order.
     #[serde(default)]
     pub timing: Vec<PhaseTime>,
+    /// The lava-server job this one runs, when labd took it as a LAVA
+    /// worker: it runs on that board only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lava: Option<LavaJob>,
+}
+
+/// A lava-server's job as labd runs it (see `lava_worker`). The job's
+/// token is not kept: the server gives it again with every ping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LavaJob {
+    /// The job's id on the server.
+    pub id: u64,
+    /// The board the server's device is.
+    pub board: String,
 }
 
 /// Whose rights a job's `file://` artifacts are read with: its submitter,
@@ -290,6 +304,7 @@ impl JobRecord {
             retry_of: None,
             attempt: 1,
             timing: Vec::new(),
+            lava: None,
         }
     }
 

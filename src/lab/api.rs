@@ -89,6 +89,16 @@ pub enum LabRequest {
         file: String,
         caller: Caller,
     },
+    /// A lava-server's job, for the board of its device (`lava_worker`):
+    /// `definition` and `device` as the server sent them (the job's YAML,
+    /// the device's rendered configuration). Admins only: labd's own
+    /// worker.
+    SubmitLava {
+        lava_id: u64,
+        definition: String,
+        device: String,
+        caller: Caller,
+    },
     Cancel {
         job: JobId,
         caller: Caller,

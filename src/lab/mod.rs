@@ -13,6 +13,8 @@
 //! - `queue`: putting jobs in line, queue timeouts, retries.
 //! - `finish`: a job's end.
 //! - `health`: health checks and judging a board by its jobs.
+//! - `lava`: which board runs a lava-server's job, and the boards such a
+//!   server owns.
 //! - `supervise`: starting and replacing board actors.
 //! - `reload`: applying a re-read config.
 //! - `reconcile`: the store made consistent at start.
@@ -29,6 +31,7 @@
 mod api;
 mod finish;
 mod health;
+mod lava;
 mod queue;
 mod reconcile;
 mod reload;
@@ -303,6 +306,12 @@ impl Handler<LabRequest> for LabActor {
                 file,
                 caller,
             } => self.submit(definition, file, caller),
+            R::SubmitLava {
+                lava_id,
+                definition,
+                device,
+                caller,
+            } => self.submit_lava(lava_id, definition, device, caller),
             R::Cancel { job, caller } => self.cancel(job, caller),
             req @ (R::Jobs(_) | R::Job { .. } | R::Results { .. } | R::LogSource { .. }) => {
                 self.read(req)

@@ -31,6 +31,8 @@ pub(super) struct Queued {
     pub def: JobDefinition,
     /// Whose rights its `file://` artifacts are read with.
     pub reader: Option<Identity>,
+    /// The one board it runs on: a lava-server's job, its device's.
+    pub board: Option<String>,
 }
 
 impl Queued {
@@ -41,6 +43,7 @@ impl Queued {
             submit_time: r.submit_time,
             def,
             reader: r.reader(),
+            board: r.lava.as_ref().map(|l| l.board.clone()),
         }
     }
 
@@ -158,9 +161,12 @@ pub(super) fn with_secrets(
 /// The next attempt of a job that ended with an Infrastructure error, if
 /// its `failure_retry` allows one more: the record to store.
 pub(super) fn next_attempt(j: &JobRecord, maxima: &job::TimeoutMaxima) -> Option<JobRecord> {
+    // A lava-server's job is retried by the server (or not), never here:
+    // it has one job there to report to.
     if j.health != JobHealth::Incomplete
         || j.error_class != Some(ErrorClass::Infrastructure)
         || j.health_check
+        || j.lava.is_some()
     {
         return None;
     }

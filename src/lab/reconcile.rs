@@ -10,6 +10,8 @@
 //!   or Canceled if it was being canceled), and its retry stored with the
 //!   end, before the lab serves anyone.
 //! - A board whose job was cut short is no longer trusted as Good.
+//! - A queued lava-server's job is not kept either: it ends Incomplete
+//!   (Infrastructure), and the worker reports that to the server.
 //! - A queued health check is not kept: boards get fresh ones as they need
 //!   them. A queued job whose stored definition no longer parses ends
 //!   Incomplete (Configuration) instead of being queued.
@@ -73,6 +75,22 @@ impl LabActor {
             }
         }
         for j in queued {
+            if j.lava.is_some() {
+                // A lava-server's job does not outlive the labd that took
+                // it: its worker reports it ended, and the server decides
+                // whether it runs again.
+                let fut = self.store.update_job(j.id, |r| {
+                    r.finish(JobOutcome::incomplete(
+                        ErrorClass::Infrastructure,
+                        "labd restarted before the lava-server's job ran",
+                    ));
+                    Ok(())
+                });
+                actix::spawn(async move {
+                    let _ = fut.await;
+                });
+                continue;
+            }
             if j.health_check {
                 // A health check that never started: the boards get fresh
                 // ones as they need them.

@@ -90,6 +90,9 @@ impl LabActor {
             ("metrics_listen", old.metrics_listen != cfg.metrics_listen),
             ("slow", old.slow != cfg.slow),
             ("sim_control", old.sim_control != cfg.sim_control),
+            // The worker's server and name (its token file is read again
+            // whenever it changes, reload or not).
+            ("lava", old.lava != cfg.lava),
             ("log", old.log != cfg.log),
             ("lock_dir", old.lock_dir != cfg.lock_dir),
         ];

@@ -68,6 +68,8 @@ pub(super) fn place<T>(queue: &[T], rank: impl Fn(&T) -> Rank, new: Rank) -> usi
 pub(super) struct JobView<'a> {
     pub device_type: &'a str,
     pub tags: &'a [String],
+    /// The one board a lava-server's job runs on (its device's).
+    pub board: Option<&'a str>,
 }
 
 impl<'a> JobView<'a> {
@@ -75,6 +77,17 @@ impl<'a> JobView<'a> {
         JobView {
             device_type: &def.device_type,
             tags: &def.tags,
+            board: None,
+        }
+    }
+
+    /// Whether board `b` may take the job: a lava-server's job only its
+    /// device's board, any other job a board of its device type with its
+    /// tags that no lava-server owns.
+    pub(super) fn takes(&self, b: &BoardView) -> bool {
+        match self.board {
+            Some(name) => name == b.name,
+            None => !b.lava_owned && self.fits(b.device_type, b.tags),
         }
     }
 
@@ -99,6 +112,9 @@ pub(super) struct BoardView<'a> {
     pub has_health_check: bool,
     /// When the board last passed a health check (ms since the epoch).
     pub last_health_check: Option<u64>,
+    /// A lava-server's device (`lava_worker_device`): only that server's
+    /// jobs run on it.
+    pub lava_owned: bool,
 }
 
 impl BoardView<'_> {
@@ -157,7 +173,7 @@ pub(super) fn plan<'j>(
         let Some((i, job)) = queue.next() else {
             break;
         };
-        let fits = |k: &usize| open[*k] && job.fits(boards[*k].device_type, boards[*k].tags);
+        let fits = |k: &usize| open[*k] && job.takes(&boards[*k]);
         if let Some(k) = (0..boards.len()).find(fits) {
             open[k] = false;
             left -= 1;
@@ -196,9 +212,13 @@ impl LabActor {
                 health_pending: s.pending_health.is_some(),
                 has_health_check: self.health_checks.contains_key(&s.cfg.device_type),
                 last_health_check: s.last_health_check,
+                lava_owned: s.cfg.lava_worker_device.is_some(),
             })
             .collect();
-        let queue = self.queue.iter().map(|q| JobView::of(&q.def));
+        let queue = self.queue.iter().map(|q| JobView {
+            board: q.board.as_deref(),
+            ..JobView::of(&q.def)
+        });
         let plan = plan(&boards, queue, now_ms(), every);
         for name in plan.health_checks {
             self.start_health_check(name, ctx);
@@ -306,11 +326,42 @@ mod tests {
             health_pending: false,
             has_health_check: false,
             last_health_check: None,
+            lava_owned: false,
         }
     }
 
     fn job<'a>(device_type: &'a str, tags: &'a [String]) -> JobView<'a> {
-        JobView { device_type, tags }
+        JobView {
+            device_type,
+            tags,
+            board: None,
+        }
+    }
+
+    /// A lava-server's job goes to its device's board alone, even past a
+    /// free board of its type; a board a lava-server owns takes no other
+    /// job, even one of its device type.
+    #[test]
+    fn a_lava_job_takes_its_board_and_a_lava_board_takes_only_lava_jobs() {
+        let none = tags(&[]);
+        let boards = [
+            BoardView {
+                lava_owned: true,
+                ..board("a", "bbb", &none)
+            },
+            BoardView {
+                lava_owned: true,
+                ..board("b", "bbb", &none)
+            },
+            board("c", "bbb", &none),
+        ];
+        let local = job("bbb", &none);
+        let lava = JobView {
+            board: Some("b"),
+            ..job("bbb", &none)
+        };
+        let p = plan(&boards, [local, lava, local], NOW, 24 * HOUR);
+        assert_eq!(jobs(&p), [(0, "c"), (1, "b")]);
     }
 
     fn jobs(plan: &Plan) -> Vec<(usize, &str)> {

@@ -241,6 +241,14 @@ fn state_key(state: JobState, id: JobId) -> [u8; 9] {
     k
 }
 
+/// The key in `meta` of a lava-server job's labd job id (`lava_job/` and
+/// the server's id, big-endian).
+fn lava_key(lava_id: u64) -> Vec<u8> {
+    let mut k = b"lava_job/".to_vec();
+    k.extend_from_slice(&lava_id.to_be_bytes());
+    k
+}
+
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     // Invariant: our record types serialize to JSON without failure (no maps
     // with non-string keys, no non-finite floats).
@@ -684,6 +692,18 @@ impl StoreReader {
     /// Subscribes to durable changes.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    /// The job labd runs for lava-server job `lava_id`, if it took it.
+    pub async fn job_for_lava(&self, lava_id: u64) -> Result<Option<JobRecord>, StoreError> {
+        self.read(move |t| match t.meta.get(lava_key(lava_id))? {
+            None => Ok(None),
+            Some(id) => match t.jobs.get(id)? {
+                Some(v) => dec(&v).map(Some),
+                None => Ok(None),
+            },
+        })
+        .await
     }
 
     /// Runs `f` on the trees, on this thread or the blocking pool as this

@@ -771,10 +771,24 @@ fn insert_in(
     events: &sled::transaction::TransactionalTree,
     job: &JobRecord,
 ) -> Result<JobRecord, ConflictableTransactionError<StoreError>> {
+    // A lava-server's job is stored once: asked again (its worker restarted
+    // between the insert and hearing of it), the store answers the job it
+    // already holds, decided inside this transaction.
+    let lava_key = job.lava.as_ref().map(|l| super::lava_key(l.id));
+    if let Some(k) = &lava_key {
+        if let Some(id) = meta.get(k)? {
+            if let Some(old) = jobs.get(id)? {
+                return dec(&old).map_err(ConflictableTransactionError::Abort);
+            }
+        }
+    }
     let next = meta.get("next_job_id")?.map_or(1, |v| be_u64(&v));
     meta.insert("next_job_id", &(next + 1).to_be_bytes())?;
     let mut j = job.clone();
     j.id = next;
+    if let Some(k) = &lava_key {
+        meta.insert(&k[..], &next.to_be_bytes())?;
+    }
     jobs.insert(&next.to_be_bytes(), enc(&j))?;
     idx.insert(&state_key(j.state, next), &[])?;
     let ev = JobEvent {

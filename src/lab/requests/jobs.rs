@@ -31,6 +31,18 @@ impl LabActor {
         file: String,
         caller: Caller,
     ) -> Reply {
+        self.submit_for(definition, file, caller, None)
+    }
+
+    /// Checks, stores and queues a job: a local one, or with `lava` a
+    /// lava-server's for the board of its device (`lab::lava` chose it).
+    pub(in crate::lab) fn submit_for(
+        &mut self,
+        definition: String,
+        file: String,
+        caller: Caller,
+        lava: Option<crate::model::LavaJob>,
+    ) -> Reply {
         if definition.len() > self.cfg.limits.max_job_bytes {
             return ready(Err(ApiError::new(
                 ErrorCode::InvalidJob,
@@ -52,7 +64,11 @@ impl LabActor {
                 }));
             }
         };
-        if let Err(e) = self.check_runnable(&parsed.definition) {
+        let runnable = match &lava {
+            None => self.check_runnable(&parsed.definition),
+            Some(l) => self.check_lava_runnable(&parsed, l),
+        };
+        if let Err(e) = runnable {
             return ready(Err(e));
         }
         if let Err(e) = check_qemu_options(&parsed.qemu_options, &self.cfg.qemu) {
@@ -109,11 +125,15 @@ impl LabActor {
                 }
             }
         };
+        // A lava-server's job has no local submitter: nobody here may
+        // cancel it but an admin, and it reads no local file.
+        let local = lava.is_none();
         let rec = JobRecord {
-            submitter_uid: Some(caller.uid),
-            submitter_gid: Some(caller.gid),
-            submitter_groups: Some(caller.groups.clone()),
+            submitter_uid: local.then_some(caller.uid),
+            submitter_gid: local.then_some(caller.gid),
+            submitter_groups: local.then(|| caller.groups.clone()),
             sealed_secrets,
+            lava,
             ..JobRecord::submitted(
                 def.job_name.clone(),
                 def.device_type.clone(),
@@ -254,11 +274,14 @@ impl LabActor {
             .boards
             .values()
             .filter(|s| {
-                wants.fits(&s.cfg.device_type, &s.cfg.tags) && s.health != BoardHealth::Retired
+                wants.fits(&s.cfg.device_type, &s.cfg.tags)
+                    && s.health != BoardHealth::Retired
+                    && s.cfg.lava_worker_device.is_none()
             })
             .map(|s| &s.dt)
             .collect();
         if fitting.is_empty() {
+            self.refuse_lava_owned(&wants)?;
             return Err(ApiError::new(
                 ErrorCode::NoSuchDeviceType,
                 format!(
@@ -285,7 +308,7 @@ impl LabActor {
     }
 
     /// Whether a board of device type `dt` can run the job.
-    fn check_runnable_on(
+    pub(in crate::lab) fn check_runnable_on(
         &self,
         def: &JobDefinition,
         dt: &crate::device_type::DeviceType,

@@ -1,0 +1,533 @@
+//! labd as a worker of a real lava-server 2023.01 (`[lava]`): the server
+//! Debian bookworm ships, on this machine (`hil/lava-server setup` and
+//! `start`), with labd's simulated boards as its devices. Each test makes
+//! its own worker, devices and device tag on the server, so jobs of one
+//! test never reach another's boards, and checks the outcome in the
+//! server's own records (its REST API).
+//!
+//! Needs root (`lava-server manage`, the device dictionaries under /etc)
+//! and python3 (it serves the jobs' artifacts over HTTP: a lava-server's
+//! job reads no local file).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const API: &str = "http://127.0.0.1:8000/api/v0.2";
+/// Where an admin puts device types (labd's simulator's, from
+/// `hil/lava-server setup`); lava-server's own are in [`SHIPPED`], which it
+/// searches after this one.
+const TYPES: &str = "/etc/lava-server/dispatcher-config/device-types";
+const SHIPPED: &str = "/usr/share/lava-server/device-types";
+const DEVICES: &str = "/etc/lava-server/dispatcher-config/devices";
+
+/// Whether lava-server 2023.01 answers on 127.0.0.1:8000.
+fn server_answers() -> bool {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    agent
+        .get(format!("{API}/system/version/"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .is_some_and(|b| b.contains("2023.01"))
+}
+
+/// The gate: root, python3, a running lava-server 2023.01 with labd's
+/// device type installed.
+fn have_server() -> bool {
+    require_root("lava-server manage and its device dictionaries")
+        && have_python3()
+        && require(
+            "lava-server 2023.01 on 127.0.0.1:8000",
+            server_answers() && Path::new(TYPES).join("labd-sim.jinja2").is_file(),
+            "run `hil/lava-server setup && hil/lava-server start` as root; .ci/run does",
+        )
+}
+
+/// `lava-server manage ARGS`, which must succeed; what it printed.
+fn manage(args: &[&str]) -> String {
+    let o = Command::new("lava-server")
+        .arg("manage")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "lava-server manage {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A token of the server's admin user for its REST API (the user is made
+/// once; each test gets a token of its own).
+fn admin_token() -> String {
+    static USER: std::sync::Once = std::sync::Once::new();
+    USER.call_once(|| {
+        if !manage(&["users", "list"]).contains("labd-test") {
+            manage(&[
+                "users",
+                "add",
+                "labd-test",
+                "--superuser",
+                "--staff",
+                "--passwd",
+                "labd-test-not-a-secret",
+            ]);
+        }
+        // The server's own device type for labd's simulator.
+        if !manage(&["device-types", "list"]).contains("labd-sim") {
+            manage(&["device-types", "add", "labd-sim"]);
+        }
+    });
+    manage(&[
+        "tokens",
+        "add",
+        "--user",
+        "labd-test",
+        "--description",
+        "labd tests",
+    ])
+    .trim()
+    .to_owned()
+}
+
+/// A call to the server's REST API as its admin; the answer as JSON.
+fn rest(token: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{API}{path}");
+    let auth = format!("Token {token}");
+    let r = match (method, body) {
+        ("POST", Some(b)) => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send(b.to_string()),
+        _ => agent.get(&url).header("Authorization", &auth).call(),
+    };
+    let mut r = r.unwrap();
+    let status = r.status();
+    let text = r.body_mut().read_to_string().unwrap();
+    assert!(status.is_success(), "{method} {path}: {status}: {text}");
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// Polls the server's record of job `id` until `done` holds of it, for at
+/// most `limit`; the record.
+fn wait_server_job(token: &str, id: u64, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let j = rest(token, "GET", &format!("/jobs/{id}/"), None);
+        if done(&j) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "server job {id} stayed {j}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The server's test cases of job `id`, as (suite name, case, result).
+fn server_results(token: &str, id: u64) -> Vec<(String, String, String)> {
+    let suites = rest(token, "GET", &format!("/jobs/{id}/suites/"), None);
+    let suite_name = |sid: &Value| {
+        suites["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == *sid)
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let tests = rest(token, "GET", &format!("/jobs/{id}/tests/"), None);
+    tests["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                suite_name(&t["suite"]),
+                t["name"].as_str().unwrap().to_owned(),
+                t["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A lab whose simulated boards are the server's devices, and the HTTP
+/// server of its artifacts.
+struct LavaLab {
+    lab: Lab,
+    /// This test's worker, device tag and device name prefix.
+    name: String,
+    token: String,
+    http: Child,
+    port: u16,
+}
+
+impl Drop for LavaLab {
+    fn drop(&mut self) {
+        let _ = self.http.kill();
+        let _ = self.http.wait();
+        for b in 1..=2 {
+            let _ = std::fs::remove_file(
+                Path::new(DEVICES).join(format!("{}-sim-{b:02}.jinja2", self.name)),
+            );
+        }
+    }
+}
+
+/// The simulated board `board`'s LAVA dictionary: its console and relay
+/// are `labd-sim`'s client commands, the same on the server and in labd.
+fn dictionary(sim_control: &Path, board: &str) -> String {
+    let sim = format!(
+        "{} --control {}",
+        env!("CARGO_BIN_EXE_labd-sim"),
+        sim_control.display()
+    );
+    format!(
+        "{{% extends 'labd-sim.jinja2' %}}\n\
+         {{% set connection_command = \"{sim} console {board}\" %}}\n\
+         {{% set power_on_command = \"{sim} power {board} on\" %}}\n\
+         {{% set power_off_command = \"{sim} power {board} off\" %}}\n\
+         {{% set hard_reset_command = \"{sim} power {board} reset\" %}}\n"
+    )
+}
+
+impl LavaLab {
+    /// `boards` simulated boards, each the server's device
+    /// `<name>-sim-NN` on worker `<name>`, tagged `<name>`. With
+    /// `register`, labd registers the worker itself; else the test adds it
+    /// and gives labd the token in a file.
+    fn start(test: &str, boards: usize, register: bool) -> LavaLab {
+        Self::start_with(test, boards, register, "ping_interval_secs = 2\n")
+    }
+
+    /// `start`, with `lava` the `[lava]` keys but `url` and `worker`.
+    fn start_with(test: &str, boards: usize, register: bool, lava: &str) -> LavaLab {
+        let token = admin_token();
+        let name = format!("labd-{}-{test}", std::process::id());
+        let mut lab = Lab::prepare(
+            boards,
+            &[],
+            &[],
+            &format!(
+                "[lava]\nurl = \"http://127.0.0.1:8000/\"\nworker = {name:?}\n{lava}[deploy]\nfile_roots = []\n"
+            ),
+        );
+        let cfg = std::fs::read_to_string(&lab.config).unwrap();
+        let mut cfg = cfg[..cfg.find("[[boards]]").unwrap()].to_owned();
+        let devices = lab.dir.path().join("devices");
+        std::fs::create_dir_all(&devices).unwrap();
+        // The templates the server renders the dictionaries with, in one
+        // directory as labd reads them.
+        let templates = lab.dir.path().join("device-types");
+        std::fs::create_dir_all(&templates).unwrap();
+        for (dir, f) in [
+            (SHIPPED, "base.jinja2"),
+            (SHIPPED, "base-uboot.jinja2"),
+            (TYPES, "labd-sim.jinja2"),
+        ] {
+            std::os::unix::fs::symlink(Path::new(dir).join(f), templates.join(f)).unwrap();
+        }
+        if !register {
+            let out = manage(&["workers", "add", &name, "--description", "labd test"]);
+            let t = out
+                .lines()
+                .find_map(|l| l.strip_prefix("Token: "))
+                .expect("the worker's token");
+            std::fs::write(lab.dir.path().join("state-token"), t).unwrap();
+            cfg = cfg.replace(
+                "[lava]\n",
+                &format!(
+                    "[lava]\ntoken_file = {:?}\n",
+                    lab.dir.path().join("state-token")
+                ),
+            );
+        }
+        for b in 1..=boards {
+            let board = format!("sim-{b:02}");
+            let device = format!("{name}-{board}");
+            let dict = dictionary(&lab.sim_control, &board);
+            std::fs::write(devices.join(format!("{board}.jinja2")), &dict).unwrap();
+            std::fs::write(Path::new(DEVICES).join(format!("{device}.jinja2")), &dict).unwrap();
+            cfg.push_str(&format!(
+                "[[boards]]\nname = {board:?}\nlava_device = \"devices/{board}.jinja2\"\nlava_templates = \"device-types\"\nlava_worker_device = {device:?}\ntags = [{name:?}]\n[boards.parameters]\nuses_deployed_root = false\n"
+            ));
+        }
+        std::fs::write(&lab.config, cfg).unwrap();
+        lab.start_labd();
+        if register {
+            lab.wait_log("registered with lava-server");
+        }
+        for b in 1..=boards {
+            manage(&[
+                "devices",
+                "add",
+                "--device-type",
+                "labd-sim",
+                "--worker",
+                &name,
+                // Before `--tags`, which takes every argument after it.
+                &format!("{name}-sim-{b:02}"),
+                "--tags",
+                &name,
+            ]);
+        }
+        // The jobs' artifacts, over HTTP: python's server, on a port it
+        // picks and prints.
+        let mut http = Command::new("python3")
+            .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
+            .current_dir(lab.artifacts())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(http.stdout.take().unwrap()),
+            &mut first,
+        )
+        .unwrap();
+        let port = first
+            .split(" port ")
+            .nth(1)
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("python's http.server said {first:?}"));
+        LavaLab {
+            lab,
+            name,
+            token,
+            http,
+            port,
+        }
+    }
+
+    /// A LAVA job for this test's boards with test steps `steps`.
+    fn job(&self, job_name: &str, steps: &[&str]) -> String {
+        let text = self.lab.job(job_name, "medium", steps).replace(
+            &format!("file://{}", self.lab.artifacts().display()),
+            &format!("http://127.0.0.1:{}", self.port),
+        );
+        let text = text.replace("device_type: sim-uboot", "device_type: labd-sim");
+        format!("visibility: public\n{}", tagged(text, &self.name))
+    }
+
+    /// Submits a job to the server; its id there.
+    fn submit(&self, definition: &str) -> u64 {
+        let r = rest(
+            &self.token,
+            "POST",
+            "/jobs/",
+            Some(serde_json::json!({ "definition": definition })),
+        );
+        r["job_ids"][0].as_u64().unwrap_or_else(|| panic!("{r}"))
+    }
+
+    fn server_job(&self, id: u64, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        wait_server_job(&self.token, id, limit, done)
+    }
+
+    fn server_log(&self, id: u64) -> String {
+        match rest(&self.token, "GET", &format!("/jobs/{id}/logs/"), None) {
+            Value::String(s) => s,
+            v => v.to_string(),
+        }
+    }
+}
+
+/// labd's only job: the one it runs for the server.
+async fn labd_job(lab: &Lab) -> Value {
+    let mut c = lab.client().await;
+    let jobs = all_jobs(&mut c).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    jobs[0].clone()
+}
+
+/// A job submitted to lava-server runs on the simulated board through
+/// labd (a worker that registered itself), and the server's own records
+/// say what labd's do: Complete, the same test cases with the same
+/// results, LAVA's `lava`/`job` pass, the console in the server's log.
+/// The server hears of the end at once, not at the next ping. A local
+/// submit to the board the server owns is refused, naming the server.
+#[test]
+fn a_lava_job_runs_on_a_labd_board_and_the_server_records_its_results() {
+    if !have_server() {
+        return;
+    }
+    // A long ping interval: the end must reach the server well before the
+    // next ping.
+    let ll = LavaLab::start_with("complete", 1, true, "ping_interval_secs = 10\n");
+    rt().block_on(async {
+        let mut c = ll.lab.client().await;
+        // Local jobs do not get the server's board.
+        let local = ll
+            .job("local", &["lava-test-case t --shell true"])
+            .replace("visibility: public\n", "");
+        let e = c.submit(&local, "j.yaml").await.unwrap_err().to_string();
+        assert!(
+            e.contains("owned by the LAVA server http://127.0.0.1:8000/") && e.contains("sim-01"),
+            "{e}"
+        );
+
+        let id = ll.submit(&ll.job(
+            "through-lava",
+            &[
+                "lava-test-case ok --shell true",
+                "lava-test-case bad --shell false",
+                "lava-test-case speed --result pass --measurement 12.5 --units MB/s",
+            ],
+        ));
+        // labd stores the server's job like any other, and runs it.
+        let labd = loop {
+            let jobs = all_jobs(&mut c).await;
+            if let Some(j) = jobs.first() {
+                break j.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let lid = labd["id"].as_u64().unwrap();
+        let (end, log) = wait_job(&mut c, lid).await;
+        assert_eq!(end["health"], "Complete", "{end}\n{log}");
+        let ended = Instant::now();
+        let ours = results(&mut c, lid).await;
+        assert_eq!(
+            ours,
+            [
+                ("ok".into(), "pass".into()),
+                ("bad".into(), "fail".into()),
+                ("speed".into(), "pass".into())
+            ]
+        );
+
+        let j = ll.server_job(id, Duration::from_secs(30), |j| j["state"] == "Finished");
+        // FINISHED went out as the job ended, well within a ping interval.
+        assert!(
+            ended.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            ended.elapsed()
+        );
+        assert_eq!(j["health"], "Complete", "{j}");
+        assert_eq!(j["actual_device"], format!("{}-sim-01", ll.name), "{j}");
+        let theirs = server_results(&ll.token, id);
+        let user: Vec<(String, String)> = theirs
+            .iter()
+            .filter(|(s, _, _)| s != "lava")
+            .map(|(_, n, r)| (n.clone(), r.clone()))
+            .collect();
+        assert_eq!(user, ours, "{theirs:?}");
+        assert!(
+            theirs.iter().all(|(s, _, _)| s == "lava" || s == "0_t"),
+            "{theirs:?}"
+        );
+        assert!(
+            theirs.contains(&("lava".into(), "job".into(), "pass".into())),
+            "{theirs:?}"
+        );
+        // The console, line by line, in the server's log of the job.
+        let their_log = ll.server_log(id);
+        for needle in [
+            "Hit any key to stop autoboot",
+            "Linux version",
+            "\"lvl\":\"target\"",
+            "\"lvl\":\"results\"",
+        ] {
+            assert!(their_log.contains(needle), "{needle}: {their_log}");
+        }
+    });
+}
+
+/// A cancel on the server ends the job labd runs for it within a ping:
+/// the board is powered off, labd's job is Canceled, the server's too.
+#[test]
+fn a_cancel_from_the_server_ends_the_job() {
+    if !have_server() {
+        return;
+    }
+    let ll = LavaLab::start("cancel", 1, false);
+    rt().block_on(async {
+        let id = ll.submit(&ll.job(
+            "to-cancel",
+            &["lava-test-case started --shell true", "sleep 600"],
+        ));
+        ll.server_job(id, Duration::from_secs(30), |j| j["state"] == "Running");
+        let labd = labd_job(&ll.lab).await;
+        let lid = labd["id"].as_u64().unwrap();
+        until_log_contains(&ll.lab, lid, "started").await;
+        rest(&ll.token, "GET", &format!("/jobs/{id}/cancel/"), None);
+        let mut c = ll.lab.client().await;
+        let (end, log) = wait_job(&mut c, lid).await;
+        assert_eq!(end["health"], "Canceled", "{end}\n{log}");
+        let j = ll.server_job(id, Duration::from_secs(30), |j| j["state"] == "Finished");
+        assert_eq!(j["health"], "Canceled", "{j}");
+        assert!(powered(&ll.lab).await.is_empty());
+    });
+}
+
+/// labd SIGKILLed during a server's job: the restarted labd ends its job
+/// (Incomplete, Infrastructure) and reports that to the server, which
+/// shows the job Incomplete.
+#[test]
+fn a_job_cut_short_by_a_labd_kill_ends_incomplete_on_the_server() {
+    if !have_server() {
+        return;
+    }
+    let mut ll = LavaLab::start("kill", 1, false);
+    let lid = rt().block_on(async {
+        let id = ll.submit(&ll.job(
+            "to-kill",
+            &["lava-test-case started --shell true", "sleep 600"],
+        ));
+        ll.server_job(id, Duration::from_secs(30), |j| j["state"] == "Running");
+        let labd = labd_job(&ll.lab).await;
+        let lid = labd["id"].as_u64().unwrap();
+        until_log_contains(&ll.lab, lid, "started").await;
+        (id, lid)
+    });
+    let (id, labd_id) = lid;
+    ll.lab.kill_labd();
+    ll.lab.start_labd();
+    let j = ll.server_job(id, Duration::from_secs(30), |j| j["state"] == "Finished");
+    assert_eq!(j["health"], "Incomplete", "{j}");
+    let comment = j["failure_comment"].as_str().unwrap_or_default();
+    assert!(comment.contains("restarted"), "{j}");
+    rt().block_on(async {
+        let mut c = ll.lab.client().await;
+        let ours = job(&mut c, labd_id).await;
+        assert_eq!(ours["health"], "Incomplete", "{ours}");
+        assert_eq!(ours["error_class"], "Infrastructure", "{ours}");
+    });
+}
+
+/// A worker of another version than the server's: the server answers 409
+/// and shows the worker Offline, and labd's log says so as an error.
+#[test]
+fn a_version_mismatch_is_reported_and_the_server_shows_the_worker_offline() {
+    if !have_server() {
+        return;
+    }
+    let ll = LavaLab::start_with(
+        "version",
+        1,
+        false,
+        "version = \"2022.11\"\nping_interval_secs = 1\n",
+    );
+    let line = ll.lab.wait_log("LAVA worker is Offline on the server");
+    assert!(
+        line.contains("ERROR") && line.contains("2022.11") && line.contains("[lava] version"),
+        "{line}"
+    );
+    let w = rest(&ll.token, "GET", &format!("/workers/{}/", ll.name), None);
+    assert_eq!(w["state"], "Offline", "{w}");
+}
