@@ -492,7 +492,9 @@ impl DeviceType {
     }
 }
 
-fn invalid(
+/// A config error at `file`'s `path`, at a YAML position when there is one
+/// (a column 0 is a line-only position, such as a template's).
+pub(crate) fn invalid(
     file: &str,
     path: Option<String>,
     mark: Option<(usize, usize)>,
@@ -503,7 +505,7 @@ fn invalid(
             file: Some(file.to_owned()),
             path,
             line: mark.map(|m| m.0),
-            column: mark.map(|m| m.1),
+            column: mark.map(|m| m.1).filter(|c| *c > 0),
         },
         message,
     }

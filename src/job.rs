@@ -2372,24 +2372,18 @@ fn parse_boot(ctx: &mut Ctx, path: &str, v: &Node) -> Option<Boot> {
             commands = Some(BootCommands::Inline(Vec::new()));
         }
     }
-    if method == Some(BootMethod::Minimal) || method == Some(BootMethod::Qemu) {
-        if let Some(c) = m.get_node("commands") {
-            ctx.err(
-                &format!("{path}.commands"),
-                c.span(),
-                "a `minimal` or `qemu` boot sends no bootloader commands; the board boots itself",
-            );
-            return None;
+    let no_commands = match method {
+        Some(BootMethod::Minimal | BootMethod::Qemu) => {
+            Some("a `minimal` or `qemu` boot sends no bootloader commands; the board boots itself")
         }
-        commands = Some(BootCommands::Inline(Vec::new()));
-    }
-    if method == Some(BootMethod::Ssh) {
+        Some(BootMethod::Ssh) => {
+            Some("an `ssh` boot sends no bootloader commands; the device is already running")
+        }
+        _ => None,
+    };
+    if let Some(why) = no_commands {
         if let Some(c) = m.get_node("commands") {
-            ctx.err(
-                &format!("{path}.commands"),
-                c.span(),
-                "an `ssh` boot sends no bootloader commands; the device is already running",
-            );
+            ctx.err(&format!("{path}.commands"), c.span(), why);
             return None;
         }
         commands = Some(BootCommands::Inline(Vec::new()));

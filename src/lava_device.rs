@@ -21,8 +21,8 @@
 //! This module owns rendering and mapping only; it reads the files it was
 //! given and nothing else, and starts nothing.
 
-use crate::device_type::{Bootloader, DeviceType, Kernel, LoadAddresses, PhaseTimeouts};
-use crate::error::{ConfigError, Location};
+use crate::device_type::{invalid, Bootloader, DeviceType, Kernel, LoadAddresses, PhaseTimeouts};
+use crate::error::ConfigError;
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::Node;
 use std::collections::BTreeMap;
@@ -1044,23 +1044,6 @@ fn is_null(n: &Node) -> bool {
 
 fn mark(n: &Node) -> Option<(usize, usize)> {
     n.span().start().map(|m| (m.line(), m.column()))
-}
-
-fn invalid(
-    file: &str,
-    path: Option<String>,
-    mark: Option<(usize, usize)>,
-    message: String,
-) -> ConfigError {
-    ConfigError::Invalid {
-        location: Location {
-            file: Some(file.to_owned()),
-            path,
-            line: mark.map(|m| m.0),
-            column: mark.map(|m| m.1).filter(|c| *c > 0),
-        },
-        message,
-    }
 }
 
 /// Prints a value as Python's `str()` does, as Jinja2 prints it: `True`,

@@ -57,6 +57,16 @@ async fn ended(c: &mut labd::client::Client, id: u64) -> (Value, String) {
     )
 }
 
+/// Submits a job whose simulated board unpacks its overlay at `/` (the
+/// host's, under `HOST_ROOT`) and follows it to its end; the job's
+/// `/lava-<id>` is removed after. Returns the id, the end and the log.
+async fn ended_unpacked_at_root(c: &mut labd::client::Client, text: &str) -> (u64, Value, String) {
+    let id = submit(c, text).await;
+    let (end, log) = ended(c, id).await;
+    let _ = std::fs::remove_dir_all(format!("/lava-{id}"));
+    (id, end, log)
+}
+
 #[test]
 fn an_interactive_test_talks_to_u_boot_as_lava_does() {
     rt().block_on(async {
@@ -582,9 +592,7 @@ fn a_git_definition_runs_from_an_overlay_the_board_fetched_over_http() {
             "curl -sSfO",
             "tar -C / -xzf",
         );
-        let id = submit(&mut c, &text).await;
-        let (end, log) = ended(&mut c, id).await;
-        let _ = std::fs::remove_dir_all(format!("/lava-{id}"));
+        let (id, end, log) = ended_unpacked_at_root(&mut c, &text).await;
         assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
         assert_eq!(all_results(&mut c, id).await, ["0_smoke/ok pass"]);
         assert!(log.contains("overlay.tar.gz"), "{log}");
@@ -614,9 +622,7 @@ fn a_definitions_install_git_repos_are_cloned_into_the_overlay() {
             "curl -sSfO",
             "tar -C / -xzf",
         );
-        let id = submit(&mut c, &text).await;
-        let (end, log) = ended(&mut c, id).await;
-        let _ = std::fs::remove_dir_all(format!("/lava-{id}"));
+        let (id, end, log) = ended_unpacked_at_root(&mut c, &text).await;
         assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
         assert_eq!(
             all_results(&mut c, id).await,
@@ -673,9 +679,7 @@ fn url_definitions_are_unpacked_from_their_tarball() {
             &job[..i],
             a.display()
         );
-        let id = submit(&mut c, &job).await;
-        let (end, log) = ended(&mut c, id).await;
-        let _ = std::fs::remove_dir_all(format!("/lava-{id}"));
+        let (id, end, log) = ended_unpacked_at_root(&mut c, &job).await;
         assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
         assert_eq!(all_results(&mut c, id).await, ["0_smoke/from-url pass"]);
         // Two directories at the top cannot be stripped as one.

@@ -243,11 +243,7 @@ impl Runner {
             };
             let user = std::fs::read(&rd).map_err(io(&rd))?;
             let both = crate::overlay::append_to_ramdisk(&user, &gz)?;
-            // A new file renamed over the old name: a deployed ramdisk
-            // linked to the artifact cache's blob keeps the blob whole.
-            let tmp = rd.with_extension("overlay-tmp");
-            std::fs::write(&tmp, &both.bytes).map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &rd).map_err(io(&rd))?;
+            super::ramdisk::replace(&rd, &both.bytes).map_err(io(&rd))?;
             Ok((overlay, gz, Some(both.format), both.uboot_header))
         })
         .await

@@ -24,8 +24,9 @@ fn job_error(msg: String) -> Stop {
     Stop(JobOutcome::incomplete(ErrorClass::Job, msg))
 }
 
-/// Writes `bytes` as a new file and renames it over `path`.
-fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` as a new file and renames it over `path`: a deployed
+/// ramdisk linked to the artifact cache's blob keeps the blob whole.
+pub(super) fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("labd-tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
