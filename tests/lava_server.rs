@@ -18,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const API: &str = "http://127.0.0.1:8000/api/v0.2";
+/// lava-publisher's websocket, as `hil/lava-server start` runs it.
+const WS: &str = "ws://127.0.0.1:8001/ws/";
 /// Where an admin puts device types (labd's simulator's, from
 /// `hil/lava-server setup`); lava-server's own are in [`SHIPPED`], which it
 /// searches after this one.
@@ -164,6 +166,16 @@ fn server_results(token: &str, id: u64) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The test cases of a job's definitions (LAVA's own `lava` suite left
+/// out) as labd lists them: (case, result).
+fn user_cases(theirs: &[(String, String, String)]) -> Vec<(String, String)> {
+    theirs
+        .iter()
+        .filter(|(s, _, _)| s != "lava")
+        .map(|(_, n, r)| (n.clone(), r.clone()))
+        .collect()
+}
+
 /// A lab whose simulated boards are the server's devices, and the HTTP
 /// server of its artifacts.
 struct LavaLab {
@@ -213,17 +225,26 @@ impl LavaLab {
         Self::start_with(test, boards, register, "ping_interval_secs = 2\n")
     }
 
-    /// `start`, with `lava` the `[lava]` keys but `url` and `worker`.
+    /// `start`, with `lava` the `[lava]` keys but `url`, `worker` and
+    /// `ws_url` (lava-publisher's on 127.0.0.1:8001).
     fn start_with(test: &str, boards: usize, register: bool, lava: &str) -> LavaLab {
+        Self::start_at(test, "http://127.0.0.1:8000/", boards, register, lava)
+    }
+
+    /// `start_with`, labd working for the server at `url`.
+    fn start_at(test: &str, url: &str, boards: usize, register: bool, lava: &str) -> LavaLab {
         let token = admin_token();
         let name = format!("labd-{}-{test}", std::process::id());
+        let lava = if lava.contains("ws_url") {
+            lava.to_owned()
+        } else {
+            format!("ws_url = \"{WS}\"\n{lava}")
+        };
         let mut lab = Lab::prepare(
             boards,
             &[],
             &[],
-            &format!(
-                "[lava]\nurl = \"http://127.0.0.1:8000/\"\nworker = {name:?}\n{lava}[deploy]\nfile_roots = []\n"
-            ),
+            &format!("[lava]\nurl = {url:?}\nworker = {name:?}\n{lava}[deploy]\nfile_roots = []\n"),
         );
         let cfg = std::fs::read_to_string(&lab.config).unwrap();
         let mut cfg = cfg[..cfg.find("[[boards]]").unwrap()].to_owned();
@@ -421,12 +442,7 @@ fn a_lava_job_runs_on_a_labd_board_and_the_server_records_its_results() {
         assert_eq!(j["health"], "Complete", "{j}");
         assert_eq!(j["actual_device"], format!("{}-sim-01", ll.name), "{j}");
         let theirs = server_results(&ll.token, id);
-        let user: Vec<(String, String)> = theirs
-            .iter()
-            .filter(|(s, _, _)| s != "lava")
-            .map(|(_, n, r)| (n.clone(), r.clone()))
-            .collect();
-        assert_eq!(user, ours, "{theirs:?}");
+        assert_eq!(user_cases(&theirs), ours, "{theirs:?}");
         assert!(
             theirs.iter().all(|(s, _, _)| s == "lava" || s == "0_t"),
             "{theirs:?}"
@@ -530,4 +546,241 @@ fn a_version_mismatch_is_reported_and_the_server_shows_the_worker_offline() {
     );
     let w = rest(&ll.token, "GET", &format!("/workers/{}/", ll.name), None);
     assert_eq!(w["state"], "Offline", "{w}");
+}
+
+/// The server's events start a job at once: with an hour between pings,
+/// only lava-publisher's event (the job Scheduled on this worker) can have
+/// labd ask for it.
+#[test]
+fn a_job_starts_on_the_publisher_s_event_not_at_the_next_ping() {
+    if !have_server() {
+        return;
+    }
+    let ll = LavaLab::start_with("events", 1, false, "ping_interval_secs = 3600\n");
+    // The first ping, at start, has passed once the events are heard.
+    ll.lab.wait_log("listening to the server's events");
+    let id = ll.submit(&ll.job("by-event", &["lava-test-case ok --shell true"]));
+    let j = ll.server_job(id, Duration::from_secs(120), |j| j["state"] == "Finished");
+    assert_eq!(j["health"], "Complete", "{j}");
+    assert!(
+        server_results(&ll.token, id).contains(&("0_t".into(), "ok".into(), "pass".into())),
+        "{id}"
+    );
+}
+
+/// A second gunicorn of the same lava-server (the same database) on a
+/// port of its own, which a test stops and starts: labd works for it,
+/// while the test watches the jobs through the shared one on port 8000.
+struct Gunicorn {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Gunicorn {
+    fn start() -> Gunicorn {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut g = Gunicorn { port, child: None };
+        g.up();
+        g
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts it (as `hil/lava-server start` starts the shared one) and
+    /// waits until its API answers.
+    fn up(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new("gunicorn3")
+            .args([
+                "lava_server.wsgi",
+                "--worker-class",
+                "eventlet",
+                "--workers",
+                "1",
+            ])
+            .args([
+                "-u",
+                "lavaserver",
+                "-g",
+                "lavaserver",
+                "--graceful-timeout",
+                "1",
+            ])
+            .args(["--bind", &format!("127.0.0.1:{}", self.port)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let version = format!("{}api/v0.2/system/version/", self.url());
+        while agent.get(&version).call().is_err() {
+            if let Some(c) = self.child.as_mut() {
+                assert!(
+                    c.try_wait().unwrap().is_none(),
+                    "gunicorn on {} exited",
+                    self.port
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gunicorn on {} did not answer",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops it and waits for its end: its port refuses connections.
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            c.wait().unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "gunicorn's workers outlived it");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Gunicorn {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The server stopped in the middle of a job and started again once the
+/// job has ended: the job ran on to its end on the board (a server away
+/// stops nothing), and the server, back, gets the whole log, each test
+/// case once, and the end.
+#[test]
+fn a_server_away_during_a_job_gets_its_whole_log_and_end_when_back() {
+    if !have_server() {
+        return;
+    }
+    let mut server = Gunicorn::start();
+    let ll = LavaLab::start_at("away", &server.url(), 1, false, "ping_interval_secs = 1\n");
+    let gate = ll.lab.dir.path().join("gate");
+    let wait_gate = format!("while [ ! -e {} ]; do sleep 0.1; done", gate.display());
+    let id = ll.submit(&ll.job(
+        "server-away",
+        &[
+            "lava-test-case before --shell true",
+            &wait_gate,
+            "lava-test-case after --shell true",
+            "echo the-last-line-$((6 * 7))",
+        ],
+    ));
+    ll.server_job(id, Duration::from_secs(60), |j| j["state"] == "Running");
+    // The log reaches the server while it is there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !server_results(&ll.token, id)
+        .iter()
+        .any(|r| r.1 == "before")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "`before` never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    server.down();
+    std::fs::write(&gate, "").unwrap();
+    let (lid, ours) = rt().block_on(async {
+        let labd = labd_job(&ll.lab).await;
+        let lid = labd["id"].as_u64().unwrap();
+        let mut c = ll.lab.client().await;
+        let (end, log) = wait_job(&mut c, lid).await;
+        assert_eq!(end["health"], "Complete", "{end}\n{log}");
+        (lid, results(&mut c, lid).await)
+    });
+    // labd tried to send the rest to the server that is away.
+    ll.lab.wait_log("sending log lines failed");
+    let j = rest(&ll.token, "GET", &format!("/jobs/{id}/"), None);
+    assert_eq!(j["state"], "Running", "{j}");
+    server.up();
+    let j = ll.server_job(id, Duration::from_secs(120), |j| j["state"] == "Finished");
+    assert_eq!(j["health"], "Complete", "{j}");
+    let theirs = server_results(&ll.token, id);
+    assert_eq!(user_cases(&theirs), ours, "labd job {lid}: {theirs:?}");
+    assert_eq!(
+        ours,
+        [
+            ("before".into(), "pass".into()),
+            ("after".into(), "pass".into())
+        ]
+    );
+    assert!(
+        theirs.contains(&("lava".into(), "job".into(), "pass".into())),
+        "{theirs:?}"
+    );
+    assert!(
+        ll.server_log(id).contains("the-last-line-42"),
+        "{}",
+        ll.server_log(id)
+    );
+}
+
+/// A job the server cancels while labd cannot reach it goes on until
+/// labd reaches the server again, and then ends Canceled on both sides.
+#[test]
+fn a_cancel_while_labd_cannot_reach_the_server_ends_the_job_on_reconnect() {
+    if !have_server() {
+        return;
+    }
+    let mut server = Gunicorn::start();
+    let ll = LavaLab::start_at(
+        "cancel-away",
+        &server.url(),
+        1,
+        false,
+        "ping_interval_secs = 1\n",
+    );
+    let id = ll.submit(&ll.job(
+        "cancel-away",
+        &["lava-test-case started --shell true", "sleep 600"],
+    ));
+    ll.server_job(id, Duration::from_secs(60), |j| j["state"] == "Running");
+    let lid = rt().block_on(async {
+        let lid = labd_job(&ll.lab).await["id"].as_u64().unwrap();
+        until_log_contains(&ll.lab, lid, "started").await;
+        lid
+    });
+    server.down();
+    rest(&ll.token, "GET", &format!("/jobs/{id}/cancel/"), None);
+    ll.server_job(id, Duration::from_secs(30), |j| j["state"] == "Canceling");
+    // labd cannot know yet: its job runs on.
+    ll.lab.wait_log("ping failed");
+    rt().block_on(async {
+        let mut c = ll.lab.client().await;
+        let j = job(&mut c, lid).await;
+        assert_eq!(j["state"], "Running", "{j}");
+    });
+    server.up();
+    rt().block_on(async {
+        let mut c = ll.lab.client().await;
+        let (end, log) = wait_job(&mut c, lid).await;
+        assert_eq!(end["health"], "Canceled", "{end}\n{log}");
+    });
+    let j = ll.server_job(id, Duration::from_secs(60), |j| j["state"] == "Finished");
+    assert_eq!(j["health"], "Canceled", "{j}");
 }
