@@ -185,6 +185,9 @@ struct LavaLab {
     token: String,
     http: Child,
     port: u16,
+    /// The LAVA device type of its boards (a template extending
+    /// `labd-sim.jinja2`, or that one).
+    device_type: String,
 }
 
 impl Drop for LavaLab {
@@ -201,14 +204,14 @@ impl Drop for LavaLab {
 
 /// The simulated board `board`'s LAVA dictionary: its console and relay
 /// are `labd-sim`'s client commands, the same on the server and in labd.
-fn dictionary(sim_control: &Path, board: &str) -> String {
+fn dictionary(sim_control: &Path, board: &str, device_type: &str) -> String {
     let sim = format!(
         "{} --control {}",
         env!("CARGO_BIN_EXE_labd-sim"),
         sim_control.display()
     );
     format!(
-        "{{% extends 'labd-sim.jinja2' %}}\n\
+        "{{% extends '{device_type}.jinja2' %}}\n\
          {{% set connection_command = \"{sim} console {board}\" %}}\n\
          {{% set power_on_command = \"{sim} power {board} on\" %}}\n\
          {{% set power_off_command = \"{sim} power {board} off\" %}}\n\
@@ -228,11 +231,27 @@ impl LavaLab {
     /// `start`, with `lava` the `[lava]` keys but `url`, `worker` and
     /// `ws_url` (lava-publisher's on 127.0.0.1:8001).
     fn start_with(test: &str, boards: usize, register: bool, lava: &str) -> LavaLab {
-        Self::start_at(test, "http://127.0.0.1:8000/", boards, register, lava)
+        Self::start_at(
+            test,
+            "http://127.0.0.1:8000/",
+            "labd-sim",
+            boards,
+            register,
+            lava,
+        )
     }
 
-    /// `start_with`, labd working for the server at `url`.
-    fn start_at(test: &str, url: &str, boards: usize, register: bool, lava: &str) -> LavaLab {
+    /// `start_with`, labd working for the server at `url`, its boards LAVA
+    /// devices of `device_type` (labd-sim or a template in [`TYPES`] that
+    /// extends it).
+    fn start_at(
+        test: &str,
+        url: &str,
+        device_type: &str,
+        boards: usize,
+        register: bool,
+        lava: &str,
+    ) -> LavaLab {
         let token = admin_token();
         let name = format!("labd-{}-{test}", std::process::id());
         let lava = if lava.contains("ws_url") {
@@ -261,6 +280,10 @@ impl LavaLab {
         ] {
             std::os::unix::fs::symlink(Path::new(dir).join(f), templates.join(f)).unwrap();
         }
+        if device_type != "labd-sim" {
+            let f = format!("{device_type}.jinja2");
+            std::os::unix::fs::symlink(Path::new(TYPES).join(&f), templates.join(&f)).unwrap();
+        }
         if !register {
             let out = manage(&["workers", "add", &name, "--description", "labd test"]);
             let t = out
@@ -279,7 +302,7 @@ impl LavaLab {
         for b in 1..=boards {
             let board = format!("sim-{b:02}");
             let device = format!("{name}-{board}");
-            let dict = dictionary(&lab.sim_control, &board);
+            let dict = dictionary(&lab.sim_control, &board, device_type);
             std::fs::write(devices.join(format!("{board}.jinja2")), &dict).unwrap();
             std::fs::write(Path::new(DEVICES).join(format!("{device}.jinja2")), &dict).unwrap();
             cfg.push_str(&format!(
@@ -296,7 +319,7 @@ impl LavaLab {
                 "devices",
                 "add",
                 "--device-type",
-                "labd-sim",
+                device_type,
                 "--worker",
                 &name,
                 // Before `--tags`, which takes every argument after it.
@@ -332,6 +355,7 @@ impl LavaLab {
             token,
             http,
             port,
+            device_type: device_type.to_owned(),
         }
     }
 
@@ -341,7 +365,10 @@ impl LavaLab {
             &format!("file://{}", self.lab.artifacts().display()),
             &format!("http://127.0.0.1:{}", self.port),
         );
-        let text = text.replace("device_type: sim-uboot", "device_type: labd-sim");
+        let text = text.replace(
+            "device_type: sim-uboot",
+            &format!("device_type: {}", self.device_type),
+        );
         format!("visibility: public\n{}", tagged(text, &self.name))
     }
 
@@ -678,7 +705,14 @@ fn a_server_away_during_a_job_gets_its_whole_log_and_end_when_back() {
         return;
     }
     let mut server = Gunicorn::start();
-    let ll = LavaLab::start_at("away", &server.url(), 1, false, "ping_interval_secs = 1\n");
+    let ll = LavaLab::start_at(
+        "away",
+        &server.url(),
+        "labd-sim",
+        1,
+        false,
+        "ping_interval_secs = 1\n",
+    );
     let gate = ll.lab.dir.path().join("gate");
     let wait_gate = format!("while [ ! -e {} ]; do sleep 0.1; done", gate.display());
     let id = ll.submit(&ll.job(
@@ -751,6 +785,7 @@ fn a_cancel_while_labd_cannot_reach_the_server_ends_the_job_on_reconnect() {
     let ll = LavaLab::start_at(
         "cancel-away",
         &server.url(),
+        "labd-sim",
         1,
         false,
         "ping_interval_secs = 1\n",
@@ -783,4 +818,96 @@ fn a_cancel_while_labd_cannot_reach_the_server_ends_the_job_on_reconnect() {
     });
     let j = ll.server_job(id, Duration::from_secs(60), |j| j["state"] == "Finished");
     assert_eq!(j["health"], "Canceled", "{j}");
+}
+
+/// LAVA's health checks reach labd as jobs like any other, and their ends
+/// set the device's health on the server: Good after a health check that
+/// completes, Bad after one that does not. The device type is one of this
+/// test's own (`labd-sim-hc`, extending labd-sim), so that no other test's
+/// devices get its health check.
+#[test]
+fn lava_health_checks_run_as_jobs_and_set_the_device_s_health() {
+    if !have_server() {
+        return;
+    }
+    const HC_TYPE: &str = "labd-sim-hc";
+    let template = Path::new(TYPES).join(format!("{HC_TYPE}.jinja2"));
+    std::fs::write(&template, "{% extends 'labd-sim.jinja2' %}\n").unwrap();
+    admin_token();
+    if !manage(&["device-types", "list"]).contains(HC_TYPE) {
+        manage(&["device-types", "add", HC_TYPE]);
+    }
+    let ll = LavaLab::start_at(
+        "hc",
+        "http://127.0.0.1:8000/",
+        HC_TYPE,
+        1,
+        false,
+        &format!("ws_url = \"{WS}\"\nping_interval_secs = 1\n"),
+    );
+    let device = format!("{}-sim-01", ll.name);
+    let checks = Path::new("/etc/lava-server/dispatcher-config/health-checks");
+    std::fs::create_dir_all(checks).unwrap();
+    /// The health check file, removed whatever the test's end.
+    struct Check(std::path::PathBuf);
+    impl Drop for Check {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let check = Check(checks.join(format!("{HC_TYPE}.yaml")));
+    let health = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let d = rest(&ll.token, "GET", &format!("/devices/{device}/"), None);
+            if d["health"] == want {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "device {device} stayed {d}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let health_checks = || -> Vec<Value> {
+        let r = rest(
+            &ll.token,
+            "GET",
+            &format!("/jobs/?health_check=true&actual_device={device}&ordering=id"),
+            None,
+        );
+        r["results"].as_array().unwrap().clone()
+    };
+    for (round, (steps, url, want)) in [
+        (&["lava-test-case hc --shell true"][..], None, "Good"),
+        (&[][..], Some("/no-such-kernel"), "Bad"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut def = ll.job(&format!("health-check-{round}"), steps);
+        if let Some(u) = url {
+            def = def.replacen("/Image", u, 1);
+        }
+        std::fs::write(&check.0, def).unwrap();
+        manage(&["devices", "update", &device, "--health", "UNKNOWN"]);
+        let d = health(want);
+        let hcs = health_checks();
+        assert_eq!(hcs.len(), round + 1, "{d}\n{hcs:?}");
+        let hc = &hcs[round];
+        assert_eq!(hc["state"], "Finished", "{hc}");
+        assert_eq!(
+            hc["health"],
+            if want == "Good" {
+                "Complete"
+            } else {
+                "Incomplete"
+            },
+            "{hc}"
+        );
+    }
+    // labd ran both, as the server's jobs.
+    rt().block_on(async {
+        let mut c = ll.lab.client().await;
+        let jobs = all_jobs(&mut c).await;
+        assert_eq!(jobs.len(), 2, "{jobs:?}");
+    });
 }
