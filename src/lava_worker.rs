@@ -37,9 +37,10 @@
 //! lava-publisher's websocket (`ws_url`, `<url>/ws/` by default) says
 //! when the server schedules or cancels a job of this worker: the worker
 //! pings at once then, as lava-worker does, and also on each
-//! (re)connection, since events are lost while away. Without events it
-//! pings every `ping_interval_secs` (5 s by default, against
-//! lava-worker's 20 s), the longest a new job then waits to start.
+//! (re)connection, since events are lost while away. While the events are
+//! heard it pings every 20 s besides (lava-worker's default), which keeps
+//! the worker Online; without them every `ping_interval_secs` (5 s by
+//! default), the longest a new job then waits to start.
 //!
 //! The server down or slow: a ping that fails is retried with backoff
 //! (doubling from the interval to at most 30 s, or the interval when that
@@ -69,6 +70,7 @@ use actix::Addr;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch, Notify};
@@ -475,7 +477,7 @@ pub fn start(
         read_at: None,
     };
     let interval = Duration::from_secs(cfg.ping_interval_secs.max(1));
-    let wake = Arc::new(Notify::new());
+    let wake = Arc::new(Events::default());
     let events = cfg.events_url();
     tracing::info!(url = %cfg.url, worker = %cfg.worker, version = %cfg.version, ping_secs = interval.as_secs(), events = events.as_deref().unwrap_or("none"), "LAVA worker starting");
     if let Some(url) = events {
@@ -501,7 +503,7 @@ enum Order {
 /// The ping loop: asks for work, starts a task per job, passes cancels on.
 /// It pings every `interval`, and at once when `wake` says the server has
 /// news for this worker.
-async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration, wake: Arc<Notify>) {
+async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration, wake: Arc<Events>) {
     let mut closing = ctx.closing.clone();
     let mut jobs: HashMap<u64, (mpsc::UnboundedSender<Order>, tokio::task::JoinHandle<()>)> =
         HashMap::new();
@@ -534,7 +536,13 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration, wake: Arc<No
                         None => spawn_job(&ctx, &mut jobs, &ended_tx, j, Mode::Cancel),
                     }
                 }
-                interval
+                // While the events tell of new jobs and cancels, a ping
+                // only keeps the worker Online, at lava-worker's pace.
+                if wake.connected.load(Ordering::Relaxed) {
+                    interval.max(EVENTS_PING)
+                } else {
+                    interval
+                }
             }
             Err(e @ WorkerError::VersionMismatch { .. }) => {
                 if !offline {
@@ -555,7 +563,7 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration, wake: Arc<No
         loop {
             tokio::select! {
                 _ = &mut sleep => break,
-                _ = wake.notified() => break,
+                _ = wake.news.notified() => break,
                 Some(id) = ended.recv() => {
                     jobs.remove(&id);
                 }
@@ -579,6 +587,18 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
     (interval * factor).min(interval.max(Duration::from_secs(30)))
 }
 
+/// The publisher's side of the ping loop.
+#[derive(Default)]
+struct Events {
+    /// Told when the server has news for this worker.
+    news: Notify,
+    /// Whether the event stream is connected now.
+    connected: AtomicBool,
+}
+
+/// The ping interval while the events are heard: lava-worker's default.
+const EVENTS_PING: Duration = Duration::from_secs(20);
+
 /// Listens to lava-publisher's websocket at `url` and wakes the ping loop
 /// when an event says a job of `worker` is scheduled or canceling, and on
 /// each connection (events sent while away are lost). Reconnects with
@@ -586,7 +606,7 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
 async fn listen(
     url: String,
     worker: String,
-    wake: Arc<Notify>,
+    wake: Arc<Events>,
     mut closing: watch::Receiver<bool>,
 ) {
     let mut retry = Duration::from_secs(1);
@@ -596,6 +616,7 @@ async fn listen(
             r = listen_once(&url, &worker, &wake) => r,
             _ = closing.wait_for(|c| *c) => return,
         };
+        wake.connected.store(false, Ordering::Relaxed);
         match heard {
             Ok(()) => {
                 tracing::info!(url = %url, "LAVA worker: the server's event stream closed; reconnecting");
@@ -632,7 +653,7 @@ enum EventsError {
 const HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// One connection to the publisher, until it closes (Ok) or fails.
-async fn listen_once(url: &str, worker: &str, wake: &Notify) -> Result<(), EventsError> {
+async fn listen_once(url: &str, worker: &str, wake: &Events) -> Result<(), EventsError> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::{protocol::WebSocketConfig, Message};
     // An event is a few hundred bytes; a hostile or broken server gets no
@@ -645,7 +666,8 @@ async fn listen_once(url: &str, worker: &str, wake: &Notify) -> Result<(), Event
         .await
         .map_err(|_| EventsError::Silent(HEARTBEAT.as_secs()))??;
     tracing::info!(url = %url, "LAVA worker: listening to the server's events");
-    wake.notify_one();
+    wake.connected.store(true, Ordering::Relaxed);
+    wake.news.notify_one();
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     let mut heard = tokio::time::Instant::now();
@@ -659,7 +681,7 @@ async fn listen_once(url: &str, worker: &str, wake: &Notify) -> Result<(), Event
                     Some(Ok(Message::Text(t))) => {
                         if mentions(t.as_str(), worker) {
                             tracing::debug!("LAVA worker: an event for this worker");
-                            wake.notify_one();
+                            wake.news.notify_one();
                         }
                     }
                     Some(Ok(_)) => {}
