@@ -431,6 +431,7 @@ struct Ctx {
     lab: Addr<LabActor>,
     store: StoreReader,
     closing: watch::Receiver<bool>,
+    metrics: crate::metrics::LavaLinkMetrics,
 }
 
 /// Starts the worker on the current actix system.
@@ -439,6 +440,7 @@ pub fn start(
     state_dir: &Path,
     lab: Addr<LabActor>,
     store: StoreReader,
+    metrics: crate::metrics::LavaLinkMetrics,
 ) -> WorkerHandle {
     let (closing, closing_rx) = watch::channel(false);
     let (done_tx, done) = tokio::sync::oneshot::channel();
@@ -447,6 +449,7 @@ pub fn start(
         lab,
         store,
         closing: closing_rx,
+        metrics,
     };
     let tokens = TokenSource {
         path: cfg.token_path(state_dir),
@@ -476,12 +479,14 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration) {
     let mut failures: u32 = 0;
     let mut offline = false;
     loop {
+        let pinged = std::time::Instant::now();
         let answer = match tokens.current(&ctx.server).await {
             Ok(token) => call(&ctx.server, move |s| s.ping(&token)).await,
             Err(e) => Err(e),
         };
         let wait = match answer {
             Ok(reply) => {
+                ctx.metrics.ping_ok(pinged.elapsed());
                 if failures > 0 || offline {
                     tracing::info!("LAVA worker: the server answers again");
                 }
@@ -504,6 +509,7 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration) {
                 interval
             }
             Err(e @ WorkerError::VersionMismatch { .. }) => {
+                ctx.metrics.version_mismatch();
                 if !offline {
                     tracing::error!(error = %e, "LAVA worker is Offline on the server");
                 }
@@ -511,6 +517,7 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration) {
                 interval.max(Duration::from_secs(60))
             }
             Err(e) => {
+                ctx.metrics.ping_failed();
                 failures += 1;
                 let wait = backoff(interval, failures);
                 tracing::warn!(error = %e, failures, retry_secs = wait.as_secs(), "LAVA worker: ping failed");
@@ -662,6 +669,7 @@ async fn job_task(ctx: Ctx, j: JobRef, mode: Mode, mut orders: mpsc::UnboundedRe
         return;
     };
     if mode == Mode::Start {
+        ctx.metrics.job_started();
         tracing::info!(
             lava_job = lava_id,
             job = id,
@@ -765,6 +773,7 @@ async fn follow(
 /// FINISHED, sent until the server takes it (or labd closes: then the
 /// next start reports the job, which the server still lists as running).
 async fn report_finished(ctx: &Ctx, lava_id: u64, token: &Token, f: &Finished) {
+    ctx.metrics.job_finished(lava_id, f.result, &f.error_type);
     let mut failures = 0;
     loop {
         let (t, f2) = (token.clone(), f.clone());
@@ -928,6 +937,7 @@ impl LogSender {
     /// one round a second unless `now`; a batch that fails stays pending
     /// and is sent again as it was.
     async fn flush(&mut self, ctx: &Ctx, now: bool) {
+        ctx.metrics.lines_queued(self.lava_id, self.pending.len());
         if !self.sending || self.pending.is_empty() {
             return;
         }
@@ -947,10 +957,13 @@ impl LogSender {
                 Ok(n) => {
                     let n = n.min(self.pending.len());
                     self.pending.drain(..n);
+                    ctx.metrics.lines_sent(n);
+                    ctx.metrics.lines_queued(self.lava_id, self.pending.len());
                     self.index += n as u64;
                     self.failures = 0;
                 }
                 Err(e) => {
+                    ctx.metrics.batch_failed();
                     self.failures += 1;
                     tries += 1;
                     tracing::warn!(lava_job = self.lava_id, error = %e, "LAVA worker: sending log lines failed; they are sent again");
