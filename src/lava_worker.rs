@@ -454,6 +454,7 @@ struct Ctx {
     lab: Addr<LabActor>,
     store: StoreReader,
     closing: watch::Receiver<bool>,
+    metrics: crate::metrics::LavaLinkMetrics,
 }
 
 /// Starts the worker on the current actix system.
@@ -462,6 +463,7 @@ pub fn start(
     state_dir: &Path,
     lab: Addr<LabActor>,
     store: StoreReader,
+    metrics: crate::metrics::LavaLinkMetrics,
 ) -> WorkerHandle {
     let (closing, closing_rx) = watch::channel(false);
     let (done_tx, done) = tokio::sync::oneshot::channel();
@@ -470,6 +472,7 @@ pub fn start(
         lab,
         store,
         closing: closing_rx,
+        metrics,
     };
     let tokens = TokenSource {
         path: cfg.token_path(state_dir),
@@ -477,7 +480,11 @@ pub fn start(
         read_at: None,
     };
     let interval = Duration::from_secs(cfg.ping_interval_secs.max(1));
-    let wake = Arc::new(Events::default());
+    let wake = Arc::new(Events {
+        news: Notify::new(),
+        connected: AtomicBool::new(false),
+        metrics: ctx.metrics.clone(),
+    });
     let events = cfg.events_url();
     tracing::info!(url = %cfg.url, worker = %cfg.worker, version = %cfg.version, ping_secs = interval.as_secs(), events = events.as_deref().unwrap_or("none"), "LAVA worker starting");
     if let Some(url) = events {
@@ -510,18 +517,25 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration, wake: Arc<Ev
     let (ended_tx, mut ended) = mpsc::unbounded_channel::<u64>();
     let mut failures: u32 = 0;
     let mut offline = false;
+    // Pings left to make soon after an event that a ping did not explain:
+    // lava-server sends a job's event inside the transaction that
+    // schedules it, so a ping can come before the job is there to start.
+    let mut rechecks: u32 = 0;
     loop {
+        let pinged = std::time::Instant::now();
         let answer = match tokens.current(&ctx.server).await {
             Ok(token) => call(&ctx.server, move |s| s.ping(&token)).await,
             Err(e) => Err(e),
         };
         let wait = match answer {
             Ok(reply) => {
+                ctx.metrics.ping_ok(pinged.elapsed());
                 if failures > 0 || offline {
                     tracing::info!("LAVA worker: the server answers again");
                 }
                 failures = 0;
                 offline = false;
+                let news = !reply.start.is_empty() || !reply.cancel.is_empty();
                 for j in reply.start {
                     spawn_job(&ctx, &mut jobs, &ended_tx, j, Mode::Start);
                 }
@@ -536,15 +550,23 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration, wake: Arc<Ev
                         None => spawn_job(&ctx, &mut jobs, &ended_tx, j, Mode::Cancel),
                     }
                 }
-                // While the events tell of new jobs and cancels, a ping
-                // only keeps the worker Online, at lava-worker's pace.
-                if wake.connected.load(Ordering::Relaxed) {
+                if news {
+                    rechecks = 0;
+                }
+                if rechecks > 0 {
+                    rechecks -= 1;
+                    Duration::from_millis(250 << (RECHECKS - rechecks))
+                } else if wake.connected.load(Ordering::Relaxed) {
+                    // While the events tell of new jobs and cancels, a
+                    // ping only keeps the worker Online, at lava-worker's
+                    // pace.
                     interval.max(EVENTS_PING)
                 } else {
                     interval
                 }
             }
             Err(e @ WorkerError::VersionMismatch { .. }) => {
+                ctx.metrics.version_mismatch();
                 if !offline {
                     tracing::error!(error = %e, "LAVA worker is Offline on the server");
                 }
@@ -552,6 +574,7 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration, wake: Arc<Ev
                 interval.max(Duration::from_secs(60))
             }
             Err(e) => {
+                ctx.metrics.ping_failed();
                 failures += 1;
                 let wait = backoff(interval, failures);
                 tracing::warn!(error = %e, failures, retry_secs = wait.as_secs(), "LAVA worker: ping failed");
@@ -563,7 +586,10 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration, wake: Arc<Ev
         loop {
             tokio::select! {
                 _ = &mut sleep => break,
-                _ = wake.news.notified() => break,
+                _ = wake.news.notified() => {
+                    rechecks = RECHECKS;
+                    break;
+                }
                 Some(id) = ended.recv() => {
                     jobs.remove(&id);
                 }
@@ -588,13 +614,17 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
 }
 
 /// The publisher's side of the ping loop.
-#[derive(Default)]
 struct Events {
     /// Told when the server has news for this worker.
     news: Notify,
     /// Whether the event stream is connected now.
     connected: AtomicBool,
+    metrics: crate::metrics::LavaLinkMetrics,
 }
+
+/// How many pings follow an event whose ping found nothing, 0.5 s, 1 s
+/// and 2 s apart.
+const RECHECKS: u32 = 3;
 
 /// The ping interval while the events are heard: lava-worker's default.
 const EVENTS_PING: Duration = Duration::from_secs(20);
@@ -679,6 +709,7 @@ async fn listen_once(url: &str, worker: &str, wake: &Events) -> Result<(), Event
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
                     Some(Err(e)) => return Err(e.into()),
                     Some(Ok(Message::Text(t))) => {
+                        wake.metrics.event();
                         if mentions(t.as_str(), worker) {
                             tracing::debug!("LAVA worker: an event for this worker");
                             wake.news.notify_one();
@@ -838,6 +869,7 @@ async fn job_task(ctx: Ctx, j: JobRef, mode: Mode, mut orders: mpsc::UnboundedRe
         return;
     };
     if mode == Mode::Start {
+        ctx.metrics.job_started();
         tracing::info!(
             lava_job = lava_id,
             job = id,
@@ -952,6 +984,7 @@ async fn follow(
 /// when it refuses it for good, or when labd closes (then the next start
 /// reports the job, which the server still lists as running).
 async fn report_finished(ctx: &Ctx, lava_id: u64, token: &Token, f: &Finished) {
+    ctx.metrics.job_finished(lava_id, f.result, &f.error_type);
     let mut failures = 0;
     loop {
         let (t, f2) = (token.clone(), f.clone());
@@ -1150,6 +1183,7 @@ impl LogSender {
     /// tries only once labd closes). A batch is always sent again as it
     /// was, with its own index.
     async fn flush(&mut self, ctx: &Ctx, all: bool) {
+        ctx.metrics.lines_queued(self.lava_id, self.pending.len());
         if !self.sending || self.pending.is_empty() {
             return;
         }
@@ -1172,6 +1206,8 @@ impl LogSender {
                 Ok(n) => {
                     let n = n.min(self.pending.len());
                     self.pending.drain(..n);
+                    ctx.metrics.lines_sent(n);
+                    ctx.metrics.lines_queued(self.lava_id, self.pending.len());
                     self.index += n as u64;
                     self.failures = 0;
                 }
@@ -1182,6 +1218,7 @@ impl LogSender {
                     return;
                 }
                 Err(e) => {
+                    ctx.metrics.batch_failed();
                     self.failures += 1;
                     tries += 1;
                     tracing::warn!(lava_job = self.lava_id, error = %e, pending = self.pending.len(), "LAVA worker: sending log lines failed; they are kept and sent again");

@@ -387,6 +387,17 @@ impl LavaLab {
         wait_server_job(&self.token, id, limit, done)
     }
 
+    /// Submits a job that runs until it is ended, and waits until it runs
+    /// on the board; (its id on the server, labd's).
+    async fn a_running_job(&self, name: &str) -> (u64, u64) {
+        let id =
+            self.submit(&self.job(name, &["lava-test-case started --shell true", "sleep 600"]));
+        self.server_job(id, Duration::from_secs(60), |j| j["state"] == "Running");
+        let lid = labd_job(&self.lab).await["id"].as_u64().unwrap();
+        until_log_contains(&self.lab, lid, "started").await;
+        (id, lid)
+    }
+
     fn server_log(&self, id: u64) -> String {
         match rest(&self.token, "GET", &format!("/jobs/{id}/logs/"), None) {
             Value::String(s) => s,
@@ -500,14 +511,7 @@ fn a_cancel_from_the_server_ends_the_job() {
     }
     let ll = LavaLab::start("cancel", 1, false);
     rt().block_on(async {
-        let id = ll.submit(&ll.job(
-            "to-cancel",
-            &["lava-test-case started --shell true", "sleep 600"],
-        ));
-        ll.server_job(id, Duration::from_secs(30), |j| j["state"] == "Running");
-        let labd = labd_job(&ll.lab).await;
-        let lid = labd["id"].as_u64().unwrap();
-        until_log_contains(&ll.lab, lid, "started").await;
+        let (id, lid) = ll.a_running_job("to-cancel").await;
         rest(&ll.token, "GET", &format!("/jobs/{id}/cancel/"), None);
         let mut c = ll.lab.client().await;
         let (end, log) = wait_job(&mut c, lid).await;
@@ -527,18 +531,7 @@ fn a_job_cut_short_by_a_labd_kill_ends_incomplete_on_the_server() {
         return;
     }
     let mut ll = LavaLab::start("kill", 1, false);
-    let lid = rt().block_on(async {
-        let id = ll.submit(&ll.job(
-            "to-kill",
-            &["lava-test-case started --shell true", "sleep 600"],
-        ));
-        ll.server_job(id, Duration::from_secs(30), |j| j["state"] == "Running");
-        let labd = labd_job(&ll.lab).await;
-        let lid = labd["id"].as_u64().unwrap();
-        until_log_contains(&ll.lab, lid, "started").await;
-        (id, lid)
-    });
-    let (id, labd_id) = lid;
+    let (id, labd_id) = rt().block_on(ll.a_running_job("to-kill"));
     ll.lab.kill_labd();
     ll.lab.start_labd();
     let j = ll.server_job(id, Duration::from_secs(30), |j| j["state"] == "Finished");
@@ -790,16 +783,7 @@ fn a_cancel_while_labd_cannot_reach_the_server_ends_the_job_on_reconnect() {
         false,
         "ping_interval_secs = 1\n",
     );
-    let id = ll.submit(&ll.job(
-        "cancel-away",
-        &["lava-test-case started --shell true", "sleep 600"],
-    ));
-    ll.server_job(id, Duration::from_secs(60), |j| j["state"] == "Running");
-    let lid = rt().block_on(async {
-        let lid = labd_job(&ll.lab).await["id"].as_u64().unwrap();
-        until_log_contains(&ll.lab, lid, "started").await;
-        lid
-    });
+    let (id, lid) = rt().block_on(ll.a_running_job("cancel-away"));
     server.down();
     rest(&ll.token, "GET", &format!("/jobs/{id}/cancel/"), None);
     ll.server_job(id, Duration::from_secs(30), |j| j["state"] == "Canceling");
@@ -909,5 +893,94 @@ fn lava_health_checks_run_as_jobs_and_set_the_device_s_health() {
         let mut c = ll.lab.client().await;
         let jobs = all_jobs(&mut c).await;
         assert_eq!(jobs.len(), 2, "{jobs:?}");
+    });
+}
+
+/// While a server's job runs, `labctl boards` and `labctl top` show its
+/// board as the server's device on this worker, and its job as labd's id
+/// with the server's beside it; `--json boards` carries both ids and the
+/// owner. The link's metrics count the answered pings (`connected` 1) and
+/// the job started, and once the job ends, its finish by LAVA result and
+/// error type, the log lines the server took, none left queued.
+#[test]
+fn boards_and_top_show_a_running_lava_job_and_the_link_metrics_count_it() {
+    if !have_server() {
+        return;
+    }
+    let ll = LavaLab::start("watch", 1, false);
+    rt().block_on(async {
+        let (id, lid) = ll.a_running_job("watched").await;
+
+        let device = format!("{}-sim-01", ll.name);
+        let owner = format!("lava:{device}@{}", ll.name);
+        let running = format!("{lid} (LAVA {id})");
+        let row = |text: &str| -> String {
+            text.lines()
+                .find(|l| l.starts_with("sim-01"))
+                .unwrap_or_else(|| panic!("no sim-01 in\n{text}"))
+                .to_owned()
+        };
+        let table = ll.lab.labctl(&["boards"]);
+        assert!(
+            row(&table).contains(&owner) && row(&table).contains(&running),
+            "{table}"
+        );
+        let frame = ll.lab.labctl(&["top", "--once"]);
+        assert!(
+            row(&frame).contains(&owner) && row(&frame).contains(&running),
+            "{frame}"
+        );
+        let v: Value = serde_json::from_str(&ll.lab.labctl(&["--json", "boards"])).unwrap();
+        let b = &v["boards"][0];
+        assert_eq!(b["job"], lid, "{v}");
+        assert_eq!(b["lava_job"], id, "{v}");
+        assert_eq!(
+            b["lava"],
+            serde_json::json!({"device": device, "url": "http://127.0.0.1:8000/", "worker": ll.name}),
+            "{v}"
+        );
+
+        // The link, on the socket's metrics: the value of the series
+        // `name{server,worker,extra}`.
+        let link = format!("server=\"http://127.0.0.1:8000/\",worker=\"{}\"", ll.name);
+        let metric = |text: &str, name: &str, extra: &str| -> f64 {
+            let series = format!("{name}{{{link}{extra}}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        };
+        let mut c = ll.lab.client().await;
+        let scrape = |v: Value| v["text"].as_str().unwrap().to_owned();
+        let text = scrape(c.call(labd::protocol::RequestBody::Metrics).await.unwrap());
+        assert_eq!(metric(&text, "labd_lava_connected", ""), 1.0, "{text}");
+        assert!(metric(&text, "labd_lava_pings_total", ",outcome=\"ok\"") >= 1.0);
+        assert!(metric(&text, "labd_lava_ping_seconds_count", "") >= 1.0);
+        assert_eq!(metric(&text, "labd_lava_jobs_started_total", ""), 1.0);
+        // The publisher's event of the job, at least, was heard.
+        assert!(metric(&text, "labd_lava_events_total", "") >= 1.0, "{text}");
+
+        // Canceled on the server: the board is free, the link counts the end.
+        rest(&ll.token, "GET", &format!("/jobs/{id}/cancel/"), None);
+        let (end, log) = wait_job(&mut c, lid).await;
+        assert_eq!(end["health"], "Canceled", "{end}\n{log}");
+        ll.server_job(id, Duration::from_secs(30), |j| j["state"] == "Finished");
+        let table = ll.lab.labctl(&["boards"]);
+        assert!(row(&table).contains(&owner), "{table}");
+        assert!(!row(&table).contains("LAVA"), "{table}");
+        let v: Value = serde_json::from_str(&ll.lab.labctl(&["--json", "boards"])).unwrap();
+        assert!(v["boards"][0].get("lava_job").is_none(), "{v}");
+        let text = scrape(c.call(labd::protocol::RequestBody::Metrics).await.unwrap());
+        assert_eq!(
+            metric(
+                &text,
+                "labd_lava_jobs_finished_total",
+                ",result=\"fail\",error_type=\"Canceled\""
+            ),
+            1.0,
+            "{text}"
+        );
+        assert!(metric(&text, "labd_lava_log_lines_sent_total", "") > 0.0, "{text}");
+        assert_eq!(metric(&text, "labd_lava_log_lines_queued", ""), 0.0, "{text}");
     });
 }
