@@ -457,6 +457,12 @@ fn a_lava_job_runs_on_a_labd_board_and_the_server_records_its_results() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         let lid = labd["id"].as_u64().unwrap();
+        assert_eq!(labd["lava_job"], id, "{labd}");
+        let table = ll.lab.labctl(&["jobs"]);
+        assert!(
+            table.contains(&format!("through-lava (LAVA {id})")),
+            "{table}"
+        );
         let (end, log) = wait_job(&mut c, lid).await;
         assert_eq!(end["health"], "Complete", "{end}\n{log}");
         let ended = Instant::now();

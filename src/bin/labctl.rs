@@ -703,8 +703,12 @@ fn print_jobs(v: &Value) {
         "ID", "STATE", "HEALTH", "BOARD", "DEVICE TYPE", "PRIO"
     );
     for j in jobs {
+        // A lava-server's job says its id there, as `boards` does.
+        let lava = j["lava_job"]
+            .as_u64()
+            .map_or_else(String::new, |l| format!(" (LAVA {l})"));
         println!(
-            "{:>6} {:<10} {:<11} {:<bw$} {:<dw$} {:>4}  {}",
+            "{:>6} {:<10} {:<11} {:<bw$} {:<dw$} {:>4}  {}{lava}",
             j["id"].to_string(),
             s(&j["state"]),
             s(&j["health"]),
@@ -730,6 +734,9 @@ fn print_job(id: u64, v: &Value) {
         "submitter",
     ] {
         println!("  {k:<12} {}", s(&v[k]));
+    }
+    if let Some(l) = v["lava_job"].as_u64() {
+        println!("  {:<12} {l}", "lava job");
     }
     if let (Some(sub), Some(start)) = (v["submit_time"].as_u64(), v["start_time"].as_u64()) {
         println!(
