@@ -104,6 +104,14 @@ pub struct LavaWorkerConfig {
     /// How often labd asks the server for work and cancels.
     #[serde(default = "default_lava_ping")]
     pub ping_interval_secs: u64,
+    /// lava-publisher's websocket (lava-worker's `--ws-url`): labd pings at
+    /// once when it says a job of this worker is scheduled or canceled, so
+    /// a job starts without waiting for the next ping. Default
+    /// `<url>/ws/` (where apache serves it in front of lava-publisher);
+    /// `http(s)://` is taken as `ws(s)://`. An empty string turns the
+    /// events off.
+    #[serde(default)]
+    pub ws_url: Option<String>,
 }
 
 fn default_lava_version() -> String {
@@ -119,6 +127,23 @@ impl LavaWorkerConfig {
         self.token_file
             .clone()
             .unwrap_or_else(|| state_dir.join("lava-token"))
+    }
+
+    /// The publisher's websocket URL as `ws://` or `wss://`, None when the
+    /// events are turned off (`ws_url = ""`).
+    pub fn events_url(&self) -> Option<String> {
+        let given = match &self.ws_url {
+            Some(u) if u.is_empty() => return None,
+            Some(u) => u.clone(),
+            None => format!("{}/ws/", self.url.trim_end_matches('/')),
+        };
+        Some(if let Some(rest) = given.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else if let Some(rest) = given.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            given
+        })
     }
 }
 
@@ -1345,6 +1370,17 @@ impl LabConfig {
                     ),
                 ));
             }
+            if let Some(u) = &l.ws_url {
+                let scheme_ok = ["ws://", "wss://", "http://", "https://"]
+                    .iter()
+                    .any(|s| u.starts_with(s));
+                if !u.is_empty() && !scheme_ok {
+                    return Err(bad(
+                        "lava.ws_url".into(),
+                        format!("`{u}` is not a ws://, wss://, http:// or https:// URL (\"\" turns the events off)"),
+                    ));
+                }
+            }
             if l.ping_interval_secs == 0 {
                 return Err(bad(
                     "lava.ping_interval_secs".into(),
@@ -1749,6 +1785,27 @@ pub fn demo(state_dir: &Path, sim_control: &Path, socket: &Path) -> LabConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The publisher's URL: `<url>/ws/` by default, http(s) taken as
+    /// ws(s), "" for none, and any other scheme refused naming the key.
+    #[test]
+    fn the_lava_events_url() {
+        let cfg = |extra: &str| {
+            LabConfig::parse(
+                "t.toml",
+                &format!("socket = \"/tmp/s\"\nstate_dir = \"/tmp/d\"\n[lava]\nurl = \"https://lava.example.com/\"\nworker = \"w\"\n{extra}"),
+            )
+        };
+        let events = |extra: &str| cfg(extra).unwrap().lava.unwrap().events_url();
+        assert_eq!(events("").as_deref(), Some("wss://lava.example.com/ws/"));
+        assert_eq!(
+            events("ws_url = \"http://127.0.0.1:8001/ws/\"").as_deref(),
+            Some("ws://127.0.0.1:8001/ws/")
+        );
+        assert_eq!(events("ws_url = \"\"").as_deref(), None);
+        let e = cfg("ws_url = \"ftp://x/\"").unwrap_err().to_string();
+        assert!(e.contains("lava.ws_url") && e.contains("ftp://x/"), "{e}");
+    }
 
     #[test]
     fn example_config_parses() {

@@ -59,7 +59,8 @@
 //! thread: batch time; TFTP handler: transfers and bytes; board actor:
 //! console bytes and each phase's duration per device type; lab: jobs
 //! submitted/finished and queue wait; server: request time by method; a
-//! `Timed` wrapper around every relay: power command time). State gauges
+//! `Timed` wrapper around every relay: power command time; LAVA worker: its
+//! link to the server, on a `LavaLinkMetrics` made here). State gauges
 //! (boards by state and health, unfinished jobs, queue depth, store size,
 //! process RSS and CPU) are filled by the lab actor at scrape time from what
 //! it owns. The same text goes out on the socket (`metrics`) and, when
@@ -270,8 +271,10 @@ pub async fn start(
     })?;
     // The worker, like the socket, starts once the restart is reconciled:
     // it finds the server's jobs a killed labd took already ended.
-    let lava =
-        lava.map(|l| crate::lava_worker::start(&l, &state_dir, lab.clone(), store_reader.clone()));
+    let lava = lava.map(|l| {
+        let link = metrics.lava_link(&l.url, &l.worker);
+        crate::lava_worker::start(&l, &state_dir, lab.clone(), store_reader.clone(), link)
+    });
     let server = crate::server::serve(listener, lab.clone(), store_reader, limits, metrics)
         .map_err(socket_err)?;
     tracing::info!(socket = %socket.display(), "labd ready");

@@ -34,9 +34,22 @@
 //! and reports it FINISHED with its end, Incomplete (Infrastructure). Its
 //! log on the server stops where the killed labd left it.
 //!
-//! No publisher websocket: the worker pings every `ping_interval_secs`
-//! (5 s by default, against lava-worker's 20 s), which is also the longest
-//! a new job waits to start.
+//! lava-publisher's websocket (`ws_url`, `<url>/ws/` by default) says
+//! when the server schedules or cancels a job of this worker: the worker
+//! pings at once then, as lava-worker does, and also on each
+//! (re)connection, since events are lost while away. While the events are
+//! heard it pings every 20 s besides (lava-worker's default), which keeps
+//! the worker Online; without them every `ping_interval_secs` (5 s by
+//! default), the longest a new job then waits to start.
+//!
+//! The server down or slow: a ping that fails is retried with backoff
+//! (doubling from the interval to at most 30 s, or the interval when that
+//! is longer); a job's log stays in the store, where the worker reads it
+//! from, and goes out when the server answers again; a job's end waits
+//! for the server as long as labd runs, and the job on its board never
+//! stops for it. An answer that cannot change by trying again (HTTP 4xx:
+//! the job's token refused, the job unknown) ends the reporting of that
+//! job, said in labd's log.
 //!
 //! Invariants:
 //! - Every HTTP call is blocking (ureq) and runs on tokio's blocking pool;
@@ -57,8 +70,10 @@ use actix::Addr;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// Why a call to the server failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +102,14 @@ pub enum WorkerError {
     },
     #[error("the HTTP call's thread failed: {0}")]
     Thread(#[from] tokio::task::JoinError),
+}
+
+impl WorkerError {
+    /// Whether asking again cannot help: the server understood the call
+    /// and refused it (HTTP 4xx but a timeout or too many requests).
+    fn is_final(&self) -> bool {
+        matches!(self, WorkerError::Status { status, .. } if (400..500).contains(status) && *status != 408 && *status != 429)
+    }
 }
 
 /// A token, the worker's or a job's: shown nowhere.
@@ -431,6 +454,7 @@ struct Ctx {
     lab: Addr<LabActor>,
     store: StoreReader,
     closing: watch::Receiver<bool>,
+    metrics: crate::metrics::LavaLinkMetrics,
 }
 
 /// Starts the worker on the current actix system.
@@ -439,6 +463,7 @@ pub fn start(
     state_dir: &Path,
     lab: Addr<LabActor>,
     store: StoreReader,
+    metrics: crate::metrics::LavaLinkMetrics,
 ) -> WorkerHandle {
     let (closing, closing_rx) = watch::channel(false);
     let (done_tx, done) = tokio::sync::oneshot::channel();
@@ -447,6 +472,7 @@ pub fn start(
         lab,
         store,
         closing: closing_rx,
+        metrics,
     };
     let tokens = TokenSource {
         path: cfg.token_path(state_dir),
@@ -454,9 +480,23 @@ pub fn start(
         read_at: None,
     };
     let interval = Duration::from_secs(cfg.ping_interval_secs.max(1));
-    tracing::info!(url = %cfg.url, worker = %cfg.worker, version = %cfg.version, ping_secs = interval.as_secs(), "LAVA worker starting");
+    let wake = Arc::new(Events {
+        news: Notify::new(),
+        connected: AtomicBool::new(false),
+        metrics: ctx.metrics.clone(),
+    });
+    let events = cfg.events_url();
+    tracing::info!(url = %cfg.url, worker = %cfg.worker, version = %cfg.version, ping_secs = interval.as_secs(), events = events.as_deref().unwrap_or("none"), "LAVA worker starting");
+    if let Some(url) = events {
+        actix::spawn(listen(
+            url,
+            cfg.worker.clone(),
+            wake.clone(),
+            ctx.closing.clone(),
+        ));
+    }
     actix::spawn(async move {
-        run(ctx, tokens, interval).await;
+        run(ctx, tokens, interval, wake).await;
         let _ = done_tx.send(());
     });
     WorkerHandle { closing, done }
@@ -468,25 +508,34 @@ enum Order {
 }
 
 /// The ping loop: asks for work, starts a task per job, passes cancels on.
-async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration) {
+/// It pings every `interval`, and at once when `wake` says the server has
+/// news for this worker.
+async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration, wake: Arc<Events>) {
     let mut closing = ctx.closing.clone();
     let mut jobs: HashMap<u64, (mpsc::UnboundedSender<Order>, tokio::task::JoinHandle<()>)> =
         HashMap::new();
     let (ended_tx, mut ended) = mpsc::unbounded_channel::<u64>();
     let mut failures: u32 = 0;
     let mut offline = false;
+    // Pings left to make soon after an event that a ping did not explain:
+    // lava-server sends a job's event inside the transaction that
+    // schedules it, so a ping can come before the job is there to start.
+    let mut rechecks: u32 = 0;
     loop {
+        let pinged = std::time::Instant::now();
         let answer = match tokens.current(&ctx.server).await {
             Ok(token) => call(&ctx.server, move |s| s.ping(&token)).await,
             Err(e) => Err(e),
         };
         let wait = match answer {
             Ok(reply) => {
+                ctx.metrics.ping_ok(pinged.elapsed());
                 if failures > 0 || offline {
                     tracing::info!("LAVA worker: the server answers again");
                 }
                 failures = 0;
                 offline = false;
+                let news = !reply.start.is_empty() || !reply.cancel.is_empty();
                 for j in reply.start {
                     spawn_job(&ctx, &mut jobs, &ended_tx, j, Mode::Start);
                 }
@@ -501,9 +550,23 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration) {
                         None => spawn_job(&ctx, &mut jobs, &ended_tx, j, Mode::Cancel),
                     }
                 }
-                interval
+                if news {
+                    rechecks = 0;
+                }
+                if rechecks > 0 {
+                    rechecks -= 1;
+                    Duration::from_millis(250 << (RECHECKS - rechecks))
+                } else if wake.connected.load(Ordering::Relaxed) {
+                    // While the events tell of new jobs and cancels, a
+                    // ping only keeps the worker Online, at lava-worker's
+                    // pace.
+                    interval.max(EVENTS_PING)
+                } else {
+                    interval
+                }
             }
             Err(e @ WorkerError::VersionMismatch { .. }) => {
+                ctx.metrics.version_mismatch();
                 if !offline {
                     tracing::error!(error = %e, "LAVA worker is Offline on the server");
                 }
@@ -511,6 +574,7 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration) {
                 interval.max(Duration::from_secs(60))
             }
             Err(e) => {
+                ctx.metrics.ping_failed();
                 failures += 1;
                 let wait = backoff(interval, failures);
                 tracing::warn!(error = %e, failures, retry_secs = wait.as_secs(), "LAVA worker: ping failed");
@@ -522,6 +586,10 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration) {
         loop {
             tokio::select! {
                 _ = &mut sleep => break,
+                _ = wake.news.notified() => {
+                    rechecks = RECHECKS;
+                    break;
+                }
                 Some(id) = ended.recv() => {
                     jobs.remove(&id);
                 }
@@ -537,11 +605,150 @@ async fn run(ctx: Ctx, mut tokens: TokenSource, interval: Duration) {
     }
 }
 
-/// How long to wait after `failures` failures in a row: doubling from the
-/// ping interval, at most 5 minutes.
+/// How long to wait after `failures` failures in a row: doubling from
+/// `interval`, at most 30 s (or `interval` when that is longer), so that a
+/// server back from a restart hears from labd soon.
 fn backoff(interval: Duration, failures: u32) -> Duration {
     let factor = 1u32 << failures.min(6);
-    (interval * factor).min(Duration::from_secs(300))
+    (interval * factor).min(interval.max(Duration::from_secs(30)))
+}
+
+/// The publisher's side of the ping loop.
+struct Events {
+    /// Told when the server has news for this worker.
+    news: Notify,
+    /// Whether the event stream is connected now.
+    connected: AtomicBool,
+    metrics: crate::metrics::LavaLinkMetrics,
+}
+
+/// How many pings follow an event whose ping found nothing, 0.5 s, 1 s
+/// and 2 s apart.
+const RECHECKS: u32 = 3;
+
+/// The ping interval while the events are heard: lava-worker's default.
+const EVENTS_PING: Duration = Duration::from_secs(20);
+
+/// Listens to lava-publisher's websocket at `url` and wakes the ping loop
+/// when an event says a job of `worker` is scheduled or canceling, and on
+/// each connection (events sent while away are lost). Reconnects with
+/// backoff, from 1 s to a minute, as lava-worker does.
+async fn listen(
+    url: String,
+    worker: String,
+    wake: Arc<Events>,
+    mut closing: watch::Receiver<bool>,
+) {
+    let mut retry = Duration::from_secs(1);
+    let mut said = false;
+    loop {
+        let heard = tokio::select! {
+            r = listen_once(&url, &worker, &wake) => r,
+            _ = closing.wait_for(|c| *c) => return,
+        };
+        wake.connected.store(false, Ordering::Relaxed);
+        match heard {
+            Ok(()) => {
+                tracing::info!(url = %url, "LAVA worker: the server's event stream closed; reconnecting");
+                retry = Duration::from_secs(1);
+                said = false;
+            }
+            Err(e) => {
+                // Said once until it works again: a server without a
+                // publisher is a valid setup, where the pings do.
+                if !said {
+                    tracing::warn!(url = %url, error = %e, "LAVA worker: no events from the server; pinging every interval meanwhile");
+                    said = true;
+                }
+                retry = (retry * 2).min(Duration::from_secs(60));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = closing.wait_for(|c| *c) => return,
+        }
+    }
+}
+
+/// Why the event stream failed.
+#[derive(Debug, thiserror::Error)]
+enum EventsError {
+    #[error("{0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("no answer within {0} s")]
+    Silent(u64),
+}
+
+/// How often the event stream is pinged, and how long a silent one lasts.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// One connection to the publisher, until it closes (Ok) or fails.
+async fn listen_once(url: &str, worker: &str, wake: &Events) -> Result<(), EventsError> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{protocol::WebSocketConfig, Message};
+    // An event is a few hundred bytes; a hostile or broken server gets no
+    // more memory than this.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20));
+    let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let (mut ws, _) = tokio::time::timeout(HEARTBEAT, connect)
+        .await
+        .map_err(|_| EventsError::Silent(HEARTBEAT.as_secs()))??;
+    tracing::info!(url = %url, "LAVA worker: listening to the server's events");
+    wake.connected.store(true, Ordering::Relaxed);
+    wake.news.notify_one();
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    let mut heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            m = ws.next() => {
+                heard = tokio::time::Instant::now();
+                match m {
+                    None | Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Message::Text(t))) => {
+                        wake.metrics.event();
+                        if mentions(t.as_str(), worker) {
+                            tracing::debug!("LAVA worker: an event for this worker");
+                            wake.news.notify_one();
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = heartbeat.tick() => {
+                if heard.elapsed() > HEARTBEAT * 2 {
+                    return Err(EventsError::Silent((HEARTBEAT * 2).as_secs()));
+                }
+                ws.send(Message::Ping(Default::default())).await?;
+            }
+        }
+    }
+}
+
+/// Whether a publisher event (`[topic, uuid, time, user, data]`, the data
+/// JSON in a string) says a job of `worker` is scheduled or canceling:
+/// what the worker must ping for.
+fn mentions(event: &str, worker: &str) -> bool {
+    let Ok(serde_json::Value::Array(parts)) = serde_json::from_str(event) else {
+        return false;
+    };
+    let [topic, _, _, _, data] = parts.as_slice() else {
+        return false;
+    };
+    if !topic.as_str().is_some_and(|t| t.ends_with(".testjob")) {
+        return false;
+    }
+    let Some(data) = data
+        .as_str()
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+    else {
+        return false;
+    };
+    data["worker"].as_str() == Some(worker)
+        && matches!(data["state"].as_str(), Some("Scheduled" | "Canceling"))
 }
 
 /// What a job task does first.
@@ -662,6 +869,7 @@ async fn job_task(ctx: Ctx, j: JobRef, mode: Mode, mut orders: mpsc::UnboundedRe
         return;
     };
     if mode == Mode::Start {
+        ctx.metrics.job_started();
         tracing::info!(
             lava_job = lava_id,
             job = id,
@@ -728,12 +936,22 @@ async fn follow(
             }
         };
         let done = rec.state == JobState::Finished;
-        if let Err(e) = log.collect(&ctx.store, id, done).await {
-            tracing::warn!(job = id, error = %e, "LAVA worker: reading the job's log");
-        }
-        log.flush(ctx, closed).await;
-        if done || closed {
+        let read_all = match log.collect(&ctx.store, id, done).await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(job = id, error = %e, "LAVA worker: reading the job's log");
+                true
+            }
+        };
+        // Once the job is done, every line goes before its end: the flush
+        // waits for the server however long it is away.
+        log.flush(ctx, closed || done).await;
+        if closed || (done && (read_all || !log.sending)) {
             return;
+        }
+        // More to read while the server takes lines: read on at once.
+        if done || (!read_all && log.pending.len() < MAX_PENDING) {
+            continue;
         }
         // A change of this job, a cancel, or a second: results are stored
         // without a change notice, and a batch waits for its interval.
@@ -762,9 +980,11 @@ async fn follow(
     }
 }
 
-/// FINISHED, sent until the server takes it (or labd closes: then the
-/// next start reports the job, which the server still lists as running).
+/// FINISHED, sent until the server takes it, however long it is away; not
+/// when it refuses it for good, or when labd closes (then the next start
+/// reports the job, which the server still lists as running).
 async fn report_finished(ctx: &Ctx, lava_id: u64, token: &Token, f: &Finished) {
+    ctx.metrics.job_finished(lava_id, f.result, &f.error_type);
     let mut failures = 0;
     loop {
         let (t, f2) = (token.clone(), f.clone());
@@ -773,19 +993,35 @@ async fn report_finished(ctx: &Ctx, lava_id: u64, token: &Token, f: &Finished) {
                 tracing::info!(lava_job = lava_id, result = f.result, error_type = %f.error_type, "LAVA worker: job reported finished");
                 return;
             }
+            Err(e) if e.is_final() => {
+                tracing::error!(lava_job = lava_id, error = %e, "LAVA worker: the server refuses the job's end; it is not sent again");
+                return;
+            }
             Err(e) => {
                 failures += 1;
-                tracing::warn!(lava_job = lava_id, error = %e, "LAVA worker: could not report the job finished");
-                if *ctx.closing.borrow() || failures > 20 {
+                tracing::warn!(lava_job = lava_id, error = %e, failures, "LAVA worker: could not report the job finished; trying again");
+                if pause(ctx, backoff(Duration::from_secs(1), failures)).await && failures >= 3 {
                     return;
                 }
-                tokio::time::sleep(
-                    backoff(Duration::from_secs(1), failures).min(Duration::from_secs(30)),
-                )
-                .await;
             }
         }
     }
+}
+
+/// Sleeps `d`, or less when labd closes (half a second once it is
+/// closing: a few last tries); answers whether it is closing.
+async fn pause(ctx: &Ctx, d: Duration) -> bool {
+    let mut closing = ctx.closing.clone();
+    if *closing.borrow() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = closing.wait_for(|c| *c) => {}
+    }
+    let closed = *closing.borrow();
+    closed
 }
 
 /// A refused job's FINISHED.
@@ -809,7 +1045,7 @@ fn finished_of(j: &JobRecord, adopted: bool) -> Finished {
     };
     let mut errors = j.error.clone().unwrap_or_default();
     if adopted {
-        errors = format!("{errors} (labd restarted during the job; its log on the server is cut short, labd job {} has the rest)", j.id);
+        errors = format!("{errors} (labd restarted during the job or before reporting its end; its log on the server may be cut short: labd job {} has all of it)", j.id);
     }
     Finished {
         result,
@@ -854,6 +1090,10 @@ struct LogSender {
 
 /// At most this many lines a batch, as lava-run sends them.
 const MAX_LINES: usize = 1000;
+/// At most this many lines of a job read from the store and not yet sent.
+const MAX_PENDING: usize = 10 * MAX_LINES;
+/// A console line longer than this is sent in pieces of this size.
+const MAX_LINE_BYTES: usize = 64 * 1024;
 
 impl LogSender {
     fn new(lava_id: u64, token: Token, sending: bool) -> LogSender {
@@ -880,15 +1120,18 @@ impl LogSender {
 
     /// Reads what the store has of the job past what was read, as lines:
     /// its new events, console lines (a last partial one only once the job
-    /// is `done`), then its new results.
+    /// is `done`), then its new results. While the server is away the
+    /// lines wait in the store, not here: reading stops once
+    /// [`MAX_PENDING`] lines wait to be sent. Answers whether it read
+    /// everything there was.
     async fn collect(
         &mut self,
         store: &StoreReader,
         id: JobId,
         done: bool,
-    ) -> Result<(), crate::store::StoreError> {
+    ) -> Result<bool, crate::store::StoreError> {
         if !self.sending {
-            return Ok(());
+            return Ok(true);
         }
         let events = store.events(id).await?;
         for e in events.iter().skip(self.events) {
@@ -900,6 +1143,9 @@ impl LogSender {
         }
         self.events = events.len().max(self.events);
         loop {
+            if self.pending.len() >= MAX_PENDING {
+                return Ok(false);
+            }
             let (data, _) = store.log(id, self.log_offset, 256 * 1024).await?;
             if data.is_empty() {
                 break;
@@ -909,6 +1155,12 @@ impl LogSender {
             let now = now_ms();
             while let Some(n) = memchr::memchr(b'\n', &self.partial) {
                 let l: Vec<u8> = self.partial.drain(..=n).collect();
+                self.pending.push(console_line(&l, now));
+            }
+            // A console that never ends its line (a binary dump, a
+            // flood) is sent in pieces rather than held whole.
+            while self.partial.len() >= MAX_LINE_BYTES {
+                let l: Vec<u8> = self.partial.drain(..MAX_LINE_BYTES).collect();
                 self.pending.push(console_line(&l, now));
             }
         }
@@ -921,19 +1173,26 @@ impl LogSender {
             self.pending.push(result_line(r));
         }
         self.results = results.len().max(self.results);
-        Ok(())
+        Ok(true)
     }
 
-    /// Sends the pending lines in batches, each with its index, at most
-    /// one round a second unless `now`; a batch that fails stays pending
-    /// and is sent again as it was.
-    async fn flush(&mut self, ctx: &Ctx, now: bool) {
+    /// Sends the pending lines in batches, each with its index. Unless
+    /// `all`, at most one round a second (more slowly after failures), and
+    /// a batch that fails stays pending for the next round; with `all`,
+    /// until every line is sent, however long the server is away (a few
+    /// tries only once labd closes). A batch is always sent again as it
+    /// was, with its own index.
+    async fn flush(&mut self, ctx: &Ctx, all: bool) {
+        ctx.metrics.lines_queued(self.lava_id, self.pending.len());
         if !self.sending || self.pending.is_empty() {
             return;
         }
         let mut tries = 0;
         while !self.pending.is_empty() {
-            if !now
+            // Full batches go at once, the rest (and everything after a
+            // failure) at the pace of a round.
+            if !all
+                && (self.failures > 0 || self.pending.len() < MAX_LINES)
                 && self.last_sent.is_some_and(|t| {
                     t.elapsed() < backoff(Duration::from_millis(500), self.failures)
                 })
@@ -947,17 +1206,29 @@ impl LogSender {
                 Ok(n) => {
                     let n = n.min(self.pending.len());
                     self.pending.drain(..n);
+                    ctx.metrics.lines_sent(n);
+                    ctx.metrics.lines_queued(self.lava_id, self.pending.len());
                     self.index += n as u64;
                     self.failures = 0;
                 }
+                Err(e) if e.is_final() => {
+                    tracing::error!(lava_job = self.lava_id, error = %e, "LAVA worker: the server refuses the job's log; no more of it is sent");
+                    self.sending = false;
+                    self.pending.clear();
+                    return;
+                }
                 Err(e) => {
+                    ctx.metrics.batch_failed();
                     self.failures += 1;
                     tries += 1;
-                    tracing::warn!(lava_job = self.lava_id, error = %e, "LAVA worker: sending log lines failed; they are sent again");
-                    if !now || tries >= 5 {
+                    tracing::warn!(lava_job = self.lava_id, error = %e, pending = self.pending.len(), "LAVA worker: sending log lines failed; they are kept and sent again");
+                    if !all {
                         return;
                     }
-                    tokio::time::sleep(backoff(Duration::from_millis(500), self.failures)).await;
+                    let wait = backoff(Duration::from_millis(500), self.failures);
+                    if pause(ctx, wait).await && tries >= 3 {
+                        return;
+                    }
                 }
             }
         }
@@ -1083,6 +1354,42 @@ mod tests {
             v["msg"],
             serde_json::json!({"definition": "0_smoke", "case": "uname", "result": "pass", "measurement": "1.5", "units": "s"})
         );
+    }
+
+    /// The events the worker pings for, in lava-publisher's shape.
+    #[test]
+    fn events_for_this_worker_wake_the_ping() {
+        let ev = |topic: &str, data: serde_json::Value| {
+            serde_json::json!([topic, "u", "t", "lavaserver", data.to_string()]).to_string()
+        };
+        let job = |worker: &str, state: &str| serde_json::json!({"job": 3, "worker": worker, "state": state, "health": "Unknown"});
+        assert!(mentions(
+            &ev("org.lavasoftware.testjob", job("lab-1", "Scheduled")),
+            "lab-1"
+        ));
+        assert!(mentions(
+            &ev("org.lavasoftware.testjob", job("lab-1", "Canceling")),
+            "lab-1"
+        ));
+        assert!(!mentions(
+            &ev("org.lavasoftware.testjob", job("lab-2", "Scheduled")),
+            "lab-1"
+        ));
+        assert!(!mentions(
+            &ev("org.lavasoftware.testjob", job("lab-1", "Running")),
+            "lab-1"
+        ));
+        assert!(!mentions(
+            &ev("org.lavasoftware.device", job("lab-1", "Scheduled")),
+            "lab-1"
+        ));
+        assert!(!mentions("[1, 2]", "lab-1"));
+        assert!(!mentions("not json", "lab-1"));
+        let null_worker = ev(
+            "org.lavasoftware.testjob",
+            serde_json::json!({"worker": null, "state": "Scheduled"}),
+        );
+        assert!(!mentions(&null_worker, "lab-1"));
     }
 
     #[test]

@@ -9,10 +9,18 @@
 //! state, then everything is encoded at once. The slow-operation thresholds
 //! live here too: whatever times an operation asks [`Metrics::observe_slow`].
 //!
+//! The LAVA worker's link to its lava-server (`[lava]`) counts on a
+//! [`LavaLinkMetrics`], every series labelled by the server's URL and the
+//! worker's name: pings by outcome and their latency, whether the last ping
+//! was answered, publisher events, log lines queued and sent, log batches
+//! that failed, jobs started and finished.
+//!
 //! ## Invariants
 //!
 //! Recording never blocks or fails; state gauges are set only at scrape time
-//! by the owner of that state.
+//! by the owner of that state, but for those whose one owner sets them as
+//! they change: the store writer's suspension, and the LAVA worker's link
+//! (connected, log lines queued), which lives outside the lab actor.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -60,6 +68,31 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// A lava-server link: the server's URL and this worker's name on it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LavaLinkLabels {
+    pub server: String,
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LavaPingLabels {
+    pub server: String,
+    pub worker: String,
+    /// `ok`, `failed` or `version_mismatch`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LavaFinishLabels {
+    pub server: String,
+    pub worker: String,
+    /// LAVA's `pass` or `fail`.
+    pub result: String,
+    /// LAVA's error type, empty for a pass.
+    pub error_type: String,
+}
+
 /// The thresholds above which an operation is reported as slow.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SlowThresholds {
@@ -94,6 +127,12 @@ fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 3.0, 16))
 }
 
+fn ping_histogram() -> Histogram {
+    // 1 ms to about a minute, the HTTP calls' timeout: a ping's latency is
+    // told apart at a factor of two.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 struct Inner {
@@ -120,6 +159,15 @@ struct Inner {
     pub slow_ops: Family<KindLabel, Counter>,
     pub resident: Gauge,
     pub cpu_millis: Gauge,
+    pub lava_pings: Family<LavaPingLabels, Counter>,
+    pub lava_ping_seconds: HistogramFamily<LavaLinkLabels>,
+    pub lava_connected: Family<LavaLinkLabels, Gauge>,
+    pub lava_events: Family<LavaLinkLabels, Counter>,
+    pub lava_lines_queued: Family<LavaLinkLabels, Gauge>,
+    pub lava_lines_sent: Family<LavaLinkLabels, Counter>,
+    pub lava_batches_failed: Family<LavaLinkLabels, Counter>,
+    pub lava_jobs_started: Family<LavaLinkLabels, Counter>,
+    pub lava_jobs_finished: Family<LavaFinishLabels, Counter>,
 }
 
 /// A handle on labd's metrics; clones share them.
@@ -159,6 +207,15 @@ impl Metrics {
             slow_ops: Family::default(),
             resident: Gauge::default(),
             cpu_millis: Gauge::default(),
+            lava_pings: Family::default(),
+            lava_ping_seconds: Family::new_with_constructor(ping_histogram),
+            lava_connected: Family::default(),
+            lava_events: Family::default(),
+            lava_lines_queued: Family::default(),
+            lava_lines_sent: Family::default(),
+            lava_batches_failed: Family::default(),
+            lava_jobs_started: Family::default(),
+            lava_jobs_finished: Family::default(),
             registry: Registry::default(),
         };
         r.register("jobs_submitted", "Jobs submitted", i.jobs_submitted.clone());
@@ -250,7 +307,87 @@ impl Metrics {
             "labd's CPU time, user and system",
             i.cpu_millis.clone(),
         );
+        r.register(
+            "lava_pings",
+            "Pings of the lava-server, by outcome: ok, failed (no answer, an error), version_mismatch (HTTP 409)",
+            i.lava_pings.clone(),
+        );
+        r.register(
+            "lava_ping_seconds",
+            "Time the lava-server took to answer a ping",
+            i.lava_ping_seconds.clone(),
+        );
+        r.register(
+            "lava_connected",
+            "1 while the lava-server answered the last ping, else 0",
+            i.lava_connected.clone(),
+        );
+        r.register(
+            "lava_events",
+            "Events received from the lava-server's publisher",
+            i.lava_events.clone(),
+        );
+        r.register(
+            "lava_log_lines_queued",
+            "Log lines of the lava-server's jobs not yet taken by the server",
+            i.lava_lines_queued.clone(),
+        );
+        r.register(
+            "lava_log_lines_sent",
+            "Log lines the lava-server took",
+            i.lava_lines_sent.clone(),
+        );
+        r.register(
+            "lava_log_batches_failed",
+            "Batches of log lines the lava-server did not take (each is sent again)",
+            i.lava_batches_failed.clone(),
+        );
+        r.register(
+            "lava_jobs_started",
+            "lava-server jobs this worker started",
+            i.lava_jobs_started.clone(),
+        );
+        r.register(
+            "lava_jobs_finished",
+            "lava-server jobs this worker reported finished, by LAVA result and error type",
+            i.lava_jobs_finished.clone(),
+        );
         Metrics(Arc::new(Inner { registry: r, ..i }))
+    }
+
+    /// The handle the LAVA worker counts its link to lava-server `url`, as
+    /// worker `worker`, on. Its series exist from now on, at zero, so that
+    /// a link that never answered shows as such rather than as nothing.
+    pub fn lava_link(&self, url: &str, worker: &str) -> LavaLinkMetrics {
+        let i = &self.0;
+        let link = LavaLinkLabels {
+            server: url.to_owned(),
+            worker: worker.to_owned(),
+        };
+        let ping = |outcome: &str| {
+            i.lava_pings
+                .get_or_create(&LavaPingLabels {
+                    server: url.to_owned(),
+                    worker: worker.to_owned(),
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        };
+        LavaLinkMetrics(Arc::new(LinkInner {
+            ping_ok: ping("ok"),
+            ping_failed: ping("failed"),
+            ping_version_mismatch: ping("version_mismatch"),
+            ping_seconds: i.lava_ping_seconds.get_or_create(&link).clone(),
+            connected: i.lava_connected.get_or_create(&link).clone(),
+            events: i.lava_events.get_or_create(&link).clone(),
+            lines_queued: i.lava_lines_queued.get_or_create(&link).clone(),
+            lines_sent: i.lava_lines_sent.get_or_create(&link).clone(),
+            batches_failed: i.lava_batches_failed.get_or_create(&link).clone(),
+            jobs_started: i.lava_jobs_started.get_or_create(&link).clone(),
+            jobs_finished: i.lava_jobs_finished.clone(),
+            queued_by_job: std::sync::Mutex::new(std::collections::HashMap::new()),
+            link,
+        }))
     }
 
     pub fn job_submitted(&self) {
@@ -396,6 +533,110 @@ impl Metrics {
     }
 }
 
+struct LinkInner {
+    link: LavaLinkLabels,
+    ping_ok: Counter,
+    ping_failed: Counter,
+    ping_version_mismatch: Counter,
+    ping_seconds: Histogram,
+    connected: Gauge,
+    events: Counter,
+    lines_queued: Gauge,
+    lines_sent: Counter,
+    batches_failed: Counter,
+    jobs_started: Counter,
+    jobs_finished: Family<LavaFinishLabels, Counter>,
+    /// Each job's lines not yet taken, by the server's job id: the gauge is
+    /// their sum. A job's count is set, not moved by deltas, so the lines
+    /// of a job that ends with some never taken leave the gauge when it
+    /// finishes instead of staying in it for good.
+    queued_by_job: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+}
+
+/// The LAVA worker's link to its lava-server, as metrics (see
+/// [`Metrics::lava_link`]); clones count on the same series. Every method
+/// only records: none blocks (the one lock is held for a map update) or
+/// fails.
+#[derive(Clone)]
+pub struct LavaLinkMetrics(Arc<LinkInner>);
+
+impl LavaLinkMetrics {
+    /// The server answered a ping in `latency`.
+    pub fn ping_ok(&self, latency: Duration) {
+        self.0.ping_ok.inc();
+        self.0.ping_seconds.observe(latency.as_secs_f64());
+        self.0.connected.set(1);
+    }
+
+    /// A ping got no answer, or an error for one.
+    pub fn ping_failed(&self) {
+        self.0.ping_failed.inc();
+        self.0.connected.set(0);
+    }
+
+    /// The server refused the worker's version (HTTP 409): it shows the
+    /// worker Offline, so the link is not up either.
+    pub fn version_mismatch(&self) {
+        self.0.ping_version_mismatch.inc();
+        self.0.connected.set(0);
+    }
+
+    /// An event arrived from the server's publisher.
+    pub fn event(&self) {
+        self.0.events.inc();
+    }
+
+    /// The worker started a server's job (the lab took it).
+    pub fn job_started(&self) {
+        self.0.jobs_started.inc();
+    }
+
+    /// The worker reports server job `lava_job` finished with LAVA's
+    /// `result` and `error_type`. Its log lines still queued will never be
+    /// sent: they leave the queued count.
+    pub fn job_finished(&self, lava_job: u64, result: &str, error_type: &str) {
+        self.0
+            .jobs_finished
+            .get_or_create(&LavaFinishLabels {
+                server: self.0.link.server.clone(),
+                worker: self.0.link.worker.clone(),
+                result: result.to_owned(),
+                error_type: error_type.to_owned(),
+            })
+            .inc();
+        self.lines_queued(lava_job, 0);
+    }
+
+    /// Server job `lava_job` now has `pending` log lines the server has not
+    /// taken.
+    pub fn lines_queued(&self, lava_job: u64, pending: usize) {
+        // A poisoned lock only means a panic elsewhere mid-update: the map
+        // is still a map, and a count is better than none.
+        let mut by_job = self
+            .0
+            .queued_by_job
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if pending == 0 {
+            by_job.remove(&lava_job);
+        } else {
+            by_job.insert(lava_job, pending as u64);
+        }
+        let total: u64 = by_job.values().sum();
+        self.0.lines_queued.set(total as i64);
+    }
+
+    /// The server took `n` log lines.
+    pub fn lines_sent(&self, n: usize) {
+        self.0.lines_sent.inc_by(n as u64);
+    }
+
+    /// A batch of log lines failed; it is sent again.
+    pub fn batch_failed(&self) {
+        self.0.batches_failed.inc();
+    }
+}
+
 /// Prometheus text as statsd gauge lines: `prefix.name.label_values:value|g`.
 /// Comments are dropped; label values join the name, made safe for graphite.
 pub fn statsd_lines(prefix: &str, text: &str) -> Vec<String> {
@@ -509,6 +750,138 @@ mod tests {
                 "lab1.phase_duration_seconds_bucket.sim-uboot.Kernel.0_5:1|g"
             ]
         );
+    }
+
+    /// The value of the sample `series` (name and labels) in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// A link's series exist, at zero, as soon as the worker has its handle;
+    /// each call counts on its own series, labelled by server and worker.
+    #[test]
+    fn a_lava_link_counts_pings_lines_and_jobs_by_server() {
+        let m = Metrics::default();
+        let link = m.lava_link("http://lava.example/", "lab-1");
+        let l = r#"server="http://lava.example/",worker="lab-1""#;
+        let text = m.render(Scrape::default());
+        for series in [
+            format!("labd_lava_pings_total{{{l},outcome=\"ok\"}}"),
+            format!("labd_lava_pings_total{{{l},outcome=\"failed\"}}"),
+            format!("labd_lava_pings_total{{{l},outcome=\"version_mismatch\"}}"),
+            format!("labd_lava_connected{{{l}}}"),
+            format!("labd_lava_log_lines_queued{{{l}}}"),
+            format!("labd_lava_jobs_started_total{{{l}}}"),
+        ] {
+            assert_eq!(sample(&text, &series), Some(0.0), "{series} in\n{text}");
+        }
+
+        link.ping_failed();
+        link.ping_failed();
+        let text = m.render(Scrape::default());
+        let failed = format!("labd_lava_pings_total{{{l},outcome=\"failed\"}}");
+        assert_eq!(sample(&text, &failed), Some(2.0), "{text}");
+        assert_eq!(
+            sample(&text, &format!("labd_lava_connected{{{l}}}")),
+            Some(0.0)
+        );
+
+        // A clone counts on the same series.
+        let other = link.clone();
+        other.ping_ok(Duration::from_millis(3));
+        other.event();
+        let text = m.render(Scrape::default());
+        assert_eq!(
+            sample(&text, &format!("labd_lava_connected{{{l}}}")),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, &format!("labd_lava_ping_seconds_count{{{l}}}")),
+            Some(1.0)
+        );
+        // 3 ms is above the 2 ms bucket and within the 4 ms one.
+        assert_eq!(
+            sample(
+                &text,
+                &format!("labd_lava_ping_seconds_bucket{{{l},le=\"0.002\"}}")
+            ),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("labd_lava_ping_seconds_bucket{{{l},le=\"0.004\"}}")
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &format!("labd_lava_events_total{{{l}}}")),
+            Some(1.0)
+        );
+        link.version_mismatch();
+        let text = m.render(Scrape::default());
+        assert_eq!(
+            sample(&text, &format!("labd_lava_connected{{{l}}}")),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("labd_lava_pings_total{{{l},outcome=\"version_mismatch\"}}")
+            ),
+            Some(1.0)
+        );
+
+        // Queued lines are summed over jobs; a finished job's leave the sum.
+        link.job_started();
+        link.job_started();
+        link.lines_queued(7, 120);
+        link.lines_queued(8, 30);
+        link.lines_queued(7, 20);
+        link.lines_sent(100);
+        link.batch_failed();
+        let text = m.render(Scrape::default());
+        let queued = format!("labd_lava_log_lines_queued{{{l}}}");
+        assert_eq!(sample(&text, &queued), Some(50.0), "{text}");
+        assert_eq!(
+            sample(&text, &format!("labd_lava_log_lines_sent_total{{{l}}}")),
+            Some(100.0)
+        );
+        assert_eq!(
+            sample(&text, &format!("labd_lava_log_batches_failed_total{{{l}}}")),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, &format!("labd_lava_jobs_started_total{{{l}}}")),
+            Some(2.0)
+        );
+        link.job_finished(7, "pass", "");
+        link.job_finished(8, "fail", "Infrastructure");
+        let text = m.render(Scrape::default());
+        assert_eq!(sample(&text, &queued), Some(0.0), "{text}");
+        for (result, error_type) in [("pass", ""), ("fail", "Infrastructure")] {
+            let series = format!(
+                "labd_lava_jobs_finished_total{{{l},result=\"{result}\",error_type=\"{error_type}\"}}"
+            );
+            assert_eq!(sample(&text, &series), Some(1.0), "{series} in\n{text}");
+        }
+
+        // Another server's link has series of its own.
+        m.lava_link("http://other.example/", "lab-1")
+            .ping_ok(Duration::ZERO);
+        let text = m.render(Scrape::default());
+        assert_eq!(
+            sample(
+                &text,
+                r#"labd_lava_connected{server="http://other.example/",worker="lab-1"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, &failed), Some(2.0));
     }
 
     #[test]

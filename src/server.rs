@@ -1011,6 +1011,9 @@ struct WireJob<'a> {
     retry_of: Option<crate::model::JobId>,
     attempt: u32,
     timing: &'a [crate::model::PhaseTime],
+    /// The lava-server's id of the job, for a job labd runs as its worker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lava_job: Option<u64>,
     /// Only in a `job` answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     definition: Option<&'a str>,
@@ -1040,6 +1043,7 @@ impl<'a> WireJob<'a> {
             retry_of: j.retry_of,
             attempt: j.attempt,
             timing: &j.timing,
+            lava_job: j.lava.as_ref().map(|l| l.id),
             definition: None,
             events: None,
         }

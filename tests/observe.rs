@@ -178,6 +178,117 @@ fn top_shows_each_board_its_job_phase_and_times() {
     });
 }
 
+/// Two distinct ports on loopback that nothing listens on (both are held
+/// while the second is picked): connections to them are refused.
+fn closed_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (bind(), bind());
+    let port = |l: &std::net::TcpListener| l.local_addr().unwrap().port();
+    (port(&a), port(&b))
+}
+
+/// A board a lava-server owns says so, with its device name there and the
+/// worker, in `labctl boards`, `labctl top` and `--json boards`; a lab's
+/// own board says `local`. The worker's link to a server that never
+/// answers shows on the metrics endpoint as failed pings, none ok, and
+/// `connected` 0.
+#[test]
+fn a_lava_owned_board_shows_its_owner_and_a_dead_link_its_failed_pings() {
+    let (dead, port) = closed_ports();
+    let url = format!("http://127.0.0.1:{dead}/");
+    let mut lab = Lab::prepare(
+        2,
+        &[],
+        &[],
+        &format!("[lava]\nurl = {url:?}\nworker = \"lab-1\"\nping_interval_secs = 1\n"),
+    );
+    let cfg = std::fs::read_to_string(&lab.config).unwrap();
+    let cfg = cfg.replacen(
+        "name = \"sim-01\"\n",
+        "name = \"sim-01\"\nlava_worker_device = \"qemu-01\"\n",
+        1,
+    );
+    std::fs::write(
+        &lab.config,
+        format!("metrics_listen = \"127.0.0.1:{port}\"\n{cfg}"),
+    )
+    .unwrap();
+    lab.start_labd();
+
+    let table = lab.labctl(&["boards"]);
+    let row = |text: &str, board: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(board))
+            .unwrap_or_else(|| panic!("no {board} in\n{text}"))
+            .to_owned()
+    };
+    assert!(table.lines().next().unwrap().contains("OWNER"), "{table}");
+    assert!(
+        row(&table, "sim-01").contains(" lava:qemu-01@lab-1 "),
+        "{table}"
+    );
+    assert!(row(&table, "sim-02").contains(" local "), "{table}");
+    let frame = lab.labctl(&["top", "--once"]);
+    assert!(
+        row(&frame, "sim-01").contains(" lava:qemu-01@lab-1 "),
+        "{frame}"
+    );
+    assert!(row(&frame, "sim-02").contains(" local "), "{frame}");
+
+    let v: serde_json::Value = serde_json::from_str(&lab.labctl(&["--json", "boards"])).unwrap();
+    let boards = v["boards"].as_array().unwrap();
+    assert_eq!(
+        boards[0]["lava"],
+        serde_json::json!({"device": "qemu-01", "url": url, "worker": "lab-1"}),
+        "{v}"
+    );
+    // A lab's own board, and a board with no server's job, carry neither
+    // field: what a client read before is what it reads now.
+    assert!(boards[1].get("lava").is_none(), "{v}");
+    assert!(boards.iter().all(|b| b.get("lava_job").is_none()), "{v}");
+
+    // The first ping fails (no token: it registers, and nothing answers);
+    // its count is recorded before the warning is logged.
+    lab.wait_log("LAVA worker: ping failed");
+    let http = http_get(port, "/metrics");
+    assert!(http.starts_with("HTTP/1.1 200 OK\r\n"), "{http}");
+    let link = format!("server=\"{url}\",worker=\"lab-1\"");
+    assert!(
+        sample(
+            &http,
+            &format!("labd_lava_pings_total{{{link},outcome=\"failed\"}} ")
+        ) >= 1.0,
+        "{http}"
+    );
+    assert_eq!(
+        sample(
+            &http,
+            &format!("labd_lava_pings_total{{{link},outcome=\"ok\"}} ")
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(&http, &format!("labd_lava_connected{{{link}}} ")),
+        0.0
+    );
+    assert_eq!(
+        sample(&http, &format!("labd_lava_jobs_started_total{{{link}}} ")),
+        0.0
+    );
+    assert_eq!(
+        sample(&http, &format!("labd_lava_log_lines_queued{{{link}}} ")),
+        0.0
+    );
+    // `labctl metrics` prints the same text, one series a line (it printed
+    // every line end as `\x0a`, all on one line, once labctl escaped
+    // control characters).
+    let text = lab.labctl(&["metrics"]);
+    assert_eq!(
+        sample(&text, &format!("labd_lava_connected{{{link}}} ")),
+        0.0
+    );
+}
+
 /// `[log] format = "json"`: one JSON object per line, and what the boot
 /// sequence logs is inside its job's span, inside its board's span.
 #[test]

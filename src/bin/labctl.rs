@@ -306,7 +306,11 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             if json {
                 print_json(&v);
             } else {
-                print!("{}", s(&v["text"]));
+                // Line by line: a label's value is anyone's text, shown not
+                // obeyed, but the lines' ends are the format's own.
+                for line in v["text"].as_str().unwrap_or_default().lines() {
+                    println!("{}", visible(line));
+                }
             }
         }
         Cmd::ConsoleLog { name } => {
@@ -334,10 +338,23 @@ fn render_top(boards: &Value, queued: usize, now: u64) -> String {
     };
     let list = boards["boards"].as_array().cloned().unwrap_or_default();
     let busy = list.iter().filter(|b| !b["job"].is_null()).count();
+    let ow = list
+        .iter()
+        .map(|b| owner(b).len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let jw = list
+        .iter()
+        .map(|b| job_cell(b).len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
     let mut out = format!(
-        "labd top   boards: {} ({busy} busy)   queued jobs: {queued}\n\n{:<12} {:<9} {:<12} {:<7} {:<19} {:>9} {:>9}\n",
+        "labd top   boards: {} ({busy} busy)   queued jobs: {queued}\n\n{:<12} {:<ow$} {:<9} {:<12} {:<jw$} {:<19} {:>9} {:>9}\n",
         list.len(),
         "BOARD",
+        "OWNER",
         "STATE",
         "HEALTH",
         "JOB",
@@ -348,11 +365,12 @@ fn render_top(boards: &Value, queued: usize, now: u64) -> String {
     for b in &list {
         let busy = !b["job"].is_null();
         out.push_str(&format!(
-            "{:<12} {:<9} {:<12} {:<7} {:<19} {:>9} {:>9}\n",
+            "{:<12} {:<ow$} {:<9} {:<12} {:<jw$} {:<19} {:>9} {:>9}\n",
             s(&b["name"]),
+            owner(b),
             s(&b["state"]),
             s(&b["health"]),
-            s(&b["job"]),
+            job_cell(b),
             s(&b["phase"]),
             if busy {
                 since(&b["phase_since"])
@@ -363,6 +381,25 @@ fn render_top(boards: &Value, queued: usize, now: u64) -> String {
         ));
     }
     out
+}
+
+/// Who gives a board its jobs: `lava:<device>@<worker>` for a board a
+/// lava-server owns (its device name there, this lab's worker name), else
+/// `local`.
+fn owner(b: &Value) -> String {
+    match b.get("lava").filter(|l| !l.is_null()) {
+        Some(l) => format!("lava:{}@{}", s(&l["device"]), s(&l["worker"])),
+        None => "local".into(),
+    }
+}
+
+/// A board's job: labd's id, and beside it the lava-server's for a
+/// server's job (`12 (LAVA 345)`); `-` for none.
+fn job_cell(b: &Value) -> String {
+    match b.get("lava_job").filter(|l| !l.is_null()) {
+        Some(l) => format!("{} (LAVA {})", s(&b["job"]), s(l)),
+        None => s(&b["job"]),
+    }
 }
 
 /// A value for a person to read: strings (job names, test case ids, error
@@ -666,8 +703,12 @@ fn print_jobs(v: &Value) {
         "ID", "STATE", "HEALTH", "BOARD", "DEVICE TYPE", "PRIO"
     );
     for j in jobs {
+        // A lava-server's job says its id there, as `boards` does.
+        let lava = j["lava_job"]
+            .as_u64()
+            .map_or_else(String::new, |l| format!(" (LAVA {l})"));
         println!(
-            "{:>6} {:<10} {:<11} {:<bw$} {:<dw$} {:>4}  {}",
+            "{:>6} {:<10} {:<11} {:<bw$} {:<dw$} {:>4}  {}{lava}",
             j["id"].to_string(),
             s(&j["state"]),
             s(&j["health"]),
@@ -693,6 +734,9 @@ fn print_job(id: u64, v: &Value) {
         "submitter",
     ] {
         println!("  {k:<12} {}", s(&v[k]));
+    }
+    if let Some(l) = v["lava_job"].as_u64() {
+        println!("  {:<12} {l}", "lava job");
     }
     if let (Some(sub), Some(start)) = (v["submit_time"].as_u64(), v["start_time"].as_u64()) {
         println!(
@@ -740,9 +784,21 @@ fn print_boards(v: &Value) {
             .max(min)
     };
     let (nw, dw) = (width("name", 12), width("device_type", 20));
+    let ow = boards
+        .iter()
+        .map(|b| owner(b).len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let jw = boards
+        .iter()
+        .map(|b| job_cell(b).len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
     println!(
-        "{:<nw$} {:<dw$} {:<9} {:<12} {:<8} {:<7} {:<19} TAGS",
-        "NAME", "DEVICE TYPE", "STATE", "HEALTH", "POWER", "JOB", "PHASE"
+        "{:<nw$} {:<dw$} {:<ow$} {:<9} {:<12} {:<8} {:<jw$} {:<19} TAGS",
+        "NAME", "DEVICE TYPE", "OWNER", "STATE", "HEALTH", "POWER", "JOB", "PHASE"
     );
     for b in boards {
         let tags: Vec<&str> = b["tags"]
@@ -752,13 +808,14 @@ fn print_boards(v: &Value) {
             .filter_map(Value::as_str)
             .collect();
         println!(
-            "{:<nw$} {:<dw$} {:<9} {:<12} {:<8} {:<7} {:<19} {}",
+            "{:<nw$} {:<dw$} {:<ow$} {:<9} {:<12} {:<8} {:<jw$} {:<19} {}",
             s(&b["name"]),
             s(&b["device_type"]),
+            owner(b),
             s(&b["state"]),
             s(&b["health"]),
             s(&b["power"]),
-            s(&b["job"]),
+            job_cell(b),
             s(&b["phase"]),
             tags.join(",")
         );
@@ -844,6 +901,43 @@ async fn top(c: &mut Client, interval: f64, once: bool) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A board a lava-server owns shows its device and worker, and its
+    /// job labd's id with the server's beside it; a lab's own board shows
+    /// `local` and labd's id alone.
+    #[test]
+    fn top_shows_the_owner_and_a_lava_job_s_id() {
+        let boards = serde_json::json!({"boards": [
+            {"name": "qemu-01", "state": "Running", "health": "Good", "job": 12,
+             "phase": "Testing", "phase_since": 0, "job_since": 0,
+             "lava": {"device": "qemu-01", "url": "http://lava/", "worker": "lab-1"},
+             "lava_job": 345},
+            {"name": "sim-01", "state": "Running", "health": "Good", "job": 13,
+             "phase": "Kernel", "phase_since": 0, "job_since": 0},
+            {"name": "sim-02", "state": "Idle", "health": "Good", "job": null,
+             "phase": "Off", "phase_since": 0, "job_since": null},
+        ]});
+        let frame = render_top(&boards, 0, 1000);
+        let line = |name: &str| {
+            frame
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in\n{frame}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert!(frame.contains(" OWNER "), "{frame}");
+        assert_eq!(
+            line("qemu-01"),
+            "qemu-01 lava:qemu-01@lab-1 Running Good 12 (LAVA 345) Testing 0:00:01 0:00:01"
+        );
+        assert_eq!(
+            line("sim-01"),
+            "sim-01 local Running Good 13 Kernel 0:00:01 0:00:01"
+        );
+        assert_eq!(line("sim-02"), "sim-02 local Idle Good - Off - -");
+    }
 
     #[test]
     fn control_characters_are_shown_not_obeyed() {

@@ -1,6 +1,7 @@
 //! The lab's contract with the socket server: the requests it takes
 //! ([`LabRequest`]), the replies it gives ([`LabReply`]), who asks
-//! ([`Caller`]), a board as `boards` reports it ([`BoardInfo`]), and the
+//! ([`Caller`]), a board as `boards` reports it ([`BoardInfo`], with its
+//! lava-server owner, [`LavaOwner`]), and the
 //! read queries the server answers without the actor ([`read_query`]).
 //!
 //! It exists so that the server depends on a small set of types rather than
@@ -40,6 +41,27 @@ pub struct BoardInfo {
     pub job_since: Option<u64>,
     /// The relay's last commanded state (Unknown after a failed command).
     pub power: power::PowerState,
+    /// The lava-server that owns the board (`lava_worker_device`), if one
+    /// does; absent for a board of the lab's own. Absent fields read as
+    /// before, so clients of either side of the change understand each
+    /// other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lava: Option<LavaOwner>,
+    /// The running job's id on its lava-server, beside labd's `job`, when
+    /// it is a server's job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lava_job: Option<u64>,
+}
+
+/// Which lava-server owns a board, and as which of its devices.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LavaOwner {
+    /// The board's device name on the server (`lava_worker_device`).
+    pub device: String,
+    /// The server's URL (`[lava] url`).
+    pub url: String,
+    /// This lab's worker name on the server (`[lava] worker`).
+    pub worker: String,
 }
 
 /// Who sent a request, as the kernel told the socket layer.

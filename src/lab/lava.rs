@@ -1,5 +1,6 @@
-//! A lava-server's jobs in the lab: which board runs one, and the
-//! refusal of local jobs on the boards a lava-server owns.
+//! A lava-server's jobs in the lab: which board runs one, the refusal of
+//! local jobs on the boards a lava-server owns, and who owns a board as
+//! `boards` shows it.
 //!
 //! lava-server tells its worker a job's definition and its device's
 //! rendered configuration, not the device's name. The job's board is
@@ -18,7 +19,7 @@
 //!   a board it owns (`schedule::JobView::takes`).
 //! - A job is refused, never guessed, when no board or several fit.
 
-use super::api::{Caller, LabReply};
+use super::api::{Caller, LabReply, LavaOwner};
 use super::requests::{ready, Reply};
 use super::schedule::JobView;
 use super::LabActor;
@@ -138,6 +139,19 @@ impl LabActor {
         };
         let lava = LavaJob { id: lava_id, board };
         self.submit_for(definition, file, caller, Some(lava))
+    }
+
+    /// The lava-server that owns board `s`, as `boards` shows it: its
+    /// device name there, the server and this worker. The config's
+    /// validation gives every such board a `[lava]`.
+    pub(super) fn lava_owner(&self, s: &super::Slot) -> Option<LavaOwner> {
+        let device = s.cfg.lava_worker_device.as_ref()?;
+        let lava = self.cfg.lava.as_ref()?;
+        Some(LavaOwner {
+            device: device.clone(),
+            url: lava.url.clone(),
+            worker: lava.worker.clone(),
+        })
     }
 
     /// Whether a lava-server's job can run on its board (`lava.board`).

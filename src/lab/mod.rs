@@ -39,7 +39,7 @@ mod requests;
 mod schedule;
 mod supervise;
 
-pub use api::{read_query, BoardInfo, Caller, LabReply, LabRequest};
+pub use api::{read_query, BoardInfo, Caller, LabReply, LabRequest, LavaOwner};
 
 use crate::board::{BoardActor, BoardReport, StopJob};
 use crate::config::{BoardConfig, LabConfig};
@@ -74,6 +74,9 @@ struct Slot {
     after_job: Option<reload::AfterJob>,
     phase_since: u64,
     job_since: Option<u64>,
+    /// The current job's id on its lava-server, for a server's job: set
+    /// with `job`, read only while `job` is (as `job_since`).
+    lava_job: Option<u64>,
     /// Jobs in a row that a lost console ended.
     console_failures: u32,
     /// The board's relay (shared with its actor): its last commanded state.

@@ -18,7 +18,7 @@ use super::schedule::{place, Rank};
 use super::LabActor;
 use crate::job::{self, JobDefinition};
 use crate::model::{
-    now_ms, ErrorClass, Identity, JobHealth, JobId, JobOutcome, JobRecord, JobState,
+    now_ms, ErrorClass, Identity, JobHealth, JobId, JobOutcome, JobRecord, JobState, LavaJob,
 };
 use crate::store::Refused;
 use actix::prelude::*;
@@ -31,8 +31,9 @@ pub(super) struct Queued {
     pub def: JobDefinition,
     /// Whose rights its `file://` artifacts are read with.
     pub reader: Option<Identity>,
-    /// The one board it runs on: a lava-server's job, its device's.
-    pub board: Option<String>,
+    /// A lava-server's job: its id there, and the one board it runs on
+    /// (its device's).
+    pub lava: Option<LavaJob>,
 }
 
 impl Queued {
@@ -43,7 +44,7 @@ impl Queued {
             submit_time: r.submit_time,
             def,
             reader: r.reader(),
-            board: r.lava.as_ref().map(|l| l.board.clone()),
+            lava: r.lava.clone(),
         }
     }
 

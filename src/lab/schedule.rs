@@ -216,7 +216,7 @@ impl LabActor {
             })
             .collect();
         let queue = self.queue.iter().map(|q| JobView {
-            board: q.board.as_deref(),
+            board: q.lava.as_ref().map(|l| l.board.as_str()),
             ..JobView::of(&q.def)
         });
         let plan = plan(&boards, queue, now_ms(), every);
@@ -243,6 +243,7 @@ impl LabActor {
         slot.state = BoardState::Reserved;
         slot.job = Some(q.id);
         slot.job_since = Some(now_ms());
+        slot.lava_job = q.lava.as_ref().map(|l| l.id);
         let addr = slot.addr.clone();
         let store = self.store.clone();
         let id = q.id;

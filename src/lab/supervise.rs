@@ -46,6 +46,7 @@ impl LabActor {
             after_job: None,
             phase_since: now_ms(),
             job_since: None,
+            lava_job: None,
             console_failures: 0,
         }
     }

@@ -39,6 +39,8 @@ impl LabActor {
                     phase_since: s.phase_since,
                     job_since: s.job.and(s.job_since),
                     power: s.power.state(),
+                    lava: self.lava_owner(s),
+                    lava_job: s.job.and(s.lava_job),
                 })
                 .collect(),
             self.queue.len(),
