@@ -195,9 +195,17 @@ impl Drop for LavaLab {
         let _ = self.http.kill();
         let _ = self.http.wait();
         for b in 1..=2 {
-            let _ = std::fs::remove_file(
-                Path::new(DEVICES).join(format!("{}-sim-{b:02}.jinja2", self.name)),
-            );
+            let device = format!("{}-sim-{b:02}", self.name);
+            // Retired, the server's scheduler passes the device over
+            // instead of failing to read its removed dictionary each time.
+            let _ = Command::new("lava-server")
+                .args([
+                    "manage", "devices", "update", &device, "--health", "RETIRED",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_file(Path::new(DEVICES).join(format!("{device}.jinja2")));
         }
     }
 }
