@@ -220,6 +220,9 @@ pub async fn start(
     // exists, so a refused start leaves no socket behind and no client waits
     // on a lab that will not come.
     let store_reader = store.reader();
+    // The LAVA worker's one write: how much of each job's log its server
+    // took.
+    let lava_sent = store.clone();
     let lab = LabActor::new(cfg, store, device_types, tftp, metrics.clone())
         .map_err(StartError::Lab)?
         .with_config_path(config_path);
@@ -273,7 +276,14 @@ pub async fn start(
     // it finds the server's jobs a killed labd took already ended.
     let lava = lava.map(|l| {
         let link = metrics.lava_link(&l.url, &l.worker);
-        crate::lava_worker::start(&l, &state_dir, lab.clone(), store_reader.clone(), link)
+        crate::lava_worker::start(
+            &l,
+            &state_dir,
+            lab.clone(),
+            store_reader.clone(),
+            lava_sent,
+            link,
+        )
     });
     let server = crate::server::serve(listener, lab.clone(), store_reader, limits, metrics)
         .map_err(socket_err)?;

@@ -31,8 +31,11 @@
 //! A restart: labd's start-up reconcile ends every job that was not
 //! finished, LAVA's too. The server still lists such a job as running; the
 //! worker finds labd's job by the server's id (`StoreReader::job_for_lava`)
-//! and reports it FINISHED with its end, Incomplete (Infrastructure). Its
-//! log on the server stops where the killed labd left it.
+//! and reports it FINISHED with its end, Incomplete (Infrastructure),
+//! after the rest of its log: each batch the server takes is recorded in
+//! the store ([`LavaSent`]: its index there and how far into the job's
+//! events, console and results it goes), and the restarted worker sends
+//! from there.
 //!
 //! lava-publisher's websocket (`ws_url`, `<url>/ws/` by default) says
 //! when the server schedules or cancels a job of this worker: the worker
@@ -58,14 +61,15 @@
 //!   [`Token`]'s `Debug` and `Display` hide it.
 //! - A job's log lines are sent in order, each exactly once as far as the
 //!   server's line count goes: a batch is resent only with its own index.
-//! - The worker reads the store and never writes it; the lab stores the
+//! - The worker writes nothing to the store but how much of each job's
+//!   log its server took (`Store::set_lava_sent`); the lab stores the
 //!   server's jobs.
 
 use crate::config::LavaWorkerConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::lab::{Caller, LabActor, LabRequest};
-use crate::model::{now_ms, ErrorClass, JobHealth, JobId, JobRecord, JobState, TestCase};
-use crate::store::{Change, StoreReader};
+use crate::model::{now_ms, ErrorClass, JobHealth, JobId, JobRecord, JobState, LavaSent, TestCase};
+use crate::store::{Change, Store, StoreReader};
 use actix::Addr;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -453,6 +457,9 @@ struct Ctx {
     server: Server,
     lab: Addr<LabActor>,
     store: StoreReader,
+    /// Only for how much of each job's log the server took
+    /// ([`Store::set_lava_sent`]).
+    sent: Store,
     closing: watch::Receiver<bool>,
     metrics: crate::metrics::LavaLinkMetrics,
 }
@@ -463,6 +470,7 @@ pub fn start(
     state_dir: &Path,
     lab: Addr<LabActor>,
     store: StoreReader,
+    sent: Store,
     metrics: crate::metrics::LavaLinkMetrics,
 ) -> WorkerHandle {
     let (closing, closing_rx) = watch::channel(false);
@@ -471,6 +479,7 @@ pub fn start(
         server: Server::new(cfg),
         lab,
         store,
+        sent,
         closing: closing_rx,
         metrics,
     };
@@ -810,7 +819,16 @@ fn refusal_type(code: ErrorCode) -> &'static str {
 async fn job_task(ctx: Ctx, j: JobRef, mode: Mode, mut orders: mpsc::UnboundedReceiver<Order>) {
     let lava_id = j.id;
     let token = j.token;
-    let mut log = LogSender::new(lava_id, token.clone(), mode == Mode::Start);
+    // What a labd before this one sent of the job's log, if it sent any:
+    // the rest goes from there.
+    let resume = match ctx.store.lava_sent(lava_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(lava_job = lava_id, error = %e, "LAVA worker: reading the store");
+            return;
+        }
+    };
+    let mut log = LogSender::new(lava_id, token.clone(), resume.unwrap_or_default());
     let labd_job = match mode {
         Mode::Start => {
             let t = token.clone();
@@ -834,7 +852,7 @@ async fn job_task(ctx: Ctx, j: JobRef, mode: Mode, mut orders: mpsc::UnboundedRe
                     tracing::warn!(lava_job = lava_id, error = %e.message, "LAVA worker: the lab refused the server's job");
                     let f = refused(&e);
                     log.push(line("error", &now_ms(), serde_json::json!(f.errors)));
-                    log.push(job_result(&f));
+                    log.push_end(job_result(&f));
                     log.flush(&ctx, true).await;
                     report_finished(&ctx, lava_id, &token, &f).await;
                     return;
@@ -893,7 +911,7 @@ async fn job_task(ctx: Ctx, j: JobRef, mode: Mode, mut orders: mpsc::UnboundedRe
         return;
     }
     let f = finished_of(&rec, mode == Mode::Adopt);
-    log.push(job_result(&f));
+    log.push_end(job_result(&f));
     log.flush(&ctx, true).await;
     report_finished(&ctx, lava_id, &token, &f).await;
 }
@@ -1045,7 +1063,10 @@ fn finished_of(j: &JobRecord, adopted: bool) -> Finished {
     };
     let mut errors = j.error.clone().unwrap_or_default();
     if adopted {
-        errors = format!("{errors} (labd restarted during the job or before reporting its end; its log on the server may be cut short: labd job {} has all of it)", j.id);
+        errors = format!(
+            "{errors} (labd restarted during the job or before reporting its end; labd job {})",
+            j.id
+        );
     }
     Finished {
         result,
@@ -1070,20 +1091,30 @@ fn job_result(f: &Finished) -> String {
 }
 
 /// A job's log lines on their way to the server.
+///
+/// The server's log of a job is three streams of labd's store merged (its
+/// events, console and results) into numbered lines. Each line pending
+/// carries how far into each stream the lines up to it go, so that when
+/// the server takes a batch, that position is stored ([`LavaSent`]) and a
+/// labd restarted after a kill sends exactly the rest.
 struct LogSender {
     lava_id: u64,
     token: Token,
-    /// False for an adopted job: where the server's log of it stopped is
-    /// not known, so nothing is sent but the end.
+    /// False once the server refused the job's log for good.
     sending: bool,
-    /// Lines not yet taken by the server, the first of which is `index`.
-    pending: Vec<String>,
+    /// Lines not yet taken by the server, the first of which is `index`,
+    /// each with the position after it.
+    pending: Vec<(String, LavaSent)>,
     index: u64,
-    /// How far the job's console log, events and results have been read.
+    /// How far the job's console log has been read (`partial` holds its
+    /// bytes read but not yet a line), and how many of its events and
+    /// results are lines.
     log_offset: u64,
     partial: Vec<u8>,
     events: usize,
     results: usize,
+    /// Whether LAVA's `lava`/`job` result is among the lines.
+    ended: bool,
     last_sent: Option<std::time::Instant>,
     failures: u32,
 }
@@ -1096,25 +1127,49 @@ const MAX_PENDING: usize = 10 * MAX_LINES;
 const MAX_LINE_BYTES: usize = 64 * 1024;
 
 impl LogSender {
-    fn new(lava_id: u64, token: Token, sending: bool) -> LogSender {
+    /// A sender from `from`: where the server's log of the job stands
+    /// (nothing yet, or what a labd before this one sent).
+    fn new(lava_id: u64, token: Token, from: LavaSent) -> LogSender {
         LogSender {
             lava_id,
             token,
-            sending,
+            sending: true,
             pending: Vec::new(),
-            index: 0,
-            log_offset: 0,
+            index: from.index,
+            log_offset: from.log,
             partial: Vec::new(),
-            events: 0,
-            results: 0,
+            events: from.events,
+            results: from.results,
+            ended: from.ended,
             last_sent: None,
             failures: 0,
         }
     }
 
+    /// Where the lines made so far end in the job's three streams.
+    fn here(&self) -> LavaSent {
+        LavaSent {
+            index: 0,
+            log: self.log_offset - self.partial.len() as u64,
+            events: self.events,
+            results: self.results,
+            ended: self.ended,
+        }
+    }
+
     fn push(&mut self, l: String) {
         if self.sending {
-            self.pending.push(l);
+            let at = self.here();
+            self.pending.push((l, at));
+        }
+    }
+
+    /// Pushes LAVA's `lava`/`job` result, the job's last line, unless a
+    /// labd before this one sent it.
+    fn push_end(&mut self, l: String) {
+        if !self.ended {
+            self.ended = true;
+            self.push(l);
         }
     }
 
@@ -1135,13 +1190,13 @@ impl LogSender {
         }
         let events = store.events(id).await?;
         for e in events.iter().skip(self.events) {
-            self.pending.push(line(
+            self.events += 1;
+            self.push(line(
                 "info",
                 &e.time,
                 serde_json::json!(format!("{}: {}", e.kind, e.message)),
             ));
         }
-        self.events = events.len().max(self.events);
         loop {
             if self.pending.len() >= MAX_PENDING {
                 return Ok(false);
@@ -1155,24 +1210,24 @@ impl LogSender {
             let now = now_ms();
             while let Some(n) = memchr::memchr(b'\n', &self.partial) {
                 let l: Vec<u8> = self.partial.drain(..=n).collect();
-                self.pending.push(console_line(&l, now));
+                self.push(console_line(&l, now));
             }
             // A console that never ends its line (a binary dump, a
             // flood) is sent in pieces rather than held whole.
             while self.partial.len() >= MAX_LINE_BYTES {
                 let l: Vec<u8> = self.partial.drain(..MAX_LINE_BYTES).collect();
-                self.pending.push(console_line(&l, now));
+                self.push(console_line(&l, now));
             }
         }
         if done && !self.partial.is_empty() {
             let l = std::mem::take(&mut self.partial);
-            self.pending.push(console_line(&l, now_ms()));
+            self.push(console_line(&l, now_ms()));
         }
         let results = store.results(id).await?;
         for r in results.iter().skip(self.results) {
-            self.pending.push(result_line(r));
+            self.results += 1;
+            self.push(result_line(r));
         }
-        self.results = results.len().max(self.results);
         Ok(true)
     }
 
@@ -1199,12 +1254,27 @@ impl LogSender {
             {
                 return;
             }
-            let batch: Vec<String> = self.pending.iter().take(MAX_LINES).cloned().collect();
+            let batch: Vec<String> = self
+                .pending
+                .iter()
+                .take(MAX_LINES)
+                .map(|(l, _)| l.clone())
+                .collect();
             let (token, lava_id, index) = (self.token.clone(), self.lava_id, self.index);
             self.last_sent = Some(std::time::Instant::now());
             match call(&ctx.server, move |s| s.logs(lava_id, &token, &batch, index)).await {
                 Ok(n) => {
                     let n = n.min(self.pending.len());
+                    if let Some((_, at)) = n.checked_sub(1).and_then(|last| self.pending.get(last))
+                    {
+                        let sent = LavaSent {
+                            index: self.index + n as u64,
+                            ..*at
+                        };
+                        // Not waited for: a position lost to a crash only
+                        // sends lines the server skips by their index.
+                        drop(ctx.sent.set_lava_sent(self.lava_id, sent));
+                    }
                     self.pending.drain(..n);
                     ctx.metrics.lines_sent(n);
                     ctx.metrics.lines_queued(self.lava_id, self.pending.len());

@@ -235,6 +235,21 @@ pub struct LavaJob {
     pub board: String,
 }
 
+/// How much of a job's log a lava-server has taken (see `lava_worker`): its
+/// next line's index there, and how far into each of the job's console
+/// log, events and results those lines go. Kept in the store after each
+/// batch the server takes, so that a restarted labd sends the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LavaSent {
+    pub index: u64,
+    /// Bytes of the console log sent (always at a line's end, or a piece's).
+    pub log: u64,
+    pub events: usize,
+    pub results: usize,
+    /// Whether LAVA's own `lava`/`job` result, the last line, was taken.
+    pub ended: bool,
+}
+
 /// Whose rights a job's `file://` artifacts are read with: its submitter,
 /// as the kernel named them on the socket (`SO_PEERCRED`, `SO_PEERGROUPS`).
 /// A group list the record lacks (jobs from before it was kept) is looked

@@ -702,6 +702,52 @@ impl Drop for Gunicorn {
     }
 }
 
+/// A job of a lab working for a [`Gunicorn`] of its own that runs a test
+/// case (`before`), waits until the server has it, and then, the server
+/// stopped, goes on with `steps`.
+struct AwayJob {
+    server: Gunicorn,
+    ll: LavaLab,
+    /// The job's id on the server.
+    id: u64,
+}
+
+impl AwayJob {
+    fn start(test: &str, steps: &[&str]) -> AwayJob {
+        let server = Gunicorn::start();
+        let ll = LavaLab::start_at(
+            test,
+            &server.url(),
+            "labd-sim",
+            1,
+            false,
+            "ping_interval_secs = 1\n",
+        );
+        let gate = ll.lab.dir.path().join("gate");
+        let wait_gate = format!("while [ ! -e {} ]; do sleep 0.1; done", gate.display());
+        let mut all = vec!["lava-test-case before --shell true", &wait_gate];
+        all.extend_from_slice(steps);
+        let id = ll.submit(&ll.job(test, &all));
+        ll.server_job(id, Duration::from_secs(60), |j| j["state"] == "Running");
+        // The log reaches the server while it is there.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !server_results(&ll.token, id)
+            .iter()
+            .any(|r| r.1 == "before")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "`before` never reached the server"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let mut away = AwayJob { server, ll, id };
+        away.server.down();
+        std::fs::write(&gate, "").unwrap();
+        away
+    }
+}
+
 /// The server stopped in the middle of a job and started again once the
 /// job has ended: the job ran on to its end on the board (a server away
 /// stops nothing), and the server, back, gets the whole log, each test
@@ -711,41 +757,13 @@ fn a_server_away_during_a_job_gets_its_whole_log_and_end_when_back() {
     if !have_server() {
         return;
     }
-    let mut server = Gunicorn::start();
-    let ll = LavaLab::start_at(
+    let AwayJob { mut server, ll, id } = AwayJob::start(
         "away",
-        &server.url(),
-        "labd-sim",
-        1,
-        false,
-        "ping_interval_secs = 1\n",
-    );
-    let gate = ll.lab.dir.path().join("gate");
-    let wait_gate = format!("while [ ! -e {} ]; do sleep 0.1; done", gate.display());
-    let id = ll.submit(&ll.job(
-        "server-away",
         &[
-            "lava-test-case before --shell true",
-            &wait_gate,
             "lava-test-case after --shell true",
             "echo the-last-line-$((6 * 7))",
         ],
-    ));
-    ll.server_job(id, Duration::from_secs(60), |j| j["state"] == "Running");
-    // The log reaches the server while it is there.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !server_results(&ll.token, id)
-        .iter()
-        .any(|r| r.1 == "before")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "`before` never reached the server"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    server.down();
-    std::fs::write(&gate, "").unwrap();
+    );
     let (lid, ours) = rt().block_on(async {
         let labd = labd_job(&ll.lab).await;
         let lid = labd["id"].as_u64().unwrap();
@@ -997,4 +1015,59 @@ fn boards_and_top_show_a_running_lava_job_and_the_link_metrics_count_it() {
         assert!(metric(&text, "labd_lava_log_lines_sent_total", "") > 0.0, "{text}");
         assert_eq!(metric(&text, "labd_lava_log_lines_queued", ""), 0.0, "{text}");
     });
+}
+
+/// labd SIGKILLed while the server is away, with lines of the job the
+/// server has not taken yet: the restarted labd sends them (from where the
+/// server's log stopped, which it kept in its store), each test case once,
+/// then the job's end, Incomplete.
+#[test]
+fn a_labd_killed_while_the_server_is_away_sends_the_rest_after_its_restart() {
+    if !have_server() {
+        return;
+    }
+    let AwayJob {
+        mut server,
+        mut ll,
+        id,
+    } = AwayJob::start(
+        "kill-away",
+        &[
+            "lava-test-case during --shell true",
+            "echo the-line-after-$((6 * 7))",
+            "sleep 600",
+        ],
+    );
+    rt().block_on(async {
+        let lid = labd_job(&ll.lab).await["id"].as_u64().unwrap();
+        until_log_contains(&ll.lab, lid, "the-line-after-42").await;
+        let mut c = ll.lab.client().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !results(&mut c, lid).await.iter().any(|r| r.0 == "during") {
+            assert!(Instant::now() < deadline, "labd never recorded `during`");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // The lines wait in labd for the server.
+    ll.lab.wait_log("sending log lines failed");
+    ll.lab.kill_labd();
+    server.up();
+    ll.lab.start_labd();
+    let j = ll.server_job(id, Duration::from_secs(120), |j| j["state"] == "Finished");
+    assert_eq!(j["health"], "Incomplete", "{j}");
+    let theirs = server_results(&ll.token, id);
+    assert_eq!(
+        user_cases(&theirs),
+        [
+            ("before".to_owned(), "pass".to_owned()),
+            ("during".into(), "pass".into())
+        ],
+        "{theirs:?}"
+    );
+    assert!(
+        theirs.contains(&("lava".into(), "job".into(), "fail".into())),
+        "{theirs:?}"
+    );
+    let log = ll.server_log(id);
+    assert!(log.contains("the-line-after-42"), "{log}");
 }

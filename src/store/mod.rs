@@ -249,6 +249,14 @@ fn lava_key(lava_id: u64) -> Vec<u8> {
     k
 }
 
+/// The key in `meta` of how much of a lava-server job's log the server took
+/// (`lava_sent/` and the server's id, big-endian).
+fn lava_sent_key(lava_id: u64) -> Vec<u8> {
+    let mut k = b"lava_sent/".to_vec();
+    k.extend_from_slice(&lava_id.to_be_bytes());
+    k
+}
+
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     // Invariant: our record types serialize to JSON without failure (no maps
     // with non-string keys, no non-finite floats).
@@ -566,6 +574,16 @@ impl Store {
         self.send(move |tx| Write::Board(board, tx))
     }
 
+    /// Records how much of lava-server job `lava_id`'s log the server took
+    /// (only `lava_worker` writes it; see [`StoreReader::lava_sent`]).
+    pub fn set_lava_sent(
+        &self,
+        lava_id: u64,
+        sent: crate::model::LavaSent,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.send(move |tx| Write::LavaSent(lava_id, sent, tx))
+    }
+
     /// Drops finished jobs' console logs as `r` says, oldest job first.
     pub fn prune_logs(
         &self,
@@ -702,6 +720,19 @@ impl StoreReader {
                 Some(v) => dec(&v).map(Some),
                 None => Ok(None),
             },
+        })
+        .await
+    }
+
+    /// How much of lava-server job `lava_id`'s log the server took, if
+    /// it took any.
+    pub async fn lava_sent(
+        &self,
+        lava_id: u64,
+    ) -> Result<Option<crate::model::LavaSent>, StoreError> {
+        self.read(move |t| match t.meta.get(lava_sent_key(lava_id))? {
+            None => Ok(None),
+            Some(v) => dec(&v).map(Some),
         })
         .await
     }
@@ -866,6 +897,37 @@ mod tests {
             })
             .await
             .unwrap();
+    }
+
+    /// How much of a lava-server job's log was sent survives a reopen, per
+    /// server job, and the store stays sound with it.
+    #[tokio::test]
+    async fn a_lava_job_s_sent_position_is_kept_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, Default::default()).unwrap();
+        assert_eq!(store.reader().lava_sent(7).await.unwrap(), None);
+        let sent = crate::model::LavaSent {
+            index: 120,
+            log: 4096,
+            events: 3,
+            results: 2,
+            ended: false,
+        };
+        store.set_lava_sent(7, sent).await.unwrap();
+        let later = crate::model::LavaSent {
+            index: 130,
+            ended: true,
+            ..sent
+        };
+        store.set_lava_sent(7, later).await.unwrap();
+        store.set_lava_sent(8, sent).await.unwrap();
+        store.close();
+        let store = Store::open(dir.path(), 1 << 20, Default::default()).unwrap();
+        let r = store.reader();
+        assert_eq!(r.lava_sent(7).await.unwrap(), Some(later));
+        assert_eq!(r.lava_sent(8).await.unwrap(), Some(sent));
+        assert_eq!(store.check().unwrap(), Vec::<String>::new());
+        store.close();
     }
 
     /// A schema 1 store (console bytes inline in sled) opens upgraded: its

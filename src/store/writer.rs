@@ -136,6 +136,11 @@ pub(super) enum Write {
         oneshot::Sender<Result<(), StoreError>>,
     ),
     Board(BoardRecord, oneshot::Sender<Result<(), StoreError>>),
+    LavaSent(
+        u64,
+        crate::model::LavaSent,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
     Prune(Retention, oneshot::Sender<Result<PruneReport, StoreError>>),
 }
 
@@ -152,6 +157,7 @@ impl Write {
             | Write::LogsQueued
             | Write::Sync(_)
             | Write::Board(..)
+            | Write::LavaSent(..)
             | Write::Prune(..) => None,
         }
     }
@@ -631,7 +637,8 @@ fn fail(w: Write, e: StoreError) {
         | Write::Log(_, _, _, tx)
         | Write::Sync(tx)
         | Write::Results(_, _, tx)
-        | Write::Board(_, tx) => {
+        | Write::Board(_, tx)
+        | Write::LavaSent(_, _, tx) => {
             let _ = tx.send(Err(e));
         }
         Write::Prune(_, tx) => {
@@ -964,6 +971,14 @@ fn apply(
             let r = t
                 .boards
                 .insert(b.name.as_bytes(), enc(&b))
+                .map(|_| ())
+                .map_err(StoreError::from);
+            defer(done, tx, r);
+        }
+        Write::LavaSent(lava_id, sent, tx) => {
+            let r = t
+                .meta
+                .insert(super::lava_sent_key(lava_id), enc(&sent))
                 .map(|_| ())
                 .map_err(StoreError::from);
             defer(done, tx, r);
