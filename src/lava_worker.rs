@@ -34,8 +34,11 @@
 //! and reports it FINISHED with its end, Incomplete (Infrastructure),
 //! after the rest of its log: each batch the server takes is recorded in
 //! the store ([`LavaSent`]: its index there and how far into the job's
-//! events, console and results it goes), and the restarted worker sends
-//! from there.
+//! events, console and results it goes; a job starts at the empty
+//! position, stored before its first line), and the restarted worker
+//! sends from there. A job with no position was taken by a labd from
+//! before positions were kept (an upgrade): only its end is sent, since
+//! its lines again would repeat its test cases on the server.
 //!
 //! lava-publisher's websocket (`ws_url`, `<url>/ws/` by default) says
 //! when the server schedules or cancels a job of this worker: the worker
@@ -829,6 +832,13 @@ async fn job_task(ctx: Ctx, j: JobRef, mode: Mode, mut orders: mpsc::UnboundedRe
         }
     };
     let mut log = LogSender::new(lava_id, token.clone(), resume.unwrap_or_default());
+    if resume.is_none() && mode != Mode::Start {
+        // A job a labd from before sent positions were kept took (an
+        // upgrade): where the server's log of it stands is not known, and
+        // sending it again would repeat its test cases there. Only its end
+        // goes.
+        log.sending = false;
+    }
     let labd_job = match mode {
         Mode::Start => {
             let t = token.clone();
@@ -886,6 +896,13 @@ async fn job_task(ctx: Ctx, j: JobRef, mode: Mode, mut orders: mpsc::UnboundedRe
         report_finished(&ctx, lava_id, &token, &f).await;
         return;
     };
+    if mode == Mode::Start && resume.is_none() {
+        // Stored before the first line goes: a restarted labd that finds
+        // no position knows the job is from before positions were kept.
+        if let Err(e) = ctx.sent.set_lava_sent(lava_id, LavaSent::default()).await {
+            tracing::warn!(lava_job = lava_id, error = %e, "LAVA worker: storing where the job's log starts");
+        }
+    }
     if mode == Mode::Start {
         ctx.metrics.job_started();
         tracing::info!(
