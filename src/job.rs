@@ -520,6 +520,18 @@ pub struct JobError {
     pub errors: Vec<Diagnostic>,
 }
 
+/// A refused job on the socket: its code, every error, and where the
+/// first one is.
+impl From<JobError> for crate::error::ApiError {
+    fn from(e: JobError) -> Self {
+        crate::error::ApiError {
+            code: e.code(),
+            message: e.to_string(),
+            location: Some(e.first().location.clone()),
+        }
+    }
+}
+
 impl JobError {
     pub fn first(&self) -> &Diagnostic {
         // Invariant: a JobError is only built with at least one diagnostic.
@@ -637,6 +649,27 @@ impl Ctx<'_> {
             Node::Scalar(s) => Some(s.as_str().to_owned()),
             _ => {
                 self.err(path, node.span(), "expected a string");
+                None
+            }
+        }
+    }
+
+    /// A `compression` key: what labd undoes, or None (said) when it is
+    /// not a string or not one labd undoes.
+    fn compression(&mut self, path: &str, node: &Node) -> Option<Compression> {
+        match self.string(path, node)?.as_str() {
+            "gz" => Some(Compression::Gz),
+            "xz" => Some(Compression::Xz),
+            "zstd" => Some(Compression::Zstd),
+            "none" => Some(Compression::None),
+            other => {
+                self.unsupported(
+                    path,
+                    node.span(),
+                    format!(
+                        "compression `{other}` is not supported; labd undoes `gz`, `xz` and `zstd`"
+                    ),
+                );
                 None
             }
         }
@@ -1658,19 +1691,11 @@ fn artifact(
                     }
                 }
             }
-            "compression" => match ctx.string(&p, val).as_deref() {
-                Some("gz") => compression = Compression::Gz,
-                Some("xz") => compression = Compression::Xz,
-                Some("zstd") => compression = Compression::Zstd,
-                Some("none") | None => {}
-                Some(other) => ctx.unsupported(
-                    &p,
-                    val.span(),
-                    format!(
-                        "compression `{other}` is not supported; labd undoes `gz`, `xz` and `zstd`"
-                    ),
-                ),
-            },
+            "compression" => {
+                if let Some(c) = ctx.compression(&p, val) {
+                    compression = c;
+                }
+            }
             "url" => {
                 let Some(u) = ctx.string(&p, val) else {
                     continue;
@@ -2984,19 +3009,11 @@ fn parse_definition(ctx: &mut Ctx, path: &str, v: &Node) -> Option<TestDefinitio
                     }
                 }
             }
-            "compression" if is_url => match ctx.string(&p, val).as_deref() {
-                Some("gz") => url_compression = Compression::Gz,
-                Some("xz") => url_compression = Compression::Xz,
-                Some("zstd") => url_compression = Compression::Zstd,
-                Some("none") | None => {}
-                Some(other) => ctx.unsupported(
-                    &p,
-                    val.span(),
-                    format!(
-                        "compression `{other}` is not supported; labd undoes `gz`, `xz` and `zstd`"
-                    ),
-                ),
-            },
+            "compression" if is_url => {
+                if let Some(c) = ctx.compression(&p, val) {
+                    url_compression = c;
+                }
+            }
             "strip-components" if is_url => {
                 match ctx.string(&p, val).and_then(|n| n.parse::<u32>().ok()) {
                     Some(n) if n <= 16 => strip_components = n,

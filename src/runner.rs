@@ -1364,14 +1364,7 @@ impl Runner {
         if self.ctx.def.secrets.is_empty() {
             return Ok(());
         }
-        let secrets: Vec<(String, String)> = self
-            .ctx
-            .def
-            .secrets
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let text = crate::overlay::secrets_file(&secrets)
+        let text = crate::overlay::secrets_file(&self.ctx.def.secrets)
             .map_err(|e| Stop(JobOutcome::incomplete(ErrorClass::Job, e.to_string())))?;
         let dir = format!("/lava-{}", self.ctx.job_id);
         self.shell_step(&format!(

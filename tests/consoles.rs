@@ -18,14 +18,6 @@ fn have_ser2net() -> bool {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Ser2net(Child);
 
 impl Drop for Ser2net {

@@ -447,38 +447,18 @@ fn a_definitions_expected_cases_are_held_to() {
 /// `smoke.yaml`, and `with-repo.yaml`, whose `install: git-repos` is this
 /// same repository.
 fn definitions_repo(dir: &std::path::Path) -> std::path::PathBuf {
-    let work = dir.join("work");
-    std::fs::create_dir_all(work.join("defs")).unwrap();
-    std::fs::write(
-        work.join("defs/with-repo.yaml"),
-        format!(
-            "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: with-repo\ninstall:\n  git-repos:\n    - url: file://{}\n      destination: helpers\n      branch: main\nrun:\n  steps:\n    - lava-test-case repo-there --shell test -f helpers/defs/smoke.yaml\n",
-            dir.join("defs.git").display()
-        ),
+    let with_repo = format!(
+        "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: with-repo\ninstall:\n  git-repos:\n    - url: file://{}\n      destination: helpers\n      branch: main\nrun:\n  steps:\n    - lava-test-case repo-there --shell test -f helpers/defs/smoke.yaml\n",
+        dir.join("defs.git").display()
+    );
+    let smoke = "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: smoke\nrun:\n  steps:\n    - lava-test-case ok --shell true\n";
+    bare_definitions_repo(
+        dir,
+        &[
+            ("defs/with-repo.yaml", with_repo),
+            ("defs/smoke.yaml", smoke.into()),
+        ],
     )
-    .unwrap();
-    std::fs::write(
-        work.join("defs/smoke.yaml"),
-        "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: smoke\nrun:\n  steps:\n    - lava-test-case ok --shell true\n",
-    )
-    .unwrap();
-    let git = |cwd: &std::path::Path, args: &[&str]| {
-        let st = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
-            .args(args)
-            .current_dir(cwd)
-            .status()
-            .unwrap();
-        assert!(st.success(), "git {args:?}");
-    };
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "-q", "-m", "defs"]);
-    git(&work, &["tag", "v1"]);
-    git(dir, &["init", "-q", "--bare", "defs.git"]);
-    let bare = dir.join("defs.git");
-    git(&work, &["push", "-q", bare.to_str().unwrap(), "main", "v1"]);
-    bare
 }
 
 /// A lab whose git cache may read `<lab dir>/repos`, where a definitions
@@ -576,27 +556,42 @@ fn a_git_definition_without_a_ramdisk_is_refused_at_submit() {
 /// (removed after) and runs with the host's `sh`.
 #[test]
 fn a_git_definition_runs_from_an_overlay_the_board_fetched_over_http() {
+    let Some((results, _, log)) = a_transferred_git_job(|job| job) else {
+        return;
+    };
+    assert_eq!(results, ["0_smoke/ok pass"]);
+    assert!(log.contains("overlay.tar.gz"), "{log}");
+}
+
+/// Runs the `from: git` job (`git_job`, changed by `edit`) on a lab that
+/// serves overlays, its board fetching the overlay with curl and unpacking
+/// it at `/`; the job must end Complete. Its results, record and log, or
+/// None when git, curl or root is missing (the test then has nothing to
+/// run).
+fn a_transferred_git_job(
+    edit: impl FnOnce(String) -> String,
+) -> Option<(Vec<String>, Value, String)> {
     if !require_tool("git", "install the Debian package git; .ci/run does")
         || !require_tool("curl", "install the Debian package curl; .ci/run does")
         || !require_root("the board unpacks its overlay at / (tar -C /)")
     {
-        return;
+        return None;
     }
     let _root = HOST_ROOT.lock().unwrap_or_else(|e| e.into_inner());
-    rt().block_on(async {
+    Some(rt().block_on(async {
         let (lab, repo) =
             git_lab("[deploy]\nfile_roots = [\"@DIR@\"]\noverlay_http = \"127.0.0.1:0\"\n");
         let mut c = lab.client().await;
         let text = with_transfer(
-            git_job(&lab, &repo, "v1", true),
+            edit(git_job(&lab, &repo, "v1", true)),
             "curl -sSfO",
             "tar -C / -xzf",
         );
         let (id, end, log) = ended_unpacked_at_root(&mut c, &text).await;
         assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
-        assert_eq!(all_results(&mut c, id).await, ["0_smoke/ok pass"]);
-        assert!(log.contains("overlay.tar.gz"), "{log}");
-    });
+        let record = common::job(&mut c, id).await;
+        (all_results(&mut c, id).await, record, log)
+    }))
 }
 
 /// LAVA's `install: git-repos`: the lab clones the repository a
@@ -604,33 +599,15 @@ fn a_git_definition_runs_from_an_overlay_the_board_fetched_over_http() {
 /// directory in the overlay, where the definition's steps find it.
 #[test]
 fn a_definitions_install_git_repos_are_cloned_into_the_overlay() {
-    if !require_tool("git", "install the Debian package git; .ci/run does")
-        || !require_tool("curl", "install the Debian package curl; .ci/run does")
-        || !require_root("the board unpacks its overlay at / (tar -C /)")
-    {
+    let Some((results, record, _)) = a_transferred_git_job(|job| {
+        job.replace("path: defs/smoke.yaml", "path: defs/with-repo.yaml")
+            .replace("name: smoke", "name: with-repo")
+    }) else {
         return;
-    }
-    let _root = HOST_ROOT.lock().unwrap_or_else(|e| e.into_inner());
-    rt().block_on(async {
-        let (lab, repo) =
-            git_lab("[deploy]\nfile_roots = [\"@DIR@\"]\noverlay_http = \"127.0.0.1:0\"\n");
-        let mut c = lab.client().await;
-        let text = with_transfer(
-            git_job(&lab, &repo, "v1", true)
-                .replace("path: defs/smoke.yaml", "path: defs/with-repo.yaml")
-                .replace("name: smoke", "name: with-repo"),
-            "curl -sSfO",
-            "tar -C / -xzf",
-        );
-        let (id, end, log) = ended_unpacked_at_root(&mut c, &text).await;
-        assert_eq!(end["end"]["health"], "Complete", "{end}\n{log}");
-        assert_eq!(
-            all_results(&mut c, id).await,
-            ["0_with-repo/repo-there pass"]
-        );
-        let events = common::job(&mut c, id).await["events"].to_string();
-        assert!(events.contains("install git-repos"), "{events}");
-    });
+    };
+    assert_eq!(results, ["0_with-repo/repo-there pass"]);
+    let events = record["events"].to_string();
+    assert!(events.contains("install git-repos"), "{events}");
 }
 
 /// LAVA's `from: url`: a tarball of definitions (here a `file://` one
@@ -655,6 +632,15 @@ fn url_definitions_are_unpacked_from_their_tarball() {
         );
         let mut c = lab.client().await;
         let a = lab.artifacts();
+        // `defs.tar.gz` of `a/tree`, as GNU tar packs it.
+        let pack = |a: &std::path::Path| {
+            let st = std::process::Command::new("tar")
+                .args(["-czf", "defs.tar.gz", "-C", "tree", "."])
+                .current_dir(a)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        };
         let tree = a.join("tree/test-definitions-1.0/automated");
         std::fs::create_dir_all(&tree).unwrap();
         std::fs::write(
@@ -662,12 +648,7 @@ fn url_definitions_are_unpacked_from_their_tarball() {
             "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: smoke\nrun:\n  steps:\n    - lava-test-case from-url --shell test -f automated/smoke.yaml\n",
         )
         .unwrap();
-        let st = std::process::Command::new("tar")
-            .args(["-czf", "defs.tar.gz", "-C", "tree", "."])
-            .current_dir(&a)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        pack(&a);
         let job = with_transfer(
             lab.job("url", "medium", &["true"]),
             "curl -sSfO",
@@ -684,12 +665,7 @@ fn url_definitions_are_unpacked_from_their_tarball() {
         assert_eq!(all_results(&mut c, id).await, ["0_smoke/from-url pass"]);
         // Two directories at the top cannot be stripped as one.
         std::fs::create_dir_all(a.join("tree/second")).unwrap();
-        let st = std::process::Command::new("tar")
-            .args(["-czf", "defs.tar.gz", "-C", "tree", "."])
-            .current_dir(&a)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        pack(&a);
         let id = submit(&mut c, &job).await;
         let (end, log) = ended(&mut c, id).await;
         assert_eq!(end["end"]["health"], "Incomplete", "{end}\n{log}");

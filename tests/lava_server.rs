@@ -612,12 +612,10 @@ struct Gunicorn {
 
 impl Gunicorn {
     fn start() -> Gunicorn {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut g = Gunicorn { port, child: None };
+        let mut g = Gunicorn {
+            port: free_port(),
+            child: None,
+        };
         g.up();
         g
     }

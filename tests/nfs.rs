@@ -30,15 +30,6 @@ fn have_nfs() -> bool {
         && require_root("Ganesha's VFS backend (open_by_handle_at)")
 }
 
-/// A TCP port free now, for the lab's NFS server.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn nfs_lab(port: u16) -> Lab {
     Lab::start_with(
         1,

@@ -43,15 +43,6 @@ fn keygen(path: &Path) {
     assert!(st.success(), "ssh-keygen {}", path.display());
 }
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A real sshd on 127.0.0.1 with a host key, one authorized client key
 /// and its own pid file, all in a temp dir; killed when dropped.
 struct Sshd {
@@ -117,6 +108,17 @@ impl Sshd {
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// A lab whose ssh board is this sshd, logged in to with the key it
+    /// accepts and its own host key known; `extra` is more config.
+    fn lab(&self, extra: &str) -> Lab {
+        ssh_lab(
+            self.port,
+            &self.path("client_key"),
+            &self.path("known_hosts"),
+            extra,
+        )
     }
 
     /// Waits for a line of sshd's log containing `needle` (an event).
@@ -189,12 +191,7 @@ fn inline_definitions_run_over_ssh_and_the_session_ends_with_the_job() {
     }
     let sshd = Sshd::start();
     rt().block_on(async {
-        let lab = ssh_lab(
-            sshd.port,
-            &sshd.path("client_key"),
-            &sshd.path("known_hosts"),
-            "",
-        );
+        let lab = sshd.lab("");
         let mut c = lab.client().await;
         // Nothing connects before a job boots the board.
         let id = submit(&mut c, &ssh_job("", INLINE)).await;
@@ -243,12 +240,7 @@ fn a_git_definition_reaches_the_device_over_ssh_in_the_overlay() {
     }
     let sshd = Sshd::start();
     rt().block_on(async {
-        let lab = ssh_lab(
-            sshd.port,
-            &sshd.path("client_key"),
-            &sshd.path("known_hosts"),
-            "[git]\nfile_roots = [\"@DIR@/repos\"]\n",
-        );
+        let lab = sshd.lab("[git]\nfile_roots = [\"@DIR@/repos\"]\n");
         let repos = lab.dir.path().join("repos");
         std::fs::create_dir_all(&repos).unwrap();
         let repo = definitions_repo(&repos);
@@ -283,30 +275,29 @@ fn a_git_definition_reaches_the_device_over_ssh_in_the_overlay() {
 /// A bare repository with one test definition, tagged `v1`, in `dir`: its
 /// second case passes only where the overlay's own files are.
 fn definitions_repo(dir: &Path) -> PathBuf {
-    let work = dir.join("work");
-    std::fs::create_dir_all(work.join("defs")).unwrap();
-    std::fs::write(
-        work.join("defs/smoke.yaml"),
-        "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: smoke\nrun:\n  steps:\n    - lava-test-case ok --shell true\n    - lava-test-case device --shell test -f defs/smoke.yaml\n",
-    )
-    .unwrap();
-    let git = |cwd: &Path, args: &[&str]| {
-        let st = Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
-            .args(args)
-            .current_dir(cwd)
-            .status()
-            .unwrap();
-        assert!(st.success(), "git {args:?}");
-    };
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "-q", "-m", "defs"]);
-    git(&work, &["tag", "v1"]);
-    git(dir, &["init", "-q", "--bare", "defs.git"]);
-    let bare = dir.join("defs.git");
-    git(&work, &["push", "-q", bare.to_str().unwrap(), "main", "v1"]);
-    bare
+    let smoke = "metadata:\n  format: Lava-Test Test Definition 1.0\n  name: smoke\nrun:\n  steps:\n    - lava-test-case ok --shell true\n    - lava-test-case device --shell test -f defs/smoke.yaml\n";
+    bare_definitions_repo(dir, &[("defs/smoke.yaml", smoke.into())])
+}
+
+/// Runs the inline job on an ssh board at `port` with `key` and
+/// `known_hosts` (files of `sshd`), `boot` more keys of its boot, where
+/// the login fails: the job must end Incomplete, the lab's failure
+/// (Infrastructure), with no test results. Its record and log.
+async fn a_failed_login(
+    sshd: &Sshd,
+    port: u16,
+    key: &str,
+    known_hosts: &str,
+    boot: &str,
+) -> (Value, String) {
+    let lab = ssh_lab(port, &sshd.path(key), &sshd.path(known_hosts), "");
+    let mut c = lab.client().await;
+    let id = submit(&mut c, &ssh_job(boot, INLINE)).await;
+    let (j, log) = ended(&mut c, id).await;
+    assert_eq!(j["health"], "Incomplete", "{j}\n{log}");
+    assert_eq!(j["error_class"], "Infrastructure", "{j}");
+    assert!(results(&mut c, id).await.is_empty(), "{j}");
+    (j, log)
 }
 
 /// A device whose host key is not the one in the board's known_hosts is
@@ -319,17 +310,7 @@ fn a_host_key_that_does_not_match_ends_the_job_naming_it() {
     }
     let sshd = Sshd::start();
     rt().block_on(async {
-        let lab = ssh_lab(
-            sshd.port,
-            &sshd.path("client_key"),
-            &sshd.path("wrong_known_hosts"),
-            "",
-        );
-        let mut c = lab.client().await;
-        let id = submit(&mut c, &ssh_job("", INLINE)).await;
-        let (j, log) = ended(&mut c, id).await;
-        assert_eq!(j["health"], "Incomplete", "{j}\n{log}");
-        assert_eq!(j["error_class"], "Infrastructure", "{j}");
+        let (j, _) = a_failed_login(&sshd, sshd.port, "client_key", "wrong_known_hosts", "").await;
         let error = j["error"].as_str().unwrap();
         assert!(
             error.starts_with(&format!(
@@ -339,7 +320,6 @@ fn a_host_key_that_does_not_match_ends_the_job_naming_it() {
             "{error}"
         );
         assert!(error.contains("Host key verification failed"), "{error}");
-        assert!(results(&mut c, id).await.is_empty());
     });
 }
 
@@ -352,17 +332,7 @@ fn a_key_the_device_refuses_is_an_authentication_failure() {
     }
     let sshd = Sshd::start();
     rt().block_on(async {
-        let lab = ssh_lab(
-            sshd.port,
-            &sshd.path("other_key"),
-            &sshd.path("known_hosts"),
-            "",
-        );
-        let mut c = lab.client().await;
-        let id = submit(&mut c, &ssh_job("", INLINE)).await;
-        let (j, log) = ended(&mut c, id).await;
-        assert_eq!(j["health"], "Incomplete", "{j}\n{log}");
-        assert_eq!(j["error_class"], "Infrastructure", "{j}");
+        let (j, log) = a_failed_login(&sshd, sshd.port, "other_key", "known_hosts", "").await;
         let error = j["error"].as_str().unwrap();
         assert!(error.contains("the board refused labd's key"), "{error}");
         assert!(error.contains("Permission denied (publickey)"), "{error}");
@@ -385,17 +355,14 @@ fn a_refused_connection_is_retried_per_failure_retry() {
     let sshd = Sshd::start();
     let port = free_port();
     rt().block_on(async {
-        let lab = ssh_lab(
+        let (j, _) = a_failed_login(
+            &sshd,
             port,
-            &sshd.path("client_key"),
-            &sshd.path("known_hosts"),
-            "",
-        );
-        let mut c = lab.client().await;
-        let id = submit(&mut c, &ssh_job("    failure_retry: 2\n", INLINE)).await;
-        let (j, log) = ended(&mut c, id).await;
-        assert_eq!(j["health"], "Incomplete", "{j}\n{log}");
-        assert_eq!(j["error_class"], "Infrastructure", "{j}");
+            "client_key",
+            "known_hosts",
+            "    failure_retry: 2\n",
+        )
+        .await;
         let error = j["error"].as_str().unwrap();
         assert!(
             error.starts_with(&format!("ssh root@127.0.0.1:{port}: connection refused")),

@@ -338,18 +338,7 @@ fn render_top(boards: &Value, queued: usize, now: u64) -> String {
     };
     let list = boards["boards"].as_array().cloned().unwrap_or_default();
     let busy = list.iter().filter(|b| !b["job"].is_null()).count();
-    let ow = list
-        .iter()
-        .map(|b| owner(b).len())
-        .max()
-        .unwrap_or(0)
-        .max(5);
-    let jw = list
-        .iter()
-        .map(|b| job_cell(b).len())
-        .max()
-        .unwrap_or(0)
-        .max(7);
+    let (ow, jw) = (widest(&list, owner, 5), widest(&list, job_cell, 7));
     let mut out = format!(
         "labd top   boards: {} ({busy} busy)   queued jobs: {queued}\n\n{:<12} {:<ow$} {:<9} {:<12} {:<jw$} {:<19} {:>9} {:>9}\n",
         list.len(),
@@ -772,6 +761,19 @@ fn print_job(id: u64, v: &Value) {
     }
 }
 
+/// The width of a column of `cell`s of `rows`: its longest, at least `min`.
+fn widest<'a>(
+    rows: impl IntoIterator<Item = &'a Value>,
+    cell: impl Fn(&Value) -> String,
+    min: usize,
+) -> usize {
+    rows.into_iter()
+        .map(|r| cell(r).len())
+        .max()
+        .unwrap_or(0)
+        .max(min)
+}
+
 /// The `labctl boards` table.
 fn print_boards(v: &Value) {
     let boards: Vec<&Value> = v["boards"].as_array().into_iter().flatten().collect();
@@ -784,18 +786,10 @@ fn print_boards(v: &Value) {
             .max(min)
     };
     let (nw, dw) = (width("name", 12), width("device_type", 20));
-    let ow = boards
-        .iter()
-        .map(|b| owner(b).len())
-        .max()
-        .unwrap_or(0)
-        .max(5);
-    let jw = boards
-        .iter()
-        .map(|b| job_cell(b).len())
-        .max()
-        .unwrap_or(0)
-        .max(7);
+    let (ow, jw) = (
+        widest(boards.iter().copied(), owner, 5),
+        widest(boards.iter().copied(), job_cell, 7),
+    );
     println!(
         "{:<nw$} {:<dw$} {:<ow$} {:<9} {:<12} {:<8} {:<jw$} {:<19} TAGS",
         "NAME", "DEVICE TYPE", "OWNER", "STATE", "HEALTH", "POWER", "JOB", "PHASE"

@@ -1,8 +1,7 @@
 //! LAVA's `connection_command`: a program whose stdin and stdout are the
 //! console.
 
-use super::fdio::ConsoleReader;
-use super::{Console, ConsoleError, ConsoleIo, Held};
+use super::{Console, ConsoleError, ConsoleIo};
 use crate::driver::BoxFuture;
 use tokio::io::AsyncRead;
 
@@ -114,18 +113,7 @@ impl Console for CommandConsole {
                 None => Vec::new(),
             };
             let stdout = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(first), stdout);
-            let keep: std::sync::Arc<dyn std::any::Any + Send + Sync> =
-                std::sync::Arc::new(std::sync::Mutex::new(child));
-            Ok(ConsoleIo {
-                reader: ConsoleReader::stream(Held {
-                    inner: stdout,
-                    _lock: keep.clone(),
-                }),
-                writer: Box::new(Held {
-                    inner: stdin,
-                    _lock: keep,
-                }),
-            })
+            Ok(super::child_io(child, stdout, stdin))
         })
     }
     fn describe(&self) -> String {
@@ -136,6 +124,7 @@ impl Console for CommandConsole {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::ConsoleReader;
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
 

@@ -85,6 +85,28 @@ pub trait Console: Send + Sync {
     }
 }
 
+/// A console on a child process's output and input (a command console,
+/// an ssh session): the child, killed when dropped, lives as long as
+/// either half.
+fn child_io(
+    child: tokio::process::Child,
+    output: impl AsyncRead + Send + Unpin + 'static,
+    input: impl AsyncWrite + Send + Unpin + 'static,
+) -> ConsoleIo {
+    let keep: std::sync::Arc<dyn std::any::Any + Send + Sync> =
+        std::sync::Arc::new(std::sync::Mutex::new(child));
+    ConsoleIo {
+        reader: fdio::ConsoleReader::stream(Held {
+            inner: output,
+            _lock: keep.clone(),
+        }),
+        writer: Box::new(Held {
+            inner: input,
+            _lock: keep,
+        }),
+    }
+}
+
 /// Keeps something (a UUCP lock, a child process) for as long as either
 /// half of a console lives.
 struct Held<T> {

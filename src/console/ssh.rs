@@ -26,8 +26,7 @@
 //! connection with the same options (`tar -C / -xzf -`, the overlay on its
 //! stdin): LAVA copies its overlay with scp and unpacks it the same way.
 
-use super::fdio::ConsoleReader;
-use super::{Console, ConsoleError, ConsoleIo, Held};
+use super::{Console, ConsoleError, ConsoleIo};
 use crate::driver::BoxFuture;
 use std::future::Future;
 use std::path::PathBuf;
@@ -263,23 +262,13 @@ impl SshConsole {
             }
             let _ = done_tx.send(());
         });
-        let keep: Arc<dyn std::any::Any + Send + Sync> = Arc::new(Mutex::new(child));
         let reader = SessionReader {
             inner: stdout,
             stderr_done: Some(done_rx),
             tail,
             target: self.target(),
         };
-        Ok(ConsoleIo {
-            reader: ConsoleReader::stream(Held {
-                inner: reader,
-                _lock: keep.clone(),
-            }),
-            writer: Box::new(Held {
-                inner: stdin,
-                _lock: keep,
-            }),
-        })
+        Ok(super::child_io(child, reader, stdin))
     }
 
     /// Unpacks a gzip'd tarball at the board's `/` over a connection of its

@@ -57,19 +57,16 @@ pub(super) fn load_health_checks(
             }
         };
         let file = path.display().to_string();
-        let parsed = job::parse(&file, &text).map_err(|e| ApiError {
-            code: e.code(),
-            message: format!("health check: {e}"),
-            location: Some(e.first().location.clone()),
-        })?;
+        let refused = |e: job::JobError| {
+            let mut e = ApiError::from(e);
+            e.message = format!("health check: {}", e.message);
+            e
+        };
+        let parsed = job::parse(&file, &text).map_err(refused)?;
         // Its record keeps the text with the secrets' values masked; a
         // health check is never queued again after a restart, so the
         // values need no sealed copy.
-        let text = job::mask_secrets(&file, &text, &parsed).map_err(|e| ApiError {
-            code: e.code(),
-            message: format!("health check: {e}"),
-            location: Some(e.first().location.clone()),
-        })?;
+        let text = job::mask_secrets(&file, &text, &parsed).map_err(refused)?;
         if parsed.definition.device_type != *dt {
             return Err(ApiError::new(
                 ErrorCode::InvalidJob,

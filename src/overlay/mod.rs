@@ -209,7 +209,7 @@ pub struct OverlayJob {
     /// `i`-th test action.
     pub stages: Vec<Vec<OverlayDefinition>>,
     /// The job's `secrets`, written to `secrets` (mode 0600) as LAVA does.
-    pub secrets: Vec<(String, String)>,
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 impl OverlayJob {
@@ -220,7 +220,7 @@ impl OverlayJob {
             shell: "/bin/sh".to_owned(),
             environment: Vec::new(),
             stages,
-            secrets: Vec::new(),
+            secrets: Default::default(),
         }
     }
 }

@@ -275,7 +275,9 @@ pub(super) fn environment(
 /// LAVA's `secrets` file: one `NAME='value'` line each, for a test shell
 /// to source (LAVA writes the values bare; quoted, sourcing gives the same
 /// variables, and a value can never be code).
-pub fn secrets_file(secrets: &[(String, String)]) -> Result<String, OverlayError> {
+pub fn secrets_file(
+    secrets: &std::collections::BTreeMap<String, String>,
+) -> Result<String, OverlayError> {
     let mut s = String::new();
     for (k, v) in secrets {
         check_var(["secret name", "secret value"], k, v)?;

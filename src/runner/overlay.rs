@@ -223,13 +223,7 @@ impl Runner {
             .filter(|_| !transfer && !nfsroot)
             .map(|r| self.ctx.tftp.root.join(r));
         let mut overlay_job = OverlayJob::new(job, stages);
-        overlay_job.secrets = self
-            .ctx
-            .def
-            .secrets
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        overlay_job.secrets = self.ctx.def.secrets.clone();
         let built = tokio::task::spawn_blocking(move || {
             let overlay = crate::overlay::Overlay::build(&overlay_job)?;
             let Some(rd) = rd else {

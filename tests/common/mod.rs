@@ -521,3 +521,40 @@ impl Raw {
         serde_json::from_str(&answer).unwrap()
     }
 }
+
+/// A bare repository `dir/defs.git` of `files` (path, text), committed on
+/// `main` and tagged `v1` (built in `dir/work` with the real git).
+pub fn bare_definitions_repo(dir: &std::path::Path, files: &[(&str, String)]) -> PathBuf {
+    let work = dir.join("work");
+    for (path, text) in files {
+        let file = work.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+    }
+    let git = |cwd: &std::path::Path, args: &[&str]| {
+        let st = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
+            .args(args)
+            .current_dir(cwd)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    };
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "defs"]);
+    git(&work, &["tag", "v1"]);
+    git(dir, &["init", "-q", "--bare", "defs.git"]);
+    let bare = dir.join("defs.git");
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main", "v1"]);
+    bare
+}
+
+/// A TCP port of 127.0.0.1 nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

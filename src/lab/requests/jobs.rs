@@ -55,14 +55,7 @@ impl LabActor {
         }
         let parsed = match job::parse(&file, &definition) {
             Ok(p) => p,
-            Err(e) => {
-                let first = e.first().clone();
-                return ready(Err(ApiError {
-                    code: e.code(),
-                    message: e.to_string(),
-                    location: Some(first.location),
-                }));
-            }
+            Err(e) => return ready(Err(e.into())),
         };
         let runnable = match &lava {
             None => self.check_runnable(&parsed.definition),
@@ -81,14 +74,7 @@ impl LabActor {
         } else {
             match job::mask_secrets(&file, &definition, &parsed) {
                 Ok(m) => Some(m),
-                Err(e) => {
-                    let first = e.first().clone();
-                    return ready(Err(ApiError {
-                        code: e.code(),
-                        message: e.to_string(),
-                        location: Some(first.location),
-                    }));
-                }
+                Err(e) => return ready(Err(e.into())),
             }
         };
         let mut def = parsed.definition;
